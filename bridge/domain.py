@@ -1,0 +1,593 @@
+"""The bridge's domain: currencies, participants, instructions, signatures and entries.
+
+Everything here is an immutable value. Amounts are integers in minor units, times are logical
+milliseconds handed in by the caller (never read from a clock here).
+
+Canonical encoding (the bytes that are signed, hashed and stored) is defined once, in
+`canonical_json`: UTF-8 JSON with sorted keys, no insignificant whitespace, ASCII only, integers
+as integers and bytes as lower-case hex. See docs/encoding.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import StrEnum
+from hashlib import sha256
+from typing import Any, ClassVar
+
+from bridge.errors import Reason, Refused
+
+ParticipantId = str
+CurrencyCode = str
+InstructionId = str
+Millis = int
+Amount = int
+
+INT64_MAX = 2**63 - 1
+BRIDGE_SENDER = "bridge"
+DAY_MS = 86_400_000
+
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+_JURISDICTION_PATTERN = re.compile(r"^[A-Z]{2}$")
+_RATE_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?$")
+MAX_REFERENCE_LENGTH = 140
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """The one deterministic encoding of a body: sorted keys, compact, ASCII."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+class ParticipantKind(StrEnum):
+    CENTRAL_BANK = "central_bank"
+    COMMERCIAL_BANK = "commercial_bank"
+
+
+class ParticipantStatus(StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+class Outcome(StrEnum):
+    """What an accepted instruction did to the ledger."""
+
+    APPLIED = "APPLIED"  # administrative change (admission, policy, freeze, status)
+    ISSUED = "ISSUED"
+    REDEEMED = "REDEEMED"
+    SETTLED = "SETTLED"  # payment, dual-signed PvP, or accepted PvP: all legs moved
+    HELD = "HELD"  # PvP proposed: proposer's leg is reserved
+    REJECTED = "REJECTED"  # PvP rejected by the counterparty: hold released
+    CANCELLED = "CANCELLED"  # PvP cancelled by the proposer: hold released
+    EXPIRED = "EXPIRED"  # PvP passed its settlement deadline: hold released
+
+
+@dataclass(frozen=True, slots=True)
+class Currency:
+    code: CurrencyCode
+    exponent: int
+    issuer: ParticipantId
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    id: ParticipantId
+    kind: ParticipantKind
+    jurisdiction: str
+    public_key: bytes  # SEC1 uncompressed P-256 point
+    home_central_bank: ParticipantId  # a central bank is its own home
+    status: ParticipantStatus = ParticipantStatus.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A central bank's rules for legs in its currency. Zero limit means no limit."""
+
+    per_transfer_limit: Amount = 0
+    per_day_limit: Amount = 0
+    allowed_jurisdictions: tuple[str, ...] = ()  # empty: every jurisdiction allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One currency moving from payer to payee."""
+
+    payer: ParticipantId
+    payee: ParticipantId
+    currency: CurrencyCode
+    amount: Amount
+
+
+@dataclass(frozen=True, slots=True)
+class GenesisBank:
+    id: ParticipantId
+    jurisdiction: str
+    public_key: bytes
+    currency: CurrencyCode
+    exponent: int
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    """The founding configuration: central banks, their currencies, the attestation quorum."""
+
+    chain_id: str
+    central_banks: tuple[GenesisBank, ...]
+    quorum: int
+
+    def to_fields(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "quorum": self.quorum,
+            "central_banks": [
+                {
+                    "id": b.id,
+                    "jurisdiction": b.jurisdiction,
+                    "public_key": b.public_key.hex(),
+                    "currency": b.currency,
+                    "exponent": b.exponent,
+                }
+                for b in self.central_banks
+            ],
+        }
+
+    @classmethod
+    def from_fields(cls, data: Mapping[str, Any]) -> Genesis:
+        banks = tuple(
+            GenesisBank(
+                id=b["id"],
+                jurisdiction=b["jurisdiction"],
+                public_key=bytes.fromhex(b["public_key"]),
+                currency=b["currency"],
+                exponent=int(b["exponent"]),
+            )
+            for b in data["central_banks"]
+        )
+        return cls(chain_id=data["chain_id"], central_banks=banks, quorum=int(data["quorum"]))
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_fields())
+
+    def hash(self) -> bytes:
+        return sha256(b"cbdc-bridge/v1/genesis\x00" + self.canonical_bytes()).digest()
+
+
+# ---------------------------------------------------------------------------- instructions
+
+
+@dataclass(frozen=True, slots=True)
+class Instruction:
+    """Common header of every instruction; subclasses add their body fields."""
+
+    KIND: ClassVar[str] = ""
+    instruction_id: InstructionId
+    sender: ParticipantId
+    valid_until: Millis
+
+    def to_fields(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.KIND}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.hex() if isinstance(value, bytes) else value
+        return out
+
+    def canonical_bytes(self) -> bytes:
+        return canonical_json(self.to_fields())
+
+    def parties(self) -> tuple[ParticipantId, ...]:
+        """Participants whose own signature (and home central bank endorsement) is required."""
+        return (self.sender,)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitBank(Instruction):
+    KIND: ClassVar[str] = "admit_bank"
+    bank: ParticipantId
+    public_key: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SetParticipantStatus(Instruction):
+    KIND: ClassVar[str] = "set_status"
+    participant: ParticipantId
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetPolicy(Instruction):
+    KIND: ClassVar[str] = "set_policy"
+    per_transfer_limit: Amount
+    per_day_limit: Amount
+    allowed_jurisdictions: tuple[str, ...] = ()
+
+    def to_fields(self) -> dict[str, Any]:
+        out = Instruction.to_fields(self)
+        out["allowed_jurisdictions"] = list(self.allowed_jurisdictions)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class FreezeAccount(Instruction):
+    KIND: ClassVar[str] = "freeze_account"
+    participant: ParticipantId
+    currency: CurrencyCode
+    frozen: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Issue(Instruction):
+    KIND: ClassVar[str] = "issue"
+    to: ParticipantId
+    currency: CurrencyCode
+    amount: Amount
+
+
+@dataclass(frozen=True, slots=True)
+class Redeem(Instruction):
+    KIND: ClassVar[str] = "redeem"
+    currency: CurrencyCode
+    amount: Amount
+
+
+@dataclass(frozen=True, slots=True)
+class Pay(Instruction):
+    KIND: ClassVar[str] = "pay"
+    payee: ParticipantId
+    currency: CurrencyCode
+    amount: Amount
+    reference: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ProposePvp(Instruction):
+    """Sender pays `pay_amount` of `pay_currency` to the counterparty, who pays back
+    `receive_amount` of `receive_currency`; settles on acceptance before `settle_by`.
+    The PvP is identified by (sender, instruction_id)."""
+
+    KIND: ClassVar[str] = "pvp_propose"
+    counterparty: ParticipantId
+    pay_currency: CurrencyCode
+    pay_amount: Amount
+    receive_currency: CurrencyCode
+    receive_amount: Amount
+    rate: str
+    settle_by: Millis
+    reference: str = ""
+
+    def legs(self) -> tuple[Leg, Leg]:
+        return (
+            Leg(self.sender, self.counterparty, self.pay_currency, self.pay_amount),
+            Leg(self.counterparty, self.sender, self.receive_currency, self.receive_amount),
+        )
+
+    def terms_hash(self) -> str:
+        return sha256(self.canonical_bytes()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptPvp(Instruction):
+    """Counterparty accepts the exact terms (hash of the proposal body) of a held PvP."""
+
+    KIND: ClassVar[str] = "pvp_accept"
+    proposer: ParticipantId
+    pvp_id: InstructionId
+    terms_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectPvp(Instruction):
+    KIND: ClassVar[str] = "pvp_reject"
+    proposer: ParticipantId
+    pvp_id: InstructionId
+
+
+@dataclass(frozen=True, slots=True)
+class CancelPvp(Instruction):
+    KIND: ClassVar[str] = "pvp_cancel"
+    pvp_id: InstructionId
+
+
+@dataclass(frozen=True, slots=True)
+class ExpirePvp(Instruction):
+    """Issued by the bridge itself when the logical clock passes a PvP's `settle_by`."""
+
+    KIND: ClassVar[str] = "pvp_expire"
+    proposer: ParticipantId
+    pvp_id: InstructionId
+
+    def parties(self) -> tuple[ParticipantId, ...]:
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class DualPvp(Instruction):
+    """Both legs signed by both banks in one instruction: settles whole or not at all."""
+
+    KIND: ClassVar[str] = "pvp_dual"
+    counterparty: ParticipantId
+    pay_currency: CurrencyCode
+    pay_amount: Amount
+    receive_currency: CurrencyCode
+    receive_amount: Amount
+    rate: str
+    reference: str = ""
+
+    def legs(self) -> tuple[Leg, Leg]:
+        return (
+            Leg(self.sender, self.counterparty, self.pay_currency, self.pay_amount),
+            Leg(self.counterparty, self.sender, self.receive_currency, self.receive_amount),
+        )
+
+    def parties(self) -> tuple[ParticipantId, ...]:
+        return (self.sender, self.counterparty)
+
+
+INSTRUCTION_TYPES: dict[str, type[Instruction]] = {
+    cls.KIND: cls
+    for cls in (
+        AdmitBank,
+        SetParticipantStatus,
+        SetPolicy,
+        FreezeAccount,
+        Issue,
+        Redeem,
+        Pay,
+        ProposePvp,
+        AcceptPvp,
+        RejectPvp,
+        CancelPvp,
+        ExpirePvp,
+        DualPvp,
+    )
+}
+CENTRAL_BANK_KINDS = frozenset(
+    {AdmitBank.KIND, SetParticipantStatus.KIND, SetPolicy.KIND, FreezeAccount.KIND, Issue.KIND}
+)
+
+
+def instruction_from_fields(data: Mapping[str, Any]) -> Instruction:
+    """Rebuild an instruction from its canonical fields; refuses anything malformed."""
+    kind = data.get("kind")
+    cls = INSTRUCTION_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise Refused(Reason.MALFORMED, f"unknown instruction kind: {kind!r}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data:
+            raise Refused(Reason.MALFORMED, f"{cls.KIND}: missing field {f.name!r}")
+        value = data[f.name]
+        if f.type in ("bytes",):
+            if not isinstance(value, str):
+                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{f.name}: expected hex string")
+            try:
+                value = bytes.fromhex(value)
+            except ValueError as exc:
+                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{f.name}: bad hex") from exc
+        elif f.type == "tuple[str, ...]":
+            if not isinstance(value, list | tuple):
+                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{f.name}: expected a list")
+            value = tuple(value)
+        kwargs[f.name] = value
+    extra = set(data) - {f.name for f in fields(cls)} - {"kind"}
+    if extra:
+        raise Refused(Reason.MALFORMED, f"{cls.KIND}: unexpected fields {sorted(extra)}")
+    instruction = cls(**kwargs)
+    validate_shape(instruction)
+    return instruction
+
+
+_INT_FIELDS = frozenset(
+    {
+        "valid_until",
+        "amount",
+        "pay_amount",
+        "receive_amount",
+        "settle_by",
+        "per_transfer_limit",
+        "per_day_limit",
+    }
+)
+_AMOUNT_FIELDS = frozenset({"amount", "pay_amount", "receive_amount"})
+_ID_FIELDS = frozenset(
+    {
+        "instruction_id",
+        "sender",
+        "bank",
+        "participant",
+        "to",
+        "payee",
+        "counterparty",
+        "proposer",
+        "pvp_id",
+    }
+)
+_CURRENCY_FIELDS = frozenset({"currency", "pay_currency", "receive_currency"})
+
+
+def validate_shape(instruction: Instruction) -> None:
+    """Static checks of one instruction, independent of ledger state."""
+    kind = instruction.KIND
+    for f in fields(instruction):
+        name = f.name
+        value = getattr(instruction, name)
+        if name in _INT_FIELDS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise Refused(Reason.MALFORMED, f"{kind}.{name}: expected an integer")
+            if name in _AMOUNT_FIELDS:
+                validate_amount(value, f"{kind}.{name}")
+            elif not 0 <= value <= INT64_MAX:
+                raise Refused(Reason.AMOUNT_OVERFLOW, f"{kind}.{name} out of range: got {value}")
+        elif name in _ID_FIELDS:
+            if not isinstance(value, str) or not _ID_PATTERN.match(value):
+                raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid identifier {value!r}")
+        elif name in _CURRENCY_FIELDS:
+            if not isinstance(value, str) or not _CURRENCY_PATTERN.match(value):
+                raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid currency {value!r}")
+        elif name == "reference":
+            if not isinstance(value, str) or len(value) > MAX_REFERENCE_LENGTH:
+                raise Refused(Reason.MALFORMED, f"{kind}.reference: at most 140 characters")
+            if not value.isprintable():
+                raise Refused(Reason.MALFORMED, f"{kind}.reference: must be printable")
+        elif name == "rate":
+            if not isinstance(value, str) or not _RATE_PATTERN.match(value) or value == "0":
+                raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {value!r}")
+    _validate_specific(instruction)
+
+
+def validate_amount(value: int, what: str) -> None:
+    if value <= 0:
+        raise Refused(Reason.NON_POSITIVE_AMOUNT, f"{what} must be positive: got {value}")
+    if value > INT64_MAX:
+        raise Refused(Reason.AMOUNT_OVERFLOW, f"{what} exceeds int64: got {value}")
+
+
+def _validate_specific(instruction: Instruction) -> None:
+    kind = instruction.KIND
+    if isinstance(instruction, ProposePvp | DualPvp):
+        if instruction.counterparty == instruction.sender:
+            raise Refused(Reason.SAME_PARTY, f"{kind}: counterparty is the sender")
+        if instruction.pay_currency == instruction.receive_currency:
+            raise Refused(Reason.SAME_CURRENCY, f"{kind}: both legs in the same currency")
+    elif isinstance(instruction, Pay) and instruction.payee == instruction.sender:
+        raise Refused(Reason.SAME_PARTY, "pay: payee is the payer")
+    elif isinstance(instruction, AdmitBank):
+        if not isinstance(instruction.public_key, bytes) or len(instruction.public_key) != 65:
+            raise Refused(Reason.MALFORMED, "admit_bank.public_key: 65-byte SEC1 P-256 point")
+    elif isinstance(instruction, SetParticipantStatus):
+        if instruction.status not in (ParticipantStatus.ACTIVE, ParticipantStatus.SUSPENDED):
+            raise Refused(Reason.MALFORMED, f"set_status.status: got {instruction.status!r}")
+    elif isinstance(instruction, FreezeAccount):
+        if not isinstance(instruction.frozen, bool):
+            raise Refused(Reason.MALFORMED, "freeze_account.frozen: expected a boolean")
+    elif isinstance(instruction, SetPolicy):
+        for code in instruction.allowed_jurisdictions:
+            if not isinstance(code, str) or not _JURISDICTION_PATTERN.match(code):
+                raise Refused(Reason.MALFORMED, f"set_policy: invalid jurisdiction {code!r}")
+    elif isinstance(instruction, AcceptPvp) and not re.fullmatch(
+        r"[0-9a-f]{64}", str(instruction.terms_hash)
+    ):
+        raise Refused(Reason.MALFORMED, "pvp_accept.terms_hash: 64 lower-case hex digits")
+
+
+# ---------------------------------------------------------------------------- signatures
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A party's signature over the body, or (when `endorses` is set) a central bank's
+    endorsement of that party's signed body."""
+
+    signer: ParticipantId
+    value: bytes
+    endorses: ParticipantId = ""
+
+
+INSTRUCTION_DOMAIN = b"cbdc-bridge/v1/instruction\x00"
+ENDORSEMENT_DOMAIN = b"cbdc-bridge/v1/endorsement\x00"
+ATTESTATION_DOMAIN = b"cbdc-bridge/v1/attestation\x00"
+QUERY_DOMAIN = b"cbdc-bridge/v1/query\x00"
+
+
+def party_message(body_bytes: bytes) -> bytes:
+    """What a party signs: domain tag, then the canonical body."""
+    return INSTRUCTION_DOMAIN + body_bytes
+
+
+def endorsement_message(body_bytes: bytes, party_signature: bytes) -> bytes:
+    """What a central bank signs to endorse its bank's leg: the bank's signature and the body."""
+    return ENDORSEMENT_DOMAIN + len(party_signature).to_bytes(2, "big") + party_signature + body_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A signed instruction as it travels and as it is logged."""
+
+    body: Instruction
+    signatures: tuple[Signature, ...]
+    body_bytes: bytes = field(default=b"", compare=False)
+
+    @classmethod
+    def of(cls, body: Instruction, signatures: tuple[Signature, ...] = ()) -> Envelope:
+        return cls(body, signatures, body.canonical_bytes())
+
+    def body_hash(self) -> bytes:
+        return sha256(self.body_bytes).digest()
+
+    def with_signature(self, signature: Signature) -> Envelope:
+        return Envelope(self.body, (*self.signatures, signature), self.body_bytes)
+
+    def party_signature(self, party: ParticipantId) -> Signature | None:
+        for sig in self.signatures:
+            if sig.signer == party and not sig.endorses:
+                return sig
+        return None
+
+    def endorsement(self, party: ParticipantId) -> Signature | None:
+        for sig in self.signatures:
+            if sig.endorses == party:
+                return sig
+        return None
+
+    def signatures_fields(self) -> list[list[str]]:
+        return [[s.signer, s.endorses, s.value.hex()] for s in self.signatures]
+
+    @classmethod
+    def from_fields(cls, body: Mapping[str, Any], signatures: list[list[str]]) -> Envelope:
+        instruction = instruction_from_fields(body)
+        sigs = tuple(Signature(signer, bytes.fromhex(value), endorses) for signer, endorses, value in signatures)
+        return cls.of(instruction, sigs)
+
+
+# ---------------------------------------------------------------------------- log records
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The outcome the ledger recorded for one instruction id."""
+
+    sender: ParticipantId
+    instruction_id: InstructionId
+    body_hash: bytes
+    outcome: Outcome
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One accepted instruction and its outcome, at its place in the log."""
+
+    seq: int
+    time: Millis
+    envelope: Envelope
+    outcome: Outcome
+
+    def canonical_bytes(self) -> bytes:
+        # sorted keys: body, outcome, seq, sigs, time; the body is already canonical
+        return b"".join(
+            (
+                b'{"body":',
+                self.envelope.body_bytes,
+                b',"outcome":"',
+                self.outcome.value.encode(),
+                b'","seq":',
+                str(self.seq).encode(),
+                b',"sigs":',
+                json.dumps(self.envelope.signatures_fields(), separators=(",", ":")).encode(),
+                b',"time":',
+                str(self.time).encode(),
+                b"}",
+            )
+        )
+
+    @classmethod
+    def from_canonical_bytes(cls, data: bytes) -> Entry:
+        raw = json.loads(data)
+        envelope = Envelope.from_fields(raw["body"], raw["sigs"])
+        entry = cls(int(raw["seq"]), int(raw["time"]), envelope, Outcome(raw["outcome"]))
+        if entry.canonical_bytes() != data:
+            raise Refused(Reason.MALFORMED, f"entry {entry.seq}: not in canonical encoding")
+        return entry
