@@ -208,19 +208,27 @@ class Ledger:
         else:
             rows[key] = value
 
-    def take_batch(self) -> Batch:
-        """Hand the pending entries and changed rows to the store and start a new batch."""
+    def pending_batch(self) -> Batch:
+        """Entries appended and rows changed since the last `confirm` (nothing is cleared)."""
         changes: dict[str, dict[Any, Any]] = {}
         for table, key in self._undo:
             changes.setdefault(table, {})[key] = self._tables[table].get(key)
-        batch = Batch(tuple(self._entries), changes, self.next_seq)
+        return Batch(tuple(self._entries), changes, self.next_seq)
+
+    def confirm(self) -> None:
+        """The store committed the pending batch: forget how to undo it."""
         self._undo = {}
         self._entries = []
         self._batch_seq = self.next_seq
+
+    def take_batch(self) -> Batch:
+        """`pending_batch` then `confirm`, for callers that keep no store."""
+        batch = self.pending_batch()
+        self.confirm()
         return batch
 
     def rollback(self) -> None:
-        """Undo everything since the last `take_batch` (the store failed to commit it)."""
+        """Undo everything since the last `confirm` (the store failed to commit it)."""
         for (table, key), old in self._undo.items():
             if old is _MISSING:
                 self._tables[table].pop(key, None)

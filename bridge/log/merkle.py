@@ -1,0 +1,81 @@
+"""Merkle tree hashing and inclusion proofs as in RFC 6962 (Certificate Transparency).
+
+Leaves are hashed with a 0x00 prefix and interior nodes with 0x01, so a leaf can never be
+passed off as a node. Trees of any size are supported without duplicating leaves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from hashlib import sha256
+
+EMPTY_ROOT = sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return sha256(b"\x01" + left + right).digest()
+
+
+def _split(n: int) -> int:
+    """Largest power of two strictly smaller than n (n >= 2)."""
+    k = 1
+    while k << 1 < n:
+        k <<= 1
+    return k
+
+
+def root_of_hashes(leaves: Sequence[bytes]) -> bytes:
+    """Root over already-hashed leaves."""
+    n = len(leaves)
+    if n == 0:
+        return EMPTY_ROOT
+    if n == 1:
+        return leaves[0]
+    k = _split(n)
+    return node_hash(root_of_hashes(leaves[:k]), root_of_hashes(leaves[k:]))
+
+
+def merkle_root(items: Sequence[bytes]) -> bytes:
+    return root_of_hashes([leaf_hash(item) for item in items])
+
+
+def inclusion_path(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """Audit path (sibling hashes, bottom-up) for leaf `index` among already-hashed leaves."""
+    n = len(leaves)
+    if not 0 <= index < n:
+        raise IndexError(f"leaf {index} outside a tree of {n}")
+    if n == 1:
+        return []
+    k = _split(n)
+    if index < k:
+        return [*inclusion_path(leaves[:k], index), root_of_hashes(leaves[k:])]
+    return [*inclusion_path(leaves[k:], index - k), root_of_hashes(leaves[:k])]
+
+
+def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
+    """Recompute the root from a leaf hash and its audit path; None if the path is malformed."""
+    if not 0 <= index < size:
+        return None
+    return _root_from_path(leaf, index, size, list(path))
+
+
+def _root_from_path(node: bytes, index: int, size: int, path: list[bytes]) -> bytes | None:
+    if size == 1:
+        return node if not path else None
+    if not path:
+        return None
+    k = _split(size)
+    sibling = path.pop()
+    if index < k:
+        inner = _root_from_path(node, index, k, path)
+        return None if inner is None else node_hash(inner, sibling)
+    inner = _root_from_path(node, index - k, size - k, path)
+    return None if inner is None else node_hash(sibling, inner)
+
+
+def verify_inclusion(data: bytes, index: int, size: int, path: Sequence[bytes], root: bytes) -> bool:
+    return root_from_path(leaf_hash(data), index, size, path) == root

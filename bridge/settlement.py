@@ -1,0 +1,90 @@
+"""The settlement engine: apply a batch to the ledger, seal it into a block, commit it durably.
+
+This is the one place where the pure core meets the store. `settle` returns receipts only after
+the block holding them is committed; if the commit fails the ledger is rolled back whole and
+every instruction of the batch is reported unavailable (nothing was acknowledged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.crypto import Verifier
+from bridge.domain import Envelope, Genesis, Millis, Receipt
+from bridge.errors import Reason, Refused, StoreError
+from bridge.log.blocks import SealedBlock, seal
+from bridge.log.events import encode_events, settlement_event
+from bridge.store.sqlite import SqliteStore
+
+Result = Receipt | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """Outcome of one `settle` call: a result per instruction, and the block if one was sealed."""
+
+    results: list[Result]
+    block: SealedBlock | None
+
+
+class SettlementEngine:
+    """Owns the ledger and its store; one caller at a time (the sequencer)."""
+
+    def __init__(self, ledger: Ledger, store: SqliteStore) -> None:
+        self.ledger = ledger
+        self.store = store
+        head = store.head()
+        self.height = 0 if head is None else head.height
+        self.head_hash = ledger.genesis.hash() if head is None else head.hash()
+
+    @classmethod
+    def open(
+        cls,
+        store: SqliteStore,
+        genesis: Genesis | None,
+        *,
+        verifier: Verifier | None,
+        check: SignatureCheck = SignatureCheck.ENDORSEMENTS,
+    ) -> SettlementEngine:
+        """Load the ledger held by `store`, or found it from `genesis` if the store is empty."""
+        stored = store.genesis()
+        if stored is None:
+            if genesis is None:
+                raise StoreError(f"{store.path} is empty and no genesis was given")
+            ledger = Ledger(genesis, verifier=verifier, check=check)
+            store.initialize(ledger)
+            return cls(ledger, store)
+        if genesis is not None and genesis.hash() != stored.hash():
+            raise StoreError(f"{store.path} holds a different ledger (genesis mismatch)")
+        return cls(store.load(verifier=verifier, check=check), store)
+
+    def settle(self, envelopes: Sequence[Envelope], now: Millis) -> Settled:
+        """Apply, expire due PvPs, seal and commit; results in the order given."""
+        ledger = self.ledger
+        results: list[Result] = []
+        for envelope in envelopes:
+            try:
+                results.append(ledger.apply(envelope, now))
+            except Refused as refusal:
+                results.append(refusal)
+        ledger.expire_due(now)
+        batch = ledger.pending_batch()
+        if not batch.entries:
+            ledger.confirm()  # only duplicates and refusals: nothing changed
+            return Settled(results, None)
+        block = seal(self.height + 1, self.head_hash, batch.entries, now)
+        events = encode_events([settlement_event(e, ledger, block.header.height) for e in batch.entries])
+        try:
+            self.store.commit_block(block, batch, [events])
+        except StoreError as exc:
+            ledger.rollback()
+            unavailable = Refused(Reason.UNAVAILABLE, f"settlement not recorded: {exc}")
+            return Settled(
+                [unavailable if isinstance(r, Receipt) and not r.duplicate else r for r in results], None
+            )
+        ledger.confirm()
+        self.height = block.header.height
+        self.head_hash = block.header.hash()
+        return Settled(results, block)

@@ -1,0 +1,313 @@
+"""The embedded default store: one SQLite file in WAL mode, one transaction per block.
+
+A block, its entries, the state rows it changed and its outbox events commit together
+(`commit_block`); the caller acknowledges instructions only after that returns, so an
+acknowledged settlement is on disk (synchronous=FULL). On restart `load` rebuilds the ledger
+from the state tables and the receipts from the entries, then re-verifies the tail of the
+chain; no work per instruction grows with the length of the log.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge.core.ledger import Batch, Ledger, SignatureCheck
+from bridge.crypto import Verifier
+from bridge.domain import Genesis, Outcome, Receipt
+from bridge.errors import LogIntegrityError, StoreError
+from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
+from bridge.log.merkle import merkle_root
+from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
+
+SCHEMA_VERSION = "1"
+TAIL_BLOCKS_VERIFIED = 16
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY, hash BLOB NOT NULL, prev_hash BLOB NOT NULL,
+    merkle_root BLOB NOT NULL, time INTEGER NOT NULL, first_seq INTEGER NOT NULL,
+    entry_count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY, height INTEGER NOT NULL, sender TEXT NOT NULL,
+    instruction_id TEXT NOT NULL, kind TEXT NOT NULL, outcome TEXT NOT NULL,
+    time INTEGER NOT NULL, body_hash BLOB NOT NULL, data BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_by_id ON entries (sender, instruction_id);
+CREATE TABLE IF NOT EXISTS attestations (
+    height INTEGER NOT NULL, central_bank TEXT NOT NULL, block_hash BLOB NOT NULL,
+    signature BLOB NOT NULL, PRIMARY KEY (height, central_bank)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accounts (
+    participant TEXT NOT NULL, currency TEXT NOT NULL, available INTEGER NOT NULL,
+    held INTEGER NOT NULL, PRIMARY KEY (participant, currency)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    tbl TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (tbl, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY, height INTEGER NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox_cursor (consumer TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+"""
+
+
+class SqliteStore:
+    """Durable home of one bridge ledger."""
+
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={synchronous}")
+        self._db.execute("PRAGMA foreign_keys=OFF")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    # ------------------------------------------------------------------ founding and loading
+
+    def genesis(self) -> Genesis | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()
+        return None if row is None else Genesis.from_fields(json.loads(row[0]))
+
+    def initialize(self, ledger: Ledger) -> None:
+        """Record the genesis and the founding state of a brand-new ledger."""
+        if self.genesis() is not None:
+            raise StoreError(f"{self.path} already holds a ledger")
+        with self._transaction() as db:
+            db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            genesis_text = json.dumps(ledger.genesis.to_fields(), sort_keys=True)
+            db.execute("INSERT INTO meta VALUES ('genesis', ?)", (genesis_text,))
+            for table in KV_TABLES:
+                rows = ledger.tables()[table].items()
+                db.executemany(
+                    "INSERT INTO state VALUES (?, ?, ?)",
+                    [(table, encode_key(k), encode_value(table, v)) for k, v in rows],
+                )
+
+    def load(self, *, verifier: Verifier | None, check: SignatureCheck) -> Ledger:
+        """Rebuild the ledger from the state tables; re-verify the last blocks first."""
+        genesis = self.genesis()
+        if genesis is None:
+            raise StoreError(f"{self.path} holds no ledger")
+        self.verify_tail(genesis)
+        ledger = Ledger(genesis, verifier=verifier, check=check)
+        for table in KV_TABLES:
+            cursor = self._db.execute("SELECT key, value FROM state WHERE tbl=?", (table,))
+            ledger.load_table(table, (decode_row(table, k, v) for k, v in cursor))
+        ledger.load_table(
+            "balances",
+            (((p, c), (a, h)) for p, c, a, h in self._db.execute("SELECT * FROM accounts")),
+        )
+        ledger.load_table(
+            "receipts",
+            (
+                ((s, i), Receipt(s, i, bytes(b), Outcome(o), q))
+                for s, i, b, o, q in self._db.execute(
+                    "SELECT sender, instruction_id, body_hash, outcome, seq FROM entries"
+                )
+            ),
+        )
+        (last_seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()
+        ledger.set_next_seq(last_seq + 1)
+        return ledger
+
+    def verify_tail(self, genesis: Genesis, blocks: int = TAIL_BLOCKS_VERIFIED) -> None:
+        """Check hash links, Merkle roots and entry ranges of the last `blocks` blocks."""
+        head = self.head()
+        if head is None:
+            return
+        first = max(1, head.height - blocks + 1)
+        previous = genesis.hash() if first == 1 else self._stored_hash(first - 1)
+        expected_seq = self.header(first).first_seq if first > 1 else 1  # type: ignore[union-attr]
+        for header in self.headers(first, head.height):
+            where = f"block {header.height}"
+            if header.prev_hash != previous:
+                raise LogIntegrityError(where, "previous-hash link is broken")
+            if header.first_seq != expected_seq:
+                raise LogIntegrityError(where, f"first seq {header.first_seq}, expected {expected_seq}")
+            leaves = self.block_entry_bytes(header.height)
+            if len(leaves) != header.entry_count:
+                raise LogIntegrityError(where, f"{len(leaves)} entries stored, header says {header.entry_count}")
+            if merkle_root(leaves) != header.merkle_root:
+                raise LogIntegrityError(where, "Merkle root does not match the stored entries")
+            if self._stored_hash(header.height) != header.hash():
+                raise LogIntegrityError(where, "stored block hash does not match its header")
+            previous = header.hash()
+            expected_seq += header.entry_count
+        (last_seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()
+        if last_seq != expected_seq - 1:
+            raise LogIntegrityError("entries", f"last seq {last_seq} beyond the last block")
+
+    # ------------------------------------------------------------------ writing
+
+    def commit_block(self, block: SealedBlock, batch: Batch, events: Sequence[bytes]) -> None:
+        """Write one block, its entries, the changed state and its events atomically."""
+        header = block.header
+        entry_rows = [
+            (
+                e.seq,
+                header.height,
+                e.envelope.body.sender,
+                e.envelope.body.instruction_id,
+                e.envelope.body.KIND,
+                e.outcome.value,
+                e.time,
+                e.envelope.body_hash(),
+                data,
+            )
+            for e, data in zip(block.entries, block.entry_bytes, strict=True)
+        ]
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        header.height,
+                        header.hash(),
+                        header.prev_hash,
+                        header.merkle_root,
+                        header.time,
+                        header.first_seq,
+                        header.entry_count,
+                    ),
+                )
+                db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entry_rows)
+                self._write_changes(db, batch)
+                if events:
+                    db.executemany(
+                        "INSERT INTO outbox (height, payload) VALUES (?, ?)",
+                        [(header.height, payload) for payload in events],
+                    )
+        except sqlite3.Error as exc:
+            raise StoreError(f"commit of block {header.height} failed: {exc}") from exc
+
+    @staticmethod
+    def _write_changes(db: sqlite3.Connection, batch: Batch) -> None:
+        balances = batch.changes.get("balances", {})
+        if balances:
+            db.executemany(
+                "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?)",
+                [(p, c, v[0], v[1]) for (p, c), v in balances.items() if v is not None],
+            )
+        for table in KV_TABLES:
+            rows = batch.changes.get(table)
+            if not rows:
+                continue
+            upserts = [(table, encode_key(k), encode_value(table, v)) for k, v in rows.items() if v is not None]
+            deletes = [(table, encode_key(k)) for k, v in rows.items() if v is None]
+            if upserts:
+                db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", upserts)
+            if deletes:
+                db.executemany("DELETE FROM state WHERE tbl=? AND key=?", deletes)
+
+    def add_attestation(self, attestation: Attestation) -> bool:
+        """Store one attestation; False if this central bank already attested this height."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO attestations VALUES (?, ?, ?, ?)",
+                (attestation.height, attestation.central_bank, attestation.block_hash, attestation.signature),
+            )
+            return cursor.rowcount == 1
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    # ------------------------------------------------------------------ reading
+
+    def head(self) -> BlockHeader | None:
+        row = self._db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        return None if row[0] is None else self.header(row[0])
+
+    def header(self, height: int) -> BlockHeader | None:
+        row = self._db.execute(
+            "SELECT height, prev_hash, merkle_root, time, first_seq, entry_count "
+            "FROM blocks WHERE height=?",
+            (height,),
+        ).fetchone()
+        return None if row is None else _header(row)
+
+    def headers(self, first: int, last: int) -> Iterator[BlockHeader]:
+        cursor = self._db.execute(
+            "SELECT height, prev_hash, merkle_root, time, first_seq, entry_count "
+            "FROM blocks WHERE height BETWEEN ? AND ? ORDER BY height",
+            (first, last),
+        )
+        for row in cursor:
+            yield _header(row)
+
+    def _stored_hash(self, height: int) -> bytes:
+        row = self._db.execute("SELECT hash FROM blocks WHERE height=?", (height,)).fetchone()
+        if row is None:
+            raise LogIntegrityError(f"block {height}", "missing")
+        return bytes(row[0])
+
+    def block_entry_bytes(self, height: int) -> list[bytes]:
+        cursor = self._db.execute("SELECT data FROM entries WHERE height=? ORDER BY seq", (height,))
+        return [bytes(row[0]) for row in cursor]
+
+    def entries_from(self, seq: int, limit: int = 1000) -> list[tuple[int, int, bytes]]:
+        """(seq, height, canonical bytes) of entries from `seq` on, at most `limit`."""
+        cursor = self._db.execute(
+            "SELECT seq, height, data FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        return [(s, h, bytes(d)) for s, h, d in cursor]
+
+    def entry_location(self, sender: str, instruction_id: str) -> tuple[int, int] | None:
+        """(seq, height) of the entry of one instruction, if it settled."""
+        row = self._db.execute(
+            "SELECT seq, height FROM entries WHERE sender=? AND instruction_id=?",
+            (sender, instruction_id),
+        ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def attestations(self, height: int) -> list[Attestation]:
+        cursor = self._db.execute(
+            "SELECT height, block_hash, central_bank, signature FROM attestations "
+            "WHERE height=? ORDER BY central_bank",
+            (height,),
+        )
+        return [Attestation(h, bytes(b), c, bytes(s)) for h, b, c, s in cursor]
+
+    def outbox_after(self, last_id: int, limit: int = 500) -> list[tuple[int, bytes]]:
+        cursor = self._db.execute(
+            "SELECT id, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)
+        )
+        return [(i, bytes(p)) for i, p in cursor]
+
+    def outbox_cursor(self, consumer: str) -> int:
+        row = self._db.execute("SELECT last_id FROM outbox_cursor WHERE consumer=?", (consumer,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_outbox_cursor(self, consumer: str, last_id: int) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO outbox_cursor VALUES (?, ?)", (consumer, last_id))
+
+    def count(self, table: str) -> int:
+        if table not in ("blocks", "entries", "attestations", "outbox", "accounts"):
+            raise ValueError(f"no table {table}")
+        (n,) = self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()
+        return int(n)
+
+
+def _header(row: Sequence[Any]) -> BlockHeader:
+    return BlockHeader(row[0], bytes(row[1]), bytes(row[2]), row[3], row[4], row[5])
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the body raises."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
