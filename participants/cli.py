@@ -1,0 +1,24 @@
+"""`cbdc-bridge`: the command line of the bridge (network, banks, log tools, benchmarks).
+
+Each command group lives in its own module and is mounted here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from loadtest.bench_cli import bench_app
+from participants.log_cli import log_app
+
+app = typer.Typer(
+    name="cbdc-bridge",
+    help="Multi-CBDC payment bridge: atomic PvP settlement with a verifiable settlement log.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(bench_app, name="bench")
+app.add_typer(log_app, name="log")
+
+
+def main() -> None:
+    app()
