@@ -103,7 +103,7 @@ class ReferenceSigner:
 
     def __init__(self, key: ecdsa.SigningKey) -> None:
         self._key = key
-        self._public = b"\x04" + key.get_verifying_key().to_string()
+        self._public: bytes = b"\x04" + bytes(key.get_verifying_key().to_string())
 
     @classmethod
     def from_pem(cls, pem: bytes) -> ReferenceSigner:

@@ -431,9 +431,12 @@ def validate_shape(instruction: Instruction) -> None:
                 raise Refused(Reason.MALFORMED, f"{kind}.reference: at most 140 characters")
             if not value.isprintable():
                 raise Refused(Reason.MALFORMED, f"{kind}.reference: must be printable")
-        elif name == "rate":
-            if not isinstance(value, str) or not _RATE_PATTERN.match(value) or value == "0":
-                raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {value!r}")
+        elif name == "rate" and (
+            not isinstance(value, str)
+            or not _RATE_PATTERN.match(value)
+            or not any(digit in value for digit in "123456789")
+        ):
+            raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {value!r}")
     _validate_specific(instruction)
 
 
@@ -498,7 +501,9 @@ def party_message(body_bytes: bytes) -> bytes:
 
 def endorsement_message(body_bytes: bytes, party_signature: bytes) -> bytes:
     """What a central bank signs to endorse its bank's leg: the bank's signature and the body."""
-    return ENDORSEMENT_DOMAIN + len(party_signature).to_bytes(2, "big") + party_signature + body_bytes
+    return (
+        ENDORSEMENT_DOMAIN + len(party_signature).to_bytes(2, "big") + party_signature + body_bytes
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,7 +542,10 @@ class Envelope:
     @classmethod
     def from_fields(cls, body: Mapping[str, Any], signatures: list[list[str]]) -> Envelope:
         instruction = instruction_from_fields(body)
-        sigs = tuple(Signature(signer, bytes.fromhex(value), endorses) for signer, endorses, value in signatures)
+        sigs = tuple(
+            Signature(signer, bytes.fromhex(value), endorses)
+            for signer, endorses, value in signatures
+        )
         return cls.of(instruction, sigs)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Envelope, Genesis, Millis, Receipt
 from bridge.errors import Reason, Refused, StoreError
@@ -19,6 +19,16 @@ from bridge.log.events import encode_events, settlement_event
 from bridge.store.sqlite import SqliteStore
 
 Result = Receipt | Refused
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch applied in memory and sealed, waiting for its commit."""
+
+    results: list[Result]
+    block: SealedBlock | None
+    batch: Batch
+    events: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,11 @@ class SettlementEngine:
 
     def settle(self, envelopes: Sequence[Envelope], now: Millis) -> Settled:
         """Apply, expire due PvPs, seal and commit; results in the order given."""
+        prepared = self.prepare(envelopes, now)
+        return self.finish(prepared, self.commit(prepared))
+
+    def prepare(self, envelopes: Sequence[Envelope], now: Millis) -> Prepared:
+        """Apply the batch to the in-memory ledger and seal its block (nothing durable yet)."""
         ledger = self.ledger
         results: list[Result] = []
         for envelope in envelopes:
@@ -72,19 +87,38 @@ class SettlementEngine:
         ledger.expire_due(now)
         batch = ledger.pending_batch()
         if not batch.entries:
-            ledger.confirm()  # only duplicates and refusals: nothing changed
-            return Settled(results, None)
+            return Prepared(results, None, batch, b"")
         block = seal(self.height + 1, self.head_hash, batch.entries, now)
-        events = encode_events([settlement_event(e, ledger, block.header.height) for e in batch.entries])
+        events = encode_events(
+            [settlement_event(e, ledger, block.header.height) for e in batch.entries]
+        )
+        return Prepared(results, block, batch, events)
+
+    def commit(self, prepared: Prepared) -> StoreError | None:
+        """Write the prepared block durably; safe to run in a worker thread."""
+        if prepared.block is None:
+            return None
         try:
-            self.store.commit_block(block, batch, [events])
+            self.store.commit_block(prepared.block, prepared.batch, [prepared.events])
         except StoreError as exc:
+            return exc
+        return None
+
+    def finish(self, prepared: Prepared, failure: StoreError | None) -> Settled:
+        """Confirm a committed batch, or roll the ledger back if the commit failed."""
+        ledger = self.ledger
+        if failure is not None:
             ledger.rollback()
-            unavailable = Refused(Reason.UNAVAILABLE, f"settlement not recorded: {exc}")
+            unavailable = Refused(Reason.UNAVAILABLE, f"settlement not recorded: {failure}")
             return Settled(
-                [unavailable if isinstance(r, Receipt) and not r.duplicate else r for r in results], None
+                [
+                    unavailable if isinstance(r, Receipt) and not r.duplicate else r
+                    for r in prepared.results
+                ],
+                None,
             )
         ledger.confirm()
-        self.height = block.header.height
-        self.head_hash = block.header.hash()
-        return Settled(results, block)
+        if prepared.block is not None:
+            self.height = prepared.block.header.height
+            self.head_hash = prepared.block.header.hash()
+        return Settled(prepared.results, prepared.block)

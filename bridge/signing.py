@@ -15,10 +15,14 @@ from bridge.domain import (
 
 def sign_as_party(envelope: Envelope, party: ParticipantId, signer: Signer) -> Envelope:
     """Add `party`'s own signature over the canonical body."""
-    return envelope.with_signature(Signature(party, signer.sign(party_message(envelope.body_bytes))))
+    return envelope.with_signature(
+        Signature(party, signer.sign(party_message(envelope.body_bytes)))
+    )
 
 
-def endorse(envelope: Envelope, party: ParticipantId, central_bank: ParticipantId, signer: Signer) -> Envelope:
+def endorse(
+    envelope: Envelope, party: ParticipantId, central_bank: ParticipantId, signer: Signer
+) -> Envelope:
     """Add `central_bank`'s endorsement of `party`'s signed leg (covers the party's signature)."""
     party_signature = envelope.party_signature(party)
     if party_signature is None:

@@ -141,7 +141,9 @@ class Ledger:
         self.supply: dict[CurrencyCode, Supply] = {}
         self.receipts: dict[ReceiptKey, Receipt] = {}
         self.next_seq = 1
-        self._tables: dict[str, dict[Any, Any]] = {name: getattr(self, name) for name in STATE_TABLES}
+        self._tables: dict[str, dict[Any, Any]] = {
+            name: getattr(self, name) for name in STATE_TABLES
+        }
         self._undo: dict[tuple[str, Any], Any] = {}
         self._entries: list[Entry] = []
         self._batch_seq = 1
@@ -154,7 +156,7 @@ class Ledger:
             self.frozen,
             self.usage,
         )
-        self._handlers: dict[str, Callable[[Any, Envelope, Millis], Outcome]] = {
+        self._handlers: dict[str, Callable[[Ledger, Any, Envelope, Millis], Outcome]] = {
             AdmitBank.KIND: Ledger._admit_bank,
             SetParticipantStatus.KIND: Ledger._set_status,
             SetPolicy.KIND: Ledger._set_policy,
@@ -265,13 +267,16 @@ class Ledger:
         if now > body.valid_until:
             raise Refused(
                 Reason.INSTRUCTION_EXPIRED,
-                f"instruction {body.instruction_id!r} was valid until {body.valid_until}, now {now}",
+                f"instruction {body.instruction_id!r} was valid until {body.valid_until}, "
+                f"now {now}",
             )
         self._check_signatures(envelope)
         outcome = self._handlers[body.KIND](self, body, envelope, now)
         return self._record(envelope, outcome, now, key)
 
-    def _record(self, envelope: Envelope, outcome: Outcome, now: Millis, key: ReceiptKey) -> Receipt:
+    def _record(
+        self, envelope: Envelope, outcome: Outcome, now: Millis, key: ReceiptKey
+    ) -> Receipt:
         seq = self.next_seq
         self.next_seq = seq + 1
         receipt = Receipt(key[0], key[1], envelope.body_hash(), outcome, seq)
@@ -295,7 +300,9 @@ class Ledger:
 
     def _rebuild_expiries(self) -> None:
         self._expiries = [
-            (s.proposal.settle_by, k[0], k[1]) for k, s in self.pvps.items() if s.status is Outcome.HELD
+            (s.proposal.settle_by, k[0], k[1])
+            for k, s in self.pvps.items()
+            if s.status is Outcome.HELD
         ]
         heapq.heapify(self._expiries)
 
@@ -313,9 +320,11 @@ class Ledger:
         parties = body.parties()
         if len(envelope.signatures) != 2 * len(parties):
             raise Refused(
-                Reason.MISSING_SIGNATURE if len(envelope.signatures) < 2 * len(parties) else Reason.MALFORMED,
-                f"{body.KIND} needs {2 * len(parties)} signatures (each party and its central bank's "
-                f"endorsement), got {len(envelope.signatures)}",
+                Reason.MISSING_SIGNATURE
+                if len(envelope.signatures) < 2 * len(parties)
+                else Reason.MALFORMED,
+                f"{body.KIND} needs {2 * len(parties)} signatures (each party and its "
+                f"central bank's endorsement), got {len(envelope.signatures)}",
             )
         for party in parties:
             self._check_party(envelope, party)
@@ -329,7 +338,9 @@ class Ledger:
             raise Refused(Reason.NOT_HOME_CENTRAL_BANK, f"{body.KIND} is for central banks only")
         signature = envelope.party_signature(body.sender)
         if signature is None or len(envelope.signatures) != 1:
-            raise Refused(Reason.MISSING_SIGNATURE, f"{body.KIND} needs exactly the sender's signature")
+            raise Refused(
+                Reason.MISSING_SIGNATURE, f"{body.KIND} needs exactly the sender's signature"
+            )
         if self.check is not SignatureCheck.NONE:
             self._verify(sender, party_message(envelope.body_bytes), signature.value, "sender")
 
@@ -388,7 +399,9 @@ class Ledger:
         if currency is None:
             raise Refused(Reason.UNKNOWN_CURRENCY, f"unknown currency {code}")
         if currency.issuer != central_bank.id:
-            raise Refused(Reason.NOT_ISSUER, f"{code} is issued by {currency.issuer}, not {central_bank.id}")
+            raise Refused(
+                Reason.NOT_ISSUER, f"{code} is issued by {currency.issuer}, not {central_bank.id}"
+            )
         return currency
 
     def _admit_bank(self, body: AdmitBank, envelope: Envelope, now: Millis) -> Outcome:
@@ -414,7 +427,9 @@ class Ledger:
         return Outcome.APPLIED
 
     def _set_policy(self, body: SetPolicy, envelope: Envelope, now: Millis) -> Outcome:
-        policy = Policy(body.per_transfer_limit, body.per_day_limit, tuple(body.allowed_jurisdictions))
+        policy = Policy(
+            body.per_transfer_limit, body.per_day_limit, tuple(body.allowed_jurisdictions)
+        )
         self._put("policies", body.sender, policy)
         return Outcome.APPLIED
 
@@ -438,7 +453,9 @@ class Ledger:
             raise Refused(Reason.ACCOUNT_FROZEN, f"account {bank.id}/{body.currency} is frozen")
         issued, redeemed = self.supply[body.currency]
         if issued + body.amount > INT64_MAX:
-            raise Refused(Reason.AMOUNT_OVERFLOW, f"total {body.currency} issuance would exceed int64")
+            raise Refused(
+                Reason.AMOUNT_OVERFLOW, f"total {body.currency} issuance would exceed int64"
+            )
         available, held = self.balances.get(account, NO_BALANCE)
         self._put("supply", body.currency, (issued + body.amount, redeemed))
         self._put("balances", account, (available + body.amount, held))
@@ -467,7 +484,9 @@ class Ledger:
 
     # ------------------------------------------------------------------ payments and PvP
 
-    def _move(self, leg: Leg, now: Millis, *, from_held: bool = False, count_usage: bool = True) -> None:
+    def _move(
+        self, leg: Leg, now: Millis, *, from_held: bool = False, count_usage: bool = True
+    ) -> None:
         balances = self.balances
         payer_key = (leg.payer, leg.currency)
         payee_key = (leg.payee, leg.currency)
@@ -481,7 +500,9 @@ class Ledger:
         if count_usage:
             self._count_usage(leg.payer, leg.currency, day_of(now), leg.amount)
 
-    def _count_usage(self, payer: ParticipantId, currency: CurrencyCode, day: int, amount: int) -> None:
+    def _count_usage(
+        self, payer: ParticipantId, currency: CurrencyCode, day: int, amount: int
+    ) -> None:
         key = (payer, currency, day)
         total = self.usage.get(key, 0) + amount
         self._put("usage", key, total if total else None)
@@ -503,7 +524,9 @@ class Ledger:
 
     def _propose_pvp(self, body: ProposePvp, envelope: Envelope, now: Millis) -> Outcome:
         if body.settle_by <= now:
-            raise Refused(Reason.PVP_EXPIRED, f"settle_by {body.settle_by} is not after now ({now})")
+            raise Refused(
+                Reason.PVP_EXPIRED, f"settle_by {body.settle_by} is not after now ({now})"
+            )
         leg_a, leg_b = body.legs()
         require(self._view, leg_a, now, LEG_CHECKS)
         require(self._view, leg_b, now, RECEIVING_CHECKS)
@@ -516,13 +539,19 @@ class Ledger:
         heapq.heappush(self._expiries, (body.settle_by, body.sender, body.instruction_id))
         return Outcome.HELD
 
-    def _held_pvp(self, proposer: ParticipantId, pvp_id: str, caller: ParticipantId, *, as_counterparty: bool) -> PvpState:
+    def _held_pvp(
+        self, proposer: ParticipantId, pvp_id: str, caller: ParticipantId, *, as_counterparty: bool
+    ) -> PvpState:
         state = self.pvps.get((proposer, pvp_id))
         if state is None:
             raise Refused(Reason.UNKNOWN_PVP, f"no PvP {pvp_id!r} proposed by {proposer}")
         party = state.proposal.counterparty if as_counterparty else state.proposal.sender
         if caller != party:
-            raise Refused(Reason.NOT_A_PARTY, f"{caller} is not the {'counterparty' if as_counterparty else 'proposer'} of PvP {pvp_id!r}")
+            raise Refused(
+                Reason.NOT_A_PARTY,
+                f"{caller} is not the {'counterparty' if as_counterparty else 'proposer'} "
+                f"of PvP {pvp_id!r}",
+            )
         if state.status is not Outcome.HELD:
             raise Refused(Reason.PVP_NOT_PENDING, f"PvP {pvp_id!r} is already {state.status.value}")
         return state
@@ -531,15 +560,23 @@ class Ledger:
         state = self._held_pvp(body.proposer, body.pvp_id, body.sender, as_counterparty=True)
         proposal = state.proposal
         if now >= proposal.settle_by:
-            raise Refused(Reason.PVP_EXPIRED, f"PvP {body.pvp_id!r} expired at {proposal.settle_by}")
+            raise Refused(
+                Reason.PVP_EXPIRED, f"PvP {body.pvp_id!r} expired at {proposal.settle_by}"
+            )
         if body.terms_hash != proposal.terms_hash():
-            raise Refused(Reason.PVP_TERMS_MISMATCH, f"terms hash does not match PvP {body.pvp_id!r}")
+            raise Refused(
+                Reason.PVP_TERMS_MISMATCH, f"terms hash does not match PvP {body.pvp_id!r}"
+            )
         leg_a, leg_b = proposal.legs()
         require(self._view, leg_b, now, LEG_CHECKS)
         require(self._view, leg_a, now, RECEIVING_CHECKS)
         self._move(leg_a, now, from_held=True, count_usage=False)
         self._move(leg_b, now)
-        self._put("pvps", (body.proposer, body.pvp_id), replace(state, status=Outcome.SETTLED, closed_seq=self.next_seq))
+        self._put(
+            "pvps",
+            (body.proposer, body.pvp_id),
+            replace(state, status=Outcome.SETTLED, closed_seq=self.next_seq),
+        )
         return Outcome.SETTLED
 
     def _release(self, state: PvpState, outcome: Outcome) -> Outcome:
@@ -568,9 +605,14 @@ class Ledger:
         if state is None:
             raise Refused(Reason.UNKNOWN_PVP, f"no PvP {body.pvp_id!r} proposed by {body.proposer}")
         if state.status is not Outcome.HELD:
-            raise Refused(Reason.PVP_NOT_PENDING, f"PvP {body.pvp_id!r} is already {state.status.value}")
+            raise Refused(
+                Reason.PVP_NOT_PENDING, f"PvP {body.pvp_id!r} is already {state.status.value}"
+            )
         if now < state.proposal.settle_by:
-            raise Refused(Reason.NOT_YET_EXPIRED, f"PvP {body.pvp_id!r} settles until {state.proposal.settle_by}")
+            raise Refused(
+                Reason.NOT_YET_EXPIRED,
+                f"PvP {body.pvp_id!r} settles until {state.proposal.settle_by}",
+            )
         return self._release(state, Outcome.EXPIRED)
 
     # ------------------------------------------------------------------ queries
@@ -594,7 +636,9 @@ class Ledger:
         for currency, total in totals.items():
             issued, redeemed = self.supply.get(currency, (0, 0))
             if total != issued - redeemed:
-                errors.append(f"{currency}: balances {total} != issued {issued} - redeemed {redeemed}")
+                errors.append(
+                    f"{currency}: balances {total} != issued {issued} - redeemed {redeemed}"
+                )
         return errors
 
 
@@ -604,7 +648,9 @@ def expiry_envelope(proposer: ParticipantId, pvp_id: str, now: Millis) -> Envelo
     return Envelope.of(ExpirePvp(f"expire-{digest}", BRIDGE_SENDER, now, proposer, pvp_id))
 
 
-def replay(genesis: Genesis, entries: Iterable[Entry], *, verifier: Verifier | None, check: SignatureCheck) -> Ledger:
+def replay(
+    genesis: Genesis, entries: Iterable[Entry], *, verifier: Verifier | None, check: SignatureCheck
+) -> Ledger:
     """Rebuild state from genesis and a log; raise Refused on the first entry that disagrees."""
     ledger = Ledger(genesis, verifier=verifier, check=check)
     for entry in entries:
@@ -612,7 +658,11 @@ def replay(genesis: Genesis, entries: Iterable[Entry], *, verifier: Verifier | N
             raise Refused(Reason.MALFORMED, f"entry {entry.seq}: expected seq {ledger.next_seq}")
         receipt = ledger.apply(entry.envelope, entry.time)
         if receipt.duplicate or receipt.outcome is not entry.outcome:
-            raise Refused(Reason.MALFORMED, f"entry {entry.seq}: replay gives {receipt.outcome.value}, log says {entry.outcome.value}")
+            raise Refused(
+                Reason.MALFORMED,
+                f"entry {entry.seq}: replay gives {receipt.outcome.value}, "
+                f"log says {entry.outcome.value}",
+            )
         if len(ledger._entries) > 4096:
             ledger.take_batch()
     ledger.take_batch()

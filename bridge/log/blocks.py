@@ -71,9 +71,7 @@ class SealedBlock:
     entry_bytes: tuple[bytes, ...]  # canonical bytes of each entry: the Merkle leaves
 
 
-def seal(
-    height: int, prev_hash: bytes, entries: Sequence[Entry], time: Millis
-) -> SealedBlock:
+def seal(height: int, prev_hash: bytes, entries: Sequence[Entry], time: Millis) -> SealedBlock:
     """Seal a non-empty run of consecutive entries into the block at `height`."""
     if not entries:
         raise ValueError("a block holds at least one entry")
@@ -95,11 +93,15 @@ def attestation_message(block_hash: bytes) -> bytes:
 
 def attest(header: BlockHeader, central_bank: ParticipantId, signer: Signer) -> Attestation:
     block_hash = header.hash()
-    return Attestation(header.height, block_hash, central_bank, signer.sign(attestation_message(block_hash)))
+    return Attestation(
+        header.height, block_hash, central_bank, signer.sign(attestation_message(block_hash))
+    )
 
 
 def attestation_valid(attestation: Attestation, public_key: bytes, verifier: Verifier) -> bool:
-    return verifier.verify(public_key, attestation_message(attestation.block_hash), attestation.signature)
+    return verifier.verify(
+        public_key, attestation_message(attestation.block_hash), attestation.signature
+    )
 
 
 def is_final(attestations: Iterable[Attestation], block_hash: bytes, quorum: int) -> bool:

@@ -77,5 +77,7 @@ def _root_from_path(node: bytes, index: int, size: int, path: list[bytes]) -> by
     return None if inner is None else node_hash(sibling, inner)
 
 
-def verify_inclusion(data: bytes, index: int, size: int, path: Sequence[bytes], root: bytes) -> bool:
+def verify_inclusion(
+    data: bytes, index: int, size: int, path: Sequence[bytes], root: bytes
+) -> bool:
     return root_from_path(leaf_hash(data), index, size, path) == root

@@ -41,7 +41,9 @@ def _participant_out(p: Participant) -> Any:
 
 
 def _participant_in(key: Any, v: Any) -> Participant:
-    return Participant(key, ParticipantKind(v[0]), v[1], bytes.fromhex(v[2]), v[3], ParticipantStatus(v[4]))
+    return Participant(
+        key, ParticipantKind(v[0]), v[1], bytes.fromhex(v[2]), v[3], ParticipantStatus(v[4])
+    )
 
 
 def _pvp_out(s: PvpState) -> Any:

@@ -127,10 +127,14 @@ class SqliteStore:
             if header.prev_hash != previous:
                 raise LogIntegrityError(where, "previous-hash link is broken")
             if header.first_seq != expected_seq:
-                raise LogIntegrityError(where, f"first seq {header.first_seq}, expected {expected_seq}")
+                raise LogIntegrityError(
+                    where, f"first seq {header.first_seq}, expected {expected_seq}"
+                )
             leaves = self.block_entry_bytes(header.height)
             if len(leaves) != header.entry_count:
-                raise LogIntegrityError(where, f"{len(leaves)} entries stored, header says {header.entry_count}")
+                raise LogIntegrityError(
+                    where, f"{len(leaves)} entries stored, header says {header.entry_count}"
+                )
             if merkle_root(leaves) != header.merkle_root:
                 raise LogIntegrityError(where, "Merkle root does not match the stored entries")
             if self._stored_hash(header.height) != header.hash():
@@ -196,7 +200,11 @@ class SqliteStore:
             rows = batch.changes.get(table)
             if not rows:
                 continue
-            upserts = [(table, encode_key(k), encode_value(table, v)) for k, v in rows.items() if v is not None]
+            upserts = [
+                (table, encode_key(k), encode_value(table, v))
+                for k, v in rows.items()
+                if v is not None
+            ]
             deletes = [(table, encode_key(k)) for k, v in rows.items() if v is None]
             if upserts:
                 db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", upserts)
@@ -208,7 +216,12 @@ class SqliteStore:
         with self._transaction() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO attestations VALUES (?, ?, ?, ?)",
-                (attestation.height, attestation.central_bank, attestation.block_hash, attestation.signature),
+                (
+                    attestation.height,
+                    attestation.central_bank,
+                    attestation.block_hash,
+                    attestation.signature,
+                ),
             )
             return cursor.rowcount == 1
 
@@ -251,7 +264,8 @@ class SqliteStore:
     def entries_from(self, seq: int, limit: int = 1000) -> list[tuple[int, int, bytes]]:
         """(seq, height, canonical bytes) of entries from `seq` on, at most `limit`."""
         cursor = self._db.execute(
-            "SELECT seq, height, data FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?", (seq, limit)
+            "SELECT seq, height, data FROM entries WHERE seq >= ? ORDER BY seq LIMIT ?",
+            (seq, limit),
         )
         return [(s, h, bytes(d)) for s, h, d in cursor]
 
@@ -278,7 +292,9 @@ class SqliteStore:
         return [(i, bytes(p)) for i, p in cursor]
 
     def outbox_cursor(self, consumer: str) -> int:
-        row = self._db.execute("SELECT last_id FROM outbox_cursor WHERE consumer=?", (consumer,)).fetchone()
+        row = self._db.execute(
+            "SELECT last_id FROM outbox_cursor WHERE consumer=?", (consumer,)
+        ).fetchone()
         return 0 if row is None else int(row[0])
 
     def set_outbox_cursor(self, consumer: str, last_id: int) -> None:
