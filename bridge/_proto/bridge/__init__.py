@@ -1,0 +1,1 @@
+"""Generated from protos/bridge; regenerate with `python scripts/gen_protos.py`."""
