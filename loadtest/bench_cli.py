@@ -2,6 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
 
-bench_app = typer.Typer(help="Benchmarks: print figures as JSON (ratios against a same-run baseline).", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Benchmarks: print figures as JSON (ratios against a same-run baseline).",
+    no_args_is_help=True,
+)
+
+
+@bench_app.command("core")
+def core(
+    pvps: int = typer.Option(20_000, "--pvps", min=1, help="Dual-signed PvPs to settle."),
+    batch: int = typer.Option(100, "--batch", min=1, help="PvPs per block (one commit each)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """Settlement core vs raw SQLite and bare signature checks, in one process and one run."""
+    from loadtest import bench_core
+
+    figures = bench_core.run(pvps=pvps, batch=batch)
+    typer.echo(json.dumps(figures) if as_json else bench_core.describe(figures))

@@ -1,0 +1,1 @@
+"""Reliability suites: crash loops against the durable stores."""

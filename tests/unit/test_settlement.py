@@ -1,0 +1,215 @@
+"""The settlement engine: ordered results, blocks only for changes, expiry, genesis checks."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bridge.crypto import FastVerifier
+from bridge.domain import ExpirePvp, Outcome, Receipt
+from bridge.errors import Reason, Refused, StoreError
+from bridge.settlement import SettlementEngine
+from bridge.store.sqlite import SqliteStore
+from tests.factories import (
+    BANKS,
+    T0,
+    Network,
+    admit_bank,
+    dual_pvp,
+    issue,
+    network,
+    pay,
+    propose_pvp,
+    pvp_proposal,
+    sign,
+)
+
+HOUR = 3_600_000
+FUNDS = 1_000_000
+
+
+@pytest.fixture
+def net() -> Network:
+    return network()
+
+
+@pytest.fixture
+def store() -> Iterator[SqliteStore]:
+    with tempfile.TemporaryDirectory(prefix="bridge-engine-") as tmp:
+        opened = SqliteStore(Path(tmp) / "ledger.sqlite")
+        try:
+            yield opened
+        finally:
+            opened.close()
+
+
+@pytest.fixture
+def engine(store: SqliteStore, net: Network) -> SettlementEngine:
+    """An engine over a fresh store with every bank admitted and funded (blocks 1 and 2)."""
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    for batch in (
+        [admit_bank(net, cb, bank) for bank, cb in BANKS],
+        [issue(net, cb, bank, FUNDS) for bank, cb in BANKS],
+    ):
+        results = engine.settle(batch, T0).results
+        assert all(isinstance(r, Receipt) for r in results), results
+    return engine
+
+
+def test_results_come_back_in_the_order_given(engine: SettlementEngine, net: Network) -> None:
+    """Each instruction's result sits at its own index, whatever its fate."""
+    first = pay(net, "ICBC", "CCB", 100)
+    refused = pay(net, "BOCHK", "KBANK", 10 * FUNDS, "HKD")
+    dual = dual_pvp(net, "CCB", "KBANK", 200, 900)
+    settled = engine.settle([first, refused, dual, first], T0 + 1)
+    a, b, c, d = settled.results
+    assert isinstance(a, Receipt)
+    assert a.instruction_id == first.body.instruction_id
+    assert isinstance(b, Refused)
+    assert b.reason is Reason.INSUFFICIENT_FUNDS
+    assert isinstance(c, Receipt)
+    assert c.instruction_id == dual.body.instruction_id
+    assert isinstance(d, Receipt)
+    assert d.duplicate
+    assert d.seq == a.seq
+    assert (a.outcome, c.outcome) == (Outcome.SETTLED, Outcome.SETTLED)
+    assert c.seq == a.seq + 1
+    assert settled.block is not None
+    assert [e.seq for e in settled.block.entries] == [a.seq, c.seq]
+
+
+def test_refusals_alone_seal_no_block(engine: SettlementEngine, net: Network) -> None:
+    """A batch where everything is refused writes nothing and leaves the head where it was."""
+    height, head = engine.height, engine.head_hash
+    blocks, entries = engine.store.count("blocks"), engine.store.count("entries")
+    batch = [
+        pay(net, "BOCHK", "KBANK", 10 * FUNDS, "HKD"),
+        pay(net, "ICBC", "ICBC-NOT-A-BANK", 1),
+        pay(net, "ICBC", "CCB", 1, valid_until=T0),
+    ]
+    settled = engine.settle(batch, T0 + 1)
+    assert settled.block is None
+    assert [r.reason for r in settled.results if isinstance(r, Refused)] == [
+        Reason.INSUFFICIENT_FUNDS,
+        Reason.UNKNOWN_PARTICIPANT,
+        Reason.INSTRUCTION_EXPIRED,
+    ]
+    assert (engine.height, engine.head_hash) == (height, head)
+    assert (engine.store.count("blocks"), engine.store.count("entries")) == (blocks, entries)
+    assert engine.ledger.pending_entries() == 0
+
+
+def test_duplicates_alone_seal_no_block(engine: SettlementEngine, net: Network) -> None:
+    """Resubmitting settled instructions returns their receipts and seals nothing."""
+    batch = [pay(net, "ICBC", "CCB", 100), pay(net, "CCB", "ICBC", 50)]
+    first = engine.settle(batch, T0 + 1)
+    assert first.block is not None
+    again = engine.settle(batch, T0 + 2)
+    assert again.block is None
+    for original, repeat in zip(first.results, again.results, strict=True):
+        assert isinstance(original, Receipt)
+        assert isinstance(repeat, Receipt)
+        assert repeat == replace(original, duplicate=True)
+
+
+def test_blocks_chain_from_the_genesis_hash(engine: SettlementEngine, net: Network) -> None:
+    """Each block names the previous block's hash; the first names the genesis hash."""
+    store = engine.store
+    first = store.header(1)
+    assert first is not None
+    assert first.prev_hash == net.genesis.hash()
+    settled = engine.settle([pay(net, "ICBC", "CCB", 1)], T0 + 1)
+    assert settled.block is not None
+    header = settled.block.header
+    previous = store.header(2)
+    assert previous is not None
+    assert (header.height, header.prev_hash) == (3, previous.hash())
+    assert (engine.height, engine.head_hash) == (3, header.hash())
+    assert store.head() == header
+
+
+def test_expired_hold_is_sealed_into_a_block(engine: SettlementEngine, net: Network) -> None:
+    """Passing a held PvP's deadline releases the hold in a block of its own."""
+    proposal = pvp_proposal(net, "ICBC", "BOCHK", 3_000, 4_000, settle_by=T0 + HOUR)
+    engine.settle([sign(net, proposal)], T0 + 1)
+    assert engine.ledger.balance("ICBC", "CNY") == (FUNDS - 3_000, 3_000)
+
+    assert engine.settle([], T0 + HOUR - 1).block is None
+    settled = engine.settle([], T0 + HOUR)
+    assert settled.results == []
+    assert settled.block is not None
+    (entry,) = settled.block.entries
+    assert isinstance(entry.envelope.body, ExpirePvp)
+    assert entry.outcome is Outcome.EXPIRED
+    assert entry.envelope.body.pvp_id == proposal.instruction_id
+    assert engine.ledger.balance("ICBC", "CNY") == (FUNDS, 0)
+    location = engine.store.entry_location(
+        entry.envelope.body.sender, entry.envelope.body.instruction_id
+    )
+    assert location == (entry.seq, settled.block.header.height)
+
+
+def test_expiry_rides_along_with_a_batch(engine: SettlementEngine, net: Network) -> None:
+    """Instructions and due expiries of the same tick share one block, expiries last."""
+    envelope = propose_pvp(net, "CCB", "KBANK", 1_000, 5_000, settle_by=T0 + HOUR)
+    engine.settle([envelope], T0 + 1)
+    settled = engine.settle([pay(net, "ICBC", "CCB", 10)], T0 + 2 * HOUR)
+    assert settled.block is not None
+    assert [e.outcome for e in settled.block.entries] == [Outcome.SETTLED, Outcome.EXPIRED]
+    events = json.loads(engine.store.outbox_after(0)[-1][1])
+    assert [e["outcome"] for e in events] == ["SETTLED", "EXPIRED"]
+
+
+def test_genesis_mismatch_is_refused(store: SqliteStore, net: Network) -> None:
+    """Opening a store with another network's genesis fails instead of mixing ledgers."""
+    SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    other = replace(net.genesis, chain_id="another-bridge")
+    with pytest.raises(StoreError, match="genesis mismatch"):
+        SettlementEngine.open(store, other, verifier=FastVerifier())
+
+
+def test_reopen_without_genesis_uses_the_stored_one(engine: SettlementEngine, net: Network) -> None:
+    """A store that already holds a ledger opens without being given the genesis."""
+    again = SettlementEngine.open(engine.store, None, verifier=FastVerifier())
+    assert again.ledger.genesis == net.genesis
+    assert (again.height, again.head_hash) == (engine.height, engine.head_hash)
+
+
+def test_empty_store_needs_a_genesis(store: SqliteStore) -> None:
+    """An empty store cannot be opened without a genesis to found it."""
+    with pytest.raises(StoreError, match="no genesis"):
+        SettlementEngine.open(store, None, verifier=FastVerifier())
+
+
+def test_prepare_writes_nothing_until_commit(engine: SettlementEngine, net: Network) -> None:
+    """`prepare` seals in memory only; `commit` then `finish` make it durable and confirmed."""
+    blocks = engine.store.count("blocks")
+    prepared = engine.prepare([pay(net, "ICBC", "CCB", 10)], T0 + 1)
+    assert prepared.block is not None
+    assert engine.store.count("blocks") == blocks
+    assert engine.height == blocks
+    failure = engine.commit(prepared)
+    assert failure is None
+    settled = engine.finish(prepared, failure)
+    assert engine.store.count("blocks") == blocks + 1
+    assert engine.height == prepared.block.header.height
+    assert settled.block == prepared.block
+
+
+def test_finish_with_a_failure_rolls_back(engine: SettlementEngine, net: Network) -> None:
+    """Finishing a prepared batch with a store failure undoes it and acknowledges nothing."""
+    before = dict(engine.ledger.balances)
+    prepared = engine.prepare([pay(net, "ICBC", "CCB", 10)], T0 + 1)
+    settled = engine.finish(prepared, StoreError("disk unplugged"))
+    (result,) = settled.results
+    assert isinstance(result, Refused)
+    assert result.reason is Reason.UNAVAILABLE
+    assert "disk unplugged" in result.message
+    assert settled.block is None
+    assert engine.ledger.balances == before
+    assert engine.ledger.pending_entries() == 0
