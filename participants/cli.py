@@ -9,6 +9,7 @@ import typer
 
 from loadtest.bench_cli import bench_app
 from participants.log_cli import log_app
+from participants.node_cli import node_app
 
 app = typer.Typer(
     name="cbdc-bridge",
@@ -18,7 +19,12 @@ app = typer.Typer(
 )
 app.add_typer(bench_app, name="bench")
 app.add_typer(log_app, name="log")
+app.add_typer(node_app, name="node")
 
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

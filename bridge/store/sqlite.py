@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.core.ledger import Batch, Ledger, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, PvpState, SignatureCheck
 from bridge.crypto import Verifier
-from bridge.domain import Genesis, Outcome, Receipt
+from bridge.domain import Currency, Genesis, Outcome, Participant, Policy, Receipt
 from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 from bridge.log.merkle import merkle_root
@@ -58,6 +58,7 @@ class SqliteStore:
     def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA busy_timeout=10000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=OFF")
@@ -300,6 +301,66 @@ class SqliteStore:
     def set_outbox_cursor(self, consumer: str, last_id: int) -> None:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO outbox_cursor VALUES (?, ?)", (consumer, last_id))
+
+    # ------------------------------------------------------------------ committed state
+
+    def _kv(self, table: str, key: Any) -> Any:
+        row = self._db.execute(
+            "SELECT key, value FROM state WHERE tbl=? AND key=?", (table, encode_key(key))
+        ).fetchone()
+        return None if row is None else decode_row(table, row[0], row[1])[1]
+
+    def _kv_all(self, table: str) -> list[Any]:
+        cursor = self._db.execute("SELECT key, value FROM state WHERE tbl=? ORDER BY key", (table,))
+        return [decode_row(table, k, v)[1] for k, v in cursor]
+
+    def accounts(
+        self, participant: str = "", currency: str = ""
+    ) -> list[tuple[str, str, int, int, bool]]:
+        """(participant, currency, available, held, frozen) of committed accounts, filtered."""
+        cursor = self._db.execute(
+            "SELECT participant, currency, available, held FROM accounts "
+            "WHERE (?1 = '' OR participant = ?1) AND (?2 = '' OR currency = ?2) "
+            "ORDER BY participant, currency",
+            (participant, currency),
+        )
+        frozen = {
+            decode_row("frozen", k, v)[0]
+            for k, v in self._db.execute("SELECT key, value FROM state WHERE tbl='frozen'")
+        }
+        return [(p, c, a, h, (p, c) in frozen) for p, c, a, h in cursor]
+
+    def participant(self, participant_id: str) -> Participant | None:
+        value: Participant | None = self._kv("participants", participant_id)
+        return value
+
+    def participants(self) -> list[Participant]:
+        return self._kv_all("participants")
+
+    def currencies(self) -> list[Currency]:
+        return self._kv_all("currencies")
+
+    def policy(self, central_bank: str) -> Policy:
+        value: Policy | None = self._kv("policies", central_bank)
+        return Policy() if value is None else value
+
+    def pvp(self, proposer: str, pvp_id: str) -> PvpState | None:
+        value: PvpState | None = self._kv("pvps", (proposer, pvp_id))
+        return value
+
+    def supply(self, currency: str) -> tuple[int, int] | None:
+        value: tuple[int, int] | None = self._kv("supply", currency)
+        return value
+
+    def receipt(self, sender: str, instruction_id: str) -> tuple[Receipt, int] | None:
+        """The receipt of one settled instruction and the height of its block."""
+        row = self._db.execute(
+            "SELECT body_hash, outcome, seq, height FROM entries WHERE sender=? AND instruction_id=?",
+            (sender, instruction_id),
+        ).fetchone()
+        if row is None:
+            return None
+        return Receipt(sender, instruction_id, bytes(row[0]), Outcome(row[1]), row[2]), row[3]
 
     def count(self, table: str) -> int:
         if table not in ("blocks", "entries", "attestations", "outbox", "accounts"):

@@ -1089,7 +1089,9 @@ class SettlementEntry(_message.Message):
     """What it did."""
     canonical: _builtins.bytes
     """Canonical bytes of the entry (`bridge.domain.Entry.canonical_bytes`): the Merkle leaf.
-    Receivers rebuild it from the fields above and refuse a mismatch.
+    Receivers rebuild it from the fields above and refuse a mismatch. Block streams between
+    nodes (BridgeLedger.GetBlocks / StreamBlocks) send the compact form: only `seq` and
+    `canonical` are set, and the canonical bytes are the entry.
     """
     @_builtins.property
     def signed(self) -> Global___SignedInstruction:

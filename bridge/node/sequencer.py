@@ -1,0 +1,128 @@
+"""The bridge's single sequencer: queue instructions, settle them in batches, wake the waiters.
+
+Instructions from every central bank node are queued; one task takes whatever is waiting (up to
+`max_batch`), applies and seals it on the event loop, commits the block in a worker thread
+(requests keep queueing meanwhile: group commit), then resolves each caller's future. A caller
+learns its result only after its block is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bridge.domain import Envelope, Millis
+from bridge.log.blocks import SealedBlock
+from bridge.settlement import Result, SettlementEngine
+
+Clock = Callable[[], Millis]
+
+
+def wall_clock_ms() -> Millis:
+    return time.time_ns() // 1_000_000
+
+
+class MonotonicClock:
+    """Wall-clock milliseconds that never go backwards (the ledger's logical time)."""
+
+    def __init__(self, source: Clock = wall_clock_ms, start: Millis = 0) -> None:
+        self._source = source
+        self._last = start
+
+    def __call__(self) -> Millis:
+        now = self._source()
+        if now > self._last:
+            self._last = now
+        return self._last
+
+
+@dataclass(slots=True)
+class _Pending:
+    envelope: Envelope | None  # None: a tick that only expires due PvPs
+    future: asyncio.Future[Result | None] = field(default_factory=asyncio.Future)
+
+
+class Sequencer:
+    """Serialises all ledger writes of one bridge node."""
+
+    def __init__(
+        self,
+        engine: SettlementEngine,
+        *,
+        clock: Clock,
+        max_batch: int = 1000,
+        on_block: Callable[[SealedBlock], None] = lambda block: None,
+        expiry_interval: float = 0.05,
+    ) -> None:
+        self.engine = engine
+        self.clock = clock
+        self.max_batch = max_batch
+        self.on_block = on_block
+        self.expiry_interval = expiry_interval
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def submit(self, envelope: Envelope) -> Result:
+        result = await self.enqueue(envelope)
+        assert result is not None
+        return result
+
+    def enqueue(self, envelope: Envelope) -> asyncio.Future[Result | None]:
+        """Queue one instruction; the future resolves once its batch is durable."""
+        pending = _Pending(envelope)
+        self._queue.put_nowait(pending)
+        return pending.future
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._run(), name="sequencer"),
+            asyncio.create_task(self._expire_regularly(), name="expiry"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _expire_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(self.expiry_interval)
+            if self._has_due_expiry():
+                self._queue.put_nowait(_Pending(None))
+
+    def _has_due_expiry(self) -> bool:
+        heap = self.engine.ledger._expiries
+        return bool(heap) and heap[0][0] <= self.clock()
+
+    async def _run(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self.max_batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            await self._settle(batch)
+
+    async def _settle(self, batch: list[_Pending]) -> None:
+        engine = self.engine
+        envelopes = [p.envelope for p in batch if p.envelope is not None]
+        prepared = engine.prepare(envelopes, self.clock())
+        failure = None
+        if prepared.block is not None:
+            failure = await asyncio.to_thread(engine.commit, prepared)
+        settled = engine.finish(prepared, failure)
+        results = iter(settled.results)
+        for pending in batch:
+            if pending.envelope is None:
+                pending.future.set_result(None)
+            elif not pending.future.done():
+                pending.future.set_result(next(results))
+            else:
+                next(results)
+        if settled.block is not None:
+            self.on_block(settled.block)

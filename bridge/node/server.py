@@ -1,0 +1,117 @@
+"""Running a bridge node: the ledger, its sequencer and the gRPC server around them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bridge._proto.bridge.v1 import bridge_ledger_pb2, bridge_ledger_pb2_grpc
+from bridge.core.ledger import SignatureCheck
+from bridge.crypto import FastVerifier
+from bridge.domain import Genesis
+from bridge.node.feed import ChainFeed
+from bridge.node.sequencer import MonotonicClock, Sequencer
+from bridge.node.service import BridgeLedgerService
+from bridge.settlement import SettlementEngine
+from bridge.store.sqlite import SqliteStore
+from bridge.tls import server_credentials
+
+log = logging.getLogger("bridge.node")
+SERVICE_NAME = bridge_ledger_pb2.DESCRIPTOR.services_by_name["BridgeLedger"].full_name
+MESSAGE_LIMIT = 64 * 1024 * 1024
+SERVER_OPTIONS = (
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.so_reuseport", 0),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeNodeSettings:
+    db: Path
+    genesis: Genesis
+    port: int = 0
+    host: str = "127.0.0.1"
+    pki: Path | None = None  # mutual TLS when set
+    max_batch: int = 1000
+
+
+def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: list[str]
+) -> health.aio.HealthServicer:
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [
+        *service_names,
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        reflection.SERVICE_NAME,
+    ]
+    reflection.enable_server_reflection(names, server)
+    return health_servicer
+
+
+def bind(server: grpc.aio.Server, host: str, port: int, pki: Path | None, name: str) -> int:
+    address = f"{host}:{port}"
+    if pki is None:
+        bound: int = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, server_credentials(pki, name))
+    return bound
+
+
+async def run_bridge_node(
+    settings: BridgeNodeSettings,
+    *,
+    stop: asyncio.Event,
+    on_listening: Callable[[int], None] = lambda port: None,
+) -> None:
+    """Serve until `stop` is set; then drain and close cleanly."""
+    store = SqliteStore(settings.db)
+    engine = SettlementEngine.open(
+        store, settings.genesis, verifier=FastVerifier(), check=SignatureCheck.ENDORSEMENTS
+    )
+    reader = SqliteStore(settings.db)
+    feed = ChainFeed(reader, settings.genesis.quorum)
+    head = store.head()
+    clock = MonotonicClock(start=0 if head is None else head.time)
+    sequencer = Sequencer(
+        engine,
+        clock=clock,
+        max_batch=settings.max_batch,
+        on_block=lambda block: feed.block_sealed(block.header.height),
+    )
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    service = BridgeLedgerService(
+        genesis=settings.genesis,
+        sequencer=sequencer,
+        reader=reader,
+        feed=feed,
+        ledger=engine.ledger,
+    )
+    bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
+    health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
+    port = bind(server, settings.host, settings.port, settings.pki, "bridge")
+    sequencer.start()
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "bridge node listening", extra={"port": port, "height": feed.height, "db": str(settings.db)}
+    )
+    on_listening(port)
+    try:
+        await stop.wait()
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=2.0)
+        await sequencer.stop()
+        store.close()
+        reader.close()
+        log.info("bridge node stopped", extra={"height": feed.height})

@@ -1,0 +1,311 @@
+"""The `BridgeLedger` gRPC service: what central bank nodes call on the shared bridge.
+
+Writes go through the sequencer (group commit; a receipt is sent only once its block is on
+disk). Reads come from a second SQLite connection, so they only ever see committed state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from bridge import wire
+from bridge._proto.bridge.v1 import bridge_ledger_pb2 as pb
+from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as pb_grpc
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.core.ledger import Ledger
+from bridge.crypto import FastVerifier
+from bridge.domain import Envelope, ExpirePvp, Genesis
+from bridge.errors import Reason, Refused
+from bridge.log.blocks import Attestation, attestation_valid
+from bridge.node.feed import ChainFeed
+from bridge.node.sequencer import Sequencer
+from bridge.settlement import Result
+from bridge.status import abort
+from bridge.store.sqlite import SqliteStore
+
+Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
+PAGE = 500
+
+
+class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
+    def __init__(
+        self,
+        *,
+        genesis: Genesis,
+        sequencer: Sequencer,
+        reader: SqliteStore,
+        feed: ChainFeed,
+        ledger: Ledger,
+    ) -> None:
+        self.genesis = genesis
+        self.sequencer = sequencer
+        self.reader = reader
+        self.feed = feed
+        self.ledger = ledger
+        self.verifier = FastVerifier()
+        self.central_bank_keys = {cb.id: cb.public_key for cb in genesis.central_banks}
+
+    # ------------------------------------------------------------------ writes
+
+    async def Submit(
+        self, request_iterator: AsyncIterator[pb.SubmitRequest], context: Context
+    ) -> AsyncIterator[pb.SubmitResponse]:
+        responses: asyncio.Queue[pb.SubmitResponse | None] = asyncio.Queue()
+        outstanding = 0
+        reading_done = False
+
+        def deliver(correlation_id: int, result: Result) -> None:
+            nonlocal outstanding
+            responses.put_nowait(wire.submit_response_to_proto(correlation_id, result))
+            outstanding -= 1
+            if reading_done and outstanding == 0:
+                responses.put_nowait(None)
+
+        async def read_requests() -> None:
+            nonlocal outstanding, reading_done
+            async for request in request_iterator:
+                outstanding += 1
+                try:
+                    envelope = self._admissible(request.instruction)
+                except Refused as refusal:
+                    deliver(request.correlation_id, refusal)
+                    continue
+                future = self.sequencer.enqueue(envelope)
+                future.add_done_callback(_deliver_when_done(deliver, request.correlation_id))
+            reading_done = True
+            if outstanding == 0:
+                responses.put_nowait(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+
+    async def SubmitOne(self, request: types.SignedInstruction, context: Context) -> types.Receipt:
+        try:
+            envelope = self._admissible(request)
+        except Refused as refusal:
+            await abort(context, refusal)
+        result = await self.sequencer.submit(envelope)
+        if isinstance(result, Refused):
+            await abort(context, result)
+        return wire.receipt_to_proto(result)
+
+    def _admissible(self, message: types.SignedInstruction) -> Envelope:
+        envelope = wire.envelope_from_proto(message)
+        if isinstance(envelope.body, ExpirePvp):
+            raise Refused(Reason.NOT_A_PARTY, "PvP expiry is decided by the bridge's clock only")
+        return envelope
+
+    async def SubmitAttestation(
+        self, request: types.Attestation, context: Context
+    ) -> pb.SubmitAttestationResponse:
+        attestation = Attestation(
+            request.height, request.block_hash, request.central_bank, request.signature
+        )
+        key = self.central_bank_keys.get(attestation.central_bank)
+        if key is None:
+            await abort(
+                context,
+                Refused(
+                    Reason.UNKNOWN_SIGNER,
+                    f"{request.central_bank} is not a central bank of this bridge",
+                ),
+            )
+        header = self.reader.header(attestation.height)
+        if header is None:
+            await abort(
+                context,
+                Refused(Reason.UNKNOWN_INSTRUCTION, f"no block at height {attestation.height}"),
+            )
+        if header.hash() != attestation.block_hash:
+            await abort(
+                context,
+                Refused(Reason.MALFORMED, f"block {attestation.height} has a different hash"),
+            )
+        if not attestation_valid(attestation, key, self.verifier):
+            await abort(
+                context,
+                Refused(
+                    Reason.BAD_SIGNATURE,
+                    f"attestation by {attestation.central_bank} does not verify",
+                ),
+            )
+        self.reader.add_attestation(attestation)
+        self.feed.attested(attestation)
+        return pb.SubmitAttestationResponse(
+            final=attestation.height <= self.feed.final_height,
+            final_height=self.feed.final_height,
+        )
+
+    # ------------------------------------------------------------------ blocks
+
+    def _block(self, height: int) -> types.Block | None:
+        header = self.reader.header(height)
+        if header is None:
+            return None
+        entries = self.reader.block_entry_bytes(height)
+        attestations = self.reader.attestations(height)
+        return types.Block(
+            header=wire.header_to_proto(header),
+            entries=[
+                types.SettlementEntry(seq=header.first_seq + i, canonical=data)
+                for i, data in enumerate(entries)
+            ],
+            attestations=[wire.attestation_to_proto(a) for a in attestations],
+            final=height <= self.feed.final_height,
+        )
+
+    async def GetBlocks(
+        self, request: pb.GetBlocksRequest, context: Context
+    ) -> pb.GetBlocksResponse:
+        first = max(1, request.from_height)
+        last = min(request.to_height or self.feed.height, self.feed.height, first + PAGE - 1)
+        blocks = [b for h in range(first, last + 1) if (b := self._block(h)) is not None]
+        return pb.GetBlocksResponse(blocks=blocks)
+
+    async def StreamBlocks(
+        self, request: pb.StreamBlocksRequest, context: Context
+    ) -> AsyncIterator[types.Block]:
+        height = max(1, request.from_height)
+        while True:
+            if height > self.feed.height:
+                await self.feed.wait_height_above(height - 1)
+                continue
+            block = self._block(height)
+            if block is None:  # sealed in memory, not yet readable: wait briefly
+                await asyncio.sleep(0.005)
+                continue
+            yield block
+            height += 1
+
+    async def WatchEntries(
+        self, request: pb.WatchEntriesRequest, context: Context
+    ) -> AsyncIterator[types.EntryEvent]:
+        seq = max(1, request.from_seq)
+        while True:
+            rows = self.reader.entries_from(seq, PAGE)
+            if not rows:
+                await self.feed.wait_height_above(self.feed.height)
+                continue
+            for entry_seq, height, data in rows:
+                yield types.EntryEvent(
+                    entry=wire.entry_bytes_to_proto(entry_seq, data), block_height=height
+                )
+                seq = entry_seq + 1
+
+    async def GetFinality(
+        self, request: pb.GetFinalityRequest, context: Context
+    ) -> pb.GetFinalityResponse:
+        attestations = self.reader.attestations(request.height) if request.height else []
+        return pb.GetFinalityResponse(
+            final_height=self.feed.final_height,
+            sealed_height=self.feed.height,
+            final=0 < request.height <= self.feed.final_height,
+            attestations=[wire.attestation_to_proto(a) for a in attestations],
+        )
+
+    # ------------------------------------------------------------------ state
+
+    async def GetBalances(
+        self, request: pb.GetBalancesRequest, context: Context
+    ) -> types.AccountList:
+        return types.AccountList(
+            accounts=[
+                wire.account_to_proto(*row) for row in self.reader.accounts(request.participant)
+            ]
+        )
+
+    async def GetParticipant(
+        self, request: pb.GetParticipantRequest, context: Context
+    ) -> pb.GetParticipantResponse:
+        participant = self.reader.participant(request.participant)
+        if participant is None:
+            await abort(
+                context,
+                Refused(Reason.UNKNOWN_PARTICIPANT, f"unknown participant {request.participant}"),
+            )
+        policy = self.reader.policy(participant.home_central_bank)
+        currencies = [c for c in self.reader.currencies() if c.issuer == participant.id]
+        return pb.GetParticipantResponse(
+            participant=wire.participant_to_proto(participant),
+            policy=wire.policy_to_proto(policy),
+            currencies=[wire.currency_to_proto(c) for c in currencies],
+        )
+
+    async def ListParticipants(
+        self, request: pb.ListParticipantsRequest, context: Context
+    ) -> types.ParticipantList:
+        participants = [
+            p
+            for p in self.reader.participants()
+            if not request.home_central_bank or p.home_central_bank == request.home_central_bank
+        ]
+        return types.ParticipantList(
+            participants=[wire.participant_to_proto(p) for p in participants]
+        )
+
+    async def GetPvp(self, request: pb.GetPvpRequest, context: Context) -> types.PvpStatus:
+        state = self.reader.pvp(request.proposer, request.pvp_id)
+        if state is None:
+            await abort(
+                context,
+                Refused(
+                    Reason.UNKNOWN_PVP, f"no PvP {request.pvp_id!r} proposed by {request.proposer}"
+                ),
+            )
+        return wire.pvp_to_proto(state)
+
+    async def GetReceipt(
+        self, request: pb.GetReceiptRequest, context: Context
+    ) -> types.InstructionStatus:
+        found = self.reader.receipt(request.sender, request.instruction_id)
+        if found is None:
+            await abort(
+                context,
+                Refused(
+                    Reason.UNKNOWN_INSTRUCTION,
+                    f"{request.sender} has no settled instruction {request.instruction_id!r}",
+                ),
+            )
+        receipt, height = found
+        return types.InstructionStatus(
+            receipt=wire.receipt_to_proto(receipt),
+            block_height=height,
+            final=height <= self.feed.final_height,
+        )
+
+    async def GetCurrencySupply(
+        self, request: types.CurrencySupplyRequest, context: Context
+    ) -> types.CurrencySupply:
+        supply = self.reader.supply(request.currency)
+        if supply is None:
+            await abort(
+                context, Refused(Reason.UNKNOWN_CURRENCY, f"unknown currency {request.currency}")
+            )
+        issued, redeemed = supply
+        return types.CurrencySupply(
+            currency=request.currency,
+            issued=issued,
+            redeemed=redeemed,
+            outstanding=issued - redeemed,
+        )
+
+    async def GetGenesis(self, request: pb.GetGenesisRequest, context: Context) -> types.Genesis:
+        return wire.genesis_to_proto(self.genesis)
+
+
+def _deliver_when_done(
+    deliver: Callable[[int, Result], None], correlation_id: int
+) -> Callable[[asyncio.Future[Result | None]], None]:
+    def done(future: asyncio.Future[Result | None]) -> None:
+        result = future.result()
+        assert result is not None
+        deliver(correlation_id, result)
+
+    return done

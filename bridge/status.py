@@ -1,0 +1,61 @@
+"""Refusals on the wire: one mapping from `Refused` to a gRPC status with rich details.
+
+Servers abort with the status code of the refusal's reason (bridge.errors.STATUS_OF_REASON),
+its readable message, and a `google.rpc.ErrorInfo` detail whose `reason` is the reason code, so
+clients branch on a stable code rather than on message text.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from bridge.errors import STATUS_OF_REASON, Reason, Refused
+
+ERROR_DOMAIN = "cbdc-bridge.v1"
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def status_code_of(refusal: Refused) -> grpc.StatusCode:
+    code: grpc.StatusCode = grpc.StatusCode[STATUS_OF_REASON[refusal.reason]]
+    return code
+
+
+def rich_status(refusal: Refused) -> grpc.Status:
+    code = status_code_of(refusal)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=refusal.reason.value, domain=ERROR_DOMAIN))
+    message = status_pb2.Status(code=code.value[0], message=refusal.message, details=[detail])
+    status: grpc.Status = rpc_status.to_status(message)
+    return status
+
+
+async def abort(context: Any, refusal: Refused) -> NoReturn:
+    """Abort the current aio RPC with the refusal's status code, message and reason."""
+    await context.abort_with_status(rich_status(refusal))
+    raise AssertionError("abort_with_status returned")  # pragma: no cover
+
+
+def refusal_from_rpc_error(error: grpc.RpcError) -> Refused:
+    """Turn a failed call back into a `Refused` (reason from the rich details when present)."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    for key, value in error.trailing_metadata() or ():
+        if key == _DETAILS_KEY:
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info) and info.reason in Reason.__members__:
+                    return Refused(Reason(info.reason), message)
+    fallback = {
+        grpc.StatusCode.UNAVAILABLE: Reason.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED: Reason.INSTRUCTION_EXPIRED,
+        grpc.StatusCode.UNAUTHENTICATED: Reason.BAD_SIGNATURE,
+        grpc.StatusCode.PERMISSION_DENIED: Reason.NOT_A_PARTY,
+        grpc.StatusCode.NOT_FOUND: Reason.UNKNOWN_INSTRUCTION,
+    }
+    return Refused(fallback.get(code, Reason.UNAVAILABLE), f"{code.name}: {message}")

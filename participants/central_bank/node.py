@@ -1,0 +1,207 @@
+"""Running a central bank node: serve its banks, follow and attest the bridge's blocks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from bridge import wire
+from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
+from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
+from bridge._proto.bridge.v1 import central_bank_pb2, central_bank_pb2_grpc, types_pb2
+from bridge.core.ledger import SignatureCheck
+from bridge.crypto import FastVerifier, public_key_from_pem
+from bridge.domain import AdmitBank
+from bridge.errors import BridgeError, Refused
+from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
+from bridge.tls import CHANNEL_OPTIONS_TLS, channel_credentials
+from participants.central_bank.bridge_link import BridgeLink
+from participants.central_bank.replica import Replica
+from participants.central_bank.service import (
+    BRIDGE_DEADLINE,
+    CentralBankAdminService,
+    CentralBankCore,
+    CentralBankService,
+    now_ms,
+)
+from participants.network_config import NetworkConfig
+
+log = logging.getLogger("participants.central_bank")
+SERVICE_NAMES = [
+    central_bank_pb2.DESCRIPTOR.services_by_name[name].full_name
+    for name in ("CentralBank", "CentralBankAdmin")
+]
+ATTESTATIONS_IN_FLIGHT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class CentralBankNodeSettings:
+    network: Path
+    central_bank: str
+    port: int | None = None  # default: the port in network.json
+    replica_check: SignatureCheck = SignatureCheck.ENDORSEMENTS
+
+
+def open_channel(config: NetworkConfig, address: str, me: str) -> grpc.aio.Channel:
+    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    if config.tls is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    pki = config.directory / config.tls.directory
+    return grpc.aio.secure_channel(
+        address, channel_credentials(pki, me), options=[*options, *CHANNEL_OPTIONS_TLS]
+    )
+
+
+def admin_token(config: NetworkConfig, central_bank: str) -> str:
+    return (config.directory / "keys" / f"{central_bank}.admin-token").read_text().strip()
+
+
+async def run_central_bank_node(
+    settings: CentralBankNodeSettings,
+    *,
+    stop: asyncio.Event,
+    on_listening: Callable[[int], None] = lambda port: None,
+) -> None:
+    config = NetworkConfig.load(settings.network)
+    me = config.central_bank(settings.central_bank)
+    key = config.load_key(me.id)
+    genesis = config.genesis()
+    bridge_channel = open_channel(config, config.bridge_address, me.id)
+    bridge = bridge_grpc.BridgeLedgerStub(bridge_channel)
+    peer_channels = {
+        cb.id: open_channel(config, cb.address, me.id)
+        for cb in config.central_banks
+        if cb.id != me.id
+    }
+    peers = {cb: central_bank_pb2_grpc.CentralBankStub(ch) for cb, ch in peer_channels.items()}
+    replica = Replica(
+        genesis,
+        central_bank=me.id,
+        signer=key,
+        verifier=None if settings.replica_check is SignatureCheck.NONE else FastVerifier(),
+        check=settings.replica_check,
+    )
+    link = BridgeLink(bridge)
+    core = CentralBankCore(
+        config=config,
+        central_bank=me.id,
+        key=key,
+        bridge=bridge,
+        link=link,
+        replica=replica,
+        peers=peers,
+    )
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    central_bank_pb2_grpc.add_CentralBankServicer_to_server(CentralBankService(core), server)
+    central_bank_pb2_grpc.add_CentralBankAdminServicer_to_server(
+        CentralBankAdminService(core, admin_token(config, me.id)), server
+    )
+    health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
+    pki = None if config.tls is None else config.directory / config.tls.directory
+    port = bind(
+        server, "127.0.0.1", me.port if settings.port is None else settings.port, pki, me.id
+    )
+    await server.start()
+    tasks = [
+        asyncio.create_task(follow_blocks(core), name="follow-blocks"),
+        asyncio.create_task(admit_configured_banks(core), name="admit-banks"),
+    ]
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    for name in SERVICE_NAMES:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("central bank node listening", extra={"central_bank": me.id, "port": port})
+    on_listening(port)
+    try:
+        await stop.wait()
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=2.0)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await link.close()
+        await bridge_channel.close()
+        for channel in peer_channels.values():
+            await channel.close()
+        log.info(
+            "central bank node stopped", extra={"central_bank": me.id, "height": replica.height}
+        )
+
+
+async def check_genesis(core: CentralBankCore) -> None:
+    remote = await core.bridge.GetGenesis(bridge_pb.GetGenesisRequest(), timeout=BRIDGE_DEADLINE)
+    if bytes(remote.hash) != core.replica.ledger.genesis.hash():
+        raise BridgeError("the bridge runs a different genesis than network.json describes")
+
+
+async def follow_blocks(core: CentralBankCore) -> None:
+    """Replay and attest every block, reconnecting whenever the bridge goes away."""
+    replica = core.replica
+    pending: set[asyncio.Task[None]] = set()
+
+    async def submit(attestation: types_pb2.Attestation) -> None:
+        try:
+            await core.bridge.SubmitAttestation(attestation, timeout=BRIDGE_DEADLINE)
+        except grpc.aio.AioRpcError as error:
+            log.warning(
+                "attestation not accepted",
+                extra={"height": attestation.height, "code": error.code().name},
+            )
+
+    while True:
+        try:
+            await check_genesis(core)
+            request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)
+            async for block in core.bridge.StreamBlocks(request):
+                header = wire.header_from_proto(block.header)
+                attestation = replica.apply_block(
+                    header, [bytes(e.canonical) for e in block.entries]
+                )
+                if any(a.central_bank == core.id for a in block.attestations):
+                    continue
+                if len(pending) >= ATTESTATIONS_IN_FLIGHT:
+                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.create_task(submit(wire.attestation_to_proto(attestation)))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+        except grpc.aio.AioRpcError as error:
+            log.info(
+                "waiting for the bridge",
+                extra={"code": error.code().name, "height": replica.height},
+            )
+            await asyncio.sleep(0.5)
+        except BridgeError as error:
+            log.error("block failed verification; not attesting", extra={"error": str(error)})
+            await asyncio.sleep(5.0)
+
+
+async def admit_configured_banks(core: CentralBankCore) -> None:
+    """Register this central bank's configured banks on the bridge (once; restarts skip them)."""
+    for bank in core.config.central_bank(core.id).banks:
+        while True:
+            try:
+                if await core.public_key_of(bank.id) is None:
+                    key_file = core.config.key_path(bank.id).with_suffix(".pub.pem")
+                    body = AdmitBank(
+                        f"admit-{bank.id}",
+                        core.id,
+                        now_ms() + 600_000,
+                        bank.id,
+                        public_key_from_pem(key_file.read_bytes()),
+                    )
+                    await core.sign_and_settle(body)
+                    log.info("bank admitted", extra={"bank": bank.id})
+                break
+            except Refused as refusal:
+                log.info(
+                    "admission pending", extra={"bank": bank.id, "reason": refusal.reason.value}
+                )
+                await asyncio.sleep(0.5)

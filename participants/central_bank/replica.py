@@ -1,0 +1,104 @@
+"""A central bank's own replica of the bridge ledger, and its attestation of every block.
+
+The node follows the bridge's block stream. For each block it checks the hash link to the
+previous block, the Merkle root over the entries, and replays every entry through its own copy
+of the ledger core, which must reproduce the logged outcome. Only then does it sign the block
+header (attestation). It also indexes, per participant, the entries that concern them, which
+serves its banks' history and settlement streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.crypto import Signer, Verifier
+from bridge.domain import Entry, Genesis, ParticipantId
+from bridge.errors import LogIntegrityError, Refused
+from bridge.log.blocks import Attestation, BlockHeader, attest
+from bridge.log.events import settlement_event
+from bridge.log.merkle import merkle_root
+
+
+@dataclass(frozen=True, slots=True)
+class IndexedEntry:
+    seq: int
+    height: int
+    data: bytes  # canonical entry bytes
+
+
+class Replica:
+    def __init__(
+        self,
+        genesis: Genesis,
+        *,
+        central_bank: ParticipantId,
+        signer: Signer,
+        verifier: Verifier | None,
+        check: SignatureCheck,
+    ) -> None:
+        self.ledger = Ledger(genesis, verifier=verifier, check=check)
+        self.central_bank = central_bank
+        self.signer = signer
+        self.height = 0
+        self.head_hash = genesis.hash()
+        self._index: dict[ParticipantId, list[IndexedEntry]] = defaultdict(list)
+        self._changed = asyncio.Condition()
+
+    def apply_block(self, header: BlockHeader, entries: list[bytes]) -> Attestation:
+        """Verify one block against the replica and return this central bank's attestation."""
+        where = f"block {header.height}"
+        if header.height != self.height + 1:
+            raise LogIntegrityError(where, f"expected height {self.height + 1}")
+        if header.prev_hash != self.head_hash:
+            raise LogIntegrityError(where, "does not link to the previous block")
+        if header.first_seq != self.ledger.next_seq or header.entry_count != len(entries):
+            raise LogIntegrityError(where, "entry range does not follow the previous block")
+        if merkle_root(entries) != header.merkle_root:
+            raise LogIntegrityError(where, "Merkle root does not match its entries")
+        ledger = self.ledger
+        parsed = []
+        try:
+            for data in entries:
+                entry = Entry.from_canonical_bytes(data)
+                receipt = ledger.apply(entry.envelope, entry.time)
+                if (
+                    receipt.duplicate
+                    or receipt.outcome is not entry.outcome
+                    or receipt.seq != entry.seq
+                ):
+                    raise LogIntegrityError(
+                        f"{where}, entry {entry.seq}",
+                        f"replay gives {receipt.outcome.value}, the log says {entry.outcome.value}",
+                    )
+                parsed.append((entry, data))
+        except (Refused, LogIntegrityError):
+            ledger.rollback()
+            raise
+        for entry, data in parsed:
+            for party in settlement_event(entry, ledger, header.height)["parties"]:
+                self._index[party].append(IndexedEntry(entry.seq, header.height, data))
+        ledger.confirm()
+        self.height = header.height
+        self.head_hash = header.hash()
+        asyncio.get_running_loop().create_task(self._notify())
+        return attest(header, self.central_bank, self.signer)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_beyond(self, height: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.height > height)
+
+    def entries_of(
+        self, participant: ParticipantId, from_seq: int, limit: int
+    ) -> Iterator[IndexedEntry]:
+        entries = self._index.get(participant, [])
+        start = bisect.bisect_left(entries, from_seq, key=lambda e: e.seq)
+        yield from entries[start : start + limit]

@@ -1,0 +1,562 @@
+"""The central bank node's gRPC services.
+
+`CentralBank` is what its commercial banks call: every instruction must carry the bank's own
+valid signature, every query a signed `auth`; the node endorses only its own banks' legs and
+forwards to the bridge. `CentralBankAdmin` is the central bank's own desk (bearer token): it
+signs admissions, policy, issuance and freezes with the central bank's key. The bridge enforces
+who may do what deterministically; the node refuses early what it can see is not allowed.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from bridge import wire
+from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
+from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
+from bridge._proto.bridge.v1 import central_bank_pb2 as pb
+from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.crypto import FastVerifier, PrivateKey
+from bridge.domain import (
+    AcceptPvp,
+    AdmitBank,
+    CancelPvp,
+    DualPvp,
+    Envelope,
+    FreezeAccount,
+    Instruction,
+    Issue,
+    Pay,
+    ProposePvp,
+    Redeem,
+    RejectPvp,
+    SetParticipantStatus,
+    SetPolicy,
+    party_message,
+)
+from bridge.errors import Reason, Refused
+from bridge.signing import endorse, signed
+from bridge.status import abort, refusal_from_rpc_error
+from participants.auth import check_query
+from participants.central_bank.bridge_link import BridgeLink
+from participants.central_bank.replica import Replica
+from participants.network_config import NetworkConfig
+
+log = logging.getLogger("participants.central_bank")
+Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
+BRIDGE_DEADLINE = 10.0
+HISTORY_PAGE = 500
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class CentralBankCore:
+    """What both services share: identity, keys, the bridge and the replica."""
+
+    def __init__(
+        self,
+        *,
+        config: NetworkConfig,
+        central_bank: str,
+        key: PrivateKey,
+        bridge: bridge_grpc.BridgeLedgerStub,
+        link: BridgeLink,
+        replica: Replica,
+        peers: dict[str, pb_grpc.CentralBankStub],
+    ) -> None:
+        self.config = config
+        self.id = central_bank
+        self.currency = config.central_bank(central_bank).currency
+        self.key = key
+        self.bridge = bridge
+        self.link = link
+        self.replica = replica
+        self.peers = peers
+        self.verifier = FastVerifier()
+
+    # ------------------------------------------------------------------ identities
+
+    async def public_key_of(self, participant: str) -> bytes | None:
+        known = self.replica.ledger.participants.get(participant)
+        if known is not None:
+            return known.public_key
+        try:
+            response = await self.bridge.GetParticipant(
+                bridge_pb.GetParticipantRequest(participant=participant), timeout=BRIDGE_DEADLINE
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise refusal_from_rpc_error(error) from error
+        key: bytes = response.participant.public_key
+        return key
+
+    async def home_of(self, participant: str) -> str | None:
+        known = self.replica.ledger.participants.get(participant)
+        if known is not None:
+            return known.home_central_bank
+        try:
+            response = await self.bridge.GetParticipant(
+                bridge_pb.GetParticipantRequest(participant=participant), timeout=BRIDGE_DEADLINE
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise refusal_from_rpc_error(error) from error
+        home: str = response.participant.home_central_bank
+        return home
+
+    async def own_bank(self, participant: str) -> None:
+        home = await self.home_of(participant)
+        if home is None:
+            raise Refused(Reason.UNKNOWN_SIGNER, f"unknown bank {participant}")
+        if home != self.id:
+            raise Refused(
+                Reason.NOT_HOME_CENTRAL_BANK,
+                f"{participant} is a bank of {home}; send its instructions to {home}'s node",
+            )
+
+    async def authenticate_query(self, method: str, request: Any) -> str:
+        requester: str = request.auth.requester
+        key = await self.public_key_of(requester) if requester else None
+        bank = check_query(method, request, key, self.verifier, now_ms())
+        await self.own_bank(bank)
+        return bank
+
+    async def verify_party(self, envelope: Envelope, party: str) -> None:
+        signature = envelope.party_signature(party)
+        if signature is None:
+            raise Refused(Reason.MISSING_SIGNATURE, f"the instruction is not signed by {party}")
+        key = await self.public_key_of(party)
+        if key is None:
+            raise Refused(Reason.UNKNOWN_SIGNER, f"unknown participant {party}")
+        if not self.verifier.verify(key, party_message(envelope.body_bytes), signature.value):
+            raise Refused(Reason.BAD_SIGNATURE, f"signature by {party} does not verify")
+
+    # ------------------------------------------------------------------ forwarding
+
+    async def settle(self, envelope: Envelope) -> types.InstructionStatus:
+        result = await self.link.submit(envelope)
+        if isinstance(result, Refused):
+            raise result
+        return types.InstructionStatus(receipt=wire.receipt_to_proto(result))
+
+    async def sign_and_settle(self, body: Instruction) -> types.InstructionStatus:
+        return await self.settle(signed(body, self.key))
+
+
+class CentralBankService(pb_grpc.CentralBankServicer):
+    """Bank-facing RPCs. Every method refuses with a precise status and changes nothing."""
+
+    def __init__(self, core: CentralBankCore) -> None:
+        self.core = core
+
+    async def _bank_instruction(
+        self, request: types.SignedInstruction, kind: type[Instruction], context: Context
+    ) -> types.InstructionStatus:
+        core = self.core
+        try:
+            envelope = wire.envelope_from_proto(request)
+            if not isinstance(envelope.body, kind):
+                raise Refused(
+                    Reason.MALFORMED,
+                    f"expected a {kind.KIND} instruction, got {envelope.body.KIND}",
+                )
+            sender = envelope.body.sender
+            await core.own_bank(sender)
+            if any(s.endorses for s in envelope.signatures):
+                raise Refused(Reason.MALFORMED, "endorsements are added by the central bank nodes")
+            if len(envelope.signatures) != 1:
+                raise Refused(
+                    Reason.MALFORMED, f"{kind.KIND} carries exactly the sender's signature"
+                )
+            await core.verify_party(envelope, sender)
+            return await core.settle(endorse(envelope, sender, core.id, core.key))
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def Pay(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        return await self._bank_instruction(request, Pay, context)
+
+    async def ProposePvp(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        return await self._bank_instruction(request, ProposePvp, context)
+
+    async def AcceptPvp(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        return await self._bank_instruction(request, AcceptPvp, context)
+
+    async def RejectPvp(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        return await self._bank_instruction(request, RejectPvp, context)
+
+    async def CancelPvp(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        return await self._bank_instruction(request, CancelPvp, context)
+
+    async def RequestRedemption(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        return await self._bank_instruction(request, Redeem, context)
+
+    async def SubmitDualPvp(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        core = self.core
+        try:
+            envelope = wire.envelope_from_proto(request)
+            body = envelope.body
+            if not isinstance(body, DualPvp):
+                raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
+            await core.own_bank(body.sender)
+            if any(s.endorses for s in envelope.signatures) or len(envelope.signatures) != 2:
+                raise Refused(Reason.MALFORMED, "pvp_dual carries exactly both banks' signatures")
+            await core.verify_party(envelope, body.sender)
+            await core.verify_party(envelope, body.counterparty)
+            envelope = endorse(envelope, body.sender, core.id, core.key)
+            envelope = await self._counterparty_endorsement(envelope, body)
+            return await core.settle(envelope)
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def _counterparty_endorsement(self, envelope: Envelope, body: DualPvp) -> Envelope:
+        core = self.core
+        home = await core.home_of(body.counterparty)
+        if home is None:
+            raise Refused(Reason.UNKNOWN_PARTICIPANT, f"unknown participant {body.counterparty}")
+        if home == core.id:
+            return endorse(envelope, body.counterparty, core.id, core.key)
+        peer = core.peers.get(home)
+        if peer is None:
+            raise Refused(Reason.UNAVAILABLE, f"no route to {home}'s node")
+        try:
+            endorsed = await peer.EndorseDualPvp(
+                wire.envelope_to_proto(envelope), timeout=BRIDGE_DEADLINE
+            )
+        except grpc.aio.AioRpcError as error:
+            raise refusal_from_rpc_error(error) from error
+        result = wire.envelope_from_proto(endorsed)
+        if (
+            result.body_bytes != envelope.body_bytes
+            or result.endorsement(body.counterparty) is None
+        ):
+            raise Refused(
+                Reason.BAD_SIGNATURE, f"{home} returned a different or unendorsed instruction"
+            )
+        return result
+
+    async def EndorseDualPvp(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.SignedInstruction:
+        """Called by the proposer's central bank: endorse our bank's leg of a dual PvP."""
+        core = self.core
+        try:
+            envelope = wire.envelope_from_proto(request)
+            body = envelope.body
+            if not isinstance(body, DualPvp):
+                raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
+            await core.own_bank(body.counterparty)
+            await core.verify_party(envelope, body.counterparty)
+            endorsement = envelope.endorsement(body.sender)
+            sender_home = await core.home_of(body.sender)
+            if endorsement is None or endorsement.signer != sender_home:
+                raise Refused(
+                    Reason.MISSING_SIGNATURE,
+                    "the proposer's leg is not endorsed by its central bank",
+                )
+            if envelope.endorsement(body.counterparty) is not None:
+                raise Refused(Reason.MALFORMED, "our bank's leg is already endorsed")
+            return wire.envelope_to_proto(endorse(envelope, body.counterparty, core.id, core.key))
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def RequestIssuance(
+        self, request: pb.IssuanceRequest, context: Context
+    ) -> types.InstructionStatus:
+        core = self.core
+        try:
+            bank = await core.authenticate_query("/bridge.v1.CentralBank/RequestIssuance", request)
+            body = Issue(
+                f"issue-{bank}-{request.request_id}",
+                core.id,
+                request.valid_until,
+                bank,
+                core.currency,
+                request.amount,
+            )
+            return await core.sign_and_settle(body)
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def GetInstructionStatus(
+        self, request: pb.InstructionStatusQuery, context: Context
+    ) -> types.InstructionStatus:
+        core = self.core
+        try:
+            bank = await core.authenticate_query(
+                "/bridge.v1.CentralBank/GetInstructionStatus", request
+            )
+            if request.sender != bank:
+                raise Refused(Reason.NOT_A_PARTY, f"{bank} may only read its own instructions")
+            try:
+                status: types.InstructionStatus = await core.bridge.GetReceipt(
+                    bridge_pb.GetReceiptRequest(
+                        sender=request.sender, instruction_id=request.instruction_id
+                    ),
+                    timeout=BRIDGE_DEADLINE,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise refusal_from_rpc_error(error) from error
+            return status
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def GetBalances(self, request: pb.BalancesQuery, context: Context) -> types.AccountList:
+        core = self.core
+        try:
+            bank = await core.authenticate_query("/bridge.v1.CentralBank/GetBalances", request)
+            try:
+                accounts = await core.bridge.GetBalances(
+                    bridge_pb.GetBalancesRequest(participant=bank), timeout=BRIDGE_DEADLINE
+                )
+            except grpc.aio.AioRpcError as error:
+                raise refusal_from_rpc_error(error) from error
+            return types.AccountList(
+                accounts=[
+                    a
+                    for a in accounts.accounts
+                    if not request.currency or a.currency == request.currency
+                ]
+            )
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def GetHistory(self, request: pb.HistoryQuery, context: Context) -> pb.HistoryPage:
+        core = self.core
+        try:
+            bank = await core.authenticate_query("/bridge.v1.CentralBank/GetHistory", request)
+        except Refused as refusal:
+            await abort(context, refusal)
+        limit = min(request.limit or 100, HISTORY_PAGE)
+        entries = list(core.replica.entries_of(bank, max(1, request.from_seq), limit))
+        next_seq = entries[-1].seq + 1 if entries else max(1, request.from_seq)
+        return pb.HistoryPage(
+            entries=[
+                types.EntryEvent(
+                    entry=wire.entry_bytes_to_proto(e.seq, e.data), block_height=e.height
+                )
+                for e in entries
+            ],
+            next_seq=next_seq,
+        )
+
+    async def GetPvp(self, request: pb.PvpQuery, context: Context) -> types.PvpStatus:
+        core = self.core
+        try:
+            bank = await core.authenticate_query("/bridge.v1.CentralBank/GetPvp", request)
+            try:
+                status: types.PvpStatus = await core.bridge.GetPvp(
+                    bridge_pb.GetPvpRequest(proposer=request.proposer, pvp_id=request.pvp_id),
+                    timeout=BRIDGE_DEADLINE,
+                )
+            except grpc.aio.AioRpcError as error:
+                raise refusal_from_rpc_error(error) from error
+            parties = {status.proposer, *(leg.payer for leg in status.legs)}
+            if bank not in parties:
+                raise Refused(
+                    Reason.NOT_A_PARTY, f"{bank} is not a party to PvP {request.pvp_id!r}"
+                )
+            return status
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def WatchSettlements(
+        self, request: pb.WatchSettlementsQuery, context: Context
+    ) -> AsyncIterator[types.EntryEvent]:
+        core = self.core
+        try:
+            bank = await core.authenticate_query("/bridge.v1.CentralBank/WatchSettlements", request)
+        except Refused as refusal:
+            await abort(context, refusal)
+        seq = max(1, request.from_seq)
+        while True:
+            seen_height = core.replica.height
+            entries = list(core.replica.entries_of(bank, seq, HISTORY_PAGE))
+            for e in entries:
+                yield types.EntryEvent(
+                    entry=wire.entry_bytes_to_proto(e.seq, e.data), block_height=e.height
+                )
+                seq = e.seq + 1
+            if not entries:
+                await core.replica.wait_beyond(seen_height)
+
+
+class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
+    """The central bank's own operations, for holders of its admin token."""
+
+    def __init__(self, core: CentralBankCore, admin_token: str) -> None:
+        self.core = core
+        self.admin_token = admin_token
+
+    async def _authorize(self, context: Context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        given = str(metadata.get("authorization", ""))
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.admin_token}".encode()):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "admin operations need the central bank's admin token",
+            )
+
+    async def _run(self, context: Context, body: Instruction) -> types.InstructionStatus:
+        await self._authorize(context)
+        try:
+            return await self.core.sign_and_settle(body)
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def AdmitBank(
+        self, request: pb.AdmitBankRequest, context: Context
+    ) -> types.InstructionStatus:
+        body = AdmitBank(
+            request.instruction_id,
+            self.core.id,
+            request.valid_until,
+            request.body.bank,
+            request.body.public_key,
+        )
+        return await self._run(context, body)
+
+    async def SuspendBank(
+        self, request: pb.BankStatusRequest, context: Context
+    ) -> types.InstructionStatus:
+        body = SetParticipantStatus(
+            request.instruction_id, self.core.id, request.valid_until, request.bank, "suspended"
+        )
+        return await self._run(context, body)
+
+    async def ReactivateBank(
+        self, request: pb.BankStatusRequest, context: Context
+    ) -> types.InstructionStatus:
+        body = SetParticipantStatus(
+            request.instruction_id, self.core.id, request.valid_until, request.bank, "active"
+        )
+        return await self._run(context, body)
+
+    async def SetPolicy(
+        self, request: pb.SetPolicyRequest, context: Context
+    ) -> types.InstructionStatus:
+        policy = request.body
+        body = SetPolicy(
+            request.instruction_id,
+            self.core.id,
+            request.valid_until,
+            policy.per_transfer_limit,
+            policy.per_day_limit,
+            tuple(policy.allowed_jurisdictions),
+        )
+        return await self._run(context, body)
+
+    async def Issue(self, request: pb.IssueRequest, context: Context) -> types.InstructionStatus:
+        issue = request.body
+        body = Issue(
+            request.instruction_id,
+            self.core.id,
+            request.valid_until,
+            issue.to,
+            issue.currency,
+            issue.amount,
+        )
+        return await self._run(context, body)
+
+    async def FreezeAccount(
+        self, request: pb.FreezeAccountRequest, context: Context
+    ) -> types.InstructionStatus:
+        freeze = request.body
+        body = FreezeAccount(
+            request.instruction_id,
+            self.core.id,
+            request.valid_until,
+            freeze.participant,
+            freeze.currency,
+            freeze.frozen,
+        )
+        return await self._run(context, body)
+
+    async def Redeem(
+        self, request: types.SignedInstruction, context: Context
+    ) -> types.InstructionStatus:
+        await self._authorize(context)
+        return await CentralBankService(self.core).RequestRedemption(request, context)
+
+    async def ListBanks(
+        self, request: pb.ListBanksRequest, context: Context
+    ) -> types.ParticipantList:
+        await self._authorize(context)
+        try:
+            banks = await self.core.bridge.ListParticipants(
+                bridge_pb.ListParticipantsRequest(home_central_bank=self.core.id),
+                timeout=BRIDGE_DEADLINE,
+            )
+        except grpc.aio.AioRpcError as error:
+            await abort(context, refusal_from_rpc_error(error))
+        return types.ParticipantList(
+            participants=[
+                p
+                for p in banks.participants
+                if p.id != self.core.id and (not request.status or p.status == request.status)
+            ]
+        )
+
+    async def GetCurrencySupply(
+        self, request: types.CurrencySupplyRequest, context: Context
+    ) -> types.CurrencySupply:
+        await self._authorize(context)
+        if request.currency != self.core.currency:
+            await abort(
+                context,
+                Refused(Reason.NOT_ISSUER, f"{self.core.id} supervises {self.core.currency} only"),
+            )
+        try:
+            supply: types.CurrencySupply = await self.core.bridge.GetCurrencySupply(
+                request, timeout=BRIDGE_DEADLINE
+            )
+        except grpc.aio.AioRpcError as error:
+            await abort(context, refusal_from_rpc_error(error))
+        return supply
+
+    async def ListAccounts(
+        self, request: pb.ListAccountsRequest, context: Context
+    ) -> types.AccountList:
+        """Accounts in this central bank's currency, and every account of its own banks."""
+        await self._authorize(context)
+        ledger = self.core.replica.ledger
+        accounts = []
+        for (owner, currency), (available, held) in sorted(ledger.balances.items()):
+            participant = ledger.participants.get(owner)
+            supervised = currency == self.core.currency or (
+                participant is not None and participant.home_central_bank == self.core.id
+            )
+            if not supervised:
+                continue
+            if (request.participant and owner != request.participant) or (
+                request.currency and currency != request.currency
+            ):
+                continue
+            frozen = (owner, currency) in ledger.frozen
+            accounts.append(wire.account_to_proto(owner, currency, available, held, frozen))
+        return types.AccountList(accounts=accounts)

@@ -1,0 +1,232 @@
+"""Start a whole bridge network as separate processes on free loopback ports, and stop it.
+
+Each node is `python -m participants.cli node ...` in its own process group, logging JSON to
+NETWORK/logs/<name>.log. A node is ready when it has printed its `listening` line and its gRPC
+health check answers SERVING. `stop()` sends SIGTERM (graceful: in-flight blocks commit), then
+SIGKILL after a grace period; it is also called on exit, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from participants.network_config import NetworkConfig, generate_network
+
+READY_TIMEOUT = 60.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "participants.cli", *self.args],
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_listening(self, deadline: float) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        os.set_blocking(self.process.stdout.fileno(), False)
+        buffer = b""
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
+                )
+            chunk = self.process.stdout.read()
+            if chunk:
+                buffer += chunk
+                for line in buffer.splitlines():
+                    with contextlib.suppress(ValueError):
+                        event = json.loads(line)
+                        if event.get("event") == "listening":
+                            self.port = int(event["port"])
+                            return
+            time.sleep(0.02)
+        raise TimeoutError(
+            f"{self.name} did not start within {READY_TIMEOUT} s; see {self.log_path}"
+        )
+
+    def signal(self, sig: int) -> None:
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process is None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def kill(self) -> None:
+        """SIGKILL, no grace: what a crash looks like."""
+        if self.process is None:
+            return
+        self.signal(signal.SIGKILL)
+        self.process.wait(5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+def wait_serving(address: str, deadline: float) -> None:
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise TimeoutError(f"{address} is not SERVING")
+
+
+@dataclass
+class Network:
+    """A running network; a context manager that always stops its processes."""
+
+    config: NetworkConfig
+    bridge: NodeProcess
+    central_banks: dict[str, NodeProcess] = field(default_factory=dict)
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        return self.config.directory
+
+    def start(self) -> Network:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        deadline = time.monotonic() + READY_TIMEOUT
+        try:
+            self.bridge.start(env)
+            self.bridge.wait_listening(deadline)
+            for node in self.central_banks.values():
+                node.start(env)
+            for node in self.central_banks.values():
+                node.wait_listening(deadline)
+            if self.config.tls is None:
+                wait_serving(self.config.bridge_address, deadline)
+                for cb in self.config.central_banks:
+                    wait_serving(cb.address, deadline)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def restart_central_bank(self, central_bank: str) -> None:
+        node = self.central_banks[central_bank]
+        node.start({**os.environ, "PYTHONUNBUFFERED": "1"})
+        node.wait_listening(time.monotonic() + READY_TIMEOUT)
+
+    def restart_bridge(self) -> None:
+        self.bridge.start({**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.bridge.wait_listening(time.monotonic() + READY_TIMEOUT)
+
+    def stop(self) -> None:
+        for node in self.central_banks.values():
+            node.signal(signal.SIGTERM)
+        for node in self.central_banks.values():
+            node.stop()
+        self.bridge.stop()
+
+    def __enter__(self) -> Network:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def prepare_network(
+    directory: Path,
+    *,
+    central_banks: int = 4,
+    banks_per_central_bank: int = 2,
+    quorum: int | None = None,
+    replica_check: str = "endorsements",
+) -> Network:
+    """Generate (or reuse) the network in `directory` on fresh free ports; not started yet."""
+    if (directory / "network.json").exists():
+        config = NetworkConfig.load(directory)
+        ports = free_ports(len(config.central_banks) + 1)
+        config = _with_ports(config, ports)
+        config.save()
+    else:
+        ports = free_ports(central_banks + 1)
+        config = generate_network(
+            directory,
+            central_banks=central_banks,
+            banks_per_central_bank=banks_per_central_bank,
+            ports=ports,
+            quorum=quorum,
+        )
+    logs = directory / "logs"
+    network_args = ["--network", str(directory)]
+    bridge = NodeProcess("bridge", ["node", "bridge", *network_args], logs / "bridge.log")
+    nodes = {
+        cb.id: NodeProcess(
+            cb.id,
+            ["node", "central-bank", cb.id, *network_args, "--replica-check", replica_check],
+            logs / f"{cb.id}.log",
+        )
+        for cb in config.central_banks
+    }
+    return Network(config, bridge, nodes)
+
+
+def _with_ports(config: NetworkConfig, ports: list[int]) -> NetworkConfig:
+    from dataclasses import replace
+
+    banks = tuple(
+        replace(cb, port=port) for cb, port in zip(config.central_banks, ports[1:], strict=True)
+    )
+    return replace(config, bridge_port=ports[0], central_banks=banks)

@@ -1,0 +1,241 @@
+"""The layout of one bridge network on disk: who runs which node where, and their keys.
+
+A network lives in one working directory:
+
+    network.json          this file's data: chain id, quorum, bridge and central bank nodes
+    keys/<ID>.pem         PKCS#8 private key of a central bank or bank (0600)
+    keys/<ID>.pub.pem     its public key
+    bridge.sqlite         the bridge ledger (embedded default store)
+    pki/                  optional demo CA and TLS certificates (`cbdc-bridge pki`)
+    logs/                 node logs when started by `cbdc-bridge up` / `demo`
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge.crypto import PrivateKey
+from bridge.domain import Genesis, GenesisBank
+
+CONFIG_FILE = "network.json"
+
+
+@dataclass(frozen=True, slots=True)
+class BankConfig:
+    id: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CentralBankConfig:
+    id: str
+    name: str
+    jurisdiction: str
+    currency: str
+    exponent: int
+    port: int
+    banks: tuple[BankConfig, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """Paths (relative to the network directory) of the demo CA and per-node certificates."""
+
+    ca: str = "pki/ca.pem"
+    directory: str = "pki"
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkConfig:
+    chain_id: str
+    quorum: int
+    bridge_port: int
+    central_banks: tuple[CentralBankConfig, ...]
+    directory: Path = field(default=Path("."), compare=False)
+    tls: TlsConfig | None = None
+
+    @property
+    def bridge_address(self) -> str:
+        return f"127.0.0.1:{self.bridge_port}"
+
+    @property
+    def bridge_db(self) -> Path:
+        return self.directory / "bridge.sqlite"
+
+    def key_path(self, participant: str) -> Path:
+        return self.directory / "keys" / f"{participant}.pem"
+
+    def load_key(self, participant: str) -> PrivateKey:
+        return PrivateKey.load(self.key_path(participant))
+
+    def central_bank(self, central_bank_id: str) -> CentralBankConfig:
+        for cb in self.central_banks:
+            if cb.id == central_bank_id:
+                return cb
+        raise KeyError(f"no central bank {central_bank_id} in {self.directory / CONFIG_FILE}")
+
+    def home_of(self, bank_id: str) -> CentralBankConfig:
+        for cb in self.central_banks:
+            if any(bank.id == bank_id for bank in cb.banks):
+                return cb
+        raise KeyError(f"no bank {bank_id} in {self.directory / CONFIG_FILE}")
+
+    def genesis(self) -> Genesis:
+        return Genesis(
+            chain_id=self.chain_id,
+            quorum=self.quorum,
+            central_banks=tuple(
+                GenesisBank(
+                    cb.id,
+                    cb.jurisdiction,
+                    self.load_key(cb.id).public_key,
+                    cb.currency,
+                    cb.exponent,
+                )
+                for cb in self.central_banks
+            ),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("directory")
+        return data
+
+    def save(self) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / CONFIG_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> NetworkConfig:
+        path = directory / CONFIG_FILE
+        data = json.loads(path.read_text())
+        tls = data.get("tls")
+        return cls(
+            chain_id=data["chain_id"],
+            quorum=int(data["quorum"]),
+            bridge_port=int(data["bridge_port"]),
+            central_banks=tuple(
+                CentralBankConfig(
+                    id=cb["id"],
+                    name=cb["name"],
+                    jurisdiction=cb["jurisdiction"],
+                    currency=cb["currency"],
+                    exponent=int(cb["exponent"]),
+                    port=int(cb["port"]),
+                    banks=tuple(BankConfig(**bank) for bank in cb["banks"]),
+                )
+                for cb in data["central_banks"]
+            ),
+            directory=directory,
+            tls=None if tls is None else TlsConfig(**tls),
+        )
+
+
+# The corridor of the scenario: mBridge members plus Singapore, two banks each.
+DEFAULT_CENTRAL_BANKS: tuple[tuple[str, str, str, str, tuple[tuple[str, str], ...]], ...] = (
+    (
+        "PBOC",
+        "People's Bank of China",
+        "CN",
+        "CNY",
+        (("ICBC", "ICBC Chongqing"), ("BOCQ", "Bank of Chongqing")),
+    ),
+    (
+        "HKMA",
+        "Hong Kong Monetary Authority",
+        "HK",
+        "HKD",
+        (("HSBCHK", "HSBC Hong Kong"), ("BOCHK", "Bank of China (Hong Kong)")),
+    ),
+    (
+        "BOT",
+        "Bank of Thailand",
+        "TH",
+        "THB",
+        (("KBANK", "Kasikornbank"), ("SCB", "Siam Commercial Bank")),
+    ),
+    (
+        "CBUAE",
+        "Central Bank of the UAE",
+        "AE",
+        "AED",
+        (("ENBD", "Emirates NBD"), ("FAB", "First Abu Dhabi Bank")),
+    ),
+    (
+        "SAMA",
+        "Saudi Central Bank",
+        "SA",
+        "SAR",
+        (("SNB", "Saudi National Bank"), ("RJHI", "Al Rajhi Bank")),
+    ),
+    (
+        "MAS",
+        "Monetary Authority of Singapore",
+        "SG",
+        "SGD",
+        (("DBS", "DBS Bank"), ("OCBC", "OCBC Bank")),
+    ),
+)
+
+
+def generate_network(
+    directory: Path,
+    *,
+    central_banks: int = 4,
+    banks_per_central_bank: int = 2,
+    ports: list[int],
+    quorum: int | None = None,
+    chain_id: str = "mbridge-demo",
+) -> NetworkConfig:
+    """Write keys and network.json for a fresh network; `ports[0]` is the bridge's port."""
+    if len(ports) < central_banks + 1:
+        raise ValueError("need one port for the bridge and one per central bank")
+    cbs = []
+    for index in range(central_banks):
+        if index < len(DEFAULT_CENTRAL_BANKS):
+            cb_id, name, jurisdiction, currency, named_banks = DEFAULT_CENTRAL_BANKS[index]
+        else:
+            cb_id, name = f"CB{index:02d}", f"Central Bank {index:02d}"
+            jurisdiction = f"{chr(65 + index // 26 % 26)}{chr(65 + index % 26)}"
+            currency, named_banks = f"X{chr(65 + index // 26 % 26)}{chr(65 + index % 26)}", ()
+        banks = [
+            BankConfig(*named_banks[i])
+            for i in range(min(banks_per_central_bank, len(named_banks)))
+        ]
+        banks += [
+            BankConfig(f"{cb_id}B{i:02d}", f"{name} member bank {i:02d}")
+            for i in range(len(banks), banks_per_central_bank)
+        ]
+        cbs.append(
+            CentralBankConfig(
+                cb_id, name, jurisdiction, currency, 2, ports[index + 1], tuple(banks)
+            )
+        )
+    config = NetworkConfig(
+        chain_id=chain_id,
+        quorum=quorum if quorum is not None else central_banks,
+        bridge_port=ports[0],
+        central_banks=tuple(cbs),
+        directory=directory,
+    )
+    for cb in cbs:
+        for participant in (cb.id, *(bank.id for bank in cb.banks)):
+            path = config.key_path(participant)
+            if not path.exists():
+                PrivateKey.generate().save(path)
+        token = directory / "keys" / f"{cb.id}.admin-token"
+        if not token.exists():
+            token.write_text(secrets.token_urlsafe(32) + "\n")
+            token.chmod(0o600)
+    config.save()
+    return config

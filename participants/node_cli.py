@@ -1,0 +1,106 @@
+"""`cbdc-bridge node ...`: run one node of a network in the foreground (one process each)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import typer
+
+from bridge.core.ledger import SignatureCheck
+from bridge.logs import configure_logging
+
+node_app = typer.Typer(
+    help="Run one node (bridge or central bank) in the foreground.", no_args_is_help=True
+)
+
+NETWORK_OPTION = typer.Option(
+    Path("demo-network"), "--network", "-n", help="Network directory (network.json, keys/)."
+)
+
+
+def announce(role: str, name: str) -> Callable[[int], None]:
+    """Print one JSON line when listening: launchers read it to know the node is up."""
+
+    def on_listening(port: int) -> None:
+        print(
+            json.dumps({"event": "listening", "role": role, "name": name, "port": port}), flush=True
+        )
+
+    return on_listening
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await main(stop)
+
+    asyncio.run(runner())
+
+
+@node_app.command("bridge")
+def bridge_node(
+    network: Path = NETWORK_OPTION,
+    port: int = typer.Option(
+        -1, help="Port (default: the one in network.json; 0 picks a free one)."
+    ),
+    db: Path | None = typer.Option(None, help="SQLite file (default: NETWORK/bridge.sqlite)."),
+    max_batch: int = typer.Option(1000, help="Most instructions settled in one block."),
+) -> None:
+    """Run the bridge ledger node: sequencer, SQLite store, block stream."""
+    from bridge.node.server import BridgeNodeSettings, run_bridge_node
+    from participants.network_config import NetworkConfig
+
+    configure_logging("bridge")
+    config = NetworkConfig.load(network)
+    settings = BridgeNodeSettings(
+        db=db or config.bridge_db,
+        genesis=config.genesis(),
+        port=config.bridge_port if port < 0 else port,
+        pki=None if config.tls is None else config.directory / config.tls.directory,
+        max_batch=max_batch,
+    )
+    run_until_signalled(
+        lambda stop: run_bridge_node(settings, stop=stop, on_listening=announce("bridge", "bridge"))
+    )
+
+
+@node_app.command("central-bank")
+def central_bank_node(
+    central_bank: str = typer.Argument(..., help="Central bank id, e.g. PBOC."),
+    network: Path = NETWORK_OPTION,
+    port: int = typer.Option(-1, help="Port (default: the one in network.json)."),
+    replica_check: str = typer.Option(
+        "endorsements", help="Signature checks when replaying blocks: none, endorsements or all."
+    ),
+) -> None:
+    """Run a central bank node: serve its banks, endorse their legs, attest blocks."""
+    from participants.central_bank.node import CentralBankNodeSettings, run_central_bank_node
+
+    configure_logging(central_bank)
+    try:
+        check = SignatureCheck(replica_check)
+    except ValueError:
+        print(
+            f"--replica-check must be none, endorsements or all, not {replica_check!r}",
+            file=sys.stderr,
+        )
+        raise typer.Exit(2) from None
+    settings = CentralBankNodeSettings(
+        network=network,
+        central_bank=central_bank,
+        port=None if port < 0 else port,
+        replica_check=check,
+    )
+    run_until_signalled(
+        lambda stop: run_central_bank_node(
+            settings, stop=stop, on_listening=announce("central-bank", central_bank)
+        )
+    )
