@@ -9,6 +9,7 @@ import typer
 
 from loadtest.bench_cli import bench_app
 from participants.log_cli import log_app
+from participants.network_cli import demo, up
 from participants.node_cli import node_app
 
 app = typer.Typer(
@@ -20,6 +21,8 @@ app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.add_typer(log_app, name="log")
 app.add_typer(node_app, name="node")
+app.command("up")(up)
+app.command("demo")(demo)
 
 
 def main() -> None:
