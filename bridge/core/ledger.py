@@ -298,6 +298,10 @@ class Ledger:
             receipts.append(self.apply(expiry_envelope(proposer, pvp_id, now), now))
         return receipts
 
+    def next_expiry(self) -> Millis | None:
+        """Earliest `settle_by` among held PvPs (may be stale: `expire_due` re-checks)."""
+        return self._expiries[0][0] if self._expiries else None
+
     def _rebuild_expiries(self) -> None:
         self._expiries = [
             (s.proposal.settle_by, k[0], k[1])

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bridge.domain import Envelope, Millis
+from bridge.errors import Reason, Refused
 from bridge.log.blocks import SealedBlock
 from bridge.settlement import Result, SettlementEngine
 
 Clock = Callable[[], Millis]
+log = logging.getLogger("bridge.sequencer")
 
 
 def wall_clock_ms() -> Millis:
@@ -97,8 +100,8 @@ class Sequencer:
                 self._queue.put_nowait(_Pending(None))
 
     def _has_due_expiry(self) -> bool:
-        heap = self.engine.ledger._expiries
-        return bool(heap) and heap[0][0] <= self.clock()
+        due = self.engine.ledger.next_expiry()
+        return due is not None and due <= self.clock()
 
     async def _run(self) -> None:
         queue = self._queue
@@ -111,11 +114,21 @@ class Sequencer:
     async def _settle(self, batch: list[_Pending]) -> None:
         engine = self.engine
         envelopes = [p.envelope for p in batch if p.envelope is not None]
-        prepared = engine.prepare(envelopes, self.clock())
-        failure = None
-        if prepared.block is not None:
-            failure = await asyncio.to_thread(engine.commit, prepared)
-        settled = engine.finish(prepared, failure)
+        try:
+            prepared = engine.prepare(envelopes, self.clock())
+            failure = None
+            if prepared.block is not None:
+                failure = await asyncio.to_thread(engine.commit, prepared)
+            settled = engine.finish(prepared, failure)
+        except Exception:
+            # A bug, not a refusal: undo the batch, answer UNAVAILABLE, keep serving.
+            log.exception("batch failed; rolled back", extra={"size": len(batch)})
+            engine.ledger.rollback()
+            unavailable = Refused(Reason.UNAVAILABLE, "the bridge could not settle this batch")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_result(None if pending.envelope is None else unavailable)
+            return
         results = iter(settled.results)
         for pending in batch:
             if pending.envelope is None:
