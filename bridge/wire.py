@@ -333,6 +333,16 @@ def entry_bytes_to_proto(seq: int, canonical: bytes) -> pb.SettlementEntry:
 
 
 def _entry_with_bytes(msg: pb.SettlementEntry) -> tuple[Entry, bytes]:
+    if not msg.HasField("signed") and msg.canonical:
+        # the compact form of block streams: the canonical bytes are the entry
+        canonical = bytes(msg.canonical)
+        try:
+            entry = Entry.from_canonical_bytes(canonical)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Refused(Reason.MALFORMED, f"entry {msg.seq}: unreadable canonical bytes") from exc
+        if entry.seq != msg.seq:
+            raise Refused(Reason.MALFORMED, f"entry sent as seq {msg.seq} says seq {entry.seq}")
+        return entry, canonical
     if not msg.HasField("signed"):
         raise Refused(Reason.MALFORMED, f"entry {msg.seq}: no signed instruction")
     _require_positive(msg.seq, "entry.seq")

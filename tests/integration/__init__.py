@@ -1,0 +1,1 @@
+"""Integration suites: real bridge and central bank node processes over gRPC."""
