@@ -1,0 +1,59 @@
+"""The commercial bank SDK: pay, trade FX by PvP and read accounts through a central bank node.
+
+    from participants.sdk import BankClient
+
+    with BankClient.from_network(Path("demo-network"), "ICBC") as icbc:
+        icbc.wait_ready()
+        result = icbc.pay("BOCQ", "CNY", 123_456, reference="INV-2025-0042")
+        icbc.wait_final(result.instruction_id)
+
+`BankClient` uses grpc's synchronous stubs (fine under gevent); `AsyncBankClient` has the same
+methods for asyncio. Amounts are integers in minor units (`to_minor` / `format_minor` convert
+from and to major units). Failed calls raise `BridgeRpcError` with the bridge's reason code.
+`CentralBankAdminClient` is the central bank operators' desk.
+"""
+
+from bridge.domain import Outcome
+from bridge.errors import Reason
+from participants.sdk._admin import CentralBankAdminClient
+from participants.sdk._amounts import AmountError, format_minor, to_minor
+from participants.sdk._async_client import AsyncBankClient
+from participants.sdk._client import BankClient
+from participants.sdk._connection import DEFAULT_TIMEOUT, BankSettings, RetryPolicy, Tls
+from participants.sdk._errors import BridgeRpcError
+from participants.sdk._models import (
+    Account,
+    Balance,
+    CurrencySupply,
+    HistoryEntry,
+    InstructionResult,
+    Money,
+    PvpInfo,
+    SignedDualPvp,
+)
+from participants.sdk._requests import new_instruction_id
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Account",
+    "AmountError",
+    "AsyncBankClient",
+    "Balance",
+    "BankClient",
+    "BankSettings",
+    "BridgeRpcError",
+    "CentralBankAdminClient",
+    "CurrencySupply",
+    "HistoryEntry",
+    "InstructionResult",
+    "Money",
+    "Outcome",
+    "PvpInfo",
+    "Reason",
+    "RetryPolicy",
+    "SignedDualPvp",
+    "Tls",
+    "format_minor",
+    "new_instruction_id",
+    "to_minor",
+]
