@@ -96,6 +96,11 @@ class Replica:
         async with self._changed:
             await self._changed.wait_for(lambda: self.height > height)
 
+    def is_party(self, participant: ParticipantId, seq: int) -> bool:
+        """Whether the entry at `seq` concerns `participant` (False if not replayed yet)."""
+        found = next(self.entries_of(participant, seq, 1), None)
+        return found is not None and found.seq == seq
+
     def entries_of(
         self, participant: ParticipantId, from_seq: int, limit: int
     ) -> Iterator[IndexedEntry]:

@@ -175,11 +175,11 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             await core.own_bank(sender)
             if any(s.endorses for s in envelope.signatures):
                 raise Refused(Reason.MALFORMED, "endorsements are added by the central bank nodes")
-            if len(envelope.signatures) != 1:
+            if len(envelope.signatures) > 1:
                 raise Refused(
                     Reason.MALFORMED, f"{kind.KIND} carries exactly the sender's signature"
                 )
-            await core.verify_party(envelope, sender)
+            await core.verify_party(envelope, sender)  # none: MISSING_SIGNATURE
             return await core.settle(endorse(envelope, sender, core.id, core.key))
         except Refused as refusal:
             await abort(context, refusal)
@@ -224,9 +224,9 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             if not isinstance(body, DualPvp):
                 raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
             await core.own_bank(body.sender)
-            if any(s.endorses for s in envelope.signatures) or len(envelope.signatures) != 2:
+            if any(s.endorses for s in envelope.signatures) or len(envelope.signatures) > 2:
                 raise Refused(Reason.MALFORMED, "pvp_dual carries exactly both banks' signatures")
-            await core.verify_party(envelope, body.sender)
+            await core.verify_party(envelope, body.sender)  # missing: MISSING_SIGNATURE
             await core.verify_party(envelope, body.counterparty)
             envelope = endorse(envelope, body.sender, core.id, core.key)
             envelope = await self._counterparty_endorsement(envelope, body)
@@ -311,17 +311,22 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             bank = await core.authenticate_query(
                 "/bridge.v1.CentralBank/GetInstructionStatus", request
             )
-            if request.sender != bank:
-                raise Refused(Reason.NOT_A_PARTY, f"{bank} may only read its own instructions")
+            sender = request.sender or bank
             try:
                 status: types.InstructionStatus = await core.bridge.GetReceipt(
                     bridge_pb.GetReceiptRequest(
-                        sender=request.sender, instruction_id=request.instruction_id
+                        sender=sender, instruction_id=request.instruction_id
                     ),
                     timeout=BRIDGE_DEADLINE,
                 )
             except grpc.aio.AioRpcError as error:
+                if sender != bank:  # say nothing about other banks' instructions
+                    raise Refused(
+                        Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction"
+                    ) from error
                 raise refusal_from_rpc_error(error) from error
+            if sender != bank and not core.replica.is_party(bank, status.receipt.seq):
+                raise Refused(Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction")
             return status
         except Refused as refusal:
             await abort(context, refusal)
@@ -353,8 +358,8 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         except Refused as refusal:
             await abort(context, refusal)
         limit = min(request.limit or 100, HISTORY_PAGE)
-        entries = list(core.replica.entries_of(bank, max(1, request.from_seq), limit))
-        next_seq = entries[-1].seq + 1 if entries else max(1, request.from_seq)
+        entries = list(core.replica.entries_of(bank, max(1, request.from_seq), limit + 1))
+        next_seq = entries.pop().seq if len(entries) > limit else 0
         return pb.HistoryPage(
             entries=[
                 types.EntryEvent(
@@ -526,14 +531,14 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
         self, request: types.CurrencySupplyRequest, context: Context
     ) -> types.CurrencySupply:
         await self._authorize(context)
-        if request.currency != self.core.currency:
+        if request.currency not in ("", self.core.currency):
             await abort(
                 context,
                 Refused(Reason.NOT_ISSUER, f"{self.core.id} supervises {self.core.currency} only"),
             )
         try:
             supply: types.CurrencySupply = await self.core.bridge.GetCurrencySupply(
-                request, timeout=BRIDGE_DEADLINE
+                types.CurrencySupplyRequest(currency=self.core.currency), timeout=BRIDGE_DEADLINE
             )
         except grpc.aio.AioRpcError as error:
             await abort(context, refusal_from_rpc_error(error))
