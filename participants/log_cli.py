@@ -1,7 +1,291 @@
-"""`cbdc-bridge log ...`: verify, prove, export and report on the settlement log."""
+"""`cbdc-bridge log ...`: verify, prove, export and report on the settlement log.
+
+SOURCE is a SQLite store file, an export directory, or (not supported yet) a PostgreSQL URL.
+Commands that take `--source` also read it from the environment variable CBDC_BRIDGE_LOG.
+
+Exit codes: 0 the check passed (warnings allowed), 1 the log or proof failed a check,
+2 the source could not be opened or the command was used wrongly.
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
-log_app = typer.Typer(help="Verify, prove, export and study the settlement log.", no_args_is_help=True)
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from bridge.domain import Genesis
+from bridge.errors import BridgeError, LogIntegrityError
+from bridge.log.export import ExportError, export_log
+from bridge.log.proof import ProofError, Selector, TrustedKeys, build_proof, check_proof
+from bridge.log.report import build_report
+from bridge.log.sample import SampleOptions, generate
+from bridge.log.source import FORMATS, LogSource, SourceError, open_source
+from bridge.log.verify import VerifyReport, verify_log
+
+log_app = typer.Typer(
+    help="Verify, prove, export and study the settlement log.", no_args_is_help=True
+)
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+SOURCE_ENV = "CBDC_BRIDGE_LOG"
+
+_stderr = Console(stderr=True)
+_stdout = Console(highlight=False, soft_wrap=True)
+
+SourceOption = typer.Option(
+    ...,
+    "--source",
+    "-s",
+    envvar=SOURCE_ENV,
+    help="SQLite store file, export directory, or postgresql:// URL.",
+)
+ProgressOption = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr.")
+
+
+def _open(spec: str) -> LogSource:
+    try:
+        return open_source(spec)
+    except SourceError as exc:
+        _stderr.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(EXIT_USAGE) from exc
+
+
+@contextmanager
+def _progress(enabled: bool, what: str, total: int) -> Iterator[Callable[[int, int], None] | None]:
+    """A rich progress bar on stderr counting entries; yields the callback to feed it."""
+    if not enabled or not _stderr.is_terminal:
+        yield None
+        return
+    columns = (
+        TextColumn(f"[bold]{what}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("entries"),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=_stderr, transient=True) as progress:
+        task = progress.add_task(what, total=total or None)
+
+        def update(entries: int, blocks: int) -> None:
+            progress.update(task, completed=entries)
+
+        yield update
+
+
+def _describe(report: VerifyReport) -> None:
+    if report.ok:
+        _stdout.print(
+            f"[green]verified[/green] {report.source}: {report.blocks:,} blocks, "
+            f"{report.entries:,} entries, {report.signatures:,} signatures "
+            f"({report.attestations:,} attestations) in {report.seconds:.1f} s"
+        )
+    else:
+        failure = report.failures[0]
+        _stdout.print(f"[red]verification FAILED[/red] at {failure.where}:")
+        _stdout.print(f"  {failure.message}")
+        _stdout.print(
+            f"  checked before the failure: {report.blocks:,} blocks, {report.entries:,} entries"
+        )
+    _stdout.print(
+        f"  chain {report.chain_id}, genesis {report.genesis_hash[:16]}..., "
+        f"head block {report.head_height} {report.head_hash[:16]}..."
+    )
+    _stdout.print(f"  final blocks: {report.final_blocks:,} of {report.blocks:,}")
+    for warning in report.warnings:
+        _stdout.print(f"[yellow]warning:[/yellow] {warning}")
+
+
+@log_app.command("verify")
+def verify(
+    source: str = typer.Argument(
+        ..., envvar=SOURCE_ENV, help="SQLite store file, export directory, or postgresql:// URL."
+    ),
+    trusted_genesis: Path | None = typer.Option(
+        None,
+        "--trusted-genesis",
+        help="Genesis JSON obtained out of band: the log's genesis (central bank keys, quorum) "
+        "must be this one.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
+    progress: bool = ProgressOption,
+) -> None:
+    """Check the hash chain, Merkle roots, attestations, every signature and conservation."""
+    trusted = None
+    if trusted_genesis is not None:
+        trusted = Genesis.from_fields(json.loads(trusted_genesis.read_bytes()))
+    with _open(source) as log:
+        try:
+            total = log.counts().entries
+        except (LogIntegrityError, BridgeError, OSError):
+            total = 0
+        with _progress(progress, "verifying", total) as update:
+            report = verify_log(log, trusted_genesis=trusted, on_progress=update)
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        _describe(report)
+    if not report.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@log_app.command("prove")
+def prove(
+    entry_id: str = typer.Argument(
+        ...,
+        metavar="ID",
+        help="Entry seq (123), SENDER/INSTRUCTION_ID, or an INSTRUCTION_ID only one sender used.",
+    ),
+    source: str = SourceOption,
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Write the proof here (default: stdout)."
+    ),
+) -> None:
+    """Write an inclusion proof: entry, Merkle path, block header and attestations (JSON)."""
+    with _open(source) as log:
+        try:
+            proof = build_proof(log, Selector.parse(entry_id))
+        except (ProofError, LogIntegrityError) as exc:
+            _stderr.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(EXIT_FAILED) from exc
+    text = json.dumps(proof, indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        block = proof["block"]
+        _stderr.print(
+            f"proof of entry {proof['entry']['seq']} in block {block['height']} "
+            f"({len(proof['attestations'])} attestations) written to {out}"
+        )
+
+
+def _trusted(genesis: Path | None, keys: list[str], quorum: int | None) -> TrustedKeys:
+    if genesis is not None:
+        if keys:
+            raise typer.BadParameter("give either --genesis or --key, not both")
+        return TrustedKeys.from_genesis_file(genesis)
+    if not keys or quorum is None:
+        raise typer.BadParameter("give --genesis FILE, or --key CB=PEM (repeated) and --quorum N")
+    files = {}
+    for item in keys:
+        bank, sep, path = item.partition("=")
+        if not sep or not bank or not path:
+            raise typer.BadParameter(f"--key expects CENTRAL_BANK=PEM_FILE, got {item!r}")
+        files[bank] = Path(path)
+    return TrustedKeys.from_pem_files(files, quorum)
+
+
+@log_app.command("check-proof")
+def check_proof_command(
+    proof_file: Path = typer.Argument(..., metavar="FILE", exists=True, dir_okay=False),
+    genesis: Path | None = typer.Option(
+        None, "--genesis", help="Trusted genesis JSON (central bank keys and quorum)."
+    ),
+    key: list[str] = typer.Option(
+        [], "--key", help="Trusted central bank key as CENTRAL_BANK=PUBLIC_KEY.pem (repeat)."
+    ),
+    quorum: int | None = typer.Option(None, "--quorum", min=1, help="Quorum, with --key."),
+) -> None:
+    """Verify an inclusion proof with only the central banks' public keys."""
+    trusted = _trusted(genesis, key, quorum)
+    try:
+        proof = json.loads(proof_file.read_bytes())
+    except ValueError as exc:
+        _stdout.print(f"[red]proof does NOT verify:[/red] not JSON ({exc})")
+        raise typer.Exit(EXIT_FAILED) from exc
+    result = check_proof(proof, trusted)
+    color = "green" if result.ok else "red"
+    _stdout.print(f"[{color}]{result.describe()}[/{color}]")
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@log_app.command("export")
+def export(
+    source: str = SourceOption,
+    fmt: str = typer.Option("jsonl", "--format", "-f", help="csv, jsonl or parquet."),
+    out: Path = typer.Option(..., "--out", "-o", help="New (or empty) directory to write."),
+    progress: bool = ProgressOption,
+) -> None:
+    """Write entries, legs, blocks, attestations and balance history as tidy tables."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+    with (
+        _open(source) as log,
+        _progress(progress, f"exporting {fmt}", log.counts().entries) as update,
+    ):
+        try:
+            summary = export_log(log, out, fmt, on_progress=update)
+        except ExportError as exc:
+            _stderr.print(f"[red]export failed:[/red] {exc}")
+            raise typer.Exit(EXIT_FAILED) from exc
+    counts = ", ".join(f"{name} {n:,}" for name, n in summary.counts.items())
+    _stdout.print(f"exported {summary.format} to {summary.directory}: {counts}")
+
+
+@log_app.command("report")
+def report(
+    source: str = SourceOption,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for report.html and charts."),
+    progress: bool = ProgressOption,
+) -> None:
+    """HTML report with PNG charts (throughput, latency, corridors, FX, liquidity, refusals)."""
+    with _open(source) as log, _progress(progress, "reading", log.counts().entries) as update:
+        try:
+            files = build_report(log, out, on_progress=update)
+        except ExportError as exc:
+            _stderr.print(f"[red]report failed:[/red] {exc}")
+            raise typer.Exit(EXIT_FAILED) from exc
+    _stdout.print(f"report written: {files.html} ({len(files.charts)} charts), {files.summary}")
+
+
+@log_app.command("genesis")
+def genesis_command(
+    source: str = typer.Argument(..., envvar=SOURCE_ENV, help="SQLite store or export directory."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here (default: stdout)."),
+) -> None:
+    """Print the log's genesis (central banks, keys, quorum): publish it as the trust anchor."""
+    with _open(source) as log:
+        try:
+            data = log.genesis().canonical_bytes() + b"\n"
+        except LogIntegrityError as exc:
+            _stderr.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(EXIT_FAILED) from exc
+    if out is None:
+        typer.echo(data.decode(), nl=False)
+    else:
+        out.write_bytes(data)
+
+
+@log_app.command("sample")
+def sample(
+    out: Path = typer.Argument(..., help="New SQLite file to write."),
+    entries: int = typer.Option(2_000, "--entries", min=10, help="About this many entries."),
+    rate: float = typer.Option(200.0, "--rate", min=1.0, help="Logical entries per second."),
+    block_size: int = typer.Option(100, "--block-size", min=1, help="Instructions per block."),
+    seed: int = typer.Option(7, "--seed", help="Seed of keys and workload."),
+) -> None:
+    """Generate a sample log of the mBridge corridor, signed with real keys, to try the tools."""
+    if out.exists():
+        raise typer.BadParameter(f"{out} already exists", param_hint="OUT")
+    options = SampleOptions(entries=entries, rate=rate, block_size=block_size, seed=seed)
+    log = generate(out, options)
+    _stdout.print(
+        f"{log.path}: {log.entries:,} entries in {log.blocks:,} blocks, {log.refused:,} refused"
+    )

@@ -1,0 +1,681 @@
+"""Where a settlement log is read from: a SQLite store, an export directory, (later) PostgreSQL.
+
+A `LogSource` hands out the log as stored, without judging it: the genesis, the block headers in
+height order (each with its stored hash and its attestations), and the entries in seq order,
+each with its canonical bytes and the columns stored beside them. Everything streams in chunks;
+nothing holds more than one chunk of rows. The verifier (`bridge.log.verify`) does the judging.
+
+Rows that cannot even be read (bad JSON, a missing column, a wrong type) raise
+`LogIntegrityError` naming the place, at the point of the stream where they occur.
+
+`open_source(spec)` picks the implementation: a directory is an export (it has a
+`manifest.json`), a `postgresql://` URL is refused for now (`UnsupportedSource`), anything else
+is a SQLite file, opened read-only inside one read transaction (a consistent snapshot even while
+a node appends).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import duckdb
+
+from bridge.domain import Genesis, canonical_json
+from bridge.errors import BridgeError, LogIntegrityError
+from bridge.log.blocks import Attestation, BlockHeader
+from bridge.log.tables import (
+    ATTESTATIONS,
+    BALANCES,
+    BLOCKS,
+    CURRENCIES,
+    ENTRIES,
+    LEGS,
+    PARTICIPANTS,
+    REFUSALS,
+    CsvCodec,
+    Row,
+    Table,
+    Value,
+    bytes_of,
+    jsonl_line,
+)
+
+CHUNK_ROWS = 2_000
+FORMATS = ("csv", "jsonl", "parquet")
+DERIVED_TABLES = (LEGS, BALANCES, PARTICIPANTS, CURRENCIES)
+POSTGRES_PREFIXES = ("postgresql://", "postgres://", "postgresql+")
+
+
+class SourceError(BridgeError):
+    """Raised when a source cannot be opened at all (missing, not a log, unsupported)."""
+
+
+class UnsupportedSource(SourceError):
+    """Raised for a source kind the tools do not read yet (PostgreSQL)."""
+
+
+class StoredRow(Protocol):
+    """A row as stored in an export table, compared with the row the verifier derives."""
+
+    def mismatch(self, expected: Row) -> str | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttestation:
+    attestation: Attestation
+    where: str
+    row: StoredRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBlock:
+    """A block header as stored, its stored hash (if the source keeps one) and attestations."""
+
+    header: BlockHeader
+    stored_hash: bytes | None
+    attestations: tuple[StoredAttestation, ...]
+    where: str
+    row: StoredRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StrayAttestation:
+    """An attestation for a height the source has no block at (or out of height order)."""
+
+    attestation: StoredAttestation
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntry:
+    """One entry: the seq and height it is stored under, its bytes and any stored columns.
+
+    `columns` maps `entries` table column names to values stored beside the bytes (SQLite);
+    `row` is the whole stored row of an export, checked against the derived row.
+    """
+
+    seq: int
+    height: int
+    data: bytes
+    where: str
+    columns: Mapping[str, Value] | None = None
+    row: StoredRow | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogCounts:
+    blocks: int
+    entries: int
+    attestations: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredState:
+    """Committed state a store keeps beside the log, to compare with the replay."""
+
+    balances: Mapping[tuple[str, str], tuple[int, int]]
+    supply: Mapping[str, tuple[int, int]]
+
+
+class LogSource(Protocol):
+    description: str
+
+    def genesis(self) -> Genesis: ...
+
+    def counts(self) -> LogCounts: ...
+
+    def blocks(self) -> Iterator[StoredBlock | StrayAttestation]: ...
+
+    def entries(self) -> Iterator[StoredEntry]: ...
+
+    def derived(self, table: Table) -> Iterator[tuple[str, StoredRow]] | None: ...
+
+    def manifest(self) -> Mapping[str, Any] | None: ...
+
+    def stored_state(self) -> StoredState | None: ...
+
+    def refusals(self) -> Iterator[Row]: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> LogSource: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+def open_source(spec: str | Path) -> LogSource:
+    """Open the log at `spec`: SQLite file, export directory; PostgreSQL is not supported yet."""
+    text = str(spec)
+    if text.startswith(POSTGRES_PREFIXES):
+        raise UnsupportedSource(
+            "PostgreSQL sources are not supported yet: the bridge has no PostgreSQL store. "
+            "Export the log from the SQLite store, or verify the SQLite file directly."
+        )
+    path = Path(text)
+    if path.is_dir():
+        return ExportSource(path)
+    if path.is_file():
+        return SqliteSource(path)
+    raise SourceError(f"{text}: no such file or directory")
+
+
+class _Closing:
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def merge_attestations(
+    blocks: Iterator[StoredBlock], attestations: Iterator[StoredAttestation]
+) -> Iterator[StoredBlock | StrayAttestation]:
+    """Attach attestations (in height order) to blocks (in height order); the rest are strays."""
+    pending = next(attestations, None)
+    for block in blocks:
+        height = block.header.height
+        mine: list[StoredAttestation] = []
+        while pending is not None and pending.attestation.height <= height:
+            if pending.attestation.height == height:
+                mine.append(pending)
+            else:
+                yield StrayAttestation(pending)
+            pending = next(attestations, None)
+        yield StoredBlock(block.header, block.stored_hash, tuple(mine), block.where, block.row)
+    while pending is not None:
+        yield StrayAttestation(pending)
+        pending = next(attestations, None)
+
+
+# ---------------------------------------------------------------------------- SQLite
+
+
+class SqliteSource(_Closing):
+    """A SQLite store, opened read-only (`mode=ro`) in one read transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.description = str(path)
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None)
+            self._db.execute("BEGIN")  # one snapshot for every read below
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as exc:
+            raise SourceError(f"{path}: cannot read as SQLite: {exc}") from exc
+        missing = {"meta", "blocks", "entries", "attestations"} - tables
+        if missing:
+            raise SourceError(f"{path}: not a bridge store (no {', '.join(sorted(missing))})")
+        self._has_refusals = "refusals" in tables
+
+    def close(self) -> None:
+        self._db.close()
+
+    def genesis(self) -> Genesis:
+        row = self._db.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()
+        if row is None:
+            raise LogIntegrityError("genesis (meta table)", "missing")
+        try:
+            return Genesis.from_fields(json.loads(row[0]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LogIntegrityError("genesis (meta table)", f"unreadable: {exc!r}") from exc
+
+    def counts(self) -> LogCounts:
+        def count(table: str) -> int:
+            return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+        return LogCounts(count("blocks"), count("entries"), count("attestations"))
+
+    def blocks(self) -> Iterator[StoredBlock | StrayAttestation]:
+        return merge_attestations(self._headers(), self._attestations())
+
+    def _rows(self, query: str) -> Iterator[tuple[Any, ...]]:
+        cursor = self._db.execute(query)
+        while rows := cursor.fetchmany(CHUNK_ROWS):
+            yield from rows
+
+    def _headers(self, where_clause: str = "") -> Iterator[StoredBlock]:
+        query = (
+            "SELECT height, hash, prev_hash, merkle_root, time, first_seq, entry_count "
+            f"FROM blocks {where_clause} ORDER BY height"
+        )
+        for row in self._rows(query):
+            where = f"blocks table, height {row[0]}"
+            height, stored_hash, prev_hash, root, time, first_seq, count = (
+                _int(row[0], where, "height"),
+                _hash(row[1], where, "hash"),
+                _hash(row[2], where, "prev_hash"),
+                _hash(row[3], where, "merkle_root"),
+                _int(row[4], where, "time"),
+                _int(row[5], where, "first_seq"),
+                _int(row[6], where, "entry_count"),
+            )
+            header = BlockHeader(height, prev_hash, root, time, first_seq, count)
+            yield StoredBlock(header, stored_hash, (), where)
+
+    def _attestations(self, where_clause: str = "") -> Iterator[StoredAttestation]:
+        query = (
+            "SELECT height, central_bank, block_hash, signature FROM attestations "
+            f"{where_clause} ORDER BY height, central_bank"
+        )
+        for height, bank, block_hash, signature in self._rows(query):
+            where = f"attestations table, height {height}, {bank}"
+            attestation = Attestation(
+                height=_int(height, where, "height"),
+                block_hash=_hash(block_hash, where, "block_hash"),
+                central_bank=_text(bank, where, "central_bank"),
+                signature=_blob(signature, where, "signature"),
+            )
+            yield StoredAttestation(attestation, where)
+
+    def entries(self, where_clause: str = "") -> Iterator[StoredEntry]:
+        query = (
+            "SELECT seq, height, sender, instruction_id, kind, outcome, time, body_hash, data "
+            f"FROM entries {where_clause} ORDER BY seq"
+        )
+        for seq, height, sender, iid, kind, outcome, time, body_hash, data in self._rows(query):
+            where = f"entries table, seq {seq}"
+            columns: dict[str, Value] = {
+                "height": height,
+                "sender": sender,
+                "instruction_id": iid,
+                "kind": kind,
+                "outcome": outcome,
+                "time_ms": time,
+                "body_hash": body_hash.hex() if isinstance(body_hash, bytes) else body_hash,
+            }
+            yield StoredEntry(
+                _int(seq, where, "seq"),
+                _int(height, where, "height"),
+                _blob(data, where, "data"),
+                where,
+                columns=columns,
+            )
+
+    def derived(self, table: Table) -> None:
+        return None
+
+    def manifest(self) -> None:
+        return None
+
+    def locate(self, seq: int | None, sender: str | None, instruction_id: str | None) -> list[int]:
+        """Heights of the blocks holding matching entries (indexed lookups, no scan)."""
+        if seq is not None:
+            query, args = "SELECT height FROM entries WHERE seq=?", (seq,)
+        elif sender is not None:
+            query = "SELECT height FROM entries WHERE sender=? AND instruction_id=?"
+            args = (sender, instruction_id)  # type: ignore[assignment]
+        else:
+            query, args = "SELECT height FROM entries WHERE instruction_id=?", (instruction_id,)  # type: ignore[assignment]
+        return [int(row[0]) for row in self._db.execute(query, args)]
+
+    def block_at(self, height: int) -> tuple[StoredBlock, list[StoredEntry]] | None:
+        """One block with its attestations and the entries its header covers."""
+        blocks = merge_attestations(
+            self._headers(f"WHERE height={int(height)}"),
+            self._attestations(f"WHERE height={int(height)}"),
+        )
+        block = next((b for b in blocks if isinstance(b, StoredBlock)), None)
+        if block is None:
+            return None
+        first, count = block.header.first_seq, block.header.entry_count
+        entries = list(self.entries(f"WHERE seq BETWEEN {int(first)} AND {int(first + count - 1)}"))
+        return block, entries
+
+    def stored_state(self) -> StoredState:
+        balances = {
+            (p, c): (a, h)
+            for p, c, a, h in self._rows(
+                "SELECT participant, currency, available, held FROM accounts"
+            )
+        }
+        supply = {}
+        for key, value in self._rows("SELECT key, value FROM state WHERE tbl='supply'"):
+            issued, redeemed = json.loads(value)
+            supply[json.loads(key)] = (int(issued), int(redeemed))
+        return StoredState(balances, supply)
+
+    def refusals(self) -> Iterator[Row]:
+        if not self._has_refusals:
+            return iter(())
+        return self._rows(
+            "SELECT period_start, reason, kind, count FROM refusals "
+            "ORDER BY period_start, reason, kind"
+        )
+
+
+def _int(value: object, where: str, column: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise LogIntegrityError(where, f"column {column}: expected an integer, got {value!r}")
+    return value
+
+
+def _text(value: object, where: str, column: str) -> str:
+    if not isinstance(value, str):
+        raise LogIntegrityError(where, f"column {column}: expected text, got {value!r}")
+    return value
+
+
+def _blob(value: object, where: str, column: str) -> bytes:
+    if not isinstance(value, bytes):
+        raise LogIntegrityError(where, f"column {column}: expected a BLOB, got {value!r:.60}")
+    return value
+
+
+def _hash(value: object, where: str, column: str) -> bytes:
+    data = _blob(value, where, column)
+    if len(data) != 32:
+        raise LogIntegrityError(where, f"column {column}: expected 32 bytes, got {len(data)}")
+    return data
+
+
+# ---------------------------------------------------------------------------- export directory
+
+
+class ExportSource(_Closing):
+    """A directory written by `cbdc-bridge log export` (CSV, JSONL or Parquet tables)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.description = str(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.is_file():
+            raise SourceError(f"{path}: not a log export (no manifest.json)")
+        try:
+            self._manifest: dict[str, Any] = json.loads(manifest_path.read_bytes())
+            self.format = str(self._manifest["format"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SourceError(f"{manifest_path}: unreadable manifest: {exc!r}") from exc
+        if self.format not in FORMATS:
+            raise SourceError(f"{manifest_path}: unknown format {self.format!r}")
+        self._manifest_bytes = manifest_path.read_bytes()
+
+    def close(self) -> None:
+        pass
+
+    def file(self, table: Table) -> Path:
+        return self.path / f"{table.name}.{self.format}"
+
+    def genesis(self) -> Genesis:
+        data = _read_file(self.path / "genesis.json", "genesis.json")
+        try:
+            genesis = Genesis.from_fields(json.loads(data))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LogIntegrityError("genesis.json", f"unreadable: {exc!r}") from exc
+        if data != genesis.canonical_bytes() + b"\n":
+            raise LogIntegrityError("genesis.json", "not the canonical genesis encoding")
+        return genesis
+
+    def manifest(self) -> Mapping[str, Any]:
+        if self._manifest_bytes != canonical_json(self._manifest) + b"\n":
+            raise LogIntegrityError("manifest.json", "not in canonical form")
+        return self._manifest
+
+    def counts(self) -> LogCounts:
+        counts = self._manifest.get("counts", {})
+
+        def count(name: str) -> int:
+            value = counts.get(name, 0) if isinstance(counts, dict) else 0
+            return value if isinstance(value, int) else 0
+
+        return LogCounts(count("blocks"), count("entries"), count("attestations"))
+
+    def _table(self, table: Table) -> Iterator[tuple[str, Row, StoredRow]]:
+        path = self.file(table)
+        if not path.is_file():
+            raise LogIntegrityError(path.name, "missing")
+        if self.format == "parquet":
+            return _parquet_rows(path, table)
+        return _line_rows(path, table, self.format)
+
+    def blocks(self) -> Iterator[StoredBlock | StrayAttestation]:
+        return merge_attestations(self._headers(), self._attestations())
+
+    def _headers(self) -> Iterator[StoredBlock]:
+        for where, row, stored in self._table(BLOCKS):
+            height, block_hash, prev_hash, root, time, first_seq, count, _, _ = row
+            header = BlockHeader(
+                _row_int(height, where, "height"),
+                _row_hash(prev_hash, where, "prev_hash"),
+                _row_hash(root, where, "merkle_root"),
+                _row_int(time, where, "time_ms"),
+                _row_int(first_seq, where, "first_seq"),
+                _row_int(count, where, "entry_count"),
+            )
+            yield StoredBlock(header, _row_hash(block_hash, where, "hash"), (), where, stored)
+
+    def _attestations(self) -> Iterator[StoredAttestation]:
+        for where, row, stored in self._table(ATTESTATIONS):
+            height, bank, block_hash, signature, _ = row
+            if not isinstance(bank, str):
+                raise LogIntegrityError(where, "column central_bank: expected text")
+            attestation = Attestation(
+                height=_row_int(height, where, "height"),
+                block_hash=_row_hash(block_hash, where, "block_hash"),
+                central_bank=bank,
+                signature=_row_hex(signature, where, "signature"),
+            )
+            yield StoredAttestation(attestation, where, stored)
+
+    def entries(self) -> Iterator[StoredEntry]:
+        seq_at, height_at, canonical_at = (
+            ENTRIES.index("seq"),
+            ENTRIES.index("height"),
+            ENTRIES.index("canonical"),
+        )
+        for where, row, stored in self._table(ENTRIES):
+            canonical = row[canonical_at]
+            if not isinstance(canonical, str):
+                raise LogIntegrityError(where, "column canonical: expected text")
+            try:
+                data = bytes_of(canonical)
+            except UnicodeEncodeError as exc:
+                raise LogIntegrityError(where, "column canonical: not byte text") from exc
+            yield StoredEntry(
+                _row_int(row[seq_at], where, "seq"),
+                _row_int(row[height_at], where, "height"),
+                data,
+                where,
+                row=stored,
+            )
+
+    def derived(self, table: Table) -> Iterator[tuple[str, StoredRow]]:
+        return ((where, stored) for where, _, stored in self._table(table))
+
+    def stored_state(self) -> None:
+        return None
+
+    def refusals(self) -> Iterator[Row]:
+        if not self.file(REFUSALS).is_file():
+            return iter(())
+        return (row for _, row, _ in self._table(REFUSALS))
+
+
+def _read_file(path: Path, where: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise LogIntegrityError(where, f"cannot read: {exc}") from exc
+
+
+def _row_int(value: Value, where: str, column: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise LogIntegrityError(where, f"column {column}: expected an integer, got {value!r}")
+    return value
+
+
+def _row_hex(value: Value, where: str, column: str) -> bytes:
+    if not isinstance(value, str):
+        raise LogIntegrityError(where, f"column {column}: expected hex text, got {value!r}")
+    try:
+        return bytes.fromhex(value)
+    except ValueError as exc:
+        raise LogIntegrityError(where, f"column {column}: not hex: {value!r:.80}") from exc
+
+
+def _row_hash(value: Value, where: str, column: str) -> bytes:
+    data = _row_hex(value, where, column)
+    if len(data) != 32:
+        raise LogIntegrityError(where, f"column {column}: expected 32 bytes, got {len(data)}")
+    return data
+
+
+# ---------------------------------------------------------------------------- line formats
+
+
+def _parse_value(column_type: str, value: object, name: str) -> Value:
+    """A JSON value, or CSV text, as the typed value of one column; ValueError if it is not."""
+    if value is None or value == "":
+        return None
+    if column_type in ("BIGINT", "INTEGER"):
+        if isinstance(value, str):
+            return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif column_type == "BOOLEAN":
+        if value in ("true", "false"):
+            return value == "true"
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, str):
+        return value
+    raise ValueError(f"column {name}: expected {column_type}, got {value!r:.80}")
+
+
+def _parse_csv(table: Table, line: str) -> Row:
+    fields = CsvCodec.fields(line)
+    if len(fields) != len(table.columns):
+        raise ValueError(f"{len(fields)} fields, expected {len(table.columns)}")
+    return tuple(
+        _parse_value(c.type, f, c.name) for c, f in zip(table.columns, fields, strict=True)
+    )
+
+
+def _parse_jsonl(table: Table, line: str) -> Row:
+    data = json.loads(line)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if list(data) != list(table.names):
+        raise ValueError(f"keys {list(data)} differ from the columns {list(table.names)}")
+    return tuple(_parse_value(c.type, data[c.name], c.name) for c in table.columns)
+
+
+@dataclass(frozen=True, slots=True)
+class _LineRow:
+    """A CSV or JSONL row as the exact line stored; compared byte for byte."""
+
+    table: Table
+    format: str
+    line: str
+    values: Row
+    codec: CsvCodec
+
+    def encode(self, values: Row) -> str:
+        if self.format == "csv":
+            return self.codec.line(values)
+        return jsonl_line(self.table, values)
+
+    def mismatch(self, expected: Row) -> str | None:
+        if self.encode(expected) == self.line:
+            return None
+        return _first_difference(self.table, self.values, expected) or (
+            "row is not encoded as the export writes it"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _ValueRow:
+    table: Table
+    values: Row
+
+    def mismatch(self, expected: Row) -> str | None:
+        if self.values == expected and all(
+            type(a) is type(b) for a, b in zip(self.values, expected, strict=True)
+        ):
+            return None
+        return _first_difference(self.table, self.values, expected) or "value types differ"
+
+
+def _first_difference(table: Table, stored: Row, expected: Row) -> str | None:
+    for column, a, b in zip(table.columns, stored, expected, strict=True):
+        if a != b:
+            return f"column {column.name}: stored {_show(a)}, expected {_show(b)}"
+    return None
+
+
+def _show(value: Value) -> str:
+    text = repr(value)
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
+def _line_rows(path: Path, table: Table, fmt: str) -> Iterator[tuple[str, Row, StoredRow]]:
+    codec = CsvCodec()
+    parse = _parse_csv if fmt == "csv" else _parse_jsonl
+    with path.open("rb") as stream:
+        number = 0
+        if fmt == "csv":
+            number = 1
+            header = stream.readline()
+            expected = (codec.line(list(table.names)) + "\n").encode()
+            if header != expected:
+                raise LogIntegrityError(f"{path.name} line 1", "header differs from the columns")
+        for raw in stream:
+            number += 1
+            where = f"{path.name} line {number}"
+            if not raw.endswith(b"\n"):
+                raise LogIntegrityError(where, "last line is not terminated")
+            try:
+                line = raw[:-1].decode("utf-8")
+                values = parse(table, line)
+            except ValueError as exc:
+                raise LogIntegrityError(where, f"unreadable row: {exc}") from exc
+            yield where, values, _LineRow(table, fmt, line, values, codec)
+
+
+_DUCKDB_TYPES = {
+    "BIGINT": "BIGINT",
+    "INTEGER": "INTEGER",
+    "VARCHAR": "VARCHAR",
+    "BOOLEAN": "BOOLEAN",
+}
+
+
+def _parquet_rows(path: Path, table: Table) -> Iterator[tuple[str, Row, StoredRow]]:
+    db = duckdb.connect()
+    try:
+        db.execute("SET threads=1")  # keeps file order and memory small
+        try:
+            cursor = db.execute("SELECT * FROM read_parquet(?)", [str(path)])
+        except duckdb.Error as exc:
+            raise LogIntegrityError(path.name, f"unreadable Parquet: {exc}") from exc
+        names = tuple(d[0] for d in cursor.description or ())
+        types = tuple(str(d[1]) for d in cursor.description or ())
+        wanted = tuple(_DUCKDB_TYPES[c.type] for c in table.columns)
+        if names != table.names or types != wanted:
+            raise LogIntegrityError(path.name, f"schema {list(zip(names, types, strict=False))}")
+        number = 0
+        while True:
+            try:
+                rows = cursor.fetchmany(CHUNK_ROWS)
+            except duckdb.Error as exc:
+                raise LogIntegrityError(f"{path.name} after row {number}", str(exc)) from exc
+            if not rows:
+                break
+            for values in rows:
+                number += 1
+                row = tuple(values)
+                yield f"{path.name} row {number}", row, _ValueRow(table, row)
+    finally:
+        db.close()

@@ -1,0 +1,583 @@
+"""The settlement log as tidy tables: their schema, how rows derive from entries, how they print.
+
+One schema (`TABLES`) serves the exporter, the verifier of exports (which re-derives every row
+and compares), the report and the data dictionary (docs/log-data-dictionary.md is generated
+from it by `data_dictionary_markdown`, and a test keeps the two equal).
+
+Rows derive from the replay: `RowDeriver.rows(entry, height, ledger, batch)` is called right
+after the ledger applied `entry`, with the `Batch` of exactly that entry's changes, so balance
+history and participant rows come from what the ledger itself changed.
+
+Encodings. CSV: RFC 4180 with `\\n` line ends, integers in decimal, booleans `true`/`false`,
+NULL as an empty field. JSONL: one compact JSON object per line, keys in column order, ASCII.
+The `canonical` column holds an entry's canonical bytes as text, byte for code point
+(latin-1); canonical entries are ASCII JSON, so the text is the entry itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from bridge.core.ledger import Batch, Ledger
+from bridge.domain import (
+    AcceptPvp,
+    DualPvp,
+    Entry,
+    Genesis,
+    Issue,
+    Leg,
+    Millis,
+    Outcome,
+    Participant,
+    ParticipantId,
+    Pay,
+    ProposePvp,
+    Redeem,
+)
+from bridge.log.blocks import Attestation, BlockHeader
+
+Value = int | str | bool | None
+Row = tuple[Value, ...]
+PvpKey = tuple[ParticipantId, str]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type: str  # DuckDB / Parquet logical type: BIGINT, INTEGER, VARCHAR, BOOLEAN
+    unit: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    grain: str  # what one row is
+    description: str
+    columns: tuple[Column, ...]
+    verified: bool = True  # re-derived and compared row by row by `log verify`
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)
+
+
+_MINOR = "minor units of `{}` (divide by 10^exponent, see `currencies`)"
+_MS = "ms, logical bridge time (Unix epoch ms in the sample network)"
+
+ENTRIES = Table(
+    "entries",
+    "one log entry: an accepted instruction and its outcome",
+    "The settlement log in order. Kind-specific columns are NULL where they do not apply.",
+    (
+        Column("seq", "BIGINT", "", "Position in the log: 1, 2, 3, ... without gaps. Key."),
+        Column("height", "BIGINT", "", "Block that seals the entry (`blocks.height`)."),
+        Column("time_ms", "BIGINT", _MS, "When the bridge applied the instruction."),
+        Column(
+            "kind",
+            "VARCHAR",
+            "",
+            "Instruction kind: admit_bank, set_status, set_policy, freeze_account, issue, "
+            "redeem, pay, pvp_propose, pvp_accept, pvp_reject, pvp_cancel, pvp_expire, pvp_dual.",
+        ),
+        Column(
+            "outcome",
+            "VARCHAR",
+            "",
+            "APPLIED, ISSUED, REDEEMED, SETTLED, HELD, REJECTED, CANCELLED or EXPIRED.",
+        ),
+        Column("sender", "VARCHAR", "", "Participant that sent (and signed) the instruction."),
+        Column("instruction_id", "VARCHAR", "", "Sender-chosen id; (sender, id) is unique."),
+        Column(
+            "counterparty",
+            "VARCHAR",
+            "",
+            "Other participant named: payee (pay), recipient (issue), counterparty (PvP "
+            "propose/dual), proposer (accept/reject/expire), bank (admin kinds).",
+        ),
+        Column("currency", "VARCHAR", "ISO 4217", "Currency of pay, issue, redeem, freeze."),
+        Column("amount", "BIGINT", _MINOR.format("currency"), "Amount of pay, issue, redeem."),
+        Column("pay_currency", "VARCHAR", "ISO 4217", "PvP: currency the proposer pays."),
+        Column("pay_amount", "BIGINT", _MINOR.format("pay_currency"), "PvP: proposer's leg."),
+        Column("receive_currency", "VARCHAR", "ISO 4217", "PvP: currency the proposer gets."),
+        Column("receive_amount", "BIGINT", _MINOR.format("receive_currency"), "PvP: other leg."),
+        Column(
+            "rate",
+            "VARCHAR",
+            "decimal text",
+            "PvP: agreed rate as the parties wrote it (not checked against the amounts; the "
+            "implied rate is receive/pay in major units).",
+        ),
+        Column("settle_by_ms", "BIGINT", _MS, "PvP proposal: held until this time at most."),
+        Column("pvp_proposer", "VARCHAR", "", "PvP kinds: proposer part of the PvP key."),
+        Column("pvp_id", "VARCHAR", "", "PvP kinds: id part of the PvP key."),
+        Column("reference", "VARCHAR", "", "Trade reference (invoice, bill of lading)."),
+        Column("valid_until_ms", "BIGINT", _MS, "Instruction refused if applied after this."),
+        Column("signatures", "INTEGER", "count", "Signatures and endorsements carried."),
+        Column("body_hash", "VARCHAR", "hex SHA-256", "Hash of the canonical instruction body."),
+        Column(
+            "canonical",
+            "VARCHAR",
+            "text",
+            "The entry's canonical bytes (the Merkle leaf), byte for code point; verify "
+            "re-checks everything else against it.",
+        ),
+    ),
+)
+
+BLOCKS = Table(
+    "blocks",
+    "one sealed block",
+    "Block headers of the hash chain, with attestation counts and finality.",
+    (
+        Column("height", "BIGINT", "", "1, 2, 3, ... Key."),
+        Column("hash", "VARCHAR", "hex SHA-256", "Hash of the header (what banks attest)."),
+        Column("prev_hash", "VARCHAR", "hex SHA-256", "Previous block hash (genesis for 1)."),
+        Column("merkle_root", "VARCHAR", "hex SHA-256", "RFC 6962 root of the entries."),
+        Column("time_ms", "BIGINT", _MS, "When the block was sealed."),
+        Column("first_seq", "BIGINT", "", "Seq of the block's first entry."),
+        Column("entry_count", "BIGINT", "count", "Entries in the block."),
+        Column("attestations", "INTEGER", "count", "Valid attestations of this header."),
+        Column("final", "BOOLEAN", "", "A quorum of central banks attested this header."),
+    ),
+)
+
+ATTESTATIONS = Table(
+    "attestations",
+    "one central bank's signature over one block hash",
+    "Attestations as stored; `valid` says whether the signature verifies for this header.",
+    (
+        Column("height", "BIGINT", "", "Block attested."),
+        Column("central_bank", "VARCHAR", "", "Attesting central bank."),
+        Column("block_hash", "VARCHAR", "hex SHA-256", "Hash the central bank signed."),
+        Column("signature", "VARCHAR", "hex r||s (64 bytes)", "P-256 signature."),
+        Column("valid", "BOOLEAN", "", "Signature verifies and the hash is the header's."),
+    ),
+)
+
+LEGS = Table(
+    "legs",
+    "one movement of value between two participants",
+    "Every leg that moved funds: payments, both legs of each settled PvP, issuance "
+    "(central bank to bank) and redemption (bank to central bank).",
+    (
+        Column("seq", "BIGINT", "", "Entry that settled the leg."),
+        Column("height", "BIGINT", "", "Block of that entry."),
+        Column("time_ms", "BIGINT", _MS, "When it settled."),
+        Column("kind", "VARCHAR", "", "pay, pvp_dual, pvp_accept, issue or redeem."),
+        Column("leg", "INTEGER", "", "1, or 2 for the counterparty's leg of a PvP."),
+        Column("payer", "VARCHAR", "", "Participant debited."),
+        Column("payee", "VARCHAR", "", "Participant credited."),
+        Column("currency", "VARCHAR", "ISO 4217", "Currency moved."),
+        Column("exponent", "INTEGER", "digits", "Minor-unit exponent of `currency`."),
+        Column("amount", "BIGINT", _MINOR.format("currency"), "Amount moved."),
+        Column("payer_jurisdiction", "VARCHAR", "ISO 3166", "Payer's home jurisdiction."),
+        Column("payee_jurisdiction", "VARCHAR", "ISO 3166", "Payee's home jurisdiction."),
+        Column("corridor", "VARCHAR", "", "`payer_jurisdiction-payee_jurisdiction`, e.g. CN-SG."),
+        Column("pvp_proposer", "VARCHAR", "", "PvP legs: proposer part of the PvP key."),
+        Column("pvp_id", "VARCHAR", "", "PvP legs: id part of the PvP key."),
+        Column("rate", "VARCHAR", "decimal text", "PvP legs: the agreed rate."),
+        Column(
+            "initiated_ms",
+            "BIGINT",
+            _MS,
+            "When the settlement began: the proposal's entry time for a propose/accept PvP, "
+            "otherwise the settling entry's own time.",
+        ),
+        Column(
+            "latency_ms",
+            "BIGINT",
+            "ms",
+            "time_ms - initiated_ms: propose-to-accept time of a two-phase PvP, 0 otherwise "
+            "(the log does not record when an instruction was submitted).",
+        ),
+        Column("reference", "VARCHAR", "", "Trade reference of the instruction."),
+    ),
+)
+
+BALANCES = Table(
+    "balances",
+    "one account's balance after an entry that changed it",
+    "Per-account balance history: the last row of an account is its balance at the end.",
+    (
+        Column("seq", "BIGINT", "", "Entry that changed the account."),
+        Column("time_ms", "BIGINT", _MS, "When."),
+        Column("participant", "VARCHAR", "", "Account owner."),
+        Column("currency", "VARCHAR", "ISO 4217", "Account currency."),
+        Column("exponent", "INTEGER", "digits", "Minor-unit exponent of `currency`."),
+        Column("available", "BIGINT", _MINOR.format("currency"), "Available after the entry."),
+        Column("held", "BIGINT", _MINOR.format("currency"), "Reserved by held PvPs, after."),
+        Column("available_change", "BIGINT", _MINOR.format("currency"), "Change by the entry."),
+        Column("held_change", "BIGINT", _MINOR.format("currency"), "Change by the entry."),
+    ),
+)
+
+PARTICIPANTS = Table(
+    "participants",
+    "one participant record as founded or changed by an entry",
+    "Participant history: genesis central banks (seq 0), admissions and status changes.",
+    (
+        Column("seq", "BIGINT", "", "Entry that made the change; 0 for genesis."),
+        Column("participant", "VARCHAR", "", "Participant id."),
+        Column("kind", "VARCHAR", "", "central_bank or commercial_bank."),
+        Column("jurisdiction", "VARCHAR", "ISO 3166", "Home jurisdiction."),
+        Column("home_central_bank", "VARCHAR", "", "Central bank that admitted it (or itself)."),
+        Column("status", "VARCHAR", "", "active or suspended."),
+        Column("public_key", "VARCHAR", "hex SEC1", "P-256 public key (65 bytes)."),
+    ),
+)
+
+CURRENCIES = Table(
+    "currencies",
+    "one currency on the bridge",
+    "Currencies from the genesis, with the exponent that scales every amount.",
+    (
+        Column("currency", "VARCHAR", "ISO 4217", "Currency code. Key."),
+        Column("exponent", "INTEGER", "digits", "Minor units per major unit = 10^exponent."),
+        Column("issuer", "VARCHAR", "", "Issuing central bank."),
+        Column("jurisdiction", "VARCHAR", "ISO 3166", "Issuer's jurisdiction."),
+    ),
+)
+
+REFUSALS = Table(
+    "refusals",
+    "count of refused instructions per period, reason and kind",
+    "Copied from the source's optional `refusals` table. Refusals change nothing, so they are "
+    "not in the signed log: this table is informational and not verified.",
+    (
+        Column("period_start_ms", "BIGINT", _MS, "Start of the counting period (one minute)."),
+        Column("reason", "VARCHAR", "", "Refusal reason code (bridge.errors.Reason)."),
+        Column("kind", "VARCHAR", "", "Instruction kind refused."),
+        Column("count", "BIGINT", "count", "Refusals in the period."),
+    ),
+    verified=False,
+)
+
+TABLES: tuple[Table, ...] = (
+    ENTRIES,
+    BLOCKS,
+    ATTESTATIONS,
+    LEGS,
+    BALANCES,
+    PARTICIPANTS,
+    CURRENCIES,
+    REFUSALS,
+)
+TABLE_BY_NAME: Mapping[str, Table] = {t.name: t for t in TABLES}
+
+
+# ---------------------------------------------------------------------------- encodings
+
+
+def text_of(data: bytes) -> str:
+    """Bytes as text, byte for code point (exact for any bytes)."""
+    return data.decode("latin-1")
+
+
+def bytes_of(text: str) -> bytes:
+    """Inverse of `text_of`; raises UnicodeEncodeError beyond U+00FF."""
+    return text.encode("latin-1")
+
+
+def csv_field(value: Value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class CsvCodec:
+    """One CSV line per row (no line end), exactly as the exporter writes it."""
+
+    def __init__(self) -> None:
+        self._buffer = io.StringIO()
+        self._writer = csv.writer(self._buffer, lineterminator="\n")
+
+    def line(self, values: Sequence[Value]) -> str:
+        buffer = self._buffer
+        buffer.seek(0)
+        buffer.truncate()
+        self._writer.writerow([csv_field(v) for v in values])
+        return buffer.getvalue()[:-1]
+
+    @staticmethod
+    def fields(line: str) -> list[str]:
+        return next(csv.reader([line]), [])
+
+
+def jsonl_line(table: Table, values: Sequence[Value]) -> str:
+    return json.dumps(dict(zip(table.names, values, strict=True)), separators=(",", ":"))
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+_COUNTERPARTY_FIELD = {
+    "pay": "payee",
+    "issue": "to",
+    "pvp_propose": "counterparty",
+    "pvp_dual": "counterparty",
+    "pvp_accept": "proposer",
+    "pvp_reject": "proposer",
+    "pvp_expire": "proposer",
+    "admit_bank": "bank",
+    "set_status": "participant",
+    "freeze_account": "participant",
+}
+
+
+def _opt(body: object, name: str) -> Value:
+    value: Value = getattr(body, name, None)
+    return None if value == "" else value
+
+
+def pvp_key(entry: Entry) -> PvpKey | None:
+    body = entry.envelope.body
+    if isinstance(body, ProposePvp | DualPvp):
+        return (body.sender, body.instruction_id)
+    pvp_id = getattr(body, "pvp_id", None)
+    if not isinstance(pvp_id, str):
+        return None
+    return (getattr(body, "proposer", body.sender), pvp_id)
+
+
+def entry_row(entry: Entry, height: int) -> Row:
+    body = entry.envelope.body
+    counterparty = _COUNTERPARTY_FIELD.get(body.KIND)
+    key = pvp_key(entry)
+    return (
+        entry.seq,
+        height,
+        entry.time,
+        body.KIND,
+        entry.outcome.value,
+        body.sender,
+        body.instruction_id,
+        None if counterparty is None else getattr(body, counterparty),
+        _opt(body, "currency"),
+        _opt(body, "amount"),
+        _opt(body, "pay_currency"),
+        _opt(body, "pay_amount"),
+        _opt(body, "receive_currency"),
+        _opt(body, "receive_amount"),
+        _opt(body, "rate"),
+        _opt(body, "settle_by"),
+        None if key is None else key[0],
+        None if key is None else key[1],
+        _opt(body, "reference"),
+        body.valid_until,
+        len(entry.envelope.signatures),
+        entry.envelope.body_hash().hex(),
+        text_of(entry.canonical_bytes()),
+    )
+
+
+def block_row(header: BlockHeader, block_hash: bytes, valid: int, final: bool) -> Row:
+    return (
+        header.height,
+        block_hash.hex(),
+        header.prev_hash.hex(),
+        header.merkle_root.hex(),
+        header.time,
+        header.first_seq,
+        header.entry_count,
+        valid,
+        final,
+    )
+
+
+def attestation_row(attestation: Attestation, valid: bool) -> Row:
+    return (
+        attestation.height,
+        attestation.central_bank,
+        attestation.block_hash.hex(),
+        attestation.signature.hex(),
+        valid,
+    )
+
+
+def participant_row(seq: int, participant: Participant) -> Row:
+    return (
+        seq,
+        participant.id,
+        participant.kind.value,
+        participant.jurisdiction,
+        participant.home_central_bank,
+        participant.status.value,
+        participant.public_key.hex(),
+    )
+
+
+def currency_rows(genesis: Genesis) -> list[Row]:
+    return [(b.currency, b.exponent, b.id, b.jurisdiction) for b in genesis.central_banks]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryRows:
+    """The rows one entry contributes to each derived table."""
+
+    entry: Row
+    legs: tuple[Row, ...]
+    balances: tuple[Row, ...]
+    participants: tuple[Row, ...]
+
+
+class RowDeriver:
+    """Derives table rows entry by entry, following the replaying ledger.
+
+    Keeps only what later rows need: each account's last balance and the entry time of each
+    PvP still held (for propose-to-accept latency). Both are bounded by the live state.
+    """
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.exponents = {b.currency: b.exponent for b in genesis.central_banks}
+        self._last: dict[tuple[ParticipantId, str], tuple[int, int]] = {}
+        self._proposed_at: dict[PvpKey, Millis] = {}
+
+    def genesis_participants(self, ledger: Ledger) -> list[Row]:
+        return [participant_row(0, p) for p in ledger.participants.values()]
+
+    def rows(self, entry: Entry, height: int, ledger: Ledger, batch: Batch) -> EntryRows:
+        """Rows of `entry`, just applied by `ledger`; `batch` holds exactly its changes."""
+        return EntryRows(
+            entry_row(entry, height),
+            tuple(self._legs(entry, height, ledger)),
+            tuple(self._balances(entry, batch)),
+            tuple(
+                participant_row(entry.seq, p)
+                for p in batch.changes.get("participants", {}).values()
+                if p is not None
+            ),
+        )
+
+    def _balances(self, entry: Entry, batch: Batch) -> Iterator[Row]:
+        for account, balance in batch.changes.get("balances", {}).items():
+            available, held = (0, 0) if balance is None else balance
+            before_available, before_held = self._last.get(account, (0, 0))
+            if (available, held) == (before_available, before_held):
+                continue
+            self._last[account] = (available, held)
+            participant, currency = account
+            yield (
+                entry.seq,
+                entry.time,
+                participant,
+                currency,
+                self.exponents.get(currency),
+                available,
+                held,
+                available - before_available,
+                held - before_held,
+            )
+
+    def _legs(self, entry: Entry, height: int, ledger: Ledger) -> Iterator[Row]:
+        body = entry.envelope.body
+        key = pvp_key(entry)
+        initiated = entry.time
+        rate: str | None = None
+        legs: tuple[Leg, ...] = ()
+        if entry.outcome is Outcome.HELD and key is not None:
+            self._proposed_at[key] = entry.time
+        elif key is not None and entry.outcome in _CLOSING:
+            self._proposed_at.pop(key, None)
+        if isinstance(body, Pay):
+            legs = (Leg(body.sender, body.payee, body.currency, body.amount),)
+        elif isinstance(body, Issue):
+            legs = (Leg(body.sender, body.to, body.currency, body.amount),)
+        elif isinstance(body, Redeem):
+            issuer = ledger.currencies[body.currency].issuer
+            legs = (Leg(body.sender, issuer, body.currency, body.amount),)
+        elif isinstance(body, DualPvp):
+            legs, rate = body.legs(), body.rate
+        elif isinstance(body, AcceptPvp) and key is not None:
+            proposal = ledger.pvps[key].proposal
+            legs, rate = proposal.legs(), proposal.rate
+            initiated = self._proposed_at.pop(key, entry.time)
+        if entry.outcome is not Outcome.SETTLED and not isinstance(body, Issue | Redeem):
+            return
+        is_pvp = isinstance(body, DualPvp | AcceptPvp)
+        for number, leg in enumerate(legs, start=1):
+            payer_j = ledger.participants[leg.payer].jurisdiction
+            payee_j = ledger.participants[leg.payee].jurisdiction
+            yield (
+                entry.seq,
+                height,
+                entry.time,
+                body.KIND,
+                number,
+                leg.payer,
+                leg.payee,
+                leg.currency,
+                self.exponents.get(leg.currency),
+                leg.amount,
+                payer_j,
+                payee_j,
+                f"{payer_j}-{payee_j}",
+                key[0] if is_pvp and key else None,
+                key[1] if is_pvp and key else None,
+                rate,
+                initiated,
+                entry.time - initiated,
+                _opt(body, "reference") if not isinstance(body, AcceptPvp) else None,
+            )
+
+
+_CLOSING = frozenset({Outcome.REJECTED, Outcome.CANCELLED, Outcome.EXPIRED})
+
+
+# ---------------------------------------------------------------------------- dictionary
+
+
+def data_dictionary_markdown() -> str:
+    """docs/log-data-dictionary.md, generated from `TABLES`."""
+    out = [
+        "# Settlement log data dictionary",
+        "",
+        "Tables written by `cbdc-bridge log export --format csv|jsonl|parquet` (one file per",
+        "table, `<table>.<format>`, plus `genesis.json` and `manifest.json`). Generated from",
+        "`bridge/log/tables.py`; a test fails when this page is stale.",
+        "",
+        "Conventions:",
+        "",
+        "- **Amounts** are integers in **minor units** of their currency. Divide by",
+        "  `10^exponent` (column `exponent`, or the `currencies` table) for major units:",
+        "  `amount / 10^2` CNY. Amounts are never floats.",
+        "- **Times** are integers in **milliseconds** of the bridge's logical clock (Unix",
+        "  epoch ms in the sample network; `epoch_ms(time_ms)` in DuckDB makes a timestamp).",
+        "- **Hashes, keys and signatures** are lower-case hex.",
+        "- **NULL** is an empty field in CSV, `null` in JSONL, NULL in Parquet.",
+        "- **Types** are DuckDB / Parquet logical types; CSV and JSONL carry the same values.",
+        "- **Verified**: `cbdc-bridge log verify EXPORT_DIR` re-derives every row of a verified",
+        "  table from the canonical entries and compares it byte for byte (CSV, JSONL) or value",
+        "  for value (Parquet), so an export can be audited like the store it came from.",
+        "",
+        "`genesis.json` holds the canonical genesis (central banks, their keys and currencies,",
+        "the attestation quorum); `manifest.json` the format, row counts, chain id, genesis",
+        "hash and head block. Both are checked by `log verify`.",
+        "",
+    ]
+    for table in TABLES:
+        out += [
+            f"## `{table.name}`",
+            "",
+            f"One row: {table.grain}. {table.description}",
+            f"Verified: {'yes' if table.verified else 'no'}.",
+            "",
+            "| column | type | unit | description |",
+            "|---|---|---|---|",
+        ]
+        for column in table.columns:
+            unit = column.unit or "-"
+            out.append(f"| `{column.name}` | {column.type} | {unit} | {column.description} |")
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,679 @@
+"""Offline verification of a settlement log, streaming, with the first failure named precisely.
+
+`verify_log(source)` reads the log once, in order, and checks, block by block:
+
+1. the header: heights and entry ranges without gaps, the previous-hash link (to the genesis
+   hash for block 1), the stored block hash against the header's own hash;
+2. every entry: stored where the header says, canonical (`Entry.from_canonical_bytes`), its
+   stored columns agreeing with its bytes, replayed on a `Ledger` with `SignatureCheck.ALL`
+   (every party signature, every central bank endorsement and signature, every policy rule)
+   giving the outcome the log records, and its instruction id never used before;
+3. the Merkle root of the block's entries (RFC 6962, computed as they stream past);
+4. every attestation: a central bank of the genesis, over this exact header hash, with a
+   signature that verifies; the block is final when a quorum of them attested;
+5. conservation: per currency, balances plus holds equal issued minus redeemed.
+
+At the end the state a store keeps beside the log (balances, supply) must equal the replay's,
+and an export's derived tables and manifest must equal what the log derives.
+
+Verification stops at the first failure, so later noise never hides the cause. Missing
+attestations are not failures: a block without a quorum is reported as not final (warning),
+while an attestation that does not verify is a failure.
+
+Memory stays bounded: the ledger's batches are taken every block; every `prune_every` entries
+receipts and closed PvPs are dropped from memory after the instruction ids are written to a
+temporary on-disk index, which then answers "was this id used before?".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, NoReturn
+
+import duckdb
+
+from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.crypto import FastVerifier
+from bridge.domain import Entry, Genesis, Outcome
+from bridge.errors import LogIntegrityError, Refused
+from bridge.log.blocks import attestation_valid
+from bridge.log.merkle import leaf_hash, node_hash
+from bridge.log.source import (
+    DERIVED_TABLES,
+    LogSource,
+    StoredBlock,
+    StoredEntry,
+    StoredRow,
+    StrayAttestation,
+)
+from bridge.log.tables import (
+    BALANCES as BALANCES_TABLE,
+)
+from bridge.log.tables import (
+    CURRENCIES,
+    LEGS,
+    PARTICIPANTS,
+    RowDeriver,
+    Table,
+    attestation_row,
+    block_row,
+    currency_rows,
+)
+
+PRUNE_EVERY = 50_000
+MAX_WARNINGS = 20
+Progress = Callable[[int, int], None]  # (entries verified, blocks verified)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Where verification failed and what differs."""
+
+    where: str
+    message: str
+    height: int | None = None
+    seq: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What `verify_log` found. `ok` when there is no failure (warnings allowed)."""
+
+    source: str
+    chain_id: str = ""
+    genesis_hash: str = ""
+    blocks: int = 0
+    entries: int = 0
+    signatures: int = 0  # party signatures, endorsements, central bank signatures
+    attestations: int = 0
+    final_blocks: int = 0
+    last_final_height: int = 0
+    head_height: int = 0
+    head_hash: str = ""
+    failures: list[Failure] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    @property
+    def failure(self) -> Failure | None:
+        return self.failures[0] if self.failures else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "source": self.source,
+            "chain_id": self.chain_id,
+            "genesis_hash": self.genesis_hash,
+            "blocks": self.blocks,
+            "entries": self.entries,
+            "signatures": self.signatures,
+            "attestations": self.attestations,
+            "final_blocks": self.final_blocks,
+            "last_final_height": self.last_final_height,
+            "head": {"height": self.head_height, "hash": self.head_hash},
+            "failures": [
+                {"where": f.where, "message": f.message, "height": f.height, "seq": f.seq}
+                for f in self.failures
+            ],
+            "warnings": self.warnings,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class MerkleAccumulator:
+    """RFC 6962 Merkle root of leaf hashes added one at a time, in O(log n) memory.
+
+    The tree of n leaves splits at the largest power of two below n, so it is a row of perfect
+    subtrees of decreasing size, folded from the right: exactly what a binary counter of
+    perfect subtrees holds after n additions.
+    """
+
+    __slots__ = ("_stack",)
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []
+
+    def add(self, leaf: bytes) -> None:
+        stack = self._stack
+        size, node = 1, leaf
+        while stack and stack[-1][0] == size:
+            left_size, left = stack.pop()
+            size, node = size + left_size, node_hash(left, node)
+        stack.append((size, node))
+
+    def root(self) -> bytes:
+        if not self._stack:
+            return sha256(b"").digest()
+        node = self._stack[-1][1]
+        for _, left in reversed(self._stack[:-1]):
+            node = node_hash(left, node)
+        return node
+
+
+class _SeenIds:
+    """Instruction ids of entries whose receipts left memory: a temporary on-disk index."""
+
+    def __init__(self) -> None:
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._db: sqlite3.Connection | None = None
+
+    def add(self, rows: Iterator[tuple[str, str, int]]) -> None:
+        if self._db is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="cbdc-verify-")
+            self._db = sqlite3.connect(Path(self._dir.name) / "ids.sqlite")
+            self._db.executescript(
+                "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
+                "CREATE TABLE ids (sender TEXT, id TEXT, seq INTEGER,"
+                " PRIMARY KEY (sender, id)) WITHOUT ROWID;"
+            )
+        self._db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", rows)
+        self._db.commit()
+
+    def seq_of(self, sender: str, instruction_id: str) -> int | None:
+        if self._db is None:
+            return None
+        row = self._db.execute(
+            "SELECT seq FROM ids WHERE sender=? AND id=?", (sender, instruction_id)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+        if self._dir is not None:
+            self._dir.cleanup()
+
+
+class _Stop(Exception):
+    """Internal: the first failure was recorded; unwind to the end of verification."""
+
+
+@dataclass(slots=True)
+class _Tables:
+    """Derived tables of an export being compared row by row with what the replay derives."""
+
+    streams: dict[str, Iterator[tuple[str, StoredRow]]]
+    rows: dict[str, int] = field(default_factory=dict)
+
+
+class LogVerifier:
+    """One verification run over one source."""
+
+    def __init__(
+        self,
+        source: LogSource,
+        *,
+        trusted_genesis: Genesis | None = None,
+        on_progress: Progress | None = None,
+        prune_every: int = PRUNE_EVERY,
+    ) -> None:
+        self.source = source
+        self.trusted_genesis = trusted_genesis
+        self.on_progress = on_progress
+        self.prune_every = prune_every
+        self.report = VerifyReport(source=source.description)
+        self.verifier = FastVerifier()
+        self.seen = _SeenIds()
+        self._not_final: list[int] = []
+        self.quorum = 0
+
+    # ------------------------------------------------------------------ driver
+
+    def run(self) -> VerifyReport:
+        started = time.perf_counter()
+        try:
+            self._run()
+        except _Stop:
+            pass
+        except LogIntegrityError as exc:
+            self._record(Failure(exc.where, exc.message))
+        except (sqlite3.DatabaseError, duckdb.Error, OSError) as exc:
+            self._record(Failure(self.source.description, f"cannot read: {exc}"))
+        finally:
+            self.seen.close()
+        self._finality_warnings()
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    def _record(self, failure: Failure) -> None:
+        if not self.report.failures:
+            self.report.failures.append(failure)
+
+    def _fail(
+        self, where: str, message: str, height: int | None = None, seq: int | None = None
+    ) -> NoReturn:
+        self._record(Failure(where, message, height, seq))
+        raise _Stop
+
+    def _warn(self, message: str) -> None:
+        if len(self.report.warnings) < MAX_WARNINGS:
+            self.report.warnings.append(message)
+
+    def _run(self) -> None:
+        genesis = self._genesis()
+        try:
+            self.ledger = Ledger(genesis, verifier=self.verifier, check=SignatureCheck.ALL)
+        except ValueError as exc:
+            self._fail("genesis", str(exc))
+        self.genesis = genesis
+        self.quorum = genesis.quorum
+        self.keys = {b.id: b.public_key for b in genesis.central_banks}
+        self.prev_hash = genesis.hash()
+        self.prev_time: int | None = None
+        self.next_height = 1
+        self.since_prune = 0
+        self.tables = self._derived_tables()
+        self.deriver = RowDeriver(genesis) if self.tables is not None else None
+        if self.deriver is not None:
+            for row in currency_rows(genesis):
+                self._compare(CURRENCIES, row, "genesis")
+            for row in self.deriver.genesis_participants(self.ledger):
+                self._compare(PARTICIPANTS, row, "genesis")
+        entries = self.source.entries()
+        for item in self.source.blocks():
+            if isinstance(item, StrayAttestation):
+                stray = item.attestation
+                self._fail(
+                    stray.where,
+                    f"attestation by {stray.attestation.central_bank} for block "
+                    f"{stray.attestation.height}, which is not in the log at that place",
+                    height=stray.attestation.height,
+                )
+            else:
+                self._block(item, entries)
+        leftover = next(entries, None)
+        if leftover is not None:
+            self._fail(
+                leftover.where,
+                f"entry {leftover.seq} (stored for block {leftover.height}) is not covered by "
+                f"any block; the last block ends at seq {self.ledger.next_seq - 1}",
+                seq=leftover.seq,
+            )
+        self._finish()
+
+    def _genesis(self) -> Genesis:
+        genesis = self.source.genesis()
+        self.report.chain_id = genesis.chain_id
+        self.report.genesis_hash = genesis.hash().hex()
+        trusted = self.trusted_genesis
+        if trusted is not None and trusted.hash() != genesis.hash():
+            self._fail(
+                "genesis",
+                f"differs from the trusted genesis (hash {genesis.hash().hex()[:16]}..., "
+                f"trusted {trusted.hash().hex()[:16]}...)",
+            )
+        return genesis
+
+    def _derived_tables(self) -> _Tables | None:
+        streams = {}
+        for table in DERIVED_TABLES:
+            stream = self.source.derived(table)
+            if stream is None:
+                return None
+            streams[table.name] = stream
+        return _Tables(streams)
+
+    # ------------------------------------------------------------------ blocks
+
+    def _block(self, block: StoredBlock, entries: Iterator[StoredEntry]) -> None:
+        header = block.header
+        height = header.height
+        where = f"block {height}" if block.row is None else f"block {height} ({block.where})"
+        if height != self.next_height:
+            self._fail(where, f"height {height} where block {self.next_height} belongs", height)
+        if header.entry_count < 1:
+            self._fail(where, f"entry_count {header.entry_count}: a block holds entries", height)
+        if header.first_seq != self.ledger.next_seq:
+            self._fail(
+                where,
+                f"first_seq {header.first_seq}, but the previous block ends at seq "
+                f"{self.ledger.next_seq - 1}",
+                height,
+            )
+        if header.prev_hash != self.prev_hash:
+            what = "the genesis hash" if height == 1 else f"the hash of block {height - 1}"
+            self._fail(
+                where,
+                f"prev_hash {header.prev_hash.hex()} differs from {what} {self.prev_hash.hex()}",
+                height,
+            )
+        block_hash = header.hash()
+        if block.stored_hash is not None and block.stored_hash != block_hash:
+            self._fail(
+                where,
+                f"stored hash {block.stored_hash.hex()} differs from the hash of its header "
+                f"{block_hash.hex()}",
+                height,
+            )
+        if self.prev_time is not None and header.time < self.prev_time:
+            self._warn(f"block {height}: time {header.time} is before the previous block's")
+        root = self._entries(block, entries)
+        if root != header.merkle_root:
+            self._fail(
+                where,
+                f"Merkle root of its {header.entry_count} entries is {root.hex()}, the header "
+                f"says {header.merkle_root.hex()}",
+                height,
+            )
+        valid, final = self._attestations(block, block_hash)
+        if self.tables is not None:
+            self._compare_stored(block.row, block_row(header, block_hash, valid, final), where)
+        for error in self.ledger.conservation_errors():
+            self._fail(where, f"conservation broken after this block: {error}", height)
+        self.ledger.take_batch()
+        report = self.report
+        report.blocks += 1
+        report.head_height, report.head_hash = height, block_hash.hex()
+        self.prev_hash, self.prev_time, self.next_height = block_hash, header.time, height + 1
+        if self.since_prune >= self.prune_every:
+            self._prune()
+        if self.on_progress is not None:
+            self.on_progress(report.entries, report.blocks)
+
+    def _attestations(self, block: StoredBlock, block_hash: bytes) -> tuple[int, bool]:
+        height = block.header.height
+        attested: set[str] = set()
+        previous = ""
+        for stored in block.attestations:
+            attestation = stored.attestation
+            bank = attestation.central_bank
+            where = f"block {height}, attestation by {bank}"
+            if block.row is not None:
+                where += f" ({stored.where})"
+            if bank <= previous:
+                self._fail(where, "duplicate or out of order (one per central bank)", height)
+            previous = bank
+            key = self.keys.get(bank)
+            if key is None:
+                self._fail(where, f"{bank} is not a central bank of this ledger", height)
+            if attestation.block_hash != block_hash:
+                self._fail(
+                    where,
+                    f"attests hash {attestation.block_hash.hex()}, but the header hashes to "
+                    f"{block_hash.hex()}",
+                    height,
+                )
+            if not attestation_valid(attestation, key, self.verifier):
+                self._fail(where, f"signature does not verify with {bank}'s public key", height)
+            attested.add(bank)
+            self.report.attestations += 1
+            self.report.signatures += 1
+            if self.tables is not None:
+                self._compare_stored(stored.row, attestation_row(attestation, True), where)
+        final = len(attested) >= self.quorum
+        if final:
+            self.report.final_blocks += 1
+            self.report.last_final_height = height
+        else:
+            self._not_final.append(height)
+            if len(self._not_final) > 10_000:
+                del self._not_final[100:-100]
+        return len(attested), final
+
+    # ------------------------------------------------------------------ entries
+
+    def _entries(self, block: StoredBlock, entries: Iterator[StoredEntry]) -> bytes:
+        header = block.header
+        accumulator = MerkleAccumulator()
+        for index in range(header.entry_count):
+            stored = next(entries, None)
+            expected_seq = header.first_seq + index
+            if stored is None:
+                self._fail(
+                    f"block {header.height}",
+                    f"header says {header.entry_count} entries from seq {header.first_seq}; "
+                    f"the log ends after {index} (entry {expected_seq} is missing)",
+                    header.height,
+                    expected_seq,
+                )
+            accumulator.add(leaf_hash(stored.data))
+            self._entry(stored, expected_seq, block)
+        return accumulator.root()
+
+    def _entry(self, stored: StoredEntry, expected_seq: int, block: StoredBlock) -> None:
+        height = block.header.height
+        where = f"block {height}, entry {stored.seq} ({stored.where})"
+        if stored.seq != expected_seq:
+            what = (
+                f"entry {expected_seq} is missing (next stored entry is {stored.seq})"
+                if stored.seq > expected_seq
+                else f"entry {stored.seq} is out of place or repeated (expected {expected_seq})"
+            )
+            self._fail(where, what, height, expected_seq)
+        if stored.height != height:
+            self._fail(
+                where,
+                f"stored in block {stored.height}, but block {height} covers seq "
+                f"{block.header.first_seq}-{block.header.first_seq + block.header.entry_count - 1}",
+                height,
+                stored.seq,
+            )
+        try:
+            entry = Entry.from_canonical_bytes(stored.data)
+        except Refused as exc:
+            self._fail(where, f"not a canonical entry: {exc.message}", height, stored.seq)
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            self._fail(where, f"not a canonical entry: {exc!r:.200}", height, stored.seq)
+        if entry.seq != stored.seq:
+            self._fail(where, f"its bytes say seq {entry.seq}", height, stored.seq)
+        if entry.time > block.header.time:
+            self._fail(
+                where,
+                f"applied at {entry.time}, after its block was sealed at {block.header.time}",
+                height,
+                stored.seq,
+            )
+        if stored.columns is not None:
+            self._check_columns(stored.columns, entry, height, where)
+        self._replay(entry, where, height)
+        self.report.entries += 1
+        self.report.signatures += len(entry.envelope.signatures)
+        self.since_prune += 1
+        if self.deriver is not None:
+            batch = self.ledger.take_batch()
+            rows = self.deriver.rows(entry, height, self.ledger, batch)
+            self._compare_stored(stored.row, rows.entry, where)
+            for row in rows.legs:
+                self._compare(LEGS, row, where)
+            for row in rows.balances:
+                self._compare(BALANCES_TABLE, row, where)
+            for row in rows.participants:
+                self._compare(PARTICIPANTS, row, where)
+
+    def _check_columns(
+        self, columns: Mapping[str, object], entry: Entry, height: int, where: str
+    ) -> None:
+        body = entry.envelope.body
+        expected = {
+            "height": height,
+            "sender": body.sender,
+            "instruction_id": body.instruction_id,
+            "kind": body.KIND,
+            "outcome": entry.outcome.value,
+            "time_ms": entry.time,
+            "body_hash": entry.envelope.body_hash().hex(),
+        }
+        for name, value in columns.items():
+            if expected.get(name, value) != value:
+                self._fail(
+                    where,
+                    f"stored column {name} is {value!r}, the entry's bytes say {expected[name]!r}",
+                    height,
+                    entry.seq,
+                )
+
+    def _replay(self, entry: Entry, where: str, height: int) -> None:
+        body = entry.envelope.body
+        earlier = self.seen.seq_of(body.sender, body.instruction_id)
+        if earlier is not None:
+            self._fail(
+                where,
+                f"instruction id {body.instruction_id!r} of {body.sender} was already used by "
+                f"entry {earlier}",
+                height,
+                entry.seq,
+            )
+        ledger = self.ledger
+        try:
+            receipt = ledger.apply(entry.envelope, entry.time)
+        except Refused as exc:
+            self._fail(where, f"replay refuses it: {exc}", height, entry.seq)
+        if receipt.duplicate:
+            self._fail(
+                where,
+                f"instruction id {body.instruction_id!r} of {body.sender} was already used by "
+                f"entry {receipt.seq}",
+                height,
+                entry.seq,
+            )
+        if receipt.outcome is not entry.outcome:
+            self._fail(
+                where,
+                f"replay gives {receipt.outcome.value}, the log says {entry.outcome.value}",
+                height,
+                entry.seq,
+            )
+
+    def _prune(self) -> None:
+        """Forget receipts (their ids go to the on-disk index) and closed PvPs."""
+        ledger = self.ledger
+        ledger.take_batch()
+        self.seen.add((s, i, r.seq) for (s, i), r in ledger.receipts.items())
+        ledger.load_table("receipts", ())
+        held = [(k, s) for k, s in ledger.pvps.items() if s.status is Outcome.HELD]
+        ledger.load_table("pvps", held)
+        self.since_prune = 0
+
+    # ------------------------------------------------------------------ derived tables
+
+    def _compare_stored(
+        self, stored: StoredRow | None, expected: tuple[Any, ...], where: str
+    ) -> None:
+        if stored is None:
+            return
+        problem = stored.mismatch(expected)
+        if problem is not None:
+            self._fail(where, problem)
+
+    def _compare(self, table: Table, expected: tuple[Any, ...], context: str) -> None:
+        tables = self.tables
+        assert tables is not None
+        found = next(tables.streams[table.name], None)
+        tables.rows[table.name] = tables.rows.get(table.name, 0) + 1
+        if found is None:
+            self._fail(
+                f"{table.name} table",
+                f"ends early: no row for {context} (expected {tables.rows[table.name]} rows "
+                "at least)",
+            )
+        where, stored = found
+        problem = stored.mismatch(expected)
+        if problem is not None:
+            self._fail(where, f"{problem} (row derived from {context})")
+
+    # ------------------------------------------------------------------ the end
+
+    def _finish(self) -> None:
+        for error in self.ledger.conservation_errors():
+            self._fail("conservation", error)
+        if self.tables is not None:
+            for name, stream in self.tables.streams.items():
+                extra = next(stream, None)
+                if extra is not None:
+                    self._fail(extra[0], f"extra {name} row: the log derives no such row")
+        self._check_manifest()
+        self._check_stored_state()
+
+    def _check_stored_state(self) -> None:
+        state = self.source.stored_state()
+        if state is None:
+            return
+        replayed = self.ledger.balances
+        for account in sorted(set(state.balances) | set(replayed)):
+            stored, derived = state.balances.get(account), replayed.get(account)
+            if stored != derived:
+                self._fail(
+                    f"accounts table, {account[0]}/{account[1]}",
+                    f"stored (available, held) {stored}, replay of the log gives {derived}",
+                )
+        for currency, supply in sorted(self.ledger.supply.items()):
+            if state.supply.get(currency) != supply:
+                self._fail(
+                    f"state table, supply of {currency}",
+                    f"stored (issued, redeemed) {state.supply.get(currency)}, replay gives "
+                    f"{supply}",
+                )
+
+    def _check_manifest(self) -> None:
+        manifest = self.source.manifest()
+        if manifest is None:
+            return
+        tables = self.tables
+        report = self.report
+        rows = {} if tables is None else tables.rows
+        expected_counts = {
+            "blocks": report.blocks,
+            "entries": report.entries,
+            "attestations": report.attestations,
+            **{t.name: rows.get(t.name, 0) for t in DERIVED_TABLES},
+        }
+        counts = manifest.get("counts")
+        if not isinstance(counts, dict):
+            self._fail("manifest.json", "no counts")
+        for name, count in expected_counts.items():
+            if counts.get(name) != count:
+                self._fail("manifest.json", f"counts.{name} is {counts.get(name)!r}, found {count}")
+        expected = {
+            "chain_id": report.chain_id,
+            "genesis_hash": report.genesis_hash,
+            "head": {"height": report.head_height, "hash": report.head_hash},
+        }
+        for key, value in expected.items():
+            if manifest.get(key) != value:
+                self._fail("manifest.json", f"{key} is {manifest.get(key)!r}, found {value!r}")
+
+    def _finality_warnings(self) -> None:
+        report = self.report
+        if not report.blocks or report.final_blocks == report.blocks:
+            return
+        tail = report.blocks - report.last_final_height
+        if tail:
+            report.warnings.insert(
+                0,
+                f"{tail} block(s) at the head are not final yet (heights "
+                f"{report.last_final_height + 1}-{report.head_height}): fewer than "
+                f"{self.quorum} valid attestations",
+            )
+        middle = [h for h in self._not_final if h <= report.last_final_height]
+        if middle:
+            shown = ", ".join(str(h) for h in middle[:10])
+            report.warnings.insert(
+                0, f"{len(middle)} block(s) below the final head lack a quorum: {shown}"
+            )
+
+
+def verify_log(
+    source: LogSource,
+    *,
+    trusted_genesis: Genesis | None = None,
+    on_progress: Progress | None = None,
+    prune_every: int = PRUNE_EVERY,
+) -> VerifyReport:
+    """Verify everything `source` holds; see the module docstring for what is checked."""
+    verifier = LogVerifier(
+        source, trusted_genesis=trusted_genesis, on_progress=on_progress, prune_every=prune_every
+    )
+    return verifier.run()
