@@ -23,3 +23,21 @@ def core(
 
     figures = bench_core.run(pvps=pvps, batch=batch)
     typer.echo(json.dumps(figures) if as_json else bench_core.describe(figures))
+
+
+@bench_app.command("verify")
+def verify(
+    entries: int = typer.Option(
+        1_000_000, "--entries", min=10, help="Entries in the generated (cached) sample log."
+    ),
+    regenerate: bool = typer.Option(False, "--regenerate", help="Regenerate the cached log."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """Offline log verification vs raw SHA-256 + P-256 verify of the same data; peak memory."""
+    from loadtest import bench_verify
+
+    def status(message: str) -> None:
+        typer.echo(message, err=True)
+
+    figures = bench_verify.run(entries, regenerate=regenerate, status=status)
+    typer.echo(json.dumps(figures) if as_json else bench_verify.describe(figures))

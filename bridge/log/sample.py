@@ -321,11 +321,11 @@ class _Run:
         out = [self._follow_up(f) for f in due[:size]]
         self.follow_ups.extend(due[size:])
         makers: tuple[tuple[float, Callable[[], Envelope | None]], ...] = (
-            (0.40, self._pay),
-            (0.62, self._dual_pvp),
-            (0.85, self._propose_pvp),
-            (0.875, self._redeem),
-            (0.895, self._top_up),
+            (0.41, self._pay),
+            (0.64, self._dual_pvp),
+            (0.88, self._propose_pvp),
+            (0.90, self._redeem),
+            (0.985, self._top_up),
             (1.0, self._doomed),
         )
         while len(out) < size:
@@ -472,11 +472,12 @@ class _Run:
         code = self.currency_of_cb[self.home[payer]]
         roll = self.rng.random()
         until = self.now + VALID_FOR_MS
-        if roll < 0.5:
-            amount = self._available(payer, code) + 1
-        elif roll < 0.8:
+        if roll < 0.4:  # a foreign currency it holds too little of
+            code = self.rng.choice([c for c in self.mid if c != code])
+            amount = self._available(payer, code) + self._minor(1_000_000 * self.mid[code])
+        elif roll < 0.7:  # over the issuer's per-transfer limit
             amount = 50_000_001 * 100
-        else:
+        else:  # arrives after its validity
             amount, until = 100, self.now - 1
         body = Pay(self._id("pay"), payer, until, payee, code, amount, self._reference())
         return self._sign(body)

@@ -1,0 +1,281 @@
+"""`cbdc-bridge bench verify`: offline log verification against raw crypto on the same data.
+
+The log is a generated sample (`bridge.log.sample`, real P-256 signatures) cached in a
+temporary folder keyed by its size and the generator's source, made in a child process so its
+memory does not count here. One run then measures, in this process and on the same file:
+
+- baseline: SHA-256 of every entry (its Merkle leaf hash) plus P-256 verification of every
+  signature and endorsement in the entries and of every attestation, with cryptography's
+  OpenSSL verifier. Only hashing and verifying are timed: reading and preparing the messages,
+  keys and DER signatures happen outside the clock, chunk by chunk;
+- verify: `bridge.log.verify.verify_log` on the same file, everything included (reading,
+  decoding, canonical form, chain, Merkle roots, replay with every signature, attestations,
+  conservation, stored state).
+
+ratio = verified entries per second / baseline entries per second; goal >= 0.5. Peak RSS is this
+process's high-water mark (baseline and verification; the generator runs in a child), goal
+under 500 MiB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+import bridge.log.sample as sample_module
+from bridge.domain import (
+    ATTESTATION_DOMAIN,
+    CENTRAL_BANK_KINDS,
+    Genesis,
+    endorsement_message,
+    party_message,
+)
+from bridge.log.source import SqliteSource
+from bridge.log.verify import verify_log
+
+GOAL_RATIO = 0.5
+GOAL_PEAK_RSS_MIB = 500
+BENCH_BLOCK_SIZE = 500
+CHUNK = 5_000
+_ALGORITHM = ec.ECDSA(hashes.SHA256())
+_OUTCOME_MARK = b',"outcome":"'
+
+Status = Callable[[str], None]
+
+
+def cache_dir() -> Path:
+    return Path(tempfile.gettempdir()) / "cbdc-bridge-bench"
+
+
+def cached_log_path(entries: int, directory: Path) -> Path:
+    """Cache file name: size, block size and a digest of the generator's source."""
+    source_digest = hashlib.sha256(Path(sample_module.__file__).read_bytes()).hexdigest()[:10]
+    return directory / f"verify-log-{entries}-b{BENCH_BLOCK_SIZE}-{source_digest}.sqlite"
+
+
+def ensure_log(
+    entries: int, directory: Path, *, regenerate: bool, status: Status
+) -> tuple[Path, float]:
+    """The cached sample log of `entries` entries (generated in a child process if missing)."""
+    path = cached_log_path(entries, directory)
+    if path.exists() and not regenerate:
+        return path, 0.0
+    directory.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    for stale in (path, partial, Path(f"{partial}-wal"), Path(f"{partial}-shm")):
+        stale.unlink(missing_ok=True)
+    status(f"generating a {entries:,}-entry sample log at {path} (cached for later runs)")
+    started = time.perf_counter()
+    command = [
+        sys.executable,
+        "-m",
+        "bridge.log.sample",
+        "--entries",
+        str(entries),
+        "--block-size",
+        str(BENCH_BLOCK_SIZE),
+        "--out",
+        str(partial),
+    ]
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    os.replace(partial, path)
+    return path, time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------- baseline
+
+
+class _Baseline:
+    """Times SHA-256 of each entry and P-256 verification of each signature, nothing else."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        for bank in genesis.central_banks:
+            self._admit(bank.id, bank.public_key)
+        self.seconds = 0.0
+        self.entries = 0
+        self.signatures = 0
+        self.failed = 0
+
+    def _admit(self, participant: str, public_key: bytes) -> None:
+        self.keys[participant] = ec.EllipticCurvePublicKey.from_encoded_point(
+            ec.SECP256R1(), public_key
+        )
+
+    def _prepare(self, data: bytes) -> list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]:
+        """(key, message, DER signature) of every signature in one entry (untimed)."""
+        raw = json.loads(data)
+        body_bytes = data[len(b'{"body":') : data.index(_OUTCOME_MARK)]
+        body = raw["body"]
+        out = []
+        party_values: dict[str, bytes] = {}
+        for signer, endorses, value_hex in raw["sigs"]:
+            value = bytes.fromhex(value_hex)
+            if endorses:
+                message = endorsement_message(body_bytes, party_values[endorses])
+            else:
+                party_values[signer] = value
+                message = party_message(body_bytes)
+            der = encode_dss_signature(
+                int.from_bytes(value[:32], "big"), int.from_bytes(value[32:], "big")
+            )
+            out.append((self.keys[signer], message, der))
+        if body["kind"] == "admit_bank":
+            self._admit(body["bank"], bytes.fromhex(body["public_key"]))
+        assert body["kind"] in CENTRAL_BANK_KINDS or len(out) % 2 == 0
+        return out
+
+    def run_chunk(
+        self,
+        entries: list[bytes],
+        attestations: list[tuple[str, bytes, bytes]],
+    ) -> None:
+        prepared = [(data, self._prepare(data)) for data in entries]
+        signed = [
+            (
+                self.keys[bank],
+                ATTESTATION_DOMAIN + block_hash,
+                encode_dss_signature(
+                    int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+                ),
+            )
+            for bank, block_hash, signature in attestations
+        ]
+        sha256 = hashlib.sha256
+        started = time.perf_counter()
+        for data, signatures in prepared:
+            sha256(b"\x00" + data).digest()
+            for key, message, der in signatures:
+                try:
+                    key.verify(der, message, _ALGORITHM)
+                except InvalidSignature:
+                    self.failed += 1
+        for key, message, der in signed:
+            try:
+                key.verify(der, message, _ALGORITHM)
+            except InvalidSignature:
+                self.failed += 1
+        self.seconds += time.perf_counter() - started
+        self.entries += len(prepared)
+        self.signatures += sum(len(s) for _, s in prepared) + len(signed)
+
+
+def measure_baseline(path: Path, genesis: Genesis) -> _Baseline:
+    baseline = _Baseline(genesis)
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    db = sqlite3.connect(uri, uri=True)
+    try:
+        attestations = db.execute(
+            "SELECT height, central_bank, block_hash, signature FROM attestations ORDER BY height"
+        )
+        pending = attestations.fetchmany(CHUNK)
+        entries = db.execute("SELECT height, data FROM entries ORDER BY seq")
+        while rows := entries.fetchmany(CHUNK):
+            last_height = rows[-1][0]
+            mine = []
+            while pending and pending[0][0] <= last_height:
+                _, bank, block_hash, signature = pending.pop(0)
+                mine.append((bank, bytes(block_hash), bytes(signature)))
+                if not pending:
+                    pending = attestations.fetchmany(CHUNK)
+            baseline.run_chunk([bytes(r[1]) for r in rows], mine)
+        rest = [(b, bytes(h), bytes(s)) for _, b, h, s in pending + attestations.fetchall()]
+        baseline.run_chunk([], rest)
+    finally:
+        db.close()
+    return baseline
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def run(
+    entries: int = 1_000_000,
+    *,
+    directory: Path | None = None,
+    regenerate: bool = False,
+    status: Status | None = None,
+) -> dict[str, Any]:
+    """Generate (or reuse) the log, then measure baseline and verification in this process."""
+    say = status or (lambda message: None)
+    path, generation_seconds = ensure_log(
+        entries, directory or cache_dir(), regenerate=regenerate, status=say
+    )
+    with SqliteSource(path) as source:
+        genesis = source.genesis()
+    say("baseline: SHA-256 and P-256 verification of the same entries and attestations")
+    baseline = measure_baseline(path, genesis)
+    rss_before_verify = peak_rss_mib()
+    say("verify: the full offline verification")
+    with SqliteSource(path) as source:
+        report = verify_log(source)
+    baseline_rate = baseline.entries / baseline.seconds if baseline.seconds else 0.0
+    verify_rate = report.entries / report.seconds if report.seconds else 0.0
+    ratio = verify_rate / baseline_rate if baseline_rate else 0.0
+    peak = peak_rss_mib()
+    return {
+        "benchmark": "verify",
+        "log": str(path),
+        "log_mib": round(path.stat().st_size / 2**20, 1),
+        "generated_seconds": round(generation_seconds, 1),
+        "entries": report.entries,
+        "blocks": report.blocks,
+        "signatures": report.signatures,
+        "verified": report.ok,
+        "failure": None if report.ok else str(report.failures[0]),
+        "verify_seconds": round(report.seconds, 2),
+        "verify_entries_per_s": round(verify_rate, 1),
+        "baseline_seconds": round(baseline.seconds, 2),
+        "baseline_entries_per_s": round(baseline_rate, 1),
+        "baseline_signatures": baseline.signatures,
+        "baseline_signatures_per_s": round(baseline.signatures / baseline.seconds, 1)
+        if baseline.seconds
+        else 0.0,
+        "ratio": round(ratio, 3),
+        "goal_ratio": GOAL_RATIO,
+        "peak_rss_mib": round(peak, 1),
+        "peak_rss_mib_before_verify": round(rss_before_verify, 1),
+        "goal_peak_rss_mib": GOAL_PEAK_RSS_MIB,
+        "meets_goals": report.ok and ratio >= GOAL_RATIO and peak < GOAL_PEAK_RSS_MIB,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def describe(figures: dict[str, Any]) -> str:
+    lines = [
+        f"log: {figures['log']} ({figures['log_mib']} MiB, {figures['entries']:,} entries, "
+        f"{figures['blocks']:,} blocks, {figures['signatures']:,} signatures)",
+        f"verify:   {figures['verify_entries_per_s']:>10,.1f} entries/s "
+        f"({figures['verify_seconds']} s, verified: {figures['verified']})",
+        f"baseline: {figures['baseline_entries_per_s']:>10,.1f} entries/s "
+        f"({figures['baseline_seconds']} s of SHA-256 + P-256 verify, "
+        f"{figures['baseline_signatures_per_s']:,.0f} signatures/s)",
+        f"ratio:    {figures['ratio']:.3f} (goal >= {figures['goal_ratio']})",
+        f"peak RSS: {figures['peak_rss_mib']} MiB (goal < {figures['goal_peak_rss_mib']} MiB)",
+        f"meets goals: {figures['meets_goals']}",
+    ]
+    if figures["failure"]:
+        lines.append(f"verification failure: {figures['failure']}")
+    return "\n".join(lines)
