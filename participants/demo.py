@@ -6,7 +6,7 @@ proposed (ICBC's CNY held), then accepted (both legs in one step); a KBANK/BOCQ 
 settles dual-signed in one request; an ENBD/BOCQ AED-CNY proposal is never accepted and expires,
 releasing its hold; a THB payment to an AE bank is refused by BOT's policy and changes nothing;
 a retried instruction id returns its original receipt. Then: finality, offline verification of
-the log, and a short Locust load.
+the whole log, and a short Locust load with its cross-check.
 """
 
 from __future__ import annotations
@@ -14,20 +14,27 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
+from functools import partial
 
 from rich.console import Console
 from rich.table import Table
 
-from bridge.core.ledger import SignatureCheck
 from participants.launcher import Network
-from participants.sdk import BankClient, BridgeRpcError, CentralBankAdminClient
+from participants.sdk import (
+    BankClient,
+    BridgeRpcError,
+    CentralBankAdminClient,
+    InstructionResult,
+    format_minor,
+    to_minor,
+)
 
-LIQUIDITY_MAJOR_UNITS = 50_000_000  # per bank, in its home currency
+LIQUIDITY = "50000000"  # major units per bank, in its home currency
 EXPIRY_MS = 2_500
+ACCEPTED = frozenset({"SETTLED", "ISSUED", "HELD", "APPLIED", "EXPIRED"})
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Row:
     step: str
     parties: str
@@ -45,8 +52,9 @@ class DemoRun:
         self.exponents = {cb.currency: cb.exponent for cb in network.config.central_banks}
         self._banks: dict[str, BankClient] = {}
         self._admins: dict[str, CentralBankAdminClient] = {}
+        self.last: tuple[str, str] | None = None  # (bank, instruction id) settled last
 
-    # ------------------------------------------------------------------ clients
+    # ------------------------------------------------------------------ helpers
 
     def bank(self, bank_id: str) -> BankClient:
         if bank_id not in self._banks:
@@ -61,42 +69,34 @@ class DemoRun:
         return self._admins[central_bank]
 
     def close(self) -> None:
-        for client in [*self._banks.values(), *self._admins.values()]:
-            client.close()
+        for bank in self._banks.values():
+            bank.close()
+        for admin in self._admins.values():
+            admin.close()
 
-    def minor(self, major: int | str, currency: str) -> int:
-        return int(Decimal(major) * 10 ** self.exponents[currency])
+    def minor(self, major: str, currency: str) -> int:
+        return to_minor(major, self.exponents[currency])
 
     def show(self, amount: int, currency: str) -> str:
-        exponent = self.exponents[currency]
-        return f"{Decimal(amount) / 10**exponent:,.{exponent}f} {currency}"
+        return f"{format_minor(amount, self.exponents[currency])} {currency}"
 
     def record(self, row: Row) -> None:
         self.rows.append(row)
-        colour = "green" if row.outcome in ("SETTLED", "ISSUED", "HELD", "APPLIED") else "yellow"
-        self.console.print(
-            f"  [{colour}]{row.outcome:<19}[/{colour}] {row.step}: {row.parties} {row.legs} {row.note}"
-        )
+        colour = "green" if row.outcome in ACCEPTED else "yellow"
+        outcome = f"[{colour}]{row.outcome:<19}[/{colour}]"
+        self.console.print(f"  {outcome} {row.step}: {row.parties}  {row.legs}  {row.note}")
 
     def attempt(
-        self, step: str, parties: str, legs: str, action: Callable[[], object]
-    ) -> object | None:
+        self, step: str, parties: str, legs: str, action: Callable[[], InstructionResult]
+    ) -> InstructionResult | None:
+        """Run one instruction and record its outcome, or the refusal it met."""
         try:
             result = action()
         except BridgeRpcError as error:
-            self.record(
-                Row(
-                    step,
-                    parties,
-                    legs,
-                    f"{error.code.name}",
-                    note=f"{error.reason.value}: {error.message}",
-                )
-            )
+            outcome = f"{error.code.name} {error.reason.value}"
+            self.record(Row(step, parties, legs, outcome, note=error.message))
             return None
-        outcome = getattr(result, "outcome", None)
-        seq = getattr(result, "seq", "")
-        self.record(Row(step, parties, legs, str(getattr(outcome, "value", outcome)), str(seq)))
+        self.record(Row(step, parties, legs, result.outcome.value, str(result.seq)))
         return result
 
     # ------------------------------------------------------------------ the script
@@ -105,167 +105,127 @@ class DemoRun:
         deadline = time.monotonic() + timeout
         for cb in self.network.config.central_banks:
             wanted = {bank.id for bank in cb.banks}
-            while True:
-                admitted = {p.id for p in self.admin(cb.id).list_banks()}
-                if wanted <= admitted:
-                    break
+            while not wanted <= {p.id for p in self.admin(cb.id).list_banks()}:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"{cb.id} has not admitted {sorted(wanted - admitted)}")
+                    raise TimeoutError(f"{cb.id} has not admitted all of {sorted(wanted)}")
                 time.sleep(0.2)
 
     def issue_liquidity(self) -> None:
         self.console.rule("liquidity: each central bank issues its currency to its banks")
         for cb in self.network.config.central_banks:
+            amount = self.minor(LIQUIDITY, cb.currency)
             for bank in cb.banks:
-                amount = self.minor(LIQUIDITY_MAJOR_UNITS, cb.currency)
+                issue = partial(self.admin(cb.id).issue, bank.id, cb.currency, amount)
                 self.attempt(
-                    "issuance",
-                    f"{cb.id} -> {bank.id}",
-                    self.show(amount, cb.currency),
-                    lambda cb=cb, bank=bank, amount=amount: self.admin(cb.id).issue(
-                        bank.id, cb.currency, amount
-                    ),
+                    "issuance", f"{cb.id} -> {bank.id}", self.show(amount, cb.currency), issue
                 )
 
     def set_policies(self) -> None:
         self.console.rule("policy: BOT allows THB only in the CN and HK corridors")
-        self.attempt(
-            "policy",
-            "BOT",
-            "THB corridors: TH, CN, HK",
-            lambda: self.admin("BOT").set_policy(allowed_jurisdictions=("CN", "HK")),
-        )
+        policy = partial(self.admin("BOT").set_policy, allowed_jurisdictions=("CN", "HK"))
+        self.attempt("policy", "BOT", "THB corridors: TH, CN, HK", policy)
 
     def payments(self) -> None:
         self.console.rule("cross-border trade payments (instant settlement)")
         trades = [
-            (
-                "ICBC",
-                "HSBCHK",
-                "CNY",
-                1_250_000,
-                "INV-CQ-2025-0117 machine parts, Chongqing->Hong Kong",
-            ),
-            ("HSBCHK", "KBANK", "HKD", 830_000, "INV-HK-88412 electronics, Hong Kong->Bangkok"),
-            ("ENBD", "BOCQ", "AED", 412_500, "B/L MSCU7712093 Jebel Ali->Chongqing"),
+            ("ICBC", "HSBCHK", "CNY", "1250000", "INV-CQ-2025-0117 machine parts Chongqing-HK"),
+            ("HSBCHK", "KBANK", "HKD", "830000", "INV-HK-88412 electronics HK-Bangkok"),
+            ("ENBD", "BOCQ", "AED", "412500", "B/L MSCU7712093 Jebel Ali-Chongqing"),
         ]
         for payer, payee, currency, major, reference in trades:
             amount = self.minor(major, currency)
-            self.attempt(
-                "payment",
-                f"{payer} -> {payee}",
-                self.show(amount, currency),
-                lambda payer=payer, payee=payee, currency=currency, amount=amount, reference=reference: (
-                    self.bank(payer).pay(payee, currency, amount, reference=reference)
-                ),
-            )
+            pay = partial(self.bank(payer).pay, payee, currency, amount, reference)
+            self.attempt("payment", f"{payer} -> {payee}", self.show(amount, currency), pay)
 
     def pvp_propose_accept(self) -> None:
         self.console.rule("PvP, propose then accept: ICBC sells CNY for HKD")
-        pay, receive = self.minor(7_000_000, "CNY"), self.minor(7_560_000, "HKD")
+        pay, receive = self.minor("7000000", "CNY"), self.minor("7560000", "HKD")
         legs = f"{self.show(pay, 'CNY')} <-> {self.show(receive, 'HKD')}"
-        proposal = self.attempt(
-            "PvP propose",
-            "ICBC -> HSBCHK",
-            legs,
-            lambda: self.bank("ICBC").propose_pvp(
-                "HSBCHK",
-                pay=("CNY", pay),
-                receive=("HKD", receive),
-                rate="1.08",
-                settle_within_ms=60_000,
-                reference="FX for INV-CQ-2025-0117",
-            ),
+        propose = partial(
+            self.bank("ICBC").propose_pvp,
+            "HSBCHK",
+            pay=("CNY", pay),
+            receive=("HKD", receive),
+            rate="1.08",
+            settle_within_ms=60_000,
+            reference="FX for INV-CQ-2025-0117",
         )
+        proposal = self.attempt("PvP propose", "ICBC -> HSBCHK", legs, propose)
         if proposal is None:
             return
-        pvp_id = proposal.instruction_id  # type: ignore[attr-defined]
         held = self.bank("ICBC").balance("CNY")
         self.console.print(
-            f"    ICBC CNY while held: available {self.show(held.available, 'CNY')}, held {self.show(held.held, 'CNY')}"
+            f"    while held: ICBC available {self.show(held.available, 'CNY')}, "
+            f"held {self.show(held.held, 'CNY')}"
         )
-        self.attempt(
-            "PvP accept",
-            "HSBCHK -> ICBC",
-            legs,
-            lambda: self.bank("HSBCHK").accept_pvp("ICBC", pvp_id),
-        )
+        accept = partial(self.bank("HSBCHK").accept_pvp, "ICBC", proposal.instruction_id)
+        self.attempt("PvP accept", "HSBCHK -> ICBC", legs, accept)
 
     def pvp_dual(self) -> None:
         self.console.rule("PvP, dual-signed: KBANK and BOCQ swap THB and CNY in one instruction")
-        pay, receive = self.minor(10_000_000, "THB"), self.minor(2_000_000, "CNY")
+        pay, receive = self.minor("10000000", "THB"), self.minor("2000000", "CNY")
         legs = f"{self.show(pay, 'THB')} <-> {self.show(receive, 'CNY')}"
 
-        def settle() -> object:
+        def settle() -> InstructionResult:
+            # KBANK signs its side off-line; BOCQ adds its signature and submits through PBOC,
+            # which obtains BOT's endorsement of KBANK's leg from BOT's node.
             offer = self.bank("KBANK").sign_dual_pvp(
-                "BOCQ", pay=("THB", pay), receive=("CNY", receive), rate="0.2"
+                "BOCQ",
+                pay=("THB", pay),
+                receive=("CNY", receive),
+                rate="0.2",
+                reference="FX for rice shipment B/L ONEYBKK0042",
             )
-            countersigned = self.bank("BOCQ").countersign_dual_pvp(offer)
-            return self.bank("KBANK").submit_dual_pvp(countersigned)
+            return self.bank("BOCQ").submit_dual_pvp(offer)
 
         self.attempt("PvP dual-signed", "KBANK <-> BOCQ", legs, settle)
 
     def pvp_expiry(self) -> None:
         self.console.rule("PvP that nobody accepts: it expires and releases the hold")
-        pay, receive = self.minor(500_000, "AED"), self.minor(980_000, "CNY")
+        pay, receive = self.minor("500000", "AED"), self.minor("980000", "CNY")
         legs = f"{self.show(pay, 'AED')} <-> {self.show(receive, 'CNY')}"
-        proposal = self.attempt(
-            "PvP propose",
-            "ENBD -> BOCQ",
-            legs,
-            lambda: self.bank("ENBD").propose_pvp(
-                "BOCQ",
-                pay=("AED", pay),
-                receive=("CNY", receive),
-                rate="1.96",
-                settle_within_ms=EXPIRY_MS,
-            ),
+        propose = partial(
+            self.bank("ENBD").propose_pvp,
+            "BOCQ",
+            pay=("AED", pay),
+            receive=("CNY", receive),
+            rate="1.96",
+            settle_within_ms=EXPIRY_MS,
         )
+        proposal = self.attempt("PvP propose", "ENBD -> BOCQ", legs, propose)
         if proposal is None:
             return
-        pvp_id = proposal.instruction_id  # type: ignore[attr-defined]
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            info = self.bank("ENBD").pvp("ENBD", pvp_id)
-            if info.status.value != "HELD":
-                break
+        info = self.bank("ENBD").pvp("ENBD", proposal.instruction_id)
+        while info.status.value == "HELD" and time.monotonic() < deadline:
             time.sleep(0.25)
-        balance = self.bank("ENBD").balance("AED")
+            info = self.bank("ENBD").pvp("ENBD", proposal.instruction_id)
+        held = self.bank("ENBD").balance("AED").held
+        note = f"nobody accepted; ENBD's AED hold is now {self.show(held, 'AED')}"
         self.record(
-            Row(
-                "PvP expiry",
-                "ENBD -> BOCQ",
-                legs,
-                info.status.value,
-                note=f"ENBD AED held now {self.show(balance.held, 'AED')}",
-            )
+            Row("PvP expiry", "ENBD -> BOCQ", legs, info.status.value, str(info.closed_seq), note)
         )
 
     def refusals(self) -> None:
         self.console.rule("refusals change nothing")
         before = self.bank("SCB").balance("THB")
-        amount = self.minor(100_000, "THB")
-        self.attempt(
-            "policy refusal",
-            "SCB -> FAB",
-            self.show(amount, "THB"),
-            lambda: self.bank("SCB").pay("FAB", "THB", amount, reference="outside BOT's corridors"),
-        )
-        huge = self.minor(10**9, "CNY")
-        self.attempt(
-            "funds refusal",
-            "BOCQ -> ICBC",
-            self.show(huge, "CNY"),
-            lambda: self.bank("BOCQ").pay("ICBC", "CNY", huge),
-        )
+        amount = self.minor("100000", "THB")
+        pay = partial(self.bank("SCB").pay, "FAB", "THB", amount, "THB outside BOT's corridors")
+        self.attempt("policy refusal", "SCB -> FAB", self.show(amount, "THB"), pay)
+        huge = self.minor("1000000000", "CNY")
+        pay = partial(self.bank("BOCQ").pay, "ICBC", "CNY", huge)
+        self.attempt("funds refusal", "BOCQ -> ICBC", self.show(huge, "CNY"), pay)
         after = self.bank("SCB").balance("THB")
         self.console.print(
-            f"    SCB THB before {self.show(before.available, 'THB')}, after {self.show(after.available, 'THB')}"
+            f"    SCB THB before {self.show(before.available, 'THB')}, "
+            f"after {self.show(after.available, 'THB')}"
         )
         self.console.rule("a retried instruction settles once")
-        amount = self.minor(25_000, "HKD")
-        first = self.bank("BOCHK").pay("HSBCHK", "HKD", amount, instruction_id="demo-retry-1")
-        again = self.bank("BOCHK").pay("HSBCHK", "HKD", amount, instruction_id="demo-retry-1")
+        amount = self.minor("25000", "HKD")
+        client = self.bank("BOCHK")
+        first = client.pay("HSBCHK", "HKD", amount, instruction_id="demo-retry-1")
+        again = client.pay("HSBCHK", "HKD", amount, instruction_id="demo-retry-1")
+        note = f"resubmitted: duplicate={again.duplicate}, same seq: {again.seq == first.seq}"
         self.record(
             Row(
                 "retry",
@@ -273,16 +233,17 @@ class DemoRun:
                 self.show(amount, "HKD"),
                 again.outcome.value,
                 str(again.seq),
-                note=f"duplicate={again.duplicate}, same seq as first: {again.seq == first.seq}",
+                note,
             )
         )
+        self.last = ("BOCHK", first.instruction_id)
 
     def settlement_table(self) -> None:
-        table = Table(title="settlements")
-        for column in ("step", "parties", "legs", "outcome", "seq", "note"):
-            table.add_column(column)
+        table = Table(title="settlements (seq: place in the settlement log)")
+        for column in ("step", "parties", "legs", "outcome", "seq"):
+            table.add_column(column, overflow="fold")
         for row in self.rows:
-            table.add_row(row.step, row.parties, row.legs, row.outcome, row.seq, row.note)
+            table.add_row(row.step, row.parties, row.legs, row.outcome, row.seq)
         self.console.print(table)
 
     def verify(self) -> bool:
@@ -290,30 +251,25 @@ class DemoRun:
         from bridge.log.verify import verify_log
 
         self.console.rule("finality and offline verification of the log")
-        self.wait_final()
-        with open_source(str(self.network.config.bridge_db)) as source:
-            report = verify_log(source, check=SignatureCheck.ALL)
-        if report.ok:
-            self.console.print(
-                f"[green]log verified[/green]: {report.blocks} blocks, {report.entries} entries, "
-                f"final height {report.final_height}, conservation holds for every currency"
-            )
-        else:
-            self.console.print(f"[red]log verification failed[/red]: {report.first_failure}")
-        return bool(report.ok)
-
-    def wait_final(self, timeout: float = 20.0) -> None:
-        client = self.bank("ICBC")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            finality = client.finality()
-            if finality.final_height >= finality.sealed_height:
-                self.console.print(
-                    f"final height {finality.final_height} of {finality.sealed_height} sealed"
-                )
-                return
-            time.sleep(0.2)
-        raise TimeoutError("blocks did not become final (is every central bank node attesting?)")
+        if self.last is not None:
+            bank, instruction_id = self.last
+            final = self.bank(bank).wait_final(instruction_id, timeout=30)
+            self.console.print(f"last instruction is final in block {final.block_height}")
+        source = open_source(self.network.config.bridge_db)
+        try:
+            report = verify_log(source)
+        finally:
+            source.close()
+        if not report.ok:
+            self.console.print(f"[red]log verification failed[/red]: {report.failure}")
+            return False
+        self.console.print(
+            f"[green]log verified[/green]: {report.blocks} blocks, {report.entries} entries, "
+            f"{report.signatures} signatures, {report.attestations} attestations; "
+            f"final, verified height {report.last_final_height} of {report.head_height}; "
+            "conservation holds in every currency"
+        )
+        return True
 
     def load(self, seconds: int) -> bool:
         from loadtest.runner import run_scenario
@@ -321,7 +277,7 @@ class DemoRun:
         self.console.rule(f"short load: Locust 'steady' scenario for {seconds} s")
         result = run_scenario("steady", self.network, seconds=seconds, users=20)
         self.console.print(result.summary())
-        return bool(result.ok)
+        return result.ok
 
 
 def run_demo(network: Network, *, console: Console, load_seconds: int) -> bool:
