@@ -8,9 +8,11 @@ from __future__ import annotations
 import typer
 
 from loadtest.bench_cli import bench_app
+from participants.bank_cli import bank_app
 from participants.log_cli import log_app
 from participants.network_cli import demo, up
 from participants.node_cli import node_app
+from participants.pki import pki_command
 
 app = typer.Typer(
     name="cbdc-bridge",
@@ -18,11 +20,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+app.add_typer(bank_app, name="bank")
 app.add_typer(bench_app, name="bench")
 app.add_typer(log_app, name="log")
 app.add_typer(node_app, name="node")
 app.command("up")(up)
 app.command("demo")(demo)
+app.command("pki")(pki_command)
 
 
 def main() -> None:

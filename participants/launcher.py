@@ -23,6 +23,7 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bridge.tls import CHANNEL_OPTIONS_TLS, channel_credentials
 from participants.network_config import NetworkConfig, generate_network
 
 READY_TIMEOUT = 60.0
@@ -112,8 +113,16 @@ class NodeProcess:
             self.process.stdout.close()
 
 
-def wait_serving(address: str, deadline: float) -> None:
-    with grpc.insecure_channel(address) as channel:
+def wait_serving(
+    address: str, deadline: float, credentials: grpc.ChannelCredentials | None = None
+) -> None:
+    """Wait until `address` answers its health check SERVING (over mutual TLS if given)."""
+    channel = (
+        grpc.insecure_channel(address)
+        if credentials is None
+        else grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS_TLS)
+    )
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
@@ -149,10 +158,13 @@ class Network:
                 node.start(env)
             for node in self.central_banks.values():
                 node.wait_listening(deadline)
-            if self.config.tls is None:
-                wait_serving(self.config.bridge_address, deadline)
-                for cb in self.config.central_banks:
-                    wait_serving(cb.address, deadline)
+            credentials = None
+            if self.config.tls is not None:  # any certificate of the network's CA will do
+                pki = self.directory / self.config.tls.directory
+                credentials = channel_credentials(pki, "bridge")
+            wait_serving(self.config.bridge_address, deadline, credentials)
+            for cb in self.config.central_banks:
+                wait_serving(cb.address, deadline, credentials)
         except BaseException:
             self.stop()
             raise

@@ -160,15 +160,15 @@ class CentralBankAdminClient:
     def issue(
         self,
         to: ParticipantId,
+        currency: CurrencyCode,
         amount: Amount,
         *,
-        currency: CurrencyCode | None = None,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
-        """Issue `amount` (minor units) of this central bank's currency to bank `to`."""
-        body = types.Issue(to=to, currency=currency or self.currency, amount=amount)
+        """Issue `amount` (minor units) of this central bank's `currency` to bank `to`."""
+        body = types.Issue(to=to, currency=currency, amount=amount)
         request = pb.IssueRequest(**self._header(instruction_id, valid_until), body=body)
         return self._instruction("Issue", request, timeout)
 

@@ -1,0 +1,640 @@
+"""`cbdc-bridge bank ...`: a commercial bank's desk on the command line, over the bank SDK.
+
+Amounts are typed and shown in major units of their currency ("1,234.56 CNY"), converted
+exactly with the currency's exponent from network.json; an amount with more decimals than the
+currency has is refused. Exit codes: 0 done, 1 refused by the bridge (reason code and message
+printed), 2 usage or configuration error, 3 node unavailable or no answer in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal, DivisionByZero, InvalidOperation, localcontext
+from pathlib import Path
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bridge.crypto import PrivateKey, public_key_to_pem
+from bridge.domain import BRIDGE_SENDER, Amount, CurrencyCode, Millis, ParticipantId
+from participants.network_config import NetworkConfig
+from participants.sdk import (
+    AmountError,
+    BankClient,
+    BridgeRpcError,
+    HistoryEntry,
+    InstructionResult,
+    PvpInfo,
+    SignedDualPvp,
+    format_minor,
+    new_instruction_id,
+    to_minor,
+)
+
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+bank_app = typer.Typer(
+    help="A commercial bank's desk: balances, payments, PvP FX trades, issuance, history.",
+    no_args_is_help=True,
+)
+pvp_app = typer.Typer(
+    help="Two-phase PvP: propose (our leg is held), the counterparty accepts or rejects.",
+    no_args_is_help=True,
+)
+dual_app = typer.Typer(
+    help="Dual-signed PvP: one bank signs its side to a file, the other adds its own and submits.",
+    no_args_is_help=True,
+)
+bank_app.add_typer(pvp_app, name="pvp")
+bank_app.add_typer(dual_app, name="dual")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+NETWORK = typer.Option(
+    Path("demo-network"),
+    "--network",
+    "-n",
+    envvar="CBDC_BRIDGE_NETWORK",
+    help="Network directory (network.json, keys/, pki/).",
+)
+BANK = typer.Option(..., "--bank", "-b", envvar="CBDC_BRIDGE_BANK", help="Our bank id, e.g. ICBC.")
+TIMEOUT = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for each answer.")
+INSTRUCTION_ID = typer.Option(None, "--id", help="Instruction id (default: a fresh one).")
+REFERENCE = typer.Option("", "--reference", "-r", help="Free text, e.g. the trade document.")
+WAIT_FINAL = typer.Option(
+    False, "--wait-final", help="Also wait until the block holding it is final."
+)
+_MONEY = re.compile(r"^\s*(?P<amount>[0-9][0-9,_]*(\.[0-9]+)?)\s*(?P<currency>[A-Za-z]{3})\s*$")
+_RATE_PLACES = 10
+_PARTY_FIELDS = ("sender", "payee", "counterparty", "proposer", "to")
+
+
+# ---------------------------------------------------------------------------- the desk
+
+
+@dataclass(slots=True)
+class Desk:
+    """One bank's session: the network it belongs to, its client, the instruction in flight."""
+
+    config: NetworkConfig
+    client: BankClient
+    instruction_id: str | None = None
+
+    def new_instruction(self, given: str | None) -> str:
+        """The id of the instruction about to be sent (named in the error if it goes astray)."""
+        self.instruction_id = given or new_instruction_id()
+        return self.instruction_id
+
+    @property
+    def bank(self) -> ParticipantId:
+        return self.client.bank_id
+
+    def exponent(self, currency: CurrencyCode) -> int:
+        for cb in self.config.central_banks:
+            if cb.currency == currency:
+                return cb.exponent
+        fail(EXIT_USAGE, f"unknown currency {currency}: not issued by any central bank here")
+
+    def home_currency(self) -> CurrencyCode:
+        return self.config.home_of(self.bank).currency
+
+    def minor(self, amount: str, currency: CurrencyCode) -> Amount:
+        """Parse `amount` in major units of `currency`; usage error unless exact and positive."""
+        try:
+            minor = to_minor(amount, self.exponent(currency))
+        except AmountError as error:
+            fail(EXIT_USAGE, f"{currency} amount: {error}")
+        if minor <= 0:
+            fail(EXIT_USAGE, f"{currency} amount must be positive: got {amount}")
+        return minor
+
+    def money(self, text: str) -> tuple[CurrencyCode, Amount]:
+        """Parse "1,000.50 CNY" into (currency, minor units)."""
+        match = _MONEY.match(text)
+        if match is None:
+            fail(EXIT_USAGE, f"expected an amount and a currency, e.g. '1000.50 CNY': got {text!r}")
+        currency = match["currency"].upper()
+        return currency, self.minor(match["amount"], currency)
+
+    def show(self, amount: Amount, currency: CurrencyCode) -> str:
+        for cb in self.config.central_banks:
+            if cb.currency == currency:
+                return f"{format_minor(amount, cb.exponent)} {currency}"
+        return f"{amount} {currency} (minor units)"
+
+
+def fail(code: int, message: str) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def open_desk(network: Path, bank: ParticipantId, timeout: float) -> Iterator[Desk]:
+    """The bank's desk; turns refusals and outages into their exit codes."""
+    try:
+        config = NetworkConfig.load(network)
+        client = BankClient.from_network(network, bank, timeout=timeout)
+    except FileNotFoundError as error:
+        fail(EXIT_USAGE, f"cannot read the network in {network}: {error}")
+    except KeyError as error:
+        fail(EXIT_USAGE, str(error.args[0] if error.args else error))
+    except (OSError, ValueError) as error:
+        fail(EXIT_USAGE, f"cannot load the network or the key of {bank}: {error}")
+    desk = Desk(config, client)
+    try:
+        yield desk
+    except BridgeRpcError as error:
+        report(error, desk.instruction_id)
+    finally:
+        client.close()
+
+
+def report(error: BridgeRpcError, instruction_id: str | None = None) -> NoReturn:
+    if error.transient:
+        hint = ""
+        if instruction_id:
+            hint = (
+                f"\ninstruction {instruction_id} may or may not have been recorded: "
+                f"check with `cbdc-bridge bank status {instruction_id}`"
+            )
+        fail(EXIT_UNAVAILABLE, f"{error.code.name}: {error.message}{hint}")
+    err.print(f"[red]refused:[/red] {error.reason.value} ({error.code.name}): {error.message}")
+    raise typer.Exit(EXIT_REFUSED)
+
+
+def describe(result: InstructionResult) -> str:
+    where = f"seq {result.seq}"
+    if result.block_height:
+        where += f", block {result.block_height}" + (" (final)" if result.final else "")
+    again = " — already recorded, nothing redone" if result.duplicate else ""
+    return f"{result.outcome.value}: {result.sender}/{result.instruction_id} ({where}){again}"
+
+
+def finish(desk: Desk, result: InstructionResult, wait_final: bool, timeout: float) -> None:
+    if wait_final and not result.final:
+        result = desk.client.wait_final(result.instruction_id, timeout=max(timeout, 30.0))
+    out.print(describe(result))
+
+
+def when(millis: Millis) -> str:
+    moment = datetime.fromtimestamp(millis / 1000, tz=UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+@bank_app.command("keys")
+def keys(
+    path: Path = typer.Argument(..., help="Private key file to write (PKCS#8 PEM, mode 0600)."),
+    show: bool = typer.Option(False, "--show", help="Only show the public key of PATH."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing key."),
+) -> None:
+    """Generate a bank's P-256 key pair (PATH and PATH.pub.pem) and show its public key."""
+    try:
+        if show:
+            key = PrivateKey.load(path)
+        else:
+            if path.exists() and not force:
+                fail(EXIT_USAGE, f"{path} exists; use --force to replace it or --show to read it")
+            key = PrivateKey.generate()
+            key.save(path)
+            out.print(f"wrote {path} and {path.with_suffix('.pub.pem')}")
+    except (OSError, ValueError) as error:
+        fail(EXIT_USAGE, f"{path}: {error}")
+    out.print(f"public key (SEC1 hex): {key.public_key.hex()}")
+    out.print(public_key_to_pem(key.public_key).decode().rstrip())
+
+
+# ---------------------------------------------------------------------------- reads
+
+
+@bank_app.command("balance")
+def balance(
+    currency: str = typer.Option("", "--currency", "-c", help="Only this currency."),
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Our accounts: available, held by open PvP proposals, and frozen flags."""
+    with open_desk(network, bank, timeout) as desk:
+        balances = desk.client.balances(currency.upper())
+        table = Table(title=f"{desk.bank} balances")
+        table.add_column("Currency")
+        for column in ("Available", "Held", "Total"):
+            table.add_column(column, justify="right")
+        table.add_column("Frozen")
+        for code, held in balances.items():
+            table.add_row(
+                code,
+                desk.show(held.available, code),
+                desk.show(held.held, code),
+                desk.show(held.total, code),
+                "yes" if held.frozen else "",
+            )
+        if not balances:
+            out.print(f"{desk.bank} holds no accounts yet")
+            return
+        out.print(table)
+
+
+@bank_app.command("status")
+def status(
+    instruction_id: str = typer.Argument(..., help="One of our instruction ids."),
+    wait_final: bool = WAIT_FINAL,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Where one of our instructions stands: outcome, log position, finality."""
+    with open_desk(network, bank, timeout) as desk:
+        finish(desk, desk.client.status(instruction_id), wait_final, timeout)
+
+
+@bank_app.command("history")
+def history(
+    from_seq: int = typer.Option(1, "--from-seq", min=1, help="First sequence number."),
+    limit: int = typer.Option(50, "--limit", min=1, max=500, help="Most entries to show."),
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Settlement-log entries we are a party to, oldest first."""
+    with open_desk(network, bank, timeout) as desk:
+        entries = desk.client.history(from_seq, limit=limit)
+        if not entries:
+            out.print(f"no entries for {desk.bank} from seq {from_seq}")
+            return
+        table = history_table(f"{desk.bank} settlement history")
+        for entry in entries:
+            table.add_row(*history_row(desk, entry))
+        out.print(table)
+        out.print(f"next page: --from-seq {entries[-1].seq + 1}")
+
+
+def history_table(title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("Seq", justify="right")
+    table.add_column("Time (UTC)")
+    table.add_column("Block", justify="right")
+    table.add_column("Kind")
+    table.add_column("Outcome")
+    table.add_column("Paid", justify="right")
+    table.add_column("Received", justify="right")
+    table.add_column("Counterparty")
+    table.add_column("Reference", overflow="fold")
+    return table
+
+
+def history_row(desk: Desk, entry: HistoryEntry) -> tuple[str, ...]:
+    paid = [leg for leg in entry.legs if leg.payer == desk.bank]
+    received = [leg for leg in entry.legs if leg.payee == desk.bank]
+    named = (getattr(entry.instruction, name, "") for name in _PARTY_FIELDS)
+    legs = (party for leg in entry.legs for party in (leg.payer, leg.payee))
+    others = {party for party in (*named, *legs) if party not in ("", desk.bank, BRIDGE_SENDER)}
+    return (
+        str(entry.seq),
+        when(entry.time),
+        str(entry.block_height or ""),
+        entry.kind,
+        entry.outcome.value,
+        "\n".join(desk.show(leg.amount, leg.currency) for leg in paid),
+        "\n".join(desk.show(leg.amount, leg.currency) for leg in received),
+        ", ".join(sorted(others)),
+        entry.reference,
+    )
+
+
+@bank_app.command("watch")
+def watch(
+    from_seq: int = typer.Option(
+        0, "--from-seq", min=0, help="First sequence number (default: only new settlements)."
+    ),
+    count: int = typer.Option(0, "--count", min=0, help="Stop after this many (0: until Ctrl-C)."),
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Stream our settlements as they are recorded, until Ctrl-C or --count entries."""
+    with open_desk(network, bank, timeout) as desk:
+        start = from_seq or next_seq(desk, timeout)
+        err.print(f"watching {desk.bank} from seq {start} (Ctrl-C to stop)")
+        seen = 0
+        with contextlib.suppress(KeyboardInterrupt):
+            for entry in desk.client.watch(start):
+                out.print(watch_line(desk, entry))
+                seen += 1
+                if count and seen >= count:
+                    break
+
+
+def watch_line(desk: Desk, entry: HistoryEntry) -> str:
+    moved = [
+        ("-" if leg.payer == desk.bank else "+") + desk.show(leg.amount, leg.currency)
+        for leg in entry.legs
+        if desk.bank in (leg.payer, leg.payee)
+    ]
+    _, at, _, kind, outcome, _, _, others, reference = history_row(desk, entry)
+    line = f"{entry.seq:>6} {at} {kind:<12} {outcome:<9} {' '.join(moved)} {others} {reference}"
+    return line.rstrip()
+
+
+def next_seq(desk: Desk, timeout: float) -> int:
+    """One past our latest entry: where a watch of new settlements starts."""
+    seq = 1
+    while page := desk.client.history(seq, limit=500, timeout=timeout):
+        seq = page[-1].seq + 1
+    return seq
+
+
+# ---------------------------------------------------------------------------- payments
+
+
+@bank_app.command("pay")
+def pay(
+    payee: str = typer.Argument(..., help="Bank paid, e.g. BOCQ."),
+    amount: str = typer.Argument(..., help="Amount in major units, e.g. 1234.56."),
+    currency: str = typer.Argument(..., help="Currency, e.g. CNY."),
+    reference: str = REFERENCE,
+    instruction_id: str | None = INSTRUCTION_ID,
+    wait_final: bool = WAIT_FINAL,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Pay another bank; settles at once or is refused."""
+    with open_desk(network, bank, timeout) as desk:
+        code = currency.upper()
+        minor = desk.minor(amount, code)
+        result = desk.client.pay(
+            payee, code, minor, reference, desk.new_instruction(instruction_id)
+        )
+        out.print(f"{desk.bank} paid {desk.show(minor, code)} to {payee}")
+        finish(desk, result, wait_final, timeout)
+
+
+@bank_app.command("issue-request")
+def issue_request(
+    amount: str = typer.Argument(..., help="Amount of our central bank's currency."),
+    request_id: str | None = typer.Option(None, "--id", help="Request id, to retry safely."),
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Ask our central bank to issue its currency to us against reserves at home."""
+    with open_desk(network, bank, timeout) as desk:
+        currency = desk.home_currency()
+        minor = desk.minor(amount, currency)
+        result = desk.client.request_issuance(minor, request_id=request_id)
+        out.print(f"{result.sender} issued {desk.show(minor, currency)} to {desk.bank}")
+        out.print(describe(result))
+
+
+@bank_app.command("redeem")
+def redeem(
+    amount: str = typer.Argument(..., help="Amount in major units."),
+    currency: str = typer.Argument(..., help="Currency to return to its issuer."),
+    instruction_id: str | None = INSTRUCTION_ID,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Return currency to its issuing central bank, which destroys it."""
+    with open_desk(network, bank, timeout) as desk:
+        code = currency.upper()
+        minor = desk.minor(amount, code)
+        result = desk.client.redeem(
+            code, minor, instruction_id=desk.new_instruction(instruction_id)
+        )
+        out.print(f"{desk.bank} redeemed {desk.show(minor, code)}")
+        out.print(describe(result))
+
+
+# ---------------------------------------------------------------------------- two-phase PvP
+
+PAY_LEG = typer.Option(..., "--pay", help="What we pay, e.g. '1000 CNY'.")
+RECEIVE_LEG = typer.Option(..., "--receive", help="What we receive, e.g. '1,085.20 HKD'.")
+RATE = typer.Option(
+    None, "--rate", help="Agreed rate, informative (default: received / paid, major units)."
+)
+
+
+def implied_rate(desk: Desk, pay: tuple[str, int], receive: tuple[str, int]) -> str:
+    """Received per unit paid, in major units, as the plain decimal the bridge expects."""
+    with localcontext() as context:
+        context.prec = 28
+        try:
+            paid = Decimal(pay[1]).scaleb(-desk.exponent(pay[0]))
+            got = Decimal(receive[1]).scaleb(-desk.exponent(receive[0]))
+            rate = (got / paid).quantize(Decimal(1).scaleb(-_RATE_PLACES)).normalize()
+        except (DivisionByZero, InvalidOperation):
+            fail(EXIT_USAGE, "cannot compute a rate from these amounts; give --rate")
+    text = f"{rate:f}"
+    if rate <= 0:
+        fail(EXIT_USAGE, f"the implied rate rounds to {text}; give --rate")
+    return text
+
+
+@pvp_app.command("propose")
+def pvp_propose(
+    counterparty: str = typer.Argument(..., help="The bank on the other side."),
+    pay_leg: str = PAY_LEG,
+    receive_leg: str = RECEIVE_LEG,
+    rate: str | None = RATE,
+    settle_within: float = typer.Option(
+        300.0, "--settle-within", min=0.001, help="Seconds the counterparty has to accept."
+    ),
+    reference: str = REFERENCE,
+    instruction_id: str | None = INSTRUCTION_ID,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Propose an FX trade; our leg is held until it is accepted, rejected or expires."""
+    with open_desk(network, bank, timeout) as desk:
+        pay_money, receive_money = desk.money(pay_leg), desk.money(receive_leg)
+        result = desk.client.propose_pvp(
+            counterparty,
+            pay=pay_money,
+            receive=receive_money,
+            rate=rate or implied_rate(desk, pay_money, receive_money),
+            settle_within_ms=int(settle_within * 1000),
+            reference=reference,
+            instruction_id=desk.new_instruction(instruction_id),
+        )
+        out.print(
+            f"{desk.bank} proposes to pay {desk.show(pay_money[1], pay_money[0])} to "
+            f"{counterparty} for {desk.show(receive_money[1], receive_money[0])}"
+        )
+        out.print(describe(result))
+        out.print(f"PvP id: {result.instruction_id}")
+
+
+@pvp_app.command("accept")
+def pvp_accept(
+    proposer: str = typer.Argument(..., help="The bank that proposed the PvP."),
+    pvp_id: str = typer.Argument(..., help="The PvP id."),
+    instruction_id: str | None = INSTRUCTION_ID,
+    wait_final: bool = WAIT_FINAL,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Accept a PvP proposed to us: shows its terms, signs them, both legs settle at once."""
+    with open_desk(network, bank, timeout) as desk:
+        info = desk.client.pvp(proposer, pvp_id)
+        out.print(pvp_table(desk, info))
+        result = desk.client.accept_pvp(
+            proposer,
+            pvp_id,
+            terms_hash=info.terms_hash,
+            instruction_id=desk.new_instruction(instruction_id),
+        )
+        finish(desk, result, wait_final, timeout)
+
+
+@pvp_app.command("reject")
+def pvp_reject(
+    proposer: str = typer.Argument(..., help="The bank that proposed the PvP."),
+    pvp_id: str = typer.Argument(..., help="The PvP id."),
+    instruction_id: str | None = INSTRUCTION_ID,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Decline a PvP proposed to us; the proposer's hold is released."""
+    with open_desk(network, bank, timeout) as desk:
+        iid = desk.new_instruction(instruction_id)
+        out.print(describe(desk.client.reject_pvp(proposer, pvp_id, instruction_id=iid)))
+
+
+@pvp_app.command("cancel")
+def pvp_cancel(
+    pvp_id: str = typer.Argument(..., help="The id of a PvP we proposed."),
+    instruction_id: str | None = INSTRUCTION_ID,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Withdraw a PvP we proposed; our hold is released."""
+    with open_desk(network, bank, timeout) as desk:
+        iid = desk.new_instruction(instruction_id)
+        out.print(describe(desk.client.cancel_pvp(pvp_id, instruction_id=iid)))
+
+
+@pvp_app.command("status")
+def pvp_status(
+    proposer: str = typer.Argument(..., help="The bank that proposed the PvP."),
+    pvp_id: str = typer.Argument(..., help="The PvP id."),
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Show a PvP we proposed or were proposed: terms and state."""
+    with open_desk(network, bank, timeout) as desk:
+        out.print(pvp_table(desk, desk.client.pvp(proposer, pvp_id)))
+
+
+def pvp_table(desk: Desk, info: PvpInfo) -> Table:
+    table = Table(title=f"PvP {info.pvp_id}", show_header=False)
+    table.add_column("Field", style="bold")
+    table.add_column("Value", overflow="fold")
+    rows = (
+        ("Status", info.status.value + (f" (seq {info.closed_seq})" if info.closed_seq else "")),
+        ("Proposer", info.proposer),
+        ("Counterparty", info.counterparty),
+        (f"{info.proposer} pays", desk.show(info.pay.amount, info.pay.currency)),
+        (f"{info.counterparty} pays", desk.show(info.receive.amount, info.receive.currency)),
+        ("Rate", info.rate),
+        ("Settle by", when(info.settle_by)),
+        ("Reference", info.reference),
+        ("Terms hash", info.terms_hash),
+    )
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+# ---------------------------------------------------------------------------- dual-signed PvP
+
+
+@dual_app.command("sign")
+def dual_sign(
+    counterparty: str = typer.Argument(..., help="The bank that will submit the trade."),
+    pay_leg: str = PAY_LEG,
+    receive_leg: str = RECEIVE_LEG,
+    rate: str | None = RATE,
+    reference: str = REFERENCE,
+    instruction_id: str | None = INSTRUCTION_ID,
+    valid_for: float = typer.Option(
+        600.0, "--valid-for", min=1.0, help="Seconds the counterparty has to submit it."
+    ),
+    output: Path | None = typer.Option(
+        None, "--out", "-o", help="File to write (default: dual-<id>.json)."
+    ),
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Sign our side of a dual-signed PvP to a JSON file for the counterparty to submit."""
+    with open_desk(network, bank, timeout) as desk:
+        pay_money, receive_money = desk.money(pay_leg), desk.money(receive_leg)
+        signed = desk.client.sign_dual_pvp(
+            counterparty,
+            pay=pay_money,
+            receive=receive_money,
+            rate=rate or implied_rate(desk, pay_money, receive_money),
+            reference=reference,
+            instruction_id=instruction_id,
+            valid_until=_now_ms() + int(valid_for * 1000),
+        )
+        path = output or Path(f"dual-{signed.body.instruction_id}.json")
+        try:
+            path.write_text(signed.to_json())
+        except OSError as error:
+            fail(EXIT_USAGE, f"cannot write {path}: {error}")
+        out.print(dual_summary(desk, signed))
+        out.print(f"wrote {path}: hand it to {counterparty} to run `cbdc-bridge bank dual submit`")
+
+
+@dual_app.command("submit")
+def dual_submit(
+    path: Path = typer.Argument(..., help="A file written by `dual sign` by the counterparty."),
+    wait_final: bool = WAIT_FINAL,
+    network: Path = NETWORK,
+    bank: str = BANK,
+    timeout: float = TIMEOUT,
+) -> None:
+    """Add our signature to a dual-signed PvP and submit it: both legs settle or neither."""
+    with open_desk(network, bank, timeout) as desk:
+        try:
+            signed = SignedDualPvp.from_json(path.read_text())
+        except (OSError, ValueError) as error:
+            fail(EXIT_USAGE, f"{path}: {error}")
+        out.print(dual_summary(desk, signed))
+        desk.instruction_id = signed.body.instruction_id
+        finish(desk, desk.client.submit_dual_pvp(signed), wait_final, timeout)
+
+
+def dual_summary(desk: Desk, signed: SignedDualPvp) -> str:
+    body = signed.body
+    return (
+        f"dual PvP {body.instruction_id}: {body.sender} pays "
+        f"{desk.show(body.pay_amount, body.pay_currency)}, {body.counterparty} pays "
+        f"{desk.show(body.receive_amount, body.receive_currency)} (rate {body.rate}); "
+        f"signed by {signed.signer}, submitted by {signed.submitter}"
+    )
+
+
+def _now_ms() -> Millis:
+    return time.time_ns() // 1_000_000
