@@ -182,7 +182,9 @@ def describe(result: InstructionResult) -> str:
 
 def finish(desk: Desk, result: InstructionResult, wait_final: bool, timeout: float) -> None:
     if wait_final and not result.final:
-        result = desk.client.wait_final(result.instruction_id, timeout=max(timeout, 30.0))
+        result = desk.client.wait_final(
+            result.instruction_id, sender=result.sender, timeout=max(timeout, 30.0)
+        )
     out.print(describe(result))
 
 
@@ -250,15 +252,18 @@ def balance(
 
 @bank_app.command("status")
 def status(
-    instruction_id: str = typer.Argument(..., help="One of our instruction ids."),
+    instruction_id: str = typer.Argument(..., help="An instruction id."),
+    sender: str | None = typer.Option(
+        None, "--sender", help="Its sender if not us, e.g. PBOC for an issuance to us."
+    ),
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
-    """Where one of our instructions stands: outcome, log position, finality."""
+    """Where an instruction we are party to stands: outcome, log position, finality."""
     with open_desk(network, bank, timeout) as desk:
-        finish(desk, desk.client.status(instruction_id), wait_final, timeout)
+        finish(desk, desk.client.status(instruction_id, sender=sender), wait_final, timeout)
 
 
 @bank_app.command("history")
@@ -387,6 +392,7 @@ def pay(
 def issue_request(
     amount: str = typer.Argument(..., help="Amount of our central bank's currency."),
     request_id: str | None = typer.Option(None, "--id", help="Request id, to retry safely."),
+    wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
@@ -397,7 +403,7 @@ def issue_request(
         minor = desk.minor(amount, currency)
         result = desk.client.request_issuance(minor, request_id=request_id)
         out.print(f"{result.sender} issued {desk.show(minor, currency)} to {desk.bank}")
-        out.print(describe(result))
+        finish(desk, result, wait_final, timeout)
 
 
 @bank_app.command("redeem")

@@ -46,7 +46,14 @@ from participants.sdk._models import (
     PvpInfo,
     SignedDualPvp,
 )
-from participants.sdk._polling import DEFAULT_WAIT, budget, not_final, polling, waitable
+from participants.sdk._polling import (
+    DEFAULT_WAIT,
+    NOT_RECORDED_YET,
+    budget,
+    not_final,
+    polling,
+    waitable,
+)
 from participants.sdk._requests import (
     DEFAULT_VALIDITY_MS,
     BankRequests,
@@ -288,10 +295,15 @@ class AsyncBankClient:
         return found if found is not None else Balance(currency, 0)
 
     async def status(
-        self, instruction_id: InstructionId, *, timeout: float | None = None
+        self,
+        instruction_id: InstructionId,
+        *,
+        sender: ParticipantId | None = None,
+        timeout: float | None = None,
     ) -> InstructionResult:
-        """Where one of our instructions stands (NOT_FOUND until the bridge records it)."""
-        return await self._call(self._requests.status(instruction_id), timeout)
+        """Where an instruction stands: ours (NOT_FOUND until the bridge records it), or
+        `sender`'s one that we are a party to (e.g. the central bank's issuance to us)."""
+        return await self._call(self._requests.status(instruction_id, sender), timeout)
 
     async def pvp(
         self, proposer: ParticipantId, pvp_id: InstructionId, *, timeout: float | None = None
@@ -309,17 +321,25 @@ class AsyncBankClient:
         return [await self._entry(event, timeout) for event in page.entries]
 
     async def wait_settled(
-        self, instruction_id: InstructionId, *, timeout: float = DEFAULT_WAIT
+        self,
+        instruction_id: InstructionId,
+        *,
+        sender: ParticipantId | None = None,
+        timeout: float = DEFAULT_WAIT,
     ) -> InstructionResult:
-        """Wait until the bridge has recorded one of our instructions; its outcome says what
-        it did (SETTLED, HELD, ...). Raises the last error if it is not recorded in time."""
-        return await self._poll(instruction_id, timeout, final=False)
+        """Wait until the bridge has recorded an instruction (see `status`); its outcome says
+        what it did (SETTLED, HELD, ...). Raises the last error if not recorded in time."""
+        return await self._poll(instruction_id, sender, timeout, final=False)
 
     async def wait_final(
-        self, instruction_id: InstructionId, *, timeout: float = DEFAULT_WAIT
+        self,
+        instruction_id: InstructionId,
+        *,
+        sender: ParticipantId | None = None,
+        timeout: float = DEFAULT_WAIT,
     ) -> InstructionResult:
-        """Wait until one of our instructions is in a final block (attested by a quorum)."""
-        return await self._poll(instruction_id, timeout, final=True)
+        """Wait until an instruction (see `status`) is in a final block, attested by a quorum."""
+        return await self._poll(instruction_id, sender, timeout, final=True)
 
     async def wait_ready(self, *, timeout: float = DEFAULT_WAIT) -> None:
         """Wait until our node answers and knows this bank (e.g. right after network start)."""
@@ -390,15 +410,19 @@ class AsyncBankClient:
             await asyncio.sleep(pause)
 
     async def _poll(
-        self, instruction_id: InstructionId, timeout: float, final: bool
+        self,
+        instruction_id: InstructionId,
+        sender: ParticipantId | None,
+        timeout: float,
+        final: bool,
     ) -> InstructionResult:
         deadline = time.monotonic() + timeout
         for pause in polling(deadline):
-            rpc = self._requests.status(instruction_id)
+            rpc = self._requests.status(instruction_id, sender)
             try:
                 result = await self._call(rpc, budget(deadline, self.timeout), NO_RETRY)
             except BridgeRpcError as error:
-                if not waitable(error, Reason.UNKNOWN_INSTRUCTION) or pause is None:
+                if not waitable(error, *NOT_RECORDED_YET) or pause is None:
                     raise
             else:
                 if result.final or not final:

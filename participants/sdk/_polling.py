@@ -11,12 +11,14 @@ from bridge.errors import Reason
 from participants.sdk._errors import BridgeRpcError
 from participants.sdk._models import InstructionResult
 
-__all__ = ["DEFAULT_WAIT", "budget", "not_final", "polling", "waitable"]
+__all__ = ["DEFAULT_WAIT", "NOT_RECORDED_YET", "budget", "not_final", "polling", "waitable"]
 
 DEFAULT_WAIT = 30.0
 FIRST_PAUSE = 0.05
 LONGEST_PAUSE = 0.5
 _SHORTEST_CALL = 0.001
+# what a status query answers until the instruction is recorded and our node has seen it
+NOT_RECORDED_YET = (Reason.UNKNOWN_INSTRUCTION, Reason.NOT_A_PARTY)
 
 
 def polling(deadline: float) -> Iterator[float | None]:
@@ -36,9 +38,9 @@ def budget(deadline: float, per_call: float) -> float:
     return max(min(deadline - time.monotonic(), per_call), _SHORTEST_CALL)
 
 
-def waitable(error: BridgeRpcError, reason: Reason) -> bool:
+def waitable(error: BridgeRpcError, *reasons: Reason) -> bool:
     """Whether waiting may go on after `error`: the awaited thing is not there yet."""
-    return error.reason is reason or error.transient
+    return error.reason in reasons or error.transient
 
 
 def not_final(result: InstructionResult, timeout: float) -> BridgeRpcError:

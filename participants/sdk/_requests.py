@@ -299,8 +299,12 @@ class BankRequests:
         )
         return Rpc("RequestIssuance", self._query("RequestIssuance", request), _result)
 
-    def status(self, instruction_id: InstructionId) -> Rpc[InstructionResult]:
-        request = pb.InstructionStatusQuery(sender=self.bank_id, instruction_id=instruction_id)
+    def status(
+        self, instruction_id: InstructionId, sender: ParticipantId | None = None
+    ) -> Rpc[InstructionResult]:
+        request = pb.InstructionStatusQuery(
+            sender=sender or self.bank_id, instruction_id=instruction_id
+        )
         return Rpc("GetInstructionStatus", self._query("GetInstructionStatus", request), _result)
 
     def balances(self, currency: CurrencyCode) -> Rpc[dict[CurrencyCode, Balance]]:

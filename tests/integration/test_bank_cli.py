@@ -232,9 +232,10 @@ def test_dual_sign_to_a_file_and_submit(cli: Cli, tmp_path: Path) -> None:
 
 def test_issue_request_redeem_status_and_history(cli: Cli) -> None:
     """`issue-request`, `redeem`, `status` and `history` exit 0 and show what happened."""
-    issued = cli("issue-request", "500", bank="BOCQ")
+    issued = cli("issue-request", "500", "--wait-final", bank="BOCQ")
     assert issued.exit_code == 0, issued.output
     assert "PBOC issued 500.00 CNY to BOCQ" in issued.output
+    assert "(final)" in issued.output
     redeemed = cli("redeem", "100.5", "CNY", "--id", "redeem-bocq-1", bank="BOCQ")
     assert redeemed.exit_code == 0, redeemed.output
     assert "REDEEMED" in redeemed.output

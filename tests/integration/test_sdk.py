@@ -322,6 +322,9 @@ def test_request_issuance_credits_our_central_banks_currency(desks: Desks) -> No
     assert result.sender == "PBOC"
     assert result.instruction_id.startswith("issue-BOCQ-")
     assert desks.available("BOCQ", "CNY") == before + 250_000
+    final = desks["BOCQ"].wait_final(result.instruction_id, sender="PBOC")
+    assert final.final
+    assert final.seq == result.seq
 
 
 def test_redeem_destroys_currency_at_its_issuer(desks: Desks) -> None:
