@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 
@@ -41,3 +42,40 @@ def verify(
 
     figures = bench_verify.run(entries, regenerate=regenerate, status=status)
     typer.echo(json.dumps(figures) if as_json else bench_verify.describe(figures))
+
+
+@bench_app.command("e2e")
+def e2e(
+    users: int = typer.Option(50, "--users", min=1, help="Locust users (echo and PvP runs)."),
+    spawn_rate: float = typer.Option(
+        0, "--spawn-rate", help="Users started per second (0: all at once)."
+    ),
+    seconds: float = typer.Option(15.0, "--seconds", min=1, help="Length of each Locust run."),
+    processes: int = typer.Option(1, "--processes", min=1, help="Locust load-generator processes."),
+    replica_check: str = typer.Option(
+        "none",
+        "--replica-check",
+        help="Central bank replicas' signature checks: none, endorsements, all.",
+    ),
+    reports: Path | None = typer.Option(
+        None, "--reports", help="Directory for Locust CSV/HTML reports."
+    ),
+    profile: Path | None = typer.Option(
+        None, "--profile", help="Record py-spy flame graphs of every node during the max run here."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """Locust PvP settlements/s through a real network vs a gRPC echo in the same run."""
+    from loadtest import bench_e2e
+    from loadtest.runner import LocustSettings
+
+    settings = bench_e2e.E2eSettings(
+        locust=LocustSettings(
+            users=users, spawn_rate=spawn_rate or float(users), seconds=seconds, processes=processes
+        ),
+        replica_check=replica_check,
+        reports=reports,
+        profile=profile,
+    )
+    figures = bench_e2e.run(settings)
+    typer.echo(json.dumps(figures) if as_json else bench_e2e.describe(figures))

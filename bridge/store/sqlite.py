@@ -259,7 +259,14 @@ class SqliteStore:
         return bytes(row[0])
 
     def block_entry_bytes(self, height: int) -> list[bytes]:
-        cursor = self._db.execute("SELECT data FROM entries WHERE height=? ORDER BY seq", (height,))
+        # by the block's seq range (the primary key): entries has no index on height, and a
+        # scan per block read grows with the log (it dominated the bridge under load)
+        cursor = self._db.execute(
+            "SELECT e.data FROM blocks b JOIN entries e "
+            "ON e.seq BETWEEN b.first_seq AND b.first_seq + b.entry_count - 1 "
+            "WHERE b.height=? ORDER BY e.seq",
+            (height,),
+        )
         return [bytes(row[0]) for row in cursor]
 
     def entries_from(self, seq: int, limit: int = 1000) -> list[tuple[int, int, bytes]]:

@@ -1,0 +1,71 @@
+"""Give every bank of a network enough of its home currency to trade through any load run.
+
+Each central bank issues `amount` of its currency to each of its banks through its own node's
+admin service (the admin token in keys/<CB>.admin-token). The instruction ids and validity are
+fixed, so funding is idempotent: a second run gets the original receipts back (`duplicate`)
+and issues nothing more. Banks are admitted by their central bank node shortly after it
+starts; funding waits for that.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import grpc
+
+from bridge._proto.bridge.v1 import central_bank_pb2 as pb
+from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.errors import Reason
+from bridge.status import refusal_from_rpc_error
+from participants.network_config import NetworkConfig
+
+__all__ = ["FOREVER", "FUNDING", "fund_banks"]
+
+FUNDING = 10**15  # minor units per bank: far more than any run moves
+FOREVER = 4_102_444_800_000  # 2100-01-01 in ms: a fixed validity keeps the ids idempotent
+ADMISSION_WAIT = 60.0
+_RETRY_WHILE = frozenset({Reason.UNKNOWN_PARTICIPANT, Reason.UNAVAILABLE})
+
+
+def admin_token(config: NetworkConfig, central_bank: str) -> str:
+    return (config.directory / "keys" / f"{central_bank}.admin-token").read_text().strip()
+
+
+def fund_banks(network: Path | NetworkConfig, amount: int = FUNDING) -> int:
+    """Issue `amount` to every bank once; returns how many issuances were new."""
+    config = network if isinstance(network, NetworkConfig) else NetworkConfig.load(network)
+    issued = 0
+    for cb in config.central_banks:
+        metadata = (("authorization", f"Bearer {admin_token(config, cb.id)}"),)
+        with grpc.insecure_channel(cb.address) as channel:
+            admin = pb_grpc.CentralBankAdminStub(channel)
+            for bank in cb.banks:
+                request = pb.IssueRequest(
+                    instruction_id=f"loadtest-fund-{bank.id}",
+                    valid_until=FOREVER,
+                    body=types.Issue(to=bank.id, currency=cb.currency, amount=amount),
+                )
+                status = _issue(admin, request, metadata)
+                issued += 0 if status.receipt.duplicate else 1
+    return issued
+
+
+def _issue(
+    admin: pb_grpc.CentralBankAdminStub,
+    request: pb.IssueRequest,
+    metadata: tuple[tuple[str, str], ...],
+) -> types.InstructionStatus:
+    deadline = time.monotonic() + ADMISSION_WAIT
+    while True:
+        try:
+            status: types.InstructionStatus = admin.Issue(request, metadata=metadata, timeout=30)
+            return status
+        except grpc.RpcError as error:
+            refusal = refusal_from_rpc_error(error)
+            if refusal.reason not in _RETRY_WHILE or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"funding {request.body.to} failed: {refusal.reason.value}: {refusal.message}"
+                ) from error
+            time.sleep(0.2)

@@ -1,0 +1,227 @@
+"""Locust users that speak gRPC: one `events.request` per RPC, fired by a client interceptor.
+
+This follows Locust's own gRPC example (examples/grpc/grpc_user.py): grpcio is switched to
+gevent first (`grpc.experimental.gevent.init_gevent()`), users call ordinary synchronous stubs,
+and an interceptor on the channel times each call and reports it. The runner never sees a
+protocol library; every gRPC figure in a Locust report comes from `RequestRecorder`.
+
+What gets reported per RPC:
+
+- `request_type="grpc"`, `name="<Service>/<Method>"`: every call, with the gRPC error as the
+  `exception` when it failed;
+- `request_type="refused"`, `name=<reason code>` and no exception: a call refused for a reason
+  the user class declares expected (`GrpcUser.expected_refusals`, e.g. `INSUFFICIENT_FUNDS` in
+  the liquidity scenario). Such refusals are the system working as designed, so they count as
+  requests but never as failures.
+
+Channels are shared per process (one per address and set of expected refusals): users
+multiplex their calls over one HTTP/2 connection per node, as a bank's gateway would.
+"""
+
+from __future__ import annotations
+
+import grpc.experimental.gevent as grpc_gevent
+
+grpc_gevent.init_gevent()
+
+import csv  # noqa: E402  (grpc must be switched to gevent before anything else uses it)
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any, ClassVar  # noqa: E402
+
+import gevent  # noqa: E402
+import grpc  # noqa: E402
+from locust import User, events  # noqa: E402
+
+from bridge.status import refusal_from_rpc_error  # noqa: E402
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "GrpcUser",
+    "RequestRecorder",
+    "listen",
+    "method_label",
+    "shared_channel",
+]
+
+CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.enable_retries", 0),
+)
+REQUEST_TYPE = "grpc"
+REFUSED_TYPE = "refused"
+FINAL_REPORT_MARGIN_S = 1.0
+
+
+def method_label(method: str | bytes) -> str:
+    """'/bridge.v1.CentralBank/Pay' -> 'CentralBank/Pay' (the label in every report)."""
+    text = method.decode() if isinstance(method, bytes) else method
+    return text.rsplit(".", 1)[-1].lstrip("/")
+
+
+def _length(response: Any) -> int:
+    if isinstance(response, bytes):
+        return len(response)
+    size: int = response.ByteSize()
+    return size
+
+
+class RequestRecorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Times every unary call and fires exactly one Locust request event for it."""
+
+    def __init__(self, fire: Callable[..., Any], expected_refusals: frozenset[str]) -> None:
+        self._fire = fire
+        self._expected = expected_refusals
+        self._labels: dict[str, str] = {}
+
+    def _label(self, method: str | bytes) -> str:
+        key = method.decode() if isinstance(method, bytes) else method
+        label = self._labels.get(key)
+        if label is None:
+            label = self._labels[key] = method_label(key)
+        return label
+
+    def intercept_unary_unary(
+        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
+    ) -> Any:
+        start = time.perf_counter()
+        call = continuation(client_call_details, request)
+        try:
+            response = call.result()
+        except grpc.RpcError as error:
+            elapsed = (time.perf_counter() - start) * 1000.0
+            reason = refusal_from_rpc_error(error).reason.value if self._expected else ""
+            if reason in self._expected:
+                self._fire(
+                    request_type=REFUSED_TYPE,
+                    name=reason,
+                    response_time=elapsed,
+                    response_length=0,
+                    exception=None,
+                )
+            else:
+                self._fire(
+                    request_type=REQUEST_TYPE,
+                    name=self._label(client_call_details.method),
+                    response_time=elapsed,
+                    response_length=0,
+                    exception=error,
+                )
+            return call
+        self._fire(
+            request_type=REQUEST_TYPE,
+            name=self._label(client_call_details.method),
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=_length(response),
+            exception=None,
+        )
+        return call
+
+
+_channels: dict[tuple[str, frozenset[str]], grpc.Channel] = {}
+
+
+def shared_channel(
+    environment: Any, address: str, expected_refusals: frozenset[str] = frozenset()
+) -> grpc.Channel:
+    """This process's recording channel to `address` (created on first use, after any fork)."""
+    key = (address, expected_refusals)
+    channel = _channels.get(key)
+    if channel is None:
+        recorder = RequestRecorder(environment.events.request.fire, expected_refusals)
+        raw = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        channel = _channels[key] = grpc.intercept_channel(raw, recorder)
+    return channel
+
+
+def listen(hook: Any, handler: Callable[..., None]) -> None:
+    """Register `handler` on a Locust event hook (Locust's hooks are untyped)."""
+    hook.add_listener(handler)
+
+
+def _add_run_time_option(parser: Any) -> None:
+    parser.add_argument(
+        "--graceful-run-time",
+        type=float,
+        default=0.0,
+        include_in_web_ui=False,
+        help="Stop after this many seconds: every user finishes its task and every worker "
+        "reports its last figures, then quit (-t quits without waiting for --processes "
+        "workers' last report, which the settlement cross-check needs)",
+    )
+
+
+_stop_scheduled: list[bool] = []
+
+
+def _schedule_graceful_stop(environment: Any, **kwargs: Any) -> None:
+    from locust.runners import WorkerRunner
+
+    seconds = getattr(environment.parsed_options, "graceful_run_time", 0.0)
+    if not seconds or _stop_scheduled or isinstance(environment.runner, WorkerRunner):
+        return
+    _stop_scheduled.append(True)
+    gevent.spawn_later(seconds, _stop_then_quit, environment.runner)
+
+
+def _stop_then_quit(runner: Any) -> None:
+    from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner
+
+    runner.stop()  # users finish their task (within --stop-timeout)
+    if isinstance(runner, MasterRunner):
+        # stopped workers report their last figures with the next periodic report only
+        gevent.sleep(WORKER_REPORT_INTERVAL + FINAL_REPORT_MARGIN_S)
+    runner.quit()
+
+
+def _write_final_stats_csv(environment: Any, **kwargs: Any) -> None:
+    """Rewrite `<csv prefix>_stats.csv` with the final figures.
+
+    Locust's CSV writer refreshes the file once a second and does not write again at exit,
+    so requests that completed during the last second (or while users finished their task
+    within --stop-timeout) would be missing from it, and the cross-check would see fewer
+    settlements than the ledger. At `quitting` every user has stopped (and every worker has
+    reported), so the figures written here are the final ones.
+    """
+    from locust.runners import WorkerRunner
+    from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+    options = environment.parsed_options
+    prefix = getattr(options, "csv_prefix", None)
+    if not prefix or isinstance(environment.runner, WorkerRunner):
+        return
+    with open(f"{prefix}_stats.csv", "w", newline="") as handle:
+        StatsCSV(environment, PERCENTILES_TO_REPORT).requests_csv(csv.writer(handle))
+
+
+class GrpcUser(User):
+    """A Locust user whose calls go through recording gRPC channels."""
+
+    abstract = True
+    expected_refusals: ClassVar[frozenset[str]] = frozenset()
+
+    def channel(self, address: str) -> grpc.Channel:
+        return shared_channel(self.environment, address, self.expected_refusals)
+
+    def fire(
+        self,
+        request_type: str,
+        name: str,
+        response_time_ms: float,
+        *,
+        response_length: int = 0,
+        exception: BaseException | None = None,
+    ) -> None:
+        """Report a derived measurement (one that is not itself an RPC)."""
+        self.environment.events.request.fire(
+            request_type=request_type,
+            name=name,
+            response_time=response_time_ms,
+            response_length=response_length,
+            exception=exception,
+        )
+
+
+listen(events.init_command_line_parser, _add_run_time_option)
+listen(events.test_start, _schedule_graceful_stop)
+listen(events.quitting, _write_final_stats_csv)

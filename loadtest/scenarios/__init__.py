@@ -1,0 +1,1 @@
+"""Locust scenarios, one locustfile each: `locust -f loadtest/scenarios/<name>.py`."""

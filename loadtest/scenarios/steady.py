@@ -1,0 +1,58 @@
+"""steady: mixed cross-border payments and PvPs over every corridor of the network.
+
+    BRIDGE_NETWORK=demo-network locust -f loadtest/scenarios/steady.py --headless \\
+        -u 50 -r 50 -t 60s --csv reports/steady --html reports/steady.html
+
+Each user trades from one bank (round-robin over the network's banks) with a counterparty
+drawn at random from the banks of the other central banks, so every corridor carries traffic.
+Task mix (LOADTEST_WEIGHTS, default `pay=2,pvp=3,dual=3`):
+
+- `pay`: a trade payment in the payer's currency, carrying a trade document reference;
+- `pvp`: an FX PvP by propose/accept (two RPCs, two central bank nodes);
+- `dual`: a dual-signed FX PvP (one RPC; the proposer's node fetches the counterparty
+  central bank's endorsement).
+
+Tags: `steady` on every task, plus `pay`, `pvp`, `dual` (`--tags pvp dual` for PvPs only).
+No refusal is expected: any error is a failure.
+"""
+
+from __future__ import annotations
+
+import random
+
+from locust import tag, task
+
+from loadtest.bank_user import BankUser, trade_amounts, trade_reference
+from loadtest.settings import LoadSettings
+
+SETTINGS = LoadSettings.from_environment()
+
+
+class SteadyUser(BankUser):
+    """A bank trading across the corridor: payments and PvPs in the configured mix."""
+
+    wait_time = SETTINGS.wait_time()
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.rng = random.Random()
+        self.counterparties = self.network.foreign(self.desk)
+
+    @tag("steady", "pay")
+    @task(SETTINGS.weights["pay"])
+    def pay_invoice(self) -> None:
+        payee = self.rng.choice(self.counterparties)
+        amount = self.rng.randrange(1_000, 2_000_000)
+        self.pay(self.desk, payee, self.desk.currency, amount, trade_reference(self.rng))
+
+    @tag("steady", "pvp")
+    @task(SETTINGS.weights["pvp"])
+    def fx_pvp(self) -> None:
+        counterparty = self.rng.choice(self.counterparties)
+        self.pvp(self.desk, counterparty, *trade_amounts(self.rng))
+
+    @tag("steady", "dual")
+    @task(SETTINGS.weights["dual"])
+    def fx_dual_pvp(self) -> None:
+        counterparty = self.rng.choice(self.counterparties)
+        self.dual_pvp(self.desk, counterparty, *trade_amounts(self.rng))
