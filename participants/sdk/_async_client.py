@@ -262,7 +262,9 @@ class AsyncBankClient:
         """Ask our central bank to issue `amount` of its currency to us (outcome ISSUED).
 
         The result's sender is the central bank and its instruction id is
-        `issue-<bank>-<request_id>`."""
+        `issue-<bank>-<request_id>`. To retry later, pass the same `request_id` and
+        `valid_until`: the node then writes the same instruction and the bridge answers the
+        original outcome."""
         return await self._call(
             self._requests.request_issuance(amount, request_id, valid_until), timeout
         )

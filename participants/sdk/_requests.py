@@ -8,6 +8,7 @@ would validate it, so a malformed one is refused before it is signed or sent.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -111,6 +112,7 @@ class BankRequests:
         self.valid_for_ms = valid_for_ms
         self.clock = clock
         self._sent: OrderedDict[InstructionId, Envelope] = OrderedDict()
+        self._lock = threading.Lock()  # clients may be shared by threads
 
     # ------------------------------------------------------------------ instructions
 
@@ -121,21 +123,22 @@ class BankRequests:
             validate_shape(body)
         except Refused as refusal:
             raise BridgeRpcError.from_refusal(refusal) from refusal
-        previous = self._sent.get(body.instruction_id)
+        with self._lock:
+            previous = self._sent.get(body.instruction_id)
         if previous is not None and replace(body, valid_until=previous.body.valid_until) == (
             previous.body
         ):
-            self._sent.move_to_end(body.instruction_id)
-            return wire.envelope_to_proto(previous)
+            return self._encode(previous)
         envelope = sign_as_party(Envelope.of(body), self.bank_id, self.key)
         self._remember(envelope)
         return self._encode(envelope)
 
     def _remember(self, envelope: Envelope) -> None:
-        self._sent[envelope.body.instruction_id] = envelope
-        self._sent.move_to_end(envelope.body.instruction_id)
-        while len(self._sent) > _REMEMBERED:
-            self._sent.popitem(last=False)
+        with self._lock:
+            self._sent[envelope.body.instruction_id] = envelope
+            self._sent.move_to_end(envelope.body.instruction_id)
+            while len(self._sent) > _REMEMBERED:
+                self._sent.popitem(last=False)
 
     def _encode(self, envelope: Envelope) -> types.SignedInstruction:
         try:
@@ -332,15 +335,17 @@ class ProposalBook:
 
     def __init__(self, capacity: int = 4096) -> None:
         self._capacity = capacity
+        self._lock = threading.Lock()
         self._proposals: OrderedDict[tuple[ParticipantId, InstructionId], ProposePvp] = (
             OrderedDict()
         )
 
     def note(self, instruction: Instruction) -> None:
         if isinstance(instruction, ProposePvp):
-            self._proposals[(instruction.sender, instruction.instruction_id)] = instruction
-            while len(self._proposals) > self._capacity:
-                self._proposals.popitem(last=False)
+            with self._lock:
+                self._proposals[(instruction.sender, instruction.instruction_id)] = instruction
+                while len(self._proposals) > self._capacity:
+                    self._proposals.popitem(last=False)
 
     def get(self, proposer: ParticipantId, pvp_id: InstructionId) -> ProposePvp | None:
         return self._proposals.get((proposer, pvp_id))
