@@ -27,6 +27,7 @@ temporary on-disk index, which then answers "was this id used before?".
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import tempfile
 import time
@@ -59,6 +60,9 @@ from bridge.log.tables import (
     CURRENCIES,
     LEGS,
     PARTICIPANTS,
+    REFUSALS,
+    SCHEMA_VERSION,
+    TABLES,
     RowDeriver,
     Table,
     attestation_row,
@@ -207,6 +211,17 @@ class _Tables:
 
     streams: dict[str, Iterator[tuple[str, StoredRow]]]
     rows: dict[str, int] = field(default_factory=dict)
+    last: dict[str, str] = field(default_factory=dict)  # place of the last row read
+
+
+def _next_place(last: str | None, table: str) -> str:
+    """The place right after `last` ("legs.csv line 7" -> "legs.csv line 8")."""
+    if last is None:
+        return f"{table}, first row"
+    match = re.fullmatch(r"(.*) (line|row) (\d+)", last)
+    if match is None:
+        return f"after {last}"
+    return f"{match[1]} {match[2]} {int(match[3]) + 1}"
 
 
 class LogVerifier:
@@ -370,7 +385,8 @@ class LogVerifier:
             )
         valid, final = self._attestations(block, block_hash)
         if self.tables is not None:
-            self._compare_stored(block.row, block_row(header, block_hash, valid, final), where)
+            expected = block_row(header, block_hash, valid, final)
+            self._compare_stored(block.row, expected, where, height)
         for error in self.ledger.conservation_errors():
             self._fail(where, f"conservation broken after this block: {error}", height)
         self.ledger.take_batch()
@@ -412,7 +428,8 @@ class LogVerifier:
             self.report.attestations += 1
             self.report.signatures += 1
             if self.tables is not None:
-                self._compare_stored(stored.row, attestation_row(attestation, True), where)
+                expected = attestation_row(attestation, True)
+                self._compare_stored(stored.row, expected, where, height)
         final = len(attested) >= self.quorum
         if final:
             self.report.final_blocks += 1
@@ -485,13 +502,14 @@ class LogVerifier:
         if self.deriver is not None:
             batch = self.ledger.take_batch()
             rows = self.deriver.rows(entry, height, self.ledger, batch)
-            self._compare_stored(stored.row, rows.entry, where)
+            seq = entry.seq
+            self._compare_stored(stored.row, rows.entry, where, height, seq)
             for row in rows.legs:
-                self._compare(LEGS, row, where)
+                self._compare(LEGS, row, where, height, seq)
             for row in rows.balances:
-                self._compare(BALANCES_TABLE, row, where)
+                self._compare(BALANCES_TABLE, row, where, height, seq)
             for row in rows.participants:
-                self._compare(PARTICIPANTS, row, where)
+                self._compare(PARTICIPANTS, row, where, height, seq)
 
     def _check_columns(
         self, columns: Mapping[str, object], entry: Entry, height: int, where: str
@@ -560,29 +578,44 @@ class LogVerifier:
     # ------------------------------------------------------------------ derived tables
 
     def _compare_stored(
-        self, stored: StoredRow | None, expected: tuple[Any, ...], where: str
+        self,
+        stored: StoredRow | None,
+        expected: tuple[Any, ...],
+        where: str,
+        height: int | None = None,
+        seq: int | None = None,
     ) -> None:
         if stored is None:
             return
         problem = stored.mismatch(expected)
         if problem is not None:
-            self._fail(where, problem)
+            self._fail(where, problem, height, seq)
 
-    def _compare(self, table: Table, expected: tuple[Any, ...], context: str) -> None:
+    def _compare(
+        self,
+        table: Table,
+        expected: tuple[Any, ...],
+        context: str,
+        height: int | None = None,
+        seq: int | None = None,
+    ) -> None:
+        """Compare the next stored row of a derived table with the row the log derives."""
         tables = self.tables
         assert tables is not None
         found = next(tables.streams[table.name], None)
         tables.rows[table.name] = tables.rows.get(table.name, 0) + 1
         if found is None:
             self._fail(
-                f"{table.name} table",
-                f"ends early: no row for {context} (expected {tables.rows[table.name]} rows "
-                "at least)",
+                _next_place(tables.last.get(table.name), f"{table.name} table"),
+                f"missing: the table ends before the row derived from {context}",
+                height,
+                seq,
             )
         where, stored = found
+        tables.last[table.name] = where
         problem = stored.mismatch(expected)
         if problem is not None:
-            self._fail(where, f"{problem} (row derived from {context})")
+            self._fail(where, f"{problem} (row derived from {context})", height, seq)
 
     # ------------------------------------------------------------------ the end
 
@@ -629,21 +662,23 @@ class LogVerifier:
             "entries": report.entries,
             "attestations": report.attestations,
             **{t.name: rows.get(t.name, 0) for t in DERIVED_TABLES},
+            REFUSALS.name: sum(1 for _ in self.source.refusals()),
         }
-        counts = manifest.get("counts")
-        if not isinstance(counts, dict):
-            self._fail("manifest.json", "no counts")
-        for name, count in expected_counts.items():
-            if counts.get(name) != count:
-                self._fail("manifest.json", f"counts.{name} is {counts.get(name)!r}, found {count}")
         expected = {
+            "schema": SCHEMA_VERSION,
+            "format": manifest.get("format"),
             "chain_id": report.chain_id,
             "genesis_hash": report.genesis_hash,
             "head": {"height": report.head_height, "hash": report.head_hash},
+            "counts": {t.name: expected_counts[t.name] for t in TABLES},
+            "tables": [t.name for t in TABLES],
         }
-        for key, value in expected.items():
-            if manifest.get(key) != value:
-                self._fail("manifest.json", f"{key} is {manifest.get(key)!r}, found {value!r}")
+        for key in sorted(set(expected) | set(manifest)):
+            if manifest.get(key) != expected.get(key):
+                self._fail(
+                    "manifest.json",
+                    f"{key} is {manifest.get(key)!r}, the export holds {expected.get(key)!r}",
+                )
 
     def _finality_warnings(self) -> None:
         report = self.report
