@@ -39,6 +39,15 @@ SERVICE_NAMES = [
     for name in ("CentralBank", "CentralBankAdmin")
 ]
 ATTESTATIONS_IN_FLIGHT = 32
+# The bridge checked the attestation and said no: sending it again cannot help.
+REFUSED_FOR_GOOD = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +152,16 @@ async def check_genesis(core: CentralBankCore) -> None:
 
 
 async def follow_blocks(core: CentralBankCore) -> None:
-    """Replay and attest every block, reconnecting whenever the bridge goes away."""
+    """Replay and attest every block, reconnecting whenever the bridge goes away.
+
+    An attestation the bridge did not take (it was down, or slow) is kept and sent again with
+    the next block or after reconnecting: finality is a prefix, so one lost attestation would
+    hold every later block back for good.
+    """
     replica = core.replica
     pending: set[asyncio.Task[None]] = set()
+    unconfirmed: dict[int, types_pb2.Attestation] = {}
+    in_flight: set[int] = set()
 
     async def submit(attestation: types_pb2.Attestation) -> None:
         try:
@@ -155,23 +171,40 @@ async def follow_blocks(core: CentralBankCore) -> None:
                 "attestation not accepted",
                 extra={"height": attestation.height, "code": error.code().name},
             )
+            if error.code() not in REFUSED_FOR_GOOD:
+                return  # stays unconfirmed: sent again later
+        finally:
+            in_flight.discard(attestation.height)
+        unconfirmed.pop(attestation.height, None)
+
+    async def send(attestation: types_pb2.Attestation) -> None:
+        if len(pending) >= ATTESTATIONS_IN_FLIGHT:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        unconfirmed[attestation.height] = attestation
+        in_flight.add(attestation.height)
+        task = asyncio.create_task(submit(attestation))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+
+    async def send_unconfirmed() -> None:
+        for height in sorted(unconfirmed):
+            if height not in in_flight and height in unconfirmed:
+                await send(unconfirmed[height])
 
     while True:
         try:
             await check_genesis(core)
+            await send_unconfirmed()
             request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)
             async for block in core.bridge.StreamBlocks(request):
                 header = wire.header_from_proto(block.header)
                 attestation = replica.apply_block(
                     header, [bytes(e.canonical) for e in block.entries]
                 )
+                await send_unconfirmed()
                 if any(a.central_bank == core.id for a in block.attestations):
                     continue
-                if len(pending) >= ATTESTATIONS_IN_FLIGHT:
-                    await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.create_task(submit(wire.attestation_to_proto(attestation)))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
+                await send(wire.attestation_to_proto(attestation))
         except grpc.aio.AioRpcError as error:
             log.info(
                 "waiting for the bridge",
