@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,18 +30,25 @@ from participants.network_config import NetworkConfig, generate_network
 READY_TIMEOUT = 60.0
 
 
+# Below the kernel's ephemeral range (32768-60999 by default), so a port we pick cannot be
+# taken by some client's outgoing connection between our check and the node's bind.
+PORT_RANGE = (20000, 32000)
+
+
 def free_ports(count: int) -> list[int]:
-    """Distinct free TCP ports on 127.0.0.1 (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Distinct TCP ports on 127.0.0.1 that are free now, drawn at random from PORT_RANGE."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(*PORT_RANGE)
+        if port in chosen:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        chosen.append(port)
+    return chosen
 
 
 @dataclass
@@ -64,7 +72,8 @@ class NodeProcess:
         log.close()
 
     def wait_listening(self, deadline: float) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         os.set_blocking(self.process.stdout.fileno(), False)
         buffer = b""
         while time.monotonic() < deadline:

@@ -162,9 +162,10 @@ class CentralBankServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitDualPvp(self, request, context):
-        """Submits a dual-signed PvP (`pvp_dual`). It must carry both banks' signatures and the
-        counterparty's central-bank endorsement (see EndorseDualPvp); this node adds its own
-        endorsement of its bank's leg. Settles whole or not at all.
+        """Submits a dual-signed PvP (`pvp_dual`) whose sender is this node's bank. It carries both
+        banks' signatures and no endorsement: this node endorses its bank's leg and obtains the
+        counterparty's central bank endorsement from that bank's node (EndorseDualPvp). Settles
+        whole or not at all.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

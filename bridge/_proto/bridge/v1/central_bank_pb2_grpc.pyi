@@ -64,9 +64,10 @@ class CentralBankStub:
     CancelPvp: _grpc.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.InstructionStatus]
     """Cancels a PvP the bank proposed; its hold is released (`pvp_cancel`)."""
     SubmitDualPvp: _grpc.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.InstructionStatus]
-    """Submits a dual-signed PvP (`pvp_dual`). It must carry both banks' signatures and the
-    counterparty's central-bank endorsement (see EndorseDualPvp); this node adds its own
-    endorsement of its bank's leg. Settles whole or not at all.
+    """Submits a dual-signed PvP (`pvp_dual`) whose sender is this node's bank. It carries both
+    banks' signatures and no endorsement: this node endorses its bank's leg and obtains the
+    counterparty's central bank endorsement from that bank's node (EndorseDualPvp). Settles
+    whole or not at all.
     """
     EndorseDualPvp: _grpc.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.SignedInstruction]
     """Returns the dual-signed PvP (`pvp_dual`) with this node's endorsement of its bank's leg
@@ -120,9 +121,10 @@ class CentralBankAsyncStub(CentralBankStub):
     CancelPvp: _aio.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.InstructionStatus]  # type: ignore[assignment]
     """Cancels a PvP the bank proposed; its hold is released (`pvp_cancel`)."""
     SubmitDualPvp: _aio.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.InstructionStatus]  # type: ignore[assignment]
-    """Submits a dual-signed PvP (`pvp_dual`). It must carry both banks' signatures and the
-    counterparty's central-bank endorsement (see EndorseDualPvp); this node adds its own
-    endorsement of its bank's leg. Settles whole or not at all.
+    """Submits a dual-signed PvP (`pvp_dual`) whose sender is this node's bank. It carries both
+    banks' signatures and no endorsement: this node endorses its bank's leg and obtains the
+    counterparty's central bank endorsement from that bank's node (EndorseDualPvp). Settles
+    whole or not at all.
     """
     EndorseDualPvp: _aio.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.SignedInstruction]  # type: ignore[assignment]
     """Returns the dual-signed PvP (`pvp_dual`) with this node's endorsement of its bank's leg
@@ -209,9 +211,10 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
         request: _types_pb2.SignedInstruction,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.InstructionStatus, _abc.Awaitable[_types_pb2.InstructionStatus]]:
-        """Submits a dual-signed PvP (`pvp_dual`). It must carry both banks' signatures and the
-        counterparty's central-bank endorsement (see EndorseDualPvp); this node adds its own
-        endorsement of its bank's leg. Settles whole or not at all.
+        """Submits a dual-signed PvP (`pvp_dual`) whose sender is this node's bank. It carries both
+        banks' signatures and no endorsement: this node endorses its bank's leg and obtains the
+        counterparty's central bank endorsement from that bank's node (EndorseDualPvp). Settles
+        whole or not at all.
         """
 
     @_abc_1.abstractmethod
