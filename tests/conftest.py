@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -405,9 +405,3 @@ def live(network: Network) -> Iterator[LiveNetwork]:
         yield harness
     finally:
         harness.close()
-
-
-def rpc_code(error: Any) -> grpc.StatusCode:
-    """The status code of a failed call (typed helper for stream errors)."""
-    code: grpc.StatusCode = error.code()
-    return code

@@ -418,6 +418,7 @@ def test_admin_redeem_completes_a_bank_signed_redemption(live: LiveNetwork) -> N
 
 def test_get_balances_returns_the_requesters_own_accounts(live: LiveNetwork) -> None:
     """GetBalances: the signed requester's accounts, optionally one currency; unsigned: refused."""
+    live.pay("ICBC", "HSBCHK", 1)
     node = live.node("HKMA")
     reply = node.GetBalances(
         live.query("GetBalances", cb_pb.BalancesQuery(), "HSBCHK"), timeout=RPC_TIMEOUT
@@ -786,29 +787,22 @@ def test_admin_currency_supply_is_the_central_banks_own_currency(live: LiveNetwo
 
 def test_list_accounts_covers_the_currency_and_the_central_banks_banks(live: LiveNetwork) -> None:
     """ListAccounts: every CNY account (wherever held) and every account of PBOC's banks."""
-    wait_for(
-        lambda: (
-            live.admin("PBOC")
-            .ListAccounts(
-                cb_pb.ListAccountsRequest(participant="HSBCHK"),
-                metadata=live.admin_metadata("PBOC"),
-                timeout=RPC_TIMEOUT,
-            )
-            .accounts
-        ),
-        timeout=10,
-        what="PBOC's replica to see HSBCHK's CNY",
-    )
-    listed = live.admin("PBOC").ListAccounts(
-        cb_pb.ListAccountsRequest(), metadata=live.admin_metadata("PBOC"), timeout=RPC_TIMEOUT
-    )
-    seen = {(a.participant, a.currency) for a in listed.accounts}
+    live.pay("ICBC", "HSBCHK", 1)
+    logged_entry(live, "ICBC", live.pay("HSBCHK", "ICBC", 1).receipt.seq)  # PBOC replayed both
+
+    def listed_accounts() -> set[tuple[str, str]]:
+        listed = live.admin("PBOC").ListAccounts(
+            cb_pb.ListAccountsRequest(), metadata=live.admin_metadata("PBOC"), timeout=RPC_TIMEOUT
+        )
+        for account in listed.accounts:
+            assert account.currency == "CNY" or live.home_of(account.participant) == "PBOC"
+        return {(a.participant, a.currency) for a in listed.accounts}
+
+    seen = listed_accounts()
     assert ("HSBCHK", "CNY") in seen
     assert ("ICBC", "HKD") in seen
     assert ("HSBCHK", "HKD") not in seen
     assert ("KBANK", "THB") not in seen
-    for account in listed.accounts:
-        assert account.currency == "CNY" or live.home_of(account.participant) == "PBOC"
     only_cny = live.admin("PBOC").ListAccounts(
         cb_pb.ListAccountsRequest(currency="CNY"),
         metadata=live.admin_metadata("PBOC"),

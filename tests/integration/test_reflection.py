@@ -106,8 +106,8 @@ def as_dict(message: Message) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def clients(live: LiveNetwork) -> Iterator[dict[str, ReflectionClient]]:
-    channels = {node: grpc.insecure_channel(live.address(node)) for node in ["bridge", "PBOC"]}
-    channels |= {cb: grpc.insecure_channel(live.address(cb)) for cb in live.central_bank_ids}
+    nodes = ["bridge", *live.central_bank_ids]
+    channels = {node: grpc.insecure_channel(live.address(node)) for node in nodes}
     try:
         yield {node: ReflectionClient(channel) for node, channel in channels.items()}
     finally:
