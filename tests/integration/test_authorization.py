@@ -255,6 +255,16 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
 
 
 @case(
+    "balances_of_another_bank_through_a_foreign_node",
+    grpc.StatusCode.UNAUTHENTICATED,
+    Reason.BAD_SIGNATURE,
+)
+def _(live: LiveNetwork, s: Scenario) -> Call:
+    query = live.query("GetBalances", cb_pb.BalancesQuery(), "HSBCHK", signer="ICBC")
+    return lambda: live.node("HKMA").GetBalances(query, timeout=RPC_TIMEOUT)
+
+
+@case(
     "own_balances_through_a_foreign_node",
     grpc.StatusCode.PERMISSION_DENIED,
     Reason.NOT_HOME_CENTRAL_BANK,
