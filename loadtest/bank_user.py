@@ -218,6 +218,18 @@ class BankUser(GrpcUser):
             time.sleep(FINALITY_POLL_S)
         return False
 
+    def available(self, desk: Desk, currency: str) -> int:
+        """The bank's available balance in `currency` (a signed query to its node)."""
+        method = "/bridge.v1.CentralBank/GetBalances"
+        query = sign_query(
+            method, pb.BalancesQuery(currency=currency), desk.bank, desk.key, now_ms()
+        )
+        try:
+            accounts = self.stub(desk).GetBalances(query, timeout=RPC_TIMEOUT).accounts
+        except grpc.RpcError:
+            return 0
+        return sum(int(a.available) for a in accounts if a.currency == currency)
+
     # ------------------------------------------------------------------ what banks do
 
     def pay(

@@ -42,6 +42,8 @@ __all__ = [
     "listen",
     "method_label",
     "shared_channel",
+    "stop_and_collect",
+    "stop_then_quit",
 ]
 
 CHANNEL_OPTIONS = (
@@ -161,16 +163,23 @@ def _schedule_graceful_stop(environment: Any, **kwargs: Any) -> None:
     if not seconds or _stop_scheduled or isinstance(environment.runner, WorkerRunner):
         return
     _stop_scheduled.append(True)
-    gevent.spawn_later(seconds, _stop_then_quit, environment.runner)
+    gevent.spawn_later(seconds, stop_then_quit, environment.runner)
 
 
-def _stop_then_quit(runner: Any) -> None:
+def stop_and_collect(runner: Any) -> None:
+    """Stop the test gracefully: users finish their task (within --stop-timeout) and, with
+    --processes, the workers' last figures reach the master."""
     from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner
 
-    runner.stop()  # users finish their task (within --stop-timeout)
+    runner.stop()
     if isinstance(runner, MasterRunner):
-        # stopped workers report their last figures with the next periodic report only
+        # stopped workers report their last figures with their next periodic report only
         gevent.sleep(WORKER_REPORT_INTERVAL + FINAL_REPORT_MARGIN_S)
+
+
+def stop_then_quit(runner: Any) -> None:
+    """Stop gracefully (`stop_and_collect`), then quit."""
+    stop_and_collect(runner)
     runner.quit()
 
 

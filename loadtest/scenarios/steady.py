@@ -8,11 +8,11 @@ drawn at random from the banks of the other central banks, so every corridor car
 Task mix (LOADTEST_WEIGHTS, default `pay=2,pvp=3,dual=3`):
 
 - `pay`: a trade payment in the payer's currency, carrying a trade document reference;
-- `pvp`: an FX PvP by propose/accept (two RPCs, two central bank nodes);
+- `pvp`: an FX PvP by propose/accept (two RPCs, to two central bank nodes);
 - `dual`: a dual-signed FX PvP (one RPC; the proposer's node fetches the counterparty
   central bank's endorsement).
 
-Tags: `steady` on every task, plus `pay`, `pvp`, `dual` (`--tags pvp dual` for PvPs only).
+Tags: `steady` on every task, plus `pay`, `pvp`, `dual` (`--tags pvp dual`: PvPs only).
 No refusal is expected: any error is a failure.
 """
 
@@ -26,11 +26,13 @@ from loadtest.bank_user import BankUser, trade_amounts, trade_reference
 from loadtest.settings import LoadSettings
 
 SETTINGS = LoadSettings.from_environment()
+WEIGHTS = SETTINGS.weights
 
 
-class SteadyUser(BankUser):
-    """A bank trading across the corridor: payments and PvPs in the configured mix."""
+class CorridorUser(BankUser):
+    """A bank trading with banks of every other central bank (the scenarios' shared desk)."""
 
+    abstract = True
     wait_time = SETTINGS.wait_time()
 
     def on_start(self) -> None:
@@ -38,21 +40,32 @@ class SteadyUser(BankUser):
         self.rng = random.Random()
         self.counterparties = self.network.foreign(self.desk)
 
-    @tag("steady", "pay")
-    @task(SETTINGS.weights["pay"])
-    def pay_invoice(self) -> None:
+    def trade_payment(self) -> None:
         payee = self.rng.choice(self.counterparties)
         amount = self.rng.randrange(1_000, 2_000_000)
         self.pay(self.desk, payee, self.desk.currency, amount, trade_reference(self.rng))
 
+    def trade_pvp(self) -> None:
+        self.pvp(self.desk, self.rng.choice(self.counterparties), *trade_amounts(self.rng))
+
+    def trade_dual_pvp(self) -> None:
+        self.dual_pvp(self.desk, self.rng.choice(self.counterparties), *trade_amounts(self.rng))
+
+
+class SteadyUser(CorridorUser):
+    """Payments and PvPs across the corridor in the configured mix."""
+
+    @tag("steady", "pay")
+    @task(WEIGHTS["pay"])
+    def pay_invoice(self) -> None:
+        self.trade_payment()
+
     @tag("steady", "pvp")
-    @task(SETTINGS.weights["pvp"])
+    @task(WEIGHTS["pvp"])
     def fx_pvp(self) -> None:
-        counterparty = self.rng.choice(self.counterparties)
-        self.pvp(self.desk, counterparty, *trade_amounts(self.rng))
+        self.trade_pvp()
 
     @tag("steady", "dual")
-    @task(SETTINGS.weights["dual"])
+    @task(WEIGHTS["dual"])
     def fx_dual_pvp(self) -> None:
-        counterparty = self.rng.choice(self.counterparties)
-        self.dual_pvp(self.desk, counterparty, *trade_amounts(self.rng))
+        self.trade_dual_pvp()
