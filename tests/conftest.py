@@ -161,6 +161,10 @@ class LiveNetwork:
             self._keys[participant] = self.config.load_key(participant)
         return self._keys[participant]
 
+    def add_key(self, participant: str, key: PrivateKey) -> None:
+        """Sign as `participant` with a key kept by the test (e.g. a bank admitted in a test)."""
+        self._keys[participant] = key
+
     def admin_token(self, central_bank: str) -> str:
         return (self.directory / "keys" / f"{central_bank}.admin-token").read_text().strip()
 

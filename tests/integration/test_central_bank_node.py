@@ -578,7 +578,7 @@ def test_admit_bank_lets_a_new_bank_transact(live: LiveNetwork) -> None:
         ),
     )
     assert status.receipt.outcome == types.OUTCOME_APPLIED
-    live._keys[bank] = key  # the new bank's key lives with the test, not the network directory
+    live.add_key(bank, key)
     listed = live.admin("PBOC").ListBanks(
         cb_pb.ListBanksRequest(), metadata=live.admin_metadata("PBOC"), timeout=RPC_TIMEOUT
     )
