@@ -1,6 +1,7 @@
 """Start a whole bridge network as separate processes on free loopback ports, and stop it.
 
-Each node is `python -m participants.cli node ...` in its own process group, logging JSON to
+Each node is `python -m participants.node_cli ...` (`cbdc-bridge node ...` without the
+heavier command groups) in its own process group, logging JSON to
 NETWORK/logs/<name>.log. A node is ready when it has printed its `listening` line and its gRPC
 health check answers SERVING. `stop()` sends SIGTERM (graceful: in-flight blocks commit), then
 SIGKILL after a grace period; it is also called on exit, so nothing is left running.
@@ -63,7 +64,7 @@ class NodeProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "participants.cli", *self.args],
+            [sys.executable, "-m", "participants.node_cli", *self.args],
             stdout=subprocess.PIPE,
             stderr=log,
             env=env,
@@ -232,11 +233,11 @@ def prepare_network(
         )
     logs = directory / "logs"
     network_args = ["--network", str(directory)]
-    bridge = NodeProcess("bridge", ["node", "bridge", *network_args], logs / "bridge.log")
+    bridge = NodeProcess("bridge", ["bridge", *network_args], logs / "bridge.log")
     nodes = {
         cb.id: NodeProcess(
             cb.id,
-            ["node", "central-bank", cb.id, *network_args, "--replica-check", replica_check],
+            ["central-bank", cb.id, *network_args, "--replica-check", replica_check],
             logs / f"{cb.id}.log",
         )
         for cb in config.central_banks

@@ -104,3 +104,7 @@ def central_bank_node(
             settings, stop=stop, on_listening=announce("central-bank", central_bank)
         )
     )
+
+
+if __name__ == "__main__":
+    node_app()
