@@ -13,6 +13,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -26,14 +27,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bridge.domain import Genesis
 from bridge.errors import BridgeError, LogIntegrityError
-from bridge.log.export import ExportError, export_log
-from bridge.log.proof import ProofError, Selector, TrustedKeys, build_proof, check_proof
-from bridge.log.report import build_report
-from bridge.log.sample import SampleOptions, generate
 from bridge.log.source import FORMATS, LogSource, SourceError, open_source
-from bridge.log.verify import VerifyReport, verify_log
+
+if TYPE_CHECKING:
+    from bridge.log.proof import TrustedKeys
+    from bridge.log.verify import VerifyReport
+
+# The commands import what they use (matplotlib, DuckDB, the verifier) when they run, so the
+# `cbdc-bridge` command line starts quickly whatever the command.
 
 log_app = typer.Typer(
     help="Verify, prove, export and study the settlement log.", no_args_is_help=True
@@ -126,6 +128,9 @@ def verify(
     progress: bool = ProgressOption,
 ) -> None:
     """Check the hash chain, Merkle roots, attestations, every signature and conservation."""
+    from bridge.domain import Genesis
+    from bridge.log.verify import verify_log
+
     trusted = None
     if trusted_genesis is not None:
         trusted = Genesis.from_fields(json.loads(trusted_genesis.read_bytes()))
@@ -157,6 +162,8 @@ def prove(
     ),
 ) -> None:
     """Write an inclusion proof: entry, Merkle path, block header and attestations (JSON)."""
+    from bridge.log.proof import ProofError, Selector, build_proof
+
     with _open(source) as log:
         try:
             proof = build_proof(log, Selector.parse(entry_id))
@@ -176,6 +183,8 @@ def prove(
 
 
 def _trusted(genesis: Path | None, keys: list[str], quorum: int | None) -> TrustedKeys:
+    from bridge.log.proof import TrustedKeys
+
     if genesis is not None:
         if keys:
             raise typer.BadParameter("give either --genesis or --key, not both")
@@ -203,6 +212,8 @@ def check_proof_command(
     quorum: int | None = typer.Option(None, "--quorum", min=1, help="Quorum, with --key."),
 ) -> None:
     """Verify an inclusion proof with only the central banks' public keys."""
+    from bridge.log.proof import check_proof
+
     trusted = _trusted(genesis, key, quorum)
     try:
         proof = json.loads(proof_file.read_bytes())
@@ -224,6 +235,8 @@ def export(
     progress: bool = ProgressOption,
 ) -> None:
     """Write entries, legs, blocks, attestations and balance history as tidy tables."""
+    from bridge.log.export import ExportError, export_log
+
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
     with (
@@ -246,6 +259,9 @@ def report(
     progress: bool = ProgressOption,
 ) -> None:
     """HTML report with PNG charts (throughput, latency, corridors, FX, liquidity, refusals)."""
+    from bridge.log.export import ExportError
+    from bridge.log.report import build_report
+
     with _open(source) as log, _progress(progress, "reading", log.counts().entries) as update:
         try:
             files = build_report(log, out, on_progress=update)
@@ -282,6 +298,8 @@ def sample(
     seed: int = typer.Option(7, "--seed", help="Seed of keys and workload."),
 ) -> None:
     """Generate a sample log of the mBridge corridor, signed with real keys, to try the tools."""
+    from bridge.log.sample import SampleOptions, generate
+
     if out.exists():
         raise typer.BadParameter(f"{out} already exists", param_hint="OUT")
     options = SampleOptions(entries=entries, rate=rate, block_size=block_size, seed=seed)

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import duckdb
-
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Entry, Genesis, canonical_json
@@ -292,6 +290,8 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path, table: Table) -> None:
         f"max_line_size=4194304, columns={{{columns}}})) "
         f"TO {_sql_text(str(parquet_path))} (FORMAT parquet, COMPRESSION zstd)"
     )
+    import duckdb  # only the Parquet export needs it
+
     db = duckdb.connect()
     try:
         db.execute(f"SET memory_limit={_sql_text(DUCKDB_MEMORY_LIMIT)}")

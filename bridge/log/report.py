@@ -33,6 +33,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.dates as mdates
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
 from matplotlib.figure import Figure
 
 from bridge.log.export import Derivation, Progress
@@ -313,6 +314,8 @@ def chart_liquidity(data: Aggregates) -> Figure:
             values = [v / scale if v > 0 else math.nan for _, v in items]
             axes.step(_times(k for k, _ in items), values, where="post", label=currency)
         axes.set_yscale("log")
+        axes.yaxis.set_major_locator(mticker.LogLocator(base=10, numticks=4))
+        axes.yaxis.set_minor_locator(mticker.NullLocator())
         axes.set_ylabel(bank, fontsize=8)
         axes.tick_params(labelsize=7)
         axes.legend(fontsize=7, loc="lower right", ncol=6)
@@ -379,7 +382,7 @@ def figures(data: Aggregates) -> list[tuple[str, str]]:
         ("dual-signed PvPs settled", f"{data.kinds[('pvp_dual', 'SETTLED')]:,}"),
         ("PvPs proposed", f"{sum(pvp_outcomes.values()):,}"),
         (
-            "... accepted / rejected / cancelled / expired",
+            "PvP proposals accepted / rejected / cancelled / expired",
             " / ".join(f"{closed[o]:,}" for o in ("SETTLED", "REJECTED", "CANCELLED", "EXPIRED")),
         ),
     ]
@@ -427,13 +430,17 @@ def summary_markdown(data: Aggregates, source: str) -> str:
     return "\n".join(lines)
 
 
+# a chart that fails to load is reported on the browser console (the render test watches it)
+_MISSING_CHART = "console.error('chart failed to load: ' + this.src)"
+
+
 def report_html(data: Aggregates, source: str) -> str:
     rows = "\n".join(
         f"<tr><th>{html.escape(label)}</th><td>{html.escape(value)}</td></tr>"
         for label, value in figures(data)
     )
     charts = "\n".join(
-        f'<figure><img src="{name}" alt="{html.escape(title)}">'
+        f'<figure><img src="{name}" alt="{html.escape(title)}" onerror="{_MISSING_CHART}">'
         f"<figcaption>{html.escape(title)}</figcaption></figure>"
         for name, title, _ in CHARTS
     )

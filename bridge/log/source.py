@@ -24,8 +24,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-import duckdb
-
 from bridge.domain import Genesis, canonical_json
 from bridge.errors import BridgeError, LogIntegrityError
 from bridge.log.blocks import Attestation, BlockHeader
@@ -653,6 +651,8 @@ _DUCKDB_TYPES = {
 
 
 def _parquet_rows(path: Path, table: Table) -> Iterator[tuple[str, Row, StoredRow]]:
+    import duckdb  # only Parquet exports need it
+
     db = duckdb.connect()
     try:
         db.execute("SET threads=1")  # keeps file order and memory small

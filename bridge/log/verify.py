@@ -37,8 +37,6 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, NoReturn
 
-import duckdb
-
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Entry, Genesis, Outcome
@@ -255,7 +253,7 @@ class LogVerifier:
             pass
         except LogIntegrityError as exc:
             self._record(Failure(exc.where, exc.message))
-        except (sqlite3.DatabaseError, duckdb.Error, OSError) as exc:
+        except (sqlite3.DatabaseError, OSError) as exc:
             self._record(Failure(self.source.description, f"cannot read: {exc}"))
         finally:
             self.seen.close()

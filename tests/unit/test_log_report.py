@@ -1,0 +1,110 @@
+"""The researcher's report: bounded aggregates, the six charts, the HTML page and summary."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge.log.report import (
+    CHARTS,
+    MAX_BUCKETS,
+    Buckets,
+    ReportFiles,
+    aggregate,
+    build_report,
+    chart_refusals,
+    summary_markdown,
+)
+from bridge.log.sample import SampleLog, SampleOptions, generate
+from bridge.log.source import open_source
+
+OPTIONS = SampleOptions(entries=400, block_size=25, rate=60.0, seed=21)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleLog]:
+    directory = tmp_path_factory.mktemp("report-sample")
+    yield generate(directory / "log.sqlite", OPTIONS)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def count(sample: SampleLog, query: str) -> int:
+    db = sqlite3.connect(sample.path)
+    try:
+        return int(db.execute(query).fetchone()[0] or 0)
+    finally:
+        db.close()
+
+
+def test_buckets_coarsen_but_keep_totals() -> None:
+    """Past the bucket limit the width doubles; sums are preserved and buckets stay few."""
+    buckets = Buckets(lambda a, b: a + b)
+    for second in range(10 * MAX_BUCKETS):
+        buckets.add(second * 1000, 1)
+    assert len(buckets.items()) <= MAX_BUCKETS
+    assert buckets.width > 1000
+    assert sum(v for _, v in buckets.items()) == 10 * MAX_BUCKETS
+
+
+def test_aggregates_count_what_the_log_holds(sample: SampleLog) -> None:
+    """Settlements, PvP latencies and refusals match counts taken directly from the store."""
+    with open_source(sample.path) as source:
+        data = aggregate(source)
+    settled = count(
+        sample, "SELECT COUNT(*) FROM entries WHERE kind IN ('pay','pvp_dual','pvp_accept')"
+    )
+    assert sum(v for _, v in data.settlements.items()) == settled
+    assert len(data.latencies) == count(
+        sample, "SELECT COUNT(*) FROM entries WHERE kind='pvp_accept'"
+    )
+    assert all(latency > 0 for latency in data.latencies)
+    assert sum(data.refusals.values()) == count(sample, "SELECT SUM(count) FROM refusals")
+    assert data.entries == sample.entries
+    assert data.fx, "settled PvPs give implied rates"
+
+
+@pytest.fixture(scope="module")
+def files(sample: SampleLog, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReportFiles]:
+    directory = tmp_path_factory.mktemp("report")
+    with open_source(sample.path) as source:
+        yield build_report(source, directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_report_writes_html_summary_and_charts(sample: SampleLog, files: ReportFiles) -> None:
+    """report.html, summary.md and six non-trivial PNG charts are written."""
+    assert [p.name for p in files.charts] == [name for name, _, _ in CHARTS]
+    for chart in files.charts:
+        data = chart.read_bytes()
+        assert data.startswith(PNG_SIGNATURE)
+        assert len(data) > 8_000, chart.name
+    page = files.html.read_text()
+    assert "<script" not in page
+    for name, title, _ in CHARTS:
+        assert f'src="{name}"' in page
+        assert title in page
+    summary = files.summary.read_text()
+    assert f"| entries | {sample.entries:,} |" in summary
+    assert "propose-to-accept latency" in summary
+
+
+def test_report_without_refusals_says_so(sample: SampleLog, tmp_path: Path) -> None:
+    """A source with no refusals table reports 'no refusals recorded'."""
+    path = tmp_path / "plain.sqlite"
+    shutil.copyfile(sample.path, path)
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE refusals")
+    db.commit()
+    db.close()
+    with open_source(path) as source:
+        data = aggregate(source)
+    assert not data.refusals
+    assert "| refusals recorded | none |" in summary_markdown(data, str(path))
+    figure = chart_refusals(data)
+    texts = [t.get_text() for axes in figure.axes for t in axes.texts]
+    assert texts == ["no refusals recorded"]
