@@ -407,17 +407,29 @@ _ID_FIELDS = frozenset(
 _CURRENCY_FIELDS = frozenset({"currency", "pay_currency", "receive_currency"})
 
 
+_CHECKED_FIELDS: dict[type[Instruction], tuple[str, ...]] = {}
+
+
+def _checked_fields(cls: type[Instruction]) -> tuple[str, ...]:
+    """Names of the fields of `cls` that `validate_shape` checks, in declaration order."""
+    names = _CHECKED_FIELDS.get(cls)
+    if names is None:
+        checked = _INT_FIELDS | _ID_FIELDS | _CURRENCY_FIELDS | {"reference", "rate"}
+        names = _CHECKED_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name in checked)
+    return names
+
+
 def validate_shape(instruction: Instruction) -> None:
     """Static checks of one instruction, independent of ledger state."""
     kind = instruction.KIND
-    for f in fields(instruction):
-        name = f.name
+    for name in _checked_fields(type(instruction)):
         value = getattr(instruction, name)
         if name in _INT_FIELDS:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise Refused(Reason.MALFORMED, f"{kind}.{name}: expected an integer")
             if name in _AMOUNT_FIELDS:
-                validate_amount(value, f"{kind}.{name}")
+                if not 0 < value <= INT64_MAX:  # the message is only built for a refusal
+                    validate_amount(value, f"{kind}.{name}")
             elif not 0 <= value <= INT64_MAX:
                 raise Refused(Reason.AMOUNT_OVERFLOW, f"{kind}.{name} out of range: got {value}")
         elif name in _ID_FIELDS:
@@ -564,6 +576,26 @@ class Receipt:
     duplicate: bool = False
 
 
+# characters JSON (ensure_ascii) writes as they are: printable ASCII but the quote and backslash
+_JSON_PLAIN = re.compile(r"[ !#-\[\]-~]*")
+
+
+def _signatures_json(envelope: Envelope) -> bytes:
+    """`json.dumps(envelope.signatures_fields(), separators=(",", ":"))`, written directly
+    when no signer name needs escaping (participant ids and hex never do)."""
+    signatures = envelope.signatures
+    try:  # one check of every name at once; a name that is no string fails the join
+        plain = _JSON_PLAIN.fullmatch(
+            "".join([n for s in signatures for n in (s.signer, s.endorses)])
+        )
+    except TypeError:
+        plain = None
+    if plain is None:
+        return json.dumps(envelope.signatures_fields(), separators=(",", ":")).encode()
+    parts = [f'["{s.signer}","{s.endorses}","{s.value.hex()}"]' for s in signatures]
+    return f"[{','.join(parts)}]".encode()
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One accepted instruction and its outcome, at its place in the log."""
@@ -584,7 +616,7 @@ class Entry:
                 b'","seq":',
                 str(self.seq).encode(),
                 b',"sigs":',
-                json.dumps(self.envelope.signatures_fields(), separators=(",", ":")).encode(),
+                _signatures_json(self.envelope),
                 b',"time":',
                 str(self.time).encode(),
                 b"}",

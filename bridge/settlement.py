@@ -79,6 +79,7 @@ class SettlementEngine:
         """Apply the batch to the in-memory ledger and seal its block (nothing durable yet)."""
         ledger = self.ledger
         results: list[Result] = []
+        ledger.preverify(envelopes)
         for envelope in envelopes:
             try:
                 results.append(ledger.apply(envelope, now))

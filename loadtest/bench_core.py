@@ -1,6 +1,7 @@
 """`cbdc-bridge bench core`: durable PvP throughput of the settlement core against its floors.
 
-One process, one run, four figures over the same pre-signed dual-signed PvPs:
+One process, one run, four figures over the same pre-signed dual-signed PvPs, measured
+interleaved batch by batch (so drift of disk and CPU speed during the run hits all alike):
 
 - `core_pvp_per_s`: `SettlementEngine` over a `SqliteStore` (WAL, synchronous=FULL) settling
   the PvPs in batches, verifying both central bank endorsements of every PvP;
@@ -17,6 +18,7 @@ Absolute figures drift between runs and machines; the ratios are what to compare
 
 from __future__ import annotations
 
+import gc
 import platform
 import random
 import sqlite3
@@ -37,11 +39,13 @@ from bridge.domain import (
     DAY_MS,
     AdmitBank,
     DualPvp,
+    Entry,
     Envelope,
     Genesis,
     GenesisBank,
     Issue,
     Millis,
+    Outcome,
     ParticipantId,
     endorsement_message,
 )
@@ -89,6 +93,7 @@ class Workload:
     network: BenchNetwork
     setup: tuple[Envelope, ...]
     pvps: tuple[Envelope, ...]
+    batch: int
 
 
 def build_network() -> BenchNetwork:
@@ -162,9 +167,9 @@ def build_pvps(network: BenchNetwork, count: int, seed: int = 7) -> tuple[Envelo
     return tuple(out)
 
 
-def build_workload(count: int) -> Workload:
+def build_workload(count: int, batch: int = DEFAULT_BATCH) -> Workload:
     network = build_network()
-    return Workload(network, setup_envelopes(network), build_pvps(network, count))
+    return Workload(network, setup_envelopes(network), build_pvps(network, count), batch)
 
 
 def batches(items: Sequence[Envelope], size: int) -> list[Sequence[Envelope]]:
@@ -174,27 +179,28 @@ def batches(items: Sequence[Envelope], size: int) -> list[Sequence[Envelope]]:
 # ---------------------------------------------------------------------------- measurements
 
 
-def time_core(
-    workload: Workload, batch: int, check: SignatureCheck, directory: Path
-) -> tuple[float, int]:
-    """PvPs per second through `SettlementEngine.settle` into a fresh SQLite file, and the
-    mean size of a stored entry (for the raw SQLite baseline)."""
-    store = SqliteStore(directory / f"core-{check.value}.sqlite", synchronous="FULL")
-    try:
+class CoreRun:
+    """A `SettlementEngine` over its own SQLite file (WAL, synchronous=FULL), set up and
+    ready; `step` settles one batch and returns the seconds it took."""
+
+    def __init__(self, workload: Workload, check: SignatureCheck, path: Path) -> None:
+        self.store = SqliteStore(path, synchronous="FULL")
         verifier = None if check is SignatureCheck.NONE else FastVerifier()
-        engine = SettlementEngine.open(
-            store, workload.network.genesis, verifier=verifier, check=check
+        self.engine = SettlementEngine.open(
+            self.store, workload.network.genesis, verifier=verifier, check=check
         )
-        _require_settled(engine.settle(workload.setup, START).results, "setup")
-        chunks = batches(workload.pvps, batch)
+        _require_settled(self.engine.settle(workload.setup, START).results, "setup")
+        self.chunks = batches(workload.pvps, workload.batch)
+
+    def step(self, index: int) -> float:
         started = time.perf_counter()
-        for number, chunk in enumerate(chunks, start=1):
-            _require_settled(engine.settle(chunk, START + number).results, "pvp")
+        results = self.engine.settle(self.chunks[index], START + 1 + index).results
         elapsed = time.perf_counter() - started
-        entry_size = _mean_entry_size(store)
-    finally:
-        store.close()
-    return len(workload.pvps) / elapsed, entry_size
+        _require_settled(results, "pvp")
+        return elapsed
+
+    def close(self) -> None:
+        self.store.close()
 
 
 def _require_settled(results: Sequence[object], what: str) -> None:
@@ -203,64 +209,55 @@ def _require_settled(results: Sequence[object], what: str) -> None:
             raise RuntimeError(f"{what} instruction refused during the benchmark: {result}")
 
 
-def _mean_entry_size(store: SqliteStore) -> int:
-    entries = store.entries_from(1, limit=1_000_000)
-    sizes = [len(data) for _, _, data in entries if b'"pvp_dual"' in data]
-    return sum(sizes) // max(1, len(sizes))
-
-
 RAW_SCHEMA = """
 CREATE TABLE accounts (participant TEXT NOT NULL, currency TEXT NOT NULL,
     available INTEGER NOT NULL, held INTEGER NOT NULL,
     PRIMARY KEY (participant, currency)) WITHOUT ROWID;
 CREATE TABLE entries (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+_DEBIT = "UPDATE accounts SET available = available - ? WHERE participant = ? AND currency = ?"
+_CREDIT = "UPDATE accounts SET available = available + ? WHERE participant = ? AND currency = ?"
+Legs = tuple[str, str, str, int, str, int]
 
 
-def time_raw_sqlite(workload: Workload, batch: int, entry_size: int, directory: Path) -> float:
-    """PvPs per second of the bare storage work: 4 UPDATEs + 1 INSERT each, `batch` per commit."""
-    db = sqlite3.connect(directory / "raw.sqlite", isolation_level=None)
-    try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(RAW_SCHEMA)
-        db.executemany(
+class RawSqliteRun:
+    """The bare storage work of a PvP with sqlite3: four balance UPDATEs and one INSERT of an
+    entry-sized row each, one transaction per batch, the store's pragmas."""
+
+    def __init__(self, workload: Workload, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(RAW_SCHEMA)
+        self.db.executemany(
             "INSERT INTO accounts VALUES (?, ?, ?, 0)",
-            [
-                (bank.id, currency, FUNDING)
-                for bank in workload.network.banks
-                for *_, currency in CENTRAL_BANKS
-            ],
+            [(bank.id, cb[2], FUNDING) for bank in workload.network.banks for cb in CENTRAL_BANKS],
         )
-        legs = [_legs(envelope) for envelope in workload.pvps]
-        payload = b"x" * entry_size
-        debit = (
-            "UPDATE accounts SET available = available - ? WHERE participant = ? AND currency = ?"
-        )
-        credit = (
-            "UPDATE accounts SET available = available + ? WHERE participant = ? AND currency = ?"
-        )
+        self.payload = b"x" * entry_size(workload)
+        self.chunks = [
+            [_legs(e) for e in chunk] for chunk in batches(workload.pvps, workload.batch)
+        ]
+        self.seq = 0
+
+    def step(self, index: int) -> float:
+        db, payload = self.db, self.payload
         started = time.perf_counter()
-        seq = 0
-        for first in range(0, len(legs), batch):
-            db.execute("BEGIN IMMEDIATE")
-            for a, b, pay_currency, pay_amount, receive_currency, receive_amount in legs[
-                first : first + batch
-            ]:
-                db.execute(debit, (pay_amount, a, pay_currency))
-                db.execute(credit, (pay_amount, b, pay_currency))
-                db.execute(debit, (receive_amount, b, receive_currency))
-                db.execute(credit, (receive_amount, a, receive_currency))
-                seq += 1
-                db.execute("INSERT INTO entries VALUES (?, ?)", (seq, payload))
-            db.execute("COMMIT")
-        elapsed = time.perf_counter() - started
-    finally:
-        db.close()
-    return len(legs) / elapsed
+        db.execute("BEGIN IMMEDIATE")
+        for a, b, pay_currency, pay_amount, receive_currency, receive_amount in self.chunks[index]:
+            db.execute(_DEBIT, (pay_amount, a, pay_currency))
+            db.execute(_CREDIT, (pay_amount, b, pay_currency))
+            db.execute(_DEBIT, (receive_amount, b, receive_currency))
+            db.execute(_CREDIT, (receive_amount, a, receive_currency))
+            self.seq += 1
+            db.execute("INSERT INTO entries VALUES (?, ?)", (self.seq, payload))
+        db.execute("COMMIT")
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.db.close()
 
 
-def _legs(envelope: Envelope) -> tuple[str, str, str, int, str, int]:
+def _legs(envelope: Envelope) -> Legs:
     body = envelope.body
     assert isinstance(body, DualPvp)
     return (
@@ -273,63 +270,112 @@ def _legs(envelope: Envelope) -> tuple[str, str, str, int, str, int]:
     )
 
 
-def time_verify_only(workload: Workload) -> float:
-    """PvPs per second of their two endorsement verifications, nothing else."""
-    network = workload.network
-    home = {bank.id: bank.central_bank for bank in network.banks}
-    public = {
-        cb: ec.EllipticCurvePublicKey.from_encoded_point(
-            ec.SECP256R1(), network.keys[cb].public_key
-        )
-        for cb, *_ in CENTRAL_BANKS
-    }
-    checks: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]] = []
-    for envelope in workload.pvps:
-        for party in envelope.body.parties():
-            signature = envelope.party_signature(party)
-            endorsement = envelope.endorsement(party)
-            assert signature is not None
-            assert endorsement is not None
-            message = endorsement_message(envelope.body_bytes, signature.value)
-            der = encode_dss_signature(
-                int.from_bytes(endorsement.value[:32], "big"),
-                int.from_bytes(endorsement.value[32:], "big"),
+def entry_size(workload: Workload) -> int:
+    """Mean size of a PvP's log entry as the store keeps it (its canonical bytes)."""
+    sizes = [
+        len(Entry(seq, START, envelope, Outcome.SETTLED).canonical_bytes())
+        for seq, envelope in enumerate(workload.pvps, start=len(workload.setup) + 1)
+    ]
+    return sum(sizes) // len(sizes)
+
+
+class VerifyOnlyRun:
+    """The two central bank endorsement checks of each PvP with `cryptography` alone: keys
+    loaded and signatures DER-encoded beforehand, so only the verifications are timed."""
+
+    def __init__(self, workload: Workload) -> None:
+        network = workload.network
+        home = {bank.id: bank.central_bank for bank in network.banks}
+        public = {
+            cb: ec.EllipticCurvePublicKey.from_encoded_point(
+                ec.SECP256R1(), network.keys[cb].public_key
             )
-            checks.append((public[home[party]], der, message))
-    started = time.perf_counter()
-    for key, der, message in checks:
-        key.verify(der, message, _ALGORITHM)
-    elapsed = time.perf_counter() - started
-    return len(workload.pvps) / elapsed
+            for cb, *_ in CENTRAL_BANKS
+        }
+        self.chunks: list[list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]] = []
+        for chunk in batches(workload.pvps, workload.batch):
+            checks = []
+            for envelope in chunk:
+                for party in envelope.body.parties():
+                    signature = envelope.party_signature(party)
+                    endorsement = envelope.endorsement(party)
+                    assert signature is not None
+                    assert endorsement is not None
+                    message = endorsement_message(envelope.body_bytes, signature.value)
+                    der = encode_dss_signature(
+                        int.from_bytes(endorsement.value[:32], "big"),
+                        int.from_bytes(endorsement.value[32:], "big"),
+                    )
+                    checks.append((public[home[party]], der, message))
+            self.chunks.append(checks)
+
+    def step(self, index: int) -> float:
+        started = time.perf_counter()
+        for key, der, message in self.chunks[index]:
+            key.verify(der, message, _ALGORITHM)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        pass
 
 
 # ---------------------------------------------------------------------------- the run
+
+FIGURES = (
+    "core_pvp_per_s",
+    "core_nosig_pvp_per_s",
+    "raw_sqlite_pvp_per_s",
+    "verify_only_pvp_per_s",
+)
+
+
+def measure(workload: Workload, directory: Path) -> dict[str, float]:
+    """PvPs per second of each of the four runs, interleaved batch by batch.
+
+    Batch i of every run executes before batch i + 1 of any, in an order that rotates each
+    batch, so drift in disk or CPU speed during the run weighs on all four figures alike."""
+    runs: list[CoreRun | RawSqliteRun | VerifyOnlyRun] = [
+        CoreRun(workload, SignatureCheck.ENDORSEMENTS, directory / "core.sqlite"),
+        CoreRun(workload, SignatureCheck.NONE, directory / "core-nosig.sqlite"),
+        RawSqliteRun(workload, directory / "raw.sqlite"),
+        VerifyOnlyRun(workload),
+    ]
+    seconds = [0.0] * len(runs)
+    try:
+        for index in range((len(workload.pvps) + workload.batch - 1) // workload.batch):
+            for turn in range(len(runs)):
+                which = (index + turn) % len(runs)
+                seconds[which] += runs[which].step(index)
+    finally:
+        for finished in runs:
+            finished.close()
+    return {name: len(workload.pvps) / spent for name, spent in zip(FIGURES, seconds, strict=True)}
 
 
 def run(pvps: int = DEFAULT_PVPS, batch: int = DEFAULT_BATCH) -> dict[str, Any]:
     """Measure all four figures in this process and return them with their ratios."""
     if pvps < 1 or batch < 1:
         raise ValueError(f"pvps and batch must be positive: got {pvps}, {batch}")
-    workload = build_workload(pvps)
-    with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
-        directory = Path(tmp)
-        core, entry_size = time_core(workload, batch, SignatureCheck.ENDORSEMENTS, directory)
-        nosig, _ = time_core(workload, batch, SignatureCheck.NONE, directory)
-        raw = time_raw_sqlite(workload, batch, entry_size, directory)
-    verify = time_verify_only(workload)
+    workload = build_workload(pvps, batch)
+    # the pre-signed workload is scaffolding, not engine state: keep it out of the
+    # collector's full passes, as a server's transient requests would be
+    gc.collect()
+    gc.freeze()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
+            rates = measure(workload, Path(tmp))
+    finally:
+        gc.unfreeze()
     return {
         "benchmark": "core",
         "n": pvps,
         "batch": batch,
         "central_banks": len(CENTRAL_BANKS),
         "banks": len(workload.network.banks),
-        "entry_bytes": entry_size,
-        "core_pvp_per_s": round(core, 1),
-        "core_nosig_pvp_per_s": round(nosig, 1),
-        "raw_sqlite_pvp_per_s": round(raw, 1),
-        "verify_only_pvp_per_s": round(verify, 1),
-        "storage_ratio": round(nosig / raw, 3),
-        "sig_ratio": round(core / verify, 3),
+        "entry_bytes": entry_size(workload),
+        **{name: round(rate, 1) for name, rate in rates.items()},
+        "storage_ratio": round(rates["core_nosig_pvp_per_s"] / rates["raw_sqlite_pvp_per_s"], 3),
+        "sig_ratio": round(rates["core_pvp_per_s"] / rates["verify_only_pvp_per_s"], 3),
         "python": platform.python_version(),
         "sqlite": sqlite3.sqlite_version,
     }

@@ -8,6 +8,7 @@ batch can be taken for the store (`take_batch`) or undone whole (`rollback`).
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -148,6 +149,7 @@ class Ledger:
         self._entries: list[Entry] = []
         self._batch_seq = 1
         self._expiries: list[tuple[Millis, ParticipantId, str]] = []
+        self._verdicts: dict[tuple[bytes, bytes, bytes], bool] = {}
         self._view = StateView(
             self.participants,
             self.currencies,
@@ -312,6 +314,47 @@ class Ledger:
 
     # ------------------------------------------------------------------ signatures
 
+    def preverify(self, envelopes: Iterable[Envelope]) -> None:
+        """Verify, back to back, the central bank endorsements `apply` is about to check for
+        these envelopes, and keep the verdicts for it.
+
+        Only a speed-up: the curve code stays hot in the CPU caches instead of alternating with
+        bookkeeping. `apply` still makes every check in its own order and verifies anything
+        it finds no verdict for; a verdict is a pure function of (key, message, signature)."""
+        verdicts: dict[tuple[bytes, bytes, bytes], bool] = {}
+        self._verdicts = verdicts
+        verifier = self.verifier
+        if verifier is None or self.check is SignatureCheck.NONE:
+            return
+        for envelope in envelopes:
+            body = envelope.body
+            if (
+                body.KIND in CENTRAL_BANK_KINDS
+                or (body.sender, body.instruction_id) in self.receipts
+            ):
+                continue
+            for party in body.parties():
+                # anything odd is left to `apply`, to refuse (or raise) in its own order
+                with contextlib.suppress(Exception):
+                    request = self._endorsement_request(envelope, party)
+                    if request is not None:
+                        verdicts[request] = verifier.verify(*request)
+
+    def _endorsement_request(
+        self, envelope: Envelope, party: ParticipantId
+    ) -> tuple[bytes, bytes, bytes] | None:
+        """(central bank key, message, signature) `_check_party` would verify, if it gets there."""
+        participant = self.participants.get(party)
+        signature = envelope.party_signature(party)
+        endorsement = envelope.endorsement(party)
+        if participant is None or signature is None or endorsement is None:
+            return None
+        home = self.participants.get(participant.home_central_bank)
+        if home is None:
+            return None
+        message = endorsement_message(envelope.body_bytes, signature.value)
+        return (home.public_key, message, endorsement.value)
+
     def _check_signatures(self, envelope: Envelope) -> None:
         body = envelope.body
         if isinstance(body, ExpirePvp):
@@ -376,7 +419,13 @@ class Ledger:
 
     def _verify(self, signer: Participant, message: bytes, signature: bytes, what: str) -> None:
         assert self.verifier is not None
-        if not self.verifier.verify(signer.public_key, message, signature):
+        try:
+            verdict = self._verdicts.pop((signer.public_key, message, signature), None)
+        except TypeError:  # unhashable values: never pre-verified
+            verdict = None
+        if verdict is None:
+            verdict = self.verifier.verify(signer.public_key, message, signature)
+        if not verdict:
             raise Refused(Reason.BAD_SIGNATURE, f"{what} signature by {signer.id} does not verify")
 
     # ------------------------------------------------------------------ central bank operations

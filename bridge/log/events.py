@@ -14,17 +14,16 @@ def settlement_event(entry: Entry, ledger: Ledger, height: int) -> dict[str, Any
     body = entry.envelope.body
     legs: list[list[Any]] = []
     parties = [body.sender]
-    if isinstance(body, Pay):
+    if isinstance(body, DualPvp):
+        legs = _pvp_legs(body)
+        parties.append(body.counterparty)
+    elif isinstance(body, Pay):
         legs = [[body.sender, body.payee, body.currency, body.amount]]
         parties.append(body.payee)
-    elif isinstance(body, DualPvp):
-        legs = [list(vars_of(leg)) for leg in body.legs()]
-        parties.append(body.counterparty)
     elif isinstance(body, ProposePvp):
         parties.append(body.counterparty)
     elif isinstance(body, AcceptPvp):
-        proposal = ledger.pvps[(body.proposer, body.pvp_id)].proposal
-        legs = [list(vars_of(leg)) for leg in proposal.legs()]
+        legs = _pvp_legs(ledger.pvps[(body.proposer, body.pvp_id)].proposal)
     elif isinstance(body, Issue):
         legs = [[body.sender, body.to, body.currency, body.amount]]
         parties.append(body.to)
@@ -45,11 +44,19 @@ def settlement_event(entry: Entry, ledger: Ledger, height: int) -> dict[str, Any
         "outcome": entry.outcome.value,
         "sender": body.sender,
         "instruction_id": body.instruction_id,
-        "pvp_id": getattr(body, "pvp_id", ""),
+        "pvp_id": pvp_id,
         "parties": parties,
         "legs": legs,
         "reference": getattr(body, "reference", ""),
     }
+
+
+def _pvp_legs(pvp: DualPvp | ProposePvp) -> list[list[Any]]:
+    """`[list(vars_of(leg)) for leg in pvp.legs()]` without building the `Leg` values."""
+    return [
+        [pvp.sender, pvp.counterparty, pvp.pay_currency, pvp.pay_amount],
+        [pvp.counterparty, pvp.sender, pvp.receive_currency, pvp.receive_amount],
+    ]
 
 
 def vars_of(leg: Leg) -> tuple[str, str, str, int]:

@@ -29,18 +29,26 @@ def _split(n: int) -> int:
 
 
 def root_of_hashes(leaves: Sequence[bytes]) -> bytes:
-    """Root over already-hashed leaves."""
-    n = len(leaves)
-    if n == 0:
+    """Root over already-hashed leaves.
+
+    Computed level by level: adjacent nodes are paired and an unpaired last node is carried
+    up unchanged, which gives exactly RFC 6962's split at the largest power of two below n
+    (the left subtree is always complete) without recursion or slicing."""
+    if not leaves:
         return EMPTY_ROOT
-    if n == 1:
-        return leaves[0]
-    k = _split(n)
-    return node_hash(root_of_hashes(leaves[:k]), root_of_hashes(leaves[k:]))
+    level = list(leaves)
+    while len(level) > 1:
+        paired = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return level[0]
 
 
 def merkle_root(items: Sequence[bytes]) -> bytes:
-    return root_of_hashes([leaf_hash(item) for item in items])
+    return root_of_hashes([sha256(b"\x00" + item).digest() for item in items])
 
 
 def inclusion_path(leaves: Sequence[bytes], index: int) -> list[bytes]:

@@ -151,20 +151,26 @@ class SqliteStore:
     def commit_block(self, block: SealedBlock, batch: Batch, events: Sequence[bytes]) -> None:
         """Write one block, its entries, the changed state and its events atomically."""
         header = block.header
-        entry_rows = [
-            (
-                e.seq,
-                header.height,
-                e.envelope.body.sender,
-                e.envelope.body.instruction_id,
-                e.envelope.body.KIND,
-                e.outcome.value,
-                e.time,
-                e.envelope.body_hash(),
-                data,
+        receipts = batch.changes.get("receipts", {})
+        entry_rows = []
+        for e, data in zip(block.entries, block.entry_bytes, strict=True):
+            body = e.envelope.body
+            # the receipt already holds the body hash: no need to hash the body again
+            receipt = receipts.get((body.sender, body.instruction_id))
+            body_hash = e.envelope.body_hash() if receipt is None else receipt.body_hash
+            entry_rows.append(
+                (
+                    e.seq,
+                    header.height,
+                    body.sender,
+                    body.instruction_id,
+                    body.KIND,
+                    e.outcome.value,
+                    e.time,
+                    body_hash,
+                    data,
+                )
             )
-            for e, data in zip(block.entries, block.entry_bytes, strict=True)
-        ]
         try:
             with self._transaction() as db:
                 db.execute(

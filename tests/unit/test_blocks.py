@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields, replace
 from hashlib import sha256
 from typing import Any
@@ -9,7 +10,15 @@ from typing import Any
 import pytest
 
 from bridge.crypto import FastVerifier, PrivateKey, ReferenceVerifier
-from bridge.domain import ATTESTATION_DOMAIN, Entry, Envelope, Outcome, Pay, canonical_json
+from bridge.domain import (
+    ATTESTATION_DOMAIN,
+    Entry,
+    Envelope,
+    Outcome,
+    Pay,
+    Signature,
+    canonical_json,
+)
 from bridge.log.blocks import (
     BLOCK_DOMAIN,
     Attestation,
@@ -139,3 +148,35 @@ def test_attestations_of_another_hash_do_not_count() -> None:
     ]
     assert not is_final(votes, HEADER.hash(), 2)
     assert is_final(votes, fork.hash(), 2)
+
+
+@pytest.mark.parametrize(
+    "signer",
+    [
+        "PBOC",
+        "odd name",
+        'quo"te',
+        "back\\slash",
+        "tab\there",
+        "del\x7f",
+        "caf\u00e9",
+        "\u4e2d\u884c",
+    ],
+)
+def test_entry_bytes_encode_signatures_as_compact_json(signer: str) -> None:
+    """An entry's signatures are exactly `json.dumps(..., separators=(",", ":"))`, escapes too."""
+    body = Pay("pay-1", "ICBC", 10**15, "BOCHK", "CNY", 100, "invoice")
+    signatures = (Signature(signer, b"\x01" * 64), Signature("PBOC", b"\xfe" * 64, signer))
+    entry = Entry(7, 1000, Envelope.of(body, signatures), Outcome.SETTLED)
+    expected = json.dumps(entry.envelope.signatures_fields(), separators=(",", ":")).encode()
+    data = entry.canonical_bytes()
+    assert b',"sigs":' + expected + b',"time":' in data
+    assert json.loads(data)["sigs"] == entry.envelope.signatures_fields()
+
+
+def test_entry_bytes_of_a_non_string_signer_match_json() -> None:
+    """A signer that is not a string (a malformed log) still encodes as `json.dumps` would."""
+    body = Pay("pay-1", "ICBC", 10**15, "BOCHK", "CNY", 100, "invoice")
+    odd: Any = 7
+    entry = Entry(1, 0, Envelope.of(body, (Signature(odd, b"\x01" * 64),)), Outcome.SETTLED)
+    assert b',"sigs":[[7,"","' + b"01" * 64 + b'"]],' in entry.canonical_bytes()

@@ -11,15 +11,18 @@ from pathlib import Path
 import pytest
 
 from bridge.crypto import FastVerifier
-from bridge.domain import ExpirePvp, Outcome, Receipt
+from bridge.domain import DualPvp, ExpirePvp, Outcome, Receipt
 from bridge.errors import Reason, Refused, StoreError
+from bridge.log.events import vars_of
 from bridge.settlement import SettlementEngine
 from bridge.store.sqlite import SqliteStore
 from tests.factories import (
     BANKS,
     T0,
     Network,
+    accept_pvp,
     admit_bank,
+    corrupt_endorsement,
     dual_pvp,
     issue,
     network,
@@ -27,6 +30,7 @@ from tests.factories import (
     propose_pvp,
     pvp_proposal,
     sign,
+    with_signatures,
 )
 
 HOUR = 3_600_000
@@ -213,3 +217,112 @@ def test_finish_with_a_failure_rolls_back(engine: SettlementEngine, net: Network
     assert settled.block is None
     assert engine.ledger.balances == before
     assert engine.ledger.pending_entries() == 0
+
+
+class CountingVerifier:
+    """A real verifier that counts the verifications asked of it."""
+
+    def __init__(self) -> None:
+        self.inner = FastVerifier()
+        self.calls = 0
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        self.calls += 1
+        return self.inner.verify(public_key, message, signature)
+
+
+def test_bad_endorsement_is_refused_alone_in_its_batch(
+    engine: SettlementEngine, net: Network
+) -> None:
+    """One forged endorsement refuses that instruction only, with the others settling."""
+    good = dual_pvp(net, "ICBC", "KBANK", 100, 400)
+    forged = corrupt_endorsement(dual_pvp(net, "CCB", "BOCHK", 100, 90), "BOCHK")
+    after = pay(net, "ICBC", "CCB", 5)
+    first, second, third = engine.settle([good, forged, after], T0 + 1).results
+    assert isinstance(first, Receipt)
+    assert isinstance(second, Refused)
+    assert second.reason is Reason.BAD_SIGNATURE
+    assert "endorsement of BOCHK" in second.message
+    assert isinstance(third, Receipt)
+
+
+def test_forged_and_genuine_copies_are_judged_each_on_its_own(
+    engine: SettlementEngine, net: Network
+) -> None:
+    """A forged copy of an instruction fails and the genuine one after it still settles."""
+    genuine = dual_pvp(net, "ICBC", "KBANK", 100, 400)
+    forged = corrupt_endorsement(genuine, "ICBC")
+    first, second = engine.settle([forged, genuine], T0 + 1).results
+    assert isinstance(first, Refused)
+    assert first.reason is Reason.BAD_SIGNATURE
+    assert isinstance(second, Receipt)
+    assert not second.duplicate
+
+
+def test_banks_admitted_in_the_same_batch_can_settle_in_it(
+    store: SqliteStore, net: Network
+) -> None:
+    """Admission, funding and a PvP of the new banks settle together in one block."""
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    batch = [
+        admit_bank(net, "PBOC", "ICBC"),
+        admit_bank(net, "HKMA", "BOCHK"),
+        issue(net, "PBOC", "ICBC", 1_000),
+        issue(net, "HKMA", "BOCHK", 1_000),
+        dual_pvp(net, "ICBC", "BOCHK", 100, 120),
+    ]
+    settled = engine.settle(batch, T0)
+    assert all(isinstance(r, Receipt) for r in settled.results), settled.results
+    assert engine.ledger.balance("ICBC", "HKD") == (120, 0)
+
+
+def test_each_endorsement_is_verified_once_and_duplicates_not_at_all(
+    store: SqliteStore, net: Network
+) -> None:
+    """A batch verifies every endorsement once; re-sending it verifies nothing."""
+    verifier = CountingVerifier()
+    engine = SettlementEngine.open(store, net.genesis, verifier=verifier)
+    setup = [admit_bank(net, cb, bank) for bank, cb in BANKS]
+    setup += [issue(net, cb, bank, FUNDS) for bank, cb in BANKS]
+    engine.settle(setup, T0)
+    batch = [dual_pvp(net, "ICBC", "KBANK", 10 + i, 40 + i) for i in range(5)]
+    verifier.calls = 0
+    engine.settle(batch, T0 + 1)
+    assert verifier.calls == 2 * len(batch)
+    verifier.calls = 0
+    again = engine.settle(batch, T0 + 2)
+    assert all(isinstance(r, Receipt) and r.duplicate for r in again.results)
+    assert verifier.calls == 0
+
+
+def test_outbox_events_carry_both_legs_of_each_pvp(engine: SettlementEngine, net: Network) -> None:
+    """Dual and accepted PvP events list both legs as [payer, payee, currency, amount]."""
+    dual = dual_pvp(net, "ICBC", "KBANK", 100, 400)
+    proposal = pvp_proposal(net, "CCB", "BOCHK", 70, 60, settle_by=T0 + HOUR)
+    engine.settle([dual, sign(net, proposal)], T0 + 1)
+    engine.settle([accept_pvp(net, proposal)], T0 + 2)
+    events = [e for _, payload in engine.store.outbox_after(0) for e in json.loads(payload)]
+    assert isinstance(dual.body, DualPvp)
+    by_kind = {e["kind"]: e for e in events}
+    assert by_kind["pvp_dual"]["legs"] == [list(vars_of(leg)) for leg in dual.body.legs()]
+    assert by_kind["pvp_accept"]["legs"] == [list(vars_of(leg)) for leg in proposal.legs()]
+    assert by_kind["pvp_accept"]["parties"] == ["BOCHK", "CCB"]
+    assert by_kind["pvp_propose"]["legs"] == []
+
+
+def test_shape_is_refused_before_signatures_within_a_batch(
+    engine: SettlementEngine, net: Network
+) -> None:
+    """Checks keep their order in a batch: a malformed body with a forged endorsement is
+    refused as malformed, not as badly signed."""
+    malformed = corrupt_endorsement(dual_pvp(net, "ICBC", "KBANK", 0, 400), "ICBC")
+    unknown = dual_pvp(net, "ICBC", "KBANK", 100, 400)
+    stranger = corrupt_endorsement(
+        with_signatures(unknown, tuple(s for s in unknown.signatures if s.endorses != "KBANK")),
+        "ICBC",
+    )
+    first, second = engine.settle([malformed, stranger], T0 + 1).results
+    assert isinstance(first, Refused)
+    assert first.reason is Reason.NON_POSITIVE_AMOUNT
+    assert isinstance(second, Refused)
+    assert second.reason is Reason.MISSING_SIGNATURE

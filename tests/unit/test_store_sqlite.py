@@ -6,6 +6,7 @@ import json
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
-from bridge.domain import Envelope, Outcome, Receipt
+from bridge.domain import Entry, Envelope, Outcome, Receipt
 from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
 from bridge.log.blocks import attest
 from bridge.settlement import Result, SettlementEngine
@@ -529,3 +530,24 @@ def test_entry_location_and_entries_from(
     rows = store.entries_from(receipt.seq, limit=3)
     assert [seq for seq, _, _ in rows] == [receipt.seq, receipt.seq + 1, receipt.seq + 2]
     assert b'"INV-2025-0001"' in rows[0][2]
+
+
+def test_entry_rows_hold_the_body_hash_and_canonical_bytes(
+    open_engine: Callable[[], SettlementEngine], net: Network, db_path: Path
+) -> None:
+    """Each stored entry row keeps SHA-256 of its body and the entry's canonical bytes."""
+    engine = open_engine()
+    populate(engine, net)
+    with sqlite3.connect(db_path) as db:
+        rows = db.execute("SELECT seq, sender, instruction_id, body_hash, data FROM entries")
+        stored = [(s, snd, iid, bytes(h), bytes(d)) for s, snd, iid, h, d in rows]
+    assert stored
+    for seq, sender, instruction_id, body_hash, data in stored:
+        entry = Entry.from_canonical_bytes(data)
+        assert entry.seq == seq
+        assert (entry.envelope.body.sender, entry.envelope.body.instruction_id) == (
+            sender,
+            instruction_id,
+        )
+        assert body_hash == sha256(entry.envelope.body_bytes).digest()
+        assert engine.ledger.receipts[(sender, instruction_id)].body_hash == body_hash
