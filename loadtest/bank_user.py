@@ -26,12 +26,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass
-from functools import cache
 from hashlib import sha256
-from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
@@ -41,15 +38,14 @@ from bridge import wire
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
-from bridge.crypto import PrivateKey
 from bridge.domain import AcceptPvp, DualPvp, Envelope, Instruction, Pay, ProposePvp
 from bridge.errors import Refused
 from bridge.signing import sign_as_party
 from bridge.status import refusal_from_rpc_error
+from loadtest.corridor import Desk, LoadNetwork, rate, trade_amounts, trade_reference
 from loadtest.grpc_user import GrpcUser, listen
 from loadtest.settings import LoadSettings, new_run_id
 from participants.auth import sign_query
-from participants.network_config import NetworkConfig
 
 __all__ = [
     "BankUser",
@@ -59,7 +55,7 @@ __all__ = [
     "rate",
     "trade_amounts",
     "trade_reference",
-]
+]  # Desk, LoadNetwork and the trade helpers live in loadtest.corridor
 
 log = logging.getLogger("loadtest")
 SETTLEMENT = "settlement"
@@ -75,48 +71,6 @@ _RESUBMIT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXC
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Desk:
-    """One bank as a load test drives it: its key and its central bank's node."""
-
-    bank: str
-    central_bank: str
-    currency: str
-    address: str
-    key: PrivateKey
-
-
-@dataclass(frozen=True, slots=True)
-class LoadNetwork:
-    """Every bank of a network directory with its key (loaded once per process)."""
-
-    config: NetworkConfig
-    desks: tuple[Desk, ...]
-
-    @staticmethod
-    @cache
-    def load(directory: Path) -> LoadNetwork:
-        config = NetworkConfig.load(directory)
-        desks = tuple(
-            Desk(bank.id, cb.id, cb.currency, cb.address, config.load_key(bank.id))
-            for cb in config.central_banks
-            for bank in cb.banks
-        )
-        if not desks:
-            raise RuntimeError(f"{directory}: the network has no commercial banks")
-        return LoadNetwork(config, desks)
-
-    def desk(self, bank: str) -> Desk:
-        for desk in self.desks:
-            if desk.bank == bank:
-                return desk
-        raise KeyError(f"no bank {bank} in {self.config.directory}")
-
-    def foreign(self, desk: Desk) -> tuple[Desk, ...]:
-        """Banks of other central banks (a cross-border counterparty, another currency)."""
-        return tuple(d for d in self.desks if d.central_bank != desk.central_bank)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,23 +276,6 @@ class BankUser(GrpcUser):
         if result.settled:
             self.settled("pvp_dual", started, proposer, body.instruction_id)
         return result
-
-
-def rate(pay_amount: int, receive_amount: int) -> str:
-    """The agreed rate as the decimal string the instruction carries (6 places)."""
-    return f"{receive_amount / pay_amount:.6f}"
-
-
-def trade_amounts(rng: random.Random) -> tuple[int, int]:
-    """A trade-sized pay amount (minor units) and its counter-amount at a plausible rate."""
-    pay_amount = rng.randrange(10_000, 5_000_000)
-    return pay_amount, max(1, int(pay_amount * rng.uniform(0.05, 20.0)))
-
-
-def trade_reference(rng: random.Random) -> str:
-    """A trade document reference of the corridor (bill of lading, invoice, L/C)."""
-    kind = rng.choice(("BL-CQSG", "INV-CQ", "LC-NWLSC"))
-    return f"{kind}-{rng.randrange(10**7):07d}"
 
 
 # ---------------------------------------------------------------------------- Locust hooks

@@ -79,3 +79,32 @@ def e2e(
     )
     figures = bench_e2e.run(settings)
     typer.echo(json.dumps(figures) if as_json else bench_e2e.describe(figures))
+
+
+@bench_app.command("stream")
+def stream(
+    pvps: int = typer.Option(20_000, "--pvps", min=1, help="Dual-signed PvPs to stream."),
+    window: int = typer.Option(512, "--window", min=1, help="PvPs in flight per stream."),
+    echo_seconds: float = typer.Option(10.0, "--echo-seconds", min=1, help="Echo run length."),
+    replica_check: str = typer.Option(
+        "none",
+        "--replica-check",
+        help="Central bank replicas' signature checks: none, endorsements, all.",
+    ),
+    profile: Path | None = typer.Option(
+        None, "--profile", help="Record py-spy flame graphs of every node while streaming."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """Dual-signed PvPs over CentralBank.SubmitStream vs a bidi-stream echo in the same run."""
+    from loadtest import bench_stream
+
+    settings = bench_stream.StreamSettings(
+        pvps=pvps,
+        window=window,
+        echo_seconds=echo_seconds,
+        replica_check=replica_check,
+        profile=profile,
+    )
+    figures = bench_stream.run(settings)
+    typer.echo(json.dumps(figures) if as_json else bench_stream.describe(figures))

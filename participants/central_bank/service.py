@@ -9,6 +9,7 @@ who may do what deterministically; the node refuses early what it can see is not
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -53,6 +54,13 @@ log = logging.getLogger("participants.central_bank")
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 BRIDGE_DEADLINE = 10.0
 HISTORY_PAGE = 500
+STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call
+
+
+# what SubmitStream takes besides pvp_dual: the kinds of the single-signature RPCs
+STREAM_KINDS: dict[str, type[Instruction]] = {
+    kind.KIND: kind for kind in (Pay, ProposePvp, AcceptPvp, RejectPvp, CancelPvp, Redeem)
+}
 
 
 def now_ms() -> int:
@@ -163,26 +171,30 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     async def _bank_instruction(
         self, request: types.SignedInstruction, kind: type[Instruction], context: Context
     ) -> types.InstructionStatus:
-        core = self.core
         try:
-            envelope = wire.envelope_from_proto(request)
-            if not isinstance(envelope.body, kind):
-                raise Refused(
-                    Reason.MALFORMED,
-                    f"expected a {kind.KIND} instruction, got {envelope.body.KIND}",
-                )
-            sender = envelope.body.sender
-            await core.own_bank(sender)
-            if any(s.endorses for s in envelope.signatures):
-                raise Refused(Reason.MALFORMED, "endorsements are added by the central bank nodes")
-            if len(envelope.signatures) > 1:
-                raise Refused(
-                    Reason.MALFORMED, f"{kind.KIND} carries exactly the sender's signature"
-                )
-            await core.verify_party(envelope, sender)  # none: MISSING_SIGNATURE
-            return await core.settle(endorse(envelope, sender, core.id, core.key))
+            return await self._single(request, kind)
         except Refused as refusal:
             await abort(context, refusal)
+
+    async def _single(
+        self, request: types.SignedInstruction, kind: type[Instruction]
+    ) -> types.InstructionStatus:
+        """Check, endorse and settle one bank's own instruction; raises Refused."""
+        core = self.core
+        envelope = wire.envelope_from_proto(request)
+        if not isinstance(envelope.body, kind):
+            raise Refused(
+                Reason.MALFORMED,
+                f"expected a {kind.KIND} instruction, got {envelope.body.KIND}",
+            )
+        sender = envelope.body.sender
+        await core.own_bank(sender)
+        if any(s.endorses for s in envelope.signatures):
+            raise Refused(Reason.MALFORMED, "endorsements are added by the central bank nodes")
+        if len(envelope.signatures) > 1:
+            raise Refused(Reason.MALFORMED, f"{kind.KIND} carries exactly the sender's signature")
+        await core.verify_party(envelope, sender)  # none: MISSING_SIGNATURE
+        return await core.settle(endorse(envelope, sender, core.id, core.key))
 
     async def Pay(
         self, request: types.SignedInstruction, context: Context
@@ -217,22 +229,26 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     async def SubmitDualPvp(
         self, request: types.SignedInstruction, context: Context
     ) -> types.InstructionStatus:
-        core = self.core
         try:
-            envelope = wire.envelope_from_proto(request)
-            body = envelope.body
-            if not isinstance(body, DualPvp):
-                raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
-            await core.own_bank(body.sender)
-            if any(s.endorses for s in envelope.signatures) or len(envelope.signatures) > 2:
-                raise Refused(Reason.MALFORMED, "pvp_dual carries exactly both banks' signatures")
-            await core.verify_party(envelope, body.sender)  # missing: MISSING_SIGNATURE
-            await core.verify_party(envelope, body.counterparty)
-            envelope = endorse(envelope, body.sender, core.id, core.key)
-            envelope = await self._counterparty_endorsement(envelope, body)
-            return await core.settle(envelope)
+            return await self._dual(request)
         except Refused as refusal:
             await abort(context, refusal)
+
+    async def _dual(self, request: types.SignedInstruction) -> types.InstructionStatus:
+        """Check, endorse (both legs) and settle a dual-signed PvP; raises Refused."""
+        core = self.core
+        envelope = wire.envelope_from_proto(request)
+        body = envelope.body
+        if not isinstance(body, DualPvp):
+            raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
+        await core.own_bank(body.sender)
+        if any(s.endorses for s in envelope.signatures) or len(envelope.signatures) > 2:
+            raise Refused(Reason.MALFORMED, "pvp_dual carries exactly both banks' signatures")
+        await core.verify_party(envelope, body.sender)  # missing: MISSING_SIGNATURE
+        await core.verify_party(envelope, body.counterparty)
+        envelope = endorse(envelope, body.sender, core.id, core.key)
+        envelope = await self._counterparty_endorsement(envelope, body)
+        return await core.settle(envelope)
 
     async def _counterparty_endorsement(self, envelope: Envelope, body: DualPvp) -> Envelope:
         core = self.core
@@ -264,26 +280,96 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         self, request: types.SignedInstruction, context: Context
     ) -> types.SignedInstruction:
         """Called by the proposer's central bank: endorse our bank's leg of a dual PvP."""
-        core = self.core
         try:
-            envelope = wire.envelope_from_proto(request)
-            body = envelope.body
-            if not isinstance(body, DualPvp):
-                raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
-            await core.own_bank(body.counterparty)
-            await core.verify_party(envelope, body.counterparty)
-            endorsement = envelope.endorsement(body.sender)
-            sender_home = await core.home_of(body.sender)
-            if endorsement is None or endorsement.signer != sender_home:
-                raise Refused(
-                    Reason.MISSING_SIGNATURE,
-                    "the proposer's leg is not endorsed by its central bank",
-                )
-            if envelope.endorsement(body.counterparty) is not None:
-                raise Refused(Reason.MALFORMED, "our bank's leg is already endorsed")
-            return wire.envelope_to_proto(endorse(envelope, body.counterparty, core.id, core.key))
+            return wire.envelope_to_proto(await self._endorsed(wire.envelope_from_proto(request)))
         except Refused as refusal:
             await abort(context, refusal)
+
+    async def _endorsed(self, envelope: Envelope) -> Envelope:
+        """The dual PvP with our bank's leg endorsed; raises Refused."""
+        core = self.core
+        body = envelope.body
+        if not isinstance(body, DualPvp):
+            raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
+        await core.own_bank(body.counterparty)
+        await core.verify_party(envelope, body.counterparty)
+        endorsement = envelope.endorsement(body.sender)
+        sender_home = await core.home_of(body.sender)
+        if endorsement is None or endorsement.signer != sender_home:
+            raise Refused(
+                Reason.MISSING_SIGNATURE,
+                "the proposer's leg is not endorsed by its central bank",
+            )
+        if envelope.endorsement(body.counterparty) is not None:
+            raise Refused(Reason.MALFORMED, "our bank's leg is already endorsed")
+        return endorse(envelope, body.counterparty, core.id, core.key)
+
+    async def EndorseDualPvps(
+        self, request: pb.EndorseDualPvpsRequest, context: Context
+    ) -> pb.EndorseDualPvpsResponse:
+        """The batched EndorseDualPvp: one endorsement or refusal per instruction, in order."""
+        results = []
+        for message in request.instructions:
+            try:
+                endorsed = await self._endorsed(wire.envelope_from_proto(message))
+                results.append(
+                    pb.EndorsementResult(
+                        endorsement=wire.signature_to_proto(endorsed.signatures[-1])
+                    )
+                )
+            except Refused as refusal:
+                results.append(pb.EndorsementResult(refusal=wire.refusal_to_proto(refusal)))
+        return pb.EndorseDualPvpsResponse(results=results)
+
+    async def SubmitStream(
+        self, request_iterator: AsyncIterator[pb.BankSubmitRequest], context: Context
+    ) -> AsyncIterator[pb.BankSubmitResponse]:
+        """Each request handled as its unary RPC would be; one response per request."""
+        responses: asyncio.Queue[pb.BankSubmitResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def handle(request: pb.BankSubmitRequest) -> None:
+            try:
+                status = await self._submitted(request.instruction)
+                response = pb.BankSubmitResponse(
+                    correlation_id=request.correlation_id, status=status
+                )
+            except Refused as refusal:
+                response = pb.BankSubmitResponse(
+                    correlation_id=request.correlation_id, refusal=wire.refusal_to_proto(refusal)
+                )
+            responses.put_nowait(response)
+            window.release()
+
+        async def read_requests() -> None:
+            async for request in request_iterator:
+                await window.acquire()  # at most STREAM_WINDOW instructions in flight
+                task = asyncio.create_task(handle(request))
+                handlers.add(task)
+                task.add_done_callback(handlers.discard)
+            while handlers:
+                await asyncio.wait(set(handlers))
+            responses.put_nowait(None)
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (response := await responses.get()) is not None:
+                yield response
+            await reader
+        finally:
+            reader.cancel()
+            for task in handlers:
+                task.cancel()
+
+    async def _submitted(self, request: types.SignedInstruction) -> types.InstructionStatus:
+        kind = request.instruction.WhichOneof("body")
+        if kind == DualPvp.KIND:
+            return await self._dual(request)
+        single = STREAM_KINDS.get(kind or "")
+        if single is None:
+            raise Refused(Reason.MALFORMED, f"SubmitStream does not take {kind!r} instructions")
+        return await self._single(request, single)
 
     async def RequestIssuance(
         self, request: pb.IssuanceRequest, context: Context

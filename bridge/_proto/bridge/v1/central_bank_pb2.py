@@ -25,43 +25,53 @@ _sym_db = _symbol_database.Default()
 from bridge._proto.bridge.v1 import types_pb2 as bridge_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62ridge/v1/central_bank.proto\x12\tbridge.v1\x1a\x15\x62ridge/v1/types.proto\"p\n\x0fIssuanceRequest\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0bvalid_until\x18\x03 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\"f\n\x16InstructionStatusQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x16\n\x0einstruction_id\x18\x03 \x01(\t\"G\n\rBalancesQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"U\n\x0cHistoryQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"G\n\x0bHistoryPage\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.bridge.v1.EntryEvent\x12\x10\n\x08next_seq\x18\x02 \x01(\x03\"R\n\x08PvpQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08proposer\x18\x02 \x01(\t\x12\x0e\n\x06pvp_id\x18\x03 \x01(\t\"O\n\x15WatchSettlementsQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x03\"c\n\x10\x41\x64mitBankRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\"\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.bridge.v1.AdmitBank\"N\n\x11\x42\x61nkStatusRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"c\n\x10SetPolicyRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\"\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.bridge.v1.SetPolicy\"[\n\x0cIssueRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\x1e\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x10.bridge.v1.Issue\"k\n\x14\x46reezeAccountRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12&\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x18.bridge.v1.FreezeAccount\"@\n\x10ListBanksRequest\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.bridge.v1.ParticipantStatus\"<\n\x13ListAccountsRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t2\x8b\x08\n\x0b\x43\x65ntralBank\x12\x41\n\x03Pay\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12H\n\nProposePvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12G\n\tAcceptPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12G\n\tRejectPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12G\n\tCancelPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12K\n\rSubmitDualPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12L\n\x0e\x45ndorseDualPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.SignedInstruction\x12O\n\x11RequestRedemption\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12K\n\x0fRequestIssuance\x12\x1a.bridge.v1.IssuanceRequest\x1a\x1c.bridge.v1.InstructionStatus\x12W\n\x14GetInstructionStatus\x12!.bridge.v1.InstructionStatusQuery\x1a\x1c.bridge.v1.InstructionStatus\x12?\n\x0bGetBalances\x12\x18.bridge.v1.BalancesQuery\x1a\x16.bridge.v1.AccountList\x12=\n\nGetHistory\x12\x17.bridge.v1.HistoryQuery\x1a\x16.bridge.v1.HistoryPage\x12\x33\n\x06GetPvp\x12\x13.bridge.v1.PvpQuery\x1a\x14.bridge.v1.PvpStatus\x12M\n\x10WatchSettlements\x12 .bridge.v1.WatchSettlementsQuery\x1a\x15.bridge.v1.EntryEvent0\x01\x32\xf1\x05\n\x10\x43\x65ntralBankAdmin\x12\x46\n\tAdmitBank\x12\x1b.bridge.v1.AdmitBankRequest\x1a\x1c.bridge.v1.InstructionStatus\x12I\n\x0bSuspendBank\x12\x1c.bridge.v1.BankStatusRequest\x1a\x1c.bridge.v1.InstructionStatus\x12L\n\x0eReactivateBank\x12\x1c.bridge.v1.BankStatusRequest\x1a\x1c.bridge.v1.InstructionStatus\x12\x46\n\tSetPolicy\x12\x1b.bridge.v1.SetPolicyRequest\x1a\x1c.bridge.v1.InstructionStatus\x12>\n\x05Issue\x12\x17.bridge.v1.IssueRequest\x1a\x1c.bridge.v1.InstructionStatus\x12\x44\n\x06Redeem\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12N\n\rFreezeAccount\x12\x1f.bridge.v1.FreezeAccountRequest\x1a\x1c.bridge.v1.InstructionStatus\x12\x44\n\tListBanks\x12\x1b.bridge.v1.ListBanksRequest\x1a\x1a.bridge.v1.ParticipantList\x12P\n\x11GetCurrencySupply\x12 .bridge.v1.CurrencySupplyRequest\x1a\x19.bridge.v1.CurrencySupply\x12\x46\n\x0cListAccounts\x12\x1e.bridge.v1.ListAccountsRequest\x1a\x16.bridge.v1.AccountListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62ridge/v1/central_bank.proto\x12\tbridge.v1\x1a\x15\x62ridge/v1/types.proto\"^\n\x11\x42\x61nkSubmitRequest\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12\x31\n\x0binstruction\x18\x02 \x01(\x0b\x32\x1c.bridge.v1.SignedInstruction\"\x8d\x01\n\x12\x42\x61nkSubmitResponse\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12.\n\x06status\x18\x02 \x01(\x0b\x32\x1c.bridge.v1.InstructionStatusH\x00\x12%\n\x07refusal\x18\x03 \x01(\x0b\x32\x12.bridge.v1.RefusalH\x00\x42\x08\n\x06result\"L\n\x16\x45ndorseDualPvpsRequest\x12\x32\n\x0cinstructions\x18\x01 \x03(\x0b\x32\x1c.bridge.v1.SignedInstruction\"H\n\x17\x45ndorseDualPvpsResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.bridge.v1.EndorsementResult\"q\n\x11\x45ndorsementResult\x12+\n\x0b\x65ndorsement\x18\x01 \x01(\x0b\x32\x14.bridge.v1.SignatureH\x00\x12%\n\x07refusal\x18\x02 \x01(\x0b\x32\x12.bridge.v1.RefusalH\x00\x42\x08\n\x06result\"p\n\x0fIssuanceRequest\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0bvalid_until\x18\x03 \x01(\x03\x12\x0e\n\x06\x61mount\x18\x04 \x01(\x03\"f\n\x16InstructionStatusQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x16\n\x0einstruction_id\x18\x03 \x01(\t\"G\n\rBalancesQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"U\n\x0cHistoryQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"G\n\x0bHistoryPage\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.bridge.v1.EntryEvent\x12\x10\n\x08next_seq\x18\x02 \x01(\x03\"R\n\x08PvpQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08proposer\x18\x02 \x01(\t\x12\x0e\n\x06pvp_id\x18\x03 \x01(\t\"O\n\x15WatchSettlementsQuery\x12$\n\x04\x61uth\x18\x01 \x01(\x0b\x32\x16.bridge.v1.RequestAuth\x12\x10\n\x08\x66rom_seq\x18\x02 \x01(\x03\"c\n\x10\x41\x64mitBankRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\"\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.bridge.v1.AdmitBank\"N\n\x11\x42\x61nkStatusRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\x0c\n\x04\x62\x61nk\x18\x03 \x01(\t\"c\n\x10SetPolicyRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\"\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x14.bridge.v1.SetPolicy\"[\n\x0cIssueRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12\x1e\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x10.bridge.v1.Issue\"k\n\x14\x46reezeAccountRequest\x12\x16\n\x0einstruction_id\x18\x01 \x01(\t\x12\x13\n\x0bvalid_until\x18\x02 \x01(\x03\x12&\n\x04\x62ody\x18\x03 \x01(\x0b\x32\x18.bridge.v1.FreezeAccount\"@\n\x10ListBanksRequest\x12,\n\x06status\x18\x01 \x01(\x0e\x32\x1c.bridge.v1.ParticipantStatus\"<\n\x13ListAccountsRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t2\xb6\t\n\x0b\x43\x65ntralBank\x12\x41\n\x03Pay\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12H\n\nProposePvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12G\n\tAcceptPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12G\n\tRejectPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12G\n\tCancelPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12K\n\rSubmitDualPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12L\n\x0e\x45ndorseDualPvp\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.SignedInstruction\x12O\n\x11RequestRedemption\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12K\n\x0fRequestIssuance\x12\x1a.bridge.v1.IssuanceRequest\x1a\x1c.bridge.v1.InstructionStatus\x12W\n\x14GetInstructionStatus\x12!.bridge.v1.InstructionStatusQuery\x1a\x1c.bridge.v1.InstructionStatus\x12?\n\x0bGetBalances\x12\x18.bridge.v1.BalancesQuery\x1a\x16.bridge.v1.AccountList\x12=\n\nGetHistory\x12\x17.bridge.v1.HistoryQuery\x1a\x16.bridge.v1.HistoryPage\x12\x33\n\x06GetPvp\x12\x13.bridge.v1.PvpQuery\x1a\x14.bridge.v1.PvpStatus\x12M\n\x10WatchSettlements\x12 .bridge.v1.WatchSettlementsQuery\x1a\x15.bridge.v1.EntryEvent0\x01\x12O\n\x0cSubmitStream\x12\x1c.bridge.v1.BankSubmitRequest\x1a\x1d.bridge.v1.BankSubmitResponse(\x01\x30\x01\x12X\n\x0f\x45ndorseDualPvps\x12!.bridge.v1.EndorseDualPvpsRequest\x1a\".bridge.v1.EndorseDualPvpsResponse2\xf1\x05\n\x10\x43\x65ntralBankAdmin\x12\x46\n\tAdmitBank\x12\x1b.bridge.v1.AdmitBankRequest\x1a\x1c.bridge.v1.InstructionStatus\x12I\n\x0bSuspendBank\x12\x1c.bridge.v1.BankStatusRequest\x1a\x1c.bridge.v1.InstructionStatus\x12L\n\x0eReactivateBank\x12\x1c.bridge.v1.BankStatusRequest\x1a\x1c.bridge.v1.InstructionStatus\x12\x46\n\tSetPolicy\x12\x1b.bridge.v1.SetPolicyRequest\x1a\x1c.bridge.v1.InstructionStatus\x12>\n\x05Issue\x12\x17.bridge.v1.IssueRequest\x1a\x1c.bridge.v1.InstructionStatus\x12\x44\n\x06Redeem\x12\x1c.bridge.v1.SignedInstruction\x1a\x1c.bridge.v1.InstructionStatus\x12N\n\rFreezeAccount\x12\x1f.bridge.v1.FreezeAccountRequest\x1a\x1c.bridge.v1.InstructionStatus\x12\x44\n\tListBanks\x12\x1b.bridge.v1.ListBanksRequest\x1a\x1a.bridge.v1.ParticipantList\x12P\n\x11GetCurrencySupply\x12 .bridge.v1.CurrencySupplyRequest\x1a\x19.bridge.v1.CurrencySupply\x12\x46\n\x0cListAccounts\x12\x1e.bridge.v1.ListAccountsRequest\x1a\x16.bridge.v1.AccountListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bridge._proto.bridge.v1.central_bank_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ISSUANCEREQUEST']._serialized_start=66
-  _globals['_ISSUANCEREQUEST']._serialized_end=178
-  _globals['_INSTRUCTIONSTATUSQUERY']._serialized_start=180
-  _globals['_INSTRUCTIONSTATUSQUERY']._serialized_end=282
-  _globals['_BALANCESQUERY']._serialized_start=284
-  _globals['_BALANCESQUERY']._serialized_end=355
-  _globals['_HISTORYQUERY']._serialized_start=357
-  _globals['_HISTORYQUERY']._serialized_end=442
-  _globals['_HISTORYPAGE']._serialized_start=444
-  _globals['_HISTORYPAGE']._serialized_end=515
-  _globals['_PVPQUERY']._serialized_start=517
-  _globals['_PVPQUERY']._serialized_end=599
-  _globals['_WATCHSETTLEMENTSQUERY']._serialized_start=601
-  _globals['_WATCHSETTLEMENTSQUERY']._serialized_end=680
-  _globals['_ADMITBANKREQUEST']._serialized_start=682
-  _globals['_ADMITBANKREQUEST']._serialized_end=781
-  _globals['_BANKSTATUSREQUEST']._serialized_start=783
-  _globals['_BANKSTATUSREQUEST']._serialized_end=861
-  _globals['_SETPOLICYREQUEST']._serialized_start=863
-  _globals['_SETPOLICYREQUEST']._serialized_end=962
-  _globals['_ISSUEREQUEST']._serialized_start=964
-  _globals['_ISSUEREQUEST']._serialized_end=1055
-  _globals['_FREEZEACCOUNTREQUEST']._serialized_start=1057
-  _globals['_FREEZEACCOUNTREQUEST']._serialized_end=1164
-  _globals['_LISTBANKSREQUEST']._serialized_start=1166
-  _globals['_LISTBANKSREQUEST']._serialized_end=1230
-  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1232
-  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1292
-  _globals['_CENTRALBANK']._serialized_start=1295
-  _globals['_CENTRALBANK']._serialized_end=2330
-  _globals['_CENTRALBANKADMIN']._serialized_start=2333
-  _globals['_CENTRALBANKADMIN']._serialized_end=3086
+  _globals['_BANKSUBMITREQUEST']._serialized_start=66
+  _globals['_BANKSUBMITREQUEST']._serialized_end=160
+  _globals['_BANKSUBMITRESPONSE']._serialized_start=163
+  _globals['_BANKSUBMITRESPONSE']._serialized_end=304
+  _globals['_ENDORSEDUALPVPSREQUEST']._serialized_start=306
+  _globals['_ENDORSEDUALPVPSREQUEST']._serialized_end=382
+  _globals['_ENDORSEDUALPVPSRESPONSE']._serialized_start=384
+  _globals['_ENDORSEDUALPVPSRESPONSE']._serialized_end=456
+  _globals['_ENDORSEMENTRESULT']._serialized_start=458
+  _globals['_ENDORSEMENTRESULT']._serialized_end=571
+  _globals['_ISSUANCEREQUEST']._serialized_start=573
+  _globals['_ISSUANCEREQUEST']._serialized_end=685
+  _globals['_INSTRUCTIONSTATUSQUERY']._serialized_start=687
+  _globals['_INSTRUCTIONSTATUSQUERY']._serialized_end=789
+  _globals['_BALANCESQUERY']._serialized_start=791
+  _globals['_BALANCESQUERY']._serialized_end=862
+  _globals['_HISTORYQUERY']._serialized_start=864
+  _globals['_HISTORYQUERY']._serialized_end=949
+  _globals['_HISTORYPAGE']._serialized_start=951
+  _globals['_HISTORYPAGE']._serialized_end=1022
+  _globals['_PVPQUERY']._serialized_start=1024
+  _globals['_PVPQUERY']._serialized_end=1106
+  _globals['_WATCHSETTLEMENTSQUERY']._serialized_start=1108
+  _globals['_WATCHSETTLEMENTSQUERY']._serialized_end=1187
+  _globals['_ADMITBANKREQUEST']._serialized_start=1189
+  _globals['_ADMITBANKREQUEST']._serialized_end=1288
+  _globals['_BANKSTATUSREQUEST']._serialized_start=1290
+  _globals['_BANKSTATUSREQUEST']._serialized_end=1368
+  _globals['_SETPOLICYREQUEST']._serialized_start=1370
+  _globals['_SETPOLICYREQUEST']._serialized_end=1469
+  _globals['_ISSUEREQUEST']._serialized_start=1471
+  _globals['_ISSUEREQUEST']._serialized_end=1562
+  _globals['_FREEZEACCOUNTREQUEST']._serialized_start=1564
+  _globals['_FREEZEACCOUNTREQUEST']._serialized_end=1671
+  _globals['_LISTBANKSREQUEST']._serialized_start=1673
+  _globals['_LISTBANKSREQUEST']._serialized_end=1737
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=1739
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=1799
+  _globals['_CENTRALBANK']._serialized_start=1802
+  _globals['_CENTRALBANK']._serialized_end=3008
+  _globals['_CENTRALBANKADMIN']._serialized_start=3011
+  _globals['_CENTRALBANKADMIN']._serialized_end=3764
 # @@protoc_insertion_point(module_scope)

@@ -31,6 +31,152 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class BankSubmitRequest(_message.Message):
+    """One instruction on the SubmitStream stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """Caller-chosen number that the matching response repeats."""
+    @_builtins.property
+    def instruction(self) -> _types_pb2.SignedInstruction:
+        """The instruction with the bank's signature (both banks' for `pvp_dual`)."""
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        instruction: _types_pb2.SignedInstruction | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "instruction", b"instruction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BankSubmitRequest: _TypeAlias = BankSubmitRequest  # noqa: Y015
+
+@_typing.final
+class BankSubmitResponse(_message.Message):
+    """The answer to one BankSubmitRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """The correlation id of the request answered."""
+    @_builtins.property
+    def status(self) -> _types_pb2.InstructionStatus:
+        """What the unary RPC would have returned."""
+
+    @_builtins.property
+    def refusal(self) -> _types_pb2.Refusal:
+        """The refusal the unary RPC would have raised; nothing changed."""
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        status: _types_pb2.InstructionStatus | None = ...,
+        refusal: _types_pb2.Refusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "result", b"result", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "refusal", b"refusal", "result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["status", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BankSubmitResponse: _TypeAlias = BankSubmitResponse  # noqa: Y015
+
+@_typing.final
+class EndorseDualPvpsRequest(_message.Message):
+    """Dual-signed PvPs for this node to endorse."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def instructions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SignedInstruction]:
+        """Each carries both banks' signatures and the proposer central bank's endorsement."""
+
+    def __init__(
+        self,
+        *,
+        instructions: _abc.Iterable[_types_pb2.SignedInstruction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instructions", b"instructions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndorseDualPvpsRequest: _TypeAlias = EndorseDualPvpsRequest  # noqa: Y015
+
+@_typing.final
+class EndorseDualPvpsResponse(_message.Message):
+    """The answers to an EndorseDualPvpsRequest, one per instruction, in request order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndorsementResult]:
+        """The endorsement of each instruction, or its refusal."""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___EndorsementResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndorseDualPvpsResponse: _TypeAlias = EndorseDualPvpsResponse  # noqa: Y015
+
+@_typing.final
+class EndorsementResult(_message.Message):
+    """This node's answer for one dual-signed PvP."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDORSEMENT_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def endorsement(self) -> _types_pb2.Signature:
+        """The endorsement of this node's bank's leg (signer: this central bank, endorses: the
+        bank), to add to the instruction's signatures.
+        """
+
+    @_builtins.property
+    def refusal(self) -> _types_pb2.Refusal:
+        """Why the leg is not endorsed."""
+
+    def __init__(
+        self,
+        *,
+        endorsement: _types_pb2.Signature | None = ...,
+        refusal: _types_pb2.Refusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endorsement", b"endorsement", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endorsement", b"endorsement", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["endorsement", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___EndorsementResult: _TypeAlias = EndorsementResult  # noqa: Y015
+
+@_typing.final
 class IssuanceRequest(_message.Message):
     """A bank asks its central bank to issue currency to it."""
 

@@ -113,6 +113,16 @@ class CentralBankStub:
                 request_serializer=bridge_dot_v1_dot_central__bank__pb2.WatchSettlementsQuery.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_types__pb2.EntryEvent.FromString,
                 _registered_method=True)
+        self.SubmitStream = channel.stream_stream(
+                '/bridge.v1.CentralBank/SubmitStream',
+                request_serializer=bridge_dot_v1_dot_central__bank__pb2.BankSubmitRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_central__bank__pb2.BankSubmitResponse.FromString,
+                _registered_method=True)
+        self.EndorseDualPvps = channel.unary_unary(
+                '/bridge.v1.CentralBank/EndorseDualPvps',
+                request_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.FromString,
+                _registered_method=True)
 
 
 class CentralBankServicer:
@@ -234,6 +244,26 @@ class CentralBankServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitStream(self, request_iterator, context):
+        """Submits many instructions over one stream, for banks that send a lot. Each request is
+        handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
+        CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
+        correlation id, carrying the status or the refusal; responses may come out of request
+        order. A refusal answers its own request only: the stream stays open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndorseDualPvps(self, request, context):
+        """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
+        load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
+        request order, with this node's endorsement of its bank's leg or with the refusal.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentralBankServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -306,6 +336,16 @@ def add_CentralBankServicer_to_server(servicer, server):
                     servicer.WatchSettlements,
                     request_deserializer=bridge_dot_v1_dot_central__bank__pb2.WatchSettlementsQuery.FromString,
                     response_serializer=bridge_dot_v1_dot_types__pb2.EntryEvent.SerializeToString,
+            ),
+            'SubmitStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitStream,
+                    request_deserializer=bridge_dot_v1_dot_central__bank__pb2.BankSubmitRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_central__bank__pb2.BankSubmitResponse.SerializeToString,
+            ),
+            'EndorseDualPvps': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndorseDualPvps,
+                    request_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -694,6 +734,60 @@ class CentralBank:
             '/bridge.v1.CentralBank/WatchSettlements',
             bridge_dot_v1_dot_central__bank__pb2.WatchSettlementsQuery.SerializeToString,
             bridge_dot_v1_dot_types__pb2.EntryEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bridge.v1.CentralBank/SubmitStream',
+            bridge_dot_v1_dot_central__bank__pb2.BankSubmitRequest.SerializeToString,
+            bridge_dot_v1_dot_central__bank__pb2.BankSubmitResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndorseDualPvps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.CentralBank/EndorseDualPvps',
+            bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.SerializeToString,
+            bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.FromString,
             options,
             channel_credentials,
             insecure,

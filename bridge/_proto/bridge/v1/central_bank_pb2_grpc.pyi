@@ -96,6 +96,18 @@ class CentralBankStub:
     Reconnect with the last seen seq + 1 to resume without loss (entries are at-least-once:
     de-duplicate by seq).
     """
+    SubmitStream: _grpc.StreamStreamMultiCallable[_central_bank_pb2.BankSubmitRequest, _central_bank_pb2.BankSubmitResponse]
+    """Submits many instructions over one stream, for banks that send a lot. Each request is
+    handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
+    CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
+    correlation id, carrying the status or the refusal; responses may come out of request
+    order. A refusal answers its own request only: the stream stays open.
+    """
+    EndorseDualPvps: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.EndorseDualPvpsRequest, _central_bank_pb2.EndorseDualPvpsResponse]
+    """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
+    load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
+    request order, with this node's endorsement of its bank's leg or with the refusal.
+    """
 
 @_typing.type_check_only
 class CentralBankAsyncStub(CentralBankStub):
@@ -152,6 +164,18 @@ class CentralBankAsyncStub(CentralBankStub):
     """Streams entries the bank is a party to, from `from_seq` on, then live as they settle.
     Reconnect with the last seen seq + 1 to resume without loss (entries are at-least-once:
     de-duplicate by seq).
+    """
+    SubmitStream: _aio.StreamStreamMultiCallable[_central_bank_pb2.BankSubmitRequest, _central_bank_pb2.BankSubmitResponse]  # type: ignore[assignment]
+    """Submits many instructions over one stream, for banks that send a lot. Each request is
+    handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
+    CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
+    correlation id, carrying the status or the refusal; responses may come out of request
+    order. A refusal answers its own request only: the stream stays open.
+    """
+    EndorseDualPvps: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.EndorseDualPvpsRequest, _central_bank_pb2.EndorseDualPvpsResponse]  # type: ignore[assignment]
+    """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
+    load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
+    request order, with this node's endorsement of its bank's leg or with the refusal.
     """
 
 class CentralBankServicer(metaclass=_abc_1.ABCMeta):
@@ -290,6 +314,30 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
         """Streams entries the bank is a party to, from `from_seq` on, then live as they settle.
         Reconnect with the last seen seq + 1 to resume without loss (entries are at-least-once:
         de-duplicate by seq).
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_central_bank_pb2.BankSubmitRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_central_bank_pb2.BankSubmitResponse], _abc.AsyncIterator[_central_bank_pb2.BankSubmitResponse]]:
+        """Submits many instructions over one stream, for banks that send a lot. Each request is
+        handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
+        CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
+        correlation id, carrying the status or the refusal; responses may come out of request
+        order. A refusal answers its own request only: the stream stays open.
+        """
+
+    @_abc_1.abstractmethod
+    def EndorseDualPvps(
+        self,
+        request: _central_bank_pb2.EndorseDualPvpsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_central_bank_pb2.EndorseDualPvpsResponse, _abc.Awaitable[_central_bank_pb2.EndorseDualPvpsResponse]]:
+        """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
+        load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
+        request order, with this node's endorsement of its bank's leg or with the refusal.
         """
 
 def add_CentralBankServicer_to_server(servicer: CentralBankServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

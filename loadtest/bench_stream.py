@@ -1,0 +1,243 @@
+"""`cbdc-bridge bench stream`: dual-signed PvPs through the streaming path vs a bidi echo.
+
+One run, one machine:
+
+1. a fresh network is started and funded; `pvps` cross-border dual-signed PvPs are signed by
+   both banks beforehand (in worker processes, outside the measurement), spread over every
+   central bank node as the proposer's node;
+2. **stream**: one asyncio client process opens one `CentralBank.SubmitStream` per central
+   bank node and keeps `window` PvPs in flight on each. Every PvP goes bank -> its central
+   bank node (verifies the bank's signature, endorses its leg, gets the counterparty central
+   bank's endorsement from that node) -> the bridge (verifies both endorsements, settles,
+   commits the block) and back. `stream_pvp_per_s` = PvPs settled / time from the first send
+   to the last answer;
+3. **echo**: the same client shape (as many bidi streams, same window, same payload size)
+   against a trivial bidirectional-stream echo: `stream_echo_msg_per_s`.
+
+`ratio = stream_pvp_per_s / stream_echo_msg_per_s`. Afterwards the ledger must hold exactly
+the PvPs the client saw settle, and the log must verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from bridge import wire
+from bridge._proto.bridge.v1 import central_bank_pb2 as pb
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.domain import DualPvp, Envelope
+from bridge.signing import sign_as_party
+from loadtest.benchkit import CpuMeter, Profiler, bench_network, echo_server, node_pids
+from loadtest.corridor import LoadNetwork, rate, trade_amounts, trade_reference
+from loadtest.crosscheck import crosscheck
+from loadtest.echo import measure_stream_echo
+from loadtest.settings import new_run_id
+
+__all__ = ["StreamSettings", "describe", "run"]
+
+SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
+SETTLED = types.OUTCOME_SETTLED
+VALID_FOR_MS = 30 * 60_000
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    pvps: int = 20_000
+    window: int = 512
+    echo_seconds: float = 10.0
+    replica_check: str = "none"
+    central_banks: int = 4
+    banks_per_central_bank: int = 2
+    signers: int = 2  # processes that pre-sign the PvPs
+    profile: Path | None = None
+    network: Path | None = None
+
+
+# ---------------------------------------------------------------------------- pre-signing
+
+
+def _sign_share(args: tuple[str, str, int, int, int]) -> list[tuple[str, bytes]]:
+    """Sign PvPs `first`..`first+count-1` (in a worker process): (node address, request)."""
+    directory, run_id, first, count, seed = args
+    network = LoadNetwork.load(Path(directory))
+    desks = network.desks
+    rng = random.Random(seed)
+    valid_until = time.time_ns() // 1_000_000 + VALID_FOR_MS
+    out = []
+    for number in range(first, first + count):
+        proposer = desks[number % len(desks)]
+        counterparty = rng.choice(network.foreign(proposer))
+        pay_amount, receive_amount = trade_amounts(rng)
+        body = DualPvp(
+            f"{run_id}.s{number}", proposer.bank, valid_until, counterparty.bank,
+            proposer.currency, pay_amount, counterparty.currency, receive_amount,
+            rate(pay_amount, receive_amount), trade_reference(rng),
+        )  # fmt: skip
+        envelope = sign_as_party(Envelope.of(body), proposer.bank, proposer.key)
+        envelope = sign_as_party(envelope, counterparty.bank, counterparty.key)
+        request = pb.BankSubmitRequest(
+            correlation_id=number, instruction=wire.envelope_to_proto(envelope)
+        )
+        out.append((proposer.address, request.SerializeToString()))
+    return out
+
+
+def presign(directory: Path, run_id: str, pvps: int, processes: int) -> dict[str, list[bytes]]:
+    """Serialized SubmitStream requests per central bank node address."""
+    shares = max(1, processes) * 4
+    size = -(-pvps // shares)
+    jobs = [
+        (str(directory), run_id, first, min(size, pvps - first), first)
+        for first in range(0, pvps, size)
+    ]
+    by_node: dict[str, list[bytes]] = {}
+    with ProcessPoolExecutor(max_workers=max(1, processes)) as pool:
+        for signed in pool.map(_sign_share, jobs):
+            for address, data in signed:
+                by_node.setdefault(address, []).append(data)
+    return by_node
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+@dataclass
+class StreamTally:
+    settled: int = 0
+    refused: int = 0
+    failed: int = 0
+    reasons: dict[str, int] | None = None
+
+    def add(self, response: pb.BankSubmitResponse) -> None:
+        if response.WhichOneof("result") == "status":
+            if response.status.receipt.outcome == SETTLED and not response.status.receipt.duplicate:
+                self.settled += 1
+            else:
+                self.failed += 1
+            return
+        self.refused += 1
+        self.reasons = self.reasons or {}
+        reason = response.refusal.reason
+        self.reasons[reason] = self.reasons.get(reason, 0) + 1
+
+
+async def _drive(address: str, requests: Sequence[bytes], window: int, tally: StreamTally) -> None:
+    async with grpc.aio.insecure_channel(address) as channel:
+        method = channel.stream_stream(
+            SUBMIT_STREAM,
+            request_serializer=None,  # already serialized
+            response_deserializer=pb.BankSubmitResponse.FromString,
+        )
+        credit = asyncio.Semaphore(window)
+
+        async def outgoing() -> AsyncIterator[bytes]:
+            for data in requests:
+                await credit.acquire()
+                yield data
+
+        received = 0
+        try:
+            async for response in method(outgoing()):
+                tally.add(response)
+                received += 1
+                credit.release()
+                if received == len(requests):
+                    break
+        except grpc.aio.AioRpcError:
+            tally.failed += len(requests) - received
+
+
+async def stream_pvps(by_node: dict[str, list[bytes]], window: int) -> tuple[StreamTally, float]:
+    """Send every pre-signed PvP over one SubmitStream per node; (tally, seconds)."""
+    tally = StreamTally()
+    started = time.perf_counter()
+    await asyncio.gather(
+        *(_drive(address, requests, window, tally) for address, requests in by_node.items())
+    )
+    return tally, time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------- the benchmark
+
+
+def run(settings: StreamSettings) -> dict[str, Any]:
+    run_id = new_run_id()
+    with (
+        bench_network(
+            settings.network,
+            central_banks=settings.central_banks,
+            banks_per_central_bank=settings.banks_per_central_bank,
+            replica_check=settings.replica_check,
+        ) as network,
+        echo_server() as echo,
+    ):
+        by_node = presign(network.directory, run_id, settings.pvps, settings.signers)
+        streams = len(by_node)
+        echo_figures = asyncio.run(
+            measure_stream_echo(
+                echo.address, duration=settings.echo_seconds, streams=streams,
+                window=settings.window,
+            )
+        )  # fmt: skip
+        pids = node_pids(network)
+        guess = max(5.0, settings.pvps / 2000)
+        with CpuMeter(pids) as cpu, Profiler(settings.profile, pids, guess):
+            tally, seconds = asyncio.run(stream_pvps(by_node, settings.window))
+        check = crosscheck(network.directory, run_id, tally.settled)
+    pvp_rate = tally.settled / seconds if seconds > 0 else 0.0
+    echo_rate = echo_figures.per_second
+    ratio = pvp_rate / echo_rate if echo_rate else 0.0
+    return {
+        "stream_pvp_per_s": round(pvp_rate, 1),
+        "stream_echo_msg_per_s": round(echo_rate, 1),
+        "ratio": round(ratio, 3),
+        "pvps_sent": settings.pvps,
+        "pvps_settled": tally.settled,
+        "refused": tally.refused,
+        "refusal_reasons": tally.reasons or {},
+        "failed": tally.failed,
+        "seconds": round(seconds, 2),
+        "server_cpu_ms_per_pvp": round(1000 * cpu.total / tally.settled, 3)
+        if tally.settled
+        else None,
+        "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
+        "goals_met": {"stream_pvp_per_s_ge_5000": pvp_rate >= 5000, "ratio_ge_0_5": ratio >= 0.5},
+        "settings": {
+            "streams": streams,
+            "window": settings.window,
+            "echo_seconds": settings.echo_seconds,
+            "replica_check": settings.replica_check,
+            "central_banks": settings.central_banks,
+            "banks_per_central_bank": settings.banks_per_central_bank,
+            "client_processes": 1,
+            "cpus": os.cpu_count(),
+        },
+        "crosscheck": check.to_json(),
+        "ok": check.ok and tally.failed == 0 and tally.refused == 0,
+    }
+
+
+def describe(figures: dict[str, Any]) -> str:
+    goals = figures["goals_met"]
+    return "\n".join(
+        [
+            f"streamed dual-signed PvPs: {figures['stream_pvp_per_s']:.0f} /s "
+            f"({figures['pvps_settled']} settled in {figures['seconds']} s; goal >= 5000: "
+            f"{'met' if goals['stream_pvp_per_s_ge_5000'] else 'missed'})",
+            f"bidi echo:                 {figures['stream_echo_msg_per_s']:.0f} msg/s",
+            f"ratio:                     {figures['ratio']:.3f} "
+            f"(goal >= 0.5: {'met' if goals['ratio_ge_0_5'] else 'missed'})",
+            f"server CPU per PvP:        {figures['server_cpu_ms_per_pvp']} ms",
+            f"cross-check:               {'OK' if figures['crosscheck']['ok'] else 'PROBLEM'}",
+        ]
+    )
