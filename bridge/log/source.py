@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from bridge.domain import Genesis, canonical_json
 from bridge.errors import BridgeError, LogIntegrityError
@@ -89,19 +89,31 @@ class StrayAttestation:
     attestation: StoredAttestation
 
 
+class StoredColumns(NamedTuple):
+    """Columns a store keeps beside an entry's bytes (for queries); they must agree with it."""
+
+    height: object
+    sender: object
+    instruction_id: object
+    kind: object
+    outcome: object
+    time_ms: object
+    body_hash: object  # bytes of the SHA-256 of the canonical body
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEntry:
     """One entry: the seq and height it is stored under, its bytes and any stored columns.
 
-    `columns` maps `entries` table column names to values stored beside the bytes (SQLite);
-    `row` is the whole stored row of an export, checked against the derived row.
+    `columns` are the values a store keeps beside the bytes (SQLite); `row` is the whole
+    stored row of an export, checked against the derived row.
     """
 
     seq: int
     height: int
     data: bytes
     where: str
-    columns: Mapping[str, Value] | None = None
+    columns: StoredColumns | None = None
     row: StoredRow | None = None
 
 
@@ -285,22 +297,10 @@ class SqliteSource(_Closing):
         )
         for seq, height, sender, iid, kind, outcome, time, body_hash, data in self._rows(query):
             where = f"entries table, seq {seq}"
-            columns: dict[str, Value] = {
-                "height": height,
-                "sender": sender,
-                "instruction_id": iid,
-                "kind": kind,
-                "outcome": outcome,
-                "time_ms": time,
-                "body_hash": body_hash.hex() if isinstance(body_hash, bytes) else body_hash,
-            }
-            yield StoredEntry(
-                _int(seq, where, "seq"),
-                _int(height, where, "height"),
-                _blob(data, where, "data"),
-                where,
-                columns=columns,
-            )
+            if type(seq) is not int or type(height) is not int or type(data) is not bytes:
+                _int(seq, where, "seq"), _int(height, where, "height"), _blob(data, where, "data")
+            columns = StoredColumns(height, sender, iid, kind, outcome, time, body_hash)
+            yield StoredEntry(seq, height, data, where, columns)
 
     def derived(self, table: Table) -> None:
         return None

@@ -31,7 +31,7 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -103,7 +103,8 @@ class VerifyReport:
     head_hash: str = ""
     failures: list[Failure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock
+    cpu_seconds: float = 0.0  # CPU time of this process (robust on a shared machine)
 
     @property
     def ok(self) -> bool:
@@ -132,6 +133,7 @@ class VerifyReport:
             ],
             "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds, 3),
         }
 
 
@@ -246,7 +248,7 @@ class LogVerifier:
     # ------------------------------------------------------------------ driver
 
     def run(self) -> VerifyReport:
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         try:
             self._run()
         except _Stop:
@@ -259,6 +261,7 @@ class LogVerifier:
             self.seen.close()
         self._finality_warnings()
         self.report.seconds = time.perf_counter() - started
+        self.report.cpu_seconds = time.process_time() - started_cpu
         return self.report
 
     def _record(self, failure: Failure) -> None:
@@ -460,7 +463,52 @@ class LogVerifier:
 
     def _entry(self, stored: StoredEntry, expected_seq: int, block: StoredBlock) -> None:
         height = block.header.height
-        where = f"block {height}, entry {stored.seq} ({stored.where})"
+        if stored.seq != expected_seq or stored.height != height:
+            self._misplaced(stored, expected_seq, block)
+        try:
+            entry = Entry.from_canonical_bytes(stored.data)
+        except Refused as exc:
+            self._entry_fail(stored, height, f"not a canonical entry: {exc.message}")
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            self._entry_fail(stored, height, f"not a canonical entry: {exc!r:.200}")
+        if entry.seq != stored.seq:
+            self._entry_fail(stored, height, f"its bytes say seq {entry.seq}")
+        if entry.time > block.header.time:
+            self._entry_fail(
+                stored,
+                height,
+                f"applied at {entry.time}, after its block was sealed at {block.header.time}",
+            )
+        envelope = entry.envelope
+        body = envelope.body
+        columns = stored.columns
+        if columns is not None and columns != (
+            height,
+            body.sender,
+            body.instruction_id,
+            body.KIND,
+            entry.outcome.value,
+            entry.time,
+            envelope.body_hash(),
+        ):
+            self._column_fail(stored, entry, height)
+        self._replay(entry, stored, height)
+        report = self.report
+        report.entries += 1
+        report.signatures += len(envelope.signatures)
+        self.since_prune += 1
+        if self.deriver is not None:
+            self._compare_rows(entry, stored, height)
+
+    def _entry_where(self, stored: StoredEntry, height: int) -> str:
+        return f"block {height}, entry {stored.seq} ({stored.where})"
+
+    def _entry_fail(self, stored: StoredEntry, height: int, message: str) -> NoReturn:
+        self._fail(self._entry_where(stored, height), message, height, stored.seq)
+
+    def _misplaced(self, stored: StoredEntry, expected_seq: int, block: StoredBlock) -> NoReturn:
+        height = block.header.height
+        where = self._entry_where(stored, height)
         if stored.seq != expected_seq:
             what = (
                 f"entry {expected_seq} is missing (next stored entry is {stored.seq})"
@@ -468,99 +516,80 @@ class LogVerifier:
                 else f"entry {stored.seq} is out of place or repeated (expected {expected_seq})"
             )
             self._fail(where, what, height, expected_seq)
-        if stored.height != height:
-            self._fail(
-                where,
-                f"stored in block {stored.height}, but block {height} covers seq "
-                f"{block.header.first_seq}-{block.header.first_seq + block.header.entry_count - 1}",
-                height,
-                stored.seq,
-            )
-        try:
-            entry = Entry.from_canonical_bytes(stored.data)
-        except Refused as exc:
-            self._fail(where, f"not a canonical entry: {exc.message}", height, stored.seq)
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            self._fail(where, f"not a canonical entry: {exc!r:.200}", height, stored.seq)
-        if entry.seq != stored.seq:
-            self._fail(where, f"its bytes say seq {entry.seq}", height, stored.seq)
-        if entry.time > block.header.time:
-            self._fail(
-                where,
-                f"applied at {entry.time}, after its block was sealed at {block.header.time}",
-                height,
-                stored.seq,
-            )
-        if stored.columns is not None:
-            self._check_columns(stored.columns, entry, height, where)
-        self._replay(entry, where, height)
-        self.report.entries += 1
-        self.report.signatures += len(entry.envelope.signatures)
-        self.since_prune += 1
-        if self.deriver is not None:
-            batch = self.ledger.take_batch()
-            rows = self.deriver.rows(entry, height, self.ledger, batch)
-            seq = entry.seq
-            self._compare_stored(stored.row, rows.entry, where, height, seq)
-            for row in rows.legs:
-                self._compare(LEGS, row, where, height, seq)
-            for row in rows.balances:
-                self._compare(BALANCES_TABLE, row, where, height, seq)
-            for row in rows.participants:
-                self._compare(PARTICIPANTS, row, where, height, seq)
+        first, count = block.header.first_seq, block.header.entry_count
+        self._fail(
+            where,
+            f"stored in block {stored.height}, but block {height} covers seq "
+            f"{first}-{first + count - 1}",
+            height,
+            stored.seq,
+        )
 
-    def _check_columns(
-        self, columns: Mapping[str, object], entry: Entry, height: int, where: str
-    ) -> None:
+    def _column_fail(self, stored: StoredEntry, entry: Entry, height: int) -> NoReturn:
+        assert stored.columns is not None
         body = entry.envelope.body
-        expected = {
-            "height": height,
-            "sender": body.sender,
-            "instruction_id": body.instruction_id,
-            "kind": body.KIND,
-            "outcome": entry.outcome.value,
-            "time_ms": entry.time,
-            "body_hash": entry.envelope.body_hash().hex(),
-        }
-        for name, value in columns.items():
-            if expected.get(name, value) != value:
-                self._fail(
-                    where,
-                    f"stored column {name} is {value!r}, the entry's bytes say {expected[name]!r}",
+        expected = (
+            height,
+            body.sender,
+            body.instruction_id,
+            body.KIND,
+            entry.outcome.value,
+            entry.time,
+            entry.envelope.body_hash(),
+        )
+        for name, value, want in zip(stored.columns._fields, stored.columns, expected, strict=True):
+            if value != want:
+                shown = (value.hex() if isinstance(value, bytes) else repr(value), want)
+                if isinstance(want, bytes):
+                    shown = (shown[0], want.hex())
+                self._entry_fail(
+                    stored,
                     height,
-                    entry.seq,
+                    f"stored column {name} is {shown[0]}, the entry's bytes say {shown[1]!r}",
                 )
+        self._entry_fail(stored, height, "stored columns differ from the entry's bytes")
 
-    def _replay(self, entry: Entry, where: str, height: int) -> None:
+    def _compare_rows(self, entry: Entry, stored: StoredEntry, height: int) -> None:
+        """Export sources: the entry's row and the rows it derives in the other tables."""
+        assert self.deriver is not None
+        where = self._entry_where(stored, height)
+        batch = self.ledger.take_batch()
+        rows = self.deriver.rows(entry, height, self.ledger, batch)
+        seq = entry.seq
+        self._compare_stored(stored.row, rows.entry, where, height, seq)
+        for row in rows.legs:
+            self._compare(LEGS, row, where, height, seq)
+        for row in rows.balances:
+            self._compare(BALANCES_TABLE, row, where, height, seq)
+        for row in rows.participants:
+            self._compare(PARTICIPANTS, row, where, height, seq)
+
+    def _replay(self, entry: Entry, stored: StoredEntry, height: int) -> None:
         body = entry.envelope.body
         earlier = self.seen.seq_of(body.sender, body.instruction_id)
         if earlier is not None:
-            self._fail(
-                where,
+            self._entry_fail(
+                stored,
+                height,
                 f"instruction id {body.instruction_id!r} of {body.sender} was already used by "
                 f"entry {earlier}",
-                height,
-                entry.seq,
             )
-        ledger = self.ledger
         try:
-            receipt = ledger.apply(entry.envelope, entry.time)
+            receipt = self.ledger.apply(entry.envelope, entry.time)
         except Refused as exc:
-            self._fail(where, f"replay refuses it: {exc}", height, entry.seq)
+            self._entry_fail(stored, height, f"replay refuses it: {exc}")
         if receipt.duplicate:
-            self._fail(
-                where,
+            self._entry_fail(
+                stored,
+                height,
                 f"instruction id {body.instruction_id!r} of {body.sender} was already used by "
                 f"entry {receipt.seq}",
-                height,
-                entry.seq,
             )
         if receipt.outcome is not entry.outcome:
-            self._fail(
-                where,
-                f"replay gives {receipt.outcome.value}, the log says {entry.outcome.value}",
+            self._entry_fail(
+                stored,
                 height,
-                entry.seq,
+                f"replay gives {receipt.outcome.value}, the log says {entry.outcome.value}",
             )
 
     def _prune(self) -> None:
