@@ -114,7 +114,13 @@ class ReferenceSigner:
         return cls(ecdsa.SigningKey.from_secret_exponent(secret, ecdsa.NIST256p, hashlib.sha256))
 
     def to_pem(self) -> bytes:
-        pem: bytes = self._key.to_pem(format="pkcs8")
+        # `ecdsa` labels its PKCS#8 as version 1 (RFC 5958) yet omits the top-level public
+        # key, and `cryptography` >= 45 refuses that; write version 0 (RFC 5208) instead.
+        body, _ = ecdsa.der.remove_sequence(self._key.to_der(format="pkcs8"))
+        _, rest = ecdsa.der.remove_integer(body)
+        pem: bytes = ecdsa.der.topem(
+            ecdsa.der.encode_sequence(ecdsa.der.encode_integer(0), rest), "PRIVATE KEY"
+        )
         return pem
 
     @property

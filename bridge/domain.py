@@ -433,10 +433,10 @@ def validate_shape(instruction: Instruction) -> None:
             elif not 0 <= value <= INT64_MAX:
                 raise Refused(Reason.AMOUNT_OVERFLOW, f"{kind}.{name} out of range: got {value}")
         elif name in _ID_FIELDS:
-            if not isinstance(value, str) or not _ID_PATTERN.match(value):
+            if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
                 raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid identifier {value!r}")
         elif name in _CURRENCY_FIELDS:
-            if not isinstance(value, str) or not _CURRENCY_PATTERN.match(value):
+            if not isinstance(value, str) or not _CURRENCY_PATTERN.fullmatch(value):
                 raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid currency {value!r}")
         elif name == "reference":
             if not isinstance(value, str) or len(value) > MAX_REFERENCE_LENGTH:
@@ -445,7 +445,7 @@ def validate_shape(instruction: Instruction) -> None:
                 raise Refused(Reason.MALFORMED, f"{kind}.reference: must be printable")
         elif name == "rate" and (
             not isinstance(value, str)
-            or not _RATE_PATTERN.match(value)
+            or not _RATE_PATTERN.fullmatch(value)
             or not any(digit in value for digit in "123456789")
         ):
             raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {value!r}")
@@ -479,10 +479,11 @@ def _validate_specific(instruction: Instruction) -> None:
             raise Refused(Reason.MALFORMED, "freeze_account.frozen: expected a boolean")
     elif isinstance(instruction, SetPolicy):
         for code in instruction.allowed_jurisdictions:
-            if not isinstance(code, str) or not _JURISDICTION_PATTERN.match(code):
+            if not isinstance(code, str) or not _JURISDICTION_PATTERN.fullmatch(code):
                 raise Refused(Reason.MALFORMED, f"set_policy: invalid jurisdiction {code!r}")
-    elif isinstance(instruction, AcceptPvp) and not re.fullmatch(
-        r"[0-9a-f]{64}", str(instruction.terms_hash)
+    elif isinstance(instruction, AcceptPvp) and not (
+        isinstance(instruction.terms_hash, str)
+        and re.fullmatch(r"[0-9a-f]{64}", instruction.terms_hash)
     ):
         raise Refused(Reason.MALFORMED, "pvp_accept.terms_hash: 64 lower-case hex digits")
 
