@@ -368,7 +368,8 @@ class SqliteStore:
     def receipt(self, sender: str, instruction_id: str) -> tuple[Receipt, int] | None:
         """The receipt of one settled instruction and the height of its block."""
         row = self._db.execute(
-            "SELECT body_hash, outcome, seq, height FROM entries WHERE sender=? AND instruction_id=?",
+            "SELECT body_hash, outcome, seq, height FROM entries "
+            "WHERE sender=? AND instruction_id=?",
             (sender, instruction_id),
         ).fetchone()
         if row is None:
