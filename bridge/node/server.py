@@ -16,6 +16,8 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2, bridge_ledger_pb2_grpc
 from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Genesis
+from bridge.log.blocks import SealedBlock
+from bridge.node.attestations import AttestationWriter
 from bridge.node.feed import ChainFeed
 from bridge.node.sequencer import MonotonicClock, Sequencer
 from bridge.node.service import BridgeLedgerService
@@ -81,12 +83,18 @@ async def run_bridge_node(
     feed = ChainFeed(reader, settings.genesis.quorum)
     head = store.head()
     clock = MonotonicClock(start=0 if head is None else head.time)
+
+    def on_block(block: SealedBlock) -> None:
+        feed.block_sealed(block.header.height)
+        service.block_sealed(block)
+
     sequencer = Sequencer(
         engine,
         clock=clock,
         max_batch=settings.max_batch,
-        on_block=lambda block: feed.block_sealed(block.header.height),
+        on_block=on_block,
     )
+    attestation_store = SqliteStore(settings.db)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     service = BridgeLedgerService(
         genesis=settings.genesis,
@@ -94,6 +102,7 @@ async def run_bridge_node(
         reader=reader,
         feed=feed,
         ledger=engine.ledger,
+        attestations=AttestationWriter(attestation_store),
     )
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
@@ -114,4 +123,5 @@ async def run_bridge_node(
         await sequencer.stop()
         store.close()
         reader.close()
+        attestation_store.close()
         log.info("bridge node stopped", extra={"height": feed.height})

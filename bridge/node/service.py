@@ -7,6 +7,7 @@ disk). Reads come from a second SQLite connection, so they only ever see committ
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -18,7 +19,8 @@ from bridge.core.ledger import Ledger
 from bridge.crypto import FastVerifier
 from bridge.domain import Envelope, ExpirePvp, Genesis
 from bridge.errors import Reason, Refused
-from bridge.log.blocks import Attestation, attestation_valid
+from bridge.log.blocks import Attestation, SealedBlock, attestation_valid
+from bridge.node.attestations import AttestationWriter
 from bridge.node.feed import ChainFeed
 from bridge.node.sequencer import Sequencer
 from bridge.settlement import Result
@@ -27,6 +29,7 @@ from bridge.store.sqlite import SqliteStore
 
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 PAGE = 500
+SEALED_KEPT = 256  # newest blocks kept in memory for the block streams
 
 
 class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
@@ -38,14 +41,19 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         reader: SqliteStore,
         feed: ChainFeed,
         ledger: Ledger,
+        attestations: AttestationWriter | None = None,
     ) -> None:
         self.genesis = genesis
         self.sequencer = sequencer
         self.reader = reader
         self.feed = feed
         self.ledger = ledger
+        self.attestations = attestations
         self.verifier = FastVerifier()
         self.central_bank_keys = {cb.id: cb.public_key for cb in genesis.central_banks}
+        # the newest blocks, as sealed: every central bank node streams each one right after
+        # it is sealed, so it is built once from memory instead of read from SQLite per stream
+        self._sealed: OrderedDict[int, types.Block] = OrderedDict()
 
     # ------------------------------------------------------------------ writes
 
@@ -136,7 +144,10 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
                     f"attestation by {attestation.central_bank} does not verify",
                 ),
             )
-        self.reader.add_attestation(attestation)
+        if self.attestations is None:
+            self.reader.add_attestation(attestation)
+        else:
+            await self.attestations.add(attestation)
         self.feed.attested(attestation)
         return pb.SubmitAttestationResponse(
             final=attestation.height <= self.feed.final_height,
@@ -145,7 +156,26 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
 
     # ------------------------------------------------------------------ blocks
 
-    def _block(self, height: int) -> types.Block | None:
+    def block_sealed(self, block: SealedBlock) -> None:
+        """Remember a block the sequencer has just committed (as its live streams send it)."""
+        header = block.header
+        self._sealed[header.height] = types.Block(
+            header=wire.header_to_proto(header),
+            entries=[
+                types.SettlementEntry(seq=header.first_seq + i, canonical=data)
+                for i, data in enumerate(block.entry_bytes)
+            ],
+        )
+        while len(self._sealed) > SEALED_KEPT:
+            self._sealed.popitem(last=False)
+
+    def _block(self, height: int, *, live: bool = False) -> types.Block | None:
+        if live and height > self.feed.final_height:
+            # a stream following the head: the block as sealed, without the attestations
+            # gathered since (it would mostly have none yet anyway)
+            sealed = self._sealed.get(height)
+            if sealed is not None:
+                return sealed
         header = self.reader.header(height)
         if header is None:
             return None
@@ -177,7 +207,7 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             if height > self.feed.height:
                 await self.feed.wait_height_above(height - 1)
                 continue
-            block = self._block(height)
+            block = self._block(height, live=True)
             if block is None:  # sealed in memory, not yet readable: wait briefly
                 await asyncio.sleep(0.005)
                 continue

@@ -232,6 +232,24 @@ class SqliteStore:
             )
             return cursor.rowcount == 1
 
+    def add_attestations(self, attestations: Sequence[Attestation]) -> list[bool]:
+        """Store several attestations in one transaction; per attestation, False if that
+        central bank had already attested that height."""
+        added = []
+        with self._transaction() as db:
+            for attestation in attestations:
+                cursor = db.execute(
+                    "INSERT OR IGNORE INTO attestations VALUES (?, ?, ?, ?)",
+                    (
+                        attestation.height,
+                        attestation.central_bank,
+                        attestation.block_hash,
+                        attestation.signature,
+                    ),
+                )
+                added.append(cursor.rowcount == 1)
+        return added
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 

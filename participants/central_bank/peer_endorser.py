@@ -1,0 +1,89 @@
+"""Asking another central bank's node to endorse its bank's leg of dual PvPs, in batches.
+
+A dual-signed PvP between banks of two central banks needs both central banks' endorsements.
+The proposer's node asks the counterparty's node for its endorsement; under load one unary
+call per PvP costs both nodes more than the signature checks themselves. `PeerEndorser`
+queues the requests for one peer and sends whatever is waiting as one `EndorseDualPvps`
+call (at most `max_batch`, at most `in_flight` calls at a time), so the per-call cost is
+shared by every PvP of the batch while a lone PvP still goes out at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+
+from bridge import wire
+from bridge._proto.bridge.v1 import central_bank_pb2 as pb
+from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.domain import Signature
+from bridge.errors import Reason, Refused
+from bridge.status import refusal_from_rpc_error
+
+__all__ = ["PeerEndorser"]
+
+_Waiting = tuple[types.SignedInstruction, "asyncio.Future[Signature]"]
+
+
+class PeerEndorser:
+    """Batches endorsement requests to one peer central bank node."""
+
+    def __init__(
+        self,
+        stub: pb_grpc.CentralBankStub,
+        *,
+        timeout: float,
+        max_batch: int = 256,
+        in_flight: int = 2,
+    ) -> None:
+        self.stub = stub
+        self.timeout = timeout
+        self.max_batch = max_batch
+        self.in_flight = in_flight
+        self._waiting: list[_Waiting] = []
+        self._senders = 0
+
+    async def endorsement(self, message: types.SignedInstruction) -> Signature:
+        """The peer's endorsement of its bank's leg of `message`; raises Refused."""
+        future: asyncio.Future[Signature] = asyncio.get_running_loop().create_future()
+        self._waiting.append((message, future))
+        if self._senders < self.in_flight:
+            self._senders += 1
+            asyncio.get_running_loop().create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self._waiting:
+                batch = self._waiting[: self.max_batch]
+                del self._waiting[: self.max_batch]
+                await self._call(batch)
+        finally:
+            self._senders -= 1
+
+    async def _call(self, batch: list[_Waiting]) -> None:
+        request = pb.EndorseDualPvpsRequest(instructions=[message for message, _ in batch])
+        try:
+            response = await self.stub.EndorseDualPvps(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            refusal = refusal_from_rpc_error(error)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(refusal)
+            return
+        results = response.results
+        if len(results) != len(batch):
+            results = [None] * len(batch)  # a peer that answers out of shape endorses nothing
+        for (_, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue
+            if result is not None and result.WhichOneof("result") == "endorsement":
+                future.set_result(wire.signature_from_proto(result.endorsement))
+            elif result is not None and result.WhichOneof("result") == "refusal":
+                future.set_exception(wire.refusal_from_proto(result.refusal))
+            else:
+                future.set_exception(
+                    Refused(Reason.UNAVAILABLE, "the peer node answered without a result")
+                )
