@@ -53,6 +53,9 @@ def bridge_node(
     ),
     db: Path | None = typer.Option(None, help="SQLite file (default: NETWORK/bridge.sqlite)."),
     max_batch: int = typer.Option(1000, help="Most instructions settled in one block."),
+    block_interval_ms: float = typer.Option(
+        5.0, min=0, help="Least milliseconds between two blocks when busy (bigger blocks)."
+    ),
 ) -> None:
     """Run the bridge ledger node: sequencer, SQLite store, block stream."""
     from bridge.node.server import BridgeNodeSettings, run_bridge_node
@@ -66,6 +69,7 @@ def bridge_node(
         port=config.bridge_port if port < 0 else port,
         pki=None if config.tls is None else config.directory / config.tls.directory,
         max_batch=max_batch,
+        block_interval=block_interval_ms / 1000,
     )
     run_until_signalled(
         lambda stop: run_bridge_node(settings, stop=stop, on_listening=announce("bridge", "bridge"))

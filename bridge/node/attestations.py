@@ -4,13 +4,14 @@ Every sealed block is attested by every central bank node, one `SubmitAttestatio
 Storing each in its own transaction on the event loop made the bridge wait, for every
 attestation, for the SQLite write lock (held while the sequencer commits a block in its worker
 thread) and then for an fsync. `AttestationWriter` queues them and stores whatever is waiting in
-one transaction in a worker thread, on its own connection; a caller is answered once its
-attestation is durable, as before.
+one transaction on the ledger's writer thread (the one that commits blocks, so the two never
+contend for the lock); a caller is answered once its attestation is durable, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import Executor
 
 from bridge.log.blocks import Attestation
 from bridge.store.sqlite import SqliteStore
@@ -19,10 +20,11 @@ __all__ = ["AttestationWriter"]
 
 
 class AttestationWriter:
-    """Durable, batched `add_attestation`: one transaction per batch, in a worker thread."""
+    """Durable, batched `add_attestation`: one transaction per batch, on `writer`."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: SqliteStore, writer: Executor) -> None:
         self.store = store
+        self.writer = writer
         self._waiting: list[tuple[Attestation, asyncio.Future[bool]]] = []
         self._writing = False
 
@@ -40,8 +42,8 @@ class AttestationWriter:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    added = await asyncio.to_thread(
-                        self.store.add_attestations, [a for a, _ in batch]
+                    added = await asyncio.get_running_loop().run_in_executor(
+                        self.writer, self.store.add_attestations, [a for a, _ in batch]
                     )
                 except Exception as error:  # every waiter learns the commit failed
                     for _, future in batch:

@@ -43,6 +43,7 @@ class BridgeNodeSettings:
     host: str = "127.0.0.1"
     pki: Path | None = None  # mutual TLS when set
     max_batch: int = 1000
+    block_interval: float = 0.005  # least seconds between two blocks (see Sequencer)
 
 
 def add_health_and_reflection(
@@ -92,9 +93,9 @@ async def run_bridge_node(
         engine,
         clock=clock,
         max_batch=settings.max_batch,
+        block_interval=settings.block_interval,
         on_block=on_block,
     )
-    attestation_store = SqliteStore(settings.db)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     service = BridgeLedgerService(
         genesis=settings.genesis,
@@ -102,7 +103,7 @@ async def run_bridge_node(
         reader=reader,
         feed=feed,
         ledger=engine.ledger,
-        attestations=AttestationWriter(attestation_store),
+        attestations=AttestationWriter(store, sequencer.writer),
     )
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
@@ -123,5 +124,4 @@ async def run_bridge_node(
         await sequencer.stop()
         store.close()
         reader.close()
-        attestation_store.close()
         log.info("bridge node stopped", extra={"height": feed.height})
