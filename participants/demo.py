@@ -275,6 +275,9 @@ class DemoRun:
         from loadtest.runner import run_scenario
 
         self.console.rule(f"short load: Locust 'steady' scenario for {seconds} s")
+        # the load trades THB in every corridor: BOT lifts its restriction first
+        lift = partial(self.admin("BOT").set_policy, allowed_jurisdictions=())
+        self.attempt("policy", "BOT", "THB corridors: all", lift)
         result = run_scenario("steady", self.network, seconds=seconds, users=20)
         self.console.print(result.summary())
         return result.ok
