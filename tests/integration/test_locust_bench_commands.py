@@ -1,0 +1,53 @@
+"""Tiny runs of `cbdc-bridge bench e2e` and `bench stream`: one JSON object with every figure.
+
+Each command starts its own network (and echo service) and stops it; speed is not asserted,
+only the shape of the output and that the cross-checks held.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _bench(*args: str) -> dict[str, object]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "participants.cli", "bench", *args, "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    figures = json.loads(completed.stdout)
+    assert isinstance(figures, dict)
+    return figures
+
+
+def test_bench_e2e_prints_the_figures_as_one_json_object(tmp_path: Path) -> None:
+    """bench e2e: echo, PvP and latency figures, and cross-checked, failure-free runs."""
+    figures = _bench("e2e", "--users", "4", "--seconds", "3", "--reports", str(tmp_path))
+    for key in (
+        "echo_rpc_per_s", "pvp_settled_per_s", "rpcs_per_pvp", "efficiency",
+        "settlement_p50_ms", "settlement_p95_ms", "settlement_p99_ms",
+    ):  # fmt: skip
+        assert isinstance(figures[key], float), key
+    assert figures["ok"] is True, figures["checks"]
+    assert (tmp_path / "pvp-max_stats.csv").is_file()
+
+
+def test_bench_stream_prints_the_figures_as_one_json_object() -> None:
+    """bench stream: PvPs and echo messages per second, their ratio, and a clean cross-check."""
+    figures = _bench("stream", "--pvps", "300", "--echo-seconds", "1")
+    for key in ("stream_pvp_per_s", "stream_echo_msg_per_s", "ratio"):
+        assert isinstance(figures[key], float), key
+    assert figures["pvps_settled"] == 300
+    assert figures["ok"] is True, figures["crosscheck"]
