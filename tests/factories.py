@@ -100,7 +100,10 @@ class Network:
 @functools.cache
 def network() -> Network:
     """The shared test network (keys generated once per process)."""
-    keys = {who: PrivateKey.generate() for who in (*(c[0] for c in CENTRAL_BANKS), *(b[0] for b in BANKS))}
+    keys = {
+        who: PrivateKey.generate()
+        for who in (*(c[0] for c in CENTRAL_BANKS), *(b[0] for b in BANKS))
+    }
     genesis = Genesis(
         chain_id="mbridge-test",
         central_banks=tuple(
@@ -331,7 +334,9 @@ def propose_pvp(
     receive_amount: Amount,
     **options: Any,
 ) -> Envelope:
-    return sign(net, pvp_proposal(net, proposer, counterparty, pay_amount, receive_amount, **options))
+    return sign(
+        net, pvp_proposal(net, proposer, counterparty, pay_amount, receive_amount, **options)
+    )
 
 
 def accept_pvp(

@@ -156,9 +156,7 @@ def test_wrong_key_is_rejected(signer: Signer, verifier: Verifier) -> None:
         pytest.param(lambda sig: sig[:32] + bytes(32), id="zero-s"),
         pytest.param(lambda sig: bytes(64), id="all-zero"),
         pytest.param(lambda sig: b"\xff" * 64, id="r-s-above-order"),
-        pytest.param(
-            lambda sig: CURVE_ORDER.to_bytes(32, "big") + sig[32:], id="r-equal-to-order"
-        ),
+        pytest.param(lambda sig: CURVE_ORDER.to_bytes(32, "big") + sig[32:], id="r-equal-to-order"),
         pytest.param(lambda sig: bytes(range(64)), id="garbage"),
         pytest.param(lambda sig: b"0" * 70, id="der-sized-garbage"),
     ],
@@ -278,5 +276,5 @@ def test_public_key_from_pem_refuses_other_curves() -> None:
 
 def test_public_key_to_pem_refuses_malformed_point() -> None:
     """Encoding a point that is not on the curve raises instead of writing a bad file."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="Invalid EC key"):
         public_key_to_pem(b"\x04" + bytes(64))

@@ -72,7 +72,7 @@ def samples() -> list[Instruction]:
 
 
 def sample_fields(kind: str) -> dict[str, Any]:
-    return next(s for s in samples() if s.KIND == kind).to_fields()
+    return next(s for s in samples() if kind == s.KIND).to_fields()
 
 
 # ---------------------------------------------------------------------------- canonical json
@@ -362,7 +362,23 @@ def test_bad_policy_is_refused(field: str, value: object, reason: Reason) -> Non
 
 @pytest.mark.parametrize(
     "rate",
-    ["0", "0.0", "0.000", "00.5", "-1", "1e5", "1,5", ".5", "1.", "", " 1", "1.5\n", "1" * 19, 1.5, None],
+    [
+        "0",
+        "0.0",
+        "0.000",
+        "00.5",
+        "-1",
+        "1e5",
+        "1,5",
+        ".5",
+        "1.",
+        "",
+        " 1",
+        "1.5\n",
+        "1" * 19,
+        1.5,
+        None,
+    ],
 )
 def test_bad_rate_is_refused(rate: object) -> None:
     """A rate is a positive plain decimal string."""
@@ -411,9 +427,7 @@ def test_pvp_in_one_currency_is_refused(kind: str) -> None:
     assert refused_fields(same) is Reason.SAME_CURRENCY
 
 
-@pytest.mark.parametrize(
-    "public_key", ["zz", "04" * 64, "04" * 66, 4, "", "04" + "00" * 64 + "0"]
-)
+@pytest.mark.parametrize("public_key", ["zz", "04" * 64, "04" * 66, 4, "", "04" + "00" * 64 + "0"])
 def test_bad_public_key_is_refused(public_key: object) -> None:
     """An admitted bank's key must be 65 bytes of hex."""
     fields = sample_fields("admit_bank") | {"public_key": public_key}
@@ -445,6 +459,7 @@ def test_bad_terms_hash_is_refused(terms_hash: object) -> None:
 def test_validate_shape_checks_directly_built_instructions() -> None:
     """validate_shape refuses instructions built in code, not only parsed ones."""
     pay = samples()[6]
+    assert isinstance(pay, Pay)
     with pytest.raises(Refused) as caught:
         validate_shape(replace(pay, amount=-5))
     assert caught.value.reason is Reason.NON_POSITIVE_AMOUNT

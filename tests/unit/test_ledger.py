@@ -84,6 +84,11 @@ def ledger(net: Network) -> Iterator[Ledger]:
     assert ledger.conservation_errors() == []
 
 
+def payment_of(envelope: Envelope) -> Pay:
+    assert isinstance(envelope.body, Pay)
+    return envelope.body
+
+
 def proposal_of(envelope: Envelope) -> ProposePvp:
     assert isinstance(envelope.body, ProposePvp)
     return envelope.body
@@ -179,10 +184,11 @@ def test_set_status_of_foreign_bank_is_refused(ledger: Ledger, net: Network) -> 
 
 def test_set_status_suspends_and_reactivates(ledger: Ledger, net: Network) -> None:
     """Status changes are applied and reversible."""
-    ledger.apply(set_status(net, "PBOC", "ICBC", "suspended"), T0)
-    assert ledger.participants["ICBC"].status is ParticipantStatus.SUSPENDED
-    ledger.apply(set_status(net, "PBOC", "ICBC", "active"), T0)
-    assert ledger.participants["ICBC"].status is ParticipantStatus.ACTIVE
+    statuses = []
+    for status in ("suspended", "active"):
+        ledger.apply(set_status(net, "PBOC", "ICBC", status), T0)
+        statuses.append(ledger.participants["ICBC"].status)
+    assert statuses == [ParticipantStatus.SUSPENDED, ParticipantStatus.ACTIVE]
 
 
 def test_set_policy_by_commercial_bank_is_refused(ledger: Ledger, net: Network) -> None:
@@ -283,9 +289,7 @@ def test_issue_beyond_int64_total_is_refused(net: Network) -> None:
     assert ledger.supply["CNY"] == (INT64_MAX, 0)
 
 
-def test_issue_of_non_positive_or_oversized_amount_is_refused(
-    ledger: Ledger, net: Network
-) -> None:
+def test_issue_of_non_positive_or_oversized_amount_is_refused(ledger: Ledger, net: Network) -> None:
     """Zero, negative and beyond-int64 issuance is refused before anything else."""
     assert_refused(ledger, issue(net, "PBOC", "ICBC", 0), T0, Reason.NON_POSITIVE_AMOUNT)
     assert_refused(ledger, issue(net, "PBOC", "ICBC", -7), T0, Reason.NON_POSITIVE_AMOUNT)
@@ -649,9 +653,7 @@ def test_expire_due_before_settle_by_changes_nothing(ledger: Ledger, net: Networ
     assert_unchanged(ledger, before)
 
 
-def test_expire_due_skips_closed_pvps_and_orders_by_deadline(
-    ledger: Ledger, net: Network
-) -> None:
+def test_expire_due_skips_closed_pvps_and_orders_by_deadline(ledger: Ledger, net: Network) -> None:
     """Settled and cancelled PvPs never expire; due ones expire earliest first."""
     settled = pvp_proposal(net, "ICBC", "BOCHK", 1, 1, settle_by=T0 + 10)
     cancelled = pvp_proposal(net, "ICBC", "BOCHK", 2, 2, settle_by=T0 + 20)
@@ -792,7 +794,7 @@ def test_same_id_different_body_is_refused(ledger: Ledger, net: Network) -> None
     """Reusing an instruction id for another body is ID_CONFLICT."""
     envelope = pay(net, "ICBC", "BOCHK", 1_000, "CNY")
     ledger.apply(envelope, T0)
-    changed = sign(net, replace(envelope.body, amount=1_001))
+    changed = sign(net, replace(payment_of(envelope), amount=1_001))
     assert_refused(ledger, changed, T0, Reason.ID_CONFLICT)
 
 
@@ -816,7 +818,7 @@ def test_refused_instruction_id_stays_free(ledger: Ledger, net: Network) -> None
     """A refusal records nothing, so the id can be used again."""
     envelope = pay(net, "ICBC", "CCB", 2_000_000)
     assert_refused(ledger, envelope, T0, Reason.INSUFFICIENT_FUNDS)
-    smaller = sign(net, replace(envelope.body, amount=2_000))
+    smaller = sign(net, replace(payment_of(envelope), amount=2_000))
     assert ledger.apply(smaller, T0).outcome is Outcome.SETTLED
 
 
@@ -851,7 +853,7 @@ def test_duplicate_expiry_changes_nothing(ledger: Ledger, net: Network) -> None:
     assert_unchanged(ledger, before)
 
 
-# ---------------------------------------------------------------------------- expiry of instructions
+# ---------------------------------------------------------------------------- stale instructions
 
 
 def test_expired_instruction_is_refused(ledger: Ledger, net: Network) -> None:
@@ -882,7 +884,9 @@ def test_unsigned_instruction_is_refused(ledger: Ledger, net: Network) -> None:
 def test_missing_endorsement_is_refused(ledger: Ledger, net: Network) -> None:
     """A bank's own signature without its central bank's endorsement is not enough."""
     envelope = pay(net, "ICBC", "CCB", 1)
-    assert_refused(ledger, without_signature(envelope, "PBOC", "ICBC"), T0, Reason.MISSING_SIGNATURE)
+    assert_refused(
+        ledger, without_signature(envelope, "PBOC", "ICBC"), T0, Reason.MISSING_SIGNATURE
+    )
     own = envelope.party_signature("ICBC")
     assert own is not None
     twice = with_signatures(envelope, (own, own))
@@ -932,14 +936,16 @@ def test_bad_central_bank_signature_is_refused(ledger: Ledger, net: Network) -> 
     envelope = issue(net, "PBOC", "ICBC", 1)
     bad = with_signatures(envelope, (corrupt(envelope.signatures[0]),))
     assert_refused(ledger, bad, T0, Reason.BAD_SIGNATURE)
-    by_hkma = with_signatures(envelope, (Signature("PBOC", signed(envelope.body, net.keys["HKMA"]).signatures[0].value),))
+    by_hkma = with_signatures(
+        envelope, (Signature("PBOC", signed(envelope.body, net.keys["HKMA"]).signatures[0].value),)
+    )
     assert_refused(ledger, by_hkma, T0, Reason.BAD_SIGNATURE)
 
 
 def test_signatures_of_another_body_are_refused(ledger: Ledger, net: Network) -> None:
     """Signatures lifted from one payment do not authorise another."""
     small = pay(net, "ICBC", "CCB", 1)
-    large = Envelope.of(replace(small.body, amount=900_000), small.signatures)
+    large = Envelope.of(replace(payment_of(small), amount=900_000), small.signatures)
     assert_refused(ledger, large, T0, Reason.BAD_SIGNATURE)
 
 
@@ -991,7 +997,9 @@ def test_reference_verifier_drives_the_ledger(net: Network) -> None:
     ledger.apply(admit_bank(net, "PBOC", "CCB"), T0)
     fund(ledger, net, "ICBC", 10)
     assert ledger.apply(pay(net, "ICBC", "CCB", 3), T0).outcome is Outcome.SETTLED
-    assert_refused(ledger, corrupt_endorsement(pay(net, "ICBC", "CCB", 1), "ICBC"), T0, Reason.BAD_SIGNATURE)
+    assert_refused(
+        ledger, corrupt_endorsement(pay(net, "ICBC", "CCB", 1), "ICBC"), T0, Reason.BAD_SIGNATURE
+    )
 
 
 # ---------------------------------------------------------------------------- batches and replay
@@ -1026,7 +1034,10 @@ def test_take_batch_hands_over_entries_and_changed_rows(ledger: Ledger, net: Net
         (receipt.seq, T0, envelope, Outcome.SETTLED)
     ]
     assert batch.next_seq == receipt.seq + 1
-    assert batch.changes["balances"] == {("ICBC", "CNY"): (999_000, 0), ("CCB", "CNY"): (501_000, 0)}
+    assert batch.changes["balances"] == {
+        ("ICBC", "CNY"): (999_000, 0),
+        ("CCB", "CNY"): (501_000, 0),
+    }
     assert batch.changes["receipts"] == {("ICBC", envelope.body.instruction_id): receipt}
     assert batch.changes["usage"] == {("ICBC", "CNY", T0 // DAY_MS): 1_000}
     assert ledger.pending_entries() == 0
@@ -1159,7 +1170,9 @@ def test_replay_refuses_forged_signature(ledger: Ledger, net: Network) -> None:
     entries = list(ledger.take_batch().entries)
     index = next(i for i, e in enumerate(entries) if isinstance(e.envelope.body, Pay))
     entry = entries[index]
-    entries[index] = replace(entry, envelope=corrupt_endorsement(entry.envelope, entry.envelope.body.sender))
+    entries[index] = replace(
+        entry, envelope=corrupt_endorsement(entry.envelope, entry.envelope.body.sender)
+    )
     with pytest.raises(Refused) as caught:
         replay(net.genesis, entries, verifier=FastVerifier(), check=SignatureCheck.ENDORSEMENTS)
     assert caught.value.reason is Reason.BAD_SIGNATURE

@@ -198,9 +198,7 @@ def test_transfer_limit_refuses_larger_payment(ledger: Ledger, net: Network) -> 
     assert ledger.apply(pay(net, "CCB", "BOCHK", 10_000, "CNY"), T0).outcome is Outcome.SETTLED
 
 
-def test_transfer_limit_binds_foreign_holders_of_the_currency(
-    ledger: Ledger, net: Network
-) -> None:
+def test_transfer_limit_binds_foreign_holders_of_the_currency(ledger: Ledger, net: Network) -> None:
     """PBOC's limit applies to a Hong Kong bank paying in CNY, not to HKD payments."""
     ledger.apply(set_policy(net, "PBOC", per_transfer_limit=10_000), T0)
     envelope = pay(net, "BOCHK", "KBANK", 10_001, "CNY")
@@ -275,9 +273,7 @@ def test_daily_limit_is_refunded_when_pvp_does_not_settle(
     assert ledger.apply(pay(net, "CCB", "ICBC", 50_000), now).outcome is Outcome.SETTLED
 
 
-def test_daily_limit_refund_goes_to_the_day_of_the_proposal(
-    ledger: Ledger, net: Network
-) -> None:
+def test_daily_limit_refund_goes_to_the_day_of_the_proposal(ledger: Ledger, net: Network) -> None:
     """A PvP proposed today and cancelled tomorrow frees today's allowance, not tomorrow's."""
     ledger.apply(set_policy(net, "PBOC", per_day_limit=50_000), T0)
     proposal = pvp_proposal(net, "CCB", "BOCHK", 40_000, 1, settle_by=TOMORROW + 1)
@@ -348,9 +344,7 @@ def test_corridor_refuses_jurisdictions_not_allowed(ledger: Ledger, net: Network
     assert_refused(ledger, pay(net, "BOCHK", "KBANK", 1, "CNY"), T0, Reason.CORRIDOR_NOT_ALLOWED)
 
 
-def test_corridor_applies_to_the_receiving_leg_of_a_proposal(
-    ledger: Ledger, net: Network
-) -> None:
+def test_corridor_applies_to_the_receiving_leg_of_a_proposal(ledger: Ledger, net: Network) -> None:
     """A Thai bank cannot propose to receive CNY when PBOC's corridor excludes Thailand."""
     ledger.apply(set_policy(net, "PBOC", allowed_jurisdictions=("HK",)), T0)
     proposal = pvp_proposal(net, "KBANK", "ICBC", 1_000, 200)
@@ -376,9 +370,7 @@ def test_suspended_bank_can_neither_pay_nor_be_paid(ledger: Ledger, net: Network
     assert ledger.apply(pay(net, "CCB", "ICBC", 1), T0).outcome is Outcome.SETTLED
 
 
-def test_suspended_proposer_blocks_acceptance_but_may_cancel(
-    ledger: Ledger, net: Network
-) -> None:
+def test_suspended_proposer_blocks_acceptance_but_may_cancel(ledger: Ledger, net: Network) -> None:
     """A PvP whose proposer is suspended cannot settle; the hold can still be released."""
     proposal = pvp_proposal(net, "CCB", "BOCHK", 10_000, 1)
     ledger.apply(sign(net, proposal), T0)
