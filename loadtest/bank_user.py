@@ -29,7 +29,7 @@ import os
 import time
 from dataclasses import dataclass
 from hashlib import sha256
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 from locust import events
@@ -75,7 +75,8 @@ def now_ms() -> int:
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """What one instruction came to: its outcome, or the refusal, or None (a failure)."""
+    """What one instruction came to: its outcome, or why not (`refusal`; a failed call is
+    also reported to Locust as a failure by the interceptor, unless the refusal is expected)."""
 
     outcome: int = 0  # types.Outcome value when answered
     duplicate: bool = False
@@ -96,8 +97,6 @@ class BankUser(GrpcUser):
     """A bank's trading desk. Subclasses add tasks built from `pay`, `pvp` and `dual_pvp`."""
 
     abstract = True
-    # the bank this class of user trades from, if not assigned round-robin
-    desk_filter: ClassVar[str] = ""
 
     def on_start(self) -> None:
         self.settings = LoadSettings.from_environment().with_options(
