@@ -555,10 +555,15 @@ class Envelope:
     @classmethod
     def from_fields(cls, body: Mapping[str, Any], signatures: list[list[str]]) -> Envelope:
         instruction = instruction_from_fields(body)
-        sigs = tuple(
-            Signature(signer, bytes.fromhex(value), endorses)
-            for signer, endorses, value in signatures
-        )
+        try:
+            sigs = tuple(
+                Signature(signer, bytes.fromhex(value), endorses)
+                for signer, endorses, value in signatures
+            )
+        except (TypeError, ValueError) as exc:
+            raise Refused(Reason.MALFORMED, f"malformed signature list: {exc}") from exc
+        if not all(isinstance(s.signer, str) and isinstance(s.endorses, str) for s in sigs):
+            raise Refused(Reason.MALFORMED, "signers must be strings")
         return cls.of(instruction, sigs)
 
 

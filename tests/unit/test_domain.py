@@ -465,3 +465,15 @@ def test_validate_shape_checks_directly_built_instructions() -> None:
     assert caught.value.reason is Reason.NON_POSITIVE_AMOUNT
     assert "-5" in caught.value.message
     validate_shape(pay)
+
+
+@pytest.mark.parametrize(
+    "signatures",
+    [[["ICBC", "", "zz"]], [["ICBC", ""]], [[1, "", "00"]], [["ICBC", None, "00"]], ["x"]],
+)
+def test_malformed_stored_signatures_are_refused_as_malformed(signatures: list[Any]) -> None:
+    """A stored entry whose signature list is malformed is refused MALFORMED, not a crash."""
+    body = Pay("p1", "ICBC", 10, "BOCQ", "CNY", 5).to_fields()
+    with pytest.raises(Refused) as refused:
+        Envelope.from_fields(body, signatures)
+    assert refused.value.reason is Reason.MALFORMED
