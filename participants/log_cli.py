@@ -133,7 +133,13 @@ def verify(
 
     trusted = None
     if trusted_genesis is not None:
-        trusted = Genesis.from_fields(json.loads(trusted_genesis.read_bytes()))
+        try:
+            trusted = Genesis.from_fields(json.loads(trusted_genesis.read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise typer.BadParameter(
+                f"cannot read a genesis from {trusted_genesis}: {exc}",
+                param_hint="--trusted-genesis",
+            ) from exc
     with _open(source) as log:
         try:
             total = log.counts().entries
@@ -214,7 +220,10 @@ def check_proof_command(
     """Verify an inclusion proof with only the central banks' public keys."""
     from bridge.log.proof import check_proof
 
-    trusted = _trusted(genesis, key, quorum)
+    try:
+        trusted = _trusted(genesis, key, quorum)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise typer.BadParameter(f"cannot read the trusted keys: {exc}") from exc
     try:
         proof = json.loads(proof_file.read_bytes())
     except ValueError as exc:
@@ -239,6 +248,8 @@ def export(
 
     if fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise typer.BadParameter(f"{out} exists and is not an empty directory", param_hint="--out")
     with (
         _open(source) as log,
         _progress(progress, f"exporting {fmt}", log.counts().entries) as update,

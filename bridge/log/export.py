@@ -25,7 +25,7 @@ from typing import IO
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
-from bridge.domain import Entry, Genesis, canonical_json
+from bridge.domain import Entry, Genesis, Outcome, canonical_json
 from bridge.errors import BridgeError, LogIntegrityError, Refused
 from bridge.log.blocks import attestation_valid
 from bridge.log.source import FORMATS, LogSource, StoredBlock, StoredEntry, StrayAttestation
@@ -53,6 +53,9 @@ from bridge.log.tables import (
 
 Progress = Callable[[int, int], None]  # (entries done, blocks done)
 DUCKDB_MEMORY_LIMIT = "256MB"
+# Rows per Parquet row group. A reader holds a whole row group in memory, and an `entries` row
+# is about 1.2 KB, so 10,000 rows keep any reader's buffers near 12 MB per column chunk.
+PARQUET_ROW_GROUP = 10_000
 
 
 class ExportError(BridgeError):
@@ -158,8 +161,6 @@ class Derivation:
 
     def forget_closed(self) -> None:
         """Drop receipts and closed PvPs (the log is replayed once; ids are not resubmitted)."""
-        from bridge.domain import Outcome
-
         self.ledger.load_table("receipts", ())
         held = [(k, s) for k, s in self.ledger.pvps.items() if s.status is Outcome.HELD]
         self.ledger.load_table("pvps", held)
@@ -288,7 +289,8 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path, table: Table) -> None:
         f"COPY (SELECT * FROM read_csv({_sql_text(str(csv_path))}, header=true, "
         f"delim=',', quote='\"', escape='\"', nullstr='', auto_detect=false, "
         f"max_line_size=4194304, columns={{{columns}}})) "
-        f"TO {_sql_text(str(parquet_path))} (FORMAT parquet, COMPRESSION zstd)"
+        f"TO {_sql_text(str(parquet_path))} "
+        f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {PARQUET_ROW_GROUP})"
     )
     import duckdb  # only the Parquet export needs it
 
@@ -296,6 +298,7 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path, table: Table) -> None:
     try:
         db.execute(f"SET memory_limit={_sql_text(DUCKDB_MEMORY_LIMIT)}")
         db.execute("SET preserve_insertion_order=true")
+        db.execute("SET enable_progress_bar=false")
         db.execute(query)
     finally:
         db.close()
