@@ -14,7 +14,7 @@ from bridge.core.ledger import Batch, Ledger, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Envelope, Genesis, Millis, Receipt
 from bridge.errors import Reason, Refused, StoreError
-from bridge.log.blocks import SealedBlock, seal
+from bridge.log.blocks import Attestation, SealedBlock, seal
 from bridge.log.events import encode_events, settlement_event
 from bridge.store.sqlite import SqliteStore
 
@@ -95,12 +95,15 @@ class SettlementEngine:
         )
         return Prepared(results, block, batch, events)
 
-    def commit(self, prepared: Prepared) -> StoreError | None:
-        """Write the prepared block durably; safe to run in a worker thread."""
+    def commit(
+        self, prepared: Prepared, attestations: Sequence[Attestation] = ()
+    ) -> StoreError | None:
+        """Write the prepared block durably (with `attestations` of earlier blocks, in the
+        same transaction); safe to run in a worker thread."""
         if prepared.block is None:
             return None
         try:
-            self.store.commit_block(prepared.block, prepared.batch, [prepared.events])
+            self.store.commit_block(prepared.block, prepared.batch, [prepared.events], attestations)
         except StoreError as exc:
             return exc
         return None

@@ -54,7 +54,9 @@ def bridge_node(
     db: Path | None = typer.Option(None, help="SQLite file (default: NETWORK/bridge.sqlite)."),
     max_batch: int = typer.Option(1000, help="Most instructions settled in one block."),
     block_interval_ms: float = typer.Option(
-        5.0, min=0, help="Least milliseconds between two blocks when busy (bigger blocks)."
+        0.0,
+        min=0,
+        help="Least milliseconds between two blocks (bigger blocks under load, more latency).",
     ),
 ) -> None:
     """Run the bridge ledger node: sequencer, SQLite store, block stream."""

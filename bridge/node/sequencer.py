@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from bridge.domain import Envelope, Millis
 from bridge.errors import Reason, Refused
-from bridge.log.blocks import SealedBlock
+from bridge.log.blocks import Attestation, SealedBlock
 from bridge.settlement import Result, SettlementEngine
 
 Clock = Callable[[], Millis]
@@ -68,13 +68,17 @@ class Sequencer:
         self.on_block = on_block
         self.expiry_interval = expiry_interval
         # least time between the starts of two batches: every block costs each central bank
-        # node a replay, a signature and an attestation call, so under load a few ms of
-        # waiting for more instructions buys much larger blocks (an idle bridge never waits)
+        # node a replay, a signature and an attestation call, so waiting a few ms for more
+        # instructions makes larger blocks under load, at the cost of latency (an idle bridge
+        # never waits). Off by default: the commit's own fsync already batches well.
         self.block_interval = block_interval
         self._last_batch = -1e9
-        # every write to the store runs on this one thread (blocks here, attestations via
-        # `writer`), so writers never wait on each other for SQLite's write lock
+        # every write to the store runs on this one thread, so writers never wait on each
+        # other for SQLite's write lock
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-writer")
+        # attestations waiting to be stored with the next block (or on their own if none)
+        self._attestations: list[tuple[Attestation, asyncio.Future[None]]] = []
+        self._woken = False
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -88,6 +92,16 @@ class Sequencer:
         pending = _Pending(envelope)
         self._queue.put_nowait(pending)
         return pending.future
+
+    def store_attestation(self, attestation: Attestation) -> asyncio.Future[None]:
+        """Store a (verified) attestation durably: in the next block's transaction, or on its
+        own when no block is coming; the future resolves once it is on disk."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._attestations.append((attestation, future))
+        if not self._woken:
+            self._woken = True
+            self._queue.put_nowait(_Pending(None))  # a tick: settle whatever is there now
+        return future
 
     def start(self) -> None:
         self._tasks = [
@@ -125,20 +139,35 @@ class Sequencer:
             while len(batch) < self.max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
             self._last_batch = loop.time()
-            await self._settle(batch)
+            self._woken = False
+            attestations, self._attestations = self._attestations, []
+            failure = await self._settle(batch, [a for a, _ in attestations])
+            for _, future in attestations:
+                if future.done():
+                    continue
+                if failure is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(failure)
 
-    async def _settle(self, batch: list[_Pending]) -> None:
+    async def _settle(
+        self, batch: list[_Pending], attestations: list[Attestation]
+    ) -> Exception | None:
+        """Settle a batch (and store `attestations`); what made the attestations fail."""
         engine = self.engine
         envelopes = [p.envelope for p in batch if p.envelope is not None]
+        loop = asyncio.get_running_loop()
         try:
             prepared = engine.prepare(envelopes, self.clock())
             failure = None
             if prepared.block is not None:
-                failure = await asyncio.get_running_loop().run_in_executor(
-                    self.writer, engine.commit, prepared
+                failure = await loop.run_in_executor(
+                    self.writer, engine.commit, prepared, attestations
                 )
+            elif attestations:
+                await loop.run_in_executor(self.writer, engine.store.add_attestations, attestations)
             settled = engine.finish(prepared, failure)
-        except Exception:
+        except Exception as error:
             # A bug, not a refusal: undo the batch, answer UNAVAILABLE, keep serving.
             log.exception("batch failed; rolled back", extra={"size": len(batch)})
             engine.ledger.rollback()
@@ -146,7 +175,7 @@ class Sequencer:
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_result(None if pending.envelope is None else unavailable)
-            return
+            return error
         results = iter(settled.results)
         for pending in batch:
             if pending.envelope is None:
@@ -157,3 +186,4 @@ class Sequencer:
                 next(results)
         if settled.block is not None:
             self.on_block(settled.block)
+        return failure

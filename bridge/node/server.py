@@ -17,7 +17,6 @@ from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Genesis
 from bridge.log.blocks import SealedBlock
-from bridge.node.attestations import AttestationWriter
 from bridge.node.feed import ChainFeed
 from bridge.node.sequencer import MonotonicClock, Sequencer
 from bridge.node.service import BridgeLedgerService
@@ -43,7 +42,7 @@ class BridgeNodeSettings:
     host: str = "127.0.0.1"
     pki: Path | None = None  # mutual TLS when set
     max_batch: int = 1000
-    block_interval: float = 0.005  # least seconds between two blocks (see Sequencer)
+    block_interval: float = 0.0  # least seconds between two blocks (see Sequencer)
 
 
 def add_health_and_reflection(
@@ -103,7 +102,6 @@ async def run_bridge_node(
         reader=reader,
         feed=feed,
         ledger=engine.ledger,
-        attestations=AttestationWriter(store, sequencer.writer),
     )
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])

@@ -20,7 +20,6 @@ from bridge.crypto import FastVerifier
 from bridge.domain import Envelope, ExpirePvp, Genesis
 from bridge.errors import Reason, Refused
 from bridge.log.blocks import Attestation, SealedBlock, attestation_valid
-from bridge.node.attestations import AttestationWriter
 from bridge.node.feed import ChainFeed
 from bridge.node.sequencer import Sequencer
 from bridge.settlement import Result
@@ -41,14 +40,12 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         reader: SqliteStore,
         feed: ChainFeed,
         ledger: Ledger,
-        attestations: AttestationWriter | None = None,
     ) -> None:
         self.genesis = genesis
         self.sequencer = sequencer
         self.reader = reader
         self.feed = feed
         self.ledger = ledger
-        self.attestations = attestations
         self.verifier = FastVerifier()
         self.central_bank_keys = {cb.id: cb.public_key for cb in genesis.central_banks}
         # the newest blocks, as sealed: every central bank node streams each one right after
@@ -144,10 +141,11 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
                     f"attestation by {attestation.central_bank} does not verify",
                 ),
             )
-        if self.attestations is None:
-            self.reader.add_attestation(attestation)
-        else:
-            await self.attestations.add(attestation)
+        try:
+            # durable with the next block's commit (one fsync for both), or on its own
+            await self.sequencer.store_attestation(attestation)
+        except Exception as error:
+            await abort(context, Refused(Reason.UNAVAILABLE, f"attestation not stored: {error}"))
         self.feed.attested(attestation)
         return pb.SubmitAttestationResponse(
             final=attestation.height <= self.feed.final_height,

@@ -148,8 +148,15 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ writing
 
-    def commit_block(self, block: SealedBlock, batch: Batch, events: Sequence[bytes]) -> None:
-        """Write one block, its entries, the changed state and its events atomically."""
+    def commit_block(
+        self,
+        block: SealedBlock,
+        batch: Batch,
+        events: Sequence[bytes],
+        attestations: Sequence[Attestation] = (),
+    ) -> None:
+        """Write one block, its entries, the changed state and its events atomically, with
+        any attestations (of earlier blocks) that arrived meanwhile: one commit for both."""
         header = block.header
         receipts = batch.changes.get("receipts", {})
         entry_rows = []
@@ -191,6 +198,14 @@ class SqliteStore:
                     db.executemany(
                         "INSERT INTO outbox (height, payload) VALUES (?, ?)",
                         [(header.height, payload) for payload in events],
+                    )
+                if attestations:
+                    db.executemany(
+                        "INSERT OR IGNORE INTO attestations VALUES (?, ?, ?, ?)",
+                        [
+                            (a.height, a.central_bank, a.block_hash, a.signature)
+                            for a in attestations
+                        ],
                     )
         except sqlite3.Error as exc:
             raise StoreError(f"commit of block {header.height} failed: {exc}") from exc
