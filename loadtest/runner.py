@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent
 SCENARIOS = ("steady", "burst", "hotspot", "liquidity", "large", "echo")
 SETTLEMENT = "settlement"
 RPC_TYPES = frozenset({"grpc", "refused"})
+SHAPE_LIMIT_S = 3600.0  # run-time bound for scenarios whose shape decides when to stop
 PERCENTILES = ("50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "100%")
 
 
@@ -264,6 +265,8 @@ def run_scenario(
 ) -> RunResult:
     """Run scenario `name` against a running network and cross-check it."""
     directory = network if isinstance(network, Path) else network.directory
+    if name == "burst":
+        seconds = max(seconds, SHAPE_LIMIT_S)  # its LoadTestShape ends the test itself
     settings = LocustSettings(
         users=users,
         spawn_rate=spawn_rate or float(users),
