@@ -104,8 +104,13 @@ def network() -> Network:
         who: PrivateKey.generate()
         for who in (*(c[0] for c in CENTRAL_BANKS), *(b[0] for b in BANKS))
     }
+    return network_with_keys(keys, chain_id="mbridge-test")
+
+
+def network_with_keys(keys: Mapping[str, PrivateKey], *, chain_id: str) -> Network:
+    """The test corridor (CENTRAL_BANKS, BANKS) signed with the given keys."""
     genesis = Genesis(
-        chain_id="mbridge-test",
+        chain_id=chain_id,
         central_banks=tuple(
             GenesisBank(cb, jurisdiction, keys[cb].public_key, currency, exponent)
             for cb, jurisdiction, currency, exponent in CENTRAL_BANKS
@@ -116,7 +121,7 @@ def network() -> Network:
     cb_currency = {cb: currency for cb, _, currency, _ in CENTRAL_BANKS}
     cb_jurisdiction = {cb: jurisdiction for cb, jurisdiction, _, _ in CENTRAL_BANKS}
     return Network(
-        keys=keys,
+        keys=dict(keys),
         genesis=genesis,
         home=home,
         currency_of={who: cb_currency[cb] for who, cb in home.items()},

@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bridge.crypto import PrivateKey
-from bridge.domain import Genesis, GenesisBank, ParticipantId
-from tests.factories import BANKS, CENTRAL_BANKS, Network
+from bridge.domain import ParticipantId
+from tests.factories import BANKS, CENTRAL_BANKS, Network, network_with_keys
 
 KEY_DIRECTORY = "keys"
 
@@ -32,21 +32,4 @@ def load_network(directory: Path) -> Network:
     keys = {
         who: PrivateKey.load(directory / KEY_DIRECTORY / f"{who}.pem") for who in participants()
     }
-    genesis = Genesis(
-        chain_id="mbridge-crash-loop",
-        central_banks=tuple(
-            GenesisBank(cb, jurisdiction, keys[cb].public_key, currency, exponent)
-            for cb, jurisdiction, currency, exponent in CENTRAL_BANKS
-        ),
-        quorum=3,
-    )
-    home = {cb: cb for cb, *_ in CENTRAL_BANKS} | dict(BANKS)
-    cb_currency = {cb: currency for cb, _, currency, _ in CENTRAL_BANKS}
-    cb_jurisdiction = {cb: jurisdiction for cb, jurisdiction, _, _ in CENTRAL_BANKS}
-    return Network(
-        keys=keys,
-        genesis=genesis,
-        home=home,
-        currency_of={who: cb_currency[cb] for who, cb in home.items()},
-        jurisdiction_of={who: cb_jurisdiction[cb] for who, cb in home.items()},
-    )
+    return network_with_keys(keys, chain_id="mbridge-crash-loop")
