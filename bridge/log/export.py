@@ -52,7 +52,8 @@ from bridge.log.tables import (
 )
 
 Progress = Callable[[int, int], None]  # (entries done, blocks done)
-DUCKDB_MEMORY_LIMIT = "256MB"
+DUCKDB_MEMORY_LIMIT = "128MB"
+MAX_LINE_BYTES = 1 << 20  # a CSV row is ~1.5 KB; DuckDB's read buffer is a multiple of this
 # Rows per Parquet row group. A reader holds a whole row group in memory, and an `entries` row
 # is about 1.2 KB, so 10,000 rows keep any reader's buffers near 12 MB per column chunk.
 PARQUET_ROW_GROUP = 10_000
@@ -288,7 +289,8 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path, table: Table) -> None:
     query = (
         f"COPY (SELECT * FROM read_csv({_sql_text(str(csv_path))}, header=true, "
         f"delim=',', quote='\"', escape='\"', nullstr='', auto_detect=false, "
-        f"max_line_size=4194304, columns={{{columns}}})) "
+        f"max_line_size={MAX_LINE_BYTES}, buffer_size={8 * MAX_LINE_BYTES}, "
+        f"columns={{{columns}}})) "
         f"TO {_sql_text(str(parquet_path))} "
         f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {PARQUET_ROW_GROUP})"
     )
@@ -298,6 +300,7 @@ def _csv_to_parquet(csv_path: Path, parquet_path: Path, table: Table) -> None:
     try:
         db.execute(f"SET memory_limit={_sql_text(DUCKDB_MEMORY_LIMIT)}")
         db.execute("SET preserve_insertion_order=true")
+        db.execute("SET threads=1")
         db.execute("SET enable_progress_bar=false")
         db.execute(query)
     finally:

@@ -656,7 +656,7 @@ def _parquet_rows(path: Path, table: Table) -> Iterator[tuple[str, Row, StoredRo
     db = duckdb.connect()
     try:
         db.execute("SET threads=1")  # keeps file order and memory small
-        db.execute("SET memory_limit='256MB'")
+        db.execute("SET memory_limit='128MB'")
         db.execute("SET enable_progress_bar=false")
         try:
             cursor = db.execute("SELECT * FROM read_parquet(?)", [str(path)])
