@@ -26,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass
 from hashlib import sha256
@@ -107,6 +108,10 @@ class BankUser(GrpcUser):
         self.desk = self.choose_desk(self.network.desks)
         self._prefix = f"{self.run_id}.{os.getpid():x}"
         self._stubs: dict[str, pb_grpc.CentralBankStub] = {}
+        if self.settings.user_rate > 0:
+            # paced users that all start together would stay in step and send in bursts;
+            # a random phase spreads their tasks evenly over each period
+            time.sleep(random.uniform(0, 1 / self.settings.user_rate))
 
     def choose_desk(self, desks: tuple[Desk, ...]) -> Desk:
         """Round-robin over the banks, offset per load-generator process."""

@@ -52,6 +52,9 @@ def e2e(
     ),
     seconds: float = typer.Option(15.0, "--seconds", min=1, help="Length of each Locust run."),
     processes: int = typer.Option(1, "--processes", min=1, help="Locust load-generator processes."),
+    half_users: int = typer.Option(
+        10, "--half-users", min=1, help="Users of the paced half-rate (latency) run."
+    ),
     replica_check: str = typer.Option(
         "none",
         "--replica-check",
@@ -73,6 +76,7 @@ def e2e(
         locust=LocustSettings(
             users=users, spawn_rate=spawn_rate or float(users), seconds=seconds, processes=processes
         ),
+        half_users=half_users,
         replica_check=replica_check,
         reports=reports,
         profile=profile,
