@@ -34,6 +34,7 @@ from typing import Any
 
 import grpc
 from locust import events
+from locust.exception import StopUser
 
 from bridge import wire
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
@@ -91,6 +92,10 @@ class Submitted:
 
 
 _desk_counter = itertools.count()
+# Set when this process's test begins to stop: no new trade starts after that. Locust kills a
+# waiting user asynchronously, so a user whose wait ends at that moment could otherwise start
+# a trade and be killed with its instruction in flight: settled by the bridge, never counted.
+_stopping = [False]
 _instruction_numbers = itertools.count(1)  # per process; ids are '<run>.<pid>.<n>'
 
 
@@ -188,12 +193,18 @@ class BankUser(GrpcUser):
             return 0
         return sum(int(a.available) for a in accounts if a.currency == currency)
 
+    def check_not_stopping(self) -> None:
+        """Start no new trade once the test is stopping (see `_stopping`)."""
+        if _stopping[0]:
+            raise StopUser()
+
     # ------------------------------------------------------------------ what banks do
 
     def pay(
         self, payer: Desk, payee: Desk, currency: str, amount: int, reference: str = ""
     ) -> Submitted:
         """A payment signed by the payer, sent to the payer's central bank."""
+        self.check_not_stopping()
         body = Pay(
             self.new_id(),
             payer.bank,
@@ -220,6 +231,7 @@ class BankUser(GrpcUser):
     ) -> Submitted:
         """Propose (signed by the proposer, to its central bank), then accept (signed by the
         counterparty, to the counterparty's central bank); both legs settle on acceptance."""
+        self.check_not_stopping()
         now = now_ms()
         pvp_id = self.new_id()
         proposal = ProposePvp(
@@ -262,6 +274,7 @@ class BankUser(GrpcUser):
         reference: str = "",
     ) -> Submitted:
         """Both banks sign one instruction; the proposer's central bank submits it."""
+        self.check_not_stopping()
         body = DualPvp(
             self.new_id(),
             proposer.bank,
@@ -347,6 +360,16 @@ def _cross_check(environment: Any, **kwargs: Any) -> None:
         environment.process_exit_code = 1
 
 
+def _test_stopping(**kwargs: Any) -> None:
+    _stopping[0] = True
+
+
+def _test_starting(**kwargs: Any) -> None:
+    _stopping[0] = False
+
+
+listen(events.test_stopping, _test_stopping)
+listen(events.test_start, _test_starting)
 listen(events.init_command_line_parser, _add_options)
 listen(events.test_start, _fund_and_name_run)
 listen(events.quitting, _cross_check)
