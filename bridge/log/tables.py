@@ -200,7 +200,12 @@ LEGS = Table(
             "time_ms - initiated_ms: propose-to-accept time of a two-phase PvP, 0 otherwise "
             "(the log does not record when an instruction was submitted).",
         ),
-        Column("reference", "VARCHAR", "", "Trade reference of the instruction."),
+        Column(
+            "reference",
+            "VARCHAR",
+            "",
+            "Trade reference of the instruction (of the proposal, for an accepted PvP).",
+        ),
     ),
 )
 
@@ -485,6 +490,7 @@ class RowDeriver:
         key = pvp_key(entry)
         initiated = entry.time
         rate: str | None = None
+        reference = _opt(body, "reference")
         legs: tuple[Leg, ...] = ()
         if entry.outcome is Outcome.HELD and key is not None:
             self._proposed_at[key] = entry.time
@@ -502,6 +508,7 @@ class RowDeriver:
         elif isinstance(body, AcceptPvp) and key is not None:
             proposal = ledger.pvps[key].proposal
             legs, rate = proposal.legs(), proposal.rate
+            reference = proposal.reference or None
             initiated = self._proposed_at.pop(key, entry.time)
         if entry.outcome is not Outcome.SETTLED and not isinstance(body, Issue | Redeem):
             return
@@ -528,7 +535,7 @@ class RowDeriver:
                 rate,
                 initiated,
                 entry.time - initiated,
-                _opt(body, "reference") if not isinstance(body, AcceptPvp) else None,
+                reference,
             )
 
 
