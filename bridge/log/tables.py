@@ -72,11 +72,11 @@ class Table:
 
 
 _MINOR = "minor units of `{}` (divide by 10^exponent, see `currencies`)"
-_MS = "ms, logical bridge time (Unix epoch ms in the sample network)"
+_MS = "ms (logical clock)"
 
 ENTRIES = Table(
     "entries",
-    "one log entry: an accepted instruction and its outcome",
+    "log entry (an accepted instruction and its outcome)",
     "The settlement log in order. Kind-specific columns are NULL where they do not apply.",
     (
         Column("seq", "BIGINT", "", "Position in the log: 1, 2, 3, ... without gaps. Key."),
@@ -136,7 +136,7 @@ ENTRIES = Table(
 
 BLOCKS = Table(
     "blocks",
-    "one sealed block",
+    "sealed block",
     "Block headers of the hash chain, with attestation counts and finality.",
     (
         Column("height", "BIGINT", "", "1, 2, 3, ... Key."),
@@ -153,7 +153,7 @@ BLOCKS = Table(
 
 ATTESTATIONS = Table(
     "attestations",
-    "one central bank's signature over one block hash",
+    "central bank signature over one block hash",
     "Attestations as stored; `valid` says whether the signature verifies for this header.",
     (
         Column("height", "BIGINT", "", "Block attested."),
@@ -166,7 +166,7 @@ ATTESTATIONS = Table(
 
 LEGS = Table(
     "legs",
-    "one movement of value between two participants",
+    "movement of value from one participant to another",
     "Every leg that moved funds: payments, both legs of each settled PvP, issuance "
     "(central bank to bank) and redemption (bank to central bank).",
     (
@@ -211,7 +211,7 @@ LEGS = Table(
 
 BALANCES = Table(
     "balances",
-    "one account's balance after an entry that changed it",
+    "account changed by an entry, with its balance after that entry",
     "Per-account balance history: the last row of an account is its balance at the end.",
     (
         Column("seq", "BIGINT", "", "Entry that changed the account."),
@@ -228,7 +228,7 @@ BALANCES = Table(
 
 PARTICIPANTS = Table(
     "participants",
-    "one participant record as founded or changed by an entry",
+    "participant record, as founded (genesis) or changed by an entry",
     "Participant history: genesis central banks (seq 0), admissions and status changes.",
     (
         Column("seq", "BIGINT", "", "Entry that made the change; 0 for genesis."),
@@ -243,7 +243,7 @@ PARTICIPANTS = Table(
 
 CURRENCIES = Table(
     "currencies",
-    "one currency on the bridge",
+    "currency on the bridge",
     "Currencies from the genesis, with the exponent that scales every amount.",
     (
         Column("currency", "VARCHAR", "ISO 4217", "Currency code. Key."),
@@ -255,7 +255,7 @@ CURRENCIES = Table(
 
 REFUSALS = Table(
     "refusals",
-    "count of refused instructions per period, reason and kind",
+    "(minute, reason, instruction kind) with the number of refusals",
     "Copied from the source's optional `refusals` table. Refusals change nothing, so they are "
     "not in the signed log: this table is informational and not verified.",
     (
@@ -577,7 +577,7 @@ def data_dictionary_markdown() -> str:
         out += [
             f"## `{table.name}`",
             "",
-            f"One row: {table.grain}. {table.description}",
+            f"Grain: one row per {table.grain}. {table.description}",
             f"Verified: {'yes' if table.verified else 'no'}.",
             "",
             "| column | type | unit | description |",
