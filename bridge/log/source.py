@@ -215,8 +215,8 @@ def merge_attestations(
 class SqliteSource(_Closing):
     """A SQLite store, opened read-only (`mode=ro`) in one read transaction."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | str) -> None:
+        self.path = path = Path(path)
         self.description = str(path)
         uri = f"{path.resolve().as_uri()}?mode=ro"
         try:
@@ -385,8 +385,8 @@ def _hash(value: object, where: str, column: str) -> bytes:
 class ExportSource(_Closing):
     """A directory written by `cbdc-bridge log export` (CSV, JSONL or Parquet tables)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path | str) -> None:
+        self.path = path = Path(path)
         self.description = str(path)
         manifest_path = path / "manifest.json"
         if not manifest_path.is_file():
