@@ -18,15 +18,20 @@ class Reason(StrEnum):
     AMOUNT_OVERFLOW = "AMOUNT_OVERFLOW"
     SAME_PARTY = "SAME_PARTY"
     SAME_CURRENCY = "SAME_CURRENCY"
+    FIELD_TOO_LONG = "FIELD_TOO_LONG"
+    BAD_PAGE_SIZE = "BAD_PAGE_SIZE"
+    RATE_MISMATCH = "RATE_MISMATCH"
     # who is asking
     MISSING_SIGNATURE = "MISSING_SIGNATURE"
     BAD_SIGNATURE = "BAD_SIGNATURE"
     UNKNOWN_SIGNER = "UNKNOWN_SIGNER"
+    CALLER_NOT_AUTHENTICATED = "CALLER_NOT_AUTHENTICATED"
     # allowed to ask?
     NOT_ISSUER = "NOT_ISSUER"
     NOT_HOME_CENTRAL_BANK = "NOT_HOME_CENTRAL_BANK"
     NOT_A_PARTY = "NOT_A_PARTY"
     NOT_A_BANK = "NOT_A_BANK"
+    CALLER_NOT_ALLOWED = "CALLER_NOT_ALLOWED"
     # state does not allow it
     INSUFFICIENT_FUNDS = "INSUFFICIENT_FUNDS"
     ACCOUNT_FROZEN = "ACCOUNT_FROZEN"
@@ -50,8 +55,28 @@ class Reason(StrEnum):
     # time
     INSTRUCTION_EXPIRED = "INSTRUCTION_EXPIRED"
     PVP_EXPIRED = "PVP_EXPIRED"
-    # the node, not the request
+    INVALID_TIME = "INVALID_TIME"
+    # not decided (retryable): nothing is final, resubmit the same instruction id
     UNAVAILABLE = "UNAVAILABLE"
+    OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
+    OVERLOADED = "OVERLOADED"
+    CATCHING_UP = "CATCHING_UP"
+
+    @property
+    def retryable(self) -> bool:
+        """True for "not decided" (resubmit the same instruction id), False for a final refusal."""
+        return self in RETRYABLE_REASONS
+
+
+# "Not decided": the request was not (or may not have been) acted on; the same instruction id
+# may and should be resubmitted. Every other reason is a final refusal that changed nothing.
+#   UNAVAILABLE      the node could not take the request now (nothing was done)
+#   OUTCOME_UNKNOWN  the request may or may not have settled (e.g. its block's commit failed)
+#   OVERLOADED       work shed at once under load (RESOURCE_EXHAUSTED, with a pushback hint)
+#   CATCHING_UP      the node is still replaying the log and cannot answer from it yet
+RETRYABLE_REASONS: frozenset[Reason] = frozenset(
+    {Reason.UNAVAILABLE, Reason.OUTCOME_UNKNOWN, Reason.OVERLOADED, Reason.CATCHING_UP}
+)
 
 
 class BridgeError(Exception):
@@ -88,13 +113,18 @@ STATUS_OF_REASON: dict[Reason, str] = {
     Reason.AMOUNT_OVERFLOW: "INVALID_ARGUMENT",
     Reason.SAME_PARTY: "INVALID_ARGUMENT",
     Reason.SAME_CURRENCY: "INVALID_ARGUMENT",
+    Reason.FIELD_TOO_LONG: "INVALID_ARGUMENT",
+    Reason.BAD_PAGE_SIZE: "INVALID_ARGUMENT",
+    Reason.RATE_MISMATCH: "INVALID_ARGUMENT",
     Reason.MISSING_SIGNATURE: "UNAUTHENTICATED",
     Reason.BAD_SIGNATURE: "UNAUTHENTICATED",
     Reason.UNKNOWN_SIGNER: "UNAUTHENTICATED",
+    Reason.CALLER_NOT_AUTHENTICATED: "UNAUTHENTICATED",
     Reason.NOT_ISSUER: "PERMISSION_DENIED",
     Reason.NOT_HOME_CENTRAL_BANK: "PERMISSION_DENIED",
     Reason.NOT_A_PARTY: "PERMISSION_DENIED",
     Reason.NOT_A_BANK: "PERMISSION_DENIED",
+    Reason.CALLER_NOT_ALLOWED: "PERMISSION_DENIED",
     Reason.INSUFFICIENT_FUNDS: "FAILED_PRECONDITION",
     Reason.ACCOUNT_FROZEN: "FAILED_PRECONDITION",
     Reason.PARTICIPANT_SUSPENDED: "FAILED_PRECONDITION",
@@ -114,5 +144,9 @@ STATUS_OF_REASON: dict[Reason, str] = {
     Reason.UNKNOWN_INSTRUCTION: "NOT_FOUND",
     Reason.INSTRUCTION_EXPIRED: "DEADLINE_EXCEEDED",
     Reason.PVP_EXPIRED: "DEADLINE_EXCEEDED",
+    Reason.INVALID_TIME: "INVALID_ARGUMENT",
     Reason.UNAVAILABLE: "UNAVAILABLE",
+    Reason.OUTCOME_UNKNOWN: "UNAVAILABLE",
+    Reason.OVERLOADED: "RESOURCE_EXHAUSTED",
+    Reason.CATCHING_UP: "UNAVAILABLE",
 }

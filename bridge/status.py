@@ -1,8 +1,10 @@
 """Refusals on the wire: one mapping from `Refused` to a gRPC status with rich details.
 
 Servers abort with the status code of the refusal's reason (bridge.errors.STATUS_OF_REASON),
-its readable message, and a `google.rpc.ErrorInfo` detail whose `reason` is the reason code, so
-clients branch on a stable code rather than on message text.
+its readable message, and a `google.rpc.ErrorInfo` detail whose `reason` is the reason code and
+whose metadata says `retryable` ("true": not decided, resubmit the same instruction id; "false":
+refused, final, nothing changed) and `outcome` ("not_decided" or "refused"), so clients branch on
+stable codes rather than on message text.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ def status_code_of(refusal: Refused) -> grpc.StatusCode:
 def rich_status(refusal: Refused) -> grpc.Status:
     code = status_code_of(refusal)
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=refusal.reason.value, domain=ERROR_DOMAIN))
+    detail.Pack(
+        error_details_pb2.ErrorInfo(
+            reason=refusal.reason.value,
+            domain=ERROR_DOMAIN,
+            metadata={
+                "retryable": "true" if refusal.reason.retryable else "false",
+                "outcome": "not_decided" if refusal.reason.retryable else "refused",
+            },
+        )
+    )
     message = status_pb2.Status(code=code.value[0], message=refusal.message, details=[detail])
     status: grpc.Status = rpc_status.to_status(message)
     return status
