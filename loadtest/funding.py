@@ -39,7 +39,7 @@ def fund_banks(network: Path | NetworkConfig, amount: int = FUNDING) -> int:
     issued = 0
     for cb in config.central_banks:
         metadata = (("authorization", f"Bearer {admin_token(config, cb.id)}"),)
-        with grpc.insecure_channel(cb.address) as channel:
+        with grpc.insecure_channel(cb.admin_address) as channel:
             admin = pb_grpc.CentralBankAdminStub(channel)
             for bank in cb.banks:
                 request = pb.IssueRequest(

@@ -175,6 +175,7 @@ class Network:
             wait_serving(self.config.bridge_address, deadline, credentials)
             for cb in self.config.central_banks:
                 wait_serving(cb.address, deadline, credentials)
+                wait_serving(cb.admin_address, deadline, credentials)
         except BaseException:
             self.stop()
             raise
@@ -219,11 +220,11 @@ def prepare_network(
     """Generate (or reuse) the network in `directory` on fresh free ports; not started yet."""
     if (directory / "network.json").exists():
         config = NetworkConfig.load(directory)
-        ports = free_ports(len(config.central_banks) + 1)
+        ports = free_ports(2 * len(config.central_banks) + 1)
         config = _with_ports(config, ports)
         config.save()
     else:
-        ports = free_ports(central_banks + 1)
+        ports = free_ports(2 * central_banks + 1)
         config = generate_network(
             directory,
             central_banks=central_banks,
@@ -248,7 +249,11 @@ def prepare_network(
 def _with_ports(config: NetworkConfig, ports: list[int]) -> NetworkConfig:
     from dataclasses import replace
 
+    count = len(config.central_banks)
     banks = tuple(
-        replace(cb, port=port) for cb, port in zip(config.central_banks, ports[1:], strict=True)
+        replace(cb, port=port, admin_port=admin_port)
+        for cb, port, admin_port in zip(
+            config.central_banks, ports[1 : count + 1], ports[count + 1 :], strict=True
+        )
     )
     return replace(config, bridge_port=ports[0], central_banks=banks)

@@ -22,11 +22,13 @@ def show_network(network: Network) -> None:
     table = Table(title=f"bridge network {network.config.chain_id} in {network.directory}")
     table.add_column("node")
     table.add_column("address")
+    table.add_column("admin (operators)")
     table.add_column("currency")
     table.add_column("banks")
-    table.add_row("bridge", network.config.bridge_address, "", "")
+    table.add_row("bridge", network.config.bridge_address, "", "", "")
     for cb in network.config.central_banks:
-        table.add_row(cb.id, cb.address, cb.currency, ", ".join(bank.id for bank in cb.banks))
+        banks = ", ".join(bank.id for bank in cb.banks)
+        table.add_row(cb.id, cb.address, cb.admin_address, cb.currency, banks)
     console.print(table)
 
 

@@ -3,6 +3,8 @@
 A network lives in one working directory:
 
     network.json          this file's data: chain id, quorum, bridge and central bank nodes
+                          (each node: a bank-facing port, and an admin port for its operators,
+                          on loopback unless `admin_host` says otherwise)
     keys/<ID>.pem         PKCS#8 private key of a central bank or bank (0600)
     keys/<ID>.pub.pem     its public key
     bridge.sqlite         the bridge ledger (embedded default store)
@@ -39,10 +41,17 @@ class CentralBankConfig:
     exponent: int
     port: int
     banks: tuple[BankConfig, ...] = ()
+    admin_port: int = 0  # the operators' listener (CentralBankAdmin); 0: any free port
+    admin_host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def admin_address(self) -> str:
+        host = "127.0.0.1" if self.admin_host in ("", "0.0.0.0") else self.admin_host
+        return f"{host}:{self.admin_port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +142,8 @@ class NetworkConfig:
                     exponent=int(cb["exponent"]),
                     port=int(cb["port"]),
                     banks=tuple(BankConfig(**bank) for bank in cb["banks"]),
+                    admin_port=int(cb.get("admin_port", 0)),
+                    admin_host=str(cb.get("admin_host", "127.0.0.1")),
                 )
                 for cb in data["central_banks"]
             ),
@@ -197,9 +208,11 @@ def generate_network(
     quorum: int | None = None,
     chain_id: str = "mbridge-demo",
 ) -> NetworkConfig:
-    """Write keys and network.json for a fresh network; `ports[0]` is the bridge's port."""
+    """Write keys and network.json for a fresh network: `ports[0]` is the bridge's port, then
+    one bank-facing port per central bank, then (optional) one admin port per central bank."""
     if len(ports) < central_banks + 1:
         raise ValueError("need one port for the bridge and one per central bank")
+    admin_ports = ports[central_banks + 1 : 2 * central_banks + 1]
     cbs = []
     for index in range(central_banks):
         if index < len(DEFAULT_CENTRAL_BANKS):
@@ -218,7 +231,14 @@ def generate_network(
         ]
         cbs.append(
             CentralBankConfig(
-                cb_id, name, jurisdiction, currency, 2, ports[index + 1], tuple(banks)
+                cb_id,
+                name,
+                jurisdiction,
+                currency,
+                2,
+                ports[index + 1],
+                tuple(banks),
+                admin_port=admin_ports[index] if index < len(admin_ports) else 0,
             )
         )
     config = NetworkConfig(

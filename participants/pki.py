@@ -4,7 +4,10 @@ Writes into NETWORK/pki/: ca.pem and ca.key (the CA, kept to certify participant
 later), and <name>.pem / <name>.key for the bridge, every central bank and every bank in
 network.json. Every certificate names `bridge.tls.TLS_SERVER_NAME` and 127.0.0.1 and may
 serve as both server and client, which is what `bridge.tls` expects; then `tls` is set in
-network.json so nodes serve, and clients dial, with mutual TLS.
+network.json so nodes serve, and clients dial, with mutual TLS. A central bank node's
+certificate also carries its role, the SAN URI `urn:cbdc-bridge:central-bank:<ID>`: the bridge
+and the peer nodes answer only callers whose certificate has it
+(`bridge.node.caller_auth`). Certificates made before roles existed lack it: `pki --force`.
 
 This is a demo PKI: P-256 keys, one self-signed root, no revocation. Never use it outside a
 test or demo network.
@@ -23,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from bridge.node.caller_auth import central_bank_role
 from bridge.tls import TLS_SERVER_NAME
 from participants.network_config import NetworkConfig, TlsConfig
 
@@ -73,6 +77,7 @@ def make_pki(config: NetworkConfig, *, names: tuple[str, ...] = (), force: bool 
             raise ValueError(f"{ca_key_path} does not hold an elliptic-curve key")
         ca_key, ca_cert = loaded, x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     everyone = participant_names(config)
+    central_banks = {cb.id for cb in config.central_banks}
     wanted = (*everyone, *(n for n in names if n not in everyone)) if ca_created else names
     issued = []
     for name in wanted or everyone:
@@ -81,7 +86,8 @@ def make_pki(config: NetworkConfig, *, names: tuple[str, ...] = (), force: bool 
             continue
         key = ec.generate_private_key(ec.SECP256R1())
         _write_key(key_path, key)
-        cert = _leaf_certificate(name, key.public_key(), ca_key, ca_cert)
+        role = central_bank_role(name) if name in central_banks else None
+        cert = _leaf_certificate(name, key.public_key(), ca_key, ca_cert, role)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         issued.append(name)
     replace(config, tls=tls).save()
@@ -135,7 +141,15 @@ def _leaf_certificate(
     public_key: ec.EllipticCurvePublicKey,
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
+    role: str | None = None,
 ) -> x509.Certificate:
+    """A server-and-client certificate for `name`; `role` (a URI) is added to its SAN."""
+    alternative_names: list[x509.GeneralName] = [
+        x509.DNSName(TLS_SERVER_NAME),
+        x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
+    ]
+    if role is not None:
+        alternative_names.append(x509.UniformResourceIdentifier(role))
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(name))
@@ -163,15 +177,7 @@ def _leaf_certificate(
             ),
             critical=False,
         )
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [
-                    x509.DNSName(TLS_SERVER_NAME),
-                    x509.IPAddress(ipaddress.IPv4Address("127.0.0.1")),
-                ]
-            ),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),

@@ -17,6 +17,7 @@ from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Genesis
 from bridge.log.blocks import SealedBlock
+from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator, CallerAuthInterceptor
 from bridge.node.feed import ChainFeed
 from bridge.node.sequencer import MonotonicClock, Sequencer
 from bridge.node.service import BridgeLedgerService
@@ -68,6 +69,20 @@ def bind(server: grpc.aio.Server, host: str, port: int, pki: Path | None, name: 
     return bound
 
 
+def central_banks_only(settings: BridgeNodeSettings) -> CallerAuthInterceptor:
+    """Every BridgeLedger call must come from a central bank node of the genesis (health and
+    reflection stay open): its certificate's role with TLS on, its signed call with TLS off."""
+    genesis = settings.genesis
+    authenticator = CallerAuthenticator(
+        central_bank_keys={cb.id: cb.public_key for cb in genesis.central_banks},
+        chain_id=genesis.chain_id,
+        audience=BRIDGE_AUDIENCE,
+        tls=settings.pki is not None,
+        verifier=FastVerifier(),
+    )
+    return CallerAuthInterceptor(authenticator, [SERVICE_NAME])
+
+
 async def run_bridge_node(
     settings: BridgeNodeSettings,
     *,
@@ -95,7 +110,7 @@ async def run_bridge_node(
         block_interval=settings.block_interval,
         on_block=on_block,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[central_banks_only(settings)])
     service = BridgeLedgerService(
         genesis=settings.genesis,
         sequencer=sequencer,

@@ -20,9 +20,10 @@ from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier, public_key_from_pem
 from bridge.domain import AdmitBank
 from bridge.errors import BridgeError, Refused
+from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
-from bridge.tls import CHANNEL_OPTIONS_TLS, channel_credentials
 from participants.central_bank.bridge_link import BridgeLink
+from participants.central_bank.channels import node_channel
 from participants.central_bank.replica import Replica
 from participants.central_bank.service import (
     BRIDGE_DEADLINE,
@@ -34,10 +35,8 @@ from participants.central_bank.service import (
 from participants.network_config import NetworkConfig
 
 log = logging.getLogger("participants.central_bank")
-SERVICE_NAMES = [
-    central_bank_pb2.DESCRIPTOR.services_by_name[name].full_name
-    for name in ("CentralBank", "CentralBankAdmin")
-]
+BANK_SERVICE = central_bank_pb2.DESCRIPTOR.services_by_name["CentralBank"].full_name
+ADMIN_SERVICE = central_bank_pb2.DESCRIPTOR.services_by_name["CentralBankAdmin"].full_name
 ATTESTATIONS_IN_FLIGHT = 32
 # The bridge checked the attestation and said no: sending it again cannot help.
 REFUSED_FOR_GOOD = frozenset(
@@ -55,17 +54,8 @@ class CentralBankNodeSettings:
     network: Path
     central_bank: str
     port: int | None = None  # default: the port in network.json
+    admin_port: int | None = None  # default: the admin port in network.json
     replica_check: SignatureCheck = SignatureCheck.ENDORSEMENTS
-
-
-def open_channel(config: NetworkConfig, address: str, me: str) -> grpc.aio.Channel:
-    options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    if config.tls is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    pki = config.directory / config.tls.directory
-    return grpc.aio.secure_channel(
-        address, channel_credentials(pki, me), options=[*options, *CHANNEL_OPTIONS_TLS]
-    )
 
 
 def admin_token(config: NetworkConfig, central_bank: str) -> str:
@@ -82,10 +72,12 @@ async def run_central_bank_node(
     me = config.central_bank(settings.central_bank)
     key = config.load_key(me.id)
     genesis = config.genesis()
-    bridge_channel = open_channel(config, config.bridge_address, me.id)
+    bridge_channel = node_channel(
+        config, config.bridge_address, me.id, audience=BRIDGE_AUDIENCE, key=key
+    )
     bridge = bridge_grpc.BridgeLedgerStub(bridge_channel)
     peer_channels = {
-        cb.id: open_channel(config, cb.address, me.id)
+        cb.id: node_channel(config, cb.address, me.id, audience=cb.id, key=key)
         for cb in config.central_banks
         if cb.id != me.id
     }
@@ -107,30 +99,56 @@ async def run_central_bank_node(
         replica=replica,
         peers=peers,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    central_bank_pb2_grpc.add_CentralBankServicer_to_server(CentralBankService(core), server)
-    central_bank_pb2_grpc.add_CentralBankAdminServicer_to_server(
-        CentralBankAdminService(core, admin_token(config, me.id)), server
-    )
-    health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
     pki = None if config.tls is None else config.directory / config.tls.directory
+    peers_auth = CallerAuthenticator(
+        central_bank_keys={cb.id: cb.public_key for cb in genesis.central_banks if cb.id != me.id},
+        chain_id=genesis.chain_id,
+        audience=me.id,
+        tls=pki is not None,
+        verifier=core.verifier,
+    )
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    central_bank_pb2_grpc.add_CentralBankServicer_to_server(
+        CentralBankService(core, peers=peers_auth), server
+    )
+    health_servicer = add_health_and_reflection(server, [BANK_SERVICE])
     port = bind(
         server, "127.0.0.1", me.port if settings.port is None else settings.port, pki, me.id
     )
+    # the operators' desk listens apart from the banks (loopback by default): token, and
+    # mutual TLS with a certificate of the network's CA when TLS is on
+    admin_server = grpc.aio.server(options=SERVER_OPTIONS)
+    central_bank_pb2_grpc.add_CentralBankAdminServicer_to_server(
+        CentralBankAdminService(core, admin_token(config, me.id)), admin_server
+    )
+    admin_health = add_health_and_reflection(admin_server, [ADMIN_SERVICE])
+    admin_port = bind(
+        admin_server,
+        me.admin_host,
+        me.admin_port if settings.admin_port is None else settings.admin_port,
+        pki,
+        me.id,
+    )
     await server.start()
+    await admin_server.start()
     tasks = [
         asyncio.create_task(follow_blocks(core), name="follow-blocks"),
         asyncio.create_task(admit_configured_banks(core), name="admit-banks"),
     ]
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    for name in SERVICE_NAMES:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("central bank node listening", extra={"central_bank": me.id, "port": port})
+    for servicer, name in ((health_servicer, BANK_SERVICE), (admin_health, ADMIN_SERVICE)):
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "central bank node listening",
+        extra={"central_bank": me.id, "port": port, "admin_port": admin_port},
+    )
     on_listening(port)
     try:
         await stop.wait()
     finally:
         await health_servicer.enter_graceful_shutdown()
+        await admin_health.enter_graceful_shutdown()
+        await admin_server.stop(grace=2.0)
         await server.stop(grace=2.0)
         for task in tasks:
             task.cancel()

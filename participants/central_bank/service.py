@@ -2,7 +2,9 @@
 
 `CentralBank` is what its commercial banks call: every instruction must carry the bank's own
 valid signature, every query a signed `auth`; the node endorses only its own banks' legs and
-forwards to the bridge. `CentralBankAdmin` is the central bank's own desk (bearer token): it
+forwards to the bridge. Its `EndorseDualPvp(s)` are for peer central bank nodes alone
+(authenticated as the bridge authenticates them, `bridge.node.caller_auth`).
+`CentralBankAdmin` is the central bank's own desk, on a listener of its own (bearer token): it
 signs admissions, policy, issuance and freezes with the central bank's key. The bridge enforces
 who may do what deterministically; the node refuses early what it can see is not allowed.
 """
@@ -40,9 +42,11 @@ from bridge.domain import (
     RejectPvp,
     SetParticipantStatus,
     SetPolicy,
+    endorsement_message,
     party_message,
 )
 from bridge.errors import Reason, Refused
+from bridge.node.caller_auth import CallerAuthenticator
 from bridge.signing import endorse, signed
 from bridge.status import abort, refusal_from_rpc_error
 from participants.auth import check_query
@@ -175,10 +179,21 @@ class CentralBankCore:
 
 
 class CentralBankService(pb_grpc.CentralBankServicer):
-    """Bank-facing RPCs. Every method refuses with a precise status and changes nothing."""
+    """Bank-facing RPCs. Every method refuses with a precise status and changes nothing.
 
-    def __init__(self, core: CentralBankCore) -> None:
+    `peers` authenticates the peer central bank nodes that ask for endorsements (None: no
+    peer is trusted, every endorsement request is refused).
+    """
+
+    def __init__(self, core: CentralBankCore, *, peers: CallerAuthenticator | None = None) -> None:
         self.core = core
+        self.peers = peers
+
+    def _peer(self, context: Context, method: str) -> str:
+        """The authenticated peer central bank calling `method`; raises Refused."""
+        if self.peers is None:
+            raise Refused(Reason.CALLER_NOT_AUTHENTICATED, "this node trusts no peer node")
+        return self.peers.of_context(context, f"/bridge.v1.CentralBank/{method}")
 
     async def _bank_instruction(
         self, request: types.SignedInstruction, kind: type[Instruction], context: Context
@@ -289,37 +304,64 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     ) -> types.SignedInstruction:
         """Called by the proposer's central bank: endorse our bank's leg of a dual PvP."""
         try:
-            return wire.envelope_to_proto(await self._endorsed(wire.envelope_from_proto(request)))
+            caller = self._peer(context, "EndorseDualPvp")
+            envelope = await self._endorsed(wire.envelope_from_proto(request), caller)
+            return wire.envelope_to_proto(envelope)
         except Refused as refusal:
             await abort(context, refusal)
 
-    async def _endorsed(self, envelope: Envelope) -> Envelope:
-        """The dual PvP with our bank's leg endorsed; raises Refused."""
+    async def _endorsed(self, envelope: Envelope, caller: str) -> Envelope:
+        """The dual PvP with our bank's leg endorsed, for the proposer's central bank `caller`
+        (authenticated); raises Refused."""
         core = self.core
         body = envelope.body
         if not isinstance(body, DualPvp):
             raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
         await core.own_bank(body.counterparty)
-        await core.verify_party(envelope, body.counterparty)
-        endorsement = envelope.endorsement(body.sender)
         sender_home = await core.home_of(body.sender)
-        if endorsement is None or endorsement.signer != sender_home:
+        if sender_home != caller:
+            raise Refused(
+                Reason.CALLER_NOT_ALLOWED,
+                f"{caller} asks for the endorsement of a PvP proposed by {body.sender}, "
+                "which is not one of its banks",
+            )
+        await core.verify_party(envelope, body.counterparty)
+        await self._check_proposer_endorsement(envelope, body, caller)
+        if envelope.endorsement(body.counterparty) is not None:
+            raise Refused(Reason.MALFORMED, "our bank's leg is already endorsed")
+        return endorse(envelope, body.counterparty, core.id, core.key)
+
+    async def _check_proposer_endorsement(
+        self, envelope: Envelope, body: DualPvp, sender_home: str
+    ) -> None:
+        """The proposer's leg carries its central bank's valid endorsement; raises Refused."""
+        endorsement = envelope.endorsement(body.sender)
+        signature = envelope.party_signature(body.sender)
+        if endorsement is None or endorsement.signer != sender_home or signature is None:
             raise Refused(
                 Reason.MISSING_SIGNATURE,
                 "the proposer's leg is not endorsed by its central bank",
             )
-        if envelope.endorsement(body.counterparty) is not None:
-            raise Refused(Reason.MALFORMED, "our bank's leg is already endorsed")
-        return endorse(envelope, body.counterparty, core.id, core.key)
+        key = await self.core.public_key_of(sender_home)
+        message = endorsement_message(envelope.body_bytes, signature.value)
+        if key is None or not self.core.verifier.verify(key, message, endorsement.value):
+            raise Refused(
+                Reason.BAD_SIGNATURE,
+                f"the endorsement of {body.sender}'s leg by {sender_home} does not verify",
+            )
 
     async def EndorseDualPvps(
         self, request: pb.EndorseDualPvpsRequest, context: Context
     ) -> pb.EndorseDualPvpsResponse:
         """The batched EndorseDualPvp: one endorsement or refusal per instruction, in order."""
+        try:
+            caller = self._peer(context, "EndorseDualPvps")
+        except Refused as refusal:
+            await abort(context, refusal)
         results = []
         for message in request.instructions:
             try:
-                endorsed = await self._endorsed(wire.envelope_from_proto(message))
+                endorsed = await self._endorsed(wire.envelope_from_proto(message), caller)
                 results.append(
                     pb.EndorsementResult(
                         endorsement=wire.signature_to_proto(endorsed.signatures[-1])
@@ -468,18 +510,22 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         core = self.core
         try:
             bank = await core.authenticate_query("/bridge.v1.CentralBank/GetPvp", request)
+            # another bank's PvP and no PvP at all get the same answer: nothing is revealed
+            unknown = Refused(
+                Reason.UNKNOWN_PVP,
+                f"no PvP {request.pvp_id!r} proposed by {request.proposer} with {bank} as a party",
+            )
             try:
                 status: types.PvpStatus = await core.bridge.GetPvp(
                     bridge_pb.GetPvpRequest(proposer=request.proposer, pvp_id=request.pvp_id),
                     timeout=BRIDGE_DEADLINE,
                 )
             except grpc.aio.AioRpcError as error:
+                if error.code() is grpc.StatusCode.NOT_FOUND:
+                    raise unknown from error
                 raise refusal_from_rpc_error(error) from error
-            parties = {status.proposer, *(leg.payer for leg in status.legs)}
-            if bank not in parties:
-                raise Refused(
-                    Reason.NOT_A_PARTY, f"{bank} is not a party to PvP {request.pvp_id!r}"
-                )
+            if bank not in {status.proposer, *(leg.payer for leg in status.legs)}:
+                raise unknown
             return status
         except Refused as refusal:
             await abort(context, refusal)

@@ -1,10 +1,11 @@
 """`CentralBankAdminClient`: a central bank's operators' desk (admission, policy, issuance).
 
-Calls `CentralBankAdmin` on the central bank's own node with its admin bearer token
-(keys/<CB>.admin-token); the node signs each instruction with the central bank's key. Like
-the bank clients, every call has a deadline, UNAVAILABLE is retried with the same request (the
-same instruction id and values return the original outcome) and failures raise
-`BridgeRpcError`.
+Calls `CentralBankAdmin` on the central bank node's admin listener (its own port, loopback by
+default; `admin_port` in network.json) with its admin bearer token (keys/<CB>.admin-token)
+and, when the network runs mutual TLS, the central bank's certificate; the node signs each
+instruction with the central bank's key. Like the bank clients, every call has a deadline,
+UNAVAILABLE is retried with the same request (the same instruction id and values return the
+original outcome) and failures raise `BridgeRpcError`.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class CentralBankAdminClient:
         cb = config.central_bank(central_bank)
         token = (config.directory / "keys" / f"{cb.id}.admin-token").read_text().strip()
         return cls(
-            cb.address,
+            cb.admin_address,
             cb.id,
             token,
             currency=cb.currency,

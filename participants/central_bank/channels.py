@@ -1,0 +1,62 @@
+"""Channels a central bank node (or a tool holding its credentials) opens to the bridge and to
+peer nodes: mutual TLS with its certificate when the network runs TLS, otherwise signed calls
+with its key (`bridge.node.caller_auth`).
+
+Tools that read the bridge directly (tests, benchmarks, operators' scripts) open
+`bridge_channel(config, central_bank)`: they act for that central bank with its key or
+certificate from the network directory.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from bridge.crypto import Signer
+from bridge.node.caller_auth import (
+    BRIDGE_AUDIENCE,
+    CallerSigner,
+    SignedCallInterceptor,
+    SyncSignedCallInterceptor,
+)
+from bridge.tls import CHANNEL_OPTIONS_TLS, channel_credentials
+from participants.network_config import NetworkConfig
+
+__all__ = ["bridge_channel", "node_channel"]
+
+MESSAGE_LIMIT = 64 * 1024 * 1024
+
+
+def node_channel(
+    config: NetworkConfig, address: str, me: str, *, audience: str, key: Signer
+) -> grpc.aio.Channel:
+    """An aio channel from central bank `me`'s node to `audience` ("bridge" or a peer's id)."""
+    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
+    if config.tls is None:
+        signer = CallerSigner(chain_id=config.chain_id, caller=me, audience=audience, signer=key)
+        return grpc.aio.insecure_channel(
+            address, options=options, interceptors=[SignedCallInterceptor(signer)]
+        )
+    pki = config.directory / config.tls.directory
+    return grpc.aio.secure_channel(
+        address, channel_credentials(pki, me), options=[*options, *CHANNEL_OPTIONS_TLS]
+    )
+
+
+def bridge_channel(config: NetworkConfig, central_bank: str) -> grpc.Channel:
+    """A synchronous channel to the bridge, authenticated as `central_bank`'s node."""
+    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT)]
+    if config.tls is None:
+        signer = CallerSigner(
+            chain_id=config.chain_id,
+            caller=central_bank,
+            audience=BRIDGE_AUDIENCE,
+            signer=config.load_key(central_bank),
+        )
+        channel = grpc.insecure_channel(config.bridge_address, options=options)
+        return grpc.intercept_channel(channel, SyncSignedCallInterceptor(signer))
+    pki = config.directory / config.tls.directory
+    return grpc.secure_channel(
+        config.bridge_address,
+        channel_credentials(pki, central_bank),
+        options=[*options, *CHANNEL_OPTIONS_TLS],
+    )
