@@ -3,8 +3,10 @@
 `network` starts a bridge process and four central bank processes (PBOC/CNY, HKMA/HKD, BOT/THB,
 CBUAE/AED, two commercial banks each) on free loopback ports in a temporary directory, once per
 test module, and always stops them. `live` wraps that network with raw generated stubs and what
-the tests need around them: bank instructions signed with `bridge.signing.sign_as_party` and the
-keys in the network directory, signed queries, admin calls carrying the bearer token from
+the tests need around them: the bridge called as a central bank node calls it (signed calls
+with PBOC's key, `participants.central_bank.channels.bridge_channel`), bank instructions signed
+with `bridge.signing.sign_as_party` and the keys in the network directory, signed queries,
+admin calls on each node's operators' listener carrying the bearer token from
 keys/<CB>.admin-token, and a `Snapshot` of every balance, every currency's supply and the
 settlement log (sealed height, and the entry count read straight from the bridge's SQLite file,
 read-only) for "a refusal changed nothing" assertions.
@@ -35,9 +37,11 @@ from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.crypto import PrivateKey
 from bridge.domain import Envelope, Instruction, Pay
 from bridge.errors import Reason
+from bridge.node.caller_auth import CallerSigner
 from bridge.signing import endorse, sign_as_party
 from bridge.status import refusal_from_rpc_error
 from participants.auth import sign_query
+from participants.central_bank.channels import bridge_channel
 from participants.launcher import Network, prepare_network
 from participants.network_config import NetworkConfig
 
@@ -171,6 +175,19 @@ class LiveNetwork:
     def admin_metadata(self, central_bank: str) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.admin_token(central_bank)}"),)
 
+    def signed_call(
+        self, caller: str, callee: str, method: str, *, signer: str | None = None
+    ) -> tuple[tuple[str, str], ...]:
+        """The signed-call headers `caller`'s node sends to call `method` (full name) on
+        `callee` ("bridge" or a central bank's node), signed with `signer`'s key (default:
+        the caller's own)."""
+        return CallerSigner(
+            chain_id=self.config.chain_id,
+            caller=caller,
+            audience=callee,
+            signer=self.key(signer or caller),
+        ).headers(method)
+
     # ------------------------------------------------------------------ stubs
 
     def channel(self, address: str) -> grpc.Channel:
@@ -184,16 +201,23 @@ class LiveNetwork:
             return self.config.bridge_address
         return self.config.central_bank(node).address
 
+    def admin_address(self, central_bank: str) -> str:
+        """The address of a central bank node's admin listener (its operators' port)."""
+        return self.config.central_bank(central_bank).admin_address
+
     @property
     def bridge(self) -> bridge_grpc.BridgeLedgerStub:
-        return bridge_grpc.BridgeLedgerStub(self.channel(self.config.bridge_address))
+        """The bridge, called as PBOC's node calls it (signed calls with PBOC's key)."""
+        if "bridge" not in self._channels:
+            self._channels["bridge"] = bridge_channel(self.config, self.central_bank_ids[0])
+        return bridge_grpc.BridgeLedgerStub(self._channels["bridge"])
 
     def node(self, central_bank: str) -> cb_grpc.CentralBankStub:
         """The bank-facing service of a central bank's node."""
         return cb_grpc.CentralBankStub(self.channel(self.address(central_bank)))
 
     def admin(self, central_bank: str) -> cb_grpc.CentralBankAdminStub:
-        return cb_grpc.CentralBankAdminStub(self.channel(self.address(central_bank)))
+        return cb_grpc.CentralBankAdminStub(self.channel(self.admin_address(central_bank)))
 
     def reset_channels(self) -> None:
         """Drop cached channels (after a node restarts, a fresh channel reconnects at once)."""
@@ -377,7 +401,8 @@ def start_network(directory: Path) -> Network:
     network = prepare_network(directory).start()
     try:
         expected = {bank.id for cb in network.config.central_banks for bank in cb.banks}
-        with grpc.insecure_channel(network.config.bridge_address) as channel:
+        config = network.config
+        with bridge_channel(config, config.central_banks[0].id) as channel:
             stub = bridge_grpc.BridgeLedgerStub(channel)
 
             def admitted() -> bool:

@@ -291,7 +291,7 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
     return lambda: live.node("PBOC").GetHistory(query, timeout=RPC_TIMEOUT)
 
 
-@case("pvp_between_others", grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_A_PARTY)
+@case("pvp_between_others", grpc.StatusCode.NOT_FOUND, Reason.UNKNOWN_PVP)
 def _(live: LiveNetwork, s: Scenario) -> Call:
     request = cb_pb.PvpQuery(proposer="ICBC", pvp_id=s.pvp.instruction_id)
     query = live.query("GetPvp", request, "BOCHK")

@@ -244,7 +244,8 @@ def test_cancel_pvp_releases_the_proposers_hold(live: LiveNetwork) -> None:
 
 
 def test_get_pvp_answers_parties_only(live: LiveNetwork) -> None:
-    """GetPvp: either party reads it; a bank that is no party is refused; unknown: NOT_FOUND."""
+    """GetPvp: either party reads it; to a bank that is no party, as to anyone asking for an
+    unknown id, it is NOT_FOUND."""
     body = proposal(pay_amount=1_000, receive_amount=1_085)
     live.node("PBOC").ProposePvp(live.signed(body), timeout=RPC_TIMEOUT)
     try:
@@ -253,8 +254,8 @@ def test_get_pvp_answers_parties_only(live: LiveNetwork) -> None:
             assert status.proposal.pvp_propose.counterparty == "HSBCHK"
             assert status.terms_hash == body.terms_hash()
         error = refusal_of(lambda: get_pvp(live, "BOCHK", "ICBC", body.instruction_id))
-        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert reason_of(error) is Reason.NOT_A_PARTY
+        assert error.code() == grpc.StatusCode.NOT_FOUND
+        assert reason_of(error) is Reason.UNKNOWN_PVP
         error = refusal_of(lambda: get_pvp(live, "ICBC", "ICBC", "no-such-pvp"))
         assert error.code() == grpc.StatusCode.NOT_FOUND
     finally:
@@ -316,19 +317,21 @@ def test_dual_pvp_refusals_change_nothing(live: LiveNetwork) -> None:
 def test_endorse_dual_pvp_adds_the_counterparty_central_banks_endorsement(
     live: LiveNetwork,
 ) -> None:
-    """EndorseDualPvp at HKMA endorses HSBCHK's leg of a PBOC-endorsed body, without settling."""
+    """EndorseDualPvp at HKMA, called by PBOC's node, endorses HSBCHK's leg of a PBOC-endorsed
+    body, without settling."""
     body = dual()
     envelope = wire.envelope_from_proto(live.dual_signed(body))
     unendorsed = wire.envelope_to_proto(envelope)
+    as_pboc = live.signed_call("PBOC", "HKMA", "/bridge.v1.CentralBank/EndorseDualPvp")
     live.assert_refused_unchanged(
-        lambda: live.node("HKMA").EndorseDualPvp(unendorsed, timeout=RPC_TIMEOUT),
+        lambda: live.node("HKMA").EndorseDualPvp(unendorsed, metadata=as_pboc, timeout=RPC_TIMEOUT),
         grpc.StatusCode.UNAUTHENTICATED,
         Reason.MISSING_SIGNATURE,
     )
     proposer_endorsed = endorse(envelope, "ICBC", "PBOC", live.key("PBOC"))
     before = live.snapshot()
     reply = live.node("HKMA").EndorseDualPvp(
-        wire.envelope_to_proto(proposer_endorsed), timeout=RPC_TIMEOUT
+        wire.envelope_to_proto(proposer_endorsed), metadata=as_pboc, timeout=RPC_TIMEOUT
     )
     returned = wire.envelope_from_proto(reply)
     assert returned.body_bytes == envelope.body_bytes

@@ -91,12 +91,14 @@ class ReflectionClient:
         reply: Message = rpc(request, metadata=tuple(metadata), timeout=RPC_TIMEOUT)
         return reply
 
-    def stream(self, full_name: str, request: Message) -> Iterator[Message]:
+    def stream(
+        self, full_name: str, request: Message, metadata: Sequence[tuple[str, str]] = ()
+    ) -> Iterator[Message]:
         path, decode = self._path_and_codec(full_name)
         rpc = self.channel.unary_stream(
             path, request_serializer=lambda m: m.SerializeToString(), response_deserializer=decode
         )
-        calls: Iterator[Message] = rpc(request, timeout=RPC_TIMEOUT)
+        calls: Iterator[Message] = rpc(request, metadata=tuple(metadata), timeout=RPC_TIMEOUT)
         return calls
 
 
@@ -108,6 +110,8 @@ def as_dict(message: Message) -> dict[str, Any]:
 def clients(live: LiveNetwork) -> Iterator[dict[str, ReflectionClient]]:
     nodes = ["bridge", *live.central_bank_ids]
     channels = {node: grpc.insecure_channel(live.address(node)) for node in nodes}
+    for cb in live.central_bank_ids:  # the operators' listeners
+        channels[f"{cb}/admin"] = grpc.insecure_channel(live.admin_address(cb))
     try:
         yield {node: ReflectionClient(channel) for node, channel in channels.items()}
     finally:
@@ -115,16 +119,16 @@ def clients(live: LiveNetwork) -> Iterator[dict[str, ReflectionClient]]:
             channel.close()
 
 
-@pytest.mark.parametrize("node", ["bridge", "PBOC", "HKMA", "BOT", "CBUAE"])
+@pytest.mark.parametrize("node", ["bridge", "PBOC", "HKMA", "BOT", "CBUAE", "PBOC/admin"])
 def test_reflection_lists_every_service_of_a_node(
     clients: dict[str, ReflectionClient], node: str
 ) -> None:
-    """Server reflection names the node's services, health and reflection itself."""
-    expected = (
-        ["bridge.v1.BridgeLedger"]
-        if node == "bridge"
-        else ["bridge.v1.CentralBank", "bridge.v1.CentralBankAdmin"]
-    )
+    """Server reflection names the listener's services, health and reflection itself: the
+    admin service on the operators' listener only."""
+    expected = {
+        "bridge": ["bridge.v1.BridgeLedger"],
+        "PBOC/admin": ["bridge.v1.CentralBankAdmin"],
+    }.get(node, ["bridge.v1.CentralBank"])
     assert clients[node].services() == sorted([*expected, HEALTH, REFLECTION])
 
 
@@ -154,7 +158,9 @@ def test_dynamic_genesis_and_finality_calls(
     bridge = clients["bridge"]
     genesis = as_dict(
         bridge.call(
-            "bridge.v1.BridgeLedger/GetGenesis", bridge.request("bridge.v1.BridgeLedger/GetGenesis")
+            "bridge.v1.BridgeLedger/GetGenesis",
+            bridge.request("bridge.v1.BridgeLedger/GetGenesis"),
+            as_central_bank(live, "bridge.v1.BridgeLedger/GetGenesis"),
         )
     )
     assert genesis["chain_id"] == live.config.chain_id
@@ -165,11 +171,17 @@ def test_dynamic_genesis_and_finality_calls(
     finality = bridge.call(
         "bridge.v1.BridgeLedger/GetFinality",
         bridge.request("bridge.v1.BridgeLedger/GetFinality", {"height": 1}),
+        as_central_bank(live, "bridge.v1.BridgeLedger/GetFinality"),
     )
     reply = as_dict(finality)
     assert reply["final"] is True
     assert int(reply["final_height"]) >= 1
     assert {a["central_bank"] for a in reply["attestations"]} == set(live.central_bank_ids)
+
+
+def as_central_bank(live: LiveNetwork, method: str) -> tuple[tuple[str, str], ...]:
+    """PBOC's node's signed-call headers for a bridge method ("package.Service/Method")."""
+    return live.signed_call("PBOC", "bridge", f"/{method}")
 
 
 def signed_query(
@@ -229,6 +241,7 @@ def test_dynamic_payment_and_entry_stream(
     stream = bridge.stream(
         "bridge.v1.BridgeLedger/WatchEntries",
         bridge.request("bridge.v1.BridgeLedger/WatchEntries", {"from_seq": str(seq)}),
+        as_central_bank(live, "bridge.v1.BridgeLedger/WatchEntries"),
     )
     try:
         event = as_dict(next(stream))
@@ -242,8 +255,9 @@ def test_dynamic_payment_and_entry_stream(
 def test_dynamic_admin_call_carries_the_bearer_token(
     live: LiveNetwork, clients: dict[str, ReflectionClient]
 ) -> None:
-    """CentralBankAdmin/ListBanks over reflection: with the token it answers, without it not."""
-    node = clients["BOT"]
+    """CentralBankAdmin/ListBanks over reflection on the operators' listener: with the token it
+    answers, without it not."""
+    node = clients["BOT/admin"]
     method = "bridge.v1.CentralBankAdmin/ListBanks"
     listed = as_dict(node.call(method, node.request(method), live.admin_metadata("BOT")))
     assert sorted(p["id"] for p in listed["participants"]) == ["KBANK", "SCB"]

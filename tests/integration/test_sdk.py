@@ -257,11 +257,11 @@ def test_cancel_releases_our_hold_and_blocks_acceptance(desks: Desks) -> None:
 
 
 def test_pvp_of_others_is_not_visible(desks: Desks) -> None:
-    """A bank that is not a party to a PvP cannot read it (NOT_A_PARTY)."""
+    """A bank that is not a party to a PvP cannot read it: to it the PvP does not exist."""
     pvp_id = propose(desks)
     with pytest.raises(BridgeRpcError) as info:
         desks["BOCQ"].pvp("ICBC", pvp_id)
-    assert info.value.reason is Reason.NOT_A_PARTY
+    assert info.value.reason is Reason.UNKNOWN_PVP
     desks["ICBC"].cancel_pvp(pvp_id)
 
 
