@@ -49,11 +49,11 @@ __all__ = [
     "CallerAuthInterceptor",
     "CallerAuthenticator",
     "CallerSigner",
-    "SignedCallInterceptor",
     "SyncSignedCallInterceptor",
     "caller_message",
     "central_bank_of_certificate",
     "central_bank_role",
+    "signed_call_interceptors",
 ]
 
 CALLER_HEADER = "x-bridge-caller"
@@ -140,14 +140,7 @@ class CallerSigner:
         return (*(metadata or ()), *self.headers(name))
 
 
-class SignedCallInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    grpc.aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    """grpc.aio client interceptor: every call carries the node's signed-call headers."""
-
+class _SignedCall:
     def __init__(self, signer: CallerSigner) -> None:
         self.signer = signer
 
@@ -156,25 +149,34 @@ class SignedCallInterceptor(
         signed: grpc.aio.ClientCallDetails = details._replace(metadata=metadata)
         return signed
 
-    async def intercept_unary_unary(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request)
 
-    async def intercept_unary_stream(
-        self, continuation: Any, client_call_details: Any, request: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request)
+class _SignedUnaryUnary(_SignedCall, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
 
-    async def intercept_stream_unary(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
 
-    async def intercept_stream_stream(
-        self, continuation: Any, client_call_details: Any, request_iterator: Any
-    ) -> Any:
-        return await continuation(self._details(client_call_details), request_iterator)
+class _SignedUnaryStream(_SignedCall, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+
+class _SignedStreamUnary(_SignedCall, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+class _SignedStreamStream(_SignedCall, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def signed_call_interceptors(signer: CallerSigner) -> list[Any]:
+    """grpc.aio client interceptors (one per call shape: an aio channel files an interceptor
+    under the first shape it implements) that add the node's signed-call headers."""
+    return [
+        kind(signer)
+        for kind in (_SignedUnaryUnary, _SignedUnaryStream, _SignedStreamUnary, _SignedStreamStream)
+    ]
 
 
 class _CallDetails(NamedTuple):

@@ -75,15 +75,17 @@ def submit_stream(
 # ---------------------------------------------------------------------------- health and genesis
 
 
-@pytest.mark.parametrize("node", ["bridge", "PBOC", "HKMA", "BOT", "CBUAE"])
+@pytest.mark.parametrize("node", ["bridge", "PBOC", "HKMA", "BOT", "CBUAE", "PBOC/admin"])
 def test_every_node_reports_serving_on_grpc_health(live: LiveNetwork, node: str) -> None:
-    """grpc.health.v1 answers SERVING for the node and each service it hosts."""
-    stub = health_pb2_grpc.HealthStub(live.channel(live.address(node)))
-    services = (
-        ["bridge.v1.BridgeLedger"]
-        if node == "bridge"
-        else ["bridge.v1.CentralBank", "bridge.v1.CentralBankAdmin"]
-    )
+    """grpc.health.v1 answers SERVING for the listener and each service it hosts (a central
+    bank node: the banks' service on its port, the admin service on the operators' port)."""
+    if node.endswith("/admin"):
+        address, services = live.admin_address(node[:-6]), ["bridge.v1.CentralBankAdmin"]
+    elif node == "bridge":
+        address, services = live.address(node), ["bridge.v1.BridgeLedger"]
+    else:
+        address, services = live.address(node), ["bridge.v1.CentralBank"]
+    stub = health_pb2_grpc.HealthStub(live.channel(address))
     for service in ["", *services]:
         reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=RPC_TIMEOUT)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
