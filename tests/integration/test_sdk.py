@@ -520,7 +520,7 @@ def test_admin_suspension_freeze_and_policy_refuse_payments(desks: Desks) -> Non
 
 def test_admin_calls_need_the_token(desks: Desks) -> None:
     """An admin client with a wrong token is refused UNAUTHENTICATED."""
-    address = desks.network.config.central_bank("PBOC").address
+    address = desks.network.config.central_bank("PBOC").admin_address
     with (
         CentralBankAdminClient(address, "PBOC", "wrong-token", currency="CNY") as intruder,
         pytest.raises(BridgeRpcError) as info,

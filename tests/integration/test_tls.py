@@ -9,7 +9,7 @@ the network's CA is refused. The network is always stopped.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -20,8 +20,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from typer.testing import CliRunner
 
+from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
+from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
+from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
+from bridge._proto.bridge.v1 import central_bank_pb2_grpc as cb_grpc
+from bridge._proto.bridge.v1 import types_pb2
 from bridge.domain import Outcome
-from bridge.tls import CHANNEL_OPTIONS_TLS, TLS_SERVER_NAME
+from bridge.errors import Reason
+from bridge.node.caller_auth import central_bank_role
+from bridge.status import refusal_from_rpc_error
+from bridge.tls import CHANNEL_OPTIONS_TLS, TLS_SERVER_NAME, channel_credentials
+from participants.central_bank.channels import bridge_channel
 from participants.cli import app
 from participants.launcher import Network, prepare_network
 from participants.network_config import NetworkConfig, TlsConfig
@@ -67,7 +76,7 @@ def certificate(network: Network, name: str) -> x509.Certificate:
 
 def test_pki_certifies_everyone_for_the_server_name_and_loopback(tls_network: Network) -> None:
     """Each certificate is signed by the CA, names cbdc-bridge.local and 127.0.0.1, and
-    serves both as server and as client."""
+    serves both as server and as client; a central bank node's also carries its role."""
     ca = certificate(tls_network, "ca")
     names = participant_names(tls_network.config)
     assert set(names) == {"bridge", "PBOC", "ICBC", "HKMA", "HSBCHK"}
@@ -77,6 +86,8 @@ def test_pki_certifies_everyone_for_the_server_name_and_loopback(tls_network: Ne
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.DNSName) == [TLS_SERVER_NAME]
         assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+        roles = san.get_values_for_type(x509.UniformResourceIdentifier)
+        assert roles == ([central_bank_role(name)] if name in ("PBOC", "HKMA") else [])
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         assert set(usages) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
         assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
@@ -167,3 +178,72 @@ def test_pki_rerun_keeps_the_ca_and_certifies_only_new_names(tls_network: Networ
     assert (pki_of(tls_network) / "ca.pem").read_bytes() == ca_before
     assert (pki_of(tls_network) / "ICBC.pem").read_bytes() == icbc_before
     certificate(tls_network, "CQRCB").verify_directly_issued_by(certificate(tls_network, "ca"))
+
+
+def tls_channel(network: Network, address: str, name: str) -> grpc.Channel:
+    """A mutual-TLS channel presenting `name`'s certificate of the network's CA."""
+    credentials = channel_credentials(pki_of(network), name)
+    return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS_TLS)
+
+
+def reads_and_writes(stub: bridge_grpc.BridgeLedgerStub) -> list[Callable[[], object]]:
+    """A read, a stream and a write of the bridge, each to be refused."""
+    return [
+        lambda: stub.GetBalances(bridge_pb.GetBalancesRequest(participant="ICBC"), timeout=10),
+        lambda: stub.GetGenesis(bridge_pb.GetGenesisRequest(), timeout=10),
+        lambda: next(stub.StreamBlocks(bridge_pb.StreamBlocksRequest(), timeout=10)),
+        lambda: stub.SubmitOne(types_pb2.SignedInstruction(), timeout=10),
+    ]
+
+
+def test_the_bridge_answers_central_bank_certificates_only(tls_network: Network) -> None:
+    """Over mutual TLS a bank's (or the bridge's own) certificate calling the bridge is
+    PERMISSION_DENIED / CALLER_NOT_ALLOWED, reads and writes alike; a central bank node's works."""
+    config = tls_network.config
+    for name in ("ICBC", "HSBCHK", "bridge"):
+        with tls_channel(tls_network, config.bridge_address, name) as channel:
+            calls = reads_and_writes(bridge_grpc.BridgeLedgerStub(channel))
+            for call in calls:
+                with pytest.raises(grpc.RpcError) as refused:
+                    call()
+                assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED, name
+                assert refusal_from_rpc_error(refused.value).reason is Reason.CALLER_NOT_ALLOWED
+    with bridge_channel(config, "HKMA") as channel:
+        stub = bridge_grpc.BridgeLedgerStub(channel)
+        genesis = stub.GetGenesis(bridge_pb.GetGenesisRequest(), timeout=10)
+        assert bytes(genesis.hash) == config.genesis().hash()
+        balances = stub.GetBalances(bridge_pb.GetBalancesRequest(participant="ICBC"), timeout=10)
+        assert all(account.participant == "ICBC" for account in balances.accounts)
+
+
+def test_endorse_dual_pvp_refuses_a_bank_certificate(tls_network: Network) -> None:
+    """A bank's certificate asking HKMA's node for an endorsement is PERMISSION_DENIED."""
+    address = tls_network.config.central_bank("HKMA").address
+    with tls_channel(tls_network, address, "ICBC") as channel:
+        node = cb_grpc.CentralBankStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            node.EndorseDualPvps(cb_pb.EndorseDualPvpsRequest(), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert refusal_from_rpc_error(refused.value).reason is Reason.CALLER_NOT_ALLOWED
+
+
+def test_the_admin_listener_needs_mutual_tls_and_the_token(tls_network: Network) -> None:
+    """The operators' listener takes mutual TLS only, and even then wants the admin token."""
+    address = tls_network.config.central_bank("PBOC").admin_address
+    ca_only = grpc.ssl_channel_credentials((pki_of(tls_network) / "ca.pem").read_bytes())
+    with (
+        grpc.secure_channel(address, ca_only, options=CHANNEL_OPTIONS_TLS) as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        cb_grpc.CentralBankAdminStub(channel).ListBanks(cb_pb.ListBanksRequest(), timeout=3)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    with tls_channel(tls_network, address, "PBOC") as channel:
+        admin = cb_grpc.CentralBankAdminStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            admin.ListBanks(cb_pb.ListBanksRequest(), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        token = (tls_network.directory / "keys" / "PBOC.admin-token").read_text().strip()
+        listed = admin.ListBanks(
+            cb_pb.ListBanksRequest(), metadata=(("authorization", f"Bearer {token}"),), timeout=10
+        )
+    assert [p.id for p in listed.participants] == ["ICBC"]
