@@ -83,6 +83,9 @@ def central_bank_node(
     central_bank: str = typer.Argument(..., help="Central bank id, e.g. PBOC."),
     network: Path = NETWORK_OPTION,
     port: int = typer.Option(-1, help="Port (default: the one in network.json)."),
+    admin_port: int = typer.Option(
+        -1, help="Operators' admin port (default: admin_port in network.json)."
+    ),
     replica_check: str = typer.Option(
         "endorsements", help="Signature checks when replaying blocks: none, endorsements or all."
     ),
@@ -103,6 +106,7 @@ def central_bank_node(
         network=network,
         central_bank=central_bank,
         port=None if port < 0 else port,
+        admin_port=None if admin_port < 0 else admin_port,
         replica_check=check,
     )
     run_until_signalled(
