@@ -3,8 +3,12 @@
 isort:skip_file
 The shared bridge ledger's service, called by central-bank nodes.
 
-Callers are central-bank nodes on mutually authenticated channels; every instruction still
-carries its own signatures and endorsements, which the bridge verifies before it acts.
+Callers are central-bank nodes, authenticated on every call: by the central-bank role in
+their client certificate with mutual TLS, by a call signed with the central bank's genesis
+key without it (metadata x-bridge-caller, x-bridge-time, x-bridge-signature). Anyone else
+gets UNAUTHENTICATED or PERMISSION_DENIED; health and reflection stay open. Every
+instruction still carries its own signatures and endorsements, which the bridge verifies
+before it acts.
 Refusals of unary calls are gRPC status codes with a readable message and an `ErrorDetail`
 carrying the reason code; a refused request changes nothing.
 """

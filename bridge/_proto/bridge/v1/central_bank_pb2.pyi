@@ -7,7 +7,8 @@ Services of a central bank's node.
 instructions it has signed, which the node checks, endorses and forwards to the bridge, and
 it reads its own accounts and history. `CentralBankAdmin` is the central bank's own
 operations and supervision surface: served to the central bank's operators only (a separate
-listener, mutual TLS); the node signs the resulting instructions with the central bank's key.
+listener, loopback by default; the admin bearer token, and mutual TLS when the network runs
+TLS); the node signs the resulting instructions with the central bank's key.
 
 Refusals are gRPC status codes (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
 FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND, DEADLINE_EXCEEDED) with a readable message

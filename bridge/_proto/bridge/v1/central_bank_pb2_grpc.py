@@ -183,9 +183,10 @@ class CentralBankServicer:
 
     def EndorseDualPvp(self, request, context):
         """Returns the dual-signed PvP (`pvp_dual`) with this node's endorsement of its bank's leg
-        added, without submitting it. The counterparty bank calls this on its own central bank,
-        then hands the result to the submitting bank off-line; banks exchange signatures
-        off-line, never through the bridge.
+        added, without submitting it. Only the proposer's central bank node calls this, as an
+        authenticated peer (its certificate's role with TLS, a signed call without), and only
+        with the proposer's leg already carrying that central bank's valid endorsement; banks
+        exchange their own signatures off-line, never through the bridge.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -7,7 +7,8 @@ Services of a central bank's node.
 instructions it has signed, which the node checks, endorses and forwards to the bridge, and
 it reads its own accounts and history. `CentralBankAdmin` is the central bank's own
 operations and supervision surface: served to the central bank's operators only (a separate
-listener, mutual TLS); the node signs the resulting instructions with the central bank's key.
+listener, loopback by default; the admin bearer token, and mutual TLS when the network runs
+TLS); the node signs the resulting instructions with the central bank's key.
 
 Refusals are gRPC status codes (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED,
 FAILED_PRECONDITION, ALREADY_EXISTS, NOT_FOUND, DEADLINE_EXCEEDED) with a readable message
@@ -71,9 +72,10 @@ class CentralBankStub:
     """
     EndorseDualPvp: _grpc.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.SignedInstruction]
     """Returns the dual-signed PvP (`pvp_dual`) with this node's endorsement of its bank's leg
-    added, without submitting it. The counterparty bank calls this on its own central bank,
-    then hands the result to the submitting bank off-line; banks exchange signatures
-    off-line, never through the bridge.
+    added, without submitting it. Only the proposer's central bank node calls this, as an
+    authenticated peer (its certificate's role with TLS, a signed call without), and only
+    with the proposer's leg already carrying that central bank's valid endorsement; banks
+    exchange their own signatures off-line, never through the bridge.
     """
     RequestRedemption: _grpc.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.InstructionStatus]
     """Redeems currency issued by this central bank (`redeem`, sent and signed by the bank): the
@@ -140,9 +142,10 @@ class CentralBankAsyncStub(CentralBankStub):
     """
     EndorseDualPvp: _aio.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.SignedInstruction]  # type: ignore[assignment]
     """Returns the dual-signed PvP (`pvp_dual`) with this node's endorsement of its bank's leg
-    added, without submitting it. The counterparty bank calls this on its own central bank,
-    then hands the result to the submitting bank off-line; banks exchange signatures
-    off-line, never through the bridge.
+    added, without submitting it. Only the proposer's central bank node calls this, as an
+    authenticated peer (its certificate's role with TLS, a signed call without), and only
+    with the proposer's leg already carrying that central bank's valid endorsement; banks
+    exchange their own signatures off-line, never through the bridge.
     """
     RequestRedemption: _aio.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.InstructionStatus]  # type: ignore[assignment]
     """Redeems currency issued by this central bank (`redeem`, sent and signed by the bank): the
@@ -248,9 +251,10 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.SignedInstruction, _abc.Awaitable[_types_pb2.SignedInstruction]]:
         """Returns the dual-signed PvP (`pvp_dual`) with this node's endorsement of its bank's leg
-        added, without submitting it. The counterparty bank calls this on its own central bank,
-        then hands the result to the submitting bank off-line; banks exchange signatures
-        off-line, never through the bridge.
+        added, without submitting it. Only the proposer's central bank node calls this, as an
+        authenticated peer (its certificate's role with TLS, a signed call without), and only
+        with the proposer's leg already carrying that central bank's valid endorsement; banks
+        exchange their own signatures off-line, never through the bridge.
         """
 
     @_abc_1.abstractmethod
