@@ -62,11 +62,18 @@ def refusal_from_rpc_error(error: grpc.RpcError) -> Refused:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info) and info.reason in Reason.__members__:
                     return Refused(Reason(info.reason), message)
-    fallback = {
-        grpc.StatusCode.UNAVAILABLE: Reason.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED: Reason.INSTRUCTION_EXPIRED,
-        grpc.StatusCode.UNAUTHENTICATED: Reason.BAD_SIGNATURE,
-        grpc.StatusCode.PERMISSION_DENIED: Reason.NOT_A_PARTY,
-        grpc.StatusCode.NOT_FOUND: Reason.UNKNOWN_INSTRUCTION,
-    }
-    return Refused(fallback.get(code, Reason.UNAVAILABLE), f"{code.name}: {message}")
+    return Refused(_FALLBACK.get(code, Reason.UNAVAILABLE), f"{code.name}: {message}")
+
+
+# A status without an ErrorInfo detail came from the transport or the gRPC library, not from a
+# refusal on the merits: a deadline that passed or a call cancelled in flight says nothing about
+# whether the far side acted (OUTCOME_UNKNOWN, never the INSTRUCTION_EXPIRED refusal).
+_FALLBACK: dict[grpc.StatusCode, Reason] = {
+    grpc.StatusCode.UNAVAILABLE: Reason.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.CANCELLED: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.OVERLOADED,
+    grpc.StatusCode.UNAUTHENTICATED: Reason.BAD_SIGNATURE,
+    grpc.StatusCode.PERMISSION_DENIED: Reason.NOT_A_PARTY,
+    grpc.StatusCode.NOT_FOUND: Reason.UNKNOWN_INSTRUCTION,
+}
