@@ -72,7 +72,7 @@ class _Stream:
         if correlation_id in self.sent:
             return Refused(
                 Reason.OUTCOME_UNKNOWN,
-                f"{what} after the instruction was sent: it may or may not have settled; "
+                f"{what} with the instruction handed to it: it may or may not have settled; "
                 "resubmit the same instruction id",
             )
         return Refused(
