@@ -441,6 +441,7 @@ async def test_sequencer_answers_outcome_unknown_when_the_block_commit_fails(
     engine = failing_engine
     earlier = pay(net, "BOCHK", "KBANK", 10, "HKD")
     (committed,) = engine.settle([earlier], T0 + 1).results
+    assert isinstance(committed, Receipt)
     store = engine.store
     assert isinstance(store, FailingStore)
     store.failing = True
