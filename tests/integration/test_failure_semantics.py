@@ -8,8 +8,10 @@ a peer central bank node and stop the bridge, then restore them.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +25,9 @@ from google.rpc import error_details_pb2, status_pb2
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import DualPvp, Outcome
 from bridge.errors import Reason
+from participants.launcher import free_ports
 from participants.sdk import BankClient, NotDecided, Refusal, RetryPolicy
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, refusal_of
+from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, refusal_of, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import LiveNetwork
@@ -61,6 +64,17 @@ def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
         check=False,
         env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"},
     )
+
+
+def settles_through_pboc(live: LiveNetwork) -> bool:
+    """Whether a payment through PBOC's node settles now (False while it is not decided)."""
+    try:
+        live.pay("ICBC", "BOCQ", 1)
+    except grpc.RpcError as error:
+        if Reason(error_info(error).reason).retryable:
+            return False
+        raise
+    return True
 
 
 def dual(amount_cny: int = 20_000, amount_hkd: int = 21_700) -> DualPvp:
@@ -117,6 +131,31 @@ def test_cli_refusal_exits_1_and_says_it_is_final(live: LiveNetwork, tmp_path: P
     assert result.returncode == 1, result.stderr
     assert "INSUFFICIENT_FUNDS" in result.stderr
     assert "refused (final, nothing changed)" in result.stderr
+
+
+def test_cli_resubmit_command_repeats_the_same_instruction(
+    live: LiveNetwork, tmp_path: Path
+) -> None:
+    """`pvp propose` to an unreachable node exits 3 and prints a command naming the id, validity
+    and settlement deadline; running that command prints the very same command again."""
+    copy = tmp_path / "network"
+    shutil.copytree(live.directory / "keys", copy / "keys")
+    data = json.loads((live.directory / "network.json").read_text())
+    for cb in data["central_banks"]:
+        cb["port"] = free_ports(1)[0]
+    (copy / "network.json").write_text(json.dumps(data))
+    args = ["bank", "pvp", "propose", "HSBCHK", "--pay", "1,000 CNY", "--receive", "1085.20 HKD"]
+    args += ["--network", str(copy), "--bank", "ICBC", "--timeout", "1"]
+    first = run_cli(tmp_path, *args)
+    assert first.returncode == 3, first.stdout + first.stderr
+    (command,) = [line for line in first.stdout.splitlines() if line.startswith("cbdc-bridge ")]
+    words = shlex.split(command)
+    for option in ("--id", "--valid-until", "--settle-by"):
+        assert option in words, command
+    assert words[words.index("--pay") + 1] == "1,000 CNY"
+    again = run_cli(tmp_path, *words[1:])
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert command in again.stdout.splitlines()
 
 
 def test_stalled_peer_node_reaches_the_bank_as_retryable_not_expired(live: LiveNetwork) -> None:
@@ -187,6 +226,7 @@ def test_bridge_down_is_not_decided_and_the_printed_command_resubmits(
     assert "--valid-until" in words
     assert live.entries_of_instruction("ICBC", instruction_id) == 0
 
+    wait_for(lambda: settles_through_pboc(live), timeout=60, what="PBOC to reach the bridge again")
     before = live.balance("BOCQ", "CNY")
     again = run_cli(tmp_path, *words[1:])
     assert again.returncode == 0, again.stdout + again.stderr
