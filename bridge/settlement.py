@@ -2,7 +2,10 @@
 
 This is the one place where the pure core meets the store. `settle` returns receipts only after
 the block holding them is committed; if the commit fails the ledger is rolled back whole and
-every instruction of the batch is reported unavailable (nothing was acknowledged).
+every instruction of the batch is answered OUTCOME_UNKNOWN (not decided: resubmit the same id),
+whether it settled, was refused or repeated an instruction of the same batch in memory: each of
+those outcomes may have rested on an instruction of the batch that was never stored. Only a
+duplicate of an instruction committed in an earlier block keeps its original receipt.
 """
 
 from __future__ import annotations
@@ -113,16 +116,29 @@ class SettlementEngine:
         ledger = self.ledger
         if failure is not None:
             ledger.rollback()
-            unavailable = Refused(Reason.UNAVAILABLE, f"settlement not recorded: {failure}")
-            return Settled(
-                [
-                    unavailable if isinstance(r, Receipt) and not r.duplicate else r
-                    for r in prepared.results
-                ],
-                None,
-            )
+            return Settled(undecided(ledger, prepared.results, failure), None)
         ledger.confirm()
         if prepared.block is not None:
             self.height = prepared.block.header.height
             self.head_hash = prepared.block.header.hash()
         return Settled(prepared.results, prepared.block)
+
+
+def undecided(ledger: Ledger, results: Sequence[Result], failure: Exception) -> list[Result]:
+    """The answers of a batch whose commit failed, once the ledger is rolled back.
+
+    A duplicate whose original receipt is still in the (rolled-back) ledger was committed in
+    an earlier block: its receipt stands. Everything else is OUTCOME_UNKNOWN."""
+    unknown = Refused(
+        Reason.OUTCOME_UNKNOWN,
+        f"the batch was not recorded ({failure}); resubmit the same instruction id",
+    )
+    return [
+        r if isinstance(r, Receipt) and r.duplicate and _committed(ledger, r) else unknown
+        for r in results
+    ]
+
+
+def _committed(ledger: Ledger, receipt: Receipt) -> bool:
+    stored = ledger.receipts.get((receipt.sender, receipt.instruction_id))
+    return stored is not None and stored.seq == receipt.seq

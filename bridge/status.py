@@ -62,11 +62,28 @@ def refusal_from_rpc_error(error: grpc.RpcError) -> Refused:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info) and info.reason in Reason.__members__:
                     return Refused(Reason(info.reason), message)
-    fallback = {
-        grpc.StatusCode.UNAVAILABLE: Reason.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED: Reason.INSTRUCTION_EXPIRED,
-        grpc.StatusCode.UNAUTHENTICATED: Reason.BAD_SIGNATURE,
-        grpc.StatusCode.PERMISSION_DENIED: Reason.NOT_A_PARTY,
-        grpc.StatusCode.NOT_FOUND: Reason.UNKNOWN_INSTRUCTION,
-    }
-    return Refused(fallback.get(code, Reason.UNAVAILABLE), f"{code.name}: {message}")
+    return Refused(_FALLBACK.get(code, Reason.UNAVAILABLE), f"{code.name}: {message}")
+
+
+# A status without an ErrorInfo detail came from the transport, the gRPC library or a server
+# that gives no reason. A deadline that passed, a call cancelled in flight or a server error
+# says nothing about whether the far side acted: OUTCOME_UNKNOWN (never the INSTRUCTION_EXPIRED
+# refusal). The codes gRPC defines as answers on the merits stay final refusals.
+_FALLBACK: dict[grpc.StatusCode, Reason] = {
+    grpc.StatusCode.UNAVAILABLE: Reason.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.CANCELLED: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.ABORTED: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.UNKNOWN: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.INTERNAL: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.DATA_LOSS: Reason.OUTCOME_UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: Reason.OVERLOADED,
+    grpc.StatusCode.UNAUTHENTICATED: Reason.BAD_SIGNATURE,
+    grpc.StatusCode.PERMISSION_DENIED: Reason.NOT_A_PARTY,
+    grpc.StatusCode.NOT_FOUND: Reason.UNKNOWN_INSTRUCTION,
+    grpc.StatusCode.INVALID_ARGUMENT: Reason.MALFORMED,
+    grpc.StatusCode.FAILED_PRECONDITION: Reason.MALFORMED,
+    grpc.StatusCode.ALREADY_EXISTS: Reason.MALFORMED,
+    grpc.StatusCode.OUT_OF_RANGE: Reason.MALFORMED,
+    grpc.StatusCode.UNIMPLEMENTED: Reason.MALFORMED,
+}

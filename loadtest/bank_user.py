@@ -43,11 +43,11 @@ from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import AcceptPvp, DualPvp, Envelope, Instruction, Pay, ProposePvp
 from bridge.errors import Refused
 from bridge.signing import sign_as_party
-from bridge.status import refusal_from_rpc_error
 from loadtest.corridor import Desk, LoadNetwork, rate, trade_amounts, trade_reference
 from loadtest.grpc_user import GrpcUser, listen
 from loadtest.settings import LoadSettings, new_run_id
 from participants.auth import sign_query
+from participants.sdk import BridgeRpcError
 
 __all__ = [
     "BankUser",
@@ -68,7 +68,8 @@ FINALITY_POLL_S = 0.005
 FINALITY_TIMEOUT_S = 30.0
 SETTLED = types.OUTCOME_SETTLED
 HELD = types.OUTCOME_HELD
-_RESUBMIT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+SUBMIT_ATTEMPTS = 3  # a not-decided answer is resubmitted (same id) at most twice
+RESUBMIT_PAUSE_S = 0.05  # before a resubmission, unless the node gave a pushback hint
 
 
 def now_ms() -> int:
@@ -83,7 +84,12 @@ class Submitted:
     outcome: int = 0  # types.Outcome value when answered
     duplicate: bool = False
     resubmitted: bool = False
-    refusal: Refused | None = None
+    refusal: Refused | None = None  # a final refusal, or not decided after every attempt
+
+    @property
+    def not_decided(self) -> bool:
+        """No outcome after every attempt (unavailable, outcome unknown, shed): not a refusal."""
+        return self.refusal is not None and self.refusal.reason.retryable
 
     @property
     def settled(self) -> bool:
@@ -135,17 +141,23 @@ class BankUser(GrpcUser):
         return f"{self._prefix}.{next(_instruction_numbers)}"
 
     def submit(self, desk: Desk, method: str, envelope: Envelope) -> Submitted:
-        """Send a signed instruction to `desk`'s central bank; resubmit once if the answer
-        was lost (same id: the bridge answers with the original outcome)."""
+        """Send a signed instruction to `desk`'s central bank. A final refusal is reported as
+        it is; an answer that is not decided (unavailable, outcome unknown, shed, cancelled or
+        timed out) is resubmitted with the same id, after the node's pushback hint if it gave
+        one: the bridge answers a resubmission with the original outcome."""
         call = getattr(self.stub(desk), method)
         message = wire.envelope_to_proto(envelope)
-        for attempt in (0, 1):
+        for attempt in range(SUBMIT_ATTEMPTS):
             try:
                 status = call(message, timeout=RPC_TIMEOUT)
             except grpc.RpcError as error:
-                if attempt == 0 and error.code() in _RESUBMIT:
+                failure = BridgeRpcError.from_rpc_error(error)
+                if failure.retryable and attempt + 1 < SUBMIT_ATTEMPTS:
+                    pause = failure.retry_after
+                    time.sleep(RESUBMIT_PAUSE_S if pause is None else min(pause, RPC_TIMEOUT))
                     continue
-                return Submitted(refusal=refusal_from_rpc_error(error), resubmitted=attempt > 0)
+                refusal = Refused(failure.reason, failure.message)
+                return Submitted(refusal=refusal, resubmitted=attempt > 0)
             receipt = status.receipt
             return Submitted(receipt.outcome, receipt.duplicate, attempt > 0)
         raise AssertionError("unreachable")  # pragma: no cover

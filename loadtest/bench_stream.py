@@ -36,6 +36,7 @@ from bridge import wire
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import DualPvp, Envelope
+from bridge.errors import Reason
 from bridge.signing import sign_as_party
 from loadtest.benchkit import CpuMeter, Profiler, bench_network, echo_server, node_pids
 from loadtest.corridor import LoadNetwork, rate, trade_amounts, trade_reference
@@ -114,7 +115,8 @@ def presign(directory: Path, run_id: str, pvps: int, processes: int) -> dict[str
 @dataclass
 class StreamTally:
     settled: int = 0
-    refused: int = 0
+    refused: int = 0  # final refusals: nothing changed
+    not_decided: int = 0  # retryable answers (unavailable, outcome unknown, shed): not settled
     failed: int = 0
     reasons: dict[str, int] | None = None
 
@@ -125,9 +127,12 @@ class StreamTally:
             else:
                 self.failed += 1
             return
-        self.refused += 1
-        self.reasons = self.reasons or {}
         reason = response.refusal.reason
+        if reason in Reason.__members__ and Reason(reason).retryable:
+            self.not_decided += 1
+        else:
+            self.refused += 1
+        self.reasons = self.reasons or {}
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
@@ -204,6 +209,7 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         "pvps_sent": settings.pvps,
         "pvps_settled": tally.settled,
         "refused": tally.refused,
+        "not_decided": tally.not_decided,
         "refusal_reasons": tally.reasons or {},
         "failed": tally.failed,
         "seconds": round(seconds, 2),
@@ -223,7 +229,7 @@ def run(settings: StreamSettings) -> dict[str, Any]:
             "cpus": os.cpu_count(),
         },
         "crosscheck": check.to_json(),
-        "ok": check.ok and tally.failed == 0 and tally.refused == 0,
+        "ok": check.ok and tally.failed == 0 and tally.refused == 0 and tally.not_decided == 0,
     }
 
 

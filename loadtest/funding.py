@@ -26,7 +26,8 @@ __all__ = ["FOREVER", "FUNDING", "fund_banks"]
 FUNDING = 10**15  # minor units per bank: far more than any run moves
 FOREVER = 4_102_444_800_000  # 2100-01-01 in ms: a fixed validity keeps the ids idempotent
 ADMISSION_WAIT = 60.0
-_RETRY_WHILE = frozenset({Reason.UNKNOWN_PARTICIPANT, Reason.UNAVAILABLE})
+# besides "not decided" (resubmit the same id): the bank's admission is not replayed yet
+_RETRY_WHILE = frozenset({Reason.UNKNOWN_PARTICIPANT})
 
 
 def admin_token(config: NetworkConfig, central_bank: str) -> str:
@@ -64,7 +65,8 @@ def _issue(
             return status
         except grpc.RpcError as error:
             refusal = refusal_from_rpc_error(error)
-            if refusal.reason not in _RETRY_WHILE or time.monotonic() > deadline:
+            waiting = refusal.reason in _RETRY_WHILE or refusal.reason.retryable
+            if not waiting or time.monotonic() > deadline:
                 raise RuntimeError(
                     f"funding {request.body.to} failed: {refusal.reason.value}: {refusal.message}"
                 ) from error

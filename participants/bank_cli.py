@@ -2,21 +2,28 @@
 
 Amounts are typed and shown in major units of their currency ("1,234.56 CNY"), converted
 exactly with the currency's exponent from network.json; an amount with more decimals than the
-currency has is refused. Exit codes: 0 done, 1 refused by the bridge (reason code and message
-printed), 2 usage or configuration error, 3 node unavailable or no answer in time.
+currency has is refused. Exit codes:
+
+    0  done
+    1  refused: final, nothing changed (reason code and message printed); do not resend as is
+    2  usage or configuration error (nothing was sent)
+    3  not decided: the node was unavailable, shed the request, or the outcome is unknown;
+       resubmit the same instruction id (the exact command to do so is printed: same id and
+       validity, so the bridge recognises it and settles it at most once)
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import shlex
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, DivisionByZero, InvalidOperation, localcontext
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -40,7 +47,9 @@ from participants.sdk import (
 
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-EXIT_UNAVAILABLE = 3
+EXIT_NOT_DECIDED = 3
+EXIT_UNAVAILABLE = EXIT_NOT_DECIDED  # the name earlier versions used
+VALIDITY_MS = 300_000  # an instruction not recorded within 5 minutes is refused
 
 bank_app = typer.Typer(
     help="A commercial bank's desk: balances, payments, PvP FX trades, issuance, history.",
@@ -70,6 +79,13 @@ NETWORK = typer.Option(
 BANK = typer.Option(..., "--bank", "-b", envvar="CBDC_BRIDGE_BANK", help="Our bank id, e.g. ICBC.")
 TIMEOUT = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait for each answer.")
 INSTRUCTION_ID = typer.Option(None, "--id", help="Instruction id (default: a fresh one).")
+VALID_UNTIL = typer.Option(
+    None,
+    "--valid-until",
+    min=0,
+    help="Unix ms after which the bridge refuses the instruction (default: now + 5 minutes); "
+    "a resubmission repeats the first attempt's value.",
+)
 REFERENCE = typer.Option("", "--reference", "-r", help="Free text, e.g. the trade document.")
 WAIT_FINAL = typer.Option(
     False, "--wait-final", help="Also wait until the block holding it is final."
@@ -89,11 +105,18 @@ class Desk:
     config: NetworkConfig
     client: BankClient
     instruction_id: str | None = None
+    resubmit: dict[str, object] | None = None  # parameters to repeat to resubmit it exactly
+    context: typer.Context | None = None  # the command line, to print it for a resubmission
 
-    def new_instruction(self, given: str | None) -> str:
-        """The id of the instruction about to be sent (named in the error if it goes astray)."""
+    def new_instruction(
+        self, given: str | None, valid_until: Millis | None = None, **fixed: object
+    ) -> tuple[str, Millis]:
+        """The id and validity of the instruction about to be sent; if its outcome is not
+        decided, the command printed to resubmit it repeats both (and `fixed` parameters)."""
         self.instruction_id = given or new_instruction_id()
-        return self.instruction_id
+        until = valid_until if valid_until is not None else _now_ms() + VALIDITY_MS
+        self.resubmit = {"instruction_id": self.instruction_id, "valid_until": until, **fixed}
+        return self.instruction_id, until
 
     @property
     def bank(self) -> ParticipantId:
@@ -139,7 +162,9 @@ def fail(code: int, message: str) -> NoReturn:
 
 
 @contextlib.contextmanager
-def open_desk(network: Path, bank: ParticipantId, timeout: float) -> Iterator[Desk]:
+def open_desk(
+    network: Path, bank: ParticipantId, timeout: float, context: typer.Context | None = None
+) -> Iterator[Desk]:
     """The bank's desk; turns refusals and outages into their exit codes."""
     try:
         config = NetworkConfig.load(network)
@@ -150,26 +175,58 @@ def open_desk(network: Path, bank: ParticipantId, timeout: float) -> Iterator[De
         fail(EXIT_USAGE, str(error.args[0] if error.args else error))
     except (OSError, ValueError) as error:
         fail(EXIT_USAGE, f"cannot load the network or the key of {bank}: {error}")
-    desk = Desk(config, client)
+    desk = Desk(config, client, context=context)
     try:
         yield desk
     except BridgeRpcError as error:
-        report(error, desk.instruction_id)
+        report(error, desk)
     finally:
         client.close()
 
 
-def report(error: BridgeRpcError, instruction_id: str | None = None) -> NoReturn:
-    if error.transient:
-        hint = ""
-        if instruction_id:
-            hint = (
-                f"\ninstruction {instruction_id} may or may not have been recorded: "
-                f"check with `cbdc-bridge bank status {instruction_id}`"
-            )
-        fail(EXIT_UNAVAILABLE, f"{error.code.name}: {error.message}{hint}")
-    err.print(f"[red]refused:[/red] {error.reason.value} ({error.code.name}): {error.message}")
-    raise typer.Exit(EXIT_REFUSED)
+def report(error: BridgeRpcError, desk: Desk | None = None) -> NoReturn:
+    """Print a failed call as what it is and exit: 1 refused (final), 3 not decided."""
+    what = f"{error.reason.value} ({error.code.name}): {error.message}"
+    if not error.retryable:
+        err.print(f"[red]refused (final, nothing changed):[/red] {what}")
+        raise typer.Exit(EXIT_REFUSED)
+    err.print(f"[yellow]not decided:[/yellow] {what}")
+    if desk is not None and desk.instruction_id and desk.resubmit is not None and desk.context:
+        err.print(
+            f"instruction {desk.instruction_id} may or may not have been recorded; nothing is "
+            "final yet. Resubmit the same instruction id (it settles at most once):"
+        )
+        out.print(resubmit_command(desk.context, desk.resubmit), soft_wrap=True)
+    else:
+        err.print("nothing was decided: run the same command again")
+    raise typer.Exit(EXIT_NOT_DECIDED)
+
+
+def resubmit_command(context: typer.Context, overrides: dict[str, object]) -> str:
+    """The running command line with `overrides` filled in, ready to run again."""
+    names = []
+    parent: Any = context
+    while parent is not None and parent.parent is not None:
+        names.append(parent.info_name or "")
+        parent = parent.parent
+    words = ["cbdc-bridge", *reversed(names)]
+    for param in context.command.params:
+        name = param.name or ""
+        value = overrides.get(name, context.params.get(name))
+        words.extend(_words(param, value))
+    return shlex.join(words)
+
+
+def _words(param: Any, value: object) -> list[str]:
+    """A parameter's words on a command line (none when unset or at its default)."""
+    if param.param_type_name == "argument":
+        return [] if value is None else [str(value)]
+    if value is None or value == param.default:
+        return []
+    option = max(param.opts, key=len)
+    if param.is_flag:
+        return [option] if value else []
+    return [option, str(value)]
 
 
 def describe(result: InstructionResult) -> str:
@@ -367,61 +424,67 @@ def next_seq(desk: Desk, timeout: float) -> int:
 
 @bank_app.command("pay")
 def pay(
+    context: typer.Context,
     payee: str = typer.Argument(..., help="Bank paid, e.g. BOCQ."),
     amount: str = typer.Argument(..., help="Amount in major units, e.g. 1234.56."),
     currency: str = typer.Argument(..., help="Currency, e.g. CNY."),
     reference: str = REFERENCE,
     instruction_id: str | None = INSTRUCTION_ID,
+    valid_until: int | None = VALID_UNTIL,
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Pay another bank; settles at once or is refused."""
-    with open_desk(network, bank, timeout) as desk:
+    with open_desk(network, bank, timeout, context) as desk:
         code = currency.upper()
         minor = desk.minor(amount, code)
-        result = desk.client.pay(
-            payee, code, minor, reference, desk.new_instruction(instruction_id)
-        )
+        iid, until = desk.new_instruction(instruction_id, valid_until)
+        result = desk.client.pay(payee, code, minor, reference, iid, valid_until=until)
         out.print(f"{desk.bank} paid {desk.show(minor, code)} to {payee}")
         finish(desk, result, wait_final, timeout)
 
 
 @bank_app.command("issue-request")
 def issue_request(
+    context: typer.Context,
     amount: str = typer.Argument(..., help="Amount of our central bank's currency."),
     request_id: str | None = typer.Option(None, "--id", help="Request id, to retry safely."),
+    valid_until: int | None = VALID_UNTIL,
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Ask our central bank to issue its currency to us against reserves at home."""
-    with open_desk(network, bank, timeout) as desk:
+    with open_desk(network, bank, timeout, context) as desk:
         currency = desk.home_currency()
         minor = desk.minor(amount, currency)
-        result = desk.client.request_issuance(minor, request_id=request_id)
+        rid, until = desk.new_instruction(request_id, valid_until)
+        desk.resubmit = {"request_id": rid, "valid_until": until}
+        result = desk.client.request_issuance(minor, request_id=rid, valid_until=until)
         out.print(f"{result.sender} issued {desk.show(minor, currency)} to {desk.bank}")
         finish(desk, result, wait_final, timeout)
 
 
 @bank_app.command("redeem")
 def redeem(
+    context: typer.Context,
     amount: str = typer.Argument(..., help="Amount in major units."),
     currency: str = typer.Argument(..., help="Currency to return to its issuer."),
     instruction_id: str | None = INSTRUCTION_ID,
+    valid_until: int | None = VALID_UNTIL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Return currency to its issuing central bank, which destroys it."""
-    with open_desk(network, bank, timeout) as desk:
+    with open_desk(network, bank, timeout, context) as desk:
         code = currency.upper()
         minor = desk.minor(amount, code)
-        result = desk.client.redeem(
-            code, minor, instruction_id=desk.new_instruction(instruction_id)
-        )
+        iid, until = desk.new_instruction(instruction_id, valid_until)
+        result = desk.client.redeem(code, minor, instruction_id=iid, valid_until=until)
         out.print(f"{desk.bank} redeemed {desk.show(minor, code)}")
         out.print(describe(result))
 
@@ -453,6 +516,7 @@ def implied_rate(desk: Desk, pay: tuple[str, int], receive: tuple[str, int]) -> 
 
 @pvp_app.command("propose")
 def pvp_propose(
+    context: typer.Context,
     counterparty: str = typer.Argument(..., help="The bank on the other side."),
     pay_leg: str = PAY_LEG,
     receive_leg: str = RECEIVE_LEG,
@@ -460,23 +524,34 @@ def pvp_propose(
     settle_within: float = typer.Option(
         300.0, "--settle-within", min=0.001, help="Seconds the counterparty has to accept."
     ),
+    settle_by: int | None = typer.Option(
+        None,
+        "--settle-by",
+        min=0,
+        help="Unix ms by which the counterparty must accept (instead of --settle-within); "
+        "a resubmission repeats the first attempt's value.",
+    ),
     reference: str = REFERENCE,
     instruction_id: str | None = INSTRUCTION_ID,
+    valid_until: int | None = VALID_UNTIL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Propose an FX trade; our leg is held until it is accepted, rejected or expires."""
-    with open_desk(network, bank, timeout) as desk:
+    with open_desk(network, bank, timeout, context) as desk:
         pay_money, receive_money = desk.money(pay_leg), desk.money(receive_leg)
+        deadline = settle_by if settle_by is not None else _now_ms() + int(settle_within * 1000)
+        iid, until = desk.new_instruction(instruction_id, valid_until, settle_by=deadline)
         result = desk.client.propose_pvp(
             counterparty,
             pay=pay_money,
             receive=receive_money,
             rate=rate or implied_rate(desk, pay_money, receive_money),
-            settle_within_ms=int(settle_within * 1000),
+            settle_by=deadline,
             reference=reference,
-            instruction_id=desk.new_instruction(instruction_id),
+            instruction_id=iid,
+            valid_until=until,
         )
         out.print(
             f"{desk.bank} proposes to pay {desk.show(pay_money[1], pay_money[0])} to "
@@ -488,54 +563,59 @@ def pvp_propose(
 
 @pvp_app.command("accept")
 def pvp_accept(
+    context: typer.Context,
     proposer: str = typer.Argument(..., help="The bank that proposed the PvP."),
     pvp_id: str = typer.Argument(..., help="The PvP id."),
     instruction_id: str | None = INSTRUCTION_ID,
+    valid_until: int | None = VALID_UNTIL,
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Accept a PvP proposed to us: shows its terms, signs them, both legs settle at once."""
-    with open_desk(network, bank, timeout) as desk:
+    with open_desk(network, bank, timeout, context) as desk:
         info = desk.client.pvp(proposer, pvp_id)
         out.print(pvp_table(desk, info))
+        iid, until = desk.new_instruction(instruction_id, valid_until)
         result = desk.client.accept_pvp(
-            proposer,
-            pvp_id,
-            terms_hash=info.terms_hash,
-            instruction_id=desk.new_instruction(instruction_id),
+            proposer, pvp_id, terms_hash=info.terms_hash, instruction_id=iid, valid_until=until
         )
         finish(desk, result, wait_final, timeout)
 
 
 @pvp_app.command("reject")
 def pvp_reject(
+    context: typer.Context,
     proposer: str = typer.Argument(..., help="The bank that proposed the PvP."),
     pvp_id: str = typer.Argument(..., help="The PvP id."),
     instruction_id: str | None = INSTRUCTION_ID,
+    valid_until: int | None = VALID_UNTIL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Decline a PvP proposed to us; the proposer's hold is released."""
-    with open_desk(network, bank, timeout) as desk:
-        iid = desk.new_instruction(instruction_id)
-        out.print(describe(desk.client.reject_pvp(proposer, pvp_id, instruction_id=iid)))
+    with open_desk(network, bank, timeout, context) as desk:
+        iid, until = desk.new_instruction(instruction_id, valid_until)
+        result = desk.client.reject_pvp(proposer, pvp_id, instruction_id=iid, valid_until=until)
+        out.print(describe(result))
 
 
 @pvp_app.command("cancel")
 def pvp_cancel(
+    context: typer.Context,
     pvp_id: str = typer.Argument(..., help="The id of a PvP we proposed."),
     instruction_id: str | None = INSTRUCTION_ID,
+    valid_until: int | None = VALID_UNTIL,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Withdraw a PvP we proposed; our hold is released."""
-    with open_desk(network, bank, timeout) as desk:
-        iid = desk.new_instruction(instruction_id)
-        out.print(describe(desk.client.cancel_pvp(pvp_id, instruction_id=iid)))
+    with open_desk(network, bank, timeout, context) as desk:
+        iid, until = desk.new_instruction(instruction_id, valid_until)
+        out.print(describe(desk.client.cancel_pvp(pvp_id, instruction_id=iid, valid_until=until)))
 
 
 @pvp_app.command("status")
@@ -615,6 +695,7 @@ def dual_sign(
 
 @dual_app.command("submit")
 def dual_submit(
+    context: typer.Context,
     path: Path = typer.Argument(..., help="A file written by `dual sign` by the counterparty."),
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
@@ -622,13 +703,14 @@ def dual_submit(
     timeout: float = TIMEOUT,
 ) -> None:
     """Add our signature to a dual-signed PvP and submit it: both legs settle or neither."""
-    with open_desk(network, bank, timeout) as desk:
+    with open_desk(network, bank, timeout, context) as desk:
         try:
             signed = SignedDualPvp.from_json(path.read_text())
         except (OSError, ValueError) as error:
             fail(EXIT_USAGE, f"{path}: {error}")
         out.print(dual_summary(desk, signed))
         desk.instruction_id = signed.body.instruction_id
+        desk.resubmit = {}  # the file fixes id, terms and validity
         finish(desk, desk.client.submit_dual_pvp(signed), wait_final, timeout)
 
 

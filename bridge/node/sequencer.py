@@ -168,13 +168,16 @@ class Sequencer:
                 await loop.run_in_executor(self.writer, engine.store.add_attestations, attestations)
             settled = engine.finish(prepared, failure)
         except Exception as error:
-            # A bug, not a refusal: undo the batch, answer UNAVAILABLE, keep serving.
+            # A bug, not a refusal: undo the batch, answer OUTCOME_UNKNOWN, keep serving.
             log.exception("batch failed; rolled back", extra={"size": len(batch)})
             engine.ledger.rollback()
-            unavailable = Refused(Reason.UNAVAILABLE, "the bridge could not settle this batch")
+            unknown = Refused(
+                Reason.OUTCOME_UNKNOWN,
+                "the bridge could not settle this batch; resubmit the same instruction id",
+            )
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result(None if pending.envelope is None else unavailable)
+                    pending.future.set_result(None if pending.envelope is None else unknown)
             return error
         results = iter(settled.results)
         for pending in batch:

@@ -1,9 +1,11 @@
 """A central bank node's link to the bridge: one persistent Submit stream, many instructions.
 
 Instructions are queued and written onto one bidirectional stream; responses come back tagged
-with their correlation id and resolve the waiting caller. If the stream breaks, every caller
-waiting on it gets UNAVAILABLE (the instruction may or may not have settled: resubmitting the
-same instruction id is safe, the bridge is idempotent) and the next submission opens a new one.
+with their correlation id and resolve the waiting caller. If the stream breaks (or no answer
+comes in time), a caller whose instruction was already handed to the stream gets OUTCOME_UNKNOWN
+(it may or may not have settled) and one whose instruction was still queued gets UNAVAILABLE
+(nothing was sent); both are "not decided": resubmitting the same instruction id is safe, the
+bridge is idempotent. The next submission opens a new stream.
 """
 
 from __future__ import annotations
@@ -32,18 +34,23 @@ class _Stream:
     def __init__(self, stub: pb_grpc.BridgeLedgerStub) -> None:
         self.outbox: asyncio.Queue[pb.SubmitRequest | None] = asyncio.Queue()
         self.waiting: dict[int, asyncio.Future[Result]] = {}
+        self.sent: set[int] = set()  # handed to the call: the bridge may have acted on them
         self.open = True
         self.call = stub.Submit(self._requests())
         self.reader = asyncio.create_task(self._read())
 
     async def _requests(self) -> AsyncIterator[pb.SubmitRequest]:
         while (request := await self.outbox.get()) is not None:
+            if request.correlation_id not in self.waiting:
+                continue  # its caller gave up (timed out) and was told it was never sent
+            self.sent.add(request.correlation_id)
             yield request
 
     async def _read(self) -> None:
         try:
             async for response in self.call:
                 future = self.waiting.pop(response.correlation_id, None)
+                self.sent.discard(response.correlation_id)
                 if future is not None and not future.done():
                     future.set_result(wire.submit_result_from_proto(response))
         except grpc.aio.AioRpcError as error:
@@ -52,13 +59,26 @@ class _Stream:
             )
         finally:
             self.open = False
-            broken = Refused(
-                Reason.UNAVAILABLE, "the link to the bridge broke; resubmit the same instruction id"
-            )
-            for future in self.waiting.values():
+            for correlation_id, future in self.waiting.items():
                 if not future.done():
-                    future.set_result(broken)
+                    future.set_result(
+                        self.undecided(correlation_id, "the link to the bridge broke")
+                    )
             self.waiting.clear()
+            self.sent.clear()
+
+    def undecided(self, correlation_id: int, what: str) -> Refused:
+        """OUTCOME_UNKNOWN once the request was handed to the call, UNAVAILABLE before."""
+        if correlation_id in self.sent:
+            return Refused(
+                Reason.OUTCOME_UNKNOWN,
+                f"{what} with the instruction handed to it: it may or may not have settled; "
+                "resubmit the same instruction id",
+            )
+        return Refused(
+            Reason.UNAVAILABLE,
+            f"{what} before the instruction was sent; resubmit the same instruction id",
+        )
 
     async def close(self) -> None:
         self.outbox.put_nowait(None)
@@ -89,7 +109,11 @@ class BridgeLink:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             stream.waiting.pop(correlation_id, None)
-            return Refused(Reason.UNAVAILABLE, f"no answer from the bridge within {timeout} s")
+            refusal = stream.undecided(
+                correlation_id, f"no answer from the bridge within {timeout} s"
+            )
+            stream.sent.discard(correlation_id)
+            return refusal
 
     async def close(self) -> None:
         if self._stream is not None:

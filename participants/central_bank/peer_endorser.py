@@ -68,7 +68,7 @@ class PeerEndorser:
         try:
             response = await self.stub.EndorseDualPvps(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
-            refusal = refusal_from_rpc_error(error)
+            refusal = _peer_failure(error)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(refusal)
@@ -85,5 +85,29 @@ class PeerEndorser:
                 future.set_exception(wire.refusal_from_proto(result.refusal))
             else:
                 future.set_exception(
-                    Refused(Reason.UNAVAILABLE, "the peer node answered without a result")
+                    Refused(
+                        Reason.UNAVAILABLE,
+                        "the peer node answered without a result; nothing was submitted, "
+                        "resubmit the same instruction id",
+                    )
                 )
+
+
+def _peer_failure(error: grpc.aio.AioRpcError) -> Refused:
+    """What a bank hears when the peer node's EndorseDualPvps call failed as a whole.
+
+    A refusal with a reason (ErrorInfo) stands as the peer gave it. Anything else failed in
+    transport (peer down, stalled past the deadline, cancelled): an endorsement changes nothing
+    and nothing went to the bridge, so it is UNAVAILABLE (not decided: resubmit the same id),
+    never a final refusal such as INSTRUCTION_EXPIRED."""
+    if _has_reason(error):
+        return refusal_from_rpc_error(error)
+    return Refused(
+        Reason.UNAVAILABLE,
+        f"the counterparty's central bank node did not endorse ({error.code().name}: "
+        f"{error.details() or ''}); nothing was submitted, resubmit the same instruction id",
+    )
+
+
+def _has_reason(error: grpc.aio.AioRpcError) -> bool:
+    return any(key == "grpc-status-details-bin" for key, _ in error.trailing_metadata() or ())

@@ -72,6 +72,16 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def read_failure(error: grpc.RpcError) -> Refused:
+    """What a failed read of the bridge means to the bank: the bridge's refusal as it gave it,
+    or, if the call failed in transport, UNAVAILABLE (a read changes nothing, so nothing can
+    have happened: never OUTCOME_UNKNOWN, never a final refusal)."""
+    refusal = refusal_from_rpc_error(error)
+    if refusal.reason is Reason.OUTCOME_UNKNOWN:
+        return Refused(Reason.UNAVAILABLE, f"the bridge did not answer: {refusal.message}")
+    return refusal
+
+
 class CentralBankCore:
     """What both services share: identity, keys, the bridge and the replica."""
 
@@ -120,7 +130,7 @@ class CentralBankCore:
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.NOT_FOUND:
                 return None
-            raise refusal_from_rpc_error(error) from error
+            raise read_failure(error) from error
         key: bytes = response.participant.public_key
         return key
 
@@ -135,7 +145,7 @@ class CentralBankCore:
         except grpc.aio.AioRpcError as error:
             if error.code() is grpc.StatusCode.NOT_FOUND:
                 return None
-            raise refusal_from_rpc_error(error) from error
+            raise read_failure(error) from error
         home: str = response.participant.home_central_bank
         return home
 
@@ -456,11 +466,13 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                     timeout=BRIDGE_DEADLINE,
                 )
             except grpc.aio.AioRpcError as error:
-                if sender != bank:  # say nothing about other banks' instructions
+                refusal = read_failure(error)
+                if sender != bank and not refusal.reason.retryable:
+                    # say nothing about other banks' instructions
                     raise Refused(
                         Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction"
                     ) from error
-                raise refusal_from_rpc_error(error) from error
+                raise refusal from error
             if sender != bank and not core.replica.is_party(bank, status.receipt.seq):
                 raise Refused(Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction")
             return status
@@ -476,7 +488,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                     bridge_pb.GetBalancesRequest(participant=bank), timeout=BRIDGE_DEADLINE
                 )
             except grpc.aio.AioRpcError as error:
-                raise refusal_from_rpc_error(error) from error
+                raise read_failure(error) from error
             return types.AccountList(
                 accounts=[
                     a
@@ -523,7 +535,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             except grpc.aio.AioRpcError as error:
                 if error.code() is grpc.StatusCode.NOT_FOUND:
                     raise unknown from error
-                raise refusal_from_rpc_error(error) from error
+                raise read_failure(error) from error
             if bank not in {status.proposer, *(leg.payer for leg in status.legs)}:
                 raise unknown
             return status
@@ -658,7 +670,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
                 timeout=BRIDGE_DEADLINE,
             )
         except grpc.aio.AioRpcError as error:
-            await abort(context, refusal_from_rpc_error(error))
+            await abort(context, read_failure(error))
         return types.ParticipantList(
             participants=[
                 p
@@ -681,7 +693,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
                 types.CurrencySupplyRequest(currency=self.core.currency), timeout=BRIDGE_DEADLINE
             )
         except grpc.aio.AioRpcError as error:
-            await abort(context, refusal_from_rpc_error(error))
+            await abort(context, read_failure(error))
         return supply
 
     async def ListAccounts(

@@ -9,7 +9,9 @@
 
 `BankClient` uses grpc's synchronous stubs (fine under gevent); `AsyncBankClient` has the same
 methods for asyncio. Amounts are integers in minor units (`to_minor` / `format_minor` convert
-from and to major units). Failed calls raise `BridgeRpcError` with the bridge's reason code.
+from and to major units). Failed calls raise `BridgeRpcError` with the bridge's reason code, as
+one of its two kinds: `Refusal` (final, nothing changed) or `NotDecided` (resubmit the same
+instruction id; the clients retry these themselves, with backoff).
 `CentralBankAdminClient` is the central bank operators' desk.
 """
 
@@ -20,7 +22,7 @@ from participants.sdk._amounts import AmountError, format_minor, to_minor
 from participants.sdk._async_client import AsyncBankClient
 from participants.sdk._client import BankClient
 from participants.sdk._connection import DEFAULT_TIMEOUT, BankSettings, RetryPolicy, Tls
-from participants.sdk._errors import BridgeRpcError
+from participants.sdk._errors import BridgeRpcError, NotDecided, Refusal
 from participants.sdk._models import (
     Account,
     Balance,
@@ -47,9 +49,11 @@ __all__ = [
     "HistoryEntry",
     "InstructionResult",
     "Money",
+    "NotDecided",
     "Outcome",
     "PvpInfo",
     "Reason",
+    "Refusal",
     "RetryPolicy",
     "SignedDualPvp",
     "Tls",

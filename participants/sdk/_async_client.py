@@ -34,9 +34,9 @@ from participants.sdk._connection import (
     BankSettings,
     RetryPolicy,
     Tls,
+    next_pause,
     open_aio_channel,
     remaining,
-    retryable,
 )
 from participants.sdk._errors import BridgeRpcError
 from participants.sdk._models import (
@@ -382,7 +382,7 @@ class AsyncBankClient:
                     yield entry
             except grpc.RpcError as error:
                 failure = BridgeRpcError.from_rpc_error(error)
-                if failure.code is not grpc.StatusCode.UNAVAILABLE:
+                if not failure.retryable:
                     raise failure from error
             finally:
                 call.cancel()
@@ -405,10 +405,9 @@ class AsyncBankClient:
                 return rpc.read(response)
             except grpc.RpcError as error:
                 failure = BridgeRpcError.from_rpc_error(error)
-                pause = next(pauses, None)
-                if not retryable(failure, pause, deadline):
+                pause = next_pause(failure, pauses, deadline)
+                if pause is None:
                     raise failure from error
-            assert pause is not None
             await asyncio.sleep(pause)
 
     async def _poll(

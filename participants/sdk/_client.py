@@ -1,8 +1,9 @@
 """`BankClient`: a commercial bank's synchronous client of its central bank's node.
 
 Built on grpc's synchronous stubs (no event loop inside), so it also runs under gevent, e.g.
-in Locust users. Every call has a deadline; calls failing with UNAVAILABLE are retried, within
-that deadline, with the very same request (instructions are idempotent by id).
+in Locust users. Every call has a deadline; calls not decided (`NotDecided`: unavailable,
+outcome unknown, overloaded, cancelled in transport) are retried with backoff, within that
+deadline, with the very same request (instructions are idempotent by id); refusals are final.
 """
 
 from __future__ import annotations
@@ -375,7 +376,7 @@ class BankClient:
                     yield entry
             except grpc.RpcError as error:
                 failure = BridgeRpcError.from_rpc_error(error)
-                if failure.code is not grpc.StatusCode.UNAVAILABLE:
+                if not failure.retryable:
                     raise failure from error
             finally:
                 call.cancel()

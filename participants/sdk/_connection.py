@@ -31,10 +31,10 @@ __all__ = [
     "Tls",
     "call_with_retry",
     "channel_options",
+    "next_pause",
     "open_aio_channel",
     "open_channel",
     "remaining",
-    "retryable",
     "tls_of",
 ]
 
@@ -61,10 +61,13 @@ class Tls:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Bounded retries of calls that fail with UNAVAILABLE, within the call's deadline.
+    """Bounded retries of calls that are not decided (`NotDecided`: UNAVAILABLE, OUTCOME_UNKNOWN,
+    OVERLOADED, CATCHING_UP, cancelled or timed out in transport), within the call's deadline.
 
-    Instructions are resent unchanged (same id, same signed body): the bridge answers a
-    resubmission with the original outcome, so nothing settles twice.
+    Pauses grow exponentially with full jitter; a server's pushback hint (a `RetryInfo` detail,
+    e.g. on RESOURCE_EXHAUSTED) replaces the pause it would have been. Instructions are resent
+    unchanged (same id, same signed body): the bridge answers a resubmission with the original
+    outcome, so nothing settles twice. Refusals are final and never retried.
     """
 
     max_attempts: int = 5
@@ -147,8 +150,10 @@ def call_with_retry(
     timeout: float,
     retry: RetryPolicy,
     metadata: Sequence[tuple[str, str]] = (),
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Any:
-    """One unary call with a deadline `timeout` s away, retried on UNAVAILABLE before it."""
+    """One unary call with a deadline `timeout` s away, the same request retried while it is
+    not decided, with backoff, before that deadline."""
     deadline = time.monotonic() + timeout
     pauses = retry.backoffs()
     while True:
@@ -156,11 +161,10 @@ def call_with_retry(
             return method(request, timeout=remaining(deadline), metadata=metadata)
         except grpc.RpcError as error:
             failure = BridgeRpcError.from_rpc_error(error)
-            pause = next(pauses, None)
-            if not retryable(failure, pause, deadline):
+            pause = next_pause(failure, pauses, deadline)
+            if pause is None:
                 raise failure from error
-        assert pause is not None
-        time.sleep(pause)
+        sleep(pause)
 
 
 def remaining(deadline: float) -> float:
@@ -168,10 +172,17 @@ def remaining(deadline: float) -> float:
     return max(deadline - time.monotonic(), 0.001)
 
 
-def retryable(failure: BridgeRpcError, pause: float | None, deadline: float) -> bool:
-    """Whether to try again after `failure`: UNAVAILABLE, retries left, time left."""
-    return (
-        failure.code is grpc.StatusCode.UNAVAILABLE
-        and pause is not None
-        and time.monotonic() + pause < deadline
-    )
+def next_pause(failure: BridgeRpcError, pauses: Iterator[float], deadline: float) -> float | None:
+    """The pause before trying again after `failure`, or None to give up: a refusal is final;
+    a call not decided is retried while attempts and time are left, after the server's
+    pushback hint when it gave one, else after the next backoff."""
+    if not failure.retryable:
+        return None
+    pause = next(pauses, None)
+    if pause is None:
+        return None
+    if failure.retry_after is not None:
+        pause = failure.retry_after
+    if time.monotonic() + pause >= deadline:
+        return None
+    return pause

@@ -56,7 +56,8 @@ T = TypeVar("T")
 SERVICE = "/bridge.v1.CentralBank/"
 DEFAULT_VALIDITY_MS = 300_000  # an instruction not recorded within 5 minutes is refused
 DEFAULT_SETTLE_WITHIN_MS = 300_000
-_REMEMBERED = 1024  # recent instructions kept so that a repeated call resends the same body
+_REMEMBERED = 1024  # recent instruction ids kept so that a repeated call resends the same body
+_VARIANTS = 4  # bodies kept per id: the first one sent and the latest others
 _ISSUE_PREFIX = "issue-"  # the node names an issuance `issue-<bank>-<request id>`
 MAX_ID_LENGTH = 64
 
@@ -111,7 +112,10 @@ class BankRequests:
         self.key = key
         self.valid_for_ms = valid_for_ms
         self.clock = clock
-        self._sent: OrderedDict[InstructionId, Envelope] = OrderedDict()
+        # every body recently signed under an id (the first one sent and the latest others):
+        # the bridge recorded at most one of them, and a refused other body (ID_CONFLICT)
+        # must not hide it from a later call repeating the recorded one
+        self._sent: OrderedDict[InstructionId, list[Envelope]] = OrderedDict()
         self._lock = threading.Lock()  # clients may be shared by threads
 
     # ------------------------------------------------------------------ instructions
@@ -123,20 +127,30 @@ class BankRequests:
             validate_shape(body)
         except Refused as refusal:
             raise BridgeRpcError.from_refusal(refusal) from refusal
-        with self._lock:
-            previous = self._sent.get(body.instruction_id)
-        if previous is not None and replace(body, valid_until=previous.body.valid_until) == (
-            previous.body
-        ):
+        previous = self._previous(body)
+        if previous is not None:
             return self._encode(previous)
         envelope = sign_as_party(Envelope.of(body), self.bank_id, self.key)
         self._remember(envelope)
         return self._encode(envelope)
 
-    def _remember(self, envelope: Envelope) -> None:
+    def _previous(self, body: Instruction) -> Envelope | None:
+        """A recently signed envelope with this id and these terms (any validity), if any."""
         with self._lock:
-            self._sent[envelope.body.instruction_id] = envelope
-            self._sent.move_to_end(envelope.body.instruction_id)
+            sent = list(self._sent.get(body.instruction_id, ()))
+        for envelope in sent:
+            if replace(body, valid_until=envelope.body.valid_until) == envelope.body:
+                return envelope
+        return None
+
+    def _remember(self, envelope: Envelope) -> None:
+        instruction_id = envelope.body.instruction_id
+        with self._lock:
+            variants = self._sent.setdefault(instruction_id, [])
+            variants.append(envelope)
+            if len(variants) > _VARIANTS:
+                del variants[1]  # keep the first one sent: the likeliest to be recorded
+            self._sent.move_to_end(instruction_id)
             while len(self._sent) > _REMEMBERED:
                 self._sent.popitem(last=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from typing import Any
 
@@ -16,7 +17,17 @@ from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.crypto import FastVerifier, PrivateKey
 from bridge.domain import DualPvp, Outcome, Pay, party_message
 from bridge.errors import Reason
-from participants.sdk import BridgeRpcError, InstructionResult, RetryPolicy, SignedDualPvp
+from bridge.status import refusal_from_rpc_error
+from participants.sdk import (
+    AsyncBankClient,
+    BridgeRpcError,
+    InstructionResult,
+    NotDecided,
+    Refusal,
+    RetryPolicy,
+    SignedDualPvp,
+)
+from participants.sdk._connection import call_with_retry
 from participants.sdk._requests import BankRequests, new_instruction_id
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -30,13 +41,29 @@ def requests(bank: str = "ICBC", key: PrivateKey | None = None) -> BankRequests:
 class FakeRpcError(grpc.RpcError):  # type: ignore[misc]  # grpc ships no types
     """A failed call as grpc reports it: code, details and trailing metadata."""
 
-    def __init__(self, code: grpc.StatusCode, details: str, reason: str | None = None) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str,
+        reason: str | None = None,
+        *,
+        retry_delay: float | None = None,
+    ) -> None:
         self._code, self._details = code, details
         self._metadata: tuple[tuple[str, bytes], ...] = ()
+        packed = []
         if reason is not None:
             detail = any_pb2.Any()
             detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain="cbdc-bridge.v1"))
-            status = status_pb2.Status(code=code.value[0], message=details, details=[detail])
+            packed.append(detail)
+        if retry_delay is not None:
+            hint = error_details_pb2.RetryInfo()
+            hint.retry_delay.FromMilliseconds(round(retry_delay * 1000))
+            detail = any_pb2.Any()
+            detail.Pack(hint)
+            packed.append(detail)
+        if packed:
+            status = status_pb2.Status(code=code.value[0], message=details, details=packed)
             self._metadata = (("grpc-status-details-bin", status.SerializeToString()),)
 
     def code(self) -> grpc.StatusCode:
@@ -165,8 +192,24 @@ def test_malformed_answer_raises_bridge_rpc_error() -> None:
         ),
         (
             FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"),
-            Reason.UNAVAILABLE,
+            Reason.OUTCOME_UNKNOWN,
             True,
+        ),
+        (FakeRpcError(grpc.StatusCode.CANCELLED, "Cancelled"), Reason.OUTCOME_UNKNOWN, True),
+        (
+            FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "shed", "OVERLOADED"),
+            Reason.OVERLOADED,
+            True,
+        ),
+        (
+            FakeRpcError(grpc.StatusCode.UNAVAILABLE, "commit failed", "OUTCOME_UNKNOWN"),
+            Reason.OUTCOME_UNKNOWN,
+            True,
+        ),
+        (
+            FakeRpcError(grpc.StatusCode.ALREADY_EXISTS, "other body", "ID_CONFLICT"),
+            Reason.ID_CONFLICT,
+            False,
         ),
         (FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"), Reason.UNAVAILABLE, True),
         (
@@ -180,11 +223,191 @@ def test_malformed_answer_raises_bridge_rpc_error() -> None:
 def test_failed_calls_map_to_reason_and_transience(
     error: FakeRpcError, reason: Reason, transient: bool
 ) -> None:
-    """The reason comes from the ErrorInfo detail; a client-side deadline is transient."""
+    """The reason comes from the ErrorInfo detail; a client-side deadline or a cancelled call is
+    not decided (OUTCOME_UNKNOWN), never a refusal; each error is exactly one of the two kinds."""
     failure = BridgeRpcError.from_rpc_error(error)
     assert failure.reason is reason
     assert failure.code is error.code()
     assert failure.transient is transient
+    assert failure.retryable is transient
+    assert isinstance(failure, NotDecided if transient else Refusal)
+    assert not isinstance(failure, Refusal if transient else NotDecided)
+
+
+def test_errors_keep_their_kind_through_pickling() -> None:
+    """A NotDecided error survives pickling (e.g. across worker processes) with its hint."""
+    failure = BridgeRpcError(
+        Reason.OVERLOADED, grpc.StatusCode.RESOURCE_EXHAUSTED, "shed", retry_after=0.5
+    )
+    again = pickle.loads(pickle.dumps(failure))
+    assert isinstance(again, NotDecided)
+    assert (again.reason, again.code, again.message, again.retry_after) == (
+        Reason.OVERLOADED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "shed",
+        0.5,
+    )
+
+
+def test_retry_info_detail_is_read_as_the_pushback_hint() -> None:
+    """RESOURCE_EXHAUSTED with a RetryInfo detail gives retry_after in seconds."""
+    error = FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "shed", "OVERLOADED", retry_delay=0.25)
+    failure = BridgeRpcError.from_rpc_error(error)
+    assert failure.retry_after == pytest.approx(0.25)
+    assert isinstance(failure, NotDecided)
+    assert (
+        BridgeRpcError.from_rpc_error(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "x")).retry_after
+        is None
+    )
+
+
+class ScriptedMethod:
+    """A unary method that fails with the scripted errors in turn, then answers `reply`."""
+
+    def __init__(self, *errors: FakeRpcError, reply: object = "ok") -> None:
+        self.errors = list(errors)
+        self.reply = reply
+        self.requests: list[object] = []
+
+    def __call__(self, request: object, *, timeout: float, metadata: object = ()) -> object:
+        assert timeout > 0
+        self.requests.append(request)
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.reply
+
+
+def test_not_decided_calls_are_retried_with_the_same_request() -> None:
+    """CANCELLED, RESOURCE_EXHAUSTED (pushback 0.3 s) and UNAVAILABLE are retried with the very
+    same request; the server's hint replaces the backoff pause."""
+    method = ScriptedMethod(
+        FakeRpcError(grpc.StatusCode.CANCELLED, "Cancelled"),
+        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "shed", "OVERLOADED", retry_delay=0.3),
+        FakeRpcError(grpc.StatusCode.UNAVAILABLE, "connection refused"),
+    )
+    request = types.Receipt(instruction_id="pay-7")
+    pauses: list[float] = []
+    policy = RetryPolicy(max_attempts=5, initial_backoff=0.01, max_backoff=0.02)
+    reply = call_with_retry(method, request, timeout=60, retry=policy, sleep=pauses.append)
+    assert reply == "ok"
+    assert method.requests == [request] * 4
+    assert all(r is request for r in method.requests)
+    assert len(pauses) == 3
+    assert pauses[1] == pytest.approx(0.3)
+    assert all(0 < p <= 0.02 for p in (pauses[0], pauses[2]))
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "no", "INSUFFICIENT_FUNDS"),
+        FakeRpcError(grpc.StatusCode.ALREADY_EXISTS, "other body", "ID_CONFLICT"),
+        FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "late", "INSTRUCTION_EXPIRED"),
+        FakeRpcError(grpc.StatusCode.UNAUTHENTICATED, "bad", "BAD_SIGNATURE"),
+    ],
+)
+def test_refusals_are_raised_after_one_attempt(error: FakeRpcError) -> None:
+    """A refusal is final: one attempt, no pause, raised as a Refusal."""
+    method = ScriptedMethod(error)
+    pauses: list[float] = []
+    with pytest.raises(Refusal) as info:
+        call_with_retry(
+            method, types.Receipt(), timeout=60, retry=RetryPolicy(), sleep=pauses.append
+        )
+    assert info.value.reason.value == str(refusal_from_rpc_error(error).reason)
+    assert len(method.requests) == 1
+    assert pauses == []
+
+
+def test_retries_stop_after_max_attempts_with_the_last_not_decided_error() -> None:
+    """A call that stays not decided is tried max_attempts times, then raises NotDecided."""
+    method = ScriptedMethod(
+        *[FakeRpcError(grpc.StatusCode.UNAVAILABLE, "still down", "CATCHING_UP")] * 10
+    )
+    pauses: list[float] = []
+    policy = RetryPolicy(max_attempts=3, initial_backoff=0.01)
+    with pytest.raises(NotDecided) as info:
+        call_with_retry(method, types.Receipt(), timeout=60, retry=policy, sleep=pauses.append)
+    assert info.value.reason is Reason.CATCHING_UP
+    assert len(method.requests) == 3
+    assert len(pauses) == 2
+
+
+def test_a_pushback_beyond_the_deadline_ends_the_retries() -> None:
+    """A server hint longer than the time left raises at once rather than overrun the deadline."""
+    method = ScriptedMethod(
+        FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "shed", "OVERLOADED", retry_delay=120)
+    )
+    pauses: list[float] = []
+    with pytest.raises(NotDecided):
+        call_with_retry(
+            method, types.Receipt(), timeout=5, retry=RetryPolicy(), sleep=pauses.append
+        )
+    assert (len(method.requests), pauses) == (1, [])
+
+
+class AsyncScriptedStub:
+    """An aio stub whose Pay fails with the scripted errors in turn, then settles."""
+
+    def __init__(self, *errors: FakeRpcError) -> None:
+        self.errors = list(errors)
+        self.requests: list[bytes] = []
+
+    async def Pay(  # noqa: N802  # the generated stub's method name
+        self, request: types.SignedInstruction, *, timeout: float
+    ) -> types.InstructionStatus:
+        self.requests.append(request.SerializeToString())
+        if self.errors:
+            raise self.errors.pop(0)
+        body = wire.envelope_from_proto(request).body
+        receipt = types.Receipt(
+            sender=body.sender,
+            instruction_id=body.instruction_id,
+            body_hash=b"\x01" * 32,
+            outcome=types.OUTCOME_SETTLED,
+            seq=1,
+        )
+        return types.InstructionStatus(receipt=receipt)
+
+
+async def test_async_client_retries_cancelled_and_overloaded_with_the_same_bytes() -> None:
+    """AsyncBankClient resends the very same signed instruction after CANCELLED and
+    RESOURCE_EXHAUSTED, and raises a refusal after one attempt."""
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)
+    async with AsyncBankClient(
+        "127.0.0.1:9", "ICBC", PrivateKey.generate(), retry=policy
+    ) as client:
+        stub = AsyncScriptedStub(
+            FakeRpcError(grpc.StatusCode.CANCELLED, "Cancelled"),
+            FakeRpcError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "shed", "OVERLOADED", retry_delay=0.001
+            ),
+        )
+        client._stub = stub
+        result = await client.pay("BOCQ", "CNY", 100)
+        assert result.outcome is Outcome.SETTLED
+        assert len(stub.requests) == 3
+        assert len(set(stub.requests)) == 1
+        refusing = AsyncScriptedStub(
+            FakeRpcError(grpc.StatusCode.FAILED_PRECONDITION, "no", "INSUFFICIENT_FUNDS")
+        )
+        client._stub = refusing
+        with pytest.raises(Refusal):
+            await client.pay("BOCQ", "CNY", 100)
+        assert len(refusing.requests) == 1
+
+
+def test_a_refused_other_body_does_not_hide_the_recorded_one() -> None:
+    """pay(100, id X), pay(999, id X), pay(100, id X): the third resends the first's bytes, so
+    the bridge recognises the resubmission (duplicate) rather than answering ID_CONFLICT."""
+    bank = BankRequests(
+        "ICBC", PrivateKey.generate(), clock=iter(range(NOW, NOW + 10_000, 100)).__next__
+    )
+    first = bank.pay("BOCQ", "CNY", 100, "", "pay-x", None).request
+    other = bank.pay("BOCQ", "CNY", 999, "", "pay-x", None).request
+    again = bank.pay("BOCQ", "CNY", 100, "", "pay-x", None).request
+    assert other.SerializeToString() != first.SerializeToString()
+    assert again.SerializeToString() == first.SerializeToString()
 
 
 def test_retry_pauses_are_bounded_and_grow() -> None:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bridge.core.ledger import Batch
 from bridge.crypto import FastVerifier
-from bridge.domain import DualPvp, ExpirePvp, Outcome, Receipt
+from bridge.domain import DualPvp, Envelope, ExpirePvp, Outcome, Receipt
 from bridge.errors import Reason, Refused, StoreError
+from bridge.log.blocks import Attestation, SealedBlock
 from bridge.log.events import vars_of
+from bridge.node.sequencer import Sequencer
 from bridge.settlement import SettlementEngine
 from bridge.store.sqlite import SqliteStore
 from tests.factories import (
@@ -212,7 +215,7 @@ def test_finish_with_a_failure_rolls_back(engine: SettlementEngine, net: Network
     settled = engine.finish(prepared, StoreError("disk unplugged"))
     (result,) = settled.results
     assert isinstance(result, Refused)
-    assert result.reason is Reason.UNAVAILABLE
+    assert result.reason is Reason.OUTCOME_UNKNOWN
     assert "disk unplugged" in result.message
     assert settled.block is None
     assert engine.ledger.balances == before
@@ -326,3 +329,129 @@ def test_shape_is_refused_before_signatures_within_a_batch(
     assert first.reason is Reason.NON_POSITIVE_AMOUNT
     assert isinstance(second, Refused)
     assert second.reason is Reason.MISSING_SIGNATURE
+
+
+# ---------------------------------------------------------------------------- failed commits
+
+
+class FailingStore(SqliteStore):
+    """A real SQLite store whose block commits fail while `failing` is set (a full disk)."""
+
+    failing = False
+
+    def commit_block(
+        self,
+        block: SealedBlock,
+        batch: Batch,
+        events: Sequence[bytes],
+        attestations: Sequence[Attestation] = (),
+    ) -> None:
+        if self.failing:
+            raise StoreError("database or disk is full")
+        super().commit_block(block, batch, events, attestations)
+
+
+@pytest.fixture
+def failing_engine(net: Network) -> Iterator[SettlementEngine]:
+    """A funded engine (blocks 1 and 2) over a store that fails on demand."""
+    with tempfile.TemporaryDirectory(prefix="bridge-failing-") as tmp:
+        store = FailingStore(Path(tmp) / "ledger.sqlite")
+        try:
+            yield engine_over(store, net)
+        finally:
+            store.close()
+
+
+def engine_over(store: SqliteStore, net: Network) -> SettlementEngine:
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    for batch in (
+        [admit_bank(net, cb, bank) for bank, cb in BANKS],
+        [issue(net, cb, bank, FUNDS) for bank, cb in BANKS],
+    ):
+        assert all(isinstance(r, Receipt) for r in engine.settle(batch, T0).results)
+    return engine
+
+
+def failing_batch(net: Network) -> tuple[Envelope, ...]:
+    """Two copies of one payment, then a payment refused only because of the one before it."""
+    first = pay(net, "ICBC", "CCB", FUNDS - 100)
+    overspend = pay(net, "ICBC", "KBANK", 200, "CNY")
+    return (first, first, overspend)
+
+
+def test_failed_commit_answers_outcome_unknown_for_every_result_of_the_batch(
+    failing_engine: SettlementEngine, net: Network
+) -> None:
+    """Settled, in-batch duplicate and refusal alike: OUTCOME_UNKNOWN when the commit fails."""
+    engine = failing_engine
+    earlier = pay(net, "BOCHK", "KBANK", 10, "HKD")
+    (committed,) = engine.settle([earlier], T0 + 1).results
+    assert isinstance(committed, Receipt)
+    store = engine.store
+    assert isinstance(store, FailingStore)
+    store.failing = True
+
+    first, copy, overspend = failing_batch(net)
+    prepared = engine.prepare([first, copy, overspend, earlier], T0 + 2)
+    in_memory = prepared.results
+    assert isinstance(in_memory[1], Receipt)
+    assert in_memory[1].duplicate
+    assert isinstance(in_memory[2], Refused)
+    assert in_memory[2].reason is Reason.INSUFFICIENT_FUNDS
+    settled = engine.finish(prepared, engine.commit(prepared))
+
+    *lost, again = settled.results
+    for result in lost:
+        assert isinstance(result, Refused), result
+        assert result.reason is Reason.OUTCOME_UNKNOWN
+        assert result.reason.retryable
+    assert again == replace(committed, duplicate=True)
+    assert settled.block is None
+
+
+def test_after_a_failed_commit_resubmission_settles_once(
+    failing_engine: SettlementEngine, net: Network
+) -> None:
+    """Resubmitting a failed batch's ids settles each once; the overspend is then refused."""
+    engine = failing_engine
+    store = engine.store
+    assert isinstance(store, FailingStore)
+    first, copy, overspend = failing_batch(net)
+    store.failing = True
+    engine.settle([first, copy, overspend], T0 + 1)
+    store.failing = False
+
+    settled = engine.settle([first, copy, overspend], T0 + 2)
+    a, b, c = settled.results
+    assert isinstance(a, Receipt)
+    assert not a.duplicate
+    assert b == replace(a, duplicate=True)
+    assert isinstance(c, Refused)
+    assert c.reason is Reason.INSUFFICIENT_FUNDS
+    assert engine.store.count("entries") == engine.ledger.next_seq - 1
+    assert engine.ledger.balance("ICBC", "CNY") == (100, 0)
+    (later,) = engine.settle([first], T0 + 3).results
+    assert later == replace(a, duplicate=True)
+
+
+async def test_sequencer_answers_outcome_unknown_when_the_block_commit_fails(
+    failing_engine: SettlementEngine, net: Network
+) -> None:
+    """Through the sequencer: one batch, commit failing, every caller gets OUTCOME_UNKNOWN."""
+    engine = failing_engine
+    earlier = pay(net, "BOCHK", "KBANK", 10, "HKD")
+    (committed,) = engine.settle([earlier], T0 + 1).results
+    assert isinstance(committed, Receipt)
+    store = engine.store
+    assert isinstance(store, FailingStore)
+    store.failing = True
+    sequencer = Sequencer(engine, clock=lambda: T0 + 2)
+    first, copy, overspend = failing_batch(net)
+    futures = [sequencer.enqueue(e) for e in (first, copy, overspend, earlier)]
+    sequencer.start()  # the four are queued before the loop runs: one batch
+    try:
+        results = [await f for f in futures]
+    finally:
+        await sequencer.stop()
+    assert [getattr(r, "reason", None) for r in results[:3]] == [Reason.OUTCOME_UNKNOWN] * 3
+    assert results[3] == replace(committed, duplicate=True)

@@ -256,10 +256,10 @@ def pay_batch(net: Network, count: int, prefix: str) -> list[Envelope]:
     return [pay(net, "ICBC", "CCB", 10 + i, instruction_id=f"{prefix}-{i}") for i in range(count)]
 
 
-def assert_all_unavailable(results: list[Result]) -> None:
+def assert_all_unknown(results: list[Result]) -> None:
     for result in results:
         assert isinstance(result, Refused), result
-        assert result.reason is Reason.UNAVAILABLE
+        assert result.reason is Reason.OUTCOME_UNKNOWN
 
 
 def test_failed_commit_writes_nothing_and_rolls_the_ledger_back(
@@ -283,7 +283,7 @@ def test_failed_commit_writes_nothing_and_rolls_the_ledger_back(
     batch = pay_batch(net, 5, "atomic")
     settled = engine.settle(batch, T0 + 10)
     assert settled.block is None
-    assert_all_unavailable(settled.results)
+    assert_all_unknown(settled.results)
     assert rows_of(db_path) == before_rows
     assert state_of(ledger) == before_state
     assert (ledger.next_seq, ledger.pending_entries()) == (next_seq, 0)
@@ -309,7 +309,7 @@ def test_commit_of_a_taken_block_height_fails_whole(
     before_state = state_of(second.ledger)
 
     settled = second.settle(pay_batch(net, 3, "loser"), T0 + 11)
-    assert_all_unavailable(settled.results)
+    assert_all_unknown(settled.results)
     assert rows_of(db_path) == before_rows
     assert second.ledger.balances == before_balances
     assert state_of(second.ledger) == before_state
@@ -327,15 +327,16 @@ def test_commit_on_a_closed_connection_fails_and_rolls_back(
 
     batch = [*pay_batch(net, 2, "closed"), dual_pvp(net, "BOCHK", "KBANK", 100, 400)]
     settled = engine.settle(batch, T0 + 10)
-    assert_all_unavailable(settled.results)
+    assert_all_unknown(settled.results)
     assert state_of(engine.ledger) == before_state
     assert rows_of(db_path) == before_rows
 
 
-def test_duplicates_in_a_failed_batch_keep_their_original_receipt(
+def test_earlier_duplicates_in_a_failed_batch_keep_their_original_receipt(
     open_engine: Callable[[], SettlementEngine], net: Network, db_path: Path
 ) -> None:
-    """Only new settlements turn unavailable; duplicates and refusals are reported as they are."""
+    """A duplicate of an earlier block keeps its receipt; a refusal and a new settlement of the
+    failed batch are both OUTCOME_UNKNOWN (the refusal may have rested on the lost batch)."""
     engine = open_engine()
     sent = populate(engine, net)
     engine.store.close()
@@ -345,9 +346,9 @@ def test_duplicates_in_a_failed_batch_keep_their_original_receipt(
     assert isinstance(duplicate, Receipt)
     assert duplicate.duplicate
     assert isinstance(refused, Refused)
-    assert refused.reason is Reason.INSUFFICIENT_FUNDS
+    assert refused.reason is Reason.OUTCOME_UNKNOWN
     assert isinstance(lost, Refused)
-    assert lost.reason is Reason.UNAVAILABLE
+    assert lost.reason is Reason.OUTCOME_UNKNOWN
 
 
 # ---------------------------------------------------------------------------- tail verification

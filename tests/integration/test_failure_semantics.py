@@ -1,0 +1,238 @@
+"""Refused versus not decided, through a live network: status details, SDK, CLI exit codes.
+
+One network (bridge and four central bank nodes) runs for the module. The status of every failed
+call says which of the two kinds it is in its `google.rpc.ErrorInfo` metadata (`retryable`,
+`outcome`); the SDK raises `Refusal` or `NotDecided`; the CLI exits 1 or 3. The last tests stall
+a peer central bank node and stop the bridge, then restore them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.domain import DualPvp, Outcome
+from bridge.errors import Reason
+from participants.launcher import free_ports
+from participants.sdk import BankClient, NotDecided, Refusal, RetryPolicy
+from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, refusal_of, wait_for
+
+if TYPE_CHECKING:
+    from tests.conftest import LiveNetwork
+
+CLI = Path(sys.executable).parent / "cbdc-bridge"
+FUNDS = 10_000_000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def funded(live: LiveNetwork) -> None:
+    live.issue("ICBC", FUNDS)
+    live.issue("HSBCHK", FUNDS)
+
+
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo:
+    """The ErrorInfo detail of a failed call (fails the test if there is none)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info
+    raise AssertionError(f"no ErrorInfo in {error.code().name}: {error.details()}")
+
+
+def run_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`cbdc-bridge ...` as a separate process started in `cwd`."""
+    return subprocess.run(
+        [str(CLI), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1", "TERM": "dumb"},
+    )
+
+
+def settles_through_pboc(live: LiveNetwork) -> bool:
+    """Whether a payment through PBOC's node settles now (False while it is not decided)."""
+    try:
+        live.pay("ICBC", "BOCQ", 1)
+    except grpc.RpcError as error:
+        if Reason(error_info(error).reason).retryable:
+            return False
+        raise
+    return True
+
+
+def dual(amount_cny: int = 20_000, amount_hkd: int = 21_700) -> DualPvp:
+    return DualPvp(
+        new_id("dual"),
+        "ICBC",
+        now_ms() + VALID_FOR_MS,
+        "HSBCHK",
+        "CNY",
+        amount_cny,
+        "HKD",
+        amount_hkd,
+        "1.085",
+        "dual-signed, counterparty node stalled",
+    )
+
+
+def test_a_refusal_says_retryable_false_in_its_error_info(live: LiveNetwork) -> None:
+    """INSUFFICIENT_FUNDS: FAILED_PRECONDITION, ErrorInfo retryable=false, outcome=refused."""
+    error = live.assert_refused_unchanged(
+        lambda: live.pay("BOCQ", "ICBC", 10**15),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        Reason.INSUFFICIENT_FUNDS,
+    )
+    info = error_info(error)
+    assert info.reason == "INSUFFICIENT_FUNDS"
+    assert dict(info.metadata) == {"retryable": "false", "outcome": "refused"}
+
+
+def test_sdk_repeat_after_an_id_conflict_returns_the_original_receipt(live: LiveNetwork) -> None:
+    """pay(100, id X) settles; pay(999, id X) is ID_CONFLICT; pay(100, id X) is the original
+    receipt again (duplicate, same seq), and only one entry is logged."""
+    instruction_id = new_id("repeat")
+    with BankClient.from_network(live.directory, "ICBC") as icbc:
+        first = icbc.pay("BOCQ", "CNY", 100, instruction_id=instruction_id)
+        assert first.outcome is Outcome.SETTLED
+        assert not first.duplicate
+        with pytest.raises(Refusal) as info:
+            icbc.pay("BOCQ", "CNY", 999, instruction_id=instruction_id)
+        assert info.value.reason is Reason.ID_CONFLICT
+        again = icbc.pay("BOCQ", "CNY", 100, instruction_id=instruction_id)
+    assert again.duplicate
+    assert again.seq == first.seq
+    assert again.outcome is Outcome.SETTLED
+    assert live.entries_of_instruction("ICBC", instruction_id) == 1
+
+
+def test_cli_refusal_exits_1_and_says_it_is_final(live: LiveNetwork, tmp_path: Path) -> None:
+    """`cbdc-bridge bank pay` refused for funds: exit 1, reason printed, marked final."""
+    network = str(live.directory)
+    result = run_cli(
+        tmp_path, "bank", "pay", "ICBC", "99999999", "CNY", "--network", network, "--bank", "BOCQ"
+    )
+    assert result.returncode == 1, result.stderr
+    assert "INSUFFICIENT_FUNDS" in result.stderr
+    assert "refused (final, nothing changed)" in result.stderr
+
+
+def test_cli_resubmit_command_repeats_the_same_instruction(
+    live: LiveNetwork, tmp_path: Path
+) -> None:
+    """`pvp propose` to an unreachable node exits 3 and prints a command naming the id, validity
+    and settlement deadline; running that command prints the very same command again."""
+    copy = tmp_path / "network"
+    shutil.copytree(live.directory / "keys", copy / "keys")
+    data = json.loads((live.directory / "network.json").read_text())
+    for cb in data["central_banks"]:
+        cb["port"] = free_ports(1)[0]
+    (copy / "network.json").write_text(json.dumps(data))
+    args = ["bank", "pvp", "propose", "HSBCHK", "--pay", "1,000 CNY", "--receive", "1085.20 HKD"]
+    args += ["--network", str(copy), "--bank", "ICBC", "--timeout", "1"]
+    first = run_cli(tmp_path, *args)
+    assert first.returncode == 3, first.stdout + first.stderr
+    (command,) = [line for line in first.stdout.splitlines() if line.startswith("cbdc-bridge ")]
+    words = shlex.split(command)
+    for option in ("--id", "--valid-until", "--settle-by"):
+        assert option in words, command
+    assert words[words.index("--pay") + 1] == "1,000 CNY"
+    again = run_cli(tmp_path, *words[1:])
+    assert again.returncode == 3, again.stdout + again.stderr
+    assert command in again.stdout.splitlines()
+
+
+def test_stalled_peer_node_reaches_the_bank_as_retryable_not_expired(live: LiveNetwork) -> None:
+    """HKMA's node stalled: PBOC's endorsement request times out and ICBC hears a retryable
+    UNAVAILABLE (not INSTRUCTION_EXPIRED); once HKMA is back the same instruction settles once."""
+    body = dual()
+    message = live.dual_signed(body)
+    hkma = live.network.central_banks["HKMA"]
+    before = live.snapshot()
+    hkma.signal(signal.SIGSTOP)
+    try:
+        error = refusal_of(lambda: live.node("PBOC").SubmitDualPvp(message, timeout=RPC_TIMEOUT))
+    finally:
+        hkma.signal(signal.SIGCONT)
+    assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+    info = error_info(error)
+    assert info.reason == "UNAVAILABLE"
+    assert dict(info.metadata) == {"retryable": "true", "outcome": "not_decided"}
+    assert live.snapshot() == before
+    status = live.node("PBOC").SubmitDualPvp(message, timeout=RPC_TIMEOUT)
+    assert status.receipt.outcome == types.OUTCOME_SETTLED
+    assert live.entries_of_instruction("ICBC", body.instruction_id) == 1
+
+
+def test_bridge_down_is_not_decided_and_the_printed_command_resubmits(
+    live: LiveNetwork, tmp_path: Path
+) -> None:
+    """Bridge stopped, PBOC's node up: a raw Pay says retryable=true; the CLI exits 3 and prints
+    the command with the same id and validity; run after the bridge is back, it settles once."""
+    network = str(live.directory)
+    live.network.bridge.stop()
+    try:
+        error = refusal_of(lambda: live.pay("ICBC", "BOCQ", 50))
+        assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+        info = error_info(error)
+        assert Reason(info.reason).retryable
+        assert dict(info.metadata) == {"retryable": "true", "outcome": "not_decided"}
+        with (
+            BankClient.from_network(
+                live.directory, "ICBC", timeout=3, retry=RetryPolicy(max_attempts=2)
+            ) as icbc,
+            pytest.raises(NotDecided),
+        ):
+            icbc.pay("BOCQ", "CNY", 50)
+        result = run_cli(
+            tmp_path,
+            "bank",
+            "pay",
+            "BOCQ",
+            "12.34",
+            "CNY",
+            "--network",
+            network,
+            "--bank",
+            "ICBC",
+            "--timeout",
+            "3",
+        )
+    finally:
+        live.network.restart_bridge()
+        live.reset_channels()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "not decided" in result.stderr
+    (command,) = [line for line in result.stdout.splitlines() if line.startswith("cbdc-bridge ")]
+    words = shlex.split(command)
+    instruction_id = words[words.index("--id") + 1]
+    assert instruction_id in result.stderr
+    assert "--valid-until" in words
+    assert live.entries_of_instruction("ICBC", instruction_id) == 0
+
+    wait_for(lambda: settles_through_pboc(live), timeout=60, what="PBOC to reach the bridge again")
+    before = live.balance("BOCQ", "CNY")
+    again = run_cli(tmp_path, *words[1:])
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "SETTLED" in again.stdout
+    assert live.balance("BOCQ", "CNY")[0] == before[0] + 1234
+    once_more = run_cli(tmp_path, *words[1:])
+    assert once_more.returncode == 0, once_more.stderr
+    assert "already recorded" in once_more.stdout
+    assert live.entries_of_instruction("ICBC", instruction_id) == 1
