@@ -19,7 +19,7 @@ from bridge.domain import Envelope, Genesis, Millis, Receipt
 from bridge.errors import Reason, Refused, StoreError
 from bridge.log.blocks import Attestation, SealedBlock, seal
 from bridge.log.events import encode_events, settlement_event
-from bridge.store.sqlite import SqliteStore
+from bridge.store.base import Store
 
 Result = Receipt | Refused
 
@@ -45,7 +45,7 @@ class Settled:
 class SettlementEngine:
     """Owns the ledger and its store; one caller at a time (the sequencer)."""
 
-    def __init__(self, ledger: Ledger, store: SqliteStore) -> None:
+    def __init__(self, ledger: Ledger, store: Store) -> None:
         self.ledger = ledger
         self.store = store
         head = store.head()
@@ -55,7 +55,7 @@ class SettlementEngine:
     @classmethod
     def open(
         cls,
-        store: SqliteStore,
+        store: Store,
         genesis: Genesis | None,
         *,
         verifier: Verifier | None,
@@ -65,12 +65,12 @@ class SettlementEngine:
         stored = store.genesis()
         if stored is None:
             if genesis is None:
-                raise StoreError(f"{store.path} is empty and no genesis was given")
+                raise StoreError(f"{store.description} is empty and no genesis was given")
             ledger = Ledger(genesis, verifier=verifier, check=check)
             store.initialize(ledger)
             return cls(ledger, store)
         if genesis is not None and genesis.hash() != stored.hash():
-            raise StoreError(f"{store.path} holds a different ledger (genesis mismatch)")
+            raise StoreError(f"{store.description} holds a different ledger (genesis mismatch)")
         return cls(store.load(verifier=verifier, check=check), store)
 
     def settle(self, envelopes: Sequence[Envelope], now: Millis) -> Settled:

@@ -44,6 +44,7 @@ from participants.auth import sign_query
 from participants.central_bank.channels import bridge_channel
 from participants.launcher import Network, prepare_network
 from participants.network_config import NetworkConfig
+from tests.pg import PostgresServer, start_server
 
 RPC_TIMEOUT = 20.0
 VALID_FOR_MS = 120_000
@@ -434,3 +435,32 @@ def live(network: Network) -> Iterator[LiveNetwork]:
         yield harness
     finally:
         harness.close()
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throw-away PostgreSQL server for the session (skips, or fails under CI=true,
+    when the binaries are missing)."""
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's ledger lives: a SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite")
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.create_database()

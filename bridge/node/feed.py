@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 
 from bridge.log.blocks import Attestation, BlockHeader, is_final
-from bridge.store.sqlite import SqliteStore
+from bridge.store.base import Store
 
 
 class ChainFeed:
     """Tracks the head and the final height; wakes streams when either moves."""
 
-    def __init__(self, store: SqliteStore, quorum: int) -> None:
+    def __init__(self, store: Store, quorum: int) -> None:
         self.store = store
         self.quorum = quorum
         head = store.head()

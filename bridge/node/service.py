@@ -24,7 +24,7 @@ from bridge.node.feed import ChainFeed
 from bridge.node.sequencer import Sequencer
 from bridge.settlement import Result
 from bridge.status import abort
-from bridge.store.sqlite import SqliteStore
+from bridge.store.base import Store
 
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 PAGE = 500
@@ -37,7 +37,7 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         *,
         genesis: Genesis,
         sequencer: Sequencer,
-        reader: SqliteStore,
+        reader: Store,
         feed: ChainFeed,
         ledger: Ledger,
     ) -> None:

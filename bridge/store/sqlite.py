@@ -41,8 +41,9 @@ CREATE TABLE IF NOT EXISTS attestations (
     height INTEGER NOT NULL, central_bank TEXT NOT NULL, block_hash BLOB NOT NULL,
     signature BLOB NOT NULL, PRIMARY KEY (height, central_bank)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accounts (
-    participant TEXT NOT NULL, currency TEXT NOT NULL, available INTEGER NOT NULL,
-    held INTEGER NOT NULL, PRIMARY KEY (participant, currency)) WITHOUT ROWID;
+    participant TEXT NOT NULL, currency TEXT NOT NULL,
+    available INTEGER NOT NULL CHECK (available >= 0), held INTEGER NOT NULL CHECK (held >= 0),
+    PRIMARY KEY (participant, currency)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS state (
     tbl TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (tbl, key)) WITHOUT ROWID;
@@ -63,6 +64,10 @@ class SqliteStore:
         self._db.execute(f"PRAGMA synchronous={synchronous}")
         self._db.execute("PRAGMA foreign_keys=OFF")
         self._db.executescript(SCHEMA)
+
+    @property
+    def description(self) -> str:
+        return str(self.path)
 
     def close(self) -> None:
         self._db.close()

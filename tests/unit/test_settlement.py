@@ -1,4 +1,5 @@
-"""The settlement engine: ordered results, blocks only for changes, expiry, genesis checks."""
+"""The settlement engine over every store: ordered results, blocks only for changes, expiry,
+genesis checks."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from bridge.log.blocks import Attestation, SealedBlock
 from bridge.log.events import vars_of
 from bridge.node.sequencer import Sequencer
 from bridge.settlement import SettlementEngine
+from bridge.store.base import Store, open_store
 from bridge.store.sqlite import SqliteStore
 from tests.factories import (
     BANKS,
@@ -46,17 +48,17 @@ def net() -> Network:
 
 
 @pytest.fixture
-def store() -> Iterator[SqliteStore]:
-    with tempfile.TemporaryDirectory(prefix="bridge-engine-") as tmp:
-        opened = SqliteStore(Path(tmp) / "ledger.sqlite")
-        try:
-            yield opened
-        finally:
-            opened.close()
+def store(store_spec: str) -> Iterator[Store]:
+    """A fresh store of each kind (SQLite file, PostgreSQL database)."""
+    opened = open_store(store_spec)
+    try:
+        yield opened
+    finally:
+        opened.close()
 
 
 @pytest.fixture
-def engine(store: SqliteStore, net: Network) -> SettlementEngine:
+def engine(store: Store, net: Network) -> SettlementEngine:
     """An engine over a fresh store with every bank admitted and funded (blocks 1 and 2)."""
     engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
     for batch in (
@@ -172,7 +174,7 @@ def test_expiry_rides_along_with_a_batch(engine: SettlementEngine, net: Network)
     assert [e["outcome"] for e in events] == ["SETTLED", "EXPIRED"]
 
 
-def test_genesis_mismatch_is_refused(store: SqliteStore, net: Network) -> None:
+def test_genesis_mismatch_is_refused(store: Store, net: Network) -> None:
     """Opening a store with another network's genesis fails instead of mixing ledgers."""
     SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
     other = replace(net.genesis, chain_id="another-bridge")
@@ -187,7 +189,7 @@ def test_reopen_without_genesis_uses_the_stored_one(engine: SettlementEngine, ne
     assert (again.height, again.head_hash) == (engine.height, engine.head_hash)
 
 
-def test_empty_store_needs_a_genesis(store: SqliteStore) -> None:
+def test_empty_store_needs_a_genesis(store: Store) -> None:
     """An empty store cannot be opened without a genesis to found it."""
     with pytest.raises(StoreError, match="no genesis"):
         SettlementEngine.open(store, None, verifier=FastVerifier())

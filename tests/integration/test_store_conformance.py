@@ -1,0 +1,417 @@
+"""What every store must do, held against each one (SQLite file, PostgreSQL database).
+
+The same tests, through the `Store` interface only: state round trips, receipts after a
+restart, atomic block commits (a failed one writes nothing and rolls the ledger back), the
+database refusing a negative balance on its own, attestations, the outbox, and the tail check.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import psycopg
+import pytest
+
+from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.crypto import FastVerifier
+from bridge.domain import Envelope, Outcome, Receipt
+from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
+from bridge.log.blocks import attest
+from bridge.settlement import Result, SettlementEngine
+from bridge.store.base import Store, is_postgres, open_store
+from tests.factories import (
+    BANKS,
+    T0,
+    Network,
+    accept_pvp,
+    admit_bank,
+    cancel_pvp,
+    dual_pvp,
+    freeze,
+    issue,
+    network,
+    pay,
+    pvp_proposal,
+    redeem,
+    set_policy,
+    sign,
+)
+
+HOUR = 3_600_000
+FUNDS = 10_000_000
+TABLES = ("blocks", "entries", "attestations", "outbox", "accounts")
+
+
+@pytest.fixture
+def net() -> Network:
+    return network()
+
+
+@pytest.fixture
+def stores() -> Iterator[list[Store]]:
+    """Every store a test opens, closed at the end."""
+    opened: list[Store] = []
+    yield opened
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def open_engine(
+    store_spec: str, net: Network, stores: list[Store]
+) -> Callable[[], SettlementEngine]:
+    """Open (or reopen) an engine over the test's store."""
+
+    def opener() -> SettlementEngine:
+        store = open_store(store_spec)
+        stores.append(store)
+        return SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+
+    return opener
+
+
+def execute(spec: str, sql: str, *args: Any) -> None:
+    """Run one statement straight against the database, behind the store's back."""
+    if is_postgres(spec):
+        with psycopg.connect(spec, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s").encode(), args)
+        return
+    db = sqlite3.connect(spec, isolation_level=None)
+    try:
+        db.execute(sql, args)
+    finally:
+        db.close()
+
+
+def settle_ok(engine: SettlementEngine, envelopes: list[Envelope], now: int) -> list[Receipt]:
+    results = engine.settle(envelopes, now).results
+    refused = [r for r in results if isinstance(r, Refused)]
+    assert not refused, refused
+    return [r for r in results if isinstance(r, Receipt)]
+
+
+def state_of(ledger: Ledger) -> dict[str, dict[Any, Any]]:
+    return {name: dict(rows) for name, rows in ledger.tables().items()}
+
+
+def stored(store: Store) -> tuple[Any, ...]:
+    """What a reader of the store sees: row counts, every account, the head."""
+    return (
+        tuple(store.count(t) for t in TABLES),
+        store.accounts(),
+        store.head(),
+        store.outbox_after(0),
+    )
+
+
+def populate(engine: SettlementEngine, net: Network) -> dict[str, Any]:
+    """Drive every state table through four blocks; returns what was sent."""
+    sent: dict[str, Any] = {}
+    settle_ok(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    funding = [issue(net, cb, bank, FUNDS) for bank, cb in BANKS]
+    policy = set_policy(net, "PBOC", per_transfer_limit=5_000_000, per_day_limit=8_000_000)
+    sent["freeze"] = freeze(net, "BOT", "ENBD", "THB")
+    settle_ok(engine, [*funding, policy, sent["freeze"]], T0 + 1)
+    held = pvp_proposal(net, "ICBC", "BOCHK", 20_000, 25_000, settle_by=T0 + HOUR)
+    settled = pvp_proposal(net, "CCB", "KBANK", 10_000, 45_000, settle_by=T0 + HOUR)
+    cancelled = pvp_proposal(net, "BOCHK", "KBANK", 7_000, 30_000, settle_by=T0 + HOUR)
+    sent["held"] = held
+    sent["pay"] = pay(net, "ICBC", "CCB", 1_000, reference="INV-2025-0001")
+    sent["dual"] = dual_pvp(net, "BOCHK", "ENBD", 3_000, 1_500)
+    sent["propose"] = [sign(net, p) for p in (held, settled, cancelled)]
+    settle_ok(engine, [sent["pay"], sent["dual"], *sent["propose"]], T0 + 2)
+    sent["accept"] = accept_pvp(net, settled)
+    settle_ok(
+        engine, [sent["accept"], cancel_pvp(net, cancelled), redeem(net, "KBANK", 500)], T0 + 3
+    )
+    return sent
+
+
+def pay_batch(net: Network, count: int, prefix: str) -> list[Envelope]:
+    return [pay(net, "ICBC", "CCB", 10 + i, instruction_id=f"{prefix}-{i}") for i in range(count)]
+
+
+def assert_all_unavailable(results: list[Result]) -> None:
+    for result in results:
+        assert isinstance(result, Refused), result
+        assert result.reason is Reason.UNAVAILABLE
+
+
+# ---------------------------------------------------------------------------- round trips
+
+
+def test_every_state_table_and_the_head_round_trip(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Reopening gives back every state table, the receipts, the head and the next seq."""
+    engine = open_engine()
+    populate(engine, net)
+    before = state_of(engine.ledger)
+    assert all(before[t] for t in ("policies", "frozen", "pvps", "usage", "supply", "receipts"))
+    height, head, next_seq = engine.height, engine.head_hash, engine.ledger.next_seq
+    engine.store.close()
+
+    again = open_engine()
+    assert state_of(again.ledger) == before
+    assert (again.height, again.head_hash, again.ledger.next_seq) == (height, head, next_seq)
+    assert again.ledger.conservation_errors() == []
+
+
+def test_readers_see_the_committed_state(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Accounts (with frozen flags), participants, policy, PvPs, supply and receipts read back."""
+    engine = open_engine()
+    sent = populate(engine, net)
+    settle_ok(engine, [freeze(net, "HKMA", "BOCHK", "HKD")], T0 + 4)
+    store, ledger = engine.store, engine.ledger
+    accounts = store.accounts()
+    assert [(p, c, a, h) for p, c, a, h, _ in accounts] == sorted(
+        (p, c, a, h) for (p, c), (a, h) in ledger.balances.items()
+    )
+    assert [a[:2] for a in accounts if a[4]] == [("BOCHK", "HKD")]
+    assert store.accounts("ICBC", "CNY") == [("ICBC", "CNY", *ledger.balance("ICBC", "CNY"), False)]
+    assert {p.id for p in store.participants()} == set(ledger.participants)
+    assert store.participant("ICBC") == ledger.participants["ICBC"]
+    assert store.participant("nobody") is None
+    assert store.policy("PBOC") == ledger.policies["PBOC"]
+    held = sent["held"]
+    assert store.pvp("ICBC", held.instruction_id) == ledger.pvps[("ICBC", held.instruction_id)]
+    assert store.supply("THB") == ledger.supply["THB"]
+    assert {c.code for c in store.currencies()} == set(ledger.currencies)
+    body = sent["pay"].body
+    found = store.receipt(body.sender, body.instruction_id)
+    assert found == (ledger.receipts[(body.sender, body.instruction_id)], 3)
+    assert store.receipt("ICBC", "never-sent") is None
+
+
+def test_held_pvp_still_expires_after_reopen(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """A hold loaded from the store is released when its deadline passes after a restart."""
+    engine = open_engine()
+    sent = populate(engine, net)
+    available, reserved = engine.ledger.balance("ICBC", "CNY")
+    engine.store.close()
+
+    again = open_engine()
+    settled = again.settle([], T0 + HOUR)
+    assert settled.block is not None
+    assert [e.outcome for e in settled.block.entries] == [Outcome.EXPIRED]
+    assert again.ledger.pvps[("ICBC", sent["held"].instruction_id)].status is Outcome.EXPIRED
+    assert again.ledger.balance("ICBC", "CNY") == (available + 20_000, reserved - 20_000)
+
+
+def test_retry_after_reopen_is_duplicate_and_settles_nothing(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Receipts are rebuilt from the entries: a retry after a restart returns the original."""
+    engine = open_engine()
+    sent = populate(engine, net)
+    original = engine.ledger.receipts[("ICBC", sent["pay"].body.instruction_id)]
+    engine.store.close()
+
+    again = open_engine()
+    before = stored(again.store)
+    settled = again.settle([sent["pay"], sent["dual"], sent["accept"]], T0 + 10)
+    assert settled.block is None
+    assert all(isinstance(r, Receipt) and r.duplicate for r in settled.results)
+    replayed = settled.results[0]
+    assert isinstance(replayed, Receipt)
+    assert (replayed.seq, replayed.body_hash) == (original.seq, original.body_hash)
+    assert stored(again.store) == before
+
+
+def test_initialize_twice_and_load_empty_are_refused(
+    store_spec: str, net: Network, stores: list[Store]
+) -> None:
+    """A store holds one ledger: no second founding, and loading an empty one fails."""
+    store = open_store(store_spec)
+    stores.append(store)
+    assert store.genesis() is None
+    assert store.head() is None
+    with pytest.raises(StoreError, match="holds no ledger"):
+        store.load(verifier=FastVerifier(), check=SignatureCheck.ENDORSEMENTS)
+    ledger = Ledger(net.genesis, verifier=FastVerifier())
+    store.initialize(ledger)
+    with pytest.raises(StoreError, match="already holds a ledger"):
+        store.initialize(ledger)
+    assert store.genesis() == net.genesis
+
+
+def test_another_networks_genesis_is_refused(
+    open_engine: Callable[[], SettlementEngine], net: Network, stores: list[Store]
+) -> None:
+    """Opening a store with another network's genesis fails instead of mixing ledgers."""
+    engine = open_engine()
+    with pytest.raises(StoreError, match="genesis mismatch"):
+        SettlementEngine.open(
+            engine.store, replace(net.genesis, chain_id="another"), verifier=FastVerifier()
+        )
+
+
+# ---------------------------------------------------------------------------- atomic commits
+
+
+def test_commit_of_a_taken_block_height_fails_whole(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """A second writer sealing a height already committed writes nothing and rolls back."""
+    first = open_engine()
+    populate(first, net)
+    second = open_engine()  # sees the same head as `first`
+    settle_ok(first, pay_batch(net, 3, "winner"), T0 + 10)
+    before_rows = stored(second.store)
+    before_state = state_of(second.ledger)
+
+    settled = second.settle(pay_batch(net, 3, "loser"), T0 + 11)
+    assert_all_unavailable(settled.results)
+    assert stored(second.store) == before_rows
+    assert state_of(second.ledger) == before_state
+    assert second.store.entry_location("ICBC", "loser-0") is None
+
+
+def test_commit_on_a_closed_store_fails_and_rolls_back(
+    store_spec: str, open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """If the database is gone, nothing is acknowledged and the ledger is exactly as before."""
+    engine = open_engine()
+    populate(engine, net)
+    before_state = state_of(engine.ledger)
+    before_rows = stored(engine.store)
+    engine.store.close()
+
+    settled = engine.settle(pay_batch(net, 2, "closed"), T0 + 10)
+    assert_all_unavailable(settled.results)
+    assert state_of(engine.ledger) == before_state
+    assert stored(open_engine().store) == before_rows
+
+
+def test_negative_balance_is_refused_by_the_database(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """A block carrying a negative balance (a core bug) is refused by the database whole."""
+    engine = open_engine()
+    populate(engine, net)
+    before = stored(engine.store)
+    prepared = engine.prepare(pay_batch(net, 1, "bug"), T0 + 10)
+    assert prepared.block is not None
+    balances = dict(prepared.batch.changes["balances"])
+    balances[("ICBC", "CNY")] = (-1, 0)
+    corrupted = replace(prepared.batch, changes={**prepared.batch.changes, "balances": balances})
+    with pytest.raises(StoreError):
+        engine.store.commit_block(prepared.block, corrupted, [prepared.events])
+    settled = engine.finish(prepared, StoreError("refused"))
+    assert_all_unavailable(settled.results)
+    assert stored(engine.store) == before
+
+
+def test_block_attestations_and_events_commit_together(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Attestations passed with a block are stored in its transaction, with its outbox row."""
+    engine = open_engine()
+    populate(engine, net)
+    header = engine.store.header(3)
+    assert header is not None
+    attestation = attest(header, "PBOC", net.keys["PBOC"])
+    prepared = engine.prepare(pay_batch(net, 2, "with-attestation"), T0 + 10)
+    assert engine.commit(prepared, [attestation]) is None
+    engine.finish(prepared, None)
+    assert engine.store.attestations(3) == [attestation]
+    (_, payload), *_ = engine.store.outbox_after(engine.store.outbox_after(0)[-2][0])
+    assert {e["height"] for e in json.loads(payload)} == {5}
+
+
+# ---------------------------------------------------------------------------- log, outbox
+
+
+def test_one_outbox_row_per_block_with_its_events(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Each committed block writes one outbox row, in order, with one event per entry."""
+    engine = open_engine()
+    populate(engine, net)
+    assert engine.settle([pay(net, "BOCHK", "KBANK", 10 * FUNDS)], T0 + 5).block is None
+    store = engine.store
+    rows = store.outbox_after(0)
+    assert len(rows) == store.count("blocks") == engine.height == 4
+    for height, (_, payload) in enumerate(rows, start=1):
+        header = store.header(height)
+        assert header is not None
+        assert [e["seq"] for e in json.loads(payload)] == list(
+            range(header.first_seq, header.first_seq + header.entry_count)
+        )
+    assert [i for i, _ in rows] == sorted(i for i, _ in rows)
+    assert store.outbox_after(rows[1][0]) == rows[2:]
+    assert store.outbox_after(rows[0][0], limit=1) == rows[1:2]
+
+
+def test_outbox_cursor_persists(store_spec: str, stores: list[Store]) -> None:
+    """A consumer's cursor starts at 0, moves, and survives a reopen."""
+    store = open_store(store_spec)
+    stores.append(store)
+    assert store.outbox_cursor("mqtt") == 0
+    store.set_outbox_cursor("mqtt", 7)
+    store.set_outbox_cursor("mqtt", 9)
+    store.close()
+    again = open_store(store_spec)
+    stores.append(again)
+    assert (again.outbox_cursor("mqtt"), again.outbox_cursor("grpc")) == (9, 0)
+
+
+def test_add_attestation_is_idempotent(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """A central bank's attestation of a height is stored once; repeats are ignored."""
+    engine = open_engine()
+    populate(engine, net)
+    store = engine.store
+    header = store.header(2)
+    assert header is not None
+    first = attest(header, "PBOC", net.keys["PBOC"])
+    assert store.add_attestation(first) is True
+    assert store.add_attestation(first) is False
+    second = attest(header, "HKMA", net.keys["HKMA"])
+    assert store.add_attestations([second, first]) == [True, False]
+    assert [a.central_bank for a in store.attestations(2)] == ["HKMA", "PBOC"]
+    assert store.count("attestations") == 2
+    assert store.attestations(3) == []
+
+
+def test_log_reads_by_height_seq_and_instruction(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Headers chain, block entries match their header, entries read back by seq and by id."""
+    engine = open_engine()
+    sent = populate(engine, net)
+    store = engine.store
+    headers = list(store.headers(1, 4))
+    assert [h.height for h in headers] == [1, 2, 3, 4]
+    assert headers[0].prev_hash == net.genesis.hash()
+    assert all(b.prev_hash == a.hash() for a, b in itertools.pairwise(headers))
+    assert store.head() == headers[-1]
+    assert len(store.block_entry_bytes(3)) == headers[2].entry_count
+    receipt = engine.ledger.receipts[("ICBC", sent["pay"].body.instruction_id)]
+    assert store.entry_location("ICBC", sent["pay"].body.instruction_id) == (receipt.seq, 3)
+    rows = store.entries_from(receipt.seq, limit=3)
+    assert [seq for seq, _, _ in rows] == [receipt.seq, receipt.seq + 1, receipt.seq + 2]
+    assert b'"INV-2025-0001"' in rows[0][2]
+
+
+def test_load_refuses_a_tampered_tail(
+    store_spec: str, open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Opening re-verifies the last blocks: a rewritten Merkle root is refused."""
+    engine = open_engine()
+    populate(engine, net)
+    engine.store.verify_tail(net.genesis)
+    engine.store.close()
+    execute(store_spec, "UPDATE blocks SET merkle_root = ? WHERE height = 4", b"\x42" * 32)
+    with pytest.raises(LogIntegrityError, match="block 4"):
+        open_engine()
