@@ -1,6 +1,6 @@
 """`cbdc-bridge log ...`: verify, prove, export and report on the settlement log.
 
-SOURCE is a SQLite store file, an export directory, or (not supported yet) a PostgreSQL URL.
+SOURCE is a SQLite store file, an export directory, or a postgresql:// URL.
 Commands that take `--source` also read it from the environment variable CBDC_BRIDGE_LOG.
 
 Exit codes: 0 the check passed (warnings allowed), 1 the log or proof failed a check,

@@ -3,6 +3,8 @@
 set -euo pipefail
 need=()
 command -v chromium >/dev/null || need+=(chromium)
+# the PostgreSQL store's tests start a throw-away server with Debian's binaries
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "== installing ${need[*]}"

@@ -1,4 +1,4 @@
-"""Where a settlement log is read from: a SQLite store, an export directory, (later) PostgreSQL.
+"""Where a settlement log is read from: a SQLite store, a PostgreSQL store, an export directory.
 
 A `LogSource` hands out the log as stored, without judging it: the genesis, the block headers in
 height order (each with its stored hash and its attestations), and the entries in seq order,
@@ -9,13 +9,15 @@ Rows that cannot even be read (bad JSON, a missing column, a wrong type) raise
 `LogIntegrityError` naming the place, at the point of the stream where they occur.
 
 `open_source(spec)` picks the implementation: a directory is an export (it has a
-`manifest.json`), a `postgresql://` URL is refused for now (`UnsupportedSource`), anything else
-is a SQLite file, opened read-only inside one read transaction (a consistent snapshot even while
-a node appends).
+`manifest.json`), a `postgresql://` URL is a PostgreSQL store (read in one read-only REPEATABLE
+READ transaction, streamed through server-side cursors), anything else is a SQLite file, opened
+read-only inside one read transaction. Either way the tools read a consistent snapshot even while
+a bridge appends.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterator, Mapping
@@ -55,7 +57,7 @@ class SourceError(BridgeError):
 
 
 class UnsupportedSource(SourceError):
-    """Raised for a source kind the tools do not read yet (PostgreSQL)."""
+    """Raised for a source kind the tools do not read (e.g. a `postgresql+driver://` URL)."""
 
 
 class StoredRow(Protocol):
@@ -161,13 +163,15 @@ class LogSource(Protocol):
 
 
 def open_source(spec: str | Path) -> LogSource:
-    """Open the log at `spec`: SQLite file, export directory; PostgreSQL is not supported yet."""
+    """Open the log at `spec`: SQLite file, PostgreSQL URL or export directory."""
     text = str(spec)
     if text.startswith(POSTGRES_PREFIXES):
-        raise UnsupportedSource(
-            "PostgreSQL sources are not supported yet: the bridge has no PostgreSQL store. "
-            "Export the log from the SQLite store, or verify the SQLite file directly."
-        )
+        if text.startswith("postgresql+"):
+            raise UnsupportedSource(
+                f"{text.split('://')[0]}:// URLs are not supported: "
+                "give a plain postgresql:// URL (libpq form)"
+            )
+        return PostgresSource(text)
     path = Path(text)
     if path.is_dir():
         return ExportSource(path)
@@ -352,6 +356,79 @@ class SqliteSource(_Closing):
             "SELECT period_start, reason, kind, count FROM refusals "
             "ORDER BY period_start, reason, kind"
         )
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+class PostgresSource(SqliteSource):
+    """A PostgreSQL store, read in one read-only REPEATABLE READ transaction (one snapshot)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        from bridge.store.postgres import public_url
+
+        self.url = url
+        self.description = public_url(url)
+        self._names = itertools.count(1)
+        try:
+            self._pg = psycopg.connect(url, connect_timeout=10)
+            self._pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            self._pg.read_only = True
+            tables = {
+                r[0]
+                for r in self._pg.execute(
+                    "SELECT table_name FROM information_schema.tables "
+                    "WHERE table_schema = current_schema()"
+                )
+            }
+        except psycopg.Error as exc:
+            raise SourceError(f"{self.description}: cannot read: {exc}") from exc
+        missing = {"meta", "blocks", "entries", "attestations"} - tables
+        if missing:
+            raise SourceError(
+                f"{self.description}: not a bridge store (no {', '.join(sorted(missing))})"
+            )
+        self._has_refusals = "refusals" in tables
+
+    def close(self) -> None:
+        self._pg.close()
+
+    def genesis(self) -> Genesis:
+        row = self._pg.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()
+        if row is None:
+            raise LogIntegrityError("genesis (meta table)", "missing")
+        try:
+            return Genesis.from_fields(json.loads(row[0]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LogIntegrityError("genesis (meta table)", f"unreadable: {exc!r}") from exc
+
+    def counts(self) -> LogCounts:
+        def count(table: str) -> int:
+            row = self._pg.execute(f"SELECT COUNT(*) FROM {table}".encode()).fetchone()
+            return 0 if row is None else int(row[0])
+
+        return LogCounts(count("blocks"), count("entries"), count("attestations"))
+
+    def _rows(self, query: str) -> Iterator[tuple[Any, ...]]:
+        # a server-side cursor: the server holds the result, we fetch one chunk at a time
+        with self._pg.cursor(name=f"log_{next(self._names)}") as cursor:
+            cursor.itersize = CHUNK_ROWS
+            cursor.execute(query.encode())
+            while rows := cursor.fetchmany(CHUNK_ROWS):
+                yield from rows
+
+    def locate(self, seq: int | None, sender: str | None, instruction_id: str | None) -> list[int]:
+        """Heights of the blocks holding matching entries (indexed lookups, no scan)."""
+        if seq is not None:
+            query, args = "SELECT height FROM entries WHERE seq=%s", (seq,)
+        elif sender is not None:
+            query = "SELECT height FROM entries WHERE sender=%s AND instruction_id=%s"
+            args = (sender, instruction_id)  # type: ignore[assignment]
+        else:
+            query, args = "SELECT height FROM entries WHERE instruction_id=%s", (instruction_id,)  # type: ignore[assignment]
+        return [int(row[0]) for row in self._pg.execute(query.encode(), args)]
 
 
 def _int(value: object, where: str, column: str) -> int:

@@ -71,12 +71,14 @@ def test_verify_names_the_first_failure_and_exits_1(sample: SampleLog, tmp_path:
 @pytest.mark.parametrize(
     ("source", "message"),
     [
-        ("postgresql://bridge@db/ledger", "not supported yet"),
+        ("postgresql://bridge@127.0.0.1:1/ledger", "cannot read"),
+        ("postgresql+psycopg://bridge@db/ledger", "not supported"),
         ("/no/such/log.sqlite", "no such file"),
     ],
 )
 def test_unreadable_or_unsupported_source_exits_2(source: str, message: str) -> None:
-    """PostgreSQL URLs and missing files are usage errors: exit code 2 with the reason."""
+    """Unreachable or unsupported PostgreSQL URLs and missing files are usage errors: exit code
+    2 with the reason."""
     result = runner.invoke(app, ["log", "verify", source])
     assert result.exit_code == 2
     assert message in result.output
@@ -175,10 +177,10 @@ def test_installed_console_script_exit_codes(sample: SampleLog) -> None:
     ok = subprocess.run([script, "log", "verify", str(sample.path)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     missing = subprocess.run(
-        [script, "log", "verify", "postgres://x/y"], capture_output=True, text=True
+        [script, "log", "verify", "postgres://127.0.0.1:1/y"], capture_output=True, text=True
     )
     assert missing.returncode == 2
-    assert "not supported yet" in missing.stderr
+    assert "cannot read" in missing.stderr
 
 
 def test_bench_verify_small(tmp_path: Path) -> None:

@@ -34,12 +34,18 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SampleLog]:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+def test_driver_qualified_postgresql_urls_are_not_supported() -> None:
+    """A SQLAlchemy-style `postgresql+driver://` URL is refused, naming the plain form."""
+    with pytest.raises(UnsupportedSource, match="not supported"):
+        open_source("postgresql+psycopg://a/b")
+
+
 @pytest.mark.parametrize(
-    "url", ["postgresql://bridge@localhost/ledger", "postgres://x/y", "postgresql+psycopg://a/b"]
+    "url", ["postgresql://bridge@127.0.0.1:1/ledger", "postgres://127.0.0.1:1/y"]
 )
-def test_postgresql_urls_are_not_supported_yet(url: str) -> None:
-    """A PostgreSQL URL is accepted as a source kind but refused clearly for now."""
-    with pytest.raises(UnsupportedSource, match="not supported yet"):
+def test_unreachable_postgresql_is_a_source_error(url: str) -> None:
+    """A PostgreSQL URL nobody answers at is a source error naming the server, not a crash."""
+    with pytest.raises(SourceError, match="cannot read"):
         open_source(url)
 
 
