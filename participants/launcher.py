@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
@@ -153,6 +153,8 @@ class Network:
     bridge: NodeProcess
     central_banks: dict[str, NodeProcess] = field(default_factory=dict)
     extra_args: dict[str, list[str]] = field(default_factory=dict)
+    # further bridge processes on the same PostgreSQL database (standing by for the leader)
+    standby_bridges: list[NodeProcess] = field(default_factory=list)
 
     @property
     def directory(self) -> Path:
@@ -164,6 +166,10 @@ class Network:
         try:
             self.bridge.start(env)
             self.bridge.wait_listening(deadline)
+            for node in self.standby_bridges:
+                node.start(env)
+            for node in self.standby_bridges:
+                node.wait_listening(deadline)
             for node in self.central_banks.values():
                 node.start(env)
             for node in self.central_banks.values():
@@ -195,6 +201,10 @@ class Network:
             node.signal(signal.SIGTERM)
         for node in self.central_banks.values():
             node.stop()
+        for node in self.standby_bridges:
+            node.signal(signal.SIGTERM)
+        for node in self.standby_bridges:
+            node.stop()
         self.bridge.stop()
 
     def __enter__(self) -> Network:
@@ -216,25 +226,49 @@ def prepare_network(
     banks_per_central_bank: int = 2,
     quorum: int | None = None,
     replica_check: str = "endorsements",
+    bridge_store: str = "",
+    bridges: int = 1,
 ) -> Network:
-    """Generate (or reuse) the network in `directory` on fresh free ports; not started yet."""
+    """Generate (or reuse) the network in `directory` on fresh free ports; not started yet.
+
+    With a postgresql:// `bridge_store`, `bridges` bridge processes share that database; their
+    ports are the last `bridges - 1` ports drawn, after the bridge's and the central banks'."""
     if (directory / "network.json").exists():
         config = NetworkConfig.load(directory)
-        ports = free_ports(2 * len(config.central_banks) + 1)
-        config = _with_ports(config, ports)
-        config.save()
+        bridges = max(bridges, len(config.bridge_ports))  # as many as it was set up with
+        ports = free_ports(2 * len(config.central_banks) + bridges)
+        config = _with_ports(config, ports, bridges)
     else:
-        ports = free_ports(2 * central_banks + 1)
+        ports = free_ports(2 * central_banks + bridges)
         config = generate_network(
             directory,
             central_banks=central_banks,
             banks_per_central_bank=banks_per_central_bank,
-            ports=ports,
+            ports=ports[: 2 * central_banks + 1],
             quorum=quorum,
         )
+    if bridges > 1 and not (bridge_store or config.bridge_store).startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ValueError("several bridge processes need a postgresql:// bridge store")
+    if bridge_store or bridges > 1:
+        config = replace(
+            config,
+            bridge_store=bridge_store or config.bridge_store,
+            bridge_ports=_bridge_ports(ports, bridges),
+        )
+    config.save()
     logs = directory / "logs"
     network_args = ["--network", str(directory)]
     bridge = NodeProcess("bridge", ["bridge", *network_args], logs / "bridge.log")
+    standby_bridges = [
+        NodeProcess(
+            f"bridge-{i + 1}",
+            ["bridge", *network_args, "--port", str(port)],
+            logs / f"bridge-{i + 1}.log",
+        )
+        for i, port in enumerate(config.bridge_ports[1:], start=1)
+    ]
     nodes = {
         cb.id: NodeProcess(
             cb.id,
@@ -243,17 +277,28 @@ def prepare_network(
         )
         for cb in config.central_banks
     }
-    return Network(config, bridge, nodes)
+    return Network(config, bridge, nodes, standby_bridges=standby_bridges)
 
 
-def _with_ports(config: NetworkConfig, ports: list[int]) -> NetworkConfig:
-    from dataclasses import replace
+def _bridge_ports(ports: list[int], bridges: int) -> tuple[int, ...]:
+    """Every bridge process's port: the first drawn, then the last `bridges - 1`."""
+    return (ports[0], *ports[len(ports) - bridges + 1 :]) if bridges > 1 else ()
 
+
+def _with_ports(config: NetworkConfig, ports: list[int], bridges: int = 1) -> NetworkConfig:
     count = len(config.central_banks)
     banks = tuple(
         replace(cb, port=port, admin_port=admin_port)
         for cb, port, admin_port in zip(
-            config.central_banks, ports[1 : count + 1], ports[count + 1 :], strict=True
+            config.central_banks,
+            ports[1 : count + 1],
+            ports[count + 1 : 2 * count + 1],
+            strict=True,
         )
     )
-    return replace(config, bridge_port=ports[0], central_banks=banks)
+    return replace(
+        config,
+        bridge_port=ports[0],
+        central_banks=banks,
+        bridge_ports=_bridge_ports(ports, bridges),
+    )

@@ -70,10 +70,19 @@ class NetworkConfig:
     central_banks: tuple[CentralBankConfig, ...]
     directory: Path = field(default=Path("."), compare=False)
     tls: TlsConfig | None = None
+    # several bridge processes on one PostgreSQL database: every one's port (the first is
+    # `bridge_port`), and the database's URL; empty: one bridge on NETWORK/bridge.sqlite
+    bridge_ports: tuple[int, ...] = ()
+    bridge_store: str = ""
 
     @property
     def bridge_address(self) -> str:
         return f"127.0.0.1:{self.bridge_port}"
+
+    @property
+    def bridge_addresses(self) -> tuple[str, ...]:
+        """Every bridge process's address; central bank nodes fail over between them."""
+        return tuple(f"127.0.0.1:{p}" for p in self.bridge_ports or (self.bridge_port,))
 
     @property
     def bridge_db(self) -> Path:
@@ -116,6 +125,9 @@ class NetworkConfig:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("directory")
+        for optional in ("bridge_ports", "bridge_store"):  # the single-bridge form stays as it was
+            if not data[optional]:
+                data.pop(optional)
         return data
 
     def save(self) -> Path:
@@ -149,6 +161,8 @@ class NetworkConfig:
             ),
             directory=directory,
             tls=None if tls is None else TlsConfig(**tls),
+            bridge_ports=tuple(int(p) for p in data.get("bridge_ports", ())),
+            bridge_store=str(data.get("bridge_store", "")),
         )
 
 

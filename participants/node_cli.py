@@ -52,6 +52,11 @@ def bridge_node(
         -1, help="Port (default: the one in network.json; 0 picks a free one)."
     ),
     db: Path | None = typer.Option(None, help="SQLite file (default: NETWORK/bridge.sqlite)."),
+    store: str | None = typer.Option(
+        None,
+        help="postgresql:// URL: run as one of several bridge processes sharing that database "
+        "(default: the network's bridge_store, else the SQLite file).",
+    ),
     max_batch: int = typer.Option(1000, help="Most instructions settled in one block."),
     block_interval_ms: float = typer.Option(
         0.0,
@@ -59,7 +64,7 @@ def bridge_node(
         help="Least milliseconds between two blocks (bigger blocks under load, more latency).",
     ),
 ) -> None:
-    """Run the bridge ledger node: sequencer, SQLite store, block stream."""
+    """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream."""
     from bridge.node.server import BridgeNodeSettings, run_bridge_node
     from participants.network_config import NetworkConfig
 
@@ -72,6 +77,7 @@ def bridge_node(
         pki=None if config.tls is None else config.directory / config.tls.directory,
         max_batch=max_batch,
         block_interval=block_interval_ms / 1000,
+        store=store or config.bridge_store,
     )
     run_until_signalled(
         lambda stop: run_bridge_node(settings, stop=stop, on_listening=announce("bridge", "bridge"))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import psycopg
 import pytest
 
 from bridge import wire
@@ -329,8 +330,18 @@ class LiveNetwork:
                 return account.available, account.held
         return 0, 0
 
+    def _count_rows(self, where: str = "", args: tuple[str, ...] = ()) -> int:
+        """Rows of the bridge's entries table, read from PostgreSQL straight."""
+        with psycopg.connect(self.config.bridge_store) as conn:
+            row = conn.execute(f"SELECT COUNT(*) FROM entries {where}".encode(), args).fetchone()
+        assert row is not None
+        return int(row[0])
+
     def entry_count(self) -> int:
-        """Rows in the bridge's entries table, read from its SQLite file without writing."""
+        """Rows in the bridge's entries table, read from its SQLite file without writing (or
+        from its PostgreSQL database)."""
+        if self.config.bridge_store:
+            return self._count_rows()
         uri = f"file:{self.config.bridge_db}?mode=ro"
         with sqlite3.connect(uri, uri=True, timeout=10.0) as db:
             (count,) = db.execute("SELECT COUNT(*) FROM entries").fetchone()
@@ -339,6 +350,10 @@ class LiveNetwork:
 
     def entries_of_instruction(self, sender: str, instruction_id: str) -> int:
         """How many log entries one instruction id has (the log must never hold two)."""
+        if self.config.bridge_store:
+            return self._count_rows(
+                "WHERE sender=%s AND instruction_id=%s", (sender, instruction_id)
+            )
         uri = f"file:{self.config.bridge_db}?mode=ro"
         with sqlite3.connect(uri, uri=True, timeout=10.0) as db:
             (count,) = db.execute(
@@ -397,9 +412,11 @@ class LiveNetwork:
         return error
 
 
-def start_network(directory: Path) -> Network:
-    """Prepare and start a network in `directory`; wait until every bank is admitted."""
-    network = prepare_network(directory).start()
+def start_network(directory: Path, *, bridge_store: str = "", bridges: int = 1) -> Network:
+    """Prepare and start a network in `directory`; wait until every bank is admitted.
+
+    With a postgresql:// `bridge_store`, `bridges` bridge processes share that database."""
+    network = prepare_network(directory, bridge_store=bridge_store, bridges=bridges).start()
     try:
         expected = {bank.id for cb in network.config.central_banks for bank in cb.banks}
         config = network.config

@@ -34,6 +34,10 @@ class ChainFeed:
         asyncio.get_running_loop().create_task(self._notify())
 
     def attested(self, attestation: Attestation) -> None:
+        self.refresh_final()
+
+    def refresh_final(self) -> None:
+        """Move the final height on as far as the stored attestations allow."""
         advanced = False
         while self.final_height < self.height:
             height = self.final_height + 1

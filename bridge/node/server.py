@@ -22,7 +22,7 @@ from bridge.node.feed import ChainFeed
 from bridge.node.sequencer import MonotonicClock, Sequencer
 from bridge.node.service import BridgeLedgerService
 from bridge.settlement import SettlementEngine
-from bridge.store.sqlite import SqliteStore
+from bridge.store.base import is_postgres, open_store
 from bridge.tls import server_credentials
 
 log = logging.getLogger("bridge.node")
@@ -37,13 +37,14 @@ SERVER_OPTIONS = (
 
 @dataclass(frozen=True, slots=True)
 class BridgeNodeSettings:
-    db: Path
+    db: Path  # the SQLite file, unless `store` names a PostgreSQL database
     genesis: Genesis
     port: int = 0
     host: str = "127.0.0.1"
     pki: Path | None = None  # mutual TLS when set
     max_batch: int = 1000
     block_interval: float = 0.0  # least seconds between two blocks (see Sequencer)
+    store: str = ""  # a postgresql:// URL: one of several bridge processes on that database
 
 
 def add_health_and_reflection(
@@ -90,11 +91,16 @@ async def run_bridge_node(
     on_listening: Callable[[int], None] = lambda port: None,
 ) -> None:
     """Serve until `stop` is set; then drain and close cleanly."""
-    store = SqliteStore(settings.db)
+    if is_postgres(settings.store):
+        from bridge.node.replicated import run_replicated_bridge_node
+
+        await run_replicated_bridge_node(settings, stop=stop, on_listening=on_listening)
+        return
+    store = open_store(settings.db)
     engine = SettlementEngine.open(
         store, settings.genesis, verifier=FastVerifier(), check=SignatureCheck.ENDORSEMENTS
     )
-    reader = SqliteStore(settings.db)
+    reader = open_store(settings.db)
     feed = ChainFeed(reader, settings.genesis.quorum)
     head = store.head()
     clock = MonotonicClock(start=0 if head is None else head.time)

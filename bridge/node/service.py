@@ -21,6 +21,7 @@ from bridge.domain import Envelope, ExpirePvp, Genesis
 from bridge.errors import Reason, Refused
 from bridge.log.blocks import Attestation, SealedBlock, attestation_valid
 from bridge.node.feed import ChainFeed
+from bridge.node.leadership import Standby
 from bridge.node.sequencer import Sequencer
 from bridge.settlement import Result
 from bridge.status import abort
@@ -36,10 +37,10 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         self,
         *,
         genesis: Genesis,
-        sequencer: Sequencer,
+        sequencer: Sequencer | Standby,
         reader: Store,
         feed: ChainFeed,
-        ledger: Ledger,
+        ledger: Ledger | None,
     ) -> None:
         self.genesis = genesis
         self.sequencer = sequencer

@@ -144,6 +144,7 @@ class PostgresStore:
         self._description = public_url(url)
         migrate(url)
         self.epoch: int | None = None  # the fencing token, once this process leads
+        self.failed = False  # a block commit failed: its outcome may be unknown
         self._pool = ConnectionPool(
             make_conninfo(url, **CONNECT_OPTIONS),
             min_size=1,
@@ -348,8 +349,10 @@ class PostgresStore:
                         _INSERT_ATTESTATION, [_attestation_row(a) for a in attestations]
                     )
         except StoreError as exc:
+            self.failed = True
             raise type(exc)(f"commit of block {header.height} failed: {exc}") from exc
         except psycopg.Error as exc:
+            self.failed = True
             raise StoreError(f"commit of block {header.height} failed: {exc}") from exc
 
     @staticmethod

@@ -6,6 +6,11 @@ comes in time), a caller whose instruction was already handed to the stream gets
 (it may or may not have settled) and one whose instruction was still queued gets UNAVAILABLE
 (nothing was sent); both are "not decided": resubmitting the same instruction id is safe, the
 bridge is idempotent. The next submission opens a new stream.
+
+With several bridge processes (one leads, the others stand by), the link holds a stub for each
+and stays on one until it answers "not decided" (it stands by, broke, or stopped leading): it
+then resubmits the same instruction to the next, for at most `FAILOVER_SECONDS`, and returns
+the last answer if none took it.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from bridge.errors import Reason, Refused
 from bridge.settlement import Result
 
 log = logging.getLogger("participants.bridge_link")
+FAILOVER_SECONDS = 10.0
+FAILOVER_PAUSE = 0.2  # between two rounds over every bridge address
 
 
 class _Stream:
@@ -89,15 +96,43 @@ class _Stream:
 
 
 class BridgeLink:
-    def __init__(self, stub: pb_grpc.BridgeLedgerStub) -> None:
-        self.stub = stub
+    def __init__(self, *stubs: pb_grpc.BridgeLedgerStub) -> None:
+        self.stubs = stubs
+        self._current = 0
+        self._generation = 0  # bumped on each move to another bridge
         self._ids = itertools.count(1)
         self._stream: _Stream | None = None
 
     async def submit(self, envelope: Envelope, timeout: float = 30.0) -> Result:
+        generation = self._generation
+        result = await self._submit_once(envelope, timeout)
+        if len(self.stubs) == 1:
+            return result
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(timeout, FAILOVER_SECONDS)
+        tried = 1
+        while _undecided(result) and loop.time() < deadline:
+            if generation == self._generation:  # nobody moved on meanwhile: move on
+                await self._next_bridge()
+            if tried % len(self.stubs) == 0:
+                await asyncio.sleep(FAILOVER_PAUSE)
+            tried += 1
+            generation = self._generation
+            result = await self._submit_once(envelope, max(0.1, deadline - loop.time()))
+        return result
+
+    async def _next_bridge(self) -> None:
+        self._current = (self._current + 1) % len(self.stubs)
+        self._generation += 1
+        log.info("trying the next bridge address", extra={"index": self._current})
+        if self._stream is not None:
+            stream, self._stream = self._stream, None
+            await stream.close()
+
+    async def _submit_once(self, envelope: Envelope, timeout: float) -> Result:
         stream = self._stream
         if stream is None or not stream.open:
-            stream = self._stream = _Stream(self.stub)
+            stream = self._stream = _Stream(self.stubs[self._current])
         correlation_id = next(self._ids)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         stream.waiting[correlation_id] = future
@@ -119,3 +154,12 @@ class BridgeLink:
         if self._stream is not None:
             await self._stream.close()
             self._stream = None
+
+
+def _undecided(result: Result) -> bool:
+    """Not taken by this bridge process (standing by, broken, or it stopped leading): another
+    may take it. Resubmitting the same instruction id is safe either way."""
+    return isinstance(result, Refused) and result.reason in (
+        Reason.UNAVAILABLE,
+        Reason.OUTCOME_UNKNOWN,
+    )

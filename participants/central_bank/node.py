@@ -72,10 +72,20 @@ async def run_central_bank_node(
     me = config.central_bank(settings.central_bank)
     key = config.load_key(me.id)
     genesis = config.genesis()
-    bridge_channel = node_channel(
-        config, config.bridge_address, me.id, audience=BRIDGE_AUDIENCE, key=key
-    )
+    # reads go to any bridge process (the channel fails over between the addresses itself);
+    # instructions go to the one that leads (BridgeLink fails over when one does not take them)
+    addresses = config.bridge_addresses
+    target = addresses[0] if len(addresses) == 1 else "ipv4:" + ",".join(addresses)
+    bridge_channel = node_channel(config, target, me.id, audience=BRIDGE_AUDIENCE, key=key)
     bridge = bridge_grpc.BridgeLedgerStub(bridge_channel)
+    link_channels = (
+        [bridge_channel]
+        if len(addresses) == 1
+        else [
+            node_channel(config, address, me.id, audience=BRIDGE_AUDIENCE, key=key)
+            for address in addresses
+        ]
+    )
     peer_channels = {
         cb.id: node_channel(config, cb.address, me.id, audience=cb.id, key=key)
         for cb in config.central_banks
@@ -89,7 +99,7 @@ async def run_central_bank_node(
         verifier=None if settings.replica_check is SignatureCheck.NONE else FastVerifier(),
         check=settings.replica_check,
     )
-    link = BridgeLink(bridge)
+    link = BridgeLink(*(bridge_grpc.BridgeLedgerStub(c) for c in link_channels))
     core = CentralBankCore(
         config=config,
         central_bank=me.id,
@@ -155,7 +165,8 @@ async def run_central_bank_node(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await link.close()
-        await bridge_channel.close()
+        for channel in {bridge_channel, *link_channels}:
+            await channel.close()
         for channel in peer_channels.values():
             await channel.close()
         log.info(

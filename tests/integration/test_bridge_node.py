@@ -1,4 +1,5 @@
-"""The bridge node's BridgeLedger service over gRPC, against a real network of node processes.
+"""The bridge node's BridgeLedger service over gRPC, against a real network of node processes,
+once on SQLite and once with two bridge processes sharing a PostgreSQL database.
 
 Instructions sent straight to the bridge carry what a central bank node would add: the bank's
 signature and its home central bank's endorsement. Every RPC is called at least once with its
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import grpc
@@ -40,13 +42,37 @@ from tests.conftest import (
     now_ms,
     reason_of,
     refusal_of,
+    start_network,
     wait_for,
 )
+from tests.pg import PostgresServer
 
 if TYPE_CHECKING:
+    from participants.launcher import Network
     from tests.conftest import LiveNetwork
 
 FUNDS = {"ICBC": 50_000_000, "BOCQ": 5_000_000, "HSBCHK": 50_000_000, "BOCHK": 5_000_000}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The network on each store: one bridge on SQLite, or two bridge processes sharing a
+    PostgreSQL database (the first leads, the second stands by)."""
+    if request.param == "sqlite":
+        started = start_network(tmp_path_factory.mktemp("network"))
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        started = start_network(
+            tmp_path_factory.mktemp("network-pg"),
+            bridge_store=server.create_database(),
+            bridges=2,
+        )
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)
