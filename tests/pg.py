@@ -171,7 +171,7 @@ class PostgresServer:
         return self.url(name)
 
     def remove(self) -> None:
-        self.stop()
+        self.stop(mode=signal.SIGQUIT)  # immediate shutdown: no final checkpoint to wait for
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -573,6 +573,7 @@ class Leadership:
         """The new epoch if this process now leads; None if another one does."""
         try:
             if self._conn is None or self._conn.closed:
+                migrate(self.url)
                 self._conn = connect(self.url)
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
             if row is None or not row[0]:
