@@ -23,7 +23,6 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -79,16 +78,24 @@ class PostgresServer:
             os.chmod(self.root, 0o755)
             os.chown(self.root, self._run_as.pw_uid, self._run_as.pw_gid)
 
-    def _as_user(self) -> dict[str, Any]:
-        """Popen arguments that run the child as the unprivileged user (when we are root)."""
+    def _command(self, program: str, *args: str) -> list[str]:
+        """The command line, run as the unprivileged user when we are root: `setpriv` execs
+        the program in place (no Python runs between fork and exec in this threaded process)."""
+        command = [str(self.bin_dir / program), *args]
         if self._run_as is None:
-            return {}
-        return {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
+            return command
+        return [
+            "setpriv",
+            f"--reuid={self._run_as.pw_uid}",
+            f"--regid={self._run_as.pw_gid}",
+            "--clear-groups",
+            *command,
+        ]
 
     def initdb(self) -> None:
         subprocess.run(
-            [
-                str(self.bin_dir / "initdb"),
+            self._command(
+                "initdb",
                 "-D",
                 str(self.data),
                 "-U",
@@ -97,10 +104,9 @@ class PostgresServer:
                 "--encoding=UTF8",
                 "--locale=C",
                 "--no-sync",
-            ],
+            ),
             check=True,
             capture_output=True,
-            **self._as_user(),
             cwd=self.root,
         )
 
@@ -108,8 +114,8 @@ class PostgresServer:
         """Start the server (again) on its port and wait until it accepts connections."""
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 (kept open by the server)
         self._process = subprocess.Popen(
-            [
-                str(self.bin_dir / "postgres"),
+            self._command(
+                "postgres",
                 "-D",
                 str(self.data),
                 "-p",
@@ -124,10 +130,9 @@ class PostgresServer:
                 "max_connections=200",
                 "-c",
                 "shared_buffers=32MB",
-            ],
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
-            **self._as_user(),
             cwd=self.root,
         )
         log.close()

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier
@@ -43,6 +44,11 @@ POLL_SECONDS = 0.5
 FOLLOW_SECONDS = 0.1
 NOT_LEADER = Refused(
     Reason.UNAVAILABLE, "not the leader: this bridge process stands by; try another bridge address"
+)
+STEPPED_DOWN = Refused(
+    Reason.OUTCOME_UNKNOWN,
+    "this bridge process stopped leading before the outcome was known; "
+    "resubmit the same instruction id",
 )
 
 
@@ -80,6 +86,37 @@ class Standby:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+class LeaderSequencer(Sequencer):
+    """The sequencer of a leader: when leadership ends, every caller still waiting (queued, or
+    in a batch whose commit was cut off) is answered at once, retryably, instead of hanging."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._waiting: set[asyncio.Future[Result | None]] = set()
+        self._attesting: set[asyncio.Future[None]] = set()
+
+    def enqueue(self, envelope: Envelope) -> asyncio.Future[Result | None]:
+        future = super().enqueue(envelope)
+        self._waiting.add(future)
+        future.add_done_callback(self._waiting.discard)
+        return future
+
+    def store_attestation(self, attestation: Attestation) -> asyncio.Future[None]:
+        future = super().store_attestation(attestation)
+        self._attesting.add(future)
+        future.add_done_callback(self._attesting.discard)
+        return future
+
+    async def stop(self) -> None:
+        await super().stop()
+        for future in list(self._waiting):
+            if not future.done():
+                future.set_result(STEPPED_DOWN)
+        for attesting in list(self._attesting):
+            if not attesting.done():
+                attesting.set_exception(STEPPED_DOWN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +170,7 @@ async def _lead(
             ),
         )
         head = await loop.run_in_executor(None, store.head)
-        sequencer = Sequencer(
+        sequencer = LeaderSequencer(
             engine,
             clock=MonotonicClock(start=0 if head is None else head.time),
             max_batch=options.max_batch,

@@ -42,8 +42,9 @@ from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
 TAIL_BLOCKS_VERIFIED = 16
 MIGRATION_LOCK = 0x6362_6463_6D69_6772  # advisory lock keys: "cbdcmigr"
 LEADER_LOCK = 0x6362_6463_6C65_6164  # "cbdclead"
+POOL_WAIT_SECONDS = 3.0  # callers wait this long for a connection while the server is away
 CONNECT_OPTIONS: dict[str, str | int] = {
-    "connect_timeout": 5,
+    "connect_timeout": 3,
     # a dead peer is noticed within seconds, not the kernel's two hours
     "keepalives": 1,
     "keepalives_idle": 2,
@@ -166,7 +167,7 @@ class PostgresStore:
     def _conn(self) -> Iterator[psycopg.Connection[tuple[Any, ...]]]:
         """A pooled connection; database failures surface as `StoreError`."""
         try:
-            with self._pool.connection(timeout=10.0) as conn:
+            with self._pool.connection(timeout=POOL_WAIT_SECONDS) as conn:
                 yield conn
         except StoreError:
             raise
