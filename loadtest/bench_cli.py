@@ -85,6 +85,27 @@ def e2e(
     typer.echo(json.dumps(figures) if as_json else bench_e2e.describe(figures))
 
 
+@bench_app.command("postgres")
+def postgres(
+    pvps: int = typer.Option(10_000, "--pvps", min=1, help="Dual-signed PvPs to stream."),
+    window: int = typer.Option(256, "--window", min=1, help="PvPs in flight per stream."),
+    pgbench_seconds: float = typer.Option(
+        10.0, "--pgbench-seconds", min=1, help="Length of the pgbench run."
+    ),
+    bridges: int = typer.Option(2, "--bridges", min=2, help="Bridge processes on the database."),
+    kills: int = typer.Option(5, "--kills", min=0, help="Times the leader is SIGKILLed."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """The bridge on PostgreSQL vs pgbench (PvP-shaped SQL) on the same server; failover."""
+    from loadtest import bench_postgres
+
+    settings = bench_postgres.PostgresBenchSettings(
+        pvps=pvps, window=window, pgbench_seconds=pgbench_seconds, bridges=bridges, kills=kills
+    )
+    figures = bench_postgres.run(settings)
+    typer.echo(json.dumps(figures) if as_json else bench_postgres.describe(figures))
+
+
 @bench_app.command("stream")
 def stream(
     pvps: int = typer.Option(20_000, "--pvps", min=1, help="Dual-signed PvPs to stream."),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -566,7 +567,7 @@ class Leadership:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.holder = f"{socket.gethostname()}:{id(self):x}"
+        self.holder = f"{socket.gethostname()}/{os.getpid()}"  # who leads, for operators
         self._conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self.epoch: int | None = None
 
