@@ -54,6 +54,14 @@ CONNECT_OPTIONS: dict[str, str | int] = {
     "application_name": "cbdc-bridge",
 }
 
+# the lock's session is idle between checks: the server notices a vanished leader machine
+# (no FIN, e.g. power loss or a partition) only through its own keepalives, about 5 s here,
+# instead of the operating system's default of two hours; then the lock is free
+SERVER_KEEPALIVES = (
+    "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
+    " -c tcp_user_timeout=5000"
+)
+
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
         1,
@@ -576,7 +584,7 @@ class Leadership:
         try:
             if self._conn is None or self._conn.closed:
                 migrate(self.url)
-                self._conn = connect(self.url)
+                self._conn = connect(self.url, options=SERVER_KEEPALIVES)
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
             if row is None or not row[0]:
                 return None
