@@ -33,6 +33,7 @@ from bridge.node.server import (
     BridgeNodeSettings,
     add_health_and_reflection,
     bind,
+    central_banks_only,
 )
 from bridge.node.service import BridgeLedgerService
 from bridge.store.postgres import PostgresStore
@@ -64,7 +65,7 @@ async def run_replicated_bridge_node(
         feed.block_sealed(block.header.height)
         service.block_sealed(block)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[central_banks_only(settings)])
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings.host, settings.port, settings.pki, "bridge")

@@ -136,10 +136,11 @@ def pay_batch(net: Network, count: int, prefix: str) -> list[Envelope]:
     return [pay(net, "ICBC", "CCB", 10 + i, instruction_id=f"{prefix}-{i}") for i in range(count)]
 
 
-def assert_all_unavailable(results: list[Result]) -> None:
+def assert_all_undecided(results: list[Result]) -> None:
+    """A failed commit acknowledges nothing: every answer is "not decided" (resubmit)."""
     for result in results:
         assert isinstance(result, Refused), result
-        assert result.reason is Reason.UNAVAILABLE
+        assert result.reason is Reason.OUTCOME_UNKNOWN
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -270,7 +271,7 @@ def test_commit_of_a_taken_block_height_fails_whole(
     before_state = state_of(second.ledger)
 
     settled = second.settle(pay_batch(net, 3, "loser"), T0 + 11)
-    assert_all_unavailable(settled.results)
+    assert_all_undecided(settled.results)
     assert stored(second.store) == before_rows
     assert state_of(second.ledger) == before_state
     assert second.store.entry_location("ICBC", "loser-0") is None
@@ -287,7 +288,7 @@ def test_commit_on_a_closed_store_fails_and_rolls_back(
     engine.store.close()
 
     settled = engine.settle(pay_batch(net, 2, "closed"), T0 + 10)
-    assert_all_unavailable(settled.results)
+    assert_all_undecided(settled.results)
     assert state_of(engine.ledger) == before_state
     assert stored(open_engine().store) == before_rows
 
@@ -307,7 +308,7 @@ def test_negative_balance_is_refused_by_the_database(
     with pytest.raises(StoreError):
         engine.store.commit_block(prepared.block, corrupted, [prepared.events])
     settled = engine.finish(prepared, StoreError("refused"))
-    assert_all_unavailable(settled.results)
+    assert_all_undecided(settled.results)
     assert stored(engine.store) == before
 
 

@@ -95,7 +95,7 @@ def test_a_deposed_leader_cannot_commit(
     settled = old.settle([pay(net, "ICBC", "CCB", 10)], T0 + 1)
     (result,) = settled.results
     assert isinstance(result, Refused)
-    assert result.reason is Reason.UNAVAILABLE
+    assert result.reason is Reason.OUTCOME_UNKNOWN
     assert "another bridge process leads" in result.message
     assert (old.store.count("blocks"), old.store.count("entries"), old.store.accounts()) == before
 

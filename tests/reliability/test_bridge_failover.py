@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import grpc
 import psycopg
@@ -25,6 +26,7 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay
 from bridge.errors import Reason
+from participants.central_bank.channels import bridge_channel
 from participants.launcher import Network
 from tests.conftest import (
     RPC_TIMEOUT,
@@ -70,7 +72,7 @@ class FailoverNetwork(LiveNetwork):
     @property
     def bridge(self) -> bridge_grpc.BridgeLedgerStub:
         for address in self.config.bridge_addresses:
-            stub = bridge_grpc.BridgeLedgerStub(self.channel(address))
+            stub = bridge_stub(self, address)
             try:
                 stub.GetGenesis(bridge_pb.GetGenesisRequest(), timeout=2)
             except grpc.RpcError:
@@ -162,7 +164,13 @@ class Load:
 
 
 def bridge_stub(live: LiveNetwork, address: str) -> bridge_grpc.BridgeLedgerStub:
-    return bridge_grpc.BridgeLedgerStub(live.channel(address))
+    """One bridge process, called as PBOC's node calls it (signed calls with PBOC's key)."""
+    key = f"bridge@{address}"
+    if key not in live._channels:
+        port = int(address.rsplit(":", 1)[1])
+        config = replace(live.config, bridge_port=port)
+        live._channels[key] = bridge_channel(config, live.central_bank_ids[0])
+    return bridge_grpc.BridgeLedgerStub(live._channels[key])
 
 
 def leader_epoch(url: str) -> int:

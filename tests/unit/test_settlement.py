@@ -264,9 +264,7 @@ def test_forged_and_genuine_copies_are_judged_each_on_its_own(
     assert not second.duplicate
 
 
-def test_banks_admitted_in_the_same_batch_can_settle_in_it(
-    store: SqliteStore, net: Network
-) -> None:
+def test_banks_admitted_in_the_same_batch_can_settle_in_it(store: Store, net: Network) -> None:
     """Admission, funding and a PvP of the new banks settle together in one block."""
     engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
     batch = [
@@ -282,7 +280,7 @@ def test_banks_admitted_in_the_same_batch_can_settle_in_it(
 
 
 def test_each_endorsement_is_verified_once_and_duplicates_not_at_all(
-    store: SqliteStore, net: Network
+    store: Store, net: Network
 ) -> None:
     """A batch verifies every endorsement once; re-sending it verifies nothing."""
     verifier = CountingVerifier()
