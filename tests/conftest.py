@@ -434,6 +434,26 @@ def start_network(directory: Path, *, bridge_store: str = "", bridges: int = 1) 
     return network
 
 
+def network_on_each_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, *, bridges: int = 1
+) -> Iterator[Network]:
+    """For a fixture parametrized ["sqlite", "postgresql"]: the network with its bridge on a
+    SQLite file, or with `bridges` bridge processes on a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        started = start_network(tmp_path_factory.mktemp("network"))
+    else:
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        started = start_network(
+            tmp_path_factory.mktemp("network-pg"),
+            bridge_store=server.create_database(),
+            bridges=bridges,
+        )
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     """A running network (bridge + PBOC, HKMA, BOT, CBUAE nodes), stopped after the module."""

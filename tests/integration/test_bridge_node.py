@@ -38,14 +38,13 @@ from bridge.signing import endorse, sign_as_party
 from tests.conftest import (
     RPC_TIMEOUT,
     VALID_FOR_MS,
+    network_on_each_store,
     new_id,
     now_ms,
     reason_of,
     refusal_of,
-    start_network,
     wait_for,
 )
-from tests.pg import PostgresServer
 
 if TYPE_CHECKING:
     from participants.launcher import Network
@@ -60,19 +59,7 @@ def network(
 ) -> Iterator[Network]:
     """The network on each store: one bridge on SQLite, or two bridge processes sharing a
     PostgreSQL database (the first leads, the second stands by)."""
-    if request.param == "sqlite":
-        started = start_network(tmp_path_factory.mktemp("network"))
-    else:
-        server: PostgresServer = request.getfixturevalue("postgres_server")
-        started = start_network(
-            tmp_path_factory.mktemp("network-pg"),
-            bridge_store=server.create_database(),
-            bridges=2,
-        )
-    try:
-        yield started
-    finally:
-        started.stop()
+    yield from network_on_each_store(request, tmp_path_factory, bridges=2)
 
 
 @pytest.fixture(scope="module", autouse=True)

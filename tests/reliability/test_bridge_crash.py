@@ -1,8 +1,9 @@
-"""SIGKILL the bridge process while a client streams payments; restart it on the same file.
+"""SIGKILL the bridge process while a client streams payments; restart it on the same store.
 
 A client streams pre-signed, endorsed payments over BridgeLedger.Submit and records every
 receipt it is sent. The bridge is killed mid-stream (SIGKILL, no grace) and restarted on the
-same SQLite file. Every payment acknowledged before the kill must be in the log exactly once,
+same SQLite file, or the same PostgreSQL database (where the restarted process takes the
+leadership again). Every payment acknowledged before the kill must be in the log exactly once,
 at the sequence number it was acknowledged with; resubmitting it must return a duplicate
 receipt and change nothing; the central bank nodes must reconnect on their own (their links
 submit again, their replicas follow and attest the new blocks); and per currency the
@@ -23,14 +24,30 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, wait_for
+from tests.conftest import (
+    RPC_TIMEOUT,
+    VALID_FOR_MS,
+    network_on_each_store,
+    new_id,
+    now_ms,
+    wait_for,
+)
 
 if TYPE_CHECKING:
+    from participants.launcher import Network
     from tests.conftest import LiveNetwork
 
 PAYMENTS = 1_500
 ACKED_BEFORE_KILL = 200
 ROUTES = (("ICBC", "BOCQ", "CNY"), ("HSBCHK", "BOCHK", "HKD"), ("ICBC", "HSBCHK", "CNY"))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The network with its one bridge process on each store."""
+    yield from network_on_each_store(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
