@@ -25,11 +25,23 @@ def show_network(network: Network) -> None:
     table.add_column("admin (operators)")
     table.add_column("currency")
     table.add_column("banks")
-    table.add_row("bridge", network.config.bridge_address, "", "", "")
+    for index, address in enumerate(network.config.bridge_addresses, start=1):
+        table.add_row("bridge" if index == 1 else f"bridge-{index}", address, "", "", "")
     for cb in network.config.central_banks:
         banks = ", ".join(bank.id for bank in cb.banks)
         table.add_row(cb.id, cb.address, cb.admin_address, cb.currency, banks)
     console.print(table)
+    console.print(
+        f"bridge store: {_public(network.config.bridge_store) or network.config.bridge_db}"
+    )
+
+
+def _public(store: str) -> str:
+    if not store:
+        return ""
+    from bridge.store.postgres import public_url
+
+    return public_url(store)
 
 
 def up(
@@ -37,13 +49,26 @@ def up(
     central_banks: int = typer.Option(4, min=1, max=26, help="How many central banks."),
     banks: int = typer.Option(2, min=1, help="Banks per central bank."),
     fresh: bool = typer.Option(False, help="Start from an empty directory (deletes the old one)."),
+    store: str = typer.Option(
+        "", help="postgresql:// URL of the bridge's database (default: NETWORK/bridge.sqlite)."
+    ),
+    bridges: int = typer.Option(
+        1, min=1, help="Bridge processes on that database (one leads, the others stand by)."
+    ),
 ) -> None:
     """Start a network and leave it running until Ctrl-C."""
     if fresh and network_dir.exists():
         shutil.rmtree(network_dir)
-    network = prepare_network(
-        network_dir, central_banks=central_banks, banks_per_central_bank=banks
-    )
+    try:
+        network = prepare_network(
+            network_dir,
+            central_banks=central_banks,
+            banks_per_central_bank=banks,
+            bridge_store=store,
+            bridges=bridges,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--bridges") from error
     with network:
         show_network(network)
         console.print("[green]network is up[/green]; Ctrl-C stops every node.")
