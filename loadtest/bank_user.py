@@ -255,7 +255,7 @@ class BankUser(GrpcUser):
             pay_amount,
             counterparty.currency,
             receive_amount,
-            rate(pay_amount, receive_amount),
+            rate(proposer, pay_amount, counterparty, receive_amount),
             now + SETTLE_WITHIN_MS,
             reference,
         )
@@ -296,7 +296,7 @@ class BankUser(GrpcUser):
             pay_amount,
             counterparty.currency,
             receive_amount,
-            rate(pay_amount, receive_amount),
+            rate(proposer, pay_amount, counterparty, receive_amount),
             reference,
         )
         envelope = self.signed(body, proposer, counterparty)

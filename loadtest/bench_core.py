@@ -50,6 +50,7 @@ from bridge.domain import (
     endorsement_message,
 )
 from bridge.errors import Refused
+from bridge.rates import counter_amount
 from bridge.settlement import SettlementEngine
 from bridge.signing import endorse, sign_as_party, signed
 from bridge.store.sqlite import SqliteStore
@@ -149,8 +150,8 @@ def build_pvps(network: BenchNetwork, count: int, seed: int = 7) -> tuple[Envelo
     for number in range(count):
         a, b = pairs[rng.randrange(len(pairs))]
         pay_amount = rng.randrange(1_000, 10_000_000)
-        rate = f"{rng.uniform(0.05, 20.0):.6f}"
-        receive_amount = max(1, int(pay_amount * float(rate)))
+        rate = f"{rng.randrange(50_000, 20_000_000) / 10**6:.6f}"  # quoted to 6 places
+        receive_amount = counter_amount(pay_amount, 2, rate, 2)  # >= 50: agrees with the rate
         body = DualPvp(
             f"pvp-{number:08d}",
             a.id,

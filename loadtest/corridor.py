@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 
 from bridge.crypto import PrivateKey
+from bridge.rates import implied_rate
 from participants.network_config import NetworkConfig
 
 __all__ = ["Desk", "LoadNetwork", "rate", "trade_amounts", "trade_reference"]
@@ -26,6 +27,7 @@ class Desk:
     currency: str
     address: str
     key: PrivateKey
+    exponent: int = 2  # minor-unit exponent of `currency`
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,7 @@ class LoadNetwork:
     def load(directory: Path) -> LoadNetwork:
         config = NetworkConfig.load(directory)
         desks = tuple(
-            Desk(bank.id, cb.id, cb.currency, cb.address, config.load_key(bank.id))
+            Desk(bank.id, cb.id, cb.currency, cb.address, config.load_key(bank.id), cb.exponent)
             for cb in config.central_banks
             for bank in cb.banks
         )
@@ -59,9 +61,10 @@ class LoadNetwork:
         return tuple(d for d in self.desks if d.central_bank != desk.central_bank)
 
 
-def rate(pay_amount: int, receive_amount: int) -> str:
-    """The agreed rate as the decimal string the instruction carries (6 places)."""
-    return f"{receive_amount / pay_amount:.6f}"
+def rate(payer: Desk, pay_amount: int, receiver: Desk, receive_amount: int) -> str:
+    """The rate the instruction carries, from the payer's side: what it receives per unit it
+    pays, in major units, stated just precisely enough to agree with both amounts."""
+    return implied_rate(pay_amount, payer.exponent, receive_amount, receiver.exponent)
 
 
 def trade_amounts(rng: random.Random) -> tuple[int, int]:

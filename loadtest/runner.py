@@ -195,7 +195,12 @@ def run_locust(
     check: bool = True,
     verify_log: bool = True,
 ) -> RunResult:
-    """Run one headless Locust test; cross-check it against `network` unless `check` is off."""
+    """Run one headless Locust test; cross-check it against `network` unless `check` is off.
+
+    Locust runs from the project root (so its locustfile imports the project): every path it
+    is handed is made absolute first, so relative paths mean the caller's working directory."""
+    locustfile, reports = locustfile.resolve(), reports.resolve()
+    network = network.resolve() if network is not None else None
     reports.mkdir(parents=True, exist_ok=True)
     prefix = reports / label
     html = reports / f"{label}.html"

@@ -21,7 +21,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, DivisionByZero, InvalidOperation, localcontext
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,8 +28,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bridge import rates
 from bridge.crypto import PrivateKey, public_key_to_pem
 from bridge.domain import BRIDGE_SENDER, Amount, CurrencyCode, Millis, ParticipantId
+from bridge.errors import Reason
 from participants.network_config import NetworkConfig
 from participants.sdk import (
     AmountError,
@@ -91,7 +92,6 @@ WAIT_FINAL = typer.Option(
     False, "--wait-final", help="Also wait until the block holding it is final."
 )
 _MONEY = re.compile(r"^\s*(?P<amount>[0-9][0-9,_]*(\.[0-9]+)?)\s*(?P<currency>[A-Za-z]{3})\s*$")
-_RATE_PLACES = 10
 _PARTY_FIELDS = ("sender", "payee", "counterparty", "proposer", "to")
 
 
@@ -494,24 +494,35 @@ def redeem(
 PAY_LEG = typer.Option(..., "--pay", help="What we pay, e.g. '1000 CNY'.")
 RECEIVE_LEG = typer.Option(..., "--receive", help="What we receive, e.g. '1,085.20 HKD'.")
 RATE = typer.Option(
-    None, "--rate", help="Agreed rate, informative (default: received / paid, major units)."
+    None,
+    "--rate",
+    help="Agreed rate from our side: received per unit paid, major units; must agree with "
+    "both amounts (default: the shortest rate that does).",
 )
 
 
 def implied_rate(desk: Desk, pay: tuple[str, int], receive: tuple[str, int]) -> str:
-    """Received per unit paid, in major units, as the plain decimal the bridge expects."""
-    with localcontext() as context:
-        context.prec = 28
-        try:
-            paid = Decimal(pay[1]).scaleb(-desk.exponent(pay[0]))
-            got = Decimal(receive[1]).scaleb(-desk.exponent(receive[0]))
-            rate = (got / paid).quantize(Decimal(1).scaleb(-_RATE_PLACES)).normalize()
-        except (DivisionByZero, InvalidOperation):
-            fail(EXIT_USAGE, "cannot compute a rate from these amounts; give --rate")
-    text = f"{rate:f}"
-    if rate <= 0:
-        fail(EXIT_USAGE, f"the implied rate rounds to {text}; give --rate")
-    return text
+    """Received per unit paid, in major units: the shortest rate that agrees with both legs."""
+    try:
+        return rates.implied_rate(
+            pay[1], desk.exponent(pay[0]), receive[1], desk.exponent(receive[0])
+        )
+    except ValueError as error:
+        fail(EXIT_USAGE, f"cannot state a rate for these amounts ({error}); give --rate")
+
+
+def checked_rate(desk: Desk, pay: tuple[str, int], receive: tuple[str, int], rate: str) -> str:
+    """`rate` as given, once it agrees with both legs (the bridge refuses one that does not)."""
+    if not re.fullmatch(r"(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?", rate) or not rate.strip("0."):
+        fail(EXIT_USAGE, f"--rate: a positive decimal such as 1.0870, got {rate!r}")
+    mismatch = rates.rate_mismatch(
+        (pay[0], pay[1], desk.exponent(pay[0])),
+        (receive[0], receive[1], desk.exponent(receive[0])),
+        rate,
+    )
+    if mismatch is not None:
+        fail(EXIT_REFUSED, f"{Reason.RATE_MISMATCH.value}: {mismatch}")
+    return rate
 
 
 @pvp_app.command("propose")
@@ -679,7 +690,9 @@ def dual_sign(
             counterparty,
             pay=pay_money,
             receive=receive_money,
-            rate=rate or implied_rate(desk, pay_money, receive_money),
+            rate=checked_rate(desk, pay_money, receive_money, rate)
+            if rate
+            else implied_rate(desk, pay_money, receive_money),
             reference=reference,
             instruction_id=instruction_id,
             valid_until=_now_ms() + int(valid_for * 1000),

@@ -16,6 +16,7 @@ from enum import Enum
 from hashlib import sha256
 from typing import Any, TypeVar
 
+from bridge.amounts import format_amount
 from bridge.core.policy import (
     LEG_CHECKS,
     NO_BALANCE,
@@ -65,6 +66,7 @@ from bridge.domain import (
     validate_shape,
 )
 from bridge.errors import Reason, Refused
+from bridge.rates import rate_mismatch
 
 PvpKey = tuple[ParticipantId, str]  # (proposer, pvp id = the proposal's instruction id)
 ReceiptKey = tuple[ParticipantId, str]  # (sender, instruction id)
@@ -526,9 +528,11 @@ class Ledger:
             raise Refused(Reason.ACCOUNT_FROZEN, f"account {bank.id}/{body.currency} is frozen")
         available, held = self.balances.get(account, NO_BALANCE)
         if available < body.amount:
+            exponent = currency.exponent
             raise Refused(
                 Reason.INSUFFICIENT_FUNDS,
-                f"{bank.id} has {available} {body.currency} available, needs {body.amount}",
+                f"{bank.id} has {format_amount(available, exponent, body.currency)} available, "
+                f"needs {format_amount(body.amount, exponent, body.currency)}",
             )
         issued, redeemed = self.supply[body.currency]
         self._put("supply", body.currency, (issued, redeemed + body.amount))
@@ -566,7 +570,23 @@ class Ledger:
         self._move(leg, now)
         return Outcome.SETTLED
 
+    def _check_rate(self, body: ProposePvp | DualPvp) -> None:
+        """Refuse a PvP whose stated rate contradicts its two amounts (see bridge.rates);
+        an unknown currency is left to the leg checks to refuse."""
+        pay = self.currencies.get(body.pay_currency)
+        receive = self.currencies.get(body.receive_currency)
+        if pay is None or receive is None:
+            return
+        mismatch = rate_mismatch(
+            (pay.code, body.pay_amount, pay.exponent),
+            (receive.code, body.receive_amount, receive.exponent),
+            body.rate,
+        )
+        if mismatch is not None:
+            raise Refused(Reason.RATE_MISMATCH, f"{body.KIND}: {mismatch}")
+
     def _dual_pvp(self, body: DualPvp, envelope: Envelope, now: Millis) -> Outcome:
+        self._check_rate(body)
         leg_a, leg_b = body.legs()
         view = self._view
         require(view, leg_a, now, LEG_CHECKS)
@@ -580,6 +600,7 @@ class Ledger:
             raise Refused(
                 Reason.PVP_EXPIRED, f"settle_by {body.settle_by} is not after now ({now})"
             )
+        self._check_rate(body)
         leg_a, leg_b = body.legs()
         require(self._view, leg_a, now, LEG_CHECKS)
         require(self._view, leg_b, now, RECEIVING_CHECKS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from bridge.amounts import format_amount
 from bridge.domain import (
     DAY_MS,
     INT64_MAX,
@@ -48,6 +49,12 @@ LegCheck = Callable[[StateView, Leg, Millis], Refused | None]
 
 def day_of(now: Millis) -> int:
     return now // DAY_MS
+
+
+def _shower(state: StateView, currency: CurrencyCode) -> Callable[[int], str]:
+    """Formats minor units of `currency` (a known one) in major units with its code."""
+    exponent = state.currencies[currency].exponent
+    return lambda minor: format_amount(minor, exponent, currency)
 
 
 def check_currency_known(state: StateView, leg: Leg, now: Millis) -> Refused | None:
@@ -95,9 +102,10 @@ def check_transfer_limit(state: StateView, leg: Leg, now: Millis) -> Refused | N
     issuer = state.currencies[leg.currency].issuer
     limit = state.policies.get(issuer, NO_POLICY).per_transfer_limit
     if limit and leg.amount > limit:
+        show = _shower(state, leg.currency)
         return Refused(
             Reason.TRANSFER_LIMIT_EXCEEDED,
-            f"{leg.amount} {leg.currency} exceeds the per-transfer limit of {limit}",
+            f"{show(leg.amount)} exceeds the per-transfer limit of {show(limit)}",
         )
     return None
 
@@ -109,10 +117,11 @@ def check_daily_limit(state: StateView, leg: Leg, now: Millis) -> Refused | None
         return None
     used = state.usage.get((leg.payer, leg.currency, day_of(now)), 0)
     if used + leg.amount > limit:
+        show = _shower(state, leg.currency)
         return Refused(
             Reason.DAILY_LIMIT_EXCEEDED,
-            f"{leg.payer} has sent {used} {leg.currency} today; {leg.amount} more exceeds "
-            f"the daily limit of {limit}",
+            f"{leg.payer} has sent {show(used)} today; {show(leg.amount)} more exceeds "
+            f"the daily limit of {show(limit)}",
         )
     return None
 
@@ -120,9 +129,10 @@ def check_daily_limit(state: StateView, leg: Leg, now: Millis) -> Refused | None
 def check_funds(state: StateView, leg: Leg, now: Millis) -> Refused | None:
     available = state.balances.get((leg.payer, leg.currency), NO_BALANCE)[0]
     if available < leg.amount:
+        show = _shower(state, leg.currency)
         return Refused(
             Reason.INSUFFICIENT_FUNDS,
-            f"{leg.payer} has {available} {leg.currency} available, needs {leg.amount}",
+            f"{leg.payer} has {show(available)} available, needs {show(leg.amount)}",
         )
     return None
 

@@ -53,6 +53,7 @@ from bridge.domain import (
 )
 from bridge.errors import Refused
 from bridge.log.blocks import BlockHeader, attest
+from bridge.rates import counter_amount, implied_rate
 from bridge.settlement import SettlementEngine
 from bridge.signing import endorse, sign_as_party, signed
 from bridge.store.sqlite import SqliteStore
@@ -373,9 +374,13 @@ class _Run:
             receive_code = self.rng.choice([c for c in self.mid if c != pay_code])
         value = self._trade_value_cny()
         pay_amount = self._minor(value * self.mid[pay_code])
-        rate = self.mid[receive_code] / self.mid[pay_code] * self.rng.uniform(0.9985, 1.0015)
-        receive_amount = max(1, round(pay_amount * rate))
-        return a, b, pay_code, pay_amount, receive_code, receive_amount, f"{rate:.6f}"
+        quote = self.mid[receive_code] / self.mid[pay_code] * self.rng.uniform(0.9985, 1.0015)
+        rate = f"{quote:.6f}"  # quoted to 6 places; the receive amount follows from it
+        receive_amount = counter_amount(pay_amount, 2, rate, 2)
+        if receive_amount < 1:
+            receive_amount = 1
+            rate = implied_rate(pay_amount, 2, receive_amount, 2)
+        return a, b, pay_code, pay_amount, receive_code, receive_amount, rate
 
     def _dual_pvp(self) -> Envelope | None:
         a, b, pay_code, pay_amount, receive_code, receive_amount, rate = self._fx_terms()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
+from bridge.amounts import format_major
 from bridge.domain import INT64_MAX
 
 __all__ = ["AmountError", "format_minor", "to_minor"]
@@ -68,12 +69,7 @@ def to_minor(amount: str | Decimal | int, exponent: int) -> int:
 def format_minor(amount: int, exponent: int, *, grouping: bool = True) -> str:
     """Major units of `amount` in minor units, e.g. (123456, 2) -> "1,234.56"."""
     _check_exponent(exponent)
-    sign = "-" if amount < 0 else ""
-    whole, fraction = divmod(abs(amount), 10**exponent)
-    text = f"{whole:,}" if grouping else str(whole)
-    if exponent:
-        text += "." + str(fraction).rjust(exponent, "0")
-    return sign + text
+    return format_major(amount, exponent, grouping=grouping)
 
 
 def _check_exponent(exponent: int) -> None:

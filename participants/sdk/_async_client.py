@@ -170,7 +170,8 @@ class AsyncBankClient:
     ) -> InstructionResult:
         """Propose an FX trade: our `pay` leg is held (outcome HELD) until the counterparty
         accepts or rejects it, we cancel it, or `settle_by` passes. The PvP id is the
-        result's instruction id."""
+        result's instruction id. `rate` is what we receive per unit we pay, in major units;
+        the bridge refuses it (RATE_MISMATCH) if it contradicts the amounts."""
         deadline = self._requests.settle_by(settle_within_ms, settle_by)
         rpc = self._requests.propose_pvp(
             counterparty, pay, receive, rate, deadline, reference, instruction_id, valid_until
@@ -235,8 +236,10 @@ class AsyncBankClient:
     ) -> SignedDualPvp:
         """Sign our side of a dual-signed PvP for `counterparty` to submit; no call is made.
 
-        We pay `pay` and receive `receive`. Hand the result (e.g. its `to_json()`) to the
-        counterparty, who calls `submit_dual_pvp` with it.
+        We pay `pay` and receive `receive`; `rate` is what we receive per unit we pay. The
+        instruction states the trade from the submitter's side (rate 1 / `rate`), and the
+        bridge refuses it (RATE_MISMATCH) if the rate contradicts the amounts. Hand the result
+        (e.g. its `to_json()`) to the counterparty, who calls `submit_dual_pvp` with it.
         """
         return self._requests.sign_dual_pvp(
             counterparty, pay, receive, rate, reference, instruction_id, valid_until

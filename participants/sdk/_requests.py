@@ -40,6 +40,7 @@ from bridge.domain import (
     validate_shape,
 )
 from bridge.errors import Reason, Refused
+from bridge.rates import inverse_rate
 from bridge.signing import sign_as_party
 from participants.auth import sign_query
 from participants.sdk._errors import BridgeRpcError
@@ -265,7 +266,9 @@ class BankRequests:
     ) -> SignedDualPvp:
         """Our signature on a dual PvP that `counterparty` will submit (it is the sender).
 
-        `pay` and `receive` are from our side: we pay `pay`, we receive `receive`.
+        `pay`, `receive` and `rate` are from our side: we pay `pay`, we receive `receive`,
+        `rate` is what we receive per unit we pay. The instruction states the trade from the
+        submitter's side, so its legs are swapped and its rate is 1 / `rate`.
         """
         body = DualPvp(
             instruction_id or new_instruction_id(),
@@ -280,7 +283,12 @@ class BankRequests:
             reference,
         )
         try:
+            validate_shape(body)  # our own rate first: a malformed one is refused as given
+            body = replace(body, rate=inverse_rate(rate))
             validate_shape(body)
+        except ValueError as error:
+            refusal = Refused(Reason.MALFORMED, f"pvp_dual.rate: {error}")
+            raise BridgeRpcError.from_refusal(refusal) from error
         except Refused as refusal:
             raise BridgeRpcError.from_refusal(refusal) from refusal
         return SignedDualPvp.of(sign_as_party(Envelope.of(body), self.bank_id, self.key))
