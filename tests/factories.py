@@ -46,6 +46,7 @@ from bridge.domain import (
     Signature,
 )
 from bridge.errors import Reason, Refused
+from bridge.rates import implied_rate
 from bridge.signing import endorse, sign_as_party, signed
 
 # (central bank, jurisdiction, currency, minor-unit exponent)
@@ -127,6 +128,20 @@ def network_with_keys(keys: Mapping[str, PrivateKey], *, chain_id: str) -> Netwo
         currency_of={who: cb_currency[cb] for who, cb in home.items()},
         jurisdiction_of={who: cb_jurisdiction[cb] for who, cb in home.items()},
     )
+
+
+def consistent_rate(
+    net: Network, pay: tuple[CurrencyCode, Amount], receive: tuple[CurrencyCode, Amount]
+) -> str:
+    """The rate (receive / pay, major units) that agrees with both legs; "1" for legs no rate
+    can describe (a non-positive or out-of-range amount, which the bridge refuses anyway)."""
+    exponent = {b.currency: b.exponent for b in net.genesis.central_banks}
+    try:
+        return implied_rate(
+            pay[1], exponent.get(pay[0], 2), receive[1], exponent.get(receive[0], 2)
+        )
+    except (TypeError, ValueError):
+        return "1"
 
 
 # ---------------------------------------------------------------------------- signing
@@ -309,21 +324,25 @@ def pvp_proposal(
     *,
     pay_currency: CurrencyCode | None = None,
     receive_currency: CurrencyCode | None = None,
-    rate: str = "1.0",
+    rate: str | None = None,
     settle_by: Millis = T0 + 3_600_000,
     reference: str = "",
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
 ) -> ProposePvp:
     iid, until = _header(instruction_id, valid_until)
+    pay_code = net.currency_of[proposer] if pay_currency is None else pay_currency
+    receive_code = net.currency_of[counterparty] if receive_currency is None else receive_currency
+    if rate is None:
+        rate = consistent_rate(net, (pay_code, pay_amount), (receive_code, receive_amount))
     return ProposePvp(
         iid,
         proposer,
         until,
         counterparty,
-        net.currency_of[proposer] if pay_currency is None else pay_currency,
+        pay_code,
         pay_amount,
-        net.currency_of[counterparty] if receive_currency is None else receive_currency,
+        receive_code,
         receive_amount,
         rate,
         settle_by,
@@ -400,21 +419,25 @@ def dual_pvp(
     *,
     pay_currency: CurrencyCode | None = None,
     receive_currency: CurrencyCode | None = None,
-    rate: str = "1.0",
+    rate: str | None = None,
     reference: str = "",
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
     endorsers: Mapping[ParticipantId, ParticipantId] | None = None,
 ) -> Envelope:
     iid, until = _header(instruction_id, valid_until)
+    pay_code = net.currency_of[sender] if pay_currency is None else pay_currency
+    receive_code = net.currency_of[counterparty] if receive_currency is None else receive_currency
+    if rate is None:
+        rate = consistent_rate(net, (pay_code, pay_amount), (receive_code, receive_amount))
     body = DualPvp(
         iid,
         sender,
         until,
         counterparty,
-        net.currency_of[sender] if pay_currency is None else pay_currency,
+        pay_code,
         pay_amount,
-        net.currency_of[counterparty] if receive_currency is None else receive_currency,
+        receive_code,
         receive_amount,
         rate,
         reference,

@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from decimal import Decimal
+from fractions import Fraction
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -114,6 +116,8 @@ tampering = st.sampled_from(
     [*[""] * 12, "corrupt_endorsement", "corrupt_party", "wrong_endorser", "drop"]
 )
 stale = st.sampled_from([False] * 9 + [True])
+# the rate a PvP states: mostly receive / pay, sometimes 1% off or upside down (hostile)
+rate_kinds = st.sampled_from(["fair"] * 4 + ["skewed", "inverted"])
 others = st.one_of(st.none(), st.none(), st.none(), banks)  # None: the rightful party
 indexes = st.integers(0, 10_000)
 
@@ -216,6 +220,39 @@ def amount_refusal(*values: int) -> Reason | None:
             return Reason.NON_POSITIVE_AMOUNT
         if value > INT64_MAX:
             return Reason.AMOUNT_OVERFLOW
+    return None
+
+
+def stated_rate(kind: str, pay_amount: int, receive_amount: int) -> str:
+    """A rate for the legs (every test currency has exponent 2): receive / pay to 18
+    decimals when fair, that times 1.01 when skewed, pay / receive when inverted."""
+    if not (0 < pay_amount <= INT64_MAX and 0 < receive_amount <= INT64_MAX):
+        return "1"  # refused for its amounts before the rate matters
+    exact = Fraction(receive_amount, pay_amount)
+    if kind == "skewed":
+        exact *= Fraction(101, 100)
+    elif kind == "inverted":
+        exact = 1 / exact
+    return format(Decimal(round(exact * 10**18)).scaleb(-18).normalize(), "f")
+
+
+def rate_contradicts(pay_amount: int, receive_amount: int, rate: str) -> bool:
+    """The documented rule, written out with fractions: no trade within half a minor unit
+    (0.005) of each amount has exactly this rate."""
+    q = Fraction(Decimal(rate))
+    pay, receive = Fraction(pay_amount, 100), Fraction(receive_amount, 100)
+    return abs(receive - pay * q) > Fraction(1, 200) + q * Fraction(1, 200)
+
+
+def rate_refusal(
+    pay_currency: str, receive_currency: str, body: ProposePvp | DualPvp
+) -> Reason | None:
+    """RATE_MISMATCH for a rate that contradicts its legs (checked once both currencies are
+    known: an unknown one is refused by the leg checks)."""
+    if pay_currency not in CURRENCIES or receive_currency not in CURRENCIES:
+        return None
+    if rate_contradicts(body.pay_amount, body.receive_amount, body.rate):
+        return Reason.RATE_MISMATCH
     return None
 
 
@@ -559,6 +596,7 @@ class LedgerMachine(RuleBasedStateMachine):
         expired=stale,
         honest=honesty,
         drain=drains,
+        rate_kind=rate_kinds,
     )
     def propose_pvp(
         self,
@@ -573,11 +611,13 @@ class LedgerMachine(RuleBasedStateMachine):
         expired: bool,
         honest: bool,
         drain: str | None = None,
+        rate_kind: str = "fair",
     ) -> None:
         if honest:
             partner, how, expired = self.honest_partner(partner), "", False
             pay_amount, receive_amount = plausible(pay_amount), plausible(receive_amount)
             settle_in = max(settle_in, 60_000)
+            rate_kind = "fair"
         counterparty = self.partner_of(proposer, partner)
         pay_currency = self.home(pay_currency, proposer)
         pay_amount = self.drained(proposer, pay_currency, drain, pay_amount)
@@ -585,7 +625,8 @@ class LedgerMachine(RuleBasedStateMachine):
         settle_by = self.now + settle_in
         body = ProposePvp(
             new_id("pvp"), proposer, self.until(expired), counterparty, pay_currency, pay_amount,
-            receive_currency, receive_amount, "1.25", settle_by, "corridor FX",
+            receive_currency, receive_amount, stated_rate(rate_kind, pay_amount, receive_amount),
+            settle_by, "corridor FX",
         )  # fmt: skip
         leg_a, leg_b = body.legs()
         shape = first_of(
@@ -597,6 +638,7 @@ class LedgerMachine(RuleBasedStateMachine):
         def handler() -> Reason | None:
             return first_of(
                 Reason.PVP_EXPIRED if settle_by <= self.now else None,
+                rate_refusal(pay_currency, receive_currency, body),
                 lambda: self.model.leg_refusal(leg_a, self.now),
                 lambda: self.model.leg_refusal(leg_b, self.now, receiving_only=True),
             )
@@ -718,6 +760,7 @@ class LedgerMachine(RuleBasedStateMachine):
         expired=stale,
         honest=honesty,
         drain=drains,
+        rate_kind=rate_kinds,
     )
     def dual_pvp(
         self,
@@ -732,17 +775,19 @@ class LedgerMachine(RuleBasedStateMachine):
         expired: bool,
         honest: bool,
         drain: str | None,
+        rate_kind: str,
     ) -> None:
         if honest:
             partner, how, expired = self.honest_partner(partner), "", False
             pay_amount, receive_amount = plausible(pay_amount), plausible(receive_amount)
+            rate_kind = "fair"
         counterparty = self.partner_of(sender, partner)
         pay_currency = self.home(pay_currency, sender)
         pay_amount = self.drained(sender, pay_currency, drain, pay_amount)
         receive_currency = self.home(receive_currency, counterparty)
         body = DualPvp(
             new_id("dual"), sender, self.until(expired), counterparty, pay_currency, pay_amount,
-            receive_currency, receive_amount, "0.8",
+            receive_currency, receive_amount, stated_rate(rate_kind, pay_amount, receive_amount),
         )  # fmt: skip
         leg_a, leg_b = body.legs()
         shape = first_of(
@@ -753,6 +798,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
         def handler() -> Reason | None:
             return first_of(
+                rate_refusal(pay_currency, receive_currency, body),
                 lambda: self.model.leg_refusal(leg_a, self.now),
                 lambda: self.model.leg_refusal(leg_b, self.now),
             )
