@@ -272,7 +272,7 @@ def test_dual_pvp_signed_offline_settles_across_jurisdictions(desks: Desks) -> N
     """HSBCHK signs its side to JSON; ICBC adds its signature, submits, both legs settle."""
     icbc_hkd, hsbc_cny = desks.available("ICBC", "HKD"), desks.available("HSBCHK", "CNY")
     offer = desks["HSBCHK"].sign_dual_pvp(
-        "ICBC", pay=("HKD", 54_000), receive=("CNY", 50_000), rate="0.926", reference="INV-88"
+        "ICBC", pay=("HKD", 54_000), receive=("CNY", 50_000), rate="0.925926", reference="INV-88"
     )
     assert offer.submitter == "ICBC"
     assert offer.signer == "HSBCHK"
