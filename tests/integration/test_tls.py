@@ -119,7 +119,9 @@ def test_dual_pvp_crosses_nodes_over_tls(tls_network: Network) -> None:
         BankClient.from_network(directory, "ICBC") as icbc,
         BankClient.from_network(directory, "HSBCHK") as hsbc,
     ):
-        offer = hsbc.sign_dual_pvp("ICBC", pay=("HKD", 1_100), receive=("CNY", 1_000), rate="0.909091")
+        offer = hsbc.sign_dual_pvp(
+            "ICBC", pay=("HKD", 1_100), receive=("CNY", 1_000), rate="0.909091"
+        )
         assert icbc.submit_dual_pvp(offer).settled
 
 
