@@ -732,7 +732,8 @@ def dual_summary(desk: Desk, signed: SignedDualPvp) -> str:
     return (
         f"dual PvP {body.instruction_id}: {body.sender} pays "
         f"{desk.show(body.pay_amount, body.pay_currency)}, {body.counterparty} pays "
-        f"{desk.show(body.receive_amount, body.receive_currency)} (rate {body.rate}, {body.sender}'s side); "
+        f"{desk.show(body.receive_amount, body.receive_currency)} "
+        f"(rate {body.rate}, {body.sender}'s side); "
         f"signed by {signed.signer}, submitted by {signed.submitter}"
     )
 
