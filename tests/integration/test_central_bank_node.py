@@ -31,6 +31,7 @@ from bridge.domain import (
     endorsement_message,
 )
 from bridge.errors import Reason
+from bridge.rates import implied_rate
 from bridge.signing import endorse
 from tests.conftest import (
     RPC_TIMEOUT,
@@ -82,7 +83,7 @@ def proposal(
         pay_amount,
         "HKD",
         receive_amount,
-        "1.085",
+        implied_rate(pay_amount, 2, receive_amount, 2),  # HKD per CNY, agreeing with the legs
         now_ms() + settle_in_ms,
         "LC-CQ-2025-118 Chongqing to Hong Kong",
     )
@@ -276,7 +277,7 @@ def dual(amount_cny: int = 30_000, amount_hkd: int = 32_550) -> DualPvp:
         amount_cny,
         "HKD",
         amount_hkd,
-        "1.085",
+        implied_rate(amount_cny, 2, amount_hkd, 2),
         "trade settlement, dual-signed",
     )
 
