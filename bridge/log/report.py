@@ -36,6 +36,7 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 from matplotlib.figure import Figure
 
+from bridge.amounts import format_major
 from bridge.log.export import Derivation, Progress
 from bridge.log.source import LogSource
 from bridge.log.tables import BALANCES, LEGS, REFUSALS, Row
@@ -395,8 +396,8 @@ def figures(data: Aggregates) -> list[tuple[str, str]]:
             )
         )
     for currency, value in sorted(data.currency_value.items()):
-        scale = 10 ** data.exponents.get(currency, 0)
-        rows.append((f"volume settled in {currency}", f"{value / scale:,.2f}"))
+        exponent = data.exponents.get(currency, 0)
+        rows.append((f"volume settled in {currency}", format_major(value, exponent)))
     rows.append(
         ("refusals recorded", f"{sum(data.refusals.values()):,}" if data.refusals else "none")
     )

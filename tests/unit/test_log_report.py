@@ -108,3 +108,16 @@ def test_report_without_refusals_says_so(sample: SampleLog, tmp_path: Path) -> N
     figure = chart_refusals(data)
     texts = [t.get_text() for axes in figure.axes for t in axes.texts]
     assert texts == ["no refusals recorded"]
+
+
+def test_settled_volumes_read_in_major_units_of_each_currency(sample: SampleLog) -> None:
+    """The summary states each currency's settled volume exactly, with its own exponent."""
+    with open_source(sample.path) as source:
+        data = aggregate(source)
+    data.currency_value["JPY"] = 1_234_567  # a currency without minor units
+    data.exponents["JPY"] = 0
+    summary = summary_markdown(data, str(sample.path))
+    assert "| volume settled in JPY | 1,234,567 |" in summary
+    cny = data.currency_value["CNY"]
+    assert cny > 0
+    assert f"| volume settled in CNY | {cny // 100:,}.{cny % 100:02d} |" in summary
