@@ -43,7 +43,14 @@ def rate_agrees(
     """Whether `rate` (receive per unit paid, major units) agrees with both amounts (minor
     units) within the rounding of their minor units. `rate` must be a well-formed decimal."""
     digits, decimals = _parse(rate)
-    # |R/10^er - P·a/10^(ep+s)| ≤ 1/(2·10^er) + a/(2·10^(s+ep)), times 2·10^(er+ep+s)
+    return _agrees(pay, pay_exponent, receive, receive_exponent, digits, decimals)
+
+
+def _agrees(
+    pay: int, pay_exponent: int, receive: int, receive_exponent: int, digits: int, decimals: int
+) -> bool:
+    """The rule for rate = digits / 10^decimals, in integers:
+    |R/10^er - P·a/10^(ep+s)| ≤ 1/(2·10^er) + a/(2·10^(s+ep)), times 2·10^(er+ep+s)."""
     scale: int = 10 ** (pay_exponent + decimals)
     receive_unit: int = 10**receive_exponent
     difference = abs(2 * receive * scale - 2 * pay * digits * receive_unit)
@@ -80,17 +87,27 @@ def implied_rate(pay: int, pay_exponent: int, receive: int, receive_exponent: in
     most 18 decimals) that agrees with both amounts; ValueError when none can."""
     if pay <= 0 or receive <= 0:
         raise ValueError("both amounts must be positive")
-    exact = Fraction(receive * 10**pay_exponent, pay * 10**receive_exponent)
-    magnitude = _magnitude(exact)
+    numerator, denominator = receive * 10**pay_exponent, pay * 10**receive_exponent
+    magnitude = len(str(numerator)) - len(str(denominator))  # floor(log10(receive / pay))
+    if numerator * 10 ** max(-magnitude, 0) < denominator * 10 ** max(magnitude, 0):
+        magnitude -= 1
     last = None
     for significant in range(1, 40):
         decimals = min(significant - 1 - magnitude, MAX_RATE_DECIMALS)
         if decimals == last:
             break
         last = decimals
-        text = _decimal_text(round(exact * Fraction(10) ** decimals), decimals)
-        if text is not None and rate_agrees(pay, pay_exponent, receive, receive_exponent, text):
-            return text
+        if decimals >= 0:
+            digits = _round_half_even(numerator * 10**decimals, denominator)
+            agrees = _agrees(pay, pay_exponent, receive, receive_exponent, digits, decimals)
+        else:  # a whole number of tens: compare it with no decimals
+            digits = _round_half_even(numerator, denominator * 10**-decimals)
+            whole = digits * 10**-decimals
+            agrees = _agrees(pay, pay_exponent, receive, receive_exponent, whole, 0)
+        if agrees:
+            text = _decimal_text(digits, decimals)
+            if text is not None:
+                return text
     raise ValueError(
         f"no rate of at most {MAX_RATE_DECIMALS} decimals agrees with {receive} / {pay}"
     )
@@ -118,6 +135,15 @@ def inverse_rate(rate: str) -> str:
     if text is None:
         raise ValueError(f"rate {rate} has no inverse of at most {MAX_RATE_DECIMALS} decimals")
     return text
+
+
+def _round_half_even(numerator: int, denominator: int) -> int:
+    """numerator / denominator (both positive) rounded half to even, in integers."""
+    quotient, remainder = divmod(numerator, denominator)
+    twice = 2 * remainder
+    if twice > denominator or (twice == denominator and quotient % 2):
+        quotient += 1
+    return quotient
 
 
 def _magnitude(value: Fraction) -> int:
