@@ -7,7 +7,7 @@ from decimal import Decimal
 from fractions import Fraction
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bridge.rates import counter_amount, implied_rate, inverse_rate, rate_agrees, rate_mismatch
@@ -50,15 +50,20 @@ def test_the_rounded_counter_amount_always_agrees(
 
 
 @given(amounts, exponents, amounts, exponents)
+@example(120_454_545_454_546, 0, 26, 4)  # 2.2e-17: no 18-decimal rate agrees
 def test_the_implied_rate_agrees_and_reads_as_a_plain_decimal(
     pay: int, pay_exp: int, receive: int, receive_exp: int
 ) -> None:
     """implied_rate is the shortest receive / pay that agrees with both amounts."""
     try:
         rate = implied_rate(pay, pay_exp, receive, receive_exp)
-    except ValueError:  # only when no 18-decimal rate can describe the trade
+    except ValueError:  # only when no rate the field can hold describes the trade
         exact = Fraction(receive * 10**pay_exp, pay * 10**receive_exp)
-        assert exact < Fraction(1, 10**17) or exact >= 10**17
+        scaled = exact * 10**18  # the rates that agree form an interval around `exact`:
+        for digits in (scaled.numerator // scaled.denominator, -(-scaled // 1)):  # its neighbours
+            text = format(Decimal(digits).scaleb(-18), "f")
+            fits = digits > 0 and len(text.partition(".")[0]) <= 18
+            assert not (fits and agrees_by_definition(pay, pay_exp, receive, receive_exp, text))
         return
     assert re.fullmatch(RATE_TEXT, rate)
     assert agrees_by_definition(pay, pay_exp, receive, receive_exp, rate)
