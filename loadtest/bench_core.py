@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +151,7 @@ def build_pvps(network: BenchNetwork, count: int, seed: int = 7) -> tuple[Envelo
     for number in range(count):
         a, b = pairs[rng.randrange(len(pairs))]
         pay_amount = rng.randrange(1_000, 10_000_000)
-        rate = f"{rng.randrange(50_000, 20_000_000) / 10**6:.6f}"  # quoted to 6 places
+        rate = str(Decimal(rng.randrange(50_000, 20_000_000)).scaleb(-6))  # quoted to 6 places
         receive_amount = counter_amount(pay_amount, 2, rate, 2)  # >= 50: agrees with the rate
         body = DualPvp(
             f"pvp-{number:08d}",

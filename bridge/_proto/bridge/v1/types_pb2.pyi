@@ -633,7 +633,11 @@ class ProposePvp(_message.Message):
     receive_amount: _builtins.int
     """Amount the sender receives, in minor units."""
     rate: _builtins.str
-    """Agreed rate as a positive decimal string, informative ("0.1385")."""
+    """Agreed rate from the sender's side: what it receives per unit it pays, in major units
+    (receive / pay), as a positive decimal string ("1.0852"). It must agree with both amounts
+    within the rounding of their minor units, or the PvP is refused (RATE_MISMATCH); see
+    docs/encoding.md.
+    """
     settle_by: _builtins.int
     """Logical time by which the counterparty must accept; afterwards the PvP expires."""
     reference: _builtins.str
@@ -794,7 +798,11 @@ class DualPvp(_message.Message):
     receive_amount: _builtins.int
     """Amount the sender receives, in minor units."""
     rate: _builtins.str
-    """Agreed rate as a positive decimal string, informative."""
+    """Agreed rate from the sender's side: what it receives per unit it pays, in major units
+    (receive / pay), as a positive decimal string ("1.0852"). It must agree with both amounts
+    within the rounding of their minor units, or the PvP is refused (RATE_MISMATCH); see
+    docs/encoding.md.
+    """
     reference: _builtins.str
     """Free text (at most 140 printable chars)."""
     def __init__(
