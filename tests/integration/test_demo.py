@@ -6,9 +6,15 @@ import os
 import re
 import subprocess
 import sys
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
+
+from bridge.domain import DualPvp, Entry, ProposePvp
+from bridge.log.source import open_source
+from participants.network_config import NetworkConfig
 
 
 def console_script() -> Path:
@@ -42,3 +48,26 @@ def test_demo_runs_from_a_directory_outside_the_project(tmp_path: Path) -> None:
     assert int(load.group(1)) > 0
     assert "cross-check OK" in output
     assert (tmp_path / "demo-network" / "reports" / "steady.html").exists()
+    assert_every_pvp_rate_is_the_senders(tmp_path / "demo-network")
+
+
+def assert_every_pvp_rate_is_the_senders(directory: Path) -> None:
+    """Every PvP in the demo's log states receive / pay from its sender's side; the scripted
+    dual-signed trade (BOCQ pays 2,000,000.00 CNY for 10,000,000.00 THB) states 5."""
+    config = NetworkConfig.load(directory)
+    exponent = {cb.currency: cb.exponent for cb in config.central_banks}
+    scripted = []
+    with open_source(config.bridge_db) as source:
+        for stored in source.entries():
+            body = Entry.from_canonical_bytes(stored.data).envelope.body
+            if not isinstance(body, ProposePvp | DualPvp):
+                continue
+            pay = Fraction(body.pay_amount, 10 ** exponent[body.pay_currency])
+            receive = Fraction(body.receive_amount, 10 ** exponent[body.receive_currency])
+            rate = Fraction(Decimal(body.rate))
+            slack = Fraction(1, 2 * 10 ** exponent[body.receive_currency])
+            slack += rate * Fraction(1, 2 * 10 ** exponent[body.pay_currency])
+            assert abs(receive - pay * rate) <= slack, body
+            if isinstance(body, DualPvp) and body.sender == "BOCQ" and body.pay_currency == "CNY":
+                scripted.append(body.rate)
+    assert "5" in scripted
