@@ -124,8 +124,7 @@ def cbdc_bridge(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_cli_dual_sign_and_submit_log_the_submitters_rate(desks: Desks, tmp_path: Path) -> None:
-    """`bank dual sign` by HSBCHK and `bank dual submit` by ICBC, run from a temporary
-    directory: the logged entry states ICBC's rate, receive / pay."""
+    """CLI dual sign by HSBCHK, submit by ICBC (temp dir): the entry states ICBC's rate."""
     network = str(desks.directory)
     signed = cbdc_bridge(
         "bank", "dual", "sign", "ICBC", "--pay", "1,000.00 HKD", "--receive", "920.00 CNY",

@@ -82,8 +82,7 @@ def round_significant(value: Fraction, significant: int) -> str:
 def test_the_documented_precision_always_agrees(
     pay: int, pay_exp: int, receive: int, receive_exp: int
 ) -> None:
-    """receive / pay rounded to one more significant digit than the receive amount has in
-    minor units agrees."""
+    """receive / pay to one more significant digit than the receive amount has agrees."""
     exact = Fraction(receive * 10**pay_exp, pay * 10**receive_exp)
     rate = round_significant(exact, len(str(receive)) + 1)
     assert rate_agrees(pay, pay_exp, receive, receive_exp, rate)

@@ -36,8 +36,7 @@ def test_offer_states_the_inverse_of_the_signers_rate(quoted: str, stated: str) 
     "quoted", ["-0.2", "0", "1e3", "0.0000000000000000001", "0.000000000000000001"]
 )
 def test_offer_with_a_malformed_rate_is_refused_before_signing(quoted: str) -> None:
-    """A rate that is no positive decimal of at most 18 places, or whose inverse is none, is
-    refused as MALFORMED."""
+    """A rate (or inverse) that is no positive decimal of 18 places is refused MALFORMED."""
     with pytest.raises(BridgeRpcError) as caught:
         signer().sign_dual_pvp("BOCQ", ("THB", 100), ("CNY", 20), quoted, "", None, None)
     assert caught.value.reason is Reason.MALFORMED
