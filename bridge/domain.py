@@ -18,6 +18,7 @@ from enum import StrEnum
 from hashlib import sha256
 from typing import Any, ClassVar
 
+from bridge.bounds import MAX_ID_LENGTH, MAX_REFERENCE_LENGTH, preview
 from bridge.errors import Reason, Refused
 
 ParticipantId = str
@@ -30,11 +31,10 @@ INT64_MAX = 2**63 - 1
 BRIDGE_SENDER = "bridge"
 DAY_MS = 86_400_000
 
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # bridge.bounds, MAX_ID_LENGTH
 _CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 _JURISDICTION_PATTERN = re.compile(r"^[A-Z]{2}$")
 _RATE_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?$")
-MAX_REFERENCE_LENGTH = 140
 
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:
@@ -353,7 +353,7 @@ def instruction_from_fields(data: Mapping[str, Any]) -> Instruction:
     kind = data.get("kind")
     cls = INSTRUCTION_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise Refused(Reason.MALFORMED, f"unknown instruction kind: {kind!r}")
+        raise Refused(Reason.MALFORMED, f"unknown instruction kind: {_quoted(kind)}")
     kwargs: dict[str, Any] = {}
     for f in fields(cls):
         if f.name not in data:
@@ -391,6 +391,7 @@ _INT_FIELDS = frozenset(
     }
 )
 _AMOUNT_FIELDS = frozenset({"amount", "pay_amount", "receive_amount"})
+_TIME_FIELDS = frozenset({"valid_until", "settle_by"})
 _ID_FIELDS = frozenset(
     {
         "instruction_id",
@@ -430,17 +431,24 @@ def validate_shape(instruction: Instruction) -> None:
             if name in _AMOUNT_FIELDS:
                 if not 0 < value <= INT64_MAX:  # the message is only built for a refusal
                     validate_amount(value, f"{kind}.{name}")
+            elif value < 0 and name in _TIME_FIELDS:
+                raise Refused(Reason.INVALID_TIME, f"{kind}.{name}: a time cannot be negative")
             elif not 0 <= value <= INT64_MAX:
                 raise Refused(Reason.AMOUNT_OVERFLOW, f"{kind}.{name} out of range: got {value}")
         elif name in _ID_FIELDS:
-            if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
-                raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid identifier {value!r}")
+            _validate_id(value, f"{kind}.{name}")
         elif name in _CURRENCY_FIELDS:
             if not isinstance(value, str) or not _CURRENCY_PATTERN.fullmatch(value):
-                raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid currency {value!r}")
+                raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid currency {_quoted(value)}")
         elif name == "reference":
-            if not isinstance(value, str) or len(value) > MAX_REFERENCE_LENGTH:
-                raise Refused(Reason.MALFORMED, f"{kind}.reference: at most 140 characters")
+            if not isinstance(value, str):
+                raise Refused(Reason.MALFORMED, f"{kind}.reference: expected text")
+            if len(value) > MAX_REFERENCE_LENGTH:
+                raise Refused(
+                    Reason.FIELD_TOO_LONG,
+                    f"{kind}.reference: at most {MAX_REFERENCE_LENGTH} characters, "
+                    f"got {len(value):,}",
+                )
             if not value.isprintable():
                 raise Refused(Reason.MALFORMED, f"{kind}.reference: must be printable")
         elif name == "rate" and (
@@ -448,8 +456,25 @@ def validate_shape(instruction: Instruction) -> None:
             or not _RATE_PATTERN.fullmatch(value)
             or not any(digit in value for digit in "123456789")
         ):
-            raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {value!r}")
+            raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {_quoted(value)}")
     _validate_specific(instruction)
+
+
+def _validate_id(value: object, what: str) -> None:
+    if not isinstance(value, str):
+        raise Refused(Reason.MALFORMED, f"{what}: expected an identifier")
+    if len(value) > MAX_ID_LENGTH:
+        raise Refused(
+            Reason.FIELD_TOO_LONG,
+            f"{what}: at most {MAX_ID_LENGTH} characters, got {len(value):,} ({preview(value)})",
+        )
+    if not _ID_PATTERN.fullmatch(value):
+        raise Refused(Reason.MALFORMED, f"{what}: invalid identifier {preview(value)}")
+
+
+def _quoted(value: object) -> str:
+    """Client input for a refusal message: a short prefix at most."""
+    return preview(value) if isinstance(value, str | bytes) else type(value).__name__
 
 
 def validate_amount(value: int, what: str) -> None:
@@ -473,14 +498,14 @@ def _validate_specific(instruction: Instruction) -> None:
             raise Refused(Reason.MALFORMED, "admit_bank.public_key: 65-byte SEC1 P-256 point")
     elif isinstance(instruction, SetParticipantStatus):
         if instruction.status not in (ParticipantStatus.ACTIVE, ParticipantStatus.SUSPENDED):
-            raise Refused(Reason.MALFORMED, f"set_status.status: got {instruction.status!r}")
+            raise Refused(Reason.MALFORMED, f"set_status.status: got {_quoted(instruction.status)}")
     elif isinstance(instruction, FreezeAccount):
         if not isinstance(instruction.frozen, bool):
             raise Refused(Reason.MALFORMED, "freeze_account.frozen: expected a boolean")
     elif isinstance(instruction, SetPolicy):
         for code in instruction.allowed_jurisdictions:
             if not isinstance(code, str) or not _JURISDICTION_PATTERN.fullmatch(code):
-                raise Refused(Reason.MALFORMED, f"set_policy: invalid jurisdiction {code!r}")
+                raise Refused(Reason.MALFORMED, f"set_policy: invalid jurisdiction {_quoted(code)}")
     elif isinstance(instruction, AcceptPvp) and not (
         isinstance(instruction.terms_hash, str)
         and re.fullmatch(r"[0-9a-f]{64}", instruction.terms_hash)

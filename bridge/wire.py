@@ -234,6 +234,10 @@ def instruction_from_proto(msg: pb.Instruction) -> Instruction:
     if kind is None:
         raise Refused(Reason.MALFORMED, "instruction has no body (missing or unknown kind)")
     codec = _CODECS[kind]
+    if msg.valid_until <= 0:  # proto3 sends 0 for "not set": every instruction has a deadline
+        raise Refused(Reason.INVALID_TIME, f"{kind}.valid_until must be a positive time")
+    if kind == "pvp_propose" and msg.pvp_propose.settle_by <= 0:
+        raise Refused(Reason.INVALID_TIME, "pvp_propose.settle_by must be a positive time")
     values = codec.read(msg)
     if codec.fixups:
         values_list = list(values)

@@ -19,6 +19,7 @@ from bridge.domain import Genesis
 from bridge.log.blocks import SealedBlock
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator, CallerAuthInterceptor
 from bridge.node.feed import ChainFeed
+from bridge.node.request_guard import RequestGuard
 from bridge.node.sequencer import MonotonicClock, Sequencer
 from bridge.node.service import BridgeLedgerService
 from bridge.settlement import SettlementEngine
@@ -116,7 +117,9 @@ async def run_bridge_node(
         block_interval=settings.block_interval,
         on_block=on_block,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[central_banks_only(settings)])
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[central_banks_only(settings), RequestGuard()]
+    )
     service = BridgeLedgerService(
         genesis=settings.genesis,
         sequencer=sequencer,

@@ -15,6 +15,7 @@ from bridge import wire
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as pb
 from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as pb_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.bounds import preview
 from bridge.core.ledger import Ledger
 from bridge.crypto import FastVerifier
 from bridge.domain import Envelope, ExpirePvp, Genesis
@@ -285,7 +286,8 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             await abort(
                 context,
                 Refused(
-                    Reason.UNKNOWN_PVP, f"no PvP {request.pvp_id!r} proposed by {request.proposer}"
+                    Reason.UNKNOWN_PVP,
+                    f"no PvP {preview(request.pvp_id)} proposed by {request.proposer}",
                 ),
             )
         return wire.pvp_to_proto(state)
@@ -299,7 +301,8 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
                 context,
                 Refused(
                     Reason.UNKNOWN_INSTRUCTION,
-                    f"{request.sender} has no settled instruction {request.instruction_id!r}",
+                    f"{request.sender} has no settled instruction "
+                    f"{preview(request.instruction_id)}",
                 ),
             )
         receipt, height = found
@@ -315,7 +318,8 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         supply = self.reader.supply(request.currency)
         if supply is None:
             await abort(
-                context, Refused(Reason.UNKNOWN_CURRENCY, f"unknown currency {request.currency}")
+                context,
+                Refused(Reason.UNKNOWN_CURRENCY, f"unknown currency {request.currency}"),
             )
         issued, redeemed = supply
         return types.CurrencySupply(

@@ -21,6 +21,7 @@ from bridge.crypto import FastVerifier, public_key_from_pem
 from bridge.domain import AdmitBank
 from bridge.errors import BridgeError, Refused
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
+from bridge.node.request_guard import RequestGuard
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
 from participants.central_bank.bridge_link import BridgeLink
 from participants.central_bank.channels import node_channel
@@ -117,7 +118,7 @@ async def run_central_bank_node(
         tls=pki is not None,
         verifier=core.verifier,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
     central_bank_pb2_grpc.add_CentralBankServicer_to_server(
         CentralBankService(core, peers=peers_auth), server
     )
@@ -127,7 +128,7 @@ async def run_central_bank_node(
     )
     # the operators' desk listens apart from the banks (loopback by default): token, and
     # mutual TLS with a certificate of the network's CA when TLS is on
-    admin_server = grpc.aio.server(options=SERVER_OPTIONS)
+    admin_server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
     central_bank_pb2_grpc.add_CentralBankAdminServicer_to_server(
         CentralBankAdminService(core, admin_token(config, me.id)), admin_server
     )

@@ -26,6 +26,7 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.bounds import HISTORY_DEFAULT, HISTORY_PAGE, preview
 from bridge.crypto import FastVerifier, PrivateKey
 from bridge.domain import (
     AcceptPvp,
@@ -58,7 +59,6 @@ from participants.network_config import NetworkConfig
 log = logging.getLogger("participants.central_bank")
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 BRIDGE_DEADLINE = 10.0
-HISTORY_PAGE = 500
 STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call
 
 
@@ -505,7 +505,16 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             bank = await core.authenticate_query("/bridge.v1.CentralBank/GetHistory", request)
         except Refused as refusal:
             await abort(context, refusal)
-        limit = min(request.limit or 100, HISTORY_PAGE)
+        if not 0 <= request.limit <= HISTORY_PAGE:  # also refused at the edge (bridge.bounds)
+            await abort(
+                context,
+                Refused(
+                    Reason.BAD_PAGE_SIZE,
+                    f"limit must be 0 (default {HISTORY_DEFAULT}) to {HISTORY_PAGE}: "
+                    f"got {request.limit}",
+                ),
+            )
+        limit = request.limit or HISTORY_DEFAULT
         entries = list(core.replica.entries_of(bank, max(1, request.from_seq), limit + 1))
         next_seq = entries.pop().seq if len(entries) > limit else 0
         return pb.HistoryPage(
@@ -525,7 +534,8 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             # another bank's PvP and no PvP at all get the same answer: nothing is revealed
             unknown = Refused(
                 Reason.UNKNOWN_PVP,
-                f"no PvP {request.pvp_id!r} proposed by {request.proposer} with {bank} as a party",
+                f"no PvP {preview(request.pvp_id)} proposed by {request.proposer} "
+                f"with {bank} as a party",
             )
             try:
                 status: types.PvpStatus = await core.bridge.GetPvp(

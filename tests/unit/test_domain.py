@@ -262,7 +262,6 @@ def test_extra_field_is_refused(kind: str) -> None:
         ("instruction_id", ""),
         ("instruction_id", "-leading-dash"),
         ("instruction_id", "has space"),
-        ("instruction_id", "x" * 65),
         ("instruction_id", 42),
         ("sender", "ICBC/CN"),
         ("payee", "é"),
@@ -274,6 +273,15 @@ def test_extra_field_is_refused(kind: str) -> None:
 def test_bad_identifier_is_refused(field: str, value: object) -> None:
     """Ids must be 1-64 characters of [A-Za-z0-9._:-], not starting with punctuation."""
     assert refused_fields(sample_fields("pay") | {field: value}) is Reason.MALFORMED
+
+
+def test_over_long_identifier_is_field_too_long_quoting_a_prefix() -> None:
+    """An id past 64 characters is FIELD_TOO_LONG; the message quotes 16 characters at most."""
+    with pytest.raises(Refused) as caught:
+        instruction_from_fields(sample_fields("pay") | {"instruction_id": "x" * 5_000_000})
+    assert caught.value.reason is Reason.FIELD_TOO_LONG
+    assert len(caught.value.message) < 120
+    assert "'xxxxxxxxxxxxxxxx'…" in caught.value.message
 
 
 def test_identifier_at_maximum_length_is_accepted() -> None:
@@ -329,7 +337,8 @@ def test_amount_at_int64_max_is_accepted() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [
-        ("valid_until", -1, Reason.AMOUNT_OVERFLOW),
+        ("valid_until", -1, Reason.INVALID_TIME),
+        ("settle_by", -(2**63), Reason.INVALID_TIME),
         ("valid_until", INT64_MAX + 1, Reason.AMOUNT_OVERFLOW),
         ("valid_until", "soon", Reason.MALFORMED),
         ("valid_until", True, Reason.MALFORMED),
@@ -393,11 +402,11 @@ def test_good_rate_is_accepted(rate: str) -> None:
 
 
 def test_over_long_reference_is_refused() -> None:
-    """A reference of more than 140 characters is MALFORMED; 140 is fine."""
+    """A reference of more than 140 characters is FIELD_TOO_LONG; 140 is fine."""
     fields = sample_fields("pay")
     assert instruction_from_fields(fields | {"reference": "R" * MAX_REFERENCE_LENGTH})
     assert refused_fields(fields | {"reference": "R" * (MAX_REFERENCE_LENGTH + 1)}) is (
-        Reason.MALFORMED
+        Reason.FIELD_TOO_LONG
     )
 
 

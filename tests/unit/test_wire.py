@@ -299,7 +299,7 @@ def test_missing_body_is_malformed() -> None:
         ({"payee": "bad id!"}, Reason.MALFORMED),
         ({"currency": "cny"}, Reason.MALFORMED),
         ({"currency": ""}, Reason.MALFORMED),
-        ({"reference": "x" * 141}, Reason.MALFORMED),
+        ({"reference": "x" * 141}, Reason.FIELD_TOO_LONG),
         ({"reference": "line\nbreak"}, Reason.MALFORMED),
         ({"amount": 0}, Reason.NON_POSITIVE_AMOUNT),
         ({"amount": -5}, Reason.NON_POSITIVE_AMOUNT),
@@ -319,11 +319,19 @@ def test_bad_pay_fields_are_refused_by_domain_validation(
     [
         (lambda m: setattr(m.instruction, "instruction_id", ""), Reason.MALFORMED),
         (lambda m: setattr(m.instruction, "sender", ""), Reason.MALFORMED),
-        (lambda m: setattr(m.instruction, "valid_until", -1), Reason.AMOUNT_OVERFLOW),
+        (lambda m: setattr(m.instruction, "valid_until", -1), Reason.INVALID_TIME),
+        (lambda m: setattr(m.instruction, "valid_until", 0), Reason.INVALID_TIME),
         (lambda m: m.signatures.add(signer="", value=SIG), Reason.MALFORMED),
         (lambda m: m.signatures.add(signer="ICBC", value=b""), Reason.MALFORMED),
     ],
-    ids=["no-id", "no-sender", "negative-valid-until", "unnamed-signer", "empty-signature"],
+    ids=[
+        "no-id",
+        "no-sender",
+        "negative-valid-until",
+        "zero-valid-until",
+        "unnamed-signer",
+        "empty-signature",
+    ],
 )
 def test_bad_header_or_signature_is_refused(
     mutate: Callable[[pb.SignedInstruction], object], reason: Reason

@@ -1,0 +1,222 @@
+"""Bounds on every field a request can carry: documented maxima and character sets.
+
+One table (`FIELD_BOUNDS`, by field name: a name means the same thing in every message) says
+how long each string, bytes and repeated field of a request may be and which characters a
+string may hold; `INT_BOUNDS` says which integers are allowed. `check_message` walks a decoded
+request and refuses the first field out of bounds with `Refused` (`FIELD_TOO_LONG`,
+`MALFORMED`, `BAD_PAGE_SIZE` or `INVALID_TIME`, all `INVALID_ARGUMENT`), quoting at most a short
+prefix of what was sent. Empty strings pass here: whether a field is required is the domain's
+business. The table is documented in docs/encoding.md ("Field bounds").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+
+from bridge.errors import Reason, Refused
+
+__all__ = [
+    "FIELD_BOUNDS",
+    "HISTORY_DEFAULT",
+    "HISTORY_PAGE",
+    "ID_PATTERN",
+    "INT_BOUNDS",
+    "MAX_ID_LENGTH",
+    "MAX_REFERENCE_LENGTH",
+    "PREVIEW_LENGTH",
+    "Bound",
+    "IntBound",
+    "check_message",
+    "preview",
+    "unbounded_fields",
+]
+
+PREVIEW_LENGTH = 16
+MAX_ID_LENGTH = 64
+MAX_REFERENCE_LENGTH = 140  # a trade document number with some words around it
+HISTORY_DEFAULT = 100  # GetHistory entries when `limit` is 0
+HISTORY_PAGE = 500  # GetHistory's largest `limit`
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]*")
+_ID = "letters, digits and ._:- (not first)"
+
+
+def preview(value: str | bytes) -> str:
+    """A short quotable prefix of client input: at most 16 characters, then "…"."""
+    if isinstance(value, bytes):
+        head = value[: PREVIEW_LENGTH // 2].hex()
+        return head + ("…" if len(value) > PREVIEW_LENGTH // 2 else "")
+    head = repr(value[:PREVIEW_LENGTH])
+    return head + ("…" if len(value) > PREVIEW_LENGTH else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """Largest length (characters, bytes or elements) and, for strings, the characters allowed."""
+
+    max_length: int
+    pattern: re.Pattern[str] | None = None
+    described: str = ""  # the character set in words, for the refusal message
+    printable: bool = False  # any printable Unicode (references)
+
+
+@dataclass(frozen=True, slots=True)
+class IntBound:
+    """Smallest and largest allowed integer, and the reason a value outside is refused."""
+
+    low: int
+    high: int
+    reason: Reason
+    described: str
+
+
+_ID_BOUND = Bound(MAX_ID_LENGTH, ID_PATTERN, _ID)
+_BYTES_KEY = Bound(65)  # SEC1 uncompressed P-256 point
+_BYTES_SIGNATURE = Bound(64)  # raw r||s
+_BYTES_HASH = Bound(32)  # SHA-256
+
+FIELD_BOUNDS: dict[str, Bound] = {
+    # identifiers: instructions, PvPs and participants
+    "instruction_id": _ID_BOUND,
+    "pvp_id": _ID_BOUND,
+    "sender": _ID_BOUND,
+    "payee": _ID_BOUND,
+    "counterparty": _ID_BOUND,
+    "proposer": _ID_BOUND,
+    "participant": _ID_BOUND,
+    "bank": _ID_BOUND,
+    "to": _ID_BOUND,
+    "signer": _ID_BOUND,
+    "endorses": _ID_BOUND,
+    "requester": _ID_BOUND,
+    "central_bank": _ID_BOUND,
+    "home_central_bank": _ID_BOUND,
+    # becomes the instruction id `issue-<bank>-<request_id>` (64 at most in all)
+    "request_id": Bound(MAX_ID_LENGTH - len("issue-") - 2, ID_PATTERN, _ID),
+    # codes and numbers written as text
+    "currency": Bound(3, re.compile(r"[A-Z]{3}"), "three upper-case letters"),
+    "pay_currency": Bound(3, re.compile(r"[A-Z]{3}"), "three upper-case letters"),
+    "receive_currency": Bound(3, re.compile(r"[A-Z]{3}"), "three upper-case letters"),
+    "allowed_jurisdictions": Bound(250),  # ISO 3166-1 has 249 codes
+    "rate": Bound(37, re.compile(r"[0-9.]+"), "digits and one decimal point"),
+    "terms_hash": Bound(64, re.compile(r"[0-9a-f]+"), "lower-case hex digits"),
+    "reference": Bound(MAX_REFERENCE_LENGTH, printable=True),
+    # bytes (exact lengths are checked where they are used)
+    "public_key": _BYTES_KEY,
+    "value": _BYTES_SIGNATURE,
+    "signature": _BYTES_SIGNATURE,
+    "block_hash": _BYTES_HASH,
+    # repeated messages
+    "signatures": Bound(4),  # a dual-signed PvP: two banks' signatures, two endorsements
+    "instructions": Bound(1024),  # EndorseDualPvps batches (the nodes send at most 256)
+}
+
+# each element of a repeated string field
+ELEMENT_BOUNDS: dict[str, Bound] = {
+    "allowed_jurisdictions": Bound(2, re.compile(r"[A-Z]{2}"), "two upper-case letters"),
+}
+
+_INT64_MAX = 2**63 - 1
+_TIME = IntBound(1, _INT64_MAX, Reason.INVALID_TIME, "a positive time in milliseconds")
+_POSITION = IntBound(0, _INT64_MAX, Reason.MALFORMED, "not negative")
+INT_BOUNDS: dict[str, IntBound] = {
+    "valid_until": _TIME,
+    "settle_by": _TIME,
+    "from_seq": _POSITION,
+    "from_height": _POSITION,
+    "to_height": _POSITION,
+    "height": _POSITION,
+    "limit": IntBound(
+        0,
+        HISTORY_PAGE,
+        Reason.BAD_PAGE_SIZE,
+        f"0 (the default, {HISTORY_DEFAULT}) to {HISTORY_PAGE}",
+    ),
+}
+
+_STRING = FieldDescriptor.TYPE_STRING
+_BYTES = FieldDescriptor.TYPE_BYTES
+_MESSAGE = FieldDescriptor.TYPE_MESSAGE
+_INTS = frozenset(
+    {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64}
+)
+
+
+def check_message(message: Message, path: str = "") -> None:
+    """Refuse the first field of `message` (and its sub-messages) that is out of bounds."""
+    for fd, value in message.ListFields():
+        name = fd.name
+        where = f"{path}{name}"
+        if fd.type == _MESSAGE:
+            if _is_repeated(fd):
+                _check_count(name, where, len(value))
+                for index, item in enumerate(value):
+                    check_message(item, f"{where}[{index}].")
+            else:
+                check_message(value, f"{where}.")
+        elif fd.type == _STRING or fd.type == _BYTES:
+            if _is_repeated(fd):
+                _check_count(name, where, len(value))
+                element = ELEMENT_BOUNDS[name]
+                for index, item in enumerate(value):
+                    _check_value(element, f"{where}[{index}]", item)
+            else:
+                _check_value(FIELD_BOUNDS[name], where, value)
+        elif fd.type in _INTS:
+            bound = INT_BOUNDS.get(name)
+            if bound is not None and not bound.low <= value <= bound.high:
+                raise Refused(bound.reason, f"{where} must be {bound.described}: got {value}")
+
+
+def _is_repeated(fd: FieldDescriptor) -> bool:
+    repeated: bool = fd.is_repeated
+    return repeated
+
+
+def _check_count(name: str, where: str, count: int) -> None:
+    limit = FIELD_BOUNDS[name].max_length
+    if count > limit:
+        raise Refused(Reason.FIELD_TOO_LONG, f"{where}: at most {limit} elements, got {count:,}")
+
+
+def _check_value(bound: Bound, where: str, value: str | bytes) -> None:
+    if len(value) > bound.max_length:
+        unit = "bytes" if isinstance(value, bytes) else "characters"
+        raise Refused(
+            Reason.FIELD_TOO_LONG,
+            f"{where}: at most {bound.max_length} {unit}, got {len(value):,} ({preview(value)})",
+        )
+    if isinstance(value, bytes) or not value:
+        return
+    if bound.pattern is not None and not bound.pattern.fullmatch(value):
+        raise Refused(Reason.MALFORMED, f"{where}: {bound.described} only, got {preview(value)}")
+    if bound.printable and not value.isprintable():
+        raise Refused(Reason.MALFORMED, f"{where}: printable characters only, got {preview(value)}")
+
+
+def unbounded_fields(root: Descriptor) -> list[str]:
+    """Fields reachable from `root` that the table does not bound (a test keeps it empty)."""
+    missing: list[str] = []
+    seen: set[str] = set()
+
+    def walk(descriptor: Descriptor) -> None:
+        if descriptor.full_name in seen:
+            return
+        seen.add(descriptor.full_name)
+        for fd in descriptor.fields:
+            repeated = _is_repeated(fd)
+            if fd.type == _MESSAGE:
+                if repeated and fd.name not in FIELD_BOUNDS:
+                    missing.append(f"{descriptor.full_name}.{fd.name}")
+                if fd.message_type is not None:
+                    walk(fd.message_type)
+            elif fd.type in (_STRING, _BYTES):
+                table = ELEMENT_BOUNDS if repeated else FIELD_BOUNDS
+                if fd.name not in table or (repeated and fd.name not in FIELD_BOUNDS):
+                    missing.append(f"{descriptor.full_name}.{fd.name}")
+
+    walk(root)
+    return missing
