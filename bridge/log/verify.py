@@ -3,8 +3,11 @@
 `verify_log(source)` reads the log once, in order, and checks, block by block:
 
 1. the header: heights and entry ranges without gaps, the previous-hash link (to the genesis
-   hash for block 1), the stored block hash against the header's own hash;
-2. every entry: stored where the header says, canonical (`Entry.from_canonical_bytes`), its
+   hash for block 1), the stored block hash against the header's own hash, a time never
+   earlier than the previous block's;
+2. every entry: applied no earlier than the entry or block before it and no later than its
+   block's time (time only moves forward: a backdated entry fails, it is not a warning),
+   stored where the header says, canonical (`Entry.from_canonical_bytes`), its
    stored columns agreeing with its bytes, replayed on a `Ledger` with `SignatureCheck.ALL`
    (every party signature, every central bank endorsement and signature, every policy rule)
    giving the outcome the log records, and its instruction id never used before;
@@ -289,6 +292,7 @@ class LogVerifier:
         self.keys = {b.id: b.public_key for b in genesis.central_banks}
         self.prev_hash = genesis.hash()
         self.prev_time: int | None = None
+        self.time_floor = 0  # no entry may be applied before an earlier entry or block
         self.next_height = 1
         self.since_prune = 0
         self.tables = self._derived_tables()
@@ -375,7 +379,12 @@ class LogVerifier:
                 height,
             )
         if self.prev_time is not None and header.time < self.prev_time:
-            self._warn(f"block {height}: time {header.time} is before the previous block's")
+            self._fail(
+                where,
+                f"time goes backwards: sealed at {header.time}, before block {height - 1} "
+                f"({self.prev_time})",
+                height,
+            )
         root = self._entries(block, entries)
         if root != header.merkle_root:
             self._fail(
@@ -395,6 +404,7 @@ class LogVerifier:
         report.blocks += 1
         report.head_height, report.head_hash = height, block_hash.hex()
         self.prev_hash, self.prev_time, self.next_height = block_hash, header.time, height + 1
+        self.time_floor = header.time
         if self.since_prune >= self.prune_every:
             self._prune()
         if self.on_progress is not None:
@@ -479,6 +489,14 @@ class LogVerifier:
                 height,
                 f"applied at {entry.time}, after its block was sealed at {block.header.time}",
             )
+        if entry.time < self.time_floor:
+            self._entry_fail(
+                stored,
+                height,
+                f"time goes backwards: applied at {entry.time}, before {self.time_floor} "
+                "(an earlier entry or block)",
+            )
+        self.time_floor = entry.time
         envelope = entry.envelope
         body = envelope.body
         columns = stored.columns

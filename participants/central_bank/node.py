@@ -192,6 +192,7 @@ async def follow_blocks(core: CentralBankCore) -> None:
     pending: set[asyncio.Task[None]] = set()
     unconfirmed: dict[int, types_pb2.Attestation] = {}
     in_flight: set[int] = set()
+    last_failure = ""
 
     async def submit(attestation: types_pb2.Attestation) -> None:
         try:
@@ -242,7 +243,9 @@ async def follow_blocks(core: CentralBankCore) -> None:
             )
             await asyncio.sleep(0.5)
         except BridgeError as error:
-            log.error("block failed verification; not attesting", extra={"error": str(error)})
+            if str(error) != last_failure:  # once per failure, not every retry
+                last_failure = str(error)
+                log.error("block failed verification; not attesting", extra={"error": str(error)})
             await asyncio.sleep(5.0)
 
 

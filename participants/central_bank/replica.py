@@ -1,19 +1,24 @@
 """A central bank's own replica of the bridge ledger, and its attestation of every block.
 
 The node follows the bridge's block stream. For each block it checks the hash link to the
-previous block, the Merkle root over the entries, and replays every entry through its own copy
-of the ledger core, which must reproduce the logged outcome. Only then does it sign the block
-header (attestation). It also indexes, per participant, the entries that concern them, which
-serves its banks' history and settlement streams.
+previous block, the Merkle root over the entries, that time only moves forward (the block is
+sealed no earlier than the block before it; each entry is applied no earlier than the entry or
+block before it and no later than its block), and replays every entry through its own copy of
+the ledger core, which must reproduce the logged outcome. Only then does it sign the block
+header (attestation). A block whose times go backwards is refused and logged at ERROR once.
+It also indexes, per participant, the entries that concern them, which serves its banks'
+history and settlement streams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import Signer, Verifier
@@ -22,6 +27,8 @@ from bridge.errors import LogIntegrityError, Refused
 from bridge.log.blocks import Attestation, BlockHeader, attest
 from bridge.log.events import settlement_event
 from bridge.log.merkle import merkle_root
+
+log = logging.getLogger("participants.central_bank.replica")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,8 @@ class Replica:
         self.signer = signer
         self.height = 0
         self.head_hash = genesis.hash()
+        self.head_time = 0  # time of the last attested block: time only moves forward
+        self._refused: set[bytes] = set()  # hashes of blocks refused for going back in time
         self._index: dict[ParticipantId, list[IndexedEntry]] = defaultdict(list)
         self._changed = asyncio.Condition()
 
@@ -60,11 +69,24 @@ class Replica:
             raise LogIntegrityError(where, "entry range does not follow the previous block")
         if merkle_root(entries) != header.merkle_root:
             raise LogIntegrityError(where, "Merkle root does not match its entries")
+        if header.time < self.head_time:
+            self._backwards(
+                header,
+                f"sealed at {header.time}, before block {self.height} ({self.head_time})",
+            )
         ledger = self.ledger
         parsed = []
+        floor = self.head_time
         try:
             for data in entries:
                 entry = Entry.from_canonical_bytes(data)
+                if not floor <= entry.time <= header.time:
+                    self._backwards(
+                        header,
+                        f"entry {entry.seq} applied at {entry.time}, outside "
+                        f"[{floor}, {header.time}] (the entry or block before it, its block)",
+                    )
+                floor = entry.time
                 receipt = ledger.apply(entry.envelope, entry.time)
                 if (
                     receipt.duplicate
@@ -85,8 +107,26 @@ class Replica:
         ledger.confirm()
         self.height = header.height
         self.head_hash = header.hash()
+        self.head_time = header.time
         asyncio.get_running_loop().create_task(self._notify())
         return attest(header, self.central_bank, self.signer)
+
+    def _backwards(self, header: BlockHeader, what: str) -> NoReturn:
+        """Refuse a block whose times go backwards; say so loudly, once per block."""
+        message = f"time goes backwards: {what}; not attesting"
+        block_hash = header.hash()
+        if block_hash not in self._refused:
+            self._refused.add(block_hash)
+            log.error(
+                "block refused: time goes backwards",
+                extra={
+                    "central_bank": self.central_bank,
+                    "height": header.height,
+                    "block_hash": block_hash.hex(),
+                    "detail": what,
+                },
+            )
+        raise LogIntegrityError(f"block {header.height}", message)
 
     async def _notify(self) -> None:
         async with self._changed:

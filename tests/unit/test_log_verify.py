@@ -554,19 +554,25 @@ def reseal(db: sqlite3.Connection, sample: SampleLog, from_height: int) -> None:
 
 
 def append_entry(
-    db: sqlite3.Connection, sample: SampleLog, envelope: Envelope, outcome: Outcome
+    db: sqlite3.Connection,
+    sample: SampleLog,
+    envelope: Envelope,
+    outcome: Outcome,
+    *,
+    shift: tuple[int, int] = (0, 0),
 ) -> int:
-    """Append one entry in a new block, sealed and attested by every central bank."""
+    """Append one entry in a new block, sealed and attested by every central bank; `shift`
+    moves the (entry, block) times from the last entry's time (negative: backdated)."""
     last_seq, last_height, last_time = db.execute(
         "SELECT MAX(seq), MAX(height), MAX(time) FROM entries"
     ).fetchone()
-    entry = Entry(last_seq + 1, last_time, envelope, outcome)
+    entry = Entry(last_seq + 1, last_time + shift[0], envelope, outcome)
     body = envelope.body
     height = last_height + 1
     db.execute("DROP INDEX IF EXISTS entries_by_id")
     db.execute(
         "INSERT INTO blocks VALUES (?, zeroblob(32), zeroblob(32), zeroblob(32), ?, ?, 1)",
-        (height, last_time, entry.seq),
+        (height, last_time + shift[1], entry.seq),
     )
     db.execute(
         "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -622,3 +628,30 @@ def test_forged_bank_signature_in_a_sealed_block_is_named(
     assert failure.seq == state["forged"]
     assert "BAD_SIGNATURE" in failure.message
     assert "ICBC" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("shift", "what"),
+    [((-60_000, -60_000), "sealed at"), ((-60_000, 0), "applied at")],
+    ids=["block-backdated", "entry-backdated"],
+)
+def test_backdated_block_or_entry_fails_verification(
+    sample: SampleLog, tmp_path: Path, shift: tuple[int, int], what: str
+) -> None:
+    """A block sealed, or an entry applied, before the block before it fails (not a warning),
+    even when sealed and attested by every central bank."""
+    state: dict[str, int] = {}
+
+    def change(db: sqlite3.Connection) -> None:
+        last_time = db.execute("SELECT MAX(time) FROM entries").fetchone()[0]
+        body = Pay("backdated-1", "ICBC", last_time + 60_000, "DBS", "CNY", 100, "")
+        envelope = sign_as_party(Envelope.of(body), "ICBC", sample.keys["ICBC"])
+        envelope = endorse(envelope, "ICBC", "PBOC", sample.keys["PBOC"])
+        state["seq"] = append_entry(db, sample, envelope, Outcome.SETTLED, shift=shift)
+
+    report = verify_file(tampered(sample, tmp_path, change))
+    assert not report.ok
+    failure = report.failures[0]
+    assert "time goes backwards" in failure.message, failure
+    assert what in failure.message
+    assert failure.height == layout_of(sample.path).blocks[-1][0] + 1

@@ -1,0 +1,122 @@
+"""The field bounds table and the raw-bytes helpers of the request guard."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf.descriptor import ServiceDescriptor
+
+from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
+from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.bounds import check_message, preview, unbounded_fields
+from bridge.errors import Reason, Refused
+from bridge.node.request_guard import correlation_id_of
+
+SERVICES: list[ServiceDescriptor] = [
+    *bridge_pb.DESCRIPTOR.services_by_name.values(),
+    *cb_pb.DESCRIPTOR.services_by_name.values(),
+]
+
+
+def reason_of(message: object) -> Reason | None:
+    try:
+        check_message(message)  # type: ignore[arg-type]
+    except Refused as refusal:
+        return refusal.reason
+    return None
+
+
+@pytest.mark.parametrize("service", SERVICES, ids=lambda s: s.name)
+def test_every_request_field_has_a_bound(service: ServiceDescriptor) -> None:
+    """Every string, bytes and repeated field a request can carry has a documented bound."""
+    for method in service.methods:
+        assert unbounded_fields(method.input_type) == [], method.full_name
+
+
+def test_preview_quotes_sixteen_characters_at_most() -> None:
+    """A refusal quotes 16 characters of client input, then an ellipsis."""
+    assert preview("a" * 5_000_000) == "'" + "a" * 16 + "'…"
+    assert preview("short") == "'short'"
+    assert preview(b"\x01" * 100) == "01" * 8 + "…"
+
+
+def test_legitimate_ids_pass() -> None:
+    """Ids the SDK, the node and the demos generate are within bounds."""
+    for instruction_id in (
+        "5c91b4e0a289455f86449b959bbacb39",
+        "issue-HSBCHK-" + "f" * 32,
+        "loadtest-fund-CB00B01",
+        "demo-retry-1",
+        "a" * 64,
+        "expire-" + "0" * 40,
+    ):
+        request = bridge_pb.GetReceiptRequest(sender="HSBCHK", instruction_id=instruction_id)
+        assert reason_of(request) is None, instruction_id
+
+
+@pytest.mark.parametrize(
+    ("request_message", "reason"),
+    [
+        (bridge_pb.GetReceiptRequest(instruction_id="a" * 65), Reason.FIELD_TOO_LONG),
+        (bridge_pb.GetReceiptRequest(instruction_id="-dash"), Reason.MALFORMED),
+        (bridge_pb.GetReceiptRequest(sender="ICBC CN"), Reason.MALFORMED),
+        (types.CurrencySupplyRequest(currency="cny"), Reason.MALFORMED),
+        (cb_pb.HistoryQuery(limit=-1), Reason.BAD_PAGE_SIZE),
+        (cb_pb.HistoryQuery(limit=501), Reason.BAD_PAGE_SIZE),
+        (cb_pb.HistoryQuery(from_seq=-1), Reason.MALFORMED),
+        (cb_pb.IssuanceRequest(valid_until=-1), Reason.INVALID_TIME),
+        (cb_pb.IssuanceRequest(request_id="r" * 57), Reason.FIELD_TOO_LONG),
+        (types.Attestation(block_hash=b"\x00" * 33), Reason.FIELD_TOO_LONG),
+        (
+            types.SignedInstruction(signatures=[types.Signature(signer="A")] * 5),
+            Reason.FIELD_TOO_LONG,
+        ),
+        (
+            types.SignedInstruction(
+                instruction=types.Instruction(pay=types.Pay(reference="line\nbreak"))
+            ),
+            Reason.MALFORMED,
+        ),
+        (
+            types.SignedInstruction(
+                instruction=types.Instruction(pay=types.Pay(reference="R" * 141))
+            ),
+            Reason.FIELD_TOO_LONG,
+        ),
+        (
+            types.SignedInstruction(
+                instruction=types.Instruction(
+                    set_policy=types.SetPolicy(allowed_jurisdictions=["CNN"])
+                )
+            ),
+            Reason.FIELD_TOO_LONG,
+        ),
+        (cb_pb.HistoryQuery(limit=500), None),
+        (cb_pb.HistoryQuery(limit=0), None),
+    ],
+)
+def test_out_of_bounds_fields_are_refused(request_message: object, reason: Reason | None) -> None:
+    """Each field out of its bound is refused with its reason; values in bounds pass."""
+    assert reason_of(request_message) is reason
+
+
+def test_refusal_names_the_nested_field() -> None:
+    """The refusal names where the field is, e.g. instruction.pay.reference."""
+    message = types.SignedInstruction(
+        instruction=types.Instruction(pay=types.Pay(reference="R" * 200))
+    )
+    with pytest.raises(Refused) as caught:
+        check_message(message)
+    assert caught.value.message.startswith("instruction.pay.reference: at most 140 characters")
+
+
+def test_correlation_id_is_read_from_a_message_that_does_not_decode() -> None:
+    """The correlation id of a stream message is read even when the rest is corrupt."""
+    encoded = bridge_pb.SubmitRequest(
+        correlation_id=300, instruction=types.SignedInstruction()
+    ).SerializeToString()
+    assert correlation_id_of(encoded + b"\x12\x05\xff") == 300
+    assert correlation_id_of(b"\x12\x02\xc3\x28\x08\x07") == 7  # after another field
+    assert correlation_id_of(b"\xff\xff\xff") is None
+    assert correlation_id_of(b"\x08" + b"\xff" * 10 + b"\x01") is None  # over-long varint
+    assert correlation_id_of(b"\x12\x0a\x01") is None  # truncated, no id

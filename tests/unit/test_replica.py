@@ -1,0 +1,134 @@
+"""A central bank's replica attests only blocks whose times never go backwards.
+
+Blocks are built by hand from a bridge-side ledger that, like a misbehaving sequencer, is
+handed whatever time it is told: the acceptance of a PvP backdated before its `settle_by`,
+sealed after a block that had passed it, must not be attested.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.crypto import FastVerifier
+from bridge.domain import Envelope, Millis, Outcome
+from bridge.errors import LogIntegrityError
+from bridge.log.blocks import SealedBlock, attestation_valid, seal
+from bridge.log.merkle import merkle_root
+from participants.central_bank.replica import Replica
+from tests.factories import (
+    T0,
+    Network,
+    accept_pvp,
+    fund,
+    make_ledger,
+    network,
+    pay,
+    pvp_proposal,
+    sign,
+)
+
+SETTLE_BY = T0 + 10_000
+
+
+class Chain:
+    """A bridge-side ledger and the blocks it sealed, at times chosen by the test."""
+
+    def __init__(self, net: Network) -> None:
+        self.net = net
+        self.ledger: Ledger = make_ledger(net)
+        self.height = 0
+        self.head_hash = net.genesis.hash()
+
+    def block(self, envelopes: list[Envelope], *, applied: Millis, sealed: Millis) -> SealedBlock:
+        for envelope in envelopes:
+            self.ledger.apply(envelope, applied)
+        batch = self.ledger.take_batch()
+        self.height += 1
+        block = seal(self.height, self.head_hash, batch.entries, sealed)
+        self.head_hash = block.header.hash()
+        return block
+
+
+def replica_of(net: Network) -> Replica:
+    return Replica(
+        net.genesis,
+        central_bank="PBOC",
+        signer=net.keys["PBOC"],
+        verifier=FastVerifier(),
+        check=SignatureCheck.ENDORSEMENTS,
+    )
+
+
+def attest(replica: Replica, block: SealedBlock) -> None:
+    attestation = replica.apply_block(block.header, list(block.entry_bytes))
+    assert attestation_valid(attestation, replica.signer.public_key, FastVerifier())
+
+
+def held_pvp_chain() -> tuple[Chain, Replica, list[SealedBlock], Envelope]:
+    """Blocks 1-3 (attested): funds, a PvP held until SETTLE_BY, a payment after SETTLE_BY."""
+    net = network()
+    chain = Chain(net)
+    fund(chain.ledger, net, "ICBC", 1_000_000)
+    fund(chain.ledger, net, "BOCHK", 1_000_000)
+    proposal = pvp_proposal(net, "ICBC", "BOCHK", 1_000, 1_100, settle_by=SETTLE_BY)
+    blocks = [
+        chain.block([], applied=T0, sealed=T0),
+        chain.block([sign(net, proposal)], applied=T0 + 1_000, sealed=T0 + 1_000),
+        chain.block([pay(net, "ICBC", "CCB", 5)], applied=T0 + 20_000, sealed=T0 + 20_000),
+    ]
+    replica = replica_of(net)
+    for block in blocks:
+        attest(replica, block)
+    return chain, replica, blocks, accept_pvp(net, proposal)
+
+
+async def test_backdated_acceptance_past_settle_by_is_not_attested(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A block sealed before the previous block (an acceptance backdated before settle_by)
+    is refused, logged at ERROR once however often it is offered, and changes nothing."""
+    chain, replica, _, acceptance = held_pvp_chain()
+    backdated = chain.block([acceptance], applied=T0 + 5_000, sealed=T0 + 5_000)
+    before = (replica.height, replica.head_hash, dict(replica.ledger.balances))
+    caplog.set_level(logging.ERROR, logger="participants.central_bank.replica")
+    for _ in range(3):
+        with pytest.raises(LogIntegrityError) as caught:
+            replica.apply_block(backdated.header, list(backdated.entry_bytes))
+        assert "time goes backwards" in caught.value.message
+    assert (replica.height, replica.head_hash, dict(replica.ledger.balances)) == before
+    assert replica.ledger.pvps[("ICBC", acceptance.body.pvp_id)].status is Outcome.HELD  # type: ignore[attr-defined]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert errors[0].height == 4  # type: ignore[attr-defined]
+
+
+async def test_entry_backdated_inside_a_later_block_is_not_attested() -> None:
+    """A block sealed on time holding an entry applied before the previous block is refused."""
+    chain, replica, _, acceptance = held_pvp_chain()
+    block = chain.block([acceptance], applied=T0 + 5_000, sealed=T0 + 30_000)
+    with pytest.raises(LogIntegrityError, match="time goes backwards"):
+        replica.apply_block(block.header, list(block.entry_bytes))
+    assert replica.height == 3
+
+
+async def test_entry_after_its_block_time_is_not_attested() -> None:
+    """An entry applied after its block was sealed is refused."""
+    chain, replica, _, _ = held_pvp_chain()
+    block = chain.block([pay(chain.net, "ICBC", "CCB", 5)], applied=T0 + 40_000, sealed=T0 + 30_000)
+    with pytest.raises(LogIntegrityError, match="time goes backwards"):
+        replica.apply_block(block.header, list(block.entry_bytes))
+    assert replica.height == 3
+
+
+async def test_time_standing_still_or_moving_forward_is_attested() -> None:
+    """Blocks at the same time as the previous one, then later, are attested."""
+    chain, replica, _, _ = held_pvp_chain()
+    same = chain.block([pay(chain.net, "ICBC", "CCB", 1)], applied=T0 + 20_000, sealed=T0 + 20_000)
+    attest(replica, same)
+    later = chain.block([pay(chain.net, "ICBC", "CCB", 1)], applied=T0 + 21_000, sealed=T0 + 25_000)
+    attest(replica, later)
+    assert replica.height == 5
+    assert merkle_root(list(later.entry_bytes)) == later.header.merkle_root
