@@ -133,3 +133,24 @@ def stream(
     )
     figures = bench_stream.run(settings)
     typer.echo(json.dumps(figures) if as_json else bench_stream.describe(figures))
+
+
+@bench_app.command("fuzz")
+def fuzz(
+    requests: int = typer.Option(10_000, "--requests", min=1, help="Requests to send."),
+    seed: int = typer.Option(0, "--seed", help="Hypothesis seed (same seed, same requests)."),
+    batch: int = typer.Option(50, "--batch", min=1, help="Requests between two state checks."),
+    network: Path | None = typer.Option(
+        None, "--network", help="Fuzz this running network (default: start a fresh one)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """Property-based fuzzing of every RPC of every node with protobuf messages and raw bytes."""
+    from loadtest import fuzz as fuzzer
+
+    settings = fuzzer.FuzzSettings(requests=requests, seed=seed, batch=batch, network=network)
+    figures = fuzzer.run(settings)
+    typer.echo(json.dumps(figures) if as_json else fuzzer.describe(figures))
+    bad = figures["unknown_or_internal"] + figures["state_changes_after_refusals"]
+    if bad + figures["restarts_or_hangs"]:
+        raise typer.Exit(1)
