@@ -47,6 +47,7 @@ from bridge.domain import AcceptPvp, DualPvp, Envelope, Instruction, Pay, Propos
 from bridge.errors import Refused
 from bridge.signing import endorse, sign_as_party
 from participants.auth import sign_query
+from participants.central_bank.channels import bridge_channel
 from participants.network_config import NetworkConfig
 
 __all__ = ["FuzzSettings", "Target", "describe", "fuzz_network", "run"]
@@ -75,6 +76,7 @@ class Target:
     node: str
     address: str
     method: MethodDescriptor
+    signed_as: str = ""  # the bridge: calls signed as this central bank's node ("": anonymous)
 
     @property
     def path(self) -> str:
@@ -332,12 +334,17 @@ def valid_requests(config: NetworkConfig) -> list[tuple[str, str, Message]]:
 
 
 def targets_of(config: NetworkConfig) -> list[Target]:
+    """Every RPC of every listener: the bridge (called as a central bank node, and
+    anonymously), each central bank's bank-facing and operators' listeners."""
     bridge_service = bridge_pb.DESCRIPTOR.services_by_name["BridgeLedger"]
-    found = [Target("bridge", config.bridge_address, m) for m in bridge_service.methods]
+    caller = config.central_banks[0].id
+    found = [Target("bridge", config.bridge_address, m, caller) for m in bridge_service.methods]
+    found += [Target("bridge anonymous", config.bridge_address, m) for m in bridge_service.methods]
+    bank_service = cb_pb.DESCRIPTOR.services_by_name["CentralBank"]
+    admin_service = cb_pb.DESCRIPTOR.services_by_name["CentralBankAdmin"]
     for cb in config.central_banks:
-        for name in ("CentralBank", "CentralBankAdmin"):
-            service = cb_pb.DESCRIPTOR.services_by_name[name]
-            found += [Target(cb.id, cb.address, m) for m in service.methods]
+        found += [Target(cb.id, cb.address, m) for m in bank_service.methods]
+        found += [Target(f"{cb.id} admin", cb.admin_address, m) for m in admin_service.methods]
     return found
 
 
@@ -392,17 +399,21 @@ def _answered_by_server(error: grpc.RpcError) -> bool:
 class Sender:
     """Sends cases as raw bytes and tallies the answers."""
 
-    def __init__(self, tally: Tally) -> None:
+    def __init__(self, tally: Tally, config: NetworkConfig) -> None:
         self.tally = tally
-        self._channels: dict[str, grpc.Channel] = {}
+        self.config = config
+        self._channels: dict[tuple[str, str], grpc.Channel] = {}
         self.accepted_in_batch = False
 
-    def channel(self, address: str) -> grpc.Channel:
-        if address not in self._channels:
-            self._channels[address] = grpc.insecure_channel(
-                address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
+    def channel(self, target: Target) -> grpc.Channel:
+        key = (target.address, target.signed_as)
+        if key not in self._channels:
+            self._channels[key] = (
+                bridge_channel(self.config, target.signed_as)
+                if target.signed_as
+                else grpc.insecure_channel(target.address)
             )
-        return self._channels[address]
+        return self._channels[key]
 
     def close(self) -> None:
         for channel in self._channels.values():
@@ -419,7 +430,7 @@ class Sender:
             elif method.server_streaming:
                 self._server_stream(case)
             else:
-                call = self.channel(case.target.address).unary_unary(case.target.path)
+                call = self.channel(case.target).unary_unary(case.target.path)
                 call(case.payloads[0], timeout=UNARY_DEADLINE)
                 self._status(case, "OK")
         except grpc.RpcError as error:
@@ -448,7 +459,7 @@ class Sender:
 
     def _server_stream(self, case: Case) -> None:
         well_formed = _well_formed(case.target, case.payloads[0])
-        call = self.channel(case.target.address).unary_stream(case.target.path)
+        call = self.channel(case.target).unary_stream(case.target.path)
         replies = call(
             case.payloads[0], timeout=OPEN_STREAM_WAIT if well_formed else UNARY_DEADLINE
         )
@@ -461,7 +472,7 @@ class Sender:
         self._status(case, "OK")
 
     def _stream(self, case: Case) -> None:
-        call = self.channel(case.target.address).stream_stream(case.target.path)
+        call = self.channel(case.target).stream_stream(case.target.path)
         response_class = GetMessageClass(case.target.method.output_type)
         for data in call(iter(case.payloads), timeout=UNARY_DEADLINE):
             reply: Any = response_class.FromString(data)
@@ -504,9 +515,9 @@ def state_of(config: NetworkConfig, channel: grpc.Channel) -> State:
 
 
 def nodes_not_serving(config: NetworkConfig) -> list[str]:
-    addresses = {"bridge": config.bridge_address} | {
-        cb.id: cb.address for cb in config.central_banks
-    }
+    addresses = {"bridge": config.bridge_address}
+    for cb in config.central_banks:
+        addresses |= {cb.id: cb.address, f"{cb.id} admin": cb.admin_address}
     down = []
     for node, address in addresses.items():
         with grpc.insecure_channel(address) as channel:
@@ -550,9 +561,9 @@ def fuzz_network(
     if config.tls is not None:
         raise ValueError("the fuzzer talks plaintext gRPC: use a network without TLS")
     tally = Tally()
-    sender = Sender(tally)
+    sender = Sender(tally, config)
     logs = _log_sizes(config.directory)
-    state_channel = grpc.insecure_channel(config.bridge_address)
+    state_channel = bridge_channel(config, config.central_banks[0].id)
     baseline = [state_of(config, state_channel)]
     started = time.perf_counter()
 

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 import pytest
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    FieldDescriptor,
+    MethodDescriptor,
+    ServiceDescriptor,
+)
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
@@ -24,16 +29,15 @@ from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay
 from bridge.errors import Reason
+from participants.central_bank.channels import bridge_channel
 from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, reason_of, refusal_of
 
 if TYPE_CHECKING:
     from tests.conftest import LiveNetwork
 
 SHORT_MESSAGE = 200  # characters: what "a short message" means here
-CENTRAL_BANK_SERVICES = [
-    cb_pb.DESCRIPTOR.services_by_name["CentralBank"],
-    cb_pb.DESCRIPTOR.services_by_name["CentralBankAdmin"],
-]
+CENTRAL_BANK_SERVICE = cb_pb.DESCRIPTOR.services_by_name["CentralBank"]
+ADMIN_SERVICE = cb_pb.DESCRIPTOR.services_by_name["CentralBankAdmin"]
 COMMON_SERVICES = [
     health_pb2.DESCRIPTOR.services_by_name["Health"],
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
@@ -102,12 +106,23 @@ def call_raw(channel: grpc.Channel, method: MethodDescriptor, data: bytes) -> gr
     return refusal_of(lambda: channel.unary_unary(path)(data, timeout=RPC_TIMEOUT))
 
 
-def node_targets(live: LiveNetwork) -> Iterator[tuple[str, MethodDescriptor]]:
-    for node in ["bridge", *live.central_bank_ids]:
-        services = BRIDGE_SERVICES if node == "bridge" else CENTRAL_BANK_SERVICES
-        for service in [*services, *COMMON_SERVICES]:
-            for method in service.methods:
-                yield node, method
+@pytest.fixture(scope="module")
+def bridge_as_pboc(live: LiveNetwork) -> Iterator[grpc.Channel]:
+    """A channel to the bridge that signs its calls as PBOC's node (raw bytes still)."""
+    channel = bridge_channel(live.config, "PBOC")
+    yield channel
+    channel.close()
+
+
+def listeners(
+    live: LiveNetwork, bridge: grpc.Channel
+) -> Iterator[tuple[str, grpc.Channel, list[ServiceDescriptor]]]:
+    """Every listener of every node, with the services it serves (health and reflection too)."""
+    yield "bridge", bridge, [*BRIDGE_SERVICES, *COMMON_SERVICES]
+    for cb in live.central_bank_ids:
+        yield cb, live.channel(live.address(cb)), [CENTRAL_BANK_SERVICE, *COMMON_SERVICES]
+        admin = live.channel(live.admin_address(cb))
+        yield f"{cb} admin", admin, [ADMIN_SERVICE, *COMMON_SERVICES]
 
 
 def log_tail(directory: Path) -> Callable[[], str]:
@@ -128,19 +143,24 @@ def log_tail(directory: Path) -> Callable[[], str]:
 # ---------------------------------------------------------------------------- undecodable bytes
 
 
-def test_undecodable_requests_answer_invalid_argument_on_every_rpc(live: LiveNetwork) -> None:
+def test_undecodable_requests_answer_invalid_argument_on_every_rpc(
+    live: LiveNetwork, bridge_as_pboc: grpc.Channel
+) -> None:
     """Garbage, truncated, invalid-UTF-8 and over-long-varint requests: INVALID_ARGUMENT, short."""
     logged = log_tail(live.directory)
     failures = []
     calls = 0
-    for node, method in node_targets(live):
-        channel = live.channel(live.address(node))
-        for what, data in payloads(method).items():
-            calls += 1
-            error = call_raw(channel, method, data)
-            details = error.details() or ""
-            if error.code() is not grpc.StatusCode.INVALID_ARGUMENT or len(details) > SHORT_MESSAGE:
-                failures.append(f"{node} {method.full_name} {what}: {error.code().name} {details}")
+    for node, channel, services in listeners(live, bridge_as_pboc):
+        for method in (m for service in services for m in service.methods):
+            for what, data in payloads(method).items():
+                calls += 1
+                error = call_raw(channel, method, data)
+                details = error.details() or ""
+                if (
+                    error.code() is not grpc.StatusCode.INVALID_ARGUMENT
+                    or len(details) > SHORT_MESSAGE
+                ):
+                    failures.append(f"{node} {method.full_name} {what}: {error.code().name}")
     assert not failures, "\n".join(failures[:20])
     assert calls > 400
     text = logged()
@@ -201,7 +221,9 @@ def test_submit_stream_answers_a_bad_message_and_serves_the_rest(live: LiveNetwo
     assert live.entries_of_instruction("ICBC", last) == 1
 
 
-def test_bridge_submit_answers_a_bad_message_and_serves_the_rest(live: LiveNetwork) -> None:
+def test_bridge_submit_answers_a_bad_message_and_serves_the_rest(
+    live: LiveNetwork, bridge_as_pboc: grpc.Channel
+) -> None:
     """BridgeLedger.Submit: valid, invalid UTF-8, valid; the bad one refused, both others land."""
     first, bad_id, last = new_id("good"), new_id("bad"), new_id("good")
 
@@ -219,7 +241,7 @@ def test_bridge_submit_answers_a_bad_message_and_serves_the_rest(live: LiveNetwo
         ),
         bridge_pb.SubmitRequest(correlation_id=9, instruction=endorsed(last)).SerializeToString(),
     ]
-    stream = live.channel(live.address("bridge")).stream_stream(
+    stream = bridge_as_pboc.stream_stream(
         "/bridge.v1.BridgeLedger/Submit", response_deserializer=bridge_pb.SubmitResponse.FromString
     )
     replies = {r.correlation_id: r for r in stream(iter(requests), timeout=RPC_TIMEOUT)}
@@ -364,3 +386,11 @@ def test_nodes_keep_serving_after_bad_input(live: LiveNetwork) -> None:
     """After the bad requests above, the nodes still settle a payment."""
     status = live.pay("ICBC", "BOCQ", 1)
     assert status.receipt.outcome == types.OUTCOME_SETTLED
+
+
+def test_anonymous_garbage_to_the_bridge_is_unauthenticated(live: LiveNetwork) -> None:
+    """Without a central bank's signed call, the bridge says UNAUTHENTICATED before reading."""
+    channel = live.channel(live.address("bridge"))
+    call = channel.unary_unary("/bridge.v1.BridgeLedger/GetGenesis")
+    error = refusal_of(lambda: call(b"\xff\xff", timeout=RPC_TIMEOUT))
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
