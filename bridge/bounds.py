@@ -61,6 +61,7 @@ class Bound:
     pattern: re.Pattern[str] | None = None
     described: str = ""  # the character set in words, for the refusal message
     printable: bool = False  # any printable Unicode (references)
+    too_long: Reason = Reason.FIELD_TOO_LONG  # codes of a fixed shape: MALFORMED
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,10 @@ class IntBound:
 
 
 _ID_BOUND = Bound(MAX_ID_LENGTH, ID_PATTERN, _ID)
+_CODE = Reason.MALFORMED  # a code of a fixed shape that is too long is simply not that code
+_CURRENCY = Bound(3, re.compile(r"[A-Z]{3}"), "three upper-case letters", too_long=_CODE)
 _BYTES_KEY = Bound(65)  # SEC1 uncompressed P-256 point
-_BYTES_SIGNATURE = Bound(64)  # raw r||s
+_BYTES_SIGNATURE = Bound(72)  # raw r||s is 64; room for a DER one (refused as BAD_SIGNATURE)
 _BYTES_HASH = Bound(32)  # SHA-256
 
 FIELD_BOUNDS: dict[str, Bound] = {
@@ -97,12 +100,12 @@ FIELD_BOUNDS: dict[str, Bound] = {
     # becomes the instruction id `issue-<bank>-<request_id>` (64 at most in all)
     "request_id": Bound(MAX_ID_LENGTH - len("issue-") - 2, ID_PATTERN, _ID),
     # codes and numbers written as text
-    "currency": Bound(3, re.compile(r"[A-Z]{3}"), "three upper-case letters"),
-    "pay_currency": Bound(3, re.compile(r"[A-Z]{3}"), "three upper-case letters"),
-    "receive_currency": Bound(3, re.compile(r"[A-Z]{3}"), "three upper-case letters"),
+    "currency": _CURRENCY,
+    "pay_currency": _CURRENCY,
+    "receive_currency": _CURRENCY,
     "allowed_jurisdictions": Bound(250),  # ISO 3166-1 has 249 codes
-    "rate": Bound(37, re.compile(r"[0-9.]+"), "digits and one decimal point"),
-    "terms_hash": Bound(64, re.compile(r"[0-9a-f]+"), "lower-case hex digits"),
+    "rate": Bound(37, re.compile(r"[0-9.]+"), "digits and one decimal point", too_long=_CODE),
+    "terms_hash": Bound(64, re.compile(r"[0-9a-f]+"), "lower-case hex digits", too_long=_CODE),
     "reference": Bound(MAX_REFERENCE_LENGTH, printable=True),
     # bytes (exact lengths are checked where they are used)
     "public_key": _BYTES_KEY,
@@ -116,7 +119,9 @@ FIELD_BOUNDS: dict[str, Bound] = {
 
 # each element of a repeated string field
 ELEMENT_BOUNDS: dict[str, Bound] = {
-    "allowed_jurisdictions": Bound(2, re.compile(r"[A-Z]{2}"), "two upper-case letters"),
+    "allowed_jurisdictions": Bound(
+        2, re.compile(r"[A-Z]{2}"), "two upper-case letters", too_long=_CODE
+    ),
 }
 
 _INT64_MAX = 2**63 - 1
@@ -186,7 +191,7 @@ def _check_value(bound: Bound, where: str, value: str | bytes) -> None:
     if len(value) > bound.max_length:
         unit = "bytes" if isinstance(value, bytes) else "characters"
         raise Refused(
-            Reason.FIELD_TOO_LONG,
+            bound.too_long,
             f"{where}: at most {bound.max_length} {unit}, got {len(value):,} ({preview(value)})",
         )
     if isinstance(value, bytes) or not value:

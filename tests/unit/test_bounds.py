@@ -67,6 +67,9 @@ def test_legitimate_ids_pass() -> None:
         (cb_pb.IssuanceRequest(valid_until=-1), Reason.INVALID_TIME),
         (cb_pb.IssuanceRequest(request_id="r" * 57), Reason.FIELD_TOO_LONG),
         (types.Attestation(block_hash=b"\x00" * 33), Reason.FIELD_TOO_LONG),
+        (types.Signature(value=b"\x00" * 72), None),
+        (types.Signature(value=b"\x00" * 73), Reason.FIELD_TOO_LONG),
+        (types.CurrencySupplyRequest(currency="CNYX"), Reason.MALFORMED),
         (
             types.SignedInstruction(signatures=[types.Signature(signer="A")] * 5),
             Reason.FIELD_TOO_LONG,
@@ -89,7 +92,7 @@ def test_legitimate_ids_pass() -> None:
                     set_policy=types.SetPolicy(allowed_jurisdictions=["CNN"])
                 )
             ),
-            Reason.FIELD_TOO_LONG,
+            Reason.MALFORMED,
         ),
         (cb_pb.HistoryQuery(limit=500), None),
         (cb_pb.HistoryQuery(limit=0), None),
