@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
+from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -153,27 +155,54 @@ _INTS = frozenset(
 def check_message(message: Message, path: str = "") -> None:
     """Refuse the first field of `message` (and its sub-messages) that is out of bounds."""
     for fd, value in message.ListFields():
-        name = fd.name
-        where = f"{path}{name}"
-        if fd.type == _MESSAGE:
-            if _is_repeated(fd):
-                _check_count(name, where, len(value))
-                for index, item in enumerate(value):
-                    check_message(item, f"{where}[{index}].")
-            else:
-                check_message(value, f"{where}.")
-        elif fd.type == _STRING or fd.type == _BYTES:
-            if _is_repeated(fd):
-                _check_count(name, where, len(value))
-                element = ELEMENT_BOUNDS[name]
-                for index, item in enumerate(value):
-                    _check_value(element, f"{where}[{index}]", item)
-            else:
-                _check_value(FIELD_BOUNDS[name], where, value)
-        elif fd.type in _INTS:
-            bound = INT_BOUNDS.get(name)
-            if bound is not None and not bound.low <= value <= bound.high:
-                raise Refused(bound.reason, f"{where} must be {bound.described}: got {value}")
+        kind, name, bound = _STEPS.get(fd) or _step(fd)
+        if kind is _Kind.TEXT:
+            _check_value(bound, path, name, value)
+        elif kind is _Kind.MESSAGE:
+            check_message(value, f"{path}{name}.")
+        elif kind is _Kind.INT:
+            if not bound.low <= value <= bound.high:
+                raise Refused(bound.reason, f"{path}{name} must be {bound.described}: got {value}")
+        elif kind is _Kind.MESSAGES:
+            _check_count(bound, path, name, len(value))
+            for index, item in enumerate(value):
+                check_message(item, f"{path}{name}[{index}].")
+        elif kind is _Kind.TEXTS:
+            _check_count(bound, path, name, len(value))
+            element = ELEMENT_BOUNDS[name]
+            for index, item in enumerate(value):
+                _check_value(element, path, f"{name}[{index}]", item)
+
+
+class _Kind(Enum):
+    MESSAGE = 1
+    MESSAGES = 2
+    TEXT = 3  # string or bytes
+    TEXTS = 4
+    INT = 5
+    OTHER = 6
+
+
+# what to check for each field, worked out once per field descriptor
+_STEPS: dict[FieldDescriptor, tuple[_Kind, str, Any]] = {}
+
+
+def _step(fd: FieldDescriptor) -> tuple[_Kind, str, Any]:
+    name: str = fd.name
+    repeated = _is_repeated(fd)
+    step: tuple[_Kind, str, Any]
+    if fd.type == _MESSAGE:
+        step = (
+            (_Kind.MESSAGES, name, FIELD_BOUNDS[name]) if repeated else (_Kind.MESSAGE, name, None)
+        )
+    elif fd.type in (_STRING, _BYTES):
+        step = (_Kind.TEXTS if repeated else _Kind.TEXT, name, FIELD_BOUNDS[name])
+    elif fd.type in _INTS and name in INT_BOUNDS and not repeated:
+        step = (_Kind.INT, name, INT_BOUNDS[name])
+    else:
+        step = (_Kind.OTHER, name, None)
+    _STEPS[fd] = step
+    return step
 
 
 def _is_repeated(fd: FieldDescriptor) -> bool:
@@ -181,25 +210,31 @@ def _is_repeated(fd: FieldDescriptor) -> bool:
     return repeated
 
 
-def _check_count(name: str, where: str, count: int) -> None:
-    limit = FIELD_BOUNDS[name].max_length
-    if count > limit:
-        raise Refused(Reason.FIELD_TOO_LONG, f"{where}: at most {limit} elements, got {count:,}")
+def _check_count(bound: Bound, path: str, name: str, count: int) -> None:
+    if count > bound.max_length:
+        raise Refused(
+            Reason.FIELD_TOO_LONG,
+            f"{path}{name}: at most {bound.max_length} elements, got {count:,}",
+        )
 
 
-def _check_value(bound: Bound, where: str, value: str | bytes) -> None:
+def _check_value(bound: Bound, path: str, name: str, value: str | bytes) -> None:
     if len(value) > bound.max_length:
         unit = "bytes" if isinstance(value, bytes) else "characters"
         raise Refused(
             bound.too_long,
-            f"{where}: at most {bound.max_length} {unit}, got {len(value):,} ({preview(value)})",
+            f"{path}{name}: at most {bound.max_length} {unit}, got {len(value):,} "
+            f"({preview(value)})",
         )
-    if isinstance(value, bytes) or not value:
-        return
-    if bound.pattern is not None and not bound.pattern.fullmatch(value):
-        raise Refused(Reason.MALFORMED, f"{where}: {bound.described} only, got {preview(value)}")
-    if bound.printable and not value.isprintable():
-        raise Refused(Reason.MALFORMED, f"{where}: printable characters only, got {preview(value)}")
+    pattern = bound.pattern
+    if pattern is not None and value and pattern.fullmatch(value) is None:  # type: ignore[arg-type]
+        raise Refused(
+            Reason.MALFORMED, f"{path}{name}: {bound.described} only, got {preview(value)}"
+        )
+    if bound.printable and not value.isprintable():  # type: ignore[union-attr]
+        raise Refused(
+            Reason.MALFORMED, f"{path}{name}: printable characters only, got {preview(value)}"
+        )
 
 
 def unbounded_fields(root: Descriptor) -> list[str]:
