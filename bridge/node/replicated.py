@@ -26,6 +26,7 @@ from bridge.node.leadership import (
     follow_database,
     lead_when_possible,
 )
+from bridge.node.request_guard import RequestGuard
 from bridge.node.sequencer import Sequencer
 from bridge.node.server import (
     SERVER_OPTIONS,
@@ -65,7 +66,9 @@ async def run_replicated_bridge_node(
         feed.block_sealed(block.header.height)
         service.block_sealed(block)
 
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[central_banks_only(settings)])
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS, interceptors=[central_banks_only(settings), RequestGuard()]
+    )
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings.host, settings.port, settings.pki, "bridge")
