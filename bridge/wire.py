@@ -5,7 +5,10 @@ Code works with the domain (`bridge.domain`, `bridge.log.blocks`); the generated
 comes off the wire is validated as the domain validates it, so a decoded `Envelope` carries the
 canonical body bytes its signatures cover. A message that cannot be a domain value is refused
 with `Reason.MALFORMED`, or with the domain's more precise reason (`NON_POSITIVE_AMOUNT`,
-`SAME_PARTY`, ...).
+`SAME_PARTY`, ...). Before any of this, every request a node receives has decoded and passed
+the field bounds of `bridge.bounds` (lengths, character sets, page sizes, times; checked by
+`bridge.node.request_guard` on every server); an instruction without a positive `valid_until`
+(or `settle_by`) is refused here with `INVALID_TIME`.
 
 Instruction bodies convert by field name: each body message has exactly the fields its domain
 class adds to the common header (instruction_id, sender, valid_until), and the members of the
