@@ -22,6 +22,7 @@ from bridge.domain import AdmitBank
 from bridge.errors import BridgeError, Refused
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
+from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
 from participants.central_bank.bridge_link import BridgeLink
 from participants.central_bank.channels import node_channel
 from participants.central_bank.replica import Replica
@@ -56,6 +57,7 @@ class CentralBankNodeSettings:
     port: int | None = None  # default: the port in network.json
     admin_port: int | None = None  # default: the admin port in network.json
     replica_check: SignatureCheck = SignatureCheck.ENDORSEMENTS
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # unary calls at once; the excess is shed
 
 
 def admin_token(config: NetworkConfig, central_bank: str) -> str:
@@ -117,7 +119,8 @@ async def run_central_bank_node(
         tls=pki is not None,
         verifier=core.verifier,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    interceptors: list[grpc.aio.ServerInterceptor] = [InFlightLimit(settings.max_in_flight)]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     central_bank_pb2_grpc.add_CentralBankServicer_to_server(
         CentralBankService(core, peers=peers_auth), server
     )
