@@ -29,6 +29,7 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as pb_grpc
 from bridge.domain import Envelope
 from bridge.errors import Reason, Refused
 from bridge.settlement import Result
+from participants.central_bank.reachability import Reachability
 
 log = logging.getLogger("participants.bridge_link")
 FAILOVER_SECONDS = 10.0
@@ -38,7 +39,8 @@ FAILOVER_PAUSE = 0.2  # between two rounds over every bridge address
 class _Stream:
     """One open Submit call and the callers waiting on it."""
 
-    def __init__(self, stub: pb_grpc.BridgeLedgerStub) -> None:
+    def __init__(self, stub: pb_grpc.BridgeLedgerStub, reachability: Reachability) -> None:
+        self.reachability = reachability
         self.outbox: asyncio.Queue[pb.SubmitRequest | None] = asyncio.Queue()
         self.waiting: dict[int, asyncio.Future[Result]] = {}
         self.sent: set[int] = set()  # handed to the call: the bridge may have acted on them
@@ -56,14 +58,17 @@ class _Stream:
     async def _read(self) -> None:
         try:
             async for response in self.call:
+                self.reachability.succeeded()
                 future = self.waiting.pop(response.correlation_id, None)
                 self.sent.discard(response.correlation_id)
                 if future is not None and not future.done():
                     future.set_result(wire.submit_result_from_proto(response))
         except grpc.aio.AioRpcError as error:
-            log.warning(
-                "bridge stream broke", extra={"code": error.code().name, "details": error.details()}
-            )
+            if not self.reachability.failed(error):  # an outage is logged once, there
+                log.warning(
+                    "bridge stream broke",
+                    extra={"code": error.code().name, "details": error.details()},
+                )
         finally:
             self.open = False
             for correlation_id, future in self.waiting.items():
@@ -96,8 +101,11 @@ class _Stream:
 
 
 class BridgeLink:
-    def __init__(self, *stubs: pb_grpc.BridgeLedgerStub) -> None:
+    def __init__(
+        self, *stubs: pb_grpc.BridgeLedgerStub, reachability: Reachability | None = None
+    ) -> None:
         self.stubs = stubs
+        self.reachability = reachability or Reachability("bridge")
         self._current = 0
         self._generation = 0  # bumped on each move to another bridge
         self._ids = itertools.count(1)
@@ -132,7 +140,7 @@ class BridgeLink:
     async def _submit_once(self, envelope: Envelope, timeout: float) -> Result:
         stream = self._stream
         if stream is None or not stream.open:
-            stream = self._stream = _Stream(self.stubs[self._current])
+            stream = self._stream = _Stream(self.stubs[self._current], self.reachability)
         correlation_id = next(self._ids)
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         stream.waiting[correlation_id] = future

@@ -25,6 +25,7 @@ from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
 from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
 from participants.central_bank.bridge_link import BridgeLink
 from participants.central_bank.channels import node_channel
+from participants.central_bank.reachability import Reachability
 from participants.central_bank.replica import Replica
 from participants.central_bank.service import (
     BRIDGE_DEADLINE,
@@ -101,7 +102,10 @@ async def run_central_bank_node(
         verifier=None if settings.replica_check is SignatureCheck.NONE else FastVerifier(),
         check=settings.replica_check,
     )
-    link = BridgeLink(*(bridge_grpc.BridgeLedgerStub(c) for c in link_channels))
+    link = BridgeLink(
+        *(bridge_grpc.BridgeLedgerStub(c) for c in link_channels),
+        reachability=Reachability("bridge"),
+    )
     core = CentralBankCore(
         config=config,
         central_bank=me.id,
@@ -191,6 +195,7 @@ async def follow_blocks(core: CentralBankCore) -> None:
     hold every later block back for good.
     """
     replica = core.replica
+    bridge = core.link.reachability  # outages are logged once there, not once per retry
     pending: set[asyncio.Task[None]] = set()
     unconfirmed: dict[int, types_pb2.Attestation] = {}
     in_flight: set[int] = set()
@@ -198,11 +203,13 @@ async def follow_blocks(core: CentralBankCore) -> None:
     async def submit(attestation: types_pb2.Attestation) -> None:
         try:
             await core.bridge.SubmitAttestation(attestation, timeout=BRIDGE_DEADLINE)
+            bridge.succeeded()
         except grpc.aio.AioRpcError as error:
-            log.warning(
-                "attestation not accepted",
-                extra={"height": attestation.height, "code": error.code().name},
-            )
+            if not bridge.failed(error):
+                log.warning(
+                    "attestation not accepted",
+                    extra={"height": attestation.height, "code": error.code().name},
+                )
             if error.code() not in REFUSED_FOR_GOOD:
                 return  # stays unconfirmed: sent again later
         finally:
@@ -226,6 +233,7 @@ async def follow_blocks(core: CentralBankCore) -> None:
     while True:
         try:
             await check_genesis(core)
+            bridge.succeeded()
             await send_unconfirmed()
             request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)
             async for block in core.bridge.StreamBlocks(request):
@@ -238,10 +246,11 @@ async def follow_blocks(core: CentralBankCore) -> None:
                     continue
                 await send(wire.attestation_to_proto(attestation))
         except grpc.aio.AioRpcError as error:
-            log.info(
-                "waiting for the bridge",
-                extra={"code": error.code().name, "height": replica.height},
-            )
+            if not bridge.failed(error):
+                log.info(
+                    "waiting for the bridge",
+                    extra={"code": error.code().name, "height": replica.height},
+                )
             await asyncio.sleep(0.5)
         except BridgeError as error:
             log.error("block failed verification; not attesting", extra={"error": str(error)})
