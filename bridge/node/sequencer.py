@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bridge.domain import Envelope, Millis
-from bridge.errors import Reason, Refused
+from bridge.errors import Reason, Refused, StoreError
 from bridge.log.blocks import Attestation, SealedBlock
+from bridge.node.episodes import FailureEpisode
 from bridge.settlement import Result, SettlementEngine
 
 Clock = Callable[[], Millis]
@@ -81,6 +82,8 @@ class Sequencer:
         self._woken = False
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        # a full or failing disk fails every write until it is fixed: logged once per episode
+        self.store_writes = FailureEpisode(log, "ledger store writes")
 
     async def submit(self, envelope: Envelope) -> Result:
         result = await self.enqueue(envelope)
@@ -168,8 +171,8 @@ class Sequencer:
                 await loop.run_in_executor(self.writer, engine.store.add_attestations, attestations)
             settled = engine.finish(prepared, failure)
         except Exception as error:
-            # A bug, not a refusal: undo the batch, answer OUTCOME_UNKNOWN, keep serving.
-            log.exception("batch failed; rolled back", extra={"size": len(batch)})
+            # The store failed (or a bug): undo the batch, answer OUTCOME_UNKNOWN, keep serving.
+            self.store_writes.failed(error, traceback=not isinstance(error, StoreError))
             engine.ledger.rollback()
             unknown = Refused(
                 Reason.OUTCOME_UNKNOWN,
@@ -179,6 +182,10 @@ class Sequencer:
                 if not pending.future.done():
                     pending.future.set_result(None if pending.envelope is None else unknown)
             return error
+        if failure is not None:
+            self.store_writes.failed(failure)
+        elif prepared.block is not None or attestations:
+            self.store_writes.succeeded()  # something was written: the store works again
         results = iter(settled.results)
         for pending in batch:
             if pending.envelope is None:
