@@ -7,9 +7,7 @@ full file system, and freeing it (raising the bound again) lets writes through.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sqlite3
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
