@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,25 @@ async def check_genesis(core: CentralBankCore) -> None:
         raise BridgeError("the bridge runs a different genesis than network.json describes")
 
 
+async def learn_bridge_height(core: CentralBankCore) -> None:
+    """Ask the bridge how far its log is sealed: the replica is catching up until there."""
+    finality = await core.bridge.GetFinality(
+        bridge_pb.GetFinalityRequest(), timeout=BRIDGE_DEADLINE
+    )
+    core.replica.bridge_sealed(finality.sealed_height)
+    if core.replica.catching_up:
+        log.info(
+            "catching up with the bridge's log",
+            extra={"height": core.replica.height, "bridge_height": finality.sealed_height},
+        )
+
+
+def replay_delay() -> float:
+    """Seconds to wait per block replayed while catching up: 0, except when a test slows
+    the replay down (CBDC_BRIDGE_TEST_REPLAY_DELAY_MS) to observe the catching-up window."""
+    return float(os.environ.get("CBDC_BRIDGE_TEST_REPLAY_DELAY_MS", "0")) / 1000
+
+
 async def follow_blocks(core: CentralBankCore) -> None:
     """Replay and attest every block, reconnecting whenever the bridge goes away.
 
@@ -196,6 +216,7 @@ async def follow_blocks(core: CentralBankCore) -> None:
     """
     replica = core.replica
     bridge = core.link.reachability  # outages are logged once there, not once per retry
+    delay = replay_delay()
     pending: set[asyncio.Task[None]] = set()
     unconfirmed: dict[int, types_pb2.Attestation] = {}
     in_flight: set[int] = set()
@@ -234,13 +255,19 @@ async def follow_blocks(core: CentralBankCore) -> None:
         try:
             await check_genesis(core)
             bridge.succeeded()
+            await learn_bridge_height(core)
             await send_unconfirmed()
             request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)
             async for block in core.bridge.StreamBlocks(request):
+                behind = replica.catching_up
+                if delay and behind:
+                    await asyncio.sleep(delay)
                 header = wire.header_from_proto(block.header)
                 attestation = replica.apply_block(
                     header, [bytes(e.canonical) for e in block.entries]
                 )
+                if behind and not replica.catching_up:
+                    log.info("caught up with the bridge's log", extra={"height": replica.height})
                 await send_unconfirmed()
                 if any(a.central_bank == core.id for a in block.attestations):
                     continue
