@@ -1,11 +1,13 @@
 """A central bank node's link to the bridge: one persistent Submit stream, many instructions.
 
 Instructions are queued and written onto one bidirectional stream; responses come back tagged
-with their correlation id and resolve the waiting caller. If the stream breaks (or no answer
-comes in time), a caller whose instruction was already handed to the stream gets OUTCOME_UNKNOWN
-(it may or may not have settled) and one whose instruction was still queued gets UNAVAILABLE
-(nothing was sent); both are "not decided": resubmitting the same instruction id is safe, the
-bridge is idempotent. The next submission opens a new stream.
+with their correlation id and resolve the waiting caller. A request whose caller has gone
+before it is written is not sent; each one sent carries the time its caller still waits, so
+the bridge drops it unsettled if it cannot sequence it in time. If the stream breaks (or no
+answer comes in time), a caller whose instruction was already handed to the stream gets
+OUTCOME_UNKNOWN (it may or may not have settled) and one whose instruction was still queued
+gets UNAVAILABLE (nothing was sent); both are "not decided": resubmitting the same instruction
+id is safe, the bridge is idempotent. The next submission opens a new stream.
 
 With several bridge processes (one leads, the others stand by), the link holds a stub for each
 and stays on one until it answers "not decided" (it stands by, broke, or stopped leading): it
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator
 
 import grpc
@@ -28,6 +31,7 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2 as pb
 from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as pb_grpc
 from bridge.domain import Envelope
 from bridge.errors import Reason, Refused
+from bridge.node.shedding import call_deadline
 from bridge.settlement import Result
 from participants.central_bank.reachability import Reachability
 
@@ -41,7 +45,8 @@ class _Stream:
 
     def __init__(self, stub: pb_grpc.BridgeLedgerStub, reachability: Reachability) -> None:
         self.reachability = reachability
-        self.outbox: asyncio.Queue[pb.SubmitRequest | None] = asyncio.Queue()
+        # each request with the event-loop time by which its caller needs the answer
+        self.outbox: asyncio.Queue[tuple[pb.SubmitRequest, float] | None] = asyncio.Queue()
         self.waiting: dict[int, asyncio.Future[Result]] = {}
         self.sent: set[int] = set()  # handed to the call: the bridge may have acted on them
         self.open = True
@@ -49,9 +54,26 @@ class _Stream:
         self.reader = asyncio.create_task(self._read())
 
     async def _requests(self) -> AsyncIterator[pb.SubmitRequest]:
-        while (request := await self.outbox.get()) is not None:
-            if request.correlation_id not in self.waiting:
-                continue  # its caller gave up (timed out) and was told it was never sent
+        """The queued requests whose callers still wait, each with the time left to it, so
+        the bridge drops what it cannot sequence before the caller gives up."""
+        loop = asyncio.get_running_loop()
+        while (item := await self.outbox.get()) is not None:
+            request, deadline = item
+            future = self.waiting.get(request.correlation_id)
+            if future is None or future.done():
+                continue  # its caller has gone (cancelled, or timed out and told so): not sent
+            left = deadline - loop.time()
+            if left <= 0:
+                self.waiting.pop(request.correlation_id, None)
+                future.set_result(
+                    Refused(
+                        Reason.UNAVAILABLE,
+                        "not sent: the caller's deadline had passed; resubmit the same "
+                        "instruction id",
+                    )
+                )
+                continue
+            request.timeout_ms = max(1, int(left * 1000))
             self.sent.add(request.correlation_id)
             yield request
 
@@ -142,21 +164,23 @@ class BridgeLink:
         if stream is None or not stream.open:
             stream = self._stream = _Stream(self.stubs[self._current], self.reachability)
         correlation_id = next(self._ids)
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Result] = loop.create_future()
         stream.waiting[correlation_id] = future
         request = pb.SubmitRequest(
             correlation_id=correlation_id, instruction=wire.envelope_to_proto(envelope)
         )
-        stream.outbox.put_nowait(request)
+        # the bridge need not settle it after the caller of the RPC being served has gone
+        deadline = min(loop.time() + timeout, call_deadline() or math.inf)
+        stream.outbox.put_nowait((request, deadline))
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
             stream.waiting.pop(correlation_id, None)
-            refusal = stream.undecided(
-                correlation_id, f"no answer from the bridge within {timeout} s"
-            )
+            return stream.undecided(correlation_id, f"no answer from the bridge within {timeout} s")
+        finally:  # answered, timed out or cancelled: a request still queued is not sent
+            stream.waiting.pop(correlation_id, None)
             stream.sent.discard(correlation_id)
-            return refusal
 
     async def close(self) -> None:
         if self._stream is not None:

@@ -7,6 +7,7 @@ full file system, and freeing it (raising the bound again) lets writes through.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -126,3 +127,30 @@ async def test_failing_attestation_writes_are_logged_once_without_traceback(
     assert len(recovered) == 1
     assert f"after {len(net.central_banks)} failures" in recovered[0]
     assert len(problems(caplog)) == 1
+
+
+async def test_work_whose_caller_has_gone_is_dropped_not_settled(
+    sequencer: Sequencer, net: Network
+) -> None:
+    """Not yet sequenced when its caller gave up (deadline passed, call cancelled): not settled."""
+    store = sequencer.engine.store
+    loop = asyncio.get_running_loop()
+    late = pay(net, "ICBC", "CCB", 11)
+    cancelled = pay(net, "ICBC", "CCB", 12)
+    waited = pay(net, "ICBC", "CCB", 13)
+
+    late_result = sequencer.enqueue(late, deadline=loop.time() - 0.001)
+    sequencer.enqueue(cancelled).cancel()  # as a cancelled call's handler task does
+    on_time = sequencer.enqueue(waited, deadline=loop.time() + 60)
+
+    assert isinstance(await on_time, Receipt)
+    dropped = await late_result
+    assert isinstance(dropped, Refused)
+    assert dropped.reason.retryable
+    assert sequencer.dropped == 2
+    for envelope in (late, cancelled):
+        body = envelope.body
+        assert store.receipt(body.sender, body.instruction_id) is None, "settled after all"
+        again = await sequencer.submit(envelope)  # resubmitted: settles now, once
+        assert isinstance(again, Receipt)
+        assert not again.duplicate
