@@ -159,4 +159,7 @@ async def run_bridge_node(
         await sequencer.stop()
         store.close()
         reader.close()
-        log.info("bridge node stopped", extra={"height": feed.height})
+        log.info(
+            "bridge node stopped",
+            extra={"height": feed.height, "dropped_unsequenced": sequencer.dropped},
+        )
