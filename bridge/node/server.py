@@ -127,7 +127,7 @@ async def run_bridge_node(
         block_interval=settings.block_interval,
         on_block=on_block,
     )
-    # shedding first: a call past the bound costs no signature check
+    # the in-flight bound outermost: it counts every BridgeLedger call, authenticated or not
     interceptors: list[grpc.aio.ServerInterceptor] = [
         InFlightLimit(settings.max_in_flight),
         central_banks_only(settings),
