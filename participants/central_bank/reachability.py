@@ -15,8 +15,10 @@ import grpc
 
 log = logging.getLogger("participants.central_bank")
 
-# What a call sees while the bridge process is away (or restarting).
-OUTAGE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+# What a call sees while the peer is away: UNAVAILABLE (refused, or the connection dropped),
+# or CANCELLED for a call that reached it while it was shutting down (this node's own
+# cancellations surface as asyncio.CancelledError, never as a failed call).
+OUTAGE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
 
 
 class Reachability:
@@ -31,7 +33,8 @@ class Reachability:
         return self.down_since is None
 
     def failed(self, error: grpc.aio.AioRpcError) -> bool:
-        """Record a failed call; True if it is an outage (UNAVAILABLE), logged once per outage."""
+        """Record a failed call; True if it is an outage (see OUTAGE_CODES), logged once per
+        outage."""
         if error.code() not in OUTAGE_CODES:
             return False
         if self.down_since is None:
