@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import logging
 import math
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -50,6 +51,7 @@ class _Stream:
         self.waiting: dict[int, asyncio.Future[Result]] = {}
         self.sent: set[int] = set()  # handed to the call: the bridge may have acted on them
         self.open = True
+        self.opened = time.monotonic()
         self.call = stub.Submit(self._requests())
         self.reader = asyncio.create_task(self._read())
 
@@ -80,7 +82,7 @@ class _Stream:
     async def _read(self) -> None:
         try:
             async for response in self.call:
-                self.reachability.succeeded()
+                self.reachability.succeeded(self.opened)
                 future = self.waiting.pop(response.correlation_id, None)
                 self.sent.discard(response.correlation_id)
                 if future is not None and not future.done():

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,9 +223,10 @@ async def follow_blocks(core: CentralBankCore) -> None:
     in_flight: set[int] = set()
 
     async def submit(attestation: types_pb2.Attestation) -> None:
+        started = time.monotonic()
         try:
             await core.bridge.SubmitAttestation(attestation, timeout=BRIDGE_DEADLINE)
-            bridge.succeeded()
+            bridge.succeeded(started)
         except grpc.aio.AioRpcError as error:
             if not bridge.failed(error):
                 log.warning(
@@ -253,8 +255,9 @@ async def follow_blocks(core: CentralBankCore) -> None:
 
     while True:
         try:
+            started = time.monotonic()
             await check_genesis(core)
-            bridge.succeeded()
+            bridge.succeeded(started)
             await learn_bridge_height(core)
             await send_unconfirmed()
             request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)

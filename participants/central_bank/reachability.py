@@ -45,9 +45,11 @@ class Reachability:
             )
         return True
 
-    def succeeded(self) -> None:
-        """Record a call that reached the peer; ends the outage, if any, with one line."""
-        if self.down_since is None:
+    def succeeded(self, started: float) -> None:
+        """Record a call (begun at `started`, time.monotonic()) that reached the peer; ends the
+        outage, if any, with one line. A call begun before the outage proves nothing: one
+        answered by a peer shutting down gracefully would end the outage as it begins."""
+        if self.down_since is None or started < self.down_since:
             return
         away = time.monotonic() - self.down_since
         self.down_since = None
