@@ -95,6 +95,9 @@ class _Stream:
                 )
         finally:
             self.open = False
+            # end the request stream too, or its consumer task is left pending until garbage
+            # collection, which logs it as destroyed while pending
+            self.outbox.put_nowait(None)
             for correlation_id, future in self.waiting.items():
                 if not future.done():
                     future.set_result(

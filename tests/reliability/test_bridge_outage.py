@@ -82,3 +82,5 @@ def test_central_bank_node_serves_again_after_a_bridge_outage_and_logs_it_once(
     assert not (lines := log_lines(log, "bridge stream broke")), lines
     assert not (lines := log_lines(log, "attestation not accepted")), lines
     assert not (lines := log_lines(log, "waiting for the bridge")), lines
+    errors = [r for r in log_lines(log, "") if r.get("level") == "error"]
+    assert not errors, errors
