@@ -25,12 +25,12 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
 from bridge.errors import Reason, Refused
-from bridge.status import abort
+from bridge.status import rich_status
 
 log = logging.getLogger("bridge.shedding")
 
@@ -63,6 +63,15 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         self.in_flight = 0
         self.shed = 0  # calls shed since the node started
         self._episode_shed = 0  # calls shed in the current overload episode (0: none)
+        # the same answer for every shed call, built once: shedding must stay cheap
+        self._overloaded = rich_status(
+            Refused(
+                Reason.OVERLOADED,
+                f"the node is at its bound of {limit} calls in flight; nothing was done, "
+                f"resubmit the same instruction id after {retry_after:g} s",
+            ),
+            retry_after=retry_after,
+        )
 
     async def intercept_service(
         self,
@@ -103,7 +112,7 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
 
         return bounded
 
-    async def _shed(self, context: Any) -> None:
+    async def _shed(self, context: Any) -> NoReturn:
         self.shed += 1
         if not self._episode_shed:
             log.warning(
@@ -111,12 +120,5 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
                 extra={"max_in_flight": self.limit, "retry_after_s": self.retry_after},
             )
         self._episode_shed += 1
-        await abort(
-            context,
-            Refused(
-                Reason.OVERLOADED,
-                f"the node is at its bound of {self.limit} calls in flight; nothing was done, "
-                f"resubmit the same instruction id after {self.retry_after:g} s",
-            ),
-            retry_after=self.retry_after,
-        )
+        await context.abort_with_status(self._overloaded)
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
