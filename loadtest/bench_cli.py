@@ -140,7 +140,7 @@ def flood(
     calls: int = typer.Option(4_000, "--calls", min=1, help="Payments sent at once to one node."),
     deadline: float = typer.Option(30.0, "--deadline", min=0.1, help="Each call's deadline (s)."),
     max_in_flight: int = typer.Option(
-        1000, "--max-in-flight", min=1, help="Every node's bound on unary calls in flight."
+        256, "--max-in-flight", min=1, help="Every node's bound on unary calls in flight."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
 ) -> None:

@@ -42,7 +42,7 @@ VALID_FOR_MS = 30 * 60_000
 class FloodSettings:
     calls: int = 4_000
     deadline_s: float = 30.0
-    max_in_flight: int = 1000
+    max_in_flight: int = 256
 
 
 def run(settings: FloodSettings) -> dict[str, Any]:

@@ -24,7 +24,7 @@ NETWORK_OPTION = typer.Option(
 
 # the default of bridge.node.shedding.DEFAULT_MAX_IN_FLIGHT, repeated so --help stays light
 MAX_IN_FLIGHT_OPTION = typer.Option(
-    1000,
+    256,
     min=1,
     help="Most unary calls worked on at once; more are refused at once with RESOURCE_EXHAUSTED "
     "(reason OVERLOADED, retryable, with a pushback hint).",

@@ -34,7 +34,13 @@ from bridge.status import rich_status
 
 log = logging.getLogger("bridge.shedding")
 
-DEFAULT_MAX_IN_FLIGHT = 1000
+# The bound is a queue length: a node settles a few hundred payments a second on the project's
+# 2-core machine, so 256 calls in flight is about half a second of work. Calls beyond what the
+# Python server has picked up wait in the gRPC core where nothing can count them; the lower the
+# bound, the sooner the node gets back to picking calls up and shedding them. Measured with
+# `cbdc-bridge bench flood` (4,000 calls at once): a bound of 1000 answered the burst in 8-12 s,
+# 100 in about 2 s at the same settlement rate.
+DEFAULT_MAX_IN_FLIGHT = 256
 DEFAULT_RETRY_AFTER = 0.2  # seconds: the pushback hint sent with a shed call
 NEVER_SHED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
