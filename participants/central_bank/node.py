@@ -228,7 +228,9 @@ async def follow_blocks(core: CentralBankCore) -> None:
             await core.bridge.SubmitAttestation(attestation, timeout=BRIDGE_DEADLINE)
             bridge.succeeded(started)
         except grpc.aio.AioRpcError as error:
-            if not bridge.failed(error):
+            # an outage is logged once (bridge unreachable), shedding once by the bridge itself
+            shed = error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            if not bridge.failed(error) and not shed:
                 log.warning(
                     "attestation not accepted",
                     extra={"height": attestation.height, "code": error.code().name},
