@@ -78,16 +78,23 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
             ),
             retry_after=retry_after,
         )
+        # a call to a unary method known to be bounded, arriving past the bound, is answered
+        # without decoding its request or running the interceptors behind this one
+        self._bounded_methods: set[str] = set()
+        self._shedder = grpc.unary_unary_rpc_method_handler(self._shed_raw)
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
+        if self.in_flight >= self.limit and method in self._bounded_methods:
+            return self._shedder
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None or method.startswith(NEVER_SHED):
             return handler
+        self._bounded_methods.add(method)
         return grpc.unary_unary_rpc_method_handler(
             self._bounded(handler.unary_unary),
             request_deserializer=handler.request_deserializer,
@@ -117,6 +124,9 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
                     self._episode_shed = 0
 
         return bounded
+
+    async def _shed_raw(self, request: bytes, context: Any) -> NoReturn:
+        await self._shed(context)
 
     async def _shed(self, context: Any) -> NoReturn:
         self.shed += 1
