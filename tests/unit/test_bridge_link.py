@@ -130,8 +130,7 @@ class RecordingStub:
 
 
 async def test_an_instruction_whose_caller_was_cancelled_before_sending_is_never_sent() -> None:
-    """The bank's call was cancelled (its handler task too) while the instruction was queued:
-    the link drops it instead of handing it to the bridge."""
+    """A caller cancelled while its instruction was still queued: the link never sends it."""
     net = network()
     stub = RecordingStub()
     link = BridgeLink(stub)  # type: ignore[arg-type]
