@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -27,7 +27,9 @@ def status_code_of(refusal: Refused) -> grpc.StatusCode:
     return code
 
 
-def rich_status(refusal: Refused) -> grpc.Status:
+def rich_status(refusal: Refused, *, retry_after: float | None = None) -> grpc.Status:
+    """The refusal as a status with its ErrorInfo; with `retry_after` (seconds), also a
+    `google.rpc.RetryInfo` pushback hint: resubmit no sooner than that."""
     code = status_code_of(refusal)
     detail = any_pb2.Any()
     detail.Pack(
@@ -40,14 +42,22 @@ def rich_status(refusal: Refused) -> grpc.Status:
             },
         )
     )
-    message = status_pb2.Status(code=code.value[0], message=refusal.message, details=[detail])
+    details = [detail]
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(round(retry_after * 1e9))
+        hint = any_pb2.Any()
+        hint.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        details.append(hint)
+    message = status_pb2.Status(code=code.value[0], message=refusal.message, details=details)
     status: grpc.Status = rpc_status.to_status(message)
     return status
 
 
-async def abort(context: Any, refusal: Refused) -> NoReturn:
-    """Abort the current aio RPC with the refusal's status code, message and reason."""
-    await context.abort_with_status(rich_status(refusal))
+async def abort(context: Any, refusal: Refused, *, retry_after: float | None = None) -> NoReturn:
+    """Abort the current aio RPC with the refusal's status code, message and reason (and a
+    RetryInfo pushback hint when `retry_after` is given)."""
+    await context.abort_with_status(rich_status(refusal, retry_after=retry_after))
     raise AssertionError("abort_with_status returned")  # pragma: no cover
 
 
@@ -87,3 +97,15 @@ _FALLBACK: dict[grpc.StatusCode, Reason] = {
     grpc.StatusCode.OUT_OF_RANGE: Reason.MALFORMED,
     grpc.StatusCode.UNIMPLEMENTED: Reason.MALFORMED,
 }
+
+
+def retry_after_of(error: grpc.RpcError) -> float | None:
+    """The RetryInfo pushback hint (seconds) a failed call carries, if any."""
+    for key, value in error.trailing_metadata() or ():
+        if key == _DETAILS_KEY:
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.RetryInfo()
+                if detail.Unpack(info):
+                    seconds: float = info.retry_delay.ToNanoseconds() / 1e9
+                    return seconds
+    return None

@@ -154,3 +154,22 @@ def fuzz(
     bad = figures["unknown_or_internal"] + figures["state_changes_after_refusals"]
     if bad + figures["restarts_or_hangs"]:
         raise typer.Exit(1)
+
+
+@bench_app.command("flood")
+def flood(
+    calls: int = typer.Option(4_000, "--calls", min=1, help="Payments sent at once to one node."),
+    deadline: float = typer.Option(30.0, "--deadline", min=0.1, help="Each call's deadline (s)."),
+    max_in_flight: int = typer.Option(
+        256, "--max-in-flight", min=1, help="Every node's bound on unary calls in flight."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """A burst of concurrent payments on one node: how each was answered, none lost."""
+    from loadtest import bench_flood
+
+    settings = bench_flood.FloodSettings(
+        calls=calls, deadline_s=deadline, max_in_flight=max_in_flight
+    )
+    figures = bench_flood.run(settings)
+    typer.echo(json.dumps(figures) if as_json else bench_flood.describe(figures))

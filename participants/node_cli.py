@@ -22,6 +22,14 @@ NETWORK_OPTION = typer.Option(
     Path("demo-network"), "--network", "-n", help="Network directory (network.json, keys/)."
 )
 
+# the default of bridge.node.shedding.DEFAULT_MAX_IN_FLIGHT, repeated so --help stays light
+MAX_IN_FLIGHT_OPTION = typer.Option(
+    256,
+    min=1,
+    help="Most unary calls worked on at once; more are refused at once with RESOURCE_EXHAUSTED "
+    "(reason OVERLOADED, retryable, with a pushback hint).",
+)
+
 
 def announce(role: str, name: str) -> Callable[[int], None]:
     """Print one JSON line when listening: launchers read it to know the node is up."""
@@ -63,6 +71,7 @@ def bridge_node(
         min=0,
         help="Least milliseconds between two blocks (bigger blocks under load, more latency).",
     ),
+    max_in_flight: int = MAX_IN_FLIGHT_OPTION,
 ) -> None:
     """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream."""
     from bridge.node.server import BridgeNodeSettings, run_bridge_node
@@ -78,6 +87,7 @@ def bridge_node(
         max_batch=max_batch,
         block_interval=block_interval_ms / 1000,
         store=store or config.bridge_store,
+        max_in_flight=max_in_flight,
     )
     run_until_signalled(
         lambda stop: run_bridge_node(settings, stop=stop, on_listening=announce("bridge", "bridge"))
@@ -95,6 +105,7 @@ def central_bank_node(
     replica_check: str = typer.Option(
         "endorsements", help="Signature checks when replaying blocks: none, endorsements or all."
     ),
+    max_in_flight: int = MAX_IN_FLIGHT_OPTION,
 ) -> None:
     """Run a central bank node: serve its banks, endorse their legs, attest blocks."""
     from participants.central_bank.node import CentralBankNodeSettings, run_central_bank_node
@@ -114,6 +125,7 @@ def central_bank_node(
         port=None if port < 0 else port,
         admin_port=None if admin_port < 0 else admin_port,
         replica_check=check,
+        max_in_flight=max_in_flight,
     )
     run_until_signalled(
         lambda stop: run_central_bank_node(

@@ -59,12 +59,14 @@ class Standby:
         self.store = store
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="standby-writer")
 
-    def enqueue(self, envelope: Envelope) -> asyncio.Future[Result | None]:
+    def enqueue(
+        self, envelope: Envelope, *, deadline: float | None = None
+    ) -> asyncio.Future[Result | None]:
         future: asyncio.Future[Result | None] = asyncio.get_running_loop().create_future()
         future.set_result(NOT_LEADER)
         return future
 
-    async def submit(self, envelope: Envelope) -> Result:
+    async def submit(self, envelope: Envelope, *, deadline: float | None = None) -> Result:
         return NOT_LEADER
 
     def store_attestation(self, attestation: Attestation) -> asyncio.Future[None]:
@@ -97,8 +99,10 @@ class LeaderSequencer(Sequencer):
         self._waiting: set[asyncio.Future[Result | None]] = set()
         self._attesting: set[asyncio.Future[None]] = set()
 
-    def enqueue(self, envelope: Envelope) -> asyncio.Future[Result | None]:
-        future = super().enqueue(envelope)
+    def enqueue(
+        self, envelope: Envelope, *, deadline: float | None = None
+    ) -> asyncio.Future[Result | None]:
+        future = super().enqueue(envelope, deadline=deadline)
         self._waiting.add(future)
         future.add_done_callback(self._waiting.discard)
         return future

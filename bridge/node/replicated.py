@@ -37,6 +37,7 @@ from bridge.node.server import (
     central_banks_only,
 )
 from bridge.node.service import BridgeLedgerService
+from bridge.node.shedding import InFlightLimit
 from bridge.store.postgres import PostgresStore
 
 log = logging.getLogger("bridge.node")
@@ -66,9 +67,12 @@ async def run_replicated_bridge_node(
         feed.block_sealed(block.header.height)
         service.block_sealed(block)
 
-    server = grpc.aio.server(
-        options=SERVER_OPTIONS, interceptors=[central_banks_only(settings), RequestGuard()]
-    )
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        InFlightLimit(settings.max_in_flight),
+        central_banks_only(settings),
+        RequestGuard(),
+    ]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings.host, settings.port, settings.pki, "bridge")

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bridge.domain import Envelope, Millis
-from bridge.errors import Reason, Refused
+from bridge.errors import Reason, Refused, StoreError
 from bridge.log.blocks import Attestation, SealedBlock
+from bridge.node.episodes import FailureEpisode
 from bridge.settlement import Result, SettlementEngine
 
 Clock = Callable[[], Millis]
@@ -47,6 +48,21 @@ class MonotonicClock:
 class _Pending:
     envelope: Envelope | None  # None: a tick that only expires due PvPs
     future: asyncio.Future[Result | None] = field(default_factory=asyncio.Future)
+    deadline: float | None = None  # event-loop time after which its caller no longer waits
+
+    def abandoned(self, now: float) -> bool:
+        """Its caller has gone (the call was cancelled, or its deadline has passed)."""
+        return self.envelope is not None and (
+            self.future.done() or (self.deadline is not None and now >= self.deadline)
+        )
+
+
+# the answer to an instruction dropped because its caller had gone before it was sequenced
+ABANDONED = Refused(
+    Reason.UNAVAILABLE,
+    "dropped unsettled: the caller's deadline passed before the instruction was sequenced; "
+    "resubmit the same instruction id",
+)
 
 
 class Sequencer:
@@ -81,15 +97,23 @@ class Sequencer:
         self._woken = False
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self.dropped = 0  # instructions dropped unsettled because their caller had gone
+        # a full or failing disk fails every write until it is fixed: logged once per episode
+        self.store_writes = FailureEpisode(log, "ledger store writes")
 
-    async def submit(self, envelope: Envelope) -> Result:
-        result = await self.enqueue(envelope)
+    async def submit(self, envelope: Envelope, *, deadline: float | None = None) -> Result:
+        result = await self.enqueue(envelope, deadline=deadline)
         assert result is not None
         return result
 
-    def enqueue(self, envelope: Envelope) -> asyncio.Future[Result | None]:
-        """Queue one instruction; the future resolves once its batch is durable."""
-        pending = _Pending(envelope)
+    def enqueue(
+        self, envelope: Envelope, *, deadline: float | None = None
+    ) -> asyncio.Future[Result | None]:
+        """Queue one instruction; the future resolves once its batch is durable. Work whose
+        caller has gone before it is sequenced (the future was cancelled, or `deadline`, in
+        event-loop time, has passed) is dropped unsettled: settling it would only surprise a
+        caller that has already given up and will resubmit."""
+        pending = _Pending(envelope, deadline=deadline)
         self._queue.put_nowait(pending)
         return pending.future
 
@@ -138,6 +162,9 @@ class Sequencer:
                 await asyncio.sleep(wait)
             while len(batch) < self.max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
+            batch = self._without_abandoned(batch, loop.time())
+            if not batch:
+                continue
             self._last_batch = loop.time()
             self._woken = False
             attestations, self._attestations = self._attestations, []
@@ -149,6 +176,17 @@ class Sequencer:
                     future.set_result(None)
                 else:
                     future.set_exception(failure)
+
+    def _without_abandoned(self, batch: list[_Pending], now: float) -> list[_Pending]:
+        kept = []
+        for pending in batch:
+            if not pending.abandoned(now):
+                kept.append(pending)
+                continue
+            self.dropped += 1
+            if not pending.future.done():
+                pending.future.set_result(ABANDONED)
+        return kept
 
     async def _settle(
         self, batch: list[_Pending], attestations: list[Attestation]
@@ -168,8 +206,8 @@ class Sequencer:
                 await loop.run_in_executor(self.writer, engine.store.add_attestations, attestations)
             settled = engine.finish(prepared, failure)
         except Exception as error:
-            # A bug, not a refusal: undo the batch, answer OUTCOME_UNKNOWN, keep serving.
-            log.exception("batch failed; rolled back", extra={"size": len(batch)})
+            # The store failed (or a bug): undo the batch, answer OUTCOME_UNKNOWN, keep serving.
+            self.store_writes.failed(error, traceback=not isinstance(error, StoreError))
             engine.ledger.rollback()
             unknown = Refused(
                 Reason.OUTCOME_UNKNOWN,
@@ -179,6 +217,10 @@ class Sequencer:
                 if not pending.future.done():
                     pending.future.set_result(None if pending.envelope is None else unknown)
             return error
+        if failure is not None:
+            self.store_writes.failed(failure)
+        elif prepared.block is not None or attestations:
+            self.store_writes.succeeded()  # something was written: the store works again
         results = iter(settled.results)
         for pending in batch:
             if pending.envelope is None:

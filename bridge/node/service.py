@@ -24,6 +24,7 @@ from bridge.log.blocks import Attestation, SealedBlock, attestation_valid
 from bridge.node.feed import ChainFeed
 from bridge.node.leadership import Standby
 from bridge.node.sequencer import Sequencer
+from bridge.node.shedding import call_deadline
 from bridge.settlement import Result
 from bridge.status import abort
 from bridge.store.base import Store
@@ -62,6 +63,8 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         responses: asyncio.Queue[pb.SubmitResponse | None] = asyncio.Queue()
         outstanding = 0
         reading_done = False
+        loop = asyncio.get_running_loop()
+        queued: set[asyncio.Future[Result | None]] = set()
 
         def deliver(correlation_id: int, result: Result) -> None:
             nonlocal outstanding
@@ -79,7 +82,12 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
                 except Refused as refusal:
                     deliver(request.correlation_id, refusal)
                     continue
-                future = self.sequencer.enqueue(envelope)
+                timeout = request.timeout_ms / 1000
+                future = self.sequencer.enqueue(
+                    envelope, deadline=loop.time() + timeout if timeout else None
+                )
+                queued.add(future)
+                future.add_done_callback(queued.discard)
                 future.add_done_callback(_deliver_when_done(deliver, request.correlation_id))
             reading_done = True
             if outstanding == 0:
@@ -92,13 +100,15 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             await reader
         finally:
             reader.cancel()
+            for future in list(queued):  # the stream is gone: what is not sequenced is dropped
+                future.cancel()
 
     async def SubmitOne(self, request: types.SignedInstruction, context: Context) -> types.Receipt:
         try:
             envelope = self._admissible(request)
         except Refused as refusal:
             await abort(context, refusal)
-        result = await self.sequencer.submit(envelope)
+        result = await self.sequencer.submit(envelope, deadline=call_deadline())
         if isinstance(result, Refused):
             await abort(context, result)
         return wire.receipt_to_proto(result)
@@ -337,6 +347,8 @@ def _deliver_when_done(
     deliver: Callable[[int, Result], None], correlation_id: int
 ) -> Callable[[asyncio.Future[Result | None]], None]:
     def done(future: asyncio.Future[Result | None]) -> None:
+        if future.cancelled():  # dropped with its stream: nobody to answer
+            return
         result = future.result()
         assert result is not None
         deliver(correlation_id, result)

@@ -256,18 +256,21 @@ class SqliteStore:
         """Store several attestations in one transaction; per attestation, False if that
         central bank had already attested that height."""
         added = []
-        with self._transaction() as db:
-            for attestation in attestations:
-                cursor = db.execute(
-                    "INSERT OR IGNORE INTO attestations VALUES (?, ?, ?, ?)",
-                    (
-                        attestation.height,
-                        attestation.central_bank,
-                        attestation.block_hash,
-                        attestation.signature,
-                    ),
-                )
-                added.append(cursor.rowcount == 1)
+        try:
+            with self._transaction() as db:
+                for attestation in attestations:
+                    cursor = db.execute(
+                        "INSERT OR IGNORE INTO attestations VALUES (?, ?, ?, ?)",
+                        (
+                            attestation.height,
+                            attestation.central_bank,
+                            attestation.block_hash,
+                            attestation.signature,
+                        ),
+                    )
+                    added.append(cursor.rowcount == 1)
+        except sqlite3.Error as exc:
+            raise StoreError(f"storing {len(attestations)} attestations failed: {exc}") from exc
         return added
 
     def _transaction(self) -> _Transaction:
@@ -437,6 +440,16 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self._db.execute("COMMIT")
+            try:
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._rollback()  # a failed COMMIT leaves the transaction open
+                raise
         else:
+            self._rollback()
+
+    def _rollback(self) -> None:
+        # SQLite may have rolled back already (e.g. "database or disk is full"): a second
+        # ROLLBACK would fail and hide the cause behind "no transaction is active"
+        if self._db.in_transaction:
             self._db.execute("ROLLBACK")

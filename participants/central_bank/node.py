@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +25,10 @@ from bridge.errors import BridgeError, Refused
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
 from bridge.node.request_guard import RequestGuard
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
+from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
 from participants.central_bank.bridge_link import BridgeLink
 from participants.central_bank.channels import node_channel
+from participants.central_bank.reachability import Reachability
 from participants.central_bank.replica import Replica
 from participants.central_bank.service import (
     BRIDGE_DEADLINE,
@@ -57,6 +61,7 @@ class CentralBankNodeSettings:
     port: int | None = None  # default: the port in network.json
     admin_port: int | None = None  # default: the admin port in network.json
     replica_check: SignatureCheck = SignatureCheck.ENDORSEMENTS
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # unary calls at once; the excess is shed
 
 
 def admin_token(config: NetworkConfig, central_bank: str) -> str:
@@ -100,7 +105,10 @@ async def run_central_bank_node(
         verifier=None if settings.replica_check is SignatureCheck.NONE else FastVerifier(),
         check=settings.replica_check,
     )
-    link = BridgeLink(*(bridge_grpc.BridgeLedgerStub(c) for c in link_channels))
+    link = BridgeLink(
+        *(bridge_grpc.BridgeLedgerStub(c) for c in link_channels),
+        reachability=Reachability("bridge"),
+    )
     core = CentralBankCore(
         config=config,
         central_bank=me.id,
@@ -118,7 +126,11 @@ async def run_central_bank_node(
         tls=pki is not None,
         verifier=core.verifier,
     )
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[RequestGuard()])
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        InFlightLimit(settings.max_in_flight),
+        RequestGuard(),
+    ]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     central_bank_pb2_grpc.add_CentralBankServicer_to_server(
         CentralBankService(core, peers=peers_auth), server
     )
@@ -181,6 +193,25 @@ async def check_genesis(core: CentralBankCore) -> None:
         raise BridgeError("the bridge runs a different genesis than network.json describes")
 
 
+async def learn_bridge_height(core: CentralBankCore) -> None:
+    """Ask the bridge how far its log is sealed: the replica is catching up until there."""
+    finality = await core.bridge.GetFinality(
+        bridge_pb.GetFinalityRequest(), timeout=BRIDGE_DEADLINE
+    )
+    core.replica.bridge_sealed(finality.sealed_height)
+    if core.replica.catching_up:
+        log.info(
+            "catching up with the bridge's log",
+            extra={"height": core.replica.height, "bridge_height": finality.sealed_height},
+        )
+
+
+def replay_delay() -> float:
+    """Seconds to wait per block replayed while catching up: 0, except when a test slows
+    the replay down (CBDC_BRIDGE_TEST_REPLAY_DELAY_MS) to observe the catching-up window."""
+    return float(os.environ.get("CBDC_BRIDGE_TEST_REPLAY_DELAY_MS", "0")) / 1000
+
+
 async def follow_blocks(core: CentralBankCore) -> None:
     """Replay and attest every block, reconnecting whenever the bridge goes away.
 
@@ -189,19 +220,26 @@ async def follow_blocks(core: CentralBankCore) -> None:
     hold every later block back for good.
     """
     replica = core.replica
+    bridge = core.link.reachability  # outages are logged once there, not once per retry
+    delay = replay_delay()
     pending: set[asyncio.Task[None]] = set()
     unconfirmed: dict[int, types_pb2.Attestation] = {}
     in_flight: set[int] = set()
     last_failure = ""
 
     async def submit(attestation: types_pb2.Attestation) -> None:
+        started = time.monotonic()
         try:
             await core.bridge.SubmitAttestation(attestation, timeout=BRIDGE_DEADLINE)
+            bridge.succeeded(started)
         except grpc.aio.AioRpcError as error:
-            log.warning(
-                "attestation not accepted",
-                extra={"height": attestation.height, "code": error.code().name},
-            )
+            # an outage is logged once (bridge unreachable), shedding once by the bridge itself
+            shed = error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            if not bridge.failed(error) and not shed:
+                log.warning(
+                    "attestation not accepted",
+                    extra={"height": attestation.height, "code": error.code().name},
+                )
             if error.code() not in REFUSED_FOR_GOOD:
                 return  # stays unconfirmed: sent again later
         finally:
@@ -224,23 +262,32 @@ async def follow_blocks(core: CentralBankCore) -> None:
 
     while True:
         try:
+            started = time.monotonic()
             await check_genesis(core)
+            bridge.succeeded(started)
+            await learn_bridge_height(core)
             await send_unconfirmed()
             request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)
             async for block in core.bridge.StreamBlocks(request):
+                behind = replica.catching_up
+                if delay and behind:
+                    await asyncio.sleep(delay)
                 header = wire.header_from_proto(block.header)
                 attestation = replica.apply_block(
                     header, [bytes(e.canonical) for e in block.entries]
                 )
+                if behind and not replica.catching_up:
+                    log.info("caught up with the bridge's log", extra={"height": replica.height})
                 await send_unconfirmed()
                 if any(a.central_bank == core.id for a in block.attestations):
                     continue
                 await send(wire.attestation_to_proto(attestation))
         except grpc.aio.AioRpcError as error:
-            log.info(
-                "waiting for the bridge",
-                extra={"code": error.code().name, "height": replica.height},
-            )
+            if not bridge.failed(error):
+                log.info(
+                    "waiting for the bridge",
+                    extra={"code": error.code().name, "height": replica.height},
+                )
             await asyncio.sleep(0.5)
         except BridgeError as error:
             if str(error) != last_failure:  # once per failure, not every retry

@@ -8,6 +8,11 @@ the ledger core, which must reproduce the logged outcome. Only then does it sign
 header (attestation). A block whose times go backwards is refused and logged at ERROR once.
 It also indexes, per participant, the entries that concern them, which serves its banks'
 history and settlement streams.
+
+After a (re)start the replica replays the whole chain, which takes a while on a long log.
+Until it has reached the bridge's sealed height (as the bridge reported it when the node
+connected), whatever it would answer from its index may be incomplete, so `require_up_to`
+refuses with CATCHING_UP (retryable) rather than let a short page pass for the whole answer.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import NoReturn
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import Signer, Verifier
 from bridge.domain import Entry, Genesis, ParticipantId
-from bridge.errors import LogIntegrityError, Refused
+from bridge.errors import LogIntegrityError, Reason, Refused
 from bridge.log.blocks import Attestation, BlockHeader, attest
 from bridge.log.events import settlement_event
 from bridge.log.merkle import merkle_root
@@ -57,6 +62,36 @@ class Replica:
         self._refused: set[bytes] = set()  # hashes of blocks refused for going back in time
         self._index: dict[ParticipantId, list[IndexedEntry]] = defaultdict(list)
         self._changed = asyncio.Condition()
+        # the bridge's sealed height when last heard of (None: not heard of since the start)
+        self.bridge_height: int | None = None
+
+    # ------------------------------------------------------------------ catching up
+
+    def bridge_sealed(self, height: int) -> None:
+        """Record the bridge's sealed height, as it reported it (on each (re)connection)."""
+        self.bridge_height = max(height, self.bridge_height or 0)
+
+    @property
+    def catching_up(self) -> bool:
+        """True until the replica has replayed up to the bridge's last reported height."""
+        return self.bridge_height is None or self.height < self.bridge_height
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the last entry replayed (0: none)."""
+        return self.ledger.next_seq - 1
+
+    def require_up_to(self, seq: int | None = None) -> None:
+        """Refuse with CATCHING_UP (retryable) while the replica cannot answer completely:
+        behind the bridge's height, or (with `seq`) not yet past that entry."""
+        if not self.catching_up and (seq is None or seq <= self.last_seq):
+            return
+        bridge = "not yet known" if self.bridge_height is None else str(self.bridge_height)
+        raise Refused(
+            Reason.CATCHING_UP,
+            f"this node is catching up with the bridge's log: replayed to height {self.height}, "
+            f"the bridge's sealed height is {bridge}; ask again shortly",
+        )
 
     def apply_block(self, header: BlockHeader, entries: list[bytes]) -> Attestation:
         """Verify one block against the replica and return this central bank's attestation."""

@@ -473,6 +473,8 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                         Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction"
                     ) from error
                 raise refusal from error
+            if sender != bank:
+                core.replica.require_up_to(status.receipt.seq)  # is_party needs that entry
             if sender != bank and not core.replica.is_party(bank, status.receipt.seq):
                 raise Refused(Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction")
             return status
@@ -517,6 +519,11 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         limit = request.limit or HISTORY_DEFAULT
         entries = list(core.replica.entries_of(bank, max(1, request.from_seq), limit + 1))
         next_seq = entries.pop().seq if len(entries) > limit else 0
+        if not next_seq:  # a short page is the whole answer only once the replica has caught up
+            try:
+                core.replica.require_up_to()
+            except Refused as refusal:
+                await abort(context, refusal)
         return pb.HistoryPage(
             entries=[
                 types.EntryEvent(
@@ -711,6 +718,10 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
     ) -> types.AccountList:
         """Accounts in this central bank's currency, and every account of its own banks."""
         await self._authorize(context)
+        try:
+            self.core.replica.require_up_to()  # balances replayed so far may be stale
+        except Refused as refusal:
+            await abort(context, refusal)
         ledger = self.core.replica.ledger
         accounts = []
         for (owner, currency), (available, held) in sorted(ledger.balances.items()):

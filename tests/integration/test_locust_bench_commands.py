@@ -1,4 +1,4 @@
-"""Tiny runs of `cbdc-bridge bench e2e` and `bench stream`: one JSON object with every figure.
+"""Tiny runs of `cbdc-bridge bench e2e`, `bench stream` and `bench flood`: one JSON object each.
 
 Each command starts its own network (and echo service) and stops it; speed is not asserted,
 only the shape of the output and that the cross-checks held.
@@ -51,3 +51,15 @@ def test_bench_stream_prints_the_figures_as_one_json_object() -> None:
         assert isinstance(figures[key], float), key
     assert figures["pvps_settled"] == 300
     assert figures["ok"] is True, figures["crosscheck"]
+
+
+def test_bench_flood_answers_every_call_and_settles_none_twice() -> None:
+    """bench flood: every call answered (OK or shed), nothing settled twice, node SERVING."""
+    figures = _bench("flood", "--calls", "400", "--max-in-flight", "16", "--deadline", "120")
+    codes = figures["codes"]
+    assert isinstance(codes, dict)
+    assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+    assert sum(codes.values()) == 400
+    assert figures["settled"] == codes.get("OK", 0)
+    assert figures["settled_twice"] == 0
+    assert figures["serving_after"] is True

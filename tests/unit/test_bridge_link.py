@@ -95,3 +95,75 @@ async def test_an_instruction_that_timed_out_unsent_is_never_sent_later() -> Non
     assert await call.drain() == []
     call.release.set()
     await link.close()
+
+
+class RecordingCall:
+    """A Submit call that, once `go` is set, records every request the link writes; it never
+    answers."""
+
+    def __init__(self, requests: AsyncIterator[pb.SubmitRequest]) -> None:
+        self.requests = requests
+        self.written: list[pb.SubmitRequest] = []
+        self.go = asyncio.Event()
+
+    def __aiter__(self) -> RecordingCall:
+        return self
+
+    async def __anext__(self) -> pb.SubmitResponse:
+        await self.go.wait()
+        async for request in self.requests:
+            self.written.append(request)
+        raise StopAsyncIteration
+
+    def cancel(self) -> None:
+        pass
+
+
+class RecordingStub:
+    def __init__(self) -> None:
+        self.calls: list[RecordingCall] = []
+
+    def Submit(self, requests: AsyncIterator[pb.SubmitRequest]) -> Any:  # noqa: N802  # the stub's name
+        call = RecordingCall(requests)
+        self.calls.append(call)
+        return call
+
+
+async def test_an_instruction_whose_caller_was_cancelled_before_sending_is_never_sent() -> None:
+    """A caller cancelled while its instruction was still queued: the link never sends it."""
+    net = network()
+    stub = RecordingStub()
+    link = BridgeLink(stub)  # type: ignore[arg-type]
+    dropped, kept = pay(net, "ICBC", "CCB", 10), pay(net, "ICBC", "CCB", 20)
+    gone = asyncio.create_task(link.submit(dropped))
+    await asyncio.sleep(0.05)  # queued on the link, the stream not writing yet
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    waiting = asyncio.create_task(link.submit(kept, timeout=5.0))
+    (call,) = stub.calls
+    call.go.set()
+    while not call.written:
+        await asyncio.sleep(0.01)
+    written = [r.instruction.instruction.instruction_id for r in call.written]
+    assert written == [kept.body.instruction_id]
+    assert gone.cancelled()
+    waiting.cancel()
+    await link.close()
+
+
+async def test_each_request_sent_carries_the_time_its_caller_still_waits() -> None:
+    """timeout_ms tells the bridge how long the caller waits, so it can drop what is late."""
+    net = network()
+    stub = RecordingStub()
+    link = BridgeLink(stub)  # type: ignore[arg-type]
+    waiting = asyncio.create_task(link.submit(pay(net, "ICBC", "CCB", 10), timeout=5.0))
+    while not stub.calls:
+        await asyncio.sleep(0.01)
+    stub.calls[0].go.set()
+    while not stub.calls[0].written:
+        await asyncio.sleep(0.01)
+    (request,) = stub.calls[0].written
+    assert 0 < request.timeout_ms <= 5_000
+    waiting.cancel()
+    await link.close()

@@ -37,8 +37,15 @@ class SubmitRequest(_message.Message):
 
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     INSTRUCTION_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     correlation_id: _builtins.int
     """Caller-chosen number that the matching response repeats."""
+    timeout_ms: _builtins.int
+    """How many milliseconds the caller still waits for the answer, counted from when the bridge
+    reads this request. An instruction not yet sequenced when that time is up is dropped, not
+    settled, and answered UNAVAILABLE (nothing was done: resubmit the same instruction id).
+    0: no limit.
+    """
     @_builtins.property
     def instruction(self) -> _types_pb2.SignedInstruction:
         """The instruction with its signatures and endorsements."""
@@ -48,10 +55,11 @@ class SubmitRequest(_message.Message):
         *,
         correlation_id: _builtins.int = ...,
         instruction: _types_pb2.SignedInstruction | None = ...,
+        timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "instruction", b"instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "instruction", b"instruction", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

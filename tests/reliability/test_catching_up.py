@@ -1,0 +1,88 @@
+"""A central bank node restarted over a long log says it is catching up; it never answers short.
+
+PBOC's node is restarted after a few hundred blocks; its replica replays them from height 1,
+slowed down by a test hook (CBDC_BRIDGE_TEST_REPLAY_DELAY_MS) so the replay takes seconds on
+any machine. Meanwhile ICBC asks for its history from a recent sequence number, over and over:
+every answer is either the complete page (exactly what the node answered before the restart)
+or UNAVAILABLE with reason CATCHING_UP (retryable) naming both heights; never an empty or
+partial page with OK.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING
+
+import grpc
+
+from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
+from bridge.errors import Reason
+from participants.launcher import READY_TIMEOUT
+from tests.conftest import RPC_TIMEOUT, reason_of, wait_for
+
+if TYPE_CHECKING:
+    from tests.conftest import LiveNetwork
+
+PAYMENTS = 300
+RECENT = 60  # the history asked for: ICBC's last RECENT payments
+REPLAY_DELAY_MS = 20  # per block: 300 blocks take at least 6 s to replay
+
+
+def history(live: LiveNetwork, from_seq: int) -> list[tuple[int, bytes]]:
+    """ICBC's history page from `from_seq`, as (seq, canonical bytes); raises if refused."""
+    query = live.query("GetHistory", cb_pb.HistoryQuery(from_seq=from_seq, limit=500), "ICBC")
+    page = live.node("PBOC").GetHistory(query, timeout=RPC_TIMEOUT)
+    assert page.next_seq == 0, "the page was meant to hold the whole answer"
+    return [(e.entry.seq, bytes(e.entry.canonical)) for e in page.entries]
+
+
+def history_or_refusal(live: LiveNetwork, from_seq: int) -> list[tuple[int, bytes]] | grpc.RpcError:
+    try:
+        return history(live, from_seq)
+    except grpc.RpcError as error:
+        return error
+
+
+def test_restarted_node_answers_history_complete_or_catching_up_never_short(
+    live: LiveNetwork,
+) -> None:
+    """While its replica replays the log, PBOC answers CATCHING_UP or the full page."""
+    live.issue("ICBC", 1_000_000)
+    seqs = [live.pay("ICBC", "BOCQ", 1 + i).receipt.seq for i in range(PAYMENTS)]
+    from_seq = seqs[-RECENT]
+    complete = wait_for(
+        lambda: (page := history(live, from_seq)) and len(page) >= RECENT and page,
+        timeout=RPC_TIMEOUT,
+        what="PBOC's replica to hold every payment",
+    )
+    assert [seq for seq, _ in complete] == seqs[-RECENT:]
+    sealed = live.finality().sealed_height
+
+    node = live.network.central_banks["PBOC"]
+    node.stop()
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "CBDC_BRIDGE_TEST_REPLAY_DELAY_MS": str(REPLAY_DELAY_MS),
+    }
+    node.start(env)
+    node.wait_listening(time.monotonic() + READY_TIMEOUT)
+    live.reset_channels()
+
+    catching_up = 0
+    deadline = time.monotonic() + READY_TIMEOUT + PAYMENTS * REPLAY_DELAY_MS / 1000
+    while True:
+        assert time.monotonic() < deadline, "PBOC never caught up"
+        answer = history_or_refusal(live, from_seq)
+        if isinstance(answer, list):
+            assert answer == complete, f"a short page while catching up: {len(answer)} of {RECENT}"
+            break
+        message = answer.details() or ""
+        assert answer.code() is grpc.StatusCode.UNAVAILABLE, message
+        assert reason_of(answer) is Reason.CATCHING_UP, message
+        assert "replayed to height" in message
+        assert f"sealed height is {sealed}" in message or "not yet known" in message
+        catching_up += 1
+        time.sleep(0.05)
+    assert catching_up, "the replay window was never observed"
