@@ -40,6 +40,8 @@ from participants.sdk import (
     HistoryEntry,
     InstructionResult,
     PvpInfo,
+    SettlementEvent,
+    SettlementSubscriber,
     SignedDualPvp,
     format_minor,
     new_instruction_id,
@@ -383,6 +385,11 @@ def watch(
         0, "--from-seq", min=0, help="First sequence number (default: only new settlements)."
     ),
     count: int = typer.Option(0, "--count", min=0, help="Stop after this many (0: until Ctrl-C)."),
+    mqtt: bool = typer.Option(
+        False,
+        "--mqtt",
+        help="Notifications from the network's MQTT broker (gaps filled from the gRPC stream).",
+    ),
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
@@ -390,14 +397,30 @@ def watch(
     """Stream our settlements as they are recorded, until Ctrl-C or --count entries."""
     with open_desk(network, bank, timeout) as desk:
         start = from_seq or next_seq(desk, timeout)
-        err.print(f"watching {desk.bank} from seq {start} (Ctrl-C to stop)")
+        source = "MQTT" if mqtt else "the gRPC stream"
+        err.print(f"watching {desk.bank} from seq {start} over {source} (Ctrl-C to stop)")
+        entries = watch_mqtt(desk, start) if mqtt else desk.client.watch(start)
         seen = 0
         with contextlib.suppress(KeyboardInterrupt):
-            for entry in desk.client.watch(start):
-                out.print(watch_line(desk, entry))
+            for entry in entries:
+                if isinstance(entry, HistoryEntry):
+                    out.print(watch_line(desk, entry))
+                else:
+                    out.print(event_line(desk, entry))
                 seen += 1
                 if count and seen >= count:
                     break
+
+
+def watch_mqtt(desk: Desk, start: int) -> Iterator[HistoryEntry | SettlementEvent]:
+    """Our notifications over MQTT from seq `start` on, gaps filled from the gRPC stream."""
+    settings = desk.config.mqtt_settings(desk.bank)
+    if settings is None:
+        fail(EXIT_USAGE, f"the network in {desk.config.directory} runs no MQTT broker")
+    home = desk.config.home_of(desk.bank).id
+    yield from SettlementSubscriber(
+        settings, central_bank=home, bank=desk.bank, from_seq=start, gaps=desk.client.watch
+    )
 
 
 def watch_line(desk: Desk, entry: HistoryEntry) -> str:
@@ -408,6 +431,23 @@ def watch_line(desk: Desk, entry: HistoryEntry) -> str:
     ]
     _, at, _, kind, outcome, _, _, others, reference = history_row(desk, entry)
     line = f"{entry.seq:>6} {at} {kind:<12} {outcome:<9} {' '.join(moved)} {others} {reference}"
+    return line.rstrip()
+
+
+def event_line(desk: Desk, event: SettlementEvent) -> str:
+    """A notification as `watch_line` shows an entry; `(gRPC)` if it filled a gap."""
+    moved = [
+        ("-" if leg.payer == desk.bank else "+") + desk.show(leg.amount, leg.currency)
+        for leg in event.legs
+        if desk.bank in (leg.payer, leg.payee)
+    ]
+    parties = {event.sender, *(p for leg in event.legs for p in (leg.payer, leg.payee))}
+    others = ", ".join(sorted(parties - {"", desk.bank, BRIDGE_SENDER}))
+    source = " (gRPC)" if event.source == "grpc" else ""
+    line = (
+        f"{event.seq:>6} {when(event.time)} {event.kind:<12} {event.outcome:<9} "
+        f"{' '.join(moved)} {others} {event.reference}{source}"
+    )
     return line.rstrip()
 
 

@@ -26,6 +26,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge.tls import CHANNEL_OPTIONS_TLS, channel_credentials
+from participants.broker import Broker, mosquitto_binary
 from participants.network_config import NetworkConfig, generate_network
 
 READY_TIMEOUT = 60.0
@@ -155,6 +156,7 @@ class Network:
     extra_args: dict[str, list[str]] = field(default_factory=dict)
     # further bridge processes on the same PostgreSQL database (standing by for the leader)
     standby_bridges: list[NodeProcess] = field(default_factory=list)
+    broker: Broker | None = None  # MQTT notifications; None when mosquitto is not installed
 
     @property
     def directory(self) -> Path:
@@ -164,6 +166,8 @@ class Network:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         deadline = time.monotonic() + READY_TIMEOUT
         try:
+            if self.broker is not None:
+                self.broker.start()
             self.bridge.start(env)
             self.bridge.wait_listening(deadline)
             for node in self.standby_bridges:
@@ -206,6 +210,8 @@ class Network:
         for node in self.standby_bridges:
             node.stop()
         self.bridge.stop()
+        if self.broker is not None:
+            self.broker.stop()
 
     def __enter__(self) -> Network:
         return self.start()
@@ -228,18 +234,23 @@ def prepare_network(
     replica_check: str = "endorsements",
     bridge_store: str = "",
     bridges: int = 1,
+    mqtt: bool = True,
 ) -> Network:
     """Generate (or reuse) the network in `directory` on fresh free ports; not started yet.
 
     With a postgresql:// `bridge_store`, `bridges` bridge processes share that database; their
-    ports are the last `bridges - 1` ports drawn, after the bridge's and the central banks'."""
+    ports are the last `bridges - 1` ports drawn, after the bridge's and the central banks'.
+    With `mqtt` and Mosquitto installed, the network gets a broker on a free port too."""
     if (directory / "network.json").exists():
         config = NetworkConfig.load(directory)
         bridges = max(bridges, len(config.bridge_ports))  # as many as it was set up with
-        ports = free_ports(2 * len(config.central_banks) + bridges)
+        ports = free_ports(2 * len(config.central_banks) + bridges + 1)
+        mqtt_port = ports.pop()
         config = _with_ports(config, ports, bridges)
+        config.write_mqtt_credentials()
     else:
-        ports = free_ports(2 * central_banks + bridges)
+        ports = free_ports(2 * central_banks + bridges + 1)
+        mqtt_port = ports.pop()
         config = generate_network(
             directory,
             central_banks=central_banks,
@@ -257,7 +268,10 @@ def prepare_network(
             bridge_store=bridge_store or config.bridge_store,
             bridge_ports=_bridge_ports(ports, bridges),
         )
+    with_broker = mqtt and mosquitto_binary() is not None
+    config = replace(config, mqtt_port=mqtt_port if with_broker else 0)
     config.save()
+    broker = Broker(config.mqtt_directory, config.mqtt_port) if with_broker else None
     logs = directory / "logs"
     network_args = ["--network", str(directory)]
     bridge = NodeProcess("bridge", ["bridge", *network_args], logs / "bridge.log")
@@ -277,7 +291,7 @@ def prepare_network(
         )
         for cb in config.central_banks
     }
-    return Network(config, bridge, nodes, standby_bridges=standby_bridges)
+    return Network(config, bridge, nodes, standby_bridges=standby_bridges, broker=broker)
 
 
 def _bridge_ports(ports: list[int], bridges: int) -> tuple[int, ...]:

@@ -30,7 +30,15 @@ def show_network(network: Network) -> None:
     for cb in network.config.central_banks:
         banks = ", ".join(bank.id for bank in cb.banks)
         table.add_row(cb.id, cb.address, cb.admin_address, cb.currency, banks)
+    if network.broker is not None:
+        table.add_row("mqtt broker", f"127.0.0.1:{network.broker.port}", "", "", "notifications")
     console.print(table)
+    if network.broker is None:
+        console.print(
+            "[yellow]no MQTT broker: mosquitto is not installed, so this network runs without "
+            "settlement notifications over MQTT[/yellow] (apt-get install mosquitto "
+            "mosquitto-clients; `bank watch` without --mqtt uses the gRPC stream)."
+        )
     console.print(
         f"bridge store: {_public(network.config.bridge_store) or network.config.bridge_db}"
     )

@@ -8,6 +8,8 @@ A network lives in one working directory:
     keys/<ID>.pem         PKCS#8 private key of a central bank or bank (0600)
     keys/<ID>.pub.pem     its public key
     bridge.sqlite         the bridge ledger (embedded default store)
+    keys/<ID>.mqtt-password  MQTT password of a central bank, bank or the bridge (0600)
+    mqtt/                 the broker's password file (hashed), ACL and configuration
     pki/                  optional demo CA and TLS certificates (`cbdc-bridge pki`)
     logs/                 node logs when started by `cbdc-bridge up` / `demo`
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from bridge.crypto import PrivateKey
 from bridge.domain import Genesis, GenesisBank
+from bridge.notify import BRIDGE_USER, MqttSettings, write_broker_files
 
 CONFIG_FILE = "network.json"
 
@@ -74,6 +77,38 @@ class NetworkConfig:
     # `bridge_port`), and the database's URL; empty: one bridge on NETWORK/bridge.sqlite
     bridge_ports: tuple[int, ...] = ()
     bridge_store: str = ""
+    mqtt_port: int = 0  # the MQTT broker's port while one runs; 0: no broker
+
+    @property
+    def mqtt_directory(self) -> Path:
+        return self.directory / "mqtt"
+
+    def mqtt_password_path(self, user: str) -> Path:
+        return self.directory / "keys" / f"{user}.mqtt-password"
+
+    def mqtt_settings(self, user: str) -> MqttSettings | None:
+        """How `user` (a participant id, or `bridge`) reaches the broker; None without one."""
+        if not self.mqtt_port:
+            return None
+        password = self.mqtt_password_path(user).read_text().strip()
+        return MqttSettings("127.0.0.1", self.mqtt_port, user, password)
+
+    def write_mqtt_credentials(self) -> None:
+        """A password per central bank, bank and the bridge (kept if present), and the
+        broker's hashed password file and ACL to match."""
+        users = [BRIDGE_USER]
+        for cb in self.central_banks:
+            users += [cb.id, *(bank.id for bank in cb.banks)]
+        passwords = {}
+        for user in users:
+            path = self.mqtt_password_path(user)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(secrets.token_urlsafe(24) + "\n")
+                path.chmod(0o600)
+            passwords[user] = path.read_text().strip()
+        banks = {cb.id: [bank.id for bank in cb.banks] for cb in self.central_banks}
+        write_broker_files(self.mqtt_directory, passwords, banks)
 
     @property
     def bridge_address(self) -> str:
@@ -163,6 +198,7 @@ class NetworkConfig:
             tls=None if tls is None else TlsConfig(**tls),
             bridge_ports=tuple(int(p) for p in data.get("bridge_ports", ())),
             bridge_store=str(data.get("bridge_store", "")),
+            mqtt_port=int(data.get("mqtt_port", 0)),
         )
 
 
@@ -271,5 +307,6 @@ def generate_network(
         if not token.exists():
             token.write_text(secrets.token_urlsafe(32) + "\n")
             token.chmod(0o600)
+    config.write_mqtt_credentials()
     config.save()
     return config

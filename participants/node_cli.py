@@ -72,9 +72,14 @@ def bridge_node(
         help="Least milliseconds between two blocks (bigger blocks under load, more latency).",
     ),
     max_in_flight: int = MAX_IN_FLIGHT_OPTION,
+    mqtt: bool = typer.Option(
+        True, help="Publish settlement notifications to the network's MQTT broker, if it has one."
+    ),
 ) -> None:
-    """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream."""
+    """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream, and
+    (on SQLite) the MQTT publisher."""
     from bridge.node.server import BridgeNodeSettings, run_bridge_node
+    from bridge.notify import BRIDGE_USER
     from participants.network_config import NetworkConfig
 
     configure_logging("bridge")
@@ -88,6 +93,7 @@ def bridge_node(
         block_interval=block_interval_ms / 1000,
         store=store or config.bridge_store,
         max_in_flight=max_in_flight,
+        mqtt=config.mqtt_settings(BRIDGE_USER) if mqtt else None,
     )
     run_until_signalled(
         lambda stop: run_bridge_node(settings, stop=stop, on_listening=announce("bridge", "bridge"))

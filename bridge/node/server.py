@@ -19,12 +19,16 @@ from bridge.domain import Genesis
 from bridge.log.blocks import SealedBlock
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator, CallerAuthInterceptor
 from bridge.node.feed import ChainFeed
+from bridge.node.publisher import CONSUMER as PUBLISHER
+from bridge.node.publisher import OutboxPublisher
 from bridge.node.request_guard import RequestGuard
 from bridge.node.sequencer import MonotonicClock, Sequencer
 from bridge.node.service import BridgeLedgerService
 from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
+from bridge.notify import MqttSettings
 from bridge.settlement import SettlementEngine
 from bridge.store.base import is_postgres, open_store
+from bridge.store.sqlite import SqliteStore
 from bridge.tls import server_credentials
 
 log = logging.getLogger("bridge.node")
@@ -57,6 +61,7 @@ class BridgeNodeSettings:
     block_interval: float = 0.0  # least seconds between two blocks (see Sequencer)
     store: str = ""  # a postgresql:// URL: one of several bridge processes on that database
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # unary calls at once; the excess is shed
+    mqtt: MqttSettings | None = None  # publish the outbox to this broker when set
 
 
 def add_health_and_reflection(
@@ -120,6 +125,8 @@ async def run_bridge_node(
     def on_block(block: SealedBlock) -> None:
         feed.block_sealed(block.header.height)
         service.block_sealed(block)
+        if publisher is not None:
+            publisher.block_committed()
 
     sequencer = Sequencer(
         engine,
@@ -128,6 +135,19 @@ async def run_bridge_node(
         block_interval=settings.block_interval,
         on_block=on_block,
     )
+    publisher = None
+    # the publisher's cursor is written on the ledger's writer thread like every other write
+    # (no lock contention), without an fsync of its own: a cursor lost in a power cut only
+    # means messages published again, and the next block's commit syncs it anyway
+    cursor_store = SqliteStore(settings.db, synchronous="OFF")
+    if settings.mqtt is not None:
+        publisher = OutboxPublisher(
+            settings.mqtt,
+            reader=SqliteStore(settings.db),
+            mark=lambda upto: cursor_store.set_outbox_cursor(PUBLISHER, upto),
+            feed=feed,
+            writer=sequencer.writer,
+        )
     # the in-flight bound outermost: it counts every BridgeLedger call, authenticated or not
     interceptors: list[grpc.aio.ServerInterceptor] = [
         InFlightLimit(settings.max_in_flight),
@@ -146,6 +166,8 @@ async def run_bridge_node(
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings.host, settings.port, settings.pki, "bridge")
     sequencer.start()
+    if publisher is not None:
+        publisher.start()
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -158,7 +180,11 @@ async def run_bridge_node(
     finally:
         await health_servicer.enter_graceful_shutdown()
         await server.stop(grace=2.0)
+        if publisher is not None:
+            await publisher.stop()
+            publisher.reader.close()
         await sequencer.stop()
+        cursor_store.close()
         store.close()
         reader.close()
         log.info(

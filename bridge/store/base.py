@@ -78,6 +78,10 @@ class Store(Protocol):
 
     def outbox_cursor(self, consumer: str) -> int: ...
 
+    def outbox_last_id(self) -> int:
+        """Id of the newest outbox row (0 if none): with a cursor, the backlog in rows."""
+        ...
+
     # committed state
     def accounts(
         self, participant: str = "", currency: str = ""

@@ -481,6 +481,11 @@ class PostgresStore:
         row = self._one("SELECT last_id FROM outbox_cursor WHERE consumer=%s", (consumer,))
         return 0 if row is None else int(row[0])
 
+    def outbox_last_id(self) -> int:
+        """Id of the newest outbox row (0 if none): with a cursor, the backlog in rows."""
+        row = self._one("SELECT COALESCE(MAX(id), 0) FROM outbox", ())
+        return 0 if row is None else int(row[0])
+
     # ------------------------------------------------------------------ committed state
 
     def _kv(self, table: str, key: Any) -> Any:

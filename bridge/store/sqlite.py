@@ -346,6 +346,11 @@ class SqliteStore:
         )
         return [(i, bytes(p)) for i, p in cursor]
 
+    def outbox_last_id(self) -> int:
+        """Id of the newest outbox row (0 if none): with a cursor, the backlog in rows."""
+        (last,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()
+        return int(last)
+
     def outbox_cursor(self, consumer: str) -> int:
         row = self._db.execute(
             "SELECT last_id FROM outbox_cursor WHERE consumer=?", (consumer,)

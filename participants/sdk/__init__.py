@@ -12,7 +12,8 @@ methods for asyncio. Amounts are integers in minor units (`to_minor` / `format_m
 from and to major units). Failed calls raise `BridgeRpcError` with the bridge's reason code, as
 one of its two kinds: `Refusal` (final, nothing changed) or `NotDecided` (resubmit the same
 instruction id; the clients retry these themselves, with backoff).
-`CentralBankAdminClient` is the central bank operators' desk.
+`CentralBankAdminClient` is the central bank operators' desk. `SettlementSubscriber` and
+`AsyncSettlementSubscriber` follow a bank's settlements over MQTT, filling gaps from gRPC.
 """
 
 from bridge.domain import Outcome
@@ -23,6 +24,11 @@ from participants.sdk._async_client import AsyncBankClient
 from participants.sdk._client import BankClient
 from participants.sdk._connection import DEFAULT_TIMEOUT, BankSettings, RetryPolicy, Tls
 from participants.sdk._errors import BridgeRpcError, NotDecided, Refusal
+from participants.sdk._events import (
+    AsyncSettlementSubscriber,
+    SettlementEvent,
+    SettlementSubscriber,
+)
 from participants.sdk._models import (
     Account,
     Balance,
@@ -40,6 +46,7 @@ __all__ = [
     "Account",
     "AmountError",
     "AsyncBankClient",
+    "AsyncSettlementSubscriber",
     "Balance",
     "BankClient",
     "BankSettings",
@@ -55,6 +62,8 @@ __all__ = [
     "Reason",
     "Refusal",
     "RetryPolicy",
+    "SettlementEvent",
+    "SettlementSubscriber",
     "SignedDualPvp",
     "Tls",
     "format_minor",

@@ -353,6 +353,17 @@ def test_one_outbox_row_per_block_with_its_events(
     assert store.outbox_after(rows[0][0], limit=1) == rows[1:2]
 
 
+def test_outbox_last_id_measures_the_backlog_behind_a_cursor(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """The newest outbox row's id (0 when empty): minus a cursor, the rows not yet consumed."""
+    engine = open_engine()
+    assert engine.store.outbox_last_id() == 0
+    populate(engine, net)
+    rows = engine.store.outbox_after(0)
+    assert engine.store.outbox_last_id() == rows[-1][0]
+
+
 def test_outbox_cursor_persists(store_spec: str, stores: list[Store]) -> None:
     """A consumer's cursor starts at 0, moves, and survives a reopen."""
     store = open_store(store_spec)

@@ -1,0 +1,308 @@
+"""Drain the store's outbox to an MQTT broker, in order, at least once.
+
+The bridge node is the one publisher: it owns the outbox (every block writes its events there in
+the block's own transaction) and is its only writer, so a single task reads it in order. Each
+event goes, QoS 1, to the topic of every bank party to it (`bridge.notify`); the outbox cursor
+moves past a block only after the broker acknowledged every message of it. If the broker is
+unreachable settlement goes on and events wait in the outbox; the task reconnects with jittered
+exponential backoff and publishes the backlog in order. If the node dies between the broker's
+acknowledgement and the cursor update, the same messages (same seq, same instruction id) are
+published again on restart: duplicates, never loss.
+
+Authorization is the broker's: only the bridge's MQTT user may write, and the generated ACL
+lets each bank read only its own topics (a central bank, its banks'). Publishing from the bridge
+rather than from each central bank node keeps one ordered writer per event and no second copy
+of the cursor; a central bank node being down does not silence its banks' notifications.
+
+Test hook: with `CBDC_BRIDGE_PUBLISHER_HOLD=<file>` set, the publisher writes the acknowledged
+outbox range to `<file>` after the first acknowledged batch and then waits forever before
+marking it published (the node goes on settling), so a test can SIGKILL the node at exactly
+that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiomqtt
+
+from bridge.node.feed import ChainFeed
+from bridge.notify import (
+    FINAL_TOPIC,
+    MqttSettings,
+    final_message,
+    settlement_message,
+    settlement_topic,
+)
+from bridge.store.base import Store
+
+log = logging.getLogger("bridge.publisher")
+T = TypeVar("T")
+CONSUMER = "mqtt"
+HOLD_ENV = "CBDC_BRIDGE_PUBLISHER_HOLD"
+ROWS_PER_READ = 200  # outbox rows (blocks) read at once
+IN_FLIGHT = 512  # QoS 1 messages awaiting PUBACK at once
+BACKLOG_LOG_INTERVAL = 5.0
+POLL_INTERVAL = 1.0  # the longest an event waits if no block wakes the publisher
+
+
+@dataclass(slots=True)
+class PublisherStats:
+    """What the publisher has done; `backlog_blocks` is the outbox rows not yet published."""
+
+    connected: bool = False
+    published_messages: int = 0
+    published_blocks: int = 0
+    backlog_blocks: int = 0
+    reconnects: int = 0
+
+
+class Backoff:
+    """Exponential backoff with full jitter: a random pause in [base, cap-limited step]."""
+
+    def __init__(self, base: float = 0.2, cap: float = 10.0) -> None:
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        step = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(self.base, max(self.base, step))
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class OutboxPublisher:
+    """One task: outbox rows in id order → QoS 1 messages → cursor, forever."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        reader: Store,
+        mark: Callable[[int], Any],
+        feed: ChainFeed | None = None,
+        writer: Executor | None = None,
+    ) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.feed = feed
+        self._mark = mark
+        self._writer = writer
+        self.stats = PublisherStats()
+        self._wake = asyncio.Event()
+        self._homes: dict[str, str] = {}
+        self._prev: dict[str, int] = {}  # topic -> seq of its last message
+        self._cursor = 0
+        self._final_sent = -1
+        self._task: asyncio.Task[None] | None = None
+        self._last_backlog_log = 0.0
+        # every read of the store runs on this one thread (the connection is not shared)
+        self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-reader")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqtt-publisher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._reads.shutdown(wait=True)
+
+    def block_committed(self) -> None:
+        """Wake the publisher: a block (and its outbox row) was committed."""
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        self._cursor = await self._read(self.reader.outbox_cursor, CONSUMER)
+        await self._read(self._rebuild_topic_heads, self._cursor)
+        backoff = Backoff()
+        settings = self.settings
+        port = settings.port
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    settings.host,
+                    settings.port,
+                    username=settings.username,
+                    password=settings.password,
+                    max_inflight_messages=IN_FLIGHT,
+                    timeout=10,
+                ) as client:
+                    self.stats.connected = True
+                    backoff.reset()
+                    backlog = await self._backlog()
+                    log.info("mqtt connected", extra={"port": port, "backlog_blocks": backlog})
+                    await self._serve(client)
+            except aiomqtt.MqttError as error:
+                self.stats.connected = False
+                self.stats.reconnects += 1
+                pause = backoff.next()
+                backlog = await self._backlog()
+                log.warning(
+                    "mqtt unavailable; events wait in the outbox",
+                    extra={
+                        "error": str(error),
+                        "retry_in_s": round(pause, 2),
+                        "backlog_blocks": backlog,
+                    },
+                )
+                await asyncio.sleep(pause)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Publish until the connection breaks (raises MqttError)."""
+        # the message iterator ends with MqttError when the connection drops: a broken
+        # connection is noticed at once, not after a publish times out
+        watchdog = asyncio.create_task(_until_disconnected(client))
+        finality = None if self.feed is None else asyncio.create_task(self._watch_finality())
+        try:
+            while True:
+                work = asyncio.create_task(self._drain(client))
+                done, _ = await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+                if watchdog in done:
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await work
+                    watchdog.result()
+                    raise aiomqtt.MqttError("connection lost")
+                work.result()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+        finally:
+            for task in (watchdog, finality):
+                if task is not None:
+                    task.cancel()
+
+    async def _watch_finality(self) -> None:
+        assert self.feed is not None
+        seen = self.feed.final_height
+        while True:
+            seen = await self.feed.wait_final_at_least(seen + 1)
+            self._wake.set()
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Publish every unpublished outbox row, in order, then the final height."""
+        while True:
+            rows, messages = await self._read(self._read_batch, self._cursor)
+            if not rows:
+                break
+            await self._publish_all(client, messages)
+            await self._hold_if_asked(rows[0], rows[-1], messages)
+            await self._mark_published(rows[-1])
+            self.stats.published_messages += len(messages)
+            self.stats.published_blocks += len(rows)
+            await self._log_backlog()
+        await self._publish_final(client)
+
+    def _read_batch(self, cursor: int) -> tuple[list[int], list[tuple[str, bytes]]]:
+        """Outbox row ids after `cursor` and their messages (on the reader thread)."""
+        rows = self.reader.outbox_after(cursor, ROWS_PER_READ)
+        return [i for i, _ in rows], [m for _, payload in rows for m in self._messages(payload)]
+
+    async def _read(self, function: Callable[..., T], *args: Any) -> T:
+        """Run a read of the store on the publisher's own reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._reads, function, *args)
+
+    async def _publish_all(self, client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
+        for start in range(0, len(messages), IN_FLIGHT):
+            chunk = messages[start : start + IN_FLIGHT]
+            # retained: a new subscriber learns the topic's latest seq at once (and so its gap)
+            await asyncio.gather(*(client.publish(t, p, qos=1, retain=True) for t, p in chunk))
+
+    async def _publish_final(self, client: aiomqtt.Client) -> None:
+        if self.feed is None or self.feed.final_height == self._final_sent:
+            return
+        final = self.feed.final_height
+        await client.publish(
+            FINAL_TOPIC, final_message(final, self.feed.height), qos=1, retain=True
+        )
+        self._final_sent = final
+
+    async def _mark_published(self, upto: int) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._mark, upto)
+        self._cursor = upto
+
+    # ------------------------------------------------------------------ messages
+
+    def _messages(self, payload: bytes) -> list[tuple[str, bytes]]:
+        """(topic, message) for every party of every event of one outbox row."""
+        out = []
+        for event in json.loads(payload):
+            for party in event["parties"]:
+                topic = settlement_topic(self._home(party), party)
+                out.append((topic, settlement_message(event, self._prev.get(topic, 0))))
+                self._prev[topic] = event["seq"]
+        return out
+
+    def _home(self, party: str) -> str:
+        home = self._homes.get(party)
+        if home is None:
+            participant = self.reader.participant(party)
+            home = party if participant is None else participant.home_central_bank
+            if participant is not None:
+                self._homes[party] = home
+        return home
+
+    def _rebuild_topic_heads(self, upto: int) -> None:
+        """The last seq of each topic among published rows, so `prev_seq` survives restarts."""
+        cursor = 0
+        while cursor < upto and (rows := self.reader.outbox_after(cursor, 1000)):
+            for row_id, payload in rows:
+                if row_id > upto:
+                    return
+                for event in json.loads(payload):
+                    for party in event["parties"]:
+                        self._prev[settlement_topic(self._home(party), party)] = event["seq"]
+                cursor = row_id
+
+    # ------------------------------------------------------------------ backlog and hook
+
+    async def _backlog(self) -> int:
+        last = await self._read(self.reader.outbox_last_id)
+        self.stats.backlog_blocks = max(0, last - self._cursor)
+        return self.stats.backlog_blocks
+
+    async def _log_backlog(self) -> None:
+        now = time.monotonic()
+        if now - self._last_backlog_log >= BACKLOG_LOG_INTERVAL:
+            self._last_backlog_log = now
+            backlog = await self._backlog()
+            if backlog:
+                log.info("mqtt backlog", extra={"backlog_blocks": backlog})
+
+    async def _hold_if_asked(
+        self, first: int, last: int, messages: list[tuple[str, bytes]]
+    ) -> None:
+        marker = os.environ.get(HOLD_ENV)
+        if not marker:
+            return
+        seqs = sorted({json.loads(p)["seq"] for _, p in messages})
+        Path(marker).write_text(json.dumps({"first_row": first, "last_row": last, "seqs": seqs}))
+        log.warning("publisher held before marking published (test hook)", extra={"upto": last})
+        await asyncio.Event().wait()  # forever: the node goes on settling; a test SIGKILLs it
+
+
+async def _until_disconnected(client: aiomqtt.Client) -> None:
+    async for _ in client.messages:
+        pass
