@@ -1,0 +1,214 @@
+"""Settlement notifications through a real Mosquitto started with the network.
+
+Settled entries reach the SDK subscriber and `mosquitto_sub` (Mosquitto's own client) exactly
+once each, in sequence order; the SDK fills what it missed from the gRPC stream; the finality
+topic follows attestations; `bank watch --mqtt` prints notifications; and the generated ACL
+keeps each bank to its own topics.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.notify import FINAL_TOPIC, MqttSettings, settlement_topic
+from participants.launcher import Network
+from participants.sdk import BankClient, SettlementEvent, SettlementSubscriber
+from tests.conftest import LiveNetwork, start_network
+from tests.mqtt_support import MosquittoSub, require_mosquitto
+
+PAYMENTS = 20
+ICBC_TOPIC = settlement_topic("PBOC", "ICBC")
+HSBCHK_TOPIC = settlement_topic("HKMA", "HSBCHK")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    """A running network with its Mosquitto broker."""
+    require_mosquitto()
+    network = start_network(tmp_path_factory.mktemp("mqtt-network"))
+    try:
+        assert network.broker is not None
+        yield network
+    finally:
+        network.stop()
+
+
+def mqtt_of(live: LiveNetwork, user: str) -> MqttSettings:
+    settings = live.config.mqtt_settings(user)
+    assert settings is not None
+    return settings
+
+
+def collect(
+    subscriber: SettlementSubscriber, count: int
+) -> tuple[list[SettlementEvent], threading.Thread]:
+    events: list[SettlementEvent] = []
+
+    def run() -> None:
+        for event in subscriber:
+            events.append(event)
+            if len(events) >= count:
+                return
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return events, thread
+
+
+def test_every_settlement_reaches_the_sdk_and_mosquitto_sub_once_in_order(
+    live: LiveNetwork,
+) -> None:
+    """N settled payments: the SDK subscriber and mosquitto_sub each receive exactly those N
+    events of the bank, in sequence order, with their instruction ids."""
+    issued = live.issue("ICBC", 10**12)
+    icbc = mqtt_of(live, "ICBC")
+    sub = MosquittoSub(icbc, ICBC_TOPIC)
+    # retained or live, the issuance arrives: mosquitto_sub is subscribed from here on
+    start = wait_seq(sub, issued.receipt.seq)["seq"] + 1
+    with BankClient.from_network(live.directory, "ICBC") as client:
+        subscriber = SettlementSubscriber(
+            icbc, central_bank="PBOC", bank="ICBC", from_seq=start, gaps=client.watch
+        )
+        events, thread = collect(subscriber, PAYMENTS)
+        settled = []
+        for i in range(PAYMENTS):
+            payee = "BOCQ" if i % 2 else "HSBCHK"
+            status = live.pay("ICBC", payee, 100 + i, reference=f"INV-{i}")
+            settled.append((status.receipt.seq, status.receipt.instruction_id))
+        thread.join(60)
+    from_sub = [sub.event() for _ in range(PAYMENTS)]
+    sub.stop()
+    assert [(e["seq"], e["instruction_id"]) for e in from_sub] == settled
+    assert [(e.seq, e.instruction_id) for e in events] == settled
+    assert all(e.outcome == "SETTLED" and e.kind == "pay" for e in events)
+    assert [e.prev_seq for e in events[1:]] == [seq for seq, _ in settled[:-1]]
+
+
+def test_subscriber_fills_what_it_missed_from_the_grpc_stream(live: LiveNetwork) -> None:
+    """Resuming from seq 1, the SDK subscriber yields the bank's whole history once, in order:
+    the past from the gRPC stream, then live notifications."""
+    live.issue("BOCQ", 10**9)
+    with BankClient.from_network(live.directory, "BOCQ") as client:
+        history = [e.seq for e in client.history(1, limit=500)]
+        subscriber = SettlementSubscriber(
+            mqtt_of(live, "BOCQ"), central_bank="PBOC", bank="BOCQ", from_seq=1, gaps=client.watch
+        )
+        events, thread = collect(subscriber, len(history) + 1)
+        paid = live.pay("ICBC", "BOCQ", 7, reference="after-resume")
+        thread.join(60)
+    assert [e.seq for e in events] == [*history, paid.receipt.seq]
+    sources = [e.source for e in events]
+    # the past from gRPC; from the topic's latest (retained) message on, MQTT
+    assert sources[0] == "grpc"
+    assert sources == sorted(sources, key=lambda source: source == "mqtt")
+    assert subscriber.stats["filled"] == sources.count("grpc") >= len(history) - 2
+
+
+def test_finality_topic_reaches_the_height_of_a_settlement(live: LiveNetwork) -> None:
+    """The retained blocks/final message rises to the block of a settled payment once it is
+    final."""
+    status = live.pay("ICBC", "BOCQ", 11)
+    live.wait_all_final()
+    sub = MosquittoSub(mqtt_of(live, "BOCQ"), FINAL_TOPIC)
+    try:
+        while (final := sub.event())["final_height"] < status.block_height:
+            pass
+    finally:
+        sub.stop()
+    assert final["head_height"] >= final["final_height"] >= status.block_height
+
+
+def test_bank_watch_mqtt_prints_notifications(live: LiveNetwork, tmp_path: Path) -> None:
+    """`cbdc-bridge bank watch --mqtt`, run from another directory, prints the bank's entries
+    from a sequence number on (the past filled from gRPC) and stops after --count."""
+    live.issue("HSBCHK", 10**9)
+    first = live.pay("HSBCHK", "BOCHK", 5, currency="HKD", reference="watch-1")
+    second = live.pay("HSBCHK", "BOCHK", 6, currency="HKD", reference="watch-2")
+    run = subprocess.run(
+        [
+            *(sys.executable, "-m", "participants.cli", "bank", "watch", "--mqtt"),
+            *("--from-seq", str(first.receipt.seq), "--count", "2"),
+            *("--network", str(live.directory.resolve()), "--bank", "HSBCHK"),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **os.environ,
+            **{"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        },
+    )
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert [int(line.split()[0]) for line in lines] == [first.receipt.seq, second.receipt.seq]
+    assert "watch-1" in lines[0]
+    assert "watch-2" in lines[1]
+    assert "over MQTT" in run.stderr
+
+
+def test_a_bank_cannot_read_another_banks_topics(live: LiveNetwork) -> None:
+    """ICBC's credentials, subscribed to HSBCHK's topic and to every topic, receive only ICBC's
+    own notifications; HSBCHK's subscriber receives its own."""
+    live.issue("HSBCHK", 10**9)
+    live.issue("ICBC", 10**9)
+    ready = live.pay("ICBC", "BOCQ", 1)
+    icbc = MosquittoSub(mqtt_of(live, "ICBC"), HSBCHK_TOPIC, "cbdc-bridge/v1/#")
+    hsbchk = MosquittoSub(mqtt_of(live, "HSBCHK"), HSBCHK_TOPIC)
+    hkma = MosquittoSub(mqtt_of(live, "HKMA"), "cbdc-bridge/v1/HKMA/#")
+    try:
+        seen = [wait_seq(icbc, ready.receipt.seq)]  # retained or live: ICBC is subscribed
+        foreign = live.pay("HSBCHK", "BOCHK", 2, currency="HKD")
+        own = live.pay("ICBC", "BOCQ", 3)
+        assert wait_seq(hsbchk, foreign.receipt.seq)["instruction_id"] == (
+            foreign.receipt.instruction_id
+        )
+        assert wait_seq(hkma, foreign.receipt.seq)["parties"] == ["HSBCHK", "BOCHK"]
+        # had ICBC been allowed to read HSBCHK's topic, `foreign` would come before `own`
+        seen.append(wait_seq(icbc, own.receipt.seq, seen=seen))
+        assert all("ICBC" in event["parties"] for event in seen), seen
+    finally:
+        for sub in (icbc, hsbchk, hkma):
+            sub.stop()
+
+
+def wait_seq(
+    sub: MosquittoSub, seq: int, seen: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Read settlement messages (recording them in `seen`) up to the one with `seq`."""
+    while True:
+        event = sub.event()
+        if "seq" not in event:
+            continue  # a blocks/final message
+        if event["seq"] >= seq:
+            assert event["seq"] == seq, f"expected seq {seq}, got {event}"
+            return event
+        if seen is not None:
+            seen.append(event)
+
+
+def test_wrong_or_foreign_credentials_are_refused(live: LiveNetwork) -> None:
+    """A wrong password, or one bank's password under another's name, cannot connect."""
+    icbc = mqtt_of(live, "ICBC")
+    hsbchk = mqtt_of(live, "HSBCHK")
+    for username, password in (("ICBC", "wrong"), ("ICBC", hsbchk.password)):
+        run = subprocess.run(
+            [
+                *("mosquitto_sub", "-h", icbc.host, "-p", str(icbc.port), "-u", username),
+                *("-P", str(password), "-t", ICBC_TOPIC, "-C", "1", "-W", "10"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert run.returncode != 0
+        assert "not authorised" in (run.stdout + run.stderr).lower()
