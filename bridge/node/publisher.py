@@ -148,6 +148,7 @@ class OutboxPublisher:
                     max_inflight_messages=IN_FLIGHT,
                     timeout=10,
                 ) as client:
+                    client.pending_calls_threshold = IN_FLIGHT + 1  # a full window is normal
                     self.stats.connected = True
                     backoff.reset()
                     backlog = await self._backlog()

@@ -1,0 +1,159 @@
+"""The outbox publisher against a real Mosquitto started on a free port for the test.
+
+A settlement engine writes blocks (holds, settlements, expiries) to a SQLite store; the
+publisher drains its outbox to the broker; a subscriber with a bank's credentials receives
+each of the bank's entries once, in order, chained by `prev_seq`; the cursor moves to the
+last row; a new publisher on the same store resumes after it, keeping the chain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from bridge.crypto import FastVerifier
+from bridge.domain import ProposePvp, Receipt
+from bridge.node.publisher import CONSUMER, OutboxPublisher
+from bridge.notify import BRIDGE_USER, MqttSettings, settlement_topic, write_broker_files
+from bridge.settlement import SettlementEngine
+from bridge.store.sqlite import SqliteStore
+from participants.broker import Broker
+from participants.launcher import free_ports
+from tests.factories import (
+    BANKS,
+    CENTRAL_BANKS,
+    T0,
+    Network,
+    accept_pvp,
+    admit_bank,
+    issue,
+    network,
+    pay,
+    propose_pvp,
+)
+from tests.mqtt_support import require_mosquitto
+
+HOUR = 3_600_000
+PASSWORDS = {BRIDGE_USER: "bridge-pw", "ICBC": "icbc-pw", "PBOC": "pboc-pw"}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto on a free loopback port with a generated configuration, stopped after."""
+    require_mosquitto()
+    banks = {cb: [bank for bank, home in BANKS if home == cb] for cb, *_ in CENTRAL_BANKS}
+    write_broker_files(tmp_path / "mqtt", PASSWORDS, banks)
+    broker = Broker(tmp_path / "mqtt", free_ports(1)[0]).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def net() -> Network:
+    return network()
+
+
+def settings(broker: Broker, user: str) -> MqttSettings:
+    return MqttSettings("127.0.0.1", broker.port, user, PASSWORDS[user])
+
+
+def settle(engine: SettlementEngine, batch: list[Any], now: int) -> list[Receipt]:
+    results = engine.settle(batch, now).results
+    assert all(isinstance(r, Receipt) for r in results), results
+    return [r for r in results if isinstance(r, Receipt)]
+
+
+async def receive(
+    broker: Broker, topic: str, count: int, subscribed: asyncio.Event
+) -> list[dict[str, Any]]:
+    """`count` messages of `topic` as ICBC sees them; `subscribed` is set once the broker has
+    acknowledged the subscription."""
+    s = settings(broker, "ICBC")
+    got: list[dict[str, Any]] = []
+    async with aiomqtt.Client(s.host, s.port, username=s.username, password=s.password) as c:
+        await c.subscribe(topic, qos=1)
+        subscribed.set()
+        async with asyncio.timeout(30):
+            async for message in c.messages:
+                assert isinstance(message.payload, bytes)
+                got.append(json.loads(message.payload))
+                if len(got) == count:
+                    break
+    return got
+
+
+def publisher(broker: Broker, db: Path, marks: SqliteStore) -> OutboxPublisher:
+    return OutboxPublisher(
+        settings(broker, BRIDGE_USER),
+        reader=SqliteStore(db),
+        mark=lambda upto: marks.set_outbox_cursor(CONSUMER, upto),
+    )
+
+
+async def test_publisher_delivers_holds_settlements_and_expiries_in_order(
+    broker: Broker, net: Network, tmp_path: Path
+) -> None:
+    """ICBC receives its hold, settlement, payment and expiry once each, in seq order, each
+    message naming the previous seq of its topic; the cursor reaches the last outbox row, and
+    a restarted publisher resumes after it with the chain intact."""
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    settle(engine, [issue(net, cb, bank, 10**6) for bank, cb in BANKS], T0)
+    proposal = propose_pvp(net, "ICBC", "BOCHK", 1_000, 1_080)
+    assert isinstance(proposal.body, ProposePvp)
+    expiring = propose_pvp(net, "ICBC", "BOCHK", 500, 540, settle_by=T0 + HOUR // 2)
+    mine = settle(engine, [proposal, expiring], T0 + 1)
+    mine += settle(engine, [accept_pvp(net, proposal.body)], T0 + 2)
+    mine += settle(engine, [pay(net, "ICBC", "CCB", 7)], T0 + 3)
+    engine.settle([], T0 + HOUR)  # the second proposal expires
+    topic = settlement_topic("PBOC", "ICBC")
+    marks = SqliteStore(db)
+    first = publisher(broker, db, marks)
+    subscribed = asyncio.Event()
+    listening = asyncio.create_task(receive(broker, topic, 6, subscribed))
+    await subscribed.wait()
+    first.start()
+    got = await listening
+    # marked published once the broker acknowledged the whole batch
+    await wait_until(lambda: store.outbox_cursor(CONSUMER) == store.outbox_last_id())
+    await first.stop()
+    assert got[0]["kind"] == "issue"
+    assert [(m["kind"], m["outcome"]) for m in got[1:]] == [
+        ("pvp_propose", "HELD"),
+        ("pvp_propose", "HELD"),
+        ("pvp_accept", "SETTLED"),
+        ("pay", "SETTLED"),
+        ("pvp_expire", "EXPIRED"),
+    ]
+    assert [m["seq"] for m in got] == sorted(m["seq"] for m in got)
+    assert [m["prev_seq"] for m in got[1:]] == [m["seq"] for m in got[:-1]]
+    assert [m["instruction_id"] for m in got[1:5]] == [r.instruction_id for r in mine]
+
+    later = settle(engine, [pay(net, "ICBC", "CCB", 8)], T0 + HOUR + 1)[0]
+    second = publisher(broker, db, marks)
+    second.start()
+    await wait_until(lambda: store.outbox_cursor(CONSUMER) == store.outbox_last_id())
+    await second.stop()
+    # the topic's retained message is now the new payment, chained to the expiry
+    (retained,) = await receive(broker, topic, 1, asyncio.Event())
+    assert retained["seq"] == later.seq
+    assert retained["instruction_id"] == later.instruction_id
+    assert retained["prev_seq"] == got[-1]["seq"]
+    for opened in (store, marks, first.reader, second.reader):
+        opened.close()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.05)
