@@ -173,3 +173,28 @@ def flood(
     )
     figures = bench_flood.run(settings)
     typer.echo(json.dumps(figures) if as_json else bench_flood.describe(figures))
+
+
+@bench_app.command("events")
+def events(
+    users: int = typer.Option(50, "--users", min=1, help="Locust users (full-rate runs)."),
+    seconds: float = typer.Option(15.0, "--seconds", min=1, max=20, help="Length of each run."),
+    half_users: int = typer.Option(
+        10, "--half-users", min=1, help="Users of the paced half-rate (latency) run."
+    ),
+    reports: Path | None = typer.Option(
+        None, "--reports", help="Directory for Locust CSV/HTML reports."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """MQTT notifications: PvP/s with and without the publisher, settlement-to-delivery latency."""
+    from loadtest import bench_events
+    from loadtest.runner import LocustSettings
+
+    settings = bench_events.EventsSettings(
+        locust=LocustSettings(users=users, spawn_rate=float(users), seconds=seconds),
+        half_users=half_users,
+        reports=reports,
+    )
+    figures = bench_events.run(settings)
+    typer.echo(json.dumps(figures) if as_json else bench_events.describe(figures))

@@ -1,0 +1,250 @@
+"""`cbdc-bridge bench events`: what MQTT notifications cost, and how fast they arrive.
+
+One network with its Mosquitto broker, one machine, three Locust runs of the steady scenario
+(PvPs only, like `bench e2e`), each `seconds` long:
+
+1. **without**: the bridge restarted with `--no-mqtt` (nothing publishes; events wait in the
+   outbox), back to back: `pvp_per_s_without_publisher`;
+2. **with**: the bridge restarted with its publisher, which first drains the previous run's
+   backlog (not timed), then the same run: `pvp_per_s_with_publisher`, and
+   `publisher_cost = 1 - with / without` (goal: at most 0.10);
+3. **half**: with the publisher, paced at half the rate of run 2 (the `bench e2e` way), while a
+   subscriber on every bank's topic records settlement-to-delivery latency: the time from the
+   entry's ledger time (taken when its block is sealed, before the commit) to the message's
+   arrival, p50 / p99 (goal: p99 at most 100 ms). Run 2's latencies are reported too
+   (`delivery_at_max_*`): at full rate the publisher shares the bridge's CPU with settlement.
+
+The subscriber connects as the bridge's MQTT user (the one user whose ACL covers every bank),
+counts each seq once (its first delivery) and reports how many messages it received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from bridge.node.publisher import CONSUMER
+from bridge.notify import BRIDGE_USER, ROOT, MqttSettings
+from bridge.store.sqlite import SqliteStore
+from loadtest.bench_e2e import PVP_NAMES, PVP_ONLY
+from loadtest.benchkit import bench_network
+from loadtest.runner import LocustSettings, RunResult, run_locust, scenario_path
+from participants.launcher import Network
+
+__all__ = ["EventsSettings", "describe", "run"]
+
+
+@dataclass(frozen=True, slots=True)
+class EventsSettings:
+    locust: LocustSettings
+    half_users: int = 10
+    replica_check: str = "none"
+    central_banks: int = 4
+    banks_per_central_bank: int = 2
+    reports: Path | None = None
+
+
+@dataclass
+class DeliveryMeter:
+    """A subscriber on every settlement topic, in its own thread, recording latencies."""
+
+    settings: MqttSettings
+    latencies_ms: list[float] = field(default_factory=list)
+    messages: int = 0
+    since_ms: float = float("inf")  # record entries settled from this wall-clock time on
+    subscribed: threading.Event = field(default_factory=threading.Event)
+    _seen: set[int] = field(default_factory=set)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> DeliveryMeter:
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+        if not self.subscribed.wait(30):
+            raise TimeoutError("the delivery meter could not subscribe")
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def record_from_now(self) -> None:
+        self.since_ms = time.time() * 1000
+
+    def take(self) -> list[float]:
+        taken, self.latencies_ms = self.latencies_ms, []
+        self.since_ms = float("inf")
+        return taken
+
+    async def _run(self) -> None:
+        s = self.settings
+        async with aiomqtt.Client(
+            s.host, s.port, username=s.username, password=s.password
+        ) as client:
+            await client.subscribe(f"{ROOT}/+/+/settlements", qos=1)
+            self.subscribed.set()
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        async for message in client.messages:
+                            self._record(message)
+
+    def _record(self, message: aiomqtt.Message) -> None:
+        arrived = time.time() * 1000
+        self.messages += 1
+        if message.retain or not isinstance(message.payload, bytes | bytearray):
+            return
+        event = json.loads(message.payload)
+        if event["seq"] in self._seen:
+            return
+        self._seen.add(event["seq"])
+        if event["time"] >= self.since_ms:
+            self.latencies_ms.append(arrived - event["time"])
+
+
+def restart_bridge(network: Network, *, mqtt: bool) -> None:
+    node = network.bridge
+    node.stop()
+    node.args = [a for a in node.args if a != "--no-mqtt"] + ([] if mqtt else ["--no-mqtt"])
+    network.restart_bridge()
+
+
+def wait_drained(db: Path, timeout: float = 120.0) -> None:
+    """Wait until the publisher's cursor reaches the last outbox row."""
+    store = SqliteStore(db)
+    try:
+        deadline = time.monotonic() + timeout
+        while store.outbox_cursor(CONSUMER) < store.outbox_last_id():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the publisher did not drain the outbox in time")
+            time.sleep(0.2)
+    finally:
+        store.close()
+
+
+def run(settings: EventsSettings) -> dict[str, Any]:
+    """Start a network with a broker, run the three Locust runs, return the figures."""
+    locust = settings.locust
+    reports = settings.reports or Path(tempfile.mkdtemp(prefix="bench-events-reports-"))
+    with bench_network(
+        None,
+        central_banks=settings.central_banks,
+        banks_per_central_bank=settings.banks_per_central_bank,
+        replica_check=settings.replica_check,
+    ) as network:
+        observer = network.config.mqtt_settings(BRIDGE_USER)
+        if observer is None:
+            raise RuntimeError("bench events needs mosquitto (apt-get install mosquitto)")
+        steady = scenario_path("steady")
+        common: dict[str, Any] = {"reports": reports, "network": network.directory}
+        meter = DeliveryMeter(observer).start()
+        try:
+            restart_bridge(network, mqtt=False)
+            without = run_locust(
+                steady, label="pvp-without-publisher", settings=locust,
+                env={"LOADTEST_WEIGHTS": PVP_ONLY}, verify_log=False, **common,
+            )  # fmt: skip
+            restart_bridge(network, mqtt=True)
+            wait_drained(network.config.bridge_db)
+            meter.record_from_now()
+            with_publisher = run_locust(
+                steady, label="pvp-with-publisher", settings=locust,
+                env={"LOADTEST_WEIGHTS": PVP_ONLY}, verify_log=False, **common,
+            )  # fmt: skip
+            wait_drained(network.config.bridge_db)
+            at_max = meter.take()
+            half_rate = with_publisher.rate("settlement", PVP_NAMES) / 2
+            paced = replace(locust, users=settings.half_users, spawn_rate=settings.half_users)
+            meter.record_from_now()
+            half = run_locust(
+                steady, label="pvp-half-with-publisher", settings=paced,
+                env={
+                    "LOADTEST_WEIGHTS": PVP_ONLY,
+                    "LOADTEST_USER_RATE": f"{max(half_rate, 0.1) / paced.users:.6f}",
+                },
+                **common,
+            )  # fmt: skip
+            wait_drained(network.config.bridge_db)
+            at_half = meter.take()
+        finally:
+            meter.stop()
+    return _figures(settings, without, with_publisher, half, at_max, at_half, meter.messages)
+
+
+def percentile(values: list[float], share: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def _figures(
+    settings: EventsSettings,
+    without: RunResult,
+    with_publisher: RunResult,
+    half: RunResult,
+    at_max: list[float],
+    at_half: list[float],
+    messages: int,
+) -> dict[str, Any]:
+    rate_without = without.rate("settlement", PVP_NAMES)
+    rate_with = with_publisher.rate("settlement", PVP_NAMES)
+    cost = 1 - rate_with / rate_without if rate_without else 0.0
+    p99 = percentile(at_half, 0.99)
+    runs = (without, with_publisher, half)
+    return {
+        "pvp_per_s_without_publisher": round(rate_without, 1),
+        "pvp_per_s_with_publisher": round(rate_with, 1),
+        "publisher_cost": round(cost, 3),
+        "delivery_p50_ms": round(percentile(at_half, 0.50), 1),
+        "delivery_p99_ms": round(p99, 1),
+        "delivery_events": len(at_half),
+        "half_rate_pvp_per_s": round(half.rate("settlement", PVP_NAMES), 1),
+        "delivery_at_max_p50_ms": round(percentile(at_max, 0.50), 1),
+        "delivery_at_max_p99_ms": round(percentile(at_max, 0.99), 1),
+        "delivery_at_max_events": len(at_max),
+        "messages_received": messages,
+        "goals_met": {
+            "p99_le_100ms_at_half_rate": 0 < p99 <= 100,
+            "publisher_cost_le_10pct": cost <= 0.10,
+        },
+        "settings": {
+            "users": settings.locust.users,
+            "seconds": settings.locust.seconds,
+            "half_rate_users": settings.half_users,
+            "central_banks": settings.central_banks,
+            "banks_per_central_bank": settings.banks_per_central_bank,
+            "replica_check": settings.replica_check,
+            "mix": PVP_ONLY,
+        },
+        "checks": {r.label: {"failures": r.unexpected_failures, "ok": r.ok} for r in runs},
+        "ok": all(r.ok for r in runs),
+    }
+
+
+def describe(figures: dict[str, Any]) -> str:
+    goals = figures["goals_met"]
+    return "\n".join(
+        [
+            f"PvP settled without publisher: {figures['pvp_per_s_without_publisher']:.0f} /s",
+            f"PvP settled with publisher:    {figures['pvp_per_s_with_publisher']:.0f} /s "
+            f"(cost {figures['publisher_cost']:.1%}; goal <= 10%: "
+            f"{'met' if goals['publisher_cost_le_10pct'] else 'missed'})",
+            f"delivery at half rate:         p50 {figures['delivery_p50_ms']:.0f} ms, "
+            f"p99 {figures['delivery_p99_ms']:.0f} ms over {figures['delivery_events']} events "
+            f"(goal p99 <= 100 ms: {'met' if goals['p99_le_100ms_at_half_rate'] else 'missed'})",
+            f"delivery at full rate:         p50 {figures['delivery_at_max_p50_ms']:.0f} ms, "
+            f"p99 {figures['delivery_at_max_p99_ms']:.0f} ms",
+            f"Locust runs:                   {'OK' if figures['ok'] else 'PROBLEM'}",
+        ]
+    )
