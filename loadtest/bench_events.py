@@ -1,17 +1,18 @@
 """`cbdc-bridge bench events`: what MQTT notifications cost, and how fast they arrive.
 
-One network with its Mosquitto broker, one machine, three Locust runs of the steady scenario
+One network with its Mosquitto broker, one machine, five Locust runs of the steady scenario
 (PvPs only, like `bench e2e`), each `seconds` long:
 
-1. **without**: the bridge restarted with `--no-mqtt` (nothing publishes; events wait in the
-   outbox), back to back: `pvp_per_s_without_publisher`;
-2. **with**: the bridge restarted with its publisher, which first drains the previous run's
-   backlog (not timed), then the same run: `pvp_per_s_with_publisher`, and
+1. **without** / **with**, in the order without, with, with, without (so that a drift of the
+   machine's load over the runs affects both alike), back to back. Without: the bridge
+   restarted with `--no-mqtt` (nothing publishes; events wait in the outbox). With: the bridge
+   restarted with its publisher, which first drains the backlog (not timed). The means are
+   `pvp_per_s_without_publisher` and `pvp_per_s_with_publisher`, and
    `publisher_cost = 1 - with / without` (goal: at most 0.10);
-3. **half**: with the publisher, paced at half the rate of run 2 (the `bench e2e` way), while a
+2. **half**: with the publisher, paced at half the "with" rate (the `bench e2e` way), while a
    subscriber on every bank's topic records settlement-to-delivery latency: the time from the
    entry's ledger time (taken when its block is sealed, before the commit) to the message's
-   arrival, p50 / p99 (goal: p99 at most 100 ms). Run 2's latencies are reported too
+   arrival, p50 / p99 (goal: p99 at most 100 ms). The full-rate latencies are reported too
    (`delivery_at_max_*`): at full rate the publisher shares the bridge's CPU with settlement.
 
 The subscriber connects as the bridge's MQTT user (the one user whose ACL covers every bank),
@@ -41,6 +42,9 @@ from loadtest.runner import LocustSettings, RunResult, run_locust, scenario_path
 from participants.launcher import Network
 
 __all__ = ["EventsSettings", "describe", "run"]
+
+# without, with, with, without: a drift of the machine over the runs affects both alike
+ORDER = (False, True, True, False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,21 +153,31 @@ def run(settings: EventsSettings) -> dict[str, Any]:
         common: dict[str, Any] = {"reports": reports, "network": network.directory}
         meter = DeliveryMeter(observer).start()
         try:
-            restart_bridge(network, mqtt=False)
-            without = run_locust(
-                steady, label="pvp-without-publisher", settings=locust,
-                env={"LOADTEST_WEIGHTS": PVP_ONLY}, verify_log=False, **common,
-            )  # fmt: skip
+            runs: dict[bool, list[RunResult]] = {False: [], True: []}
+            at_max: list[float] = []
+            for mqtt in ORDER:
+                restart_bridge(network, mqtt=mqtt)
+                if mqtt:
+                    wait_drained(network.config.bridge_db)
+                    meter.record_from_now()
+                label = "with" if mqtt else "without"
+                runs[mqtt].append(
+                    run_locust(
+                        steady,
+                        label=f"pvp-{label}-publisher-{len(runs[mqtt]) + 1}",
+                        settings=locust,
+                        env={"LOADTEST_WEIGHTS": PVP_ONLY},
+                        verify_log=False,
+                        **common,
+                    )
+                )
+                if mqtt:
+                    wait_drained(network.config.bridge_db)
+                    at_max += meter.take()
             restart_bridge(network, mqtt=True)
             wait_drained(network.config.bridge_db)
-            meter.record_from_now()
-            with_publisher = run_locust(
-                steady, label="pvp-with-publisher", settings=locust,
-                env={"LOADTEST_WEIGHTS": PVP_ONLY}, verify_log=False, **common,
-            )  # fmt: skip
-            wait_drained(network.config.bridge_db)
-            at_max = meter.take()
-            half_rate = with_publisher.rate("settlement", PVP_NAMES) / 2
+            with_rate = mean_rate(runs[True])
+            half_rate = with_rate / 2
             paced = replace(locust, users=settings.half_users, spawn_rate=settings.half_users)
             meter.record_from_now()
             half = run_locust(
@@ -178,7 +192,7 @@ def run(settings: EventsSettings) -> dict[str, Any]:
             at_half = meter.take()
         finally:
             meter.stop()
-    return _figures(settings, without, with_publisher, half, at_max, at_half, meter.messages)
+    return _figures(settings, runs, half, at_max, at_half, meter.messages)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -188,23 +202,30 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
 
 
+def mean_rate(runs: list[RunResult]) -> float:
+    return sum(r.rate("settlement", PVP_NAMES) for r in runs) / len(runs)
+
+
 def _figures(
     settings: EventsSettings,
-    without: RunResult,
-    with_publisher: RunResult,
+    by_mode: dict[bool, list[RunResult]],
     half: RunResult,
     at_max: list[float],
     at_half: list[float],
     messages: int,
 ) -> dict[str, Any]:
-    rate_without = without.rate("settlement", PVP_NAMES)
-    rate_with = with_publisher.rate("settlement", PVP_NAMES)
+    rate_without = mean_rate(by_mode[False])
+    rate_with = mean_rate(by_mode[True])
     cost = 1 - rate_with / rate_without if rate_without else 0.0
     p99 = percentile(at_half, 0.99)
-    runs = (without, with_publisher, half)
+    runs = (*by_mode[False], *by_mode[True], half)
     return {
         "pvp_per_s_without_publisher": round(rate_without, 1),
         "pvp_per_s_with_publisher": round(rate_with, 1),
+        "pvp_per_s_runs": {
+            "without": [round(r.rate("settlement", PVP_NAMES), 1) for r in by_mode[False]],
+            "with": [round(r.rate("settlement", PVP_NAMES), 1) for r in by_mode[True]],
+        },
         "publisher_cost": round(cost, 3),
         "delivery_p50_ms": round(percentile(at_half, 0.50), 1),
         "delivery_p99_ms": round(p99, 1),
