@@ -56,9 +56,17 @@ def settlement_topic(central_bank: str, bank: str) -> str:
 
 def settlement_message(event: Mapping[str, Any], prev_seq: int) -> bytes:
     """One entry as a topic's message: the outbox event plus `v` and `prev_seq`."""
-    return json.dumps(
-        {"v": PAYLOAD_VERSION, **event, "prev_seq": prev_seq}, separators=(",", ":")
-    ).encode()
+    return with_prev_seq(event_body(event), prev_seq)
+
+
+def event_body(event: Mapping[str, Any]) -> bytes:
+    """An event's message without its closing brace and `prev_seq` (encoded once per event,
+    completed per topic by `with_prev_seq`)."""
+    return json.dumps({"v": PAYLOAD_VERSION, **event}, separators=(",", ":")).encode()[:-1]
+
+
+def with_prev_seq(body: bytes, prev_seq: int) -> bytes:
+    return body + b',"prev_seq":%d}' % prev_seq
 
 
 def final_message(final_height: int, head_height: int) -> bytes:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -41,9 +42,10 @@ from bridge.node.feed import ChainFeed
 from bridge.notify import (
     FINAL_TOPIC,
     MqttSettings,
+    event_body,
     final_message,
-    settlement_message,
     settlement_topic,
+    with_prev_seq,
 )
 from bridge.store.base import Store
 
@@ -227,8 +229,12 @@ class OutboxPublisher:
     async def _publish_all(self, client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
         for start in range(0, len(messages), IN_FLIGHT):
             chunk = messages[start : start + IN_FLIGHT]
-            # retained: a new subscriber learns the topic's latest seq at once (and so its gap)
-            await asyncio.gather(*(client.publish(t, p, qos=1, retain=True) for t, p in chunk))
+            # retained: a new subscriber learns the topic's latest seq at once (and so its gap);
+            # no timeout per message (each would cost a timer task): the watchdog notices a
+            # broken connection
+            await asyncio.gather(
+                *(client.publish(t, p, qos=1, retain=True, timeout=math.inf) for t, p in chunk)
+            )
 
     async def _publish_final(self, client: aiomqtt.Client) -> None:
         if self.feed is None or self.feed.final_height == self._final_sent:
@@ -250,9 +256,10 @@ class OutboxPublisher:
         """(topic, message) for every party of every event of one outbox row."""
         out = []
         for event in json.loads(payload):
+            body = event_body(event)
             for party in event["parties"]:
                 topic = settlement_topic(self._home(party), party)
-                out.append((topic, settlement_message(event, self._prev.get(topic, 0))))
+                out.append((topic, with_prev_seq(body, self._prev.get(topic, 0))))
                 self._prev[topic] = event["seq"]
         return out
 
