@@ -552,3 +552,14 @@ def test_entry_rows_hold_the_body_hash_and_canonical_bytes(
         )
         assert body_hash == sha256(entry.envelope.body_bytes).digest()
         assert engine.ledger.receipts[(sender, instruction_id)].body_hash == body_hash
+
+
+def test_outbox_last_id_measures_the_backlog_behind_a_cursor(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """The newest outbox row's id (0 when empty): minus a cursor, the rows not yet consumed."""
+    engine = open_engine()
+    assert engine.store.outbox_last_id() == 0
+    populate(engine, net)
+    rows = engine.store.outbox_after(0)
+    assert engine.store.outbox_last_id() == rows[-1][0] == len(rows)
