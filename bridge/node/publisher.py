@@ -111,6 +111,7 @@ class OutboxPublisher:
         self._cursor = 0
         self._final_sent = -1
         self._task: asyncio.Task[None] | None = None
+        self._marking: asyncio.Future[Any] | None = None
         self._last_backlog_log = 0.0
         # every read of the store runs on this one thread (the connection is not shared)
         self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-reader")
@@ -126,6 +127,9 @@ class OutboxPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._marking is not None:
+            with contextlib.suppress(Exception):
+                await self._marking  # the last cursor update lands before the store closes
         self._reads.shutdown(wait=True)
 
     def block_committed(self) -> None:
@@ -179,6 +183,8 @@ class OutboxPublisher:
         finality = None if self.feed is None else asyncio.create_task(self._watch_finality())
         try:
             while True:
+                # cleared before draining: a block committed meanwhile wakes the next round
+                self._wake.clear()
                 work = asyncio.create_task(self._drain(client))
                 done, _ = await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
                 if watchdog in done:
@@ -188,7 +194,6 @@ class OutboxPublisher:
                     watchdog.result()
                     raise aiomqtt.MqttError("connection lost")
                 work.result()
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
         finally:
@@ -211,7 +216,7 @@ class OutboxPublisher:
                 break
             await self._publish_all(client, messages)
             await self._hold_if_asked(rows[0], rows[-1], messages)
-            await self._mark_published(rows[-1])
+            self._mark_published(rows[-1])
             self.stats.published_messages += len(messages)
             self.stats.published_blocks += len(rows)
             await self._log_backlog()
@@ -245,10 +250,14 @@ class OutboxPublisher:
         )
         self._final_sent = final
 
-    async def _mark_published(self, upto: int) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._mark, upto)
+    def _mark_published(self, upto: int) -> None:
+        """Move the stored cursor to `upto` (acknowledged) without waiting: the writer thread
+        may be busy with a block's fsync, and the next batch need not wait for it. Marks run
+        in order on that one thread; a crash before one lands means a re-publication."""
         self._cursor = upto
+        marking = asyncio.get_running_loop().run_in_executor(self._writer, self._mark, upto)
+        marking.add_done_callback(_log_mark_failure)
+        self._marking = marking
 
     # ------------------------------------------------------------------ messages
 
@@ -309,6 +318,11 @@ class OutboxPublisher:
         Path(marker).write_text(json.dumps({"first_row": first, "last_row": last, "seqs": seqs}))
         log.warning("publisher held before marking published (test hook)", extra={"upto": last})
         await asyncio.Event().wait()  # forever: the node goes on settling; a test SIGKILLs it
+
+
+def _log_mark_failure(marking: asyncio.Future[Any]) -> None:
+    if not marking.cancelled() and marking.exception() is not None:
+        log.error("outbox cursor not stored (will publish again)", exc_info=marking.exception())
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:
