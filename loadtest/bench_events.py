@@ -8,7 +8,10 @@ One network with its Mosquitto broker, one machine, five Locust runs of the stea
    restarted with `--no-mqtt` (nothing publishes; events wait in the outbox). With: the bridge
    restarted with its publisher, which first drains the backlog (not timed). The means are
    `pvp_per_s_without_publisher` and `pvp_per_s_with_publisher`, and
-   `publisher_cost = 1 - with / without` (goal: at most 0.10);
+   `publisher_cost = 1 - with / without` (goal: at most 0.10). On a shared machine the rates
+   of identical runs can differ by more than the publisher costs, so the CPU seconds of every
+   node per settled PvP are reported too, and `publisher_cpu_cost = with / without - 1`: on a
+   CPU-bound machine, the share of throughput the publisher takes;
 2. **half**: with the publisher, paced at half the "with" rate (the `bench e2e` way), while a
    subscriber on every bank's topic records settlement-to-delivery latency: the time from the
    entry's ledger time (taken when its block is sealed, before the commit) to the message's
@@ -37,7 +40,7 @@ from bridge.node.publisher import CONSUMER
 from bridge.notify import BRIDGE_USER, ROOT, MqttSettings
 from bridge.store.sqlite import SqliteStore
 from loadtest.bench_e2e import PVP_NAMES, PVP_ONLY
-from loadtest.benchkit import bench_network
+from loadtest.benchkit import CpuMeter, bench_network, node_pids
 from loadtest.runner import LocustSettings, RunResult, run_locust, scenario_path
 from participants.launcher import Network
 
@@ -154,6 +157,8 @@ def run(settings: EventsSettings) -> dict[str, Any]:
         meter = DeliveryMeter(observer).start()
         try:
             runs: dict[bool, list[RunResult]] = {False: [], True: []}
+            cpu_s = {False: 0.0, True: 0.0}  # CPU seconds of every node during the runs
+            bridge_cpu_s = {False: 0.0, True: 0.0}  # of the bridge node alone
             at_max: list[float] = []
             for mqtt in ORDER:
                 restart_bridge(network, mqtt=mqtt)
@@ -161,8 +166,8 @@ def run(settings: EventsSettings) -> dict[str, Any]:
                     wait_drained(network.config.bridge_db)
                     meter.record_from_now()
                 label = "with" if mqtt else "without"
-                runs[mqtt].append(
-                    run_locust(
+                with CpuMeter(node_pids(network)) as cpu:
+                    result = run_locust(
                         steady,
                         label=f"pvp-{label}-publisher-{len(runs[mqtt]) + 1}",
                         settings=locust,
@@ -170,7 +175,9 @@ def run(settings: EventsSettings) -> dict[str, Any]:
                         verify_log=False,
                         **common,
                     )
-                )
+                runs[mqtt].append(result)
+                cpu_s[mqtt] += cpu.total
+                bridge_cpu_s[mqtt] += cpu.seconds.get("bridge", 0.0)
                 if mqtt:
                     wait_drained(network.config.bridge_db)
                     at_max += meter.take()
@@ -192,7 +199,8 @@ def run(settings: EventsSettings) -> dict[str, Any]:
             at_half = meter.take()
         finally:
             meter.stop()
-    return _figures(settings, runs, half, at_max, at_half, meter.messages)
+    cpu_seconds = {"all": cpu_s, "bridge": bridge_cpu_s}
+    return _figures(settings, runs, half, at_max, at_half, meter.messages, cpu_seconds)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -213,12 +221,23 @@ def _figures(
     at_max: list[float],
     at_half: list[float],
     messages: int,
+    cpu: dict[str, dict[bool, float]],
 ) -> dict[str, Any]:
     rate_without = mean_rate(by_mode[False])
     rate_with = mean_rate(by_mode[True])
     cost = 1 - rate_with / rate_without if rate_without else 0.0
     p99 = percentile(at_half, 0.99)
     runs = (*by_mode[False], *by_mode[True], half)
+    pvps = {mode: sum(r.count("settlement", PVP_NAMES) for r in by_mode[mode]) for mode in by_mode}
+
+    def per_pvp(seconds: dict[bool, float]) -> dict[str, float | None]:
+        return {
+            label: round(1000 * seconds[mode] / pvps[mode], 3) if pvps[mode] else None
+            for label, mode in (("without", False), ("with", True))
+        }
+
+    server = per_pvp(cpu["all"])
+    cpu_cost = (server["with"] or 0) / server["without"] - 1 if server["without"] else 0.0
     return {
         "pvp_per_s_without_publisher": round(rate_without, 1),
         "pvp_per_s_with_publisher": round(rate_with, 1),
@@ -227,6 +246,9 @@ def _figures(
             "with": [round(r.rate("settlement", PVP_NAMES), 1) for r in by_mode[True]],
         },
         "publisher_cost": round(cost, 3),
+        "server_cpu_ms_per_pvp": server,
+        "bridge_cpu_ms_per_pvp": per_pvp(cpu["bridge"]),
+        "publisher_cpu_cost": round(cpu_cost, 3),
         "delivery_p50_ms": round(percentile(at_half, 0.50), 1),
         "delivery_p99_ms": round(p99, 1),
         "delivery_events": len(at_half),
@@ -238,6 +260,7 @@ def _figures(
         "goals_met": {
             "p99_le_100ms_at_half_rate": 0 < p99 <= 100,
             "publisher_cost_le_10pct": cost <= 0.10,
+            "publisher_cpu_cost_le_10pct": cpu_cost <= 0.10,
         },
         "settings": {
             "users": settings.locust.users,
@@ -266,6 +289,8 @@ def describe(figures: dict[str, Any]) -> str:
             f"(goal p99 <= 100 ms: {'met' if goals['p99_le_100ms_at_half_rate'] else 'missed'})",
             f"delivery at full rate:         p50 {figures['delivery_at_max_p50_ms']:.0f} ms, "
             f"p99 {figures['delivery_at_max_p99_ms']:.0f} ms",
+            f"server CPU per PvP:            {figures['server_cpu_ms_per_pvp']} ms "
+            f"(publisher {figures['publisher_cpu_cost']:+.1%})",
             f"Locust runs:                   {'OK' if figures['ok'] else 'PROBLEM'}",
         ]
     )
