@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 
 import aiomqtt
 
+from bridge.domain import BRIDGE_SENDER
 from bridge.node.feed import ChainFeed
 from bridge.notify import (
     FINAL_TOPIC,
@@ -267,6 +268,8 @@ class OutboxPublisher:
         for event in json.loads(payload):
             body = event_body(event)
             for party in event["parties"]:
+                if party == BRIDGE_SENDER:
+                    continue  # the bridge's own entries (expiries) concern their PvP's banks
                 topic = settlement_topic(self._home(party), party)
                 out.append((topic, with_prev_seq(body, self._prev.get(topic, 0))))
                 self._prev[topic] = event["seq"]
@@ -290,6 +293,8 @@ class OutboxPublisher:
                     return
                 for event in json.loads(payload):
                     for party in event["parties"]:
+                        if party == BRIDGE_SENDER:
+                            continue
                         self._prev[settlement_topic(self._home(party), party)] = event["seq"]
                 cursor = row_id
 
