@@ -212,21 +212,25 @@ class OutboxPublisher:
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish every unpublished outbox row, in order, then the final height."""
         while True:
-            rows, messages = await self._read(self._read_batch, self._cursor)
+            rows, messages, heads = await self._read(self._read_batch, self._cursor)
             if not rows:
                 break
             await self._publish_all(client, messages)
             await self._hold_if_asked(rows[0], rows[-1], messages)
+            self._prev = heads  # only now: a batch published again keeps its prev_seq
             self._mark_published(rows[-1])
             self.stats.published_messages += len(messages)
             self.stats.published_blocks += len(rows)
             await self._log_backlog()
         await self._publish_final(client)
 
-    def _read_batch(self, cursor: int) -> tuple[list[int], list[tuple[str, bytes]]]:
-        """Outbox row ids after `cursor` and their messages (on the reader thread)."""
+    def _read_batch(self, cursor: int) -> tuple[list[int], list[tuple[str, bytes]], dict[str, int]]:
+        """Outbox row ids after `cursor`, their messages, and each topic's last seq once they
+        are published (on the reader thread)."""
         rows = self.reader.outbox_after(cursor, ROWS_PER_READ)
-        return [i for i, _ in rows], [m for _, payload in rows for m in self._messages(payload)]
+        heads = dict(self._prev)
+        messages = [m for _, payload in rows for m in self._messages(payload, heads)]
+        return [i for i, _ in rows], messages, heads
 
     async def _read(self, function: Callable[..., T], *args: Any) -> T:
         """Run a read of the store on the publisher's own reader thread."""
@@ -262,8 +266,9 @@ class OutboxPublisher:
 
     # ------------------------------------------------------------------ messages
 
-    def _messages(self, payload: bytes) -> list[tuple[str, bytes]]:
-        """(topic, message) for every party of every event of one outbox row."""
+    def _messages(self, payload: bytes, heads: dict[str, int]) -> list[tuple[str, bytes]]:
+        """(topic, message) for every party of every event of one outbox row; `heads` (each
+        topic's last seq) is advanced past them."""
         out = []
         for event in json.loads(payload):
             body = event_body(event)
@@ -271,8 +276,8 @@ class OutboxPublisher:
                 if party == BRIDGE_SENDER:
                     continue  # the bridge's own entries (expiries) concern their PvP's banks
                 topic = settlement_topic(self._home(party), party)
-                out.append((topic, with_prev_seq(body, self._prev.get(topic, 0))))
-                self._prev[topic] = event["seq"]
+                out.append((topic, with_prev_seq(body, heads.get(topic, 0))))
+                heads[topic] = event["seq"]
         return out
 
     def _home(self, party: str) -> str:

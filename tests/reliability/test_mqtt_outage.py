@@ -64,8 +64,10 @@ def delivered(collector: Collector, seqs: list[int], times: int = 1) -> bool:
 
 
 def assert_same_ids(collector: Collector, ids: dict[int, str]) -> None:
-    """Every message of a seq carries that entry's instruction id (duplicates included)."""
+    """Every message of a seq carries that entry's instruction id (duplicates included), and
+    names an earlier seq as its topic's previous one."""
     for message in collector.snapshot():
+        assert message["prev_seq"] < message["seq"], message
         if message["seq"] in ids:
             assert message["instruction_id"] == ids[message["seq"]], message
 
