@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from bridge.node.publisher import HOLD_ENV
 from bridge.notify import settlement_topic
 from participants.launcher import Network, prepare_network
-from participants.sdk import BankClient
+from participants.sdk import BankClient, InstructionResult, NotDecided, new_instruction_id
 from tests.conftest import READY_TIMEOUT, LiveNetwork, wait_for
 from tests.mqtt_support import Collector, require_mosquitto
 
@@ -56,6 +57,21 @@ def bocq_collector(live: LiveNetwork, request: pytest.FixtureRequest) -> Iterato
         yield collector
     finally:
         collector.stop()
+
+
+def pay_resubmitting(network: Network, amount: int, reference: str) -> InstructionResult:
+    """ICBC pays BOCQ; while PBOC's link to a restarted bridge is down the answer is not
+    decided, and the same instruction id is resubmitted, as a bank would."""
+    instruction_id = new_instruction_id()
+    with BankClient.from_network(network.directory, "ICBC") as icbc:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                return icbc.pay("BOCQ", "CNY", amount, reference, instruction_id)
+            except NotDecided:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def delivered(collector: Collector, seqs: list[int], times: int = 1) -> bool:
@@ -115,8 +131,7 @@ def test_publisher_killed_between_ack_and_mark_publishes_again(
         network.restart_bridge()
     finally:
         del os.environ[HOLD_ENV]
-    with BankClient.from_network(network.directory, "ICBC") as icbc:
-        paid = icbc.pay("BOCQ", "CNY", 42, reference="held")
+    paid = pay_resubmitting(network, 42, "held")
     wait_for(marker.exists, timeout=60, what="the publisher to hold after an acknowledgement")
     held = json.loads(marker.read_text())
     wait_for(lambda: delivered(bocq_collector, [paid.seq]), timeout=60, what="the first delivery")
@@ -129,6 +144,5 @@ def test_publisher_killed_between_ack_and_mark_publishes_again(
         what="the same event delivered again",
     )
     assert_same_ids(bocq_collector, {paid.seq: paid.instruction_id})
-    with BankClient.from_network(network.directory, "ICBC") as icbc:
-        later = icbc.pay("BOCQ", "CNY", 43, reference="after")
+    later = pay_resubmitting(network, 43, "after")
     wait_for(lambda: delivered(bocq_collector, [later.seq]), timeout=60, what="a later event")
