@@ -8,6 +8,7 @@ keeps each bank to its own topics.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -20,7 +21,13 @@ import pytest
 
 from bridge.notify import FINAL_TOPIC, MqttSettings, settlement_topic
 from participants.launcher import Network
-from participants.sdk import BankClient, SettlementEvent, SettlementSubscriber
+from participants.sdk import (
+    AsyncBankClient,
+    AsyncSettlementSubscriber,
+    BankClient,
+    SettlementEvent,
+    SettlementSubscriber,
+)
 from tests.conftest import LiveNetwork, start_network
 from tests.mqtt_support import MosquittoSub, require_mosquitto
 
@@ -48,14 +55,15 @@ def mqtt_of(live: LiveNetwork, user: str) -> MqttSettings:
 
 
 def collect(
-    subscriber: SettlementSubscriber, count: int
+    subscriber: SettlementSubscriber, count: int = 0, last: list[int] | None = None
 ) -> tuple[list[SettlementEvent], threading.Thread]:
+    """Events in a thread until `count` of them, or one whose seq is in `last` (set later)."""
     events: list[SettlementEvent] = []
 
     def run() -> None:
         for event in subscriber:
             events.append(event)
-            if len(events) >= count:
+            if len(events) == count or (last and event.seq in last):
                 return
 
     thread = threading.Thread(target=run, daemon=True)
@@ -96,20 +104,45 @@ def test_subscriber_fills_what_it_missed_from_the_grpc_stream(live: LiveNetwork)
     """Resuming from seq 1, the SDK subscriber yields the bank's whole history once, in order:
     the past from the gRPC stream, then live notifications."""
     live.issue("BOCQ", 10**9)
+    last: list[int] = []
     with BankClient.from_network(live.directory, "BOCQ") as client:
-        history = [e.seq for e in client.history(1, limit=500)]
         subscriber = SettlementSubscriber(
             mqtt_of(live, "BOCQ"), central_bank="PBOC", bank="BOCQ", from_seq=1, gaps=client.watch
         )
-        events, thread = collect(subscriber, len(history) + 1)
+        events, thread = collect(subscriber, last=last)
         paid = live.pay("ICBC", "BOCQ", 7, reference="after-resume")
+        last.append(paid.receipt.seq)
         thread.join(60)
-    assert [e.seq for e in events] == [*history, paid.receipt.seq]
+        # read after: PBOC's replica has replayed everything up to the payment by now
+        history = [e.seq for e in client.history(1, limit=500) if e.seq <= paid.receipt.seq]
+    assert [e.seq for e in events] == history
+    assert history[-1] == paid.receipt.seq
     sources = [e.source for e in events]
     # the past from gRPC; from the topic's latest (retained) message on, MQTT
     assert sources[0] == "grpc"
     assert sources == sorted(sources, key=lambda source: source == "mqtt")
     assert subscriber.stats["filled"] == sources.count("grpc") >= len(history) - 2
+
+
+async def test_async_subscriber_follows_payments_as_they_settle(live: LiveNetwork) -> None:
+    """The asyncio subscriber, resuming at the next seq with AsyncBankClient.watch for gaps,
+    yields exactly the payments ICBC makes, in order."""
+    live.issue("ICBC", 10**9)
+    async with AsyncBankClient.from_network(live.directory, "ICBC") as icbc:
+        start = (await icbc.history(1, limit=500))[-1].seq + 1
+        subscriber = AsyncSettlementSubscriber(
+            mqtt_of(live, "ICBC"), central_bank="PBOC", bank="ICBC", from_seq=start,
+            gaps=icbc.watch,
+        )  # fmt: skip
+        paid = [await icbc.pay("BOCQ", "CNY", 30 + i, f"ASYNC-{i}") for i in range(3)]
+        events = []
+        async with asyncio.timeout(60):
+            async for event in subscriber:
+                events.append(event)
+                if len(events) == len(paid):
+                    break
+    assert [(e.seq, e.instruction_id) for e in events] == [(p.seq, p.instruction_id) for p in paid]
+    assert [e.reference for e in events] == ["ASYNC-0", "ASYNC-1", "ASYNC-2"]
 
 
 def test_finality_topic_reaches_the_height_of_a_settlement(live: LiveNetwork) -> None:
