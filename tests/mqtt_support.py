@@ -15,6 +15,7 @@ import queue
 import shutil
 import subprocess
 import threading
+import time
 from typing import Any
 
 import aiomqtt
@@ -22,6 +23,24 @@ import pytest
 
 from bridge.notify import MqttSettings
 from participants.broker import mosquitto_binary
+from participants.launcher import Network
+from participants.sdk import BankClient, InstructionResult, NotDecided, new_instruction_id
+from tests.conftest import READY_TIMEOUT
+
+
+def pay_resubmitting(network: Network, amount: int, reference: str) -> InstructionResult:
+    """ICBC pays BOCQ; while PBOC's link to a restarted bridge is down the answer is not
+    decided, and the same instruction id is resubmitted, as a bank would."""
+    instruction_id = new_instruction_id()
+    with BankClient.from_network(network.directory, "ICBC") as icbc:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            try:
+                return icbc.pay("BOCQ", "CNY", amount, reference, instruction_id)
+            except NotDecided:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def require_mosquitto() -> None:

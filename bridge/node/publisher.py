@@ -34,7 +34,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiomqtt
 
@@ -49,6 +49,9 @@ from bridge.notify import (
     with_prev_seq,
 )
 from bridge.store.base import Store
+
+if TYPE_CHECKING:
+    from bridge.node.sequencer import Sequencer
 
 log = logging.getLogger("bridge.publisher")
 T = TypeVar("T")
@@ -338,3 +341,47 @@ def _log_mark_failure(marking: asyncio.Future[Any]) -> None:
 async def _until_disconnected(client: aiomqtt.Client) -> None:
     async for _ in client.messages:
         pass
+
+
+class PublishWhileLeading:
+    """The publisher of one of several bridge processes sharing a database: it runs only while
+    this process leads, since only the leader writes the outbox then. A deposed leader's last
+    batch may be published twice (by it and by the next leader): duplicates, never loss."""
+
+    def __init__(self, settings: MqttSettings | None, reader: Store, feed: ChainFeed) -> None:
+        self.settings = settings
+        self.reader = reader
+        self.feed = feed
+        self.publisher: OutboxPublisher | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    def install(self, sequencer: Sequencer | None) -> None:
+        """Start publishing with this leader's sequencer, or stop (None: standing by)."""
+        if self.settings is None:
+            return
+        if self.publisher is not None:
+            stopping = asyncio.get_running_loop().create_task(self.publisher.stop())
+            self._stopping.add(stopping)
+            stopping.add_done_callback(self._stopping.discard)
+            self.publisher = None
+        if sequencer is not None:
+            store = sequencer.engine.store
+            self.publisher = OutboxPublisher(
+                self.settings,
+                reader=self.reader,
+                mark=lambda upto: store.set_outbox_cursor(CONSUMER, upto),
+                feed=self.feed,
+                writer=sequencer.writer,
+            )
+            self.publisher.start()
+
+    def block_committed(self) -> None:
+        if self.publisher is not None:
+            self.publisher.block_committed()
+
+    async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
+            self.publisher = None
+        for stopping in list(self._stopping):
+            await stopping

@@ -26,6 +26,7 @@ from bridge.node.leadership import (
     follow_database,
     lead_when_possible,
 )
+from bridge.node.publisher import PublishWhileLeading
 from bridge.node.request_guard import RequestGuard
 from bridge.node.sequencer import Sequencer
 from bridge.node.server import (
@@ -59,13 +60,18 @@ async def run_replicated_bridge_node(
         genesis=settings.genesis, sequencer=standby, reader=reader, feed=feed, ledger=None
     )
 
+    outbox = await loop.run_in_executor(None, PostgresStore, settings.store)
+    publishing = PublishWhileLeading(settings.mqtt, outbox, feed)  # MQTT, while leading
+
     def install(sequencer: Sequencer | None) -> None:
         service.sequencer = standby if sequencer is None else sequencer
         service.ledger = None if sequencer is None else sequencer.engine.ledger
+        publishing.install(sequencer)
 
     def on_block(block: SealedBlock) -> None:
         feed.block_sealed(block.header.height)
         service.block_sealed(block)
+        publishing.block_committed()
 
     interceptors: list[grpc.aio.ServerInterceptor] = [
         InFlightLimit(settings.max_in_flight),
@@ -107,7 +113,9 @@ async def run_replicated_bridge_node(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await publishing.stop()
         standby.close()
         store.close()
         reader.close()
+        outbox.close()
         log.info("bridge node stopped", extra={"height": feed.height})

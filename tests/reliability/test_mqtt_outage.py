@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,9 +19,9 @@ import pytest
 from bridge.node.publisher import HOLD_ENV
 from bridge.notify import settlement_topic
 from participants.launcher import Network, prepare_network
-from participants.sdk import BankClient, InstructionResult, NotDecided, new_instruction_id
+from participants.sdk import BankClient
 from tests.conftest import READY_TIMEOUT, LiveNetwork, wait_for
-from tests.mqtt_support import Collector, require_mosquitto
+from tests.mqtt_support import Collector, pay_resubmitting, require_mosquitto
 
 BOCQ_TOPIC = settlement_topic("PBOC", "BOCQ")
 
@@ -57,21 +56,6 @@ def bocq_collector(live: LiveNetwork, request: pytest.FixtureRequest) -> Iterato
         yield collector
     finally:
         collector.stop()
-
-
-def pay_resubmitting(network: Network, amount: int, reference: str) -> InstructionResult:
-    """ICBC pays BOCQ; while PBOC's link to a restarted bridge is down the answer is not
-    decided, and the same instruction id is resubmitted, as a bank would."""
-    instruction_id = new_instruction_id()
-    with BankClient.from_network(network.directory, "ICBC") as icbc:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            try:
-                return icbc.pay("BOCQ", "CNY", amount, reference, instruction_id)
-            except NotDecided:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
 
 
 def delivered(collector: Collector, seqs: list[int], times: int = 1) -> bool:
