@@ -76,8 +76,8 @@ def bridge_node(
         True, help="Publish settlement notifications to the network's MQTT broker, if it has one."
     ),
 ) -> None:
-    """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream, and
-    (on SQLite) the MQTT publisher."""
+    """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream, MQTT
+    publisher (while leading)."""
     from bridge.node.server import BridgeNodeSettings, run_bridge_node
     from bridge.notify import BRIDGE_USER
     from participants.network_config import NetworkConfig
