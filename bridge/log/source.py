@@ -126,12 +126,13 @@ class LogCounts:
     attestations: int
 
 
-@dataclass(frozen=True, slots=True)
-class StoredState:
-    """Committed state a store keeps beside the log, to compare with the replay."""
+class StateRow(NamedTuple):
+    """One row of the committed state a store keeps beside the log, as the store encodes it
+    (`bridge.store.codec`): the `accounts` table and every key/value state table."""
 
-    balances: Mapping[tuple[str, str], tuple[int, int]]
-    supply: Mapping[str, tuple[int, int]]
+    table: str
+    key: str  # JSON text of the key, e.g. '"PBOC"' or '["ICBC","CNY"]'
+    value: str  # JSON text of the value, e.g. '[100000,0]'
 
 
 class LogSource(Protocol):
@@ -149,7 +150,7 @@ class LogSource(Protocol):
 
     def manifest(self) -> Mapping[str, Any] | None: ...
 
-    def stored_state(self) -> StoredState | None: ...
+    def stored_state(self) -> Iterator[StateRow] | None: ...
 
     def refusals(self) -> Iterator[Row]: ...
 
@@ -336,18 +337,16 @@ class SqliteSource(_Closing):
         entries = list(self.entries(f"WHERE seq BETWEEN {int(first)} AND {int(first + count - 1)}"))
         return block, entries
 
-    def stored_state(self) -> StoredState:
-        balances = {
-            (p, c): (a, h)
-            for p, c, a, h in self._rows(
-                "SELECT participant, currency, available, held FROM accounts"
-            )
-        }
-        supply = {}
-        for key, value in self._rows("SELECT key, value FROM state WHERE tbl='supply'"):
-            issued, redeemed = json.loads(value)
-            supply[json.loads(key)] = (int(issued), int(redeemed))
-        return StoredState(balances, supply)
+    def stored_state(self) -> Iterator[StateRow]:
+        """Every state row (accounts and the key/value tables), ordered by (table, key) in
+        binary (code point) order, encoded as the store encodes them."""
+        query = (
+            "SELECT 'accounts' AS tbl, json_array(participant, currency) AS k, "
+            "json_array(available, held) FROM accounts "
+            "UNION ALL SELECT tbl, key, value FROM state ORDER BY tbl, k"
+        )
+        for table, key, value in self._rows(query):
+            yield StateRow(str(table), str(key), str(value))
 
     def refusals(self) -> Iterator[Row]:
         if not self._has_refusals:

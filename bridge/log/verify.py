@@ -16,8 +16,10 @@
    signature that verifies; the block is final when a quorum of them attested;
 5. conservation: per currency, balances plus holds equal issued minus redeemed.
 
-At the end the state a store keeps beside the log (balances, supply) must equal the replay's,
-and an export's derived tables and manifest must equal what the log derives.
+At the end every state row a store keeps beside the log must equal the replay's, row by row
+(accounts, participants with their keys, currencies, policies, frozen accounts, PvPs, daily
+usage, supply): a bridge restarts from those rows, so "verified" covers them too. An export's
+derived tables and manifest must equal what the log derives.
 
 Verification stops at the first failure, so later noise never hides the cause. Missing
 attestations are not failures: a block without a quorum is reported as not final (warning),
@@ -30,6 +32,8 @@ temporary on-disk index, which then answers "was this id used before?".
 
 from __future__ import annotations
 
+import heapq
+import json
 import re
 import sqlite3
 import tempfile
@@ -49,6 +53,7 @@ from bridge.log.merkle import leaf_hash, node_hash
 from bridge.log.source import (
     DERIVED_TABLES,
     LogSource,
+    StateRow,
     StoredBlock,
     StoredEntry,
     StoredRow,
@@ -70,6 +75,7 @@ from bridge.log.tables import (
     block_row,
     currency_rows,
 )
+from bridge.store.codec import KV_TABLES, encode_key, encode_value
 
 PRUNE_EVERY = 50_000
 MAX_WARNINGS = 20
@@ -170,14 +176,15 @@ class MerkleAccumulator:
         return node
 
 
-class _SeenIds:
-    """Instruction ids of entries whose receipts left memory: a temporary on-disk index."""
+class _Scratch:
+    """What left memory during verification, in a temporary on-disk index: instruction ids of
+    entries whose receipts were pruned, and the final state rows of closed PvPs."""
 
     def __init__(self) -> None:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._db: sqlite3.Connection | None = None
 
-    def add(self, rows: Iterator[tuple[str, str, int]]) -> None:
+    def _open(self) -> sqlite3.Connection:
         if self._db is None:
             self._dir = tempfile.TemporaryDirectory(prefix="cbdc-verify-")
             self._db = sqlite3.connect(Path(self._dir.name) / "ids.sqlite")
@@ -185,9 +192,28 @@ class _SeenIds:
                 "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;"
                 "CREATE TABLE ids (sender TEXT, id TEXT, seq INTEGER,"
                 " PRIMARY KEY (sender, id)) WITHOUT ROWID;"
+                "CREATE TABLE pvps (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
             )
-        self._db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", rows)
-        self._db.commit()
+        return self._db
+
+    def add(self, rows: Iterator[tuple[str, str, int]]) -> None:
+        db = self._open()
+        db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", rows)
+        db.commit()
+
+    def add_closed_pvps(self, rows: Iterator[tuple[str, str]]) -> None:
+        db = self._open()
+        db.executemany("INSERT OR REPLACE INTO pvps VALUES (?, ?)", rows)
+        db.commit()
+
+    def closed_pvps(self) -> Iterator[StateRow]:
+        """Closed PvPs that left memory, as state rows ordered by key."""
+        if self._db is None:
+            return
+        cursor = self._db.execute("SELECT key, value FROM pvps ORDER BY key")
+        while rows := cursor.fetchmany(2_000):
+            for key, value in rows:
+                yield StateRow("pvps", key, value)
 
     def seq_of(self, sender: str, instruction_id: str) -> int | None:
         if self._db is None:
@@ -244,7 +270,7 @@ class LogVerifier:
         self.prune_every = prune_every
         self.report = VerifyReport(source=source.description)
         self.verifier = FastVerifier()
-        self.seen = _SeenIds()
+        self.seen = _Scratch()
         self._not_final: list[int] = []
         self.quorum = 0
 
@@ -616,6 +642,11 @@ class LogVerifier:
         ledger.take_batch()
         self.seen.add((s, i, r.seq) for (s, i), r in ledger.receipts.items())
         ledger.load_table("receipts", ())
+        self.seen.add_closed_pvps(
+            (encode_key(k), encode_value("pvps", s))
+            for k, s in ledger.pvps.items()
+            if s.status is not Outcome.HELD
+        )
         held = [(k, s) for k, s in ledger.pvps.items() if s.status is Outcome.HELD]
         ledger.load_table("pvps", held)
         self.since_prune = 0
@@ -676,24 +707,47 @@ class LogVerifier:
         self._check_stored_state()
 
     def _check_stored_state(self) -> None:
-        state = self.source.stored_state()
-        if state is None:
+        """Every state row the store keeps (accounts, participants and their keys, currencies,
+        policies, frozen accounts, PvPs, daily usage, supply) must equal the replay's, row by
+        row: the bridge restarts from these rows, not from the log."""
+        stored = self.source.stored_state()
+        if stored is None:
             return
-        replayed = self.ledger.balances
-        for account in sorted(set(state.balances) | set(replayed)):
-            stored, derived = state.balances.get(account), replayed.get(account)
-            if stored != derived:
+        expected = heapq.merge(self._replayed_state(), self.seen.closed_pvps())
+        have, want = next(stored, None), next(expected, None)
+        while have is not None or want is not None:
+            if want is None or (have is not None and have[:2] < want[:2]):
+                assert have is not None
                 self._fail(
-                    f"accounts table, {account[0]}/{account[1]}",
-                    f"stored (available, held) {stored}, replay of the log gives {derived}",
+                    _state_place(have),
+                    f"stored {have.value}, but the replay of the log has no such row",
                 )
-        for currency, supply in sorted(self.ledger.supply.items()):
-            if state.supply.get(currency) != supply:
+            if have is None or want[:2] < have[:2]:
                 self._fail(
-                    f"state table, supply of {currency}",
-                    f"stored (issued, redeemed) {state.supply.get(currency)}, replay gives "
-                    f"{supply}",
+                    _state_place(want),
+                    f"missing: the replay of the log gives {want.value}",
                 )
+            if have.value != want.value:
+                self._fail(
+                    _state_place(have),
+                    f"stored {have.value}, the replay of the log gives {want.value}",
+                )
+            have, want = next(stored, None), next(expected, None)
+
+    def _replayed_state(self) -> Iterator[StateRow]:
+        """The replayed ledger's state rows still in memory, encoded and ordered as stored."""
+        tables = self.ledger.tables()
+        rows = [
+            StateRow("accounts", encode_key(k), json.dumps(list(v), separators=(",", ":")))
+            for k, v in tables["balances"].items()
+        ]
+        for table in KV_TABLES:
+            rows += (
+                StateRow(table, encode_key(k), encode_value(table, v))
+                for k, v in tables[table].items()
+            )
+        rows.sort()
+        return iter(rows)
 
     def _check_manifest(self) -> None:
         manifest = self.source.manifest()
@@ -743,6 +797,12 @@ class LogVerifier:
             report.warnings.insert(
                 0, f"{len(middle)} block(s) below the final head lack a quorum: {shown}"
             )
+
+
+def _state_place(row: StateRow) -> str:
+    if row.table == "accounts":
+        return f"accounts table, account {row.key}"
+    return f"state table {row.table}, key {row.key}"
 
 
 def verify_log(

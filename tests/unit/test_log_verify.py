@@ -509,6 +509,79 @@ def test_stored_state_must_equal_the_replay(
     assert "table" in failure.where
 
 
+@pytest.mark.parametrize(
+    ("statement", "table"),
+    [
+        # a 1.00 THB transfer limit planted in the state: the signed log sets 50 million
+        ("UPDATE state SET value='[100,0,[]]' WHERE tbl='policies' AND key='\"BOT\"'", "policies"),
+        (
+            "UPDATE state SET value=replace(value, '\"04', '\"05') "
+            "WHERE tbl='participants' AND key='\"DBS\"'",
+            "participants",
+        ),
+        (
+            "UPDATE state SET value=replace(value, 'active', 'suspended') "
+            "WHERE tbl='participants' AND key='\"ICBC\"'",
+            "participants",
+        ),
+        (
+            "UPDATE state SET value=replace(value, '\"SETTLED\"', '\"HELD\"') "
+            "WHERE tbl='pvps' AND key=(SELECT MIN(key) FROM state WHERE tbl='pvps' "
+            "AND value LIKE '%\"SETTLED\"%')",
+            "pvps",
+        ),
+        ("DELETE FROM state WHERE tbl='pvps' AND value LIKE '%\"SETTLED\"%'", "pvps"),
+        (
+            "UPDATE accounts SET held = held + 5 WHERE participant='BOC' AND currency='CNY'",
+            "accounts",
+        ),
+        ("UPDATE state SET value=value + 1 WHERE tbl='usage' AND key LIKE '[\"ICBC\"%'", "usage"),
+        ("INSERT INTO state VALUES ('frozen', '[\"KBANK\",\"THB\"]', 'true')", "frozen"),
+        (
+            "UPDATE state SET value='[3,\"PBOC\"]' WHERE tbl='currencies' AND key='\"CNY\"'",
+            "currencies",
+        ),
+    ],
+)
+def test_every_state_table_must_equal_the_replay(
+    sample: SampleLog, tmp_path: Path, statement: str, table: str
+) -> None:
+    """An edited policy, key, participant, PvP, account, usage, freeze or currency row in the
+    store's state fails verification, naming the table."""
+    path = tampered(sample, tmp_path, lambda db: db.execute(statement))
+    report = verify_file(path)
+    assert not report.ok
+    assert table in report.failures[0].where.split(",")[0].split()
+    assert "replay" in report.failures[0].message
+
+
+@pytest.mark.parametrize("prune_every", [1, 7, 1_000])
+def test_state_comparison_holds_across_pruning(sample: SampleLog, prune_every: int) -> None:
+    """Closed PvPs dropped from memory are still compared with the store's PvP rows."""
+    assert verify_file(sample.path, prune_every=prune_every).ok
+    with sqlite3.connect(sample.path) as db:
+        closed = db.execute(
+            "SELECT COUNT(*) FROM state WHERE tbl='pvps' AND value NOT LIKE '%\"HELD\",%'"
+        ).fetchone()[0]
+    assert closed > 0
+
+
+def test_a_pruned_closed_pvp_edited_in_the_store_is_named(
+    sample: SampleLog, tmp_path: Path
+) -> None:
+    """A closed PvP edited in the store is caught even when its replayed row left memory."""
+
+    def change(db: sqlite3.Connection) -> None:
+        db.execute(
+            "UPDATE state SET value=replace(value, '\"REJECTED\"', '\"CANCELLED\"') "
+            "WHERE tbl='pvps' AND value LIKE '%\"REJECTED\"%'"
+        )
+
+    report = verify_file(tampered(sample, tmp_path, change), prune_every=1)
+    assert not report.ok
+    assert report.failures[0].where.startswith("state table pvps, key [")
+
+
 # ---------------------------------------------------------------------------- forged but sealed
 
 
