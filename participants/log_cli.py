@@ -188,13 +188,20 @@ def prove(
         )
 
 
-def _trusted(genesis: Path | None, keys: list[str], quorum: int | None) -> TrustedKeys:
+def _trusted(
+    genesis: Path | None, keys: list[str], quorum: int | None, chain_id: str | None
+) -> TrustedKeys:
+    from dataclasses import replace
+
     from bridge.log.proof import TrustedKeys
 
     if genesis is not None:
         if keys:
             raise typer.BadParameter("give either --genesis or --key, not both")
-        return TrustedKeys.from_genesis_file(genesis)
+        trusted = TrustedKeys.from_genesis_file(genesis)
+        if chain_id is not None and chain_id != trusted.chain_id:
+            raise typer.BadParameter(f"--chain-id {chain_id!r} is not the genesis's chain id")
+        return trusted
     if not keys or quorum is None:
         raise typer.BadParameter("give --genesis FILE, or --key CB=PEM (repeated) and --quorum N")
     files = {}
@@ -203,7 +210,7 @@ def _trusted(genesis: Path | None, keys: list[str], quorum: int | None) -> Trust
         if not sep or not bank or not path:
             raise typer.BadParameter(f"--key expects CENTRAL_BANK=PEM_FILE, got {item!r}")
         files[bank] = Path(path)
-    return TrustedKeys.from_pem_files(files, quorum)
+    return replace(TrustedKeys.from_pem_files(files, quorum), chain_id=chain_id)
 
 
 @log_app.command("check-proof")
@@ -216,12 +223,18 @@ def check_proof_command(
         [], "--key", help="Trusted central bank key as CENTRAL_BANK=PUBLIC_KEY.pem (repeat)."
     ),
     quorum: int | None = typer.Option(None, "--quorum", min=1, help="Quorum, with --key."),
+    chain_id: str | None = typer.Option(
+        None, "--chain-id", help="Trusted chain id, with --key (a genesis names its own)."
+    ),
 ) -> None:
-    """Verify an inclusion proof with only the central banks' public keys."""
+    """Verify an inclusion proof with only the central banks' public keys.
+
+    The proof's chain id must be the trusted one, and its readable summary must be exactly
+    what the signed entry says."""
     from bridge.log.proof import check_proof
 
     try:
-        trusted = _trusted(genesis, key, quorum)
+        trusted = _trusted(genesis, key, quorum, chain_id)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise typer.BadParameter(f"cannot read the trusted keys: {exc}") from exc
     try:

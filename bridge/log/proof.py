@@ -10,7 +10,9 @@ Merkle root, the block header, and the attestations.
 header, verifies each attestation with the trusted keys and counts a quorum. It also verifies
 the central bank signatures inside the entry (endorsements, or a central bank's own signature);
 banks' own signatures need the banks' keys, which a proof does not carry. The `summary` block
-of a proof is for people reading it and is never trusted.
+of a proof is for people reading it: the checker rebuilds it from the signed entry bytes and
+refuses a proof whose summary differs in anything (an edited amount or outcome), and refuses a
+proof whose `chain_id` or `genesis_hash` is not the trusted genesis's.
 """
 
 from __future__ import annotations
@@ -252,6 +254,11 @@ def _check(proof: Mapping[str, Any], trusted: TrustedKeys, result: ProofCheck) -
         raise _Invalid(f"not a {PROOF_TYPE} version {PROOF_VERSION}")
     if trusted.genesis_hash is not None and proof["genesis_hash"] != trusted.genesis_hash.hex():
         raise _Invalid("the proof is for another ledger (genesis hash differs from the trusted)")
+    if trusted.chain_id is not None and proof["chain_id"] != trusted.chain_id:
+        raise _Invalid(
+            f"the proof is for chain {proof['chain_id']!r}, the trusted genesis is chain "
+            f"{trusted.chain_id!r}"
+        )
     data = bytes_of(proof["entry"]["canonical"])
     try:
         entry = Entry.from_canonical_bytes(data)
@@ -283,7 +290,45 @@ def _check(proof: Mapping[str, Any], trusted: TrustedKeys, result: ProofCheck) -
             f"quorum {trusted.quorum}"
         )
     result.central_bank_signatures = _entry_central_bank_signatures(entry, trusted)
+    difference = _difference("summary", proof.get("summary"), _summary(entry))
+    if difference is not None:
+        raise _Invalid(f"the summary differs from the signed entry: {difference}")
     result.seq, result.height, result.entry = entry.seq, header.height, entry
+
+
+def _difference(path: str, given: object, signed: object) -> str | None:
+    """The first place where `given` differs from `signed` (JSON values), or None."""
+    if isinstance(signed, dict):
+        if not isinstance(given, dict):
+            return f"{path} is {_shown(given)}, the entry says {_shown(signed)}"
+        for key in sorted(set(signed) | set(given)):
+            if key not in signed:
+                return f"{path}.{key} is not in the entry"
+            difference = _difference(f"{path}.{key}", given.get(key, _ABSENT), signed[key])
+            if difference is not None:
+                return difference
+        return None
+    if isinstance(signed, list):
+        if not isinstance(given, list) or len(given) != len(signed):
+            return f"{path} is {_shown(given)}, the entry says {_shown(signed)}"
+        for index, (a, b) in enumerate(zip(given, signed, strict=True)):
+            difference = _difference(f"{path}[{index}]", a, b)
+            if difference is not None:
+                return difference
+        return None
+    if given is _ABSENT:
+        return f"{path} is missing (the entry says {_shown(signed)})"
+    if given != signed or type(given) is not type(signed):
+        return f"{path} is {_shown(given)}, the entry says {_shown(signed)}"
+    return None
+
+
+_ABSENT = object()
+
+
+def _shown(value: object) -> str:
+    text = "missing" if value is _ABSENT else json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _attested_by(

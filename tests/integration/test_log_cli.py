@@ -10,6 +10,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -127,6 +128,29 @@ def test_tampered_proof_exits_1(sample: SampleLog, tmp_path: Path) -> None:
     code, output = cli("log", "check-proof", str(proof), "--genesis", str(genesis))
     assert code == 1
     assert "does NOT verify" in output
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda p: p["summary"].update(outcome="EXPIRED"), "summary.outcome"),
+        (lambda p: p.update(chain_id="another-chain"), "chain"),
+    ],
+)
+def test_edited_summary_or_chain_id_exits_1(
+    sample: SampleLog, tmp_path: Path, edit: Any, message: str
+) -> None:
+    """`log check-proof` refuses an edited summary or a chain id not the genesis's."""
+    proof, genesis = tmp_path / "proof.json", tmp_path / "genesis.json"
+    cli("log", "prove", "25", "--source", str(sample.path), "--out", str(proof))
+    cli("log", "genesis", str(sample.path), "--out", str(genesis))
+    data = json.loads(proof.read_text())
+    edit(data)
+    proof.write_text(json.dumps(data))
+    code, output = cli("log", "check-proof", str(proof), "--genesis", str(genesis))
+    assert code == 1
+    assert "does NOT verify" in output
+    assert message in output
 
 
 def test_prove_reads_the_source_from_the_environment(sample: SampleLog) -> None:

@@ -138,6 +138,54 @@ def test_modified_proof_does_not_verify(
     assert expected in result.problem
 
 
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (
+            lambda s: s.update(outcome="REJECTED" if s["outcome"] != "REJECTED" else "SETTLED"),
+            "summary.outcome",
+        ),
+        (lambda s: s.update(time_ms=s["time_ms"] - 1), "summary.time_ms"),
+        (
+            lambda s: s["instruction"].update(valid_until=s["instruction"]["valid_until"] + 1),
+            "summary.instruction.valid_until",
+        ),
+        (lambda s: s["instruction"].update(amount=10**12), "summary.instruction.amount"),
+        (lambda s: s["instruction"].pop("sender"), "summary.instruction.sender is missing"),
+        (lambda s: s.clear(), "summary.instruction is missing"),
+    ],
+)
+def test_edited_summary_does_not_verify(
+    sample: SampleLog, proof: dict[str, Any], edit: Any, expected: str
+) -> None:
+    """The readable summary is rebuilt from the signed entry; any edit fails the proof."""
+    changed = copy.deepcopy(proof)
+    edit(changed["summary"])
+    result = check_proof(changed, trusted(sample))
+    assert not result.ok
+    assert "summary differs from the signed entry" in result.problem
+    assert expected in result.problem
+
+
+def test_proof_without_a_summary_does_not_verify(sample: SampleLog, proof: dict[str, Any]) -> None:
+    """A proof stripped of its summary is refused, not read as an empty summary."""
+    changed = {k: v for k, v in proof.items() if k != "summary"}
+    result = check_proof(changed, trusted(sample))
+    assert not result.ok
+    assert "summary" in result.problem
+
+
+def test_chain_id_must_be_the_trusted_genesis_chain(
+    sample: SampleLog, proof: dict[str, Any]
+) -> None:
+    """A proof naming another chain id than the trusted genesis is refused."""
+    result = check_proof(dict(proof, chain_id="another-chain"), trusted(sample))
+    assert not result.ok
+    assert "chain 'another-chain'" in result.problem
+    pem_keys = TrustedKeys(trusted(sample).keys, sample.genesis.quorum, chain_id="x")
+    assert "chain" in check_proof(proof, pem_keys).problem
+
+
 def test_proof_against_a_different_block_does_not_verify(
     sample: SampleLog, proof: dict[str, Any]
 ) -> None:
