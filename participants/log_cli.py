@@ -3,8 +3,9 @@
 SOURCE is a SQLite store file, an export directory, or a postgresql:// URL.
 Commands that take `--source` also read it from the environment variable CBDC_BRIDGE_LOG.
 
-Exit codes: 0 the check passed (warnings allowed), 1 the log or proof failed a check,
-2 the source could not be opened or the command was used wrongly.
+Exit codes: 0 the check passed (warnings allowed), 1 the log or proof failed a check (or a
+node refused), 2 the source could not be opened or the command was used wrongly, 3 a node was
+unavailable (`log head`).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ log_app = typer.Typer(
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
 SOURCE_ENV = "CBDC_BRIDGE_LOG"
 
 _stderr = Console(stderr=True)
@@ -124,12 +126,29 @@ def verify(
         help="Genesis JSON obtained out of band: the log's genesis (central bank keys, quorum) "
         "must be this one.",
     ),
+    head_file: Path | None = typer.Option(
+        None,
+        "--head",
+        help="Signed head from `cbdc-bridge log head`: the log must reach that block and hold "
+        "exactly it (a log cut short fails).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the result as one JSON object."),
     progress: bool = ProgressOption,
 ) -> None:
-    """Check the hash chain, Merkle roots, attestations, every signature and conservation."""
+    """Check the hash chain, Merkle roots, attestations, every signature, conservation, and
+    that every state table of a store equals the replay of the log."""
     from bridge.domain import Genesis
+    from bridge.log.head import HeadError, SignedHead
     from bridge.log.verify import verify_log
+
+    head = None
+    if head_file is not None:
+        try:
+            head = SignedHead.from_json(json.loads(head_file.read_bytes()))
+        except (OSError, ValueError, HeadError) as exc:
+            raise typer.BadParameter(
+                f"cannot read a signed head from {head_file}: {exc}", param_hint="--head"
+            ) from exc
 
     trusted = None
     if trusted_genesis is not None:
@@ -146,13 +165,52 @@ def verify(
         except (LogIntegrityError, BridgeError, OSError):
             total = 0
         with _progress(progress, "verifying", total) as update:
-            report = verify_log(log, trusted_genesis=trusted, on_progress=update)
+            report = verify_log(log, trusted_genesis=trusted, head=head, on_progress=update)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
     else:
         _describe(report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@log_app.command("head")
+def head_command(
+    bank: str = typer.Option(
+        ..., "--bank", "-b", envvar="CBDC_BRIDGE_BANK", help="Bank whose key signs the query."
+    ),
+    network: Path = typer.Option(
+        Path("demo-network"), "--network", help="Network directory (network.json, keys/, pki/)."
+    ),
+    central_bank: str | None = typer.Option(
+        None, "--central-bank", help="Node to ask (default: the bank's home central bank)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write here (default: stdout)."),
+    timeout: float = typer.Option(10.0, "--timeout", min=0.1, help="Seconds to wait."),
+) -> None:
+    """Fetch the latest block a central bank node replayed and attested (signed), for
+    `log verify --head`: a copy of the log that ends before it has been cut short."""
+    from participants.sdk import BankClient, BridgeRpcError
+
+    try:
+        client = BankClient.from_network(network, bank, central_bank=central_bank)
+    except (OSError, KeyError, ValueError) as exc:
+        _stderr.print(f"[red]error:[/red] cannot load the network or the key of {bank}: {exc}")
+        raise typer.Exit(EXIT_USAGE) from exc
+    with client:
+        try:
+            head = client.signed_head(timeout=timeout)
+        except BridgeRpcError as exc:
+            _stderr.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(EXIT_UNAVAILABLE if exc.reason.retryable else EXIT_FAILED) from exc
+    text = json.dumps(head.to_json(), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        _stderr.print(
+            f"signed head: block {head.height} attested by {head.central_bank}, written to {out}"
+        )
 
 
 @log_app.command("prove")

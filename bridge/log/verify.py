@@ -49,6 +49,7 @@ from bridge.crypto import FastVerifier
 from bridge.domain import Entry, Genesis, Outcome
 from bridge.errors import LogIntegrityError, Refused
 from bridge.log.blocks import attestation_valid
+from bridge.log.head import SignedHead
 from bridge.log.merkle import leaf_hash, node_hash
 from bridge.log.source import (
     DERIVED_TABLES,
@@ -261,11 +262,13 @@ class LogVerifier:
         source: LogSource,
         *,
         trusted_genesis: Genesis | None = None,
+        head: SignedHead | None = None,
         on_progress: Progress | None = None,
         prune_every: int = PRUNE_EVERY,
     ) -> None:
         self.source = source
         self.trusted_genesis = trusted_genesis
+        self.head = head
         self.on_progress = on_progress
         self.prune_every = prune_every
         self.report = VerifyReport(source=source.description)
@@ -314,6 +317,10 @@ class LogVerifier:
         except ValueError as exc:
             self._fail("genesis", str(exc))
         self.genesis = genesis
+        if self.head is not None:
+            problem = self.head.problem(genesis, self.verifier)
+            if problem is not None:
+                self._fail("signed head", f"does not verify: {problem}")
         self.quorum = genesis.quorum
         self.keys = {b.id: b.public_key for b in genesis.central_banks}
         self.prev_hash = genesis.hash()
@@ -402,6 +409,14 @@ class LogVerifier:
                 where,
                 f"stored hash {block.stored_hash.hex()} differs from the hash of its header "
                 f"{block_hash.hex()}",
+                height,
+            )
+        head = self.head
+        if head is not None and height == head.height and block_hash != head.header.hash():
+            self._fail(
+                where,
+                f"hash {block_hash.hex()} differs from the block {head.central_bank} attested at "
+                f"this height ({head.header.hash().hex()}): the log was rewritten",
                 height,
             )
         if self.prev_time is not None and header.time < self.prev_time:
@@ -698,6 +713,13 @@ class LogVerifier:
     def _finish(self) -> None:
         for error in self.ledger.conservation_errors():
             self._fail("conservation", error)
+        head = self.head
+        if head is not None and self.report.head_height < head.height:
+            self._fail(
+                "end of the log",
+                f"the log ends at block {self.report.head_height}, but {head.central_bank} "
+                f"signed block {head.height}: the log is cut short",
+            )
         if self.tables is not None:
             for name, stream in self.tables.streams.items():
                 extra = next(stream, None)
@@ -809,11 +831,19 @@ def verify_log(
     source: LogSource,
     *,
     trusted_genesis: Genesis | None = None,
+    head: SignedHead | None = None,
     on_progress: Progress | None = None,
     prune_every: int = PRUNE_EVERY,
 ) -> VerifyReport:
-    """Verify everything `source` holds; see the module docstring for what is checked."""
+    """Verify everything `source` holds; see the module docstring for what is checked.
+
+    With `head` (a central bank's signed head), the log must reach that block and hold exactly
+    it there: a log cut short otherwise verifies as a shorter log."""
     verifier = LogVerifier(
-        source, trusted_genesis=trusted_genesis, on_progress=on_progress, prune_every=prune_every
+        source,
+        trusted_genesis=trusted_genesis,
+        head=head,
+        on_progress=on_progress,
+        prune_every=prune_every,
     )
     return verifier.run()

@@ -60,6 +60,8 @@ class Replica:
         self.head_hash = genesis.hash()
         self.head_time = 0  # time of the last attested block: time only moves forward
         self._refused: set[bytes] = set()  # hashes of blocks refused for going back in time
+        # the latest block replayed and attested here, and the attestation (the signed head)
+        self.signed_head: tuple[BlockHeader, Attestation] | None = None
         self._index: dict[ParticipantId, list[IndexedEntry]] = defaultdict(list)
         self._changed = asyncio.Condition()
         # the bridge's sealed height when last heard of (None: not heard of since the start)
@@ -144,7 +146,9 @@ class Replica:
         self.head_hash = header.hash()
         self.head_time = header.time
         asyncio.get_running_loop().create_task(self._notify())
-        return attest(header, self.central_bank, self.signer)
+        attestation = attest(header, self.central_bank, self.signer)
+        self.signed_head = (header, attestation)
+        return attestation
 
     def _backwards(self, header: BlockHeader, what: str) -> NoReturn:
         """Refuse a block whose times go backwards; say so loudly, once per block."""

@@ -559,6 +559,26 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         except Refused as refusal:
             await abort(context, refusal)
 
+    async def GetSignedHead(self, request: pb.SignedHeadQuery, context: Context) -> pb.SignedHead:
+        core = self.core
+        try:
+            await core.authenticate_query("/bridge.v1.CentralBank/GetSignedHead", request)
+            head = core.replica.signed_head
+            if head is None:
+                raise Refused(
+                    Reason.CATCHING_UP, f"{core.id} has not replayed and attested any block yet"
+                )
+            header, attestation = head
+            genesis = core.replica.ledger.genesis
+            return pb.SignedHead(
+                header=wire.header_to_proto(header),
+                attestation=wire.attestation_to_proto(attestation),
+                chain_id=genesis.chain_id,
+                genesis_hash=genesis.hash(),
+            )
+        except Refused as refusal:
+            await abort(context, refusal)
+
     async def WatchSettlements(
         self, request: pb.WatchSettlementsQuery, context: Context
     ) -> AsyncIterator[types.EntryEvent]:

@@ -29,6 +29,7 @@ from bridge.domain import (
     ParticipantId,
 )
 from bridge.errors import Reason
+from bridge.log.head import SignedHead
 from participants.sdk._connection import (
     DEFAULT_TIMEOUT,
     NO_RETRY,
@@ -296,6 +297,11 @@ class BankClient:
         """Our account in `currency` (zero if we never held any)."""
         found = self.balances(currency, timeout=timeout).get(currency)
         return found if found is not None else Balance(currency, 0)
+
+    def signed_head(self, *, timeout: float | None = None) -> SignedHead:
+        """The latest block our central bank replayed and attested, with its signature: proof,
+        for `cbdc-bridge log verify --head`, that a copy of the log is not cut short."""
+        return self._call(self._requests.signed_head(), timeout)
 
     def status(
         self,

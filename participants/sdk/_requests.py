@@ -40,6 +40,7 @@ from bridge.domain import (
     validate_shape,
 )
 from bridge.errors import Reason, Refused
+from bridge.log.head import SignedHead, signed_head_from_proto
 from bridge.rates import inverse_rate
 from bridge.signing import sign_as_party
 from participants.auth import sign_query
@@ -343,6 +344,10 @@ class BankRequests:
     def pvp(self, proposer: ParticipantId, pvp_id: InstructionId) -> Rpc[PvpInfo]:
         request = pb.PvpQuery(proposer=proposer, pvp_id=pvp_id)
         return Rpc("GetPvp", self._query("GetPvp", request), PvpInfo.from_proto)
+
+    def signed_head(self) -> Rpc[SignedHead]:
+        request = pb.SignedHeadQuery()
+        return Rpc("GetSignedHead", self._query("GetSignedHead", request), signed_head_from_proto)
 
     def watch(self, from_seq: int) -> pb.WatchSettlementsQuery:
         return self._query("WatchSettlements", pb.WatchSettlementsQuery(from_seq=from_seq))

@@ -398,6 +398,68 @@ class WatchSettlementsQuery(_message.Message):
 Global___WatchSettlementsQuery: _TypeAlias = WatchSettlementsQuery  # noqa: Y015
 
 @_typing.final
+class SignedHeadQuery(_message.Message):
+    """Asks for the central bank's latest attested block."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTH_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def auth(self) -> _types_pb2.RequestAuth:
+        """The requesting bank, a timestamp and its signature over this query."""
+
+    def __init__(
+        self,
+        *,
+        auth: _types_pb2.RequestAuth | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedHeadQuery: _TypeAlias = SignedHeadQuery  # noqa: Y015
+
+@_typing.final
+class SignedHead(_message.Message):
+    """The latest block a central bank has replayed and attested."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    ATTESTATION_FIELD_NUMBER: _builtins.int
+    CHAIN_ID_FIELD_NUMBER: _builtins.int
+    GENESIS_HASH_FIELD_NUMBER: _builtins.int
+    chain_id: _builtins.str
+    """Chain id of the ledger's genesis."""
+    genesis_hash: _builtins.bytes
+    """Hash of the ledger's genesis, 32 bytes."""
+    @_builtins.property
+    def header(self) -> _types_pb2.BlockHeader:
+        """The attested block header; `attestation.block_hash` is its hash."""
+
+    @_builtins.property
+    def attestation(self) -> _types_pb2.Attestation:
+        """The central bank's signature over the header's hash."""
+
+    def __init__(
+        self,
+        *,
+        header: _types_pb2.BlockHeader | None = ...,
+        attestation: _types_pb2.Attestation | None = ...,
+        chain_id: _builtins.str = ...,
+        genesis_hash: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "header", b"header"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "chain_id", b"chain_id", "genesis_hash", b"genesis_hash", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedHead: _TypeAlias = SignedHead  # noqa: Y015
+
+@_typing.final
 class AdmitBankRequest(_message.Message):
     """Admits a bank."""
 

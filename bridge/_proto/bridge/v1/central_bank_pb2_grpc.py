@@ -123,6 +123,11 @@ class CentralBankStub:
                 request_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.FromString,
                 _registered_method=True)
+        self.GetSignedHead = channel.unary_unary(
+                '/bridge.v1.CentralBank/GetSignedHead',
+                request_serializer=bridge_dot_v1_dot_central__bank__pb2.SignedHeadQuery.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_central__bank__pb2.SignedHead.FromString,
+                _registered_method=True)
 
 
 class CentralBankServicer:
@@ -265,6 +270,16 @@ class CentralBankServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSignedHead(self, request, context):
+        """The latest block this central bank has replayed on its own replica, with its attestation
+        (its signature over the block hash). Since every block commits to its predecessor, the
+        signed head shows that a copy of the log ending before it has been cut short
+        (`cbdc-bridge log head`, then `log verify --head`). A signed query like every read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentralBankServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -347,6 +362,11 @@ def add_CentralBankServicer_to_server(servicer, server):
                     servicer.EndorseDualPvps,
                     request_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.SerializeToString,
+            ),
+            'GetSignedHead': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSignedHead,
+                    request_deserializer=bridge_dot_v1_dot_central__bank__pb2.SignedHeadQuery.FromString,
+                    response_serializer=bridge_dot_v1_dot_central__bank__pb2.SignedHead.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -789,6 +809,33 @@ class CentralBank:
             '/bridge.v1.CentralBank/EndorseDualPvps',
             bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.SerializeToString,
             bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSignedHead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.CentralBank/GetSignedHead',
+            bridge_dot_v1_dot_central__bank__pb2.SignedHeadQuery.SerializeToString,
+            bridge_dot_v1_dot_central__bank__pb2.SignedHead.FromString,
             options,
             channel_credentials,
             insecure,

@@ -110,6 +110,12 @@ class CentralBankStub:
     load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
     request order, with this node's endorsement of its bank's leg or with the refusal.
     """
+    GetSignedHead: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.SignedHeadQuery, _central_bank_pb2.SignedHead]
+    """The latest block this central bank has replayed on its own replica, with its attestation
+    (its signature over the block hash). Since every block commits to its predecessor, the
+    signed head shows that a copy of the log ending before it has been cut short
+    (`cbdc-bridge log head`, then `log verify --head`). A signed query like every read.
+    """
 
 @_typing.type_check_only
 class CentralBankAsyncStub(CentralBankStub):
@@ -179,6 +185,12 @@ class CentralBankAsyncStub(CentralBankStub):
     """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
     load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
     request order, with this node's endorsement of its bank's leg or with the refusal.
+    """
+    GetSignedHead: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.SignedHeadQuery, _central_bank_pb2.SignedHead]  # type: ignore[assignment]
+    """The latest block this central bank has replayed on its own replica, with its attestation
+    (its signature over the block hash). Since every block commits to its predecessor, the
+    signed head shows that a copy of the log ending before it has been cut short
+    (`cbdc-bridge log head`, then `log verify --head`). A signed query like every read.
     """
 
 class CentralBankServicer(metaclass=_abc_1.ABCMeta):
@@ -342,6 +354,18 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
         """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
         load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
         request order, with this node's endorsement of its bank's leg or with the refusal.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSignedHead(
+        self,
+        request: _central_bank_pb2.SignedHeadQuery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_central_bank_pb2.SignedHead, _abc.Awaitable[_central_bank_pb2.SignedHead]]:
+        """The latest block this central bank has replayed on its own replica, with its attestation
+        (its signature over the block hash). Since every block commits to its predecessor, the
+        signed head shows that a copy of the log ending before it has been cut short
+        (`cbdc-bridge log head`, then `log verify --head`). A signed query like every read.
         """
 
 def add_CentralBankServicer_to_server(servicer: CentralBankServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
