@@ -280,6 +280,120 @@ TABLES: tuple[Table, ...] = (
 TABLE_BY_NAME: Mapping[str, Table] = {t.name: t for t in TABLES}
 
 
+# ---------------------------------------------------------------------------- the store's tables
+
+# The tables of a bridge's SQLite store (`bridge/store/sqlite.py`), which `log verify` reads:
+# documented here so the data dictionary covers what an auditor opens, not only exports.
+_STATE_ROWS = (
+    "`tbl` names the ledger table; `key` and `value` are compact JSON "
+    "(`bridge/store/codec.py`): "
+    '`participants` `"ID"` → `[kind, jurisdiction, public_key_hex, home_central_bank, '
+    'status]`; `currencies` `"CODE"` → `[exponent, issuer]`; `policies` `"CB"` → '
+    "`[per_transfer_limit, per_day_limit, [jurisdiction, ...]]`; `frozen` "
+    '`["BANK","CODE"]` → `true`; `pvps` `["PROPOSER","PVP_ID"]` → '
+    '`[proposal_fields, status, day, closed_seq]`; `usage` `["PAYER","CODE",day]` → '
+    'minor units sent that day; `supply` `"CODE"` → `[issued, redeemed]`.'
+)
+
+STORE_TABLES: tuple[Table, ...] = (
+    Table(
+        "meta",
+        "store setting",
+        "`schema` (store schema version) and `genesis` (the genesis as JSON).",
+        (
+            Column("key", "TEXT", "", "Setting name. Key."),
+            Column("value", "TEXT", "", "Setting value."),
+        ),
+        verified=True,
+    ),
+    Table(
+        "blocks",
+        "sealed block",
+        "The hash chain; `log verify` recomputes every hash, link and Merkle root.",
+        (
+            Column("height", "INTEGER", "", "1, 2, 3, ... Key."),
+            Column("hash", "BLOB", "SHA-256 (32 bytes)", "Hash of the header."),
+            Column("prev_hash", "BLOB", "SHA-256 (32 bytes)", "Previous block (genesis for 1)."),
+            Column("merkle_root", "BLOB", "SHA-256 (32 bytes)", "RFC 6962 root of the entries."),
+            Column("time", "INTEGER", _MS, "When the block was sealed."),
+            Column("first_seq", "INTEGER", "", "Seq of the block's first entry."),
+            Column("entry_count", "INTEGER", "count", "Entries in the block."),
+        ),
+    ),
+    Table(
+        "entries",
+        "log entry",
+        "The log. `data` is the entry's canonical bytes (the Merkle leaf); the other columns "
+        "are copies for queries, checked against `data`.",
+        (
+            Column("seq", "INTEGER", "", "Position in the log. Key."),
+            Column("height", "INTEGER", "", "Block holding the entry."),
+            Column("sender", "TEXT", "", "Sender of the instruction."),
+            Column("instruction_id", "TEXT", "", "Sender-chosen id; (sender, id) is unique."),
+            Column("kind", "TEXT", "", "Instruction kind."),
+            Column("outcome", "TEXT", "", "Outcome the ledger recorded."),
+            Column("time", "INTEGER", _MS, "When the bridge applied it."),
+            Column("body_hash", "BLOB", "SHA-256 (32 bytes)", "Hash of the canonical body."),
+            Column("data", "BLOB", "canonical JSON", "The entry's canonical bytes."),
+        ),
+    ),
+    Table(
+        "attestations",
+        "central bank signature over one block hash",
+        "Every signature must verify with the genesis key of its central bank.",
+        (
+            Column("height", "INTEGER", "", "Block attested. Key with `central_bank`."),
+            Column("central_bank", "TEXT", "", "Attesting central bank."),
+            Column("block_hash", "BLOB", "SHA-256 (32 bytes)", "Hash signed."),
+            Column("signature", "BLOB", "r||s (64 bytes)", "P-256 signature."),
+        ),
+    ),
+    Table(
+        "accounts",
+        "account (participant, currency) in the committed state",
+        "Balances the bridge restarts from; compared row by row with the replay.",
+        (
+            Column("participant", "TEXT", "", "Account owner. Key with `currency`."),
+            Column("currency", "TEXT", "ISO 4217", "Account currency."),
+            Column("available", "INTEGER", "minor units", "Available balance."),
+            Column("held", "INTEGER", "minor units", "Reserved by held PvPs."),
+        ),
+    ),
+    Table(
+        "state",
+        "row of a key/value ledger table in the committed state",
+        "Every other ledger table the bridge restarts from; compared row by row with the "
+        "replay. " + _STATE_ROWS,
+        (
+            Column("tbl", "TEXT", "", "Ledger table. Key with `key`."),
+            Column("key", "TEXT", "JSON", "Row key."),
+            Column("value", "TEXT", "JSON", "Row value."),
+        ),
+    ),
+    Table(
+        "outbox",
+        "settlement event waiting for (or kept after) publication",
+        "Events written in the block's transaction, published over MQTT at least once.",
+        (
+            Column("id", "INTEGER", "", "Event number. Key."),
+            Column("height", "INTEGER", "", "Block that produced the event."),
+            Column("payload", "BLOB", "JSON", "The event as published."),
+        ),
+        verified=False,
+    ),
+    Table(
+        "outbox_cursor",
+        "publisher",
+        "Last event id each outbox consumer has published.",
+        (
+            Column("consumer", "TEXT", "", "Consumer name. Key."),
+            Column("last_id", "INTEGER", "", "Last published `outbox.id`."),
+        ),
+        verified=False,
+    ),
+)
+
+
 # ---------------------------------------------------------------------------- encodings
 
 
@@ -574,17 +688,33 @@ def data_dictionary_markdown() -> str:
         "",
     ]
     for table in TABLES:
-        out += [
-            f"## `{table.name}`",
-            "",
-            f"Grain: one row per {table.grain}. {table.description}",
-            f"Verified: {'yes' if table.verified else 'no'}.",
-            "",
-            "| column | type | unit | description |",
-            "|---|---|---|---|",
-        ]
-        for column in table.columns:
-            unit = column.unit or "-"
-            out.append(f"| `{column.name}` | {column.type} | {unit} | {column.description} |")
-        out.append("")
+        out += _table_markdown(table, "##")
+    out += [
+        "## The store's own tables",
+        "",
+        "What `cbdc-bridge log verify` reads in a bridge's SQLite store (`bridge/store/sqlite.py`).",
+        "Types are SQLite's. Verified: the rows are recomputed from the log (blocks, entries,",
+        "attestations) or compared row by row with its replay (accounts, state); `meta` holds",
+        "the genesis every check starts from.",
+        "",
+    ]
+    for table in STORE_TABLES:
+        out += _table_markdown(table, "###", "store table ")
     return "\n".join(out)
+
+
+def _table_markdown(table: Table, level: str, prefix: str = "") -> list[str]:
+    out = [
+        f"{level} {prefix}`{table.name}`",
+        "",
+        f"Grain: one row per {table.grain}. {table.description}",
+        f"Verified: {'yes' if table.verified else 'no'}.",
+        "",
+        "| column | type | unit | description |",
+        "|---|---|---|---|",
+    ]
+    for column in table.columns:
+        unit = column.unit or "-"
+        out.append(f"| `{column.name}` | {column.type} | {unit} | {column.description} |")
+    out.append("")
+    return out

@@ -18,7 +18,7 @@ from bridge.core.ledger import SignatureCheck
 from bridge.log.export import ExportError, export_log
 from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import SourceError, open_source
-from bridge.log.tables import TABLES, data_dictionary_markdown
+from bridge.log.tables import STORE_TABLES, TABLES, data_dictionary_markdown
 from bridge.log.verify import Failure, verify_log
 from bridge.store.sqlite import SqliteStore
 
@@ -166,6 +166,22 @@ def test_data_dictionary_doc_is_current() -> None:
     """docs/log-data-dictionary.md is exactly what the table schema generates."""
     doc = (ROOT / "docs" / "log-data-dictionary.md").read_text(encoding="utf-8")
     assert doc == data_dictionary_markdown() + "\n"
+
+
+def test_store_tables_in_the_dictionary_are_the_stores_schema(tmp_path: Path) -> None:
+    """Every table of a fresh SQLite store is documented, with exactly its columns and types."""
+    store = SqliteStore(tmp_path / "store.sqlite")
+    store.close()
+    db = sqlite3.connect(tmp_path / "store.sqlite")
+    try:
+        names = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        schema = {
+            name: [(c[1], c[2]) for c in db.execute(f"PRAGMA table_info({name})")] for name in names
+        }
+    finally:
+        db.close()
+    documented = {t.name: [(c.name, c.type) for c in t.columns] for t in STORE_TABLES}
+    assert documented == schema
 
 
 def test_export_refuses_a_non_empty_directory(sample: SampleLog, tmp_path: Path) -> None:
