@@ -78,7 +78,7 @@ def _sign_share(args: tuple[str, str, int, int, int]) -> list[tuple[str, bytes]]
     for number in range(first, first + count):
         proposer = desks[number % len(desks)]
         counterparty = rng.choice(network.foreign(proposer))
-        pay_amount, receive_amount = trade_amounts(rng)
+        pay_amount, receive_amount = trade_amounts(rng, proposer, counterparty)
         body = DualPvp(
             f"{run_id}.s{number}", proposer.bank, valid_until, counterparty.bank,
             proposer.currency, pay_amount, counterparty.currency, receive_amount,

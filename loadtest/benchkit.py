@@ -23,6 +23,8 @@ import psutil
 from loadtest.funding import fund_banks
 from participants.launcher import Network, prepare_network
 
+BENCH_FUNDING = 10**15  # minor units per bank: far more than any benchmark moves
+
 __all__ = [
     "CpuMeter",
     "EchoServer",
@@ -53,7 +55,8 @@ def bench_network(
             replica_check=replica_check,
         )
         stack.enter_context(network)
-        fund_banks(network.config)
+        # benchmarks measure speed, not a market: no run may stop for lack of funds
+        fund_banks(network.config, BENCH_FUNDING)
         yield network
 
 

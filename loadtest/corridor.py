@@ -11,11 +11,21 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from bridge import reference_rates
 from bridge.crypto import PrivateKey
-from bridge.rates import implied_rate
+from bridge.rates import counter_amount, implied_rate
 from participants.network_config import NetworkConfig
 
-__all__ = ["Desk", "LoadNetwork", "rate", "trade_amounts", "trade_reference"]
+__all__ = [
+    "Desk",
+    "LoadNetwork",
+    "payment_amount",
+    "rate",
+    "trade_amounts",
+    "trade_reference",
+]
+
+LOT_MAJOR = 10_000  # FX trades are quoted in round lots of this many major units
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +77,23 @@ def rate(payer: Desk, pay_amount: int, receiver: Desk, receive_amount: int) -> s
     return implied_rate(pay_amount, payer.exponent, receive_amount, receiver.exponent)
 
 
-def trade_amounts(rng: random.Random) -> tuple[int, int]:
-    """A trade-sized pay amount (minor units) and its counter-amount at a plausible rate."""
-    pay_amount = rng.randrange(10_000, 5_000_000)
-    return pay_amount, max(1, int(pay_amount * rng.uniform(0.05, 20.0)))
+def trade_amounts(rng: random.Random, pay: Desk, receive: Desk) -> tuple[int, int]:
+    """A trade of the corridor: the value of a typical trade (`bridge.reference_rates`) in
+    round lots of the pay currency, and its counter-amount at the reference rate with a small
+    spread (receive = pay x quoted rate, rounded to the minor unit, so the legs agree with a
+    rate; `rate` states the shortest one)."""
+    value = reference_rates.trade_value_cny(rng) * reference_rates.units_per_cny(pay.currency)
+    lots = max(1, round(value / LOT_MAJOR))
+    pay_amount = lots * LOT_MAJOR * 10**pay.exponent
+    mid = reference_rates.mid_rate(pay.currency, receive.currency)
+    quoted = reference_rates.quote(mid, rng)
+    return pay_amount, counter_amount(pay_amount, pay.exponent, quoted, receive.exponent)
+
+
+def payment_amount(rng: random.Random, payer: Desk) -> int:
+    """A trade payment in the payer's currency, sized like the corridor's trades."""
+    value = reference_rates.trade_value_cny(rng) * reference_rates.units_per_cny(payer.currency)
+    return reference_rates.to_minor(value, payer.exponent)
 
 
 def trade_reference(rng: random.Random) -> str:

@@ -1,6 +1,7 @@
-"""Give every bank of a network enough of its home currency to trade through any load run.
+"""Give every bank of a network a bank's liquidity in its home currency before a load run.
 
-Each central bank issues `amount` of its currency to each of its banks through its own node's
+Each central bank issues to each of its banks about 2 billion yuan's worth of its currency
+(`bridge.reference_rates.liquidity`), or `amount` when given, through its own node's
 admin service (the admin token in keys/<CB>.admin-token). The instruction ids and validity are
 fixed, so funding is idempotent: a second run gets the original receipts back (`duplicate`)
 and issues nothing more. Banks are admitted by their central bank node shortly after it
@@ -18,12 +19,13 @@ from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.errors import Reason
+from bridge.reference_rates import liquidity
 from bridge.status import refusal_from_rpc_error
 from participants.network_config import NetworkConfig
 
 __all__ = ["FOREVER", "FUNDING", "fund_banks"]
 
-FUNDING = 10**15  # minor units per bank: far more than any run moves
+FUNDING = None  # default: `liquidity(currency)` per bank, sized like a bank's real liquidity
 FOREVER = 4_102_444_800_000  # 2100-01-01 in ms: a fixed validity keeps the ids idempotent
 ADMISSION_WAIT = 60.0
 # besides "not decided" (resubmit the same id): the bank's admission is not replayed yet
@@ -34,19 +36,21 @@ def admin_token(config: NetworkConfig, central_bank: str) -> str:
     return (config.directory / "keys" / f"{central_bank}.admin-token").read_text().strip()
 
 
-def fund_banks(network: Path | NetworkConfig, amount: int = FUNDING) -> int:
-    """Issue `amount` to every bank once; returns how many issuances were new."""
+def fund_banks(network: Path | NetworkConfig, amount: int | None = FUNDING) -> int:
+    """Fund every bank once (`amount`, or its currency's liquidity); returns how many
+    issuances were new."""
     config = network if isinstance(network, NetworkConfig) else NetworkConfig.load(network)
     issued = 0
     for cb in config.central_banks:
         metadata = (("authorization", f"Bearer {admin_token(config, cb.id)}"),)
+        funding = liquidity(cb.currency, cb.exponent) if amount is None else amount
         with grpc.insecure_channel(cb.admin_address) as channel:
             admin = pb_grpc.CentralBankAdminStub(channel)
             for bank in cb.banks:
                 request = pb.IssueRequest(
                     instruction_id=f"loadtest-fund-{bank.id}",
                     valid_until=FOREVER,
-                    body=types.Issue(to=bank.id, currency=cb.currency, amount=amount),
+                    body=types.Issue(to=bank.id, currency=cb.currency, amount=funding),
                 )
                 status = _issue(admin, request, metadata)
                 issued += 0 if status.receipt.duplicate else 1

@@ -19,6 +19,7 @@ from functools import partial
 from rich.console import Console
 from rich.table import Table
 
+from bridge.reference_rates import liquidity
 from participants.launcher import Network
 from participants.sdk import (
     BankClient,
@@ -29,7 +30,6 @@ from participants.sdk import (
     to_minor,
 )
 
-LIQUIDITY = "50000000"  # major units per bank, in its home currency
 EXPIRY_MS = 2_500
 ACCEPTED = frozenset({"SETTLED", "ISSUED", "HELD", "APPLIED", "EXPIRED"})
 
@@ -113,7 +113,7 @@ class DemoRun:
     def issue_liquidity(self) -> None:
         self.console.rule("liquidity: each central bank issues its currency to its banks")
         for cb in self.network.config.central_banks:
-            amount = self.minor(LIQUIDITY, cb.currency)
+            amount = liquidity(cb.currency, cb.exponent)  # a bank's liquidity, ~2bn CNY worth
             for bank in cb.banks:
                 issue = partial(self.admin(cb.id).issue, bank.id, cb.currency, amount)
                 self.attempt(
@@ -163,7 +163,7 @@ class DemoRun:
 
     def pvp_dual(self) -> None:
         self.console.rule("PvP, dual-signed: KBANK and BOCQ swap THB and CNY in one instruction")
-        pay, receive = self.minor("10000000", "THB"), self.minor("2000000", "CNY")
+        pay, receive = self.minor("10000000", "THB"), self.minor("2200000", "CNY")
         legs = f"{self.show(pay, 'THB')} <-> {self.show(receive, 'CNY')}"
 
         def settle() -> InstructionResult:
@@ -173,7 +173,7 @@ class DemoRun:
                 "BOCQ",
                 pay=("THB", pay),
                 receive=("CNY", receive),
-                rate="0.2",
+                rate="0.22",
                 reference="FX for rice shipment B/L ONEYBKK0042",
             )
             return self.bank("BOCQ").submit_dual_pvp(offer)

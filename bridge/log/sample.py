@@ -6,6 +6,9 @@ ways (dual-signed PvP and propose/accept PvP, some rejected, cancelled or left t
 every block is attested by the central banks. Signatures are real, so the result verifies
 offline; the engine itself runs with `SignatureCheck.NONE` to generate quickly.
 
+Rates, trade sizes and liquidity come from `bridge.reference_rates`, shared with the demo and
+the load tests; the mid rates drift slowly during a run.
+
 Keys are derived from the seed, so `sample_keys(seed)` recovers them (tests forge with them).
 Refused instructions are counted per minute, reason and kind in a `refusals` table, the shape
 proposed for the bridge node (see docs/research.md).
@@ -54,6 +57,7 @@ from bridge.domain import (
 from bridge.errors import Refused
 from bridge.log.blocks import BlockHeader, attest
 from bridge.rates import counter_amount, implied_rate
+from bridge.reference_rates import LIQUIDITY_CNY, UNITS_PER_CNY, quote, trade_value_cny
 from bridge.settlement import SettlementEngine
 from bridge.signing import endorse, sign_as_party, signed
 from bridge.store.sqlite import SqliteStore
@@ -85,18 +89,9 @@ BANKS: tuple[tuple[ParticipantId, ParticipantId], ...] = (
 )
 QUORUM = 4
 CHAIN_ID = "mbridge-sample"
-# indicative mid rates at the start: units of each currency per 1 CNY
-UNITS_PER_CNY: Mapping[CurrencyCode, float] = {
-    "CNY": 1.0,
-    "HKD": 1.09,
-    "THB": 4.55,
-    "AED": 0.51,
-    "SAR": 0.52,
-    "SGD": 0.18,
-}
 START_MS: Millis = 1_748_826_000_000  # 2025-06-02 01:00 UTC: 09:00 in Chongqing and Singapore
 VALID_FOR_MS = 60_000
-FUNDING_CNY = 2_000_000_000  # each bank starts with this much (CNY-equivalent, major units)
+FUNDING_CNY = LIQUIDITY_CNY  # each bank starts with this much (CNY-equivalent, major units)
 REFUSAL_PERIOD_MS = 60_000
 PORTS = ("SGSIN", "MYPKG", "THLCH", "VNSGN", "IDJKT", "AEJEA", "SAJED", "HKHKG")
 
@@ -341,7 +336,7 @@ class _Run:
         return max(1, int(major * 100))
 
     def _trade_value_cny(self) -> float:
-        return self.rng.lognormvariate(math.log(250_000), 1.1)
+        return trade_value_cny(self.rng)
 
     def _reference(self) -> str:
         n = self.ids
@@ -374,8 +369,9 @@ class _Run:
             receive_code = self.rng.choice([c for c in self.mid if c != pay_code])
         value = self._trade_value_cny()
         pay_amount = self._minor(value * self.mid[pay_code])
-        quote = self.mid[receive_code] / self.mid[pay_code] * self.rng.uniform(0.9985, 1.0015)
-        rate = f"{quote:.6f}"  # quoted to 6 places; the receive amount follows from it
+        # stated from the proposer's side: receive per pay, in major units (both exponents 2),
+        # quoted to 6 places around the reference rate; the receive amount follows from it
+        rate = quote(self.mid[receive_code] / self.mid[pay_code], self.rng)
         receive_amount = counter_amount(pay_amount, 2, rate, 2)
         if receive_amount < 1:
             receive_amount = 1

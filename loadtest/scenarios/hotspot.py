@@ -50,14 +50,14 @@ class HotspotUser(BankUser):
     @tag("hotspot", "pvp")
     @task(2)
     def bank_proposes(self) -> None:
-        self.pvp(self.desk, self.maker, *trade_amounts(self.rng))
+        self.pvp(self.desk, self.maker, *trade_amounts(self.rng, self.desk, self.maker))
 
     @tag("hotspot", "pvp")
     @task(1)
     def maker_quotes(self) -> None:
-        self.pvp(self.maker, self.desk, *trade_amounts(self.rng))
+        self.pvp(self.maker, self.desk, *trade_amounts(self.rng, self.maker, self.desk))
 
     @tag("hotspot", "dual")
     @task(2)
     def dual(self) -> None:
-        self.dual_pvp(self.desk, self.maker, *trade_amounts(self.rng))
+        self.dual_pvp(self.desk, self.maker, *trade_amounts(self.rng, self.desk, self.maker))

@@ -23,6 +23,7 @@ import random
 from locust import tag, task
 
 from loadtest.bank_user import BankUser, trade_amounts, trade_reference
+from loadtest.corridor import payment_amount
 from loadtest.settings import LoadSettings
 
 SETTINGS = LoadSettings.from_environment()
@@ -42,14 +43,16 @@ class CorridorUser(BankUser):
 
     def trade_payment(self) -> None:
         payee = self.rng.choice(self.counterparties)
-        amount = self.rng.randrange(1_000, 2_000_000)
+        amount = payment_amount(self.rng, self.desk)
         self.pay(self.desk, payee, self.desk.currency, amount, trade_reference(self.rng))
 
     def trade_pvp(self) -> None:
-        self.pvp(self.desk, self.rng.choice(self.counterparties), *trade_amounts(self.rng))
+        other = self.rng.choice(self.counterparties)
+        self.pvp(self.desk, other, *trade_amounts(self.rng, self.desk, other))
 
     def trade_dual_pvp(self) -> None:
-        self.dual_pvp(self.desk, self.rng.choice(self.counterparties), *trade_amounts(self.rng))
+        other = self.rng.choice(self.counterparties)
+        self.dual_pvp(self.desk, other, *trade_amounts(self.rng, self.desk, other))
 
 
 class SteadyUser(CorridorUser):
