@@ -11,6 +11,7 @@ unavailable (`log head`).
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -310,28 +311,81 @@ def check_proof_command(
 @log_app.command("export")
 def export(
     source: str = SourceOption,
-    fmt: str = typer.Option("jsonl", "--format", "-f", help="csv, jsonl or parquet."),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="csv, jsonl or parquet (default jsonl; appending: as is)."
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="New (or empty) directory to write."),
+    append: bool = typer.Option(
+        False, "--append", help="Add the blocks after the head of the export in --out."
+    ),
+    from_height: int = typer.Option(
+        1, "--from-height", min=1, help="Start at this block (a partial export)."
+    ),
+    from_seq: int | None = typer.Option(
+        None, "--from-seq", min=1, help="Start at the block holding this entry."
+    ),
+    follow: bool = typer.Option(
+        False,
+        "--follow",
+        help="Keep appending blocks as they become final (Ctrl-C stops); implies --append.",
+    ),
+    interval: float = typer.Option(2.0, "--interval", min=0.05, help="Seconds between polls."),
+    until_height: int | None = typer.Option(
+        None, "--until-height", min=1, help="With --follow: stop once the export reaches it."
+    ),
     progress: bool = ProgressOption,
 ) -> None:
-    """Write entries, legs, blocks, attestations and balance history as tidy tables."""
+    """Write entries, legs, blocks, attestations and balance history as tidy tables, with
+    their data dictionary (datapackage.json); or extend an export incrementally."""
     from bridge.log.export import ExportError, export_log
 
-    if fmt not in FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise typer.BadParameter(f"{out} exists and is not an empty directory", param_hint="--out")
-    with (
-        _open(source) as log,
-        _progress(progress, f"exporting {fmt}", log.counts().entries) as update,
-    ):
-        try:
-            summary = export_log(log, out, fmt, on_progress=update)
-        except ExportError as exc:
-            _stderr.print(f"[red]export failed:[/red] {exc}")
-            raise typer.Exit(EXIT_FAILED) from exc
-    counts = ", ".join(f"{name} {n:,}" for name, n in summary.counts.items())
-    _stdout.print(f"exported {summary.format} to {summary.directory}: {counts}")
+    extending = append or follow
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is not a directory", param_hint="--out")
+    if not extending and out.exists() and any(out.iterdir()):
+        raise typer.BadParameter(
+            f"{out} exists and is not an empty directory (--append extends an export)",
+            param_hint="--out",
+        )
+    starts_later = from_height != 1 or from_seq is not None
+    if extending and starts_later and out.exists() and any(out.iterdir()):
+        raise typer.BadParameter("--from-height/--from-seq start a new export, not an append")
+    while True:
+        # appending keeps the export's own format; a new export is JSONL unless told
+        export_fmt = fmt or (None if (out / "manifest.json").is_file() else "jsonl")
+        with (
+            _open(source) as log,
+            _progress(progress and not follow, "exporting", log.counts().entries) as update,
+        ):
+            try:
+                summary = export_log(
+                    log,
+                    out,
+                    export_fmt,
+                    on_progress=update,
+                    append=extending,
+                    from_height=from_height,
+                    from_seq=from_seq,
+                    final_only=follow,
+                )
+            except ExportError as exc:
+                _stderr.print(f"[red]export failed:[/red] {exc}")
+                raise typer.Exit(EXIT_FAILED) from exc
+        if not follow:
+            counts = ", ".join(f"{name} {n:,}" for name, n in summary.counts.items())
+            what = "appended to" if extending else "exported"
+            _stdout.print(f"{what} {summary.format} {summary.directory}: {counts}")
+            return
+        if summary.new_blocks:
+            _stdout.print(
+                f"appended blocks up to {summary.head_height:,} "
+                f"(+{summary.new_rows.get('entries', 0):,} entries)"
+            )
+        if until_height is not None and summary.head_height >= until_height:
+            return
+        time.sleep(interval)
 
 
 @log_app.command("report")

@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Entry, Genesis, Outcome, canonical_json
 from bridge.errors import BridgeError, LogIntegrityError, Refused
 from bridge.log.blocks import attestation_valid
+from bridge.log.datapackage import datapackage, parquet_metadata, table_files
 from bridge.log.source import FORMATS, LogSource, StoredBlock, StoredEntry, StrayAttestation
 from bridge.log.tables import (
     ATTESTATIONS,
@@ -173,14 +174,14 @@ class Derivation:
 class _TableWriter:
     """Streams rows of one table to `<table>.csv` or `<table>.jsonl`."""
 
-    def __init__(self, path: Path, table: Table, fmt: str) -> None:
+    def __init__(self, path: Path, table: Table, fmt: str, *, append: bool = False) -> None:
         self.path = path
         self.table = table
         self.format = fmt
         self.rows = 0
         self._codec = CsvCodec()
-        self._file: IO[str] = path.open("w", encoding="utf-8", newline="")
-        if fmt == "csv":
+        self._file: IO[str] = path.open("a" if append else "w", encoding="utf-8", newline="")
+        if fmt == "csv" and not append:
             self._file.write(self._codec.line(list(table.names)) + "\n")
 
     def write(self, row: Row) -> None:
@@ -200,99 +201,227 @@ class ExportSummary:
     format: str
     counts: dict[str, int] = field(default_factory=dict)
     head_height: int = 0
+    new_blocks: int = 0  # blocks written by this run (all of them, unless appending)
+    new_rows: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Which blocks a run writes: after `after` (appending), from `first_height` on, and only
+    final ones when `final_only`."""
+
+    fmt: str
+    first_height: int
+    from_seq: int | None = None
+    after: int = 0
+    after_hash: str = ""
+    final_only: bool = False
+    old_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 def export_log(
     source: LogSource,
     directory: Path,
-    fmt: str,
+    fmt: str | None = None,
     *,
     on_progress: Progress | None = None,
     forget_every: int = 50_000,
+    append: bool = False,
+    from_height: int = 1,
+    from_seq: int | None = None,
+    final_only: bool = False,
 ) -> ExportSummary:
-    """Write every table of `source` to `directory` (which must be new or empty)."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if directory.exists() and any(directory.iterdir()):
-        raise ExportError(f"{directory} is not empty")
+    """Write every table of `source` to `directory`, or append to the export there.
+
+    A new export (the directory new or empty) holds every block from `from_height` (or from the
+    block holding entry `from_seq`) on; one that starts after block 1 is a partial export,
+    for pipelines, and cannot be verified alone. With `append`, the export in `directory`
+    gains exactly the rows of the blocks after its head (after checking that its head is the
+    source's block at that height): CSV and JSONL files grow, Parquet tables gain a part file
+    `<table>.part-<height>.parquet`. The `refusals` table, not part of the log, is rewritten
+    whole. With `final_only`, writing stops before the first block without a quorum, so
+    nothing written ever changes (what `log export --follow` uses)."""
+    plan = _plan(directory, fmt, append, from_height, from_seq, final_only)
+    fmt = plan.fmt
     directory.mkdir(parents=True, exist_ok=True)
     derivation = Derivation(source)
+    appending = append and plan.old_counts != {}
+    first_new = max(plan.after + 1, plan.first_height)
     staging = directory / ".staging" if fmt == "parquet" else directory
     staging.mkdir(exist_ok=True)
     line_format = "csv" if fmt == "parquet" else fmt
     writers = {
-        t.name: _TableWriter(staging / f"{t.name}.{line_format}", t, line_format) for t in TABLES
+        t.name: _TableWriter(
+            staging / f"{t.name}.{line_format}",
+            t,
+            line_format,
+            append=appending and fmt != "parquet" and t is not REFUSALS,
+        )
+        for t in TABLES
     }
     try:
-        _write_rows(derivation, writers, on_progress, forget_every)
+        head, blocks, first_height = _write_rows(
+            derivation, writers, plan, first_new, appending, on_progress, forget_every
+        )
     finally:
         for writer in writers.values():
             writer.close()
     if fmt == "parquet":
         for table in TABLES:
-            _csv_to_parquet(writers[table.name].path, directory / f"{table.name}.parquet", table)
+            target = directory / f"{table.name}.parquet"
+            if appending and table is not REFUSALS:
+                if not writers[table.name].rows:
+                    continue
+                target = directory / f"{table.name}.part-{first_new:012d}.parquet"
+            _csv_to_parquet(writers[table.name].path, target, table)
         shutil.rmtree(staging)
     genesis = derivation.genesis
     (directory / "genesis.json").write_bytes(genesis.canonical_bytes() + b"\n")
-    counts = {name: writer.rows for name, writer in writers.items()}
-    height, head_hash = derivation.head
-    manifest = {
+    new_rows = {name: writer.rows for name, writer in writers.items()}
+    counts = {
+        name: n + (0 if name == REFUSALS.name else plan.old_counts.get(name, 0))
+        for name, n in new_rows.items()
+    }
+    height, head_hash = head if head is not None else (plan.after, plan.after_hash)
+    manifest: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
         "format": fmt,
         "chain_id": genesis.chain_id,
         "genesis_hash": genesis.hash().hex(),
-        "head": {"height": height, "hash": head_hash.hex() if height else ""},
+        "head": {"height": height, "hash": head_hash},
         "counts": counts,
         "tables": [t.name for t in TABLES],
     }
+    if first_height > 1:
+        manifest["first_height"] = first_height
     (directory / "manifest.json").write_bytes(canonical_json(manifest) + b"\n")
-    return ExportSummary(directory, fmt, counts, height)
+    (directory / "datapackage.json").write_bytes(datapackage(manifest, table_files(directory, fmt)))
+    return ExportSummary(directory, fmt, counts, height, blocks, new_rows)
+
+
+def _plan(
+    directory: Path,
+    fmt: str | None,
+    append: bool,
+    from_height: int,
+    from_seq: int | None,
+    final_only: bool,
+) -> _Plan:
+    exists = directory.exists() and any(directory.iterdir())
+    if not append or not exists:
+        if exists:
+            raise ExportError(f"{directory} is not empty (use --append to extend its export)")
+        if fmt not in FORMATS:
+            raise ExportError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        return _Plan(fmt, max(1, from_height), from_seq, final_only=final_only)
+    try:
+        manifest = json.loads((directory / "manifest.json").read_bytes())
+        old_fmt = str(manifest["format"])
+        head = manifest["head"]
+        counts = {str(k): int(v) for k, v in manifest["counts"].items()}
+        first_height = int(manifest.get("first_height", 1))
+        after, after_hash = int(head["height"]), str(head["hash"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ExportError(f"{directory}: not an export to append to ({exc!r})") from exc
+    if fmt is not None and fmt != old_fmt:
+        raise ExportError(f"{directory} holds a {old_fmt} export, not {fmt}")
+    return _Plan(old_fmt, first_height, None, after, after_hash, final_only, counts)
 
 
 def _write_rows(
     derivation: Derivation,
     writers: dict[str, _TableWriter],
+    plan: _Plan,
+    first_new: int,
+    appending: bool,
     on_progress: Progress | None,
     forget_every: int,
-) -> None:
-    for row in derivation.currencies:
-        writers[CURRENCIES.name].write(row)
-    for row in derivation.participants:
-        writers[PARTICIPANTS.name].write(row)
-    since_forget = 0
+) -> tuple[tuple[int, str] | None, int, int]:
+    """Write the rows of the blocks the plan selects; return the new head, the number of
+    blocks written and the export's first height."""
+    first_height = plan.first_height if appending else 0
+    since_forget, head, written = 0, None, 0
     for block in derivation.blocks(on_progress):
-        for _, rows in block.entries:
-            writers[ENTRIES.name].write(rows.entry)
-            for row in rows.legs:
-                writers[LEGS.name].write(row)
-            for row in rows.balances:
-                writers[BALANCES.name].write(row)
-            for row in rows.participants:
-                writers[PARTICIPANTS.name].write(row)
-        for row in block.attestations:
-            writers[ATTESTATIONS.name].write(row)
-        writers[BLOCKS.name].write(block.row)
+        header = block.stored.header
         since_forget += len(block.entries)
         if since_forget >= forget_every:
             derivation.forget_closed()
             since_forget = 0
+        if header.height == plan.after and block.block_hash.hex() != plan.after_hash:
+            raise ExportError(
+                f"block {header.height} of the source differs from the export's head: the "
+                "source is not the log this export was taken from"
+            )
+        last_seq = header.first_seq + header.entry_count - 1
+        if header.height < first_new or (plan.from_seq is not None and last_seq < plan.from_seq):
+            continue
+        if plan.final_only and not block.row[BLOCKS.index("final")]:
+            break
+        if not first_height:
+            first_height = header.height
+            if first_height == 1:
+                _write_genesis_rows(derivation, writers)
+        _write_block(block, writers)
+        head, written = (header.height, block.block_hash.hex()), written + 1
+    if not first_height:  # nothing to write yet: a new export starts at block 1
+        first_height = 1
+        if plan.first_height <= 1 and plan.from_seq is None:
+            _write_genesis_rows(derivation, writers)
     for row in derivation.source.refusals():
         writers[REFUSALS.name].write(tuple(row))
+    return head, written, first_height
+
+
+def _write_genesis_rows(derivation: Derivation, writers: dict[str, _TableWriter]) -> None:
+    for row in derivation.currencies:
+        writers[CURRENCIES.name].write(row)
+    for row in derivation.participants:
+        writers[PARTICIPANTS.name].write(row)
+
+
+def _write_block(block: DerivedBlock, writers: dict[str, _TableWriter]) -> None:
+    for _, rows in block.entries:
+        writers[ENTRIES.name].write(rows.entry)
+        for row in rows.legs:
+            writers[LEGS.name].write(row)
+        for row in rows.balances:
+            writers[BALANCES.name].write(row)
+        for row in rows.participants:
+            writers[PARTICIPANTS.name].write(row)
+    for row in block.attestations:
+        writers[ATTESTATIONS.name].write(row)
+    writers[BLOCKS.name].write(block.row)
 
 
 def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _sql_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _csv_to_parquet(csv_path: Path, parquet_path: Path, table: Table) -> None:
-    columns = ", ".join(f"{_sql_text(c.name)}: {_sql_text(c.type)}" for c in table.columns)
+    # timestamps are read as their ISO text ("...T01:00:00.123Z") and cast without the "Z"
+    columns = ", ".join(
+        f"{_sql_text(c.name)}: {_sql_text('VARCHAR' if c.type == 'TIMESTAMP' else c.type)}"
+        for c in table.columns
+    )
+    selected = ", ".join(
+        f"CAST(rtrim({_sql_name(c.name)}, 'Z') AS TIMESTAMP) AS {_sql_name(c.name)}"
+        if c.type == "TIMESTAMP"
+        else _sql_name(c.name)
+        for c in table.columns
+    )
+    metadata = ", ".join(f"{_sql_text(k)}: {_sql_text(v)}" for k, v in parquet_metadata(table))
     query = (
-        f"COPY (SELECT * FROM read_csv({_sql_text(str(csv_path))}, header=true, "
+        f"COPY (SELECT {selected} FROM read_csv({_sql_text(str(csv_path))}, header=true, "
         f"delim=',', quote='\"', escape='\"', nullstr='', auto_detect=false, "
         f"max_line_size={MAX_LINE_BYTES}, buffer_size={8 * MAX_LINE_BYTES}, "
         f"columns={{{columns}}})) "
         f"TO {_sql_text(str(parquet_path))} "
-        f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {PARQUET_ROW_GROUP})"
+        f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {PARQUET_ROW_GROUP}, "
+        f"KV_METADATA {{{metadata}}})"
     )
     import duckdb  # only the Parquet export needs it
 

@@ -22,6 +22,7 @@ import json
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Protocol
@@ -29,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 from bridge.domain import Genesis, canonical_json
 from bridge.errors import BridgeError, LogIntegrityError
 from bridge.log.blocks import Attestation, BlockHeader
+from bridge.log.datapackage import table_files
 from bridge.log.tables import (
     ATTESTATIONS,
     BALANCES,
@@ -44,6 +46,7 @@ from bridge.log.tables import (
     Value,
     bytes_of,
     jsonl_line,
+    time_text,
 )
 
 CHUNK_ROWS = 2_000
@@ -149,6 +152,8 @@ class LogSource(Protocol):
     def derived(self, table: Table) -> Iterator[tuple[str, StoredRow]] | None: ...
 
     def manifest(self) -> Mapping[str, Any] | None: ...
+
+    def datapackage(self) -> bytes | None: ...
 
     def stored_state(self) -> Iterator[StateRow] | None: ...
 
@@ -311,6 +316,9 @@ class SqliteSource(_Closing):
         return None
 
     def manifest(self) -> None:
+        return None
+
+    def datapackage(self) -> None:
         return None
 
     def locate(self, seq: int | None, sender: str | None, instruction_id: str | None) -> list[int]:
@@ -497,6 +505,16 @@ class ExportSource(_Closing):
             raise LogIntegrityError("manifest.json", "not in canonical form")
         return self._manifest
 
+    def datapackage(self) -> bytes:
+        """The export's `datapackage.json` as written (b"" when it has none)."""
+        path = self.path / "datapackage.json"
+        return path.read_bytes() if path.is_file() else b""
+
+    def files(self, table: Table) -> list[Path]:
+        """The table's files in order: `<table>.<format>`, then any Parquet parts that
+        `log export --append` added."""
+        return [self.path / name for name in table_files(self.path, self.format)[table.name]]
+
     def counts(self) -> LogCounts:
         counts = self._manifest.get("counts", {})
 
@@ -507,19 +525,20 @@ class ExportSource(_Closing):
         return LogCounts(count("blocks"), count("entries"), count("attestations"))
 
     def _table(self, table: Table) -> Iterator[tuple[str, Row, StoredRow]]:
-        path = self.file(table)
-        if not path.is_file():
-            raise LogIntegrityError(path.name, "missing")
-        if self.format == "parquet":
-            return _parquet_rows(path, table)
-        return _line_rows(path, table, self.format)
+        for path in self.files(table):
+            if not path.is_file():
+                raise LogIntegrityError(path.name, "missing")
+            if self.format == "parquet":
+                yield from _parquet_rows(path, table)
+            else:
+                yield from _line_rows(path, table, self.format)
 
     def blocks(self) -> Iterator[StoredBlock | StrayAttestation]:
         return merge_attestations(self._headers(), self._attestations())
 
     def _headers(self) -> Iterator[StoredBlock]:
         for where, row, stored in self._table(BLOCKS):
-            height, block_hash, prev_hash, root, time, first_seq, count, _, _ = row
+            height, block_hash, prev_hash, root, time, _, first_seq, count, _, _ = row
             header = BlockHeader(
                 _row_int(height, where, "height"),
                 _row_hash(prev_hash, where, "prev_hash"),
@@ -623,6 +642,11 @@ def _parse_value(column_type: str, value: object, name: str) -> Value:
             return value == "true"
         if isinstance(value, bool):
             return value
+    elif column_type == "DOUBLE":
+        if isinstance(value, str):
+            return float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
     elif isinstance(value, str):
         return value
     raise ValueError(f"column {name}: expected {column_type}, got {value!r:.80}")
@@ -723,6 +747,8 @@ _DUCKDB_TYPES = {
     "INTEGER": "INTEGER",
     "VARCHAR": "VARCHAR",
     "BOOLEAN": "BOOLEAN",
+    "DOUBLE": "DOUBLE",
+    "TIMESTAMP": "TIMESTAMP",
 }
 
 
@@ -743,6 +769,7 @@ def _parquet_rows(path: Path, table: Table) -> Iterator[tuple[str, Row, StoredRo
         wanted = tuple(_DUCKDB_TYPES[c.type] for c in table.columns)
         if names != table.names or types != wanted:
             raise LogIntegrityError(path.name, f"schema {list(zip(names, types, strict=False))}")
+        times = [i for i, c in enumerate(table.columns) if c.type == "TIMESTAMP"]
         number = 0
         while True:
             try:
@@ -754,6 +781,11 @@ def _parquet_rows(path: Path, table: Table) -> Iterator[tuple[str, Row, StoredRo
             for values in rows:
                 number += 1
                 row = tuple(values)
+                if times:  # timestamps compare as the text the other formats carry
+                    row = tuple(
+                        time_text(v) if i in times and isinstance(v, datetime) else v
+                        for i, v in enumerate(row)
+                    )
                 yield f"{path.name} row {number}", row, _ValueRow(table, row)
     finally:
         db.close()

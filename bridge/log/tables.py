@@ -21,6 +21,7 @@ import io
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from bridge.core.ledger import Batch, Ledger
 from bridge.domain import (
@@ -40,7 +41,7 @@ from bridge.domain import (
 )
 from bridge.log.blocks import Attestation, BlockHeader
 
-Value = int | str | bool | None
+Value = int | str | bool | float | None
 Row = tuple[Value, ...]
 PvpKey = tuple[ParticipantId, str]
 
@@ -50,7 +51,7 @@ SCHEMA_VERSION = 1
 @dataclass(frozen=True, slots=True)
 class Column:
     name: str
-    type: str  # DuckDB / Parquet logical type: BIGINT, INTEGER, VARCHAR, BOOLEAN
+    type: str  # DuckDB / Parquet logical type: BIGINT, INTEGER, VARCHAR, BOOLEAN, DOUBLE, TIMESTAMP
     unit: str
     description: str
 
@@ -72,7 +73,20 @@ class Table:
 
 
 _MINOR = "minor units of `{}` (divide by 10^exponent, see `currencies`)"
+_MAJOR = "major units of `{}` (float, for analysis; the exact value is `{}`)"
 _MS = "ms (logical clock)"
+_TIME = "UTC timestamp"
+
+
+def _time_column(of: str = "time_ms") -> Column:
+    return Column("time", "TIMESTAMP", _TIME, f"`{of}` as a timestamp (millisecond precision).")
+
+
+def _major_column(name: str, currency: str) -> Column:
+    return Column(
+        f"{name}_major", "DOUBLE", _MAJOR.format(currency, name), f"`{name}` / 10^exponent."
+    )
+
 
 ENTRIES = Table(
     "entries",
@@ -82,6 +96,7 @@ ENTRIES = Table(
         Column("seq", "BIGINT", "", "Position in the log: 1, 2, 3, ... without gaps. Key."),
         Column("height", "BIGINT", "", "Block that seals the entry (`blocks.height`)."),
         Column("time_ms", "BIGINT", _MS, "When the bridge applied the instruction."),
+        _time_column(),
         Column(
             "kind",
             "VARCHAR",
@@ -106,10 +121,13 @@ ENTRIES = Table(
         ),
         Column("currency", "VARCHAR", "ISO 4217", "Currency of pay, issue, redeem, freeze."),
         Column("amount", "BIGINT", _MINOR.format("currency"), "Amount of pay, issue, redeem."),
+        _major_column("amount", "currency"),
         Column("pay_currency", "VARCHAR", "ISO 4217", "PvP: currency the proposer pays."),
         Column("pay_amount", "BIGINT", _MINOR.format("pay_currency"), "PvP: proposer's leg."),
+        _major_column("pay_amount", "pay_currency"),
         Column("receive_currency", "VARCHAR", "ISO 4217", "PvP: currency the proposer gets."),
         Column("receive_amount", "BIGINT", _MINOR.format("receive_currency"), "PvP: other leg."),
+        _major_column("receive_amount", "receive_currency"),
         Column(
             "rate",
             "VARCHAR",
@@ -144,6 +162,7 @@ BLOCKS = Table(
         Column("prev_hash", "VARCHAR", "hex SHA-256", "Previous block hash (genesis for 1)."),
         Column("merkle_root", "VARCHAR", "hex SHA-256", "RFC 6962 root of the entries."),
         Column("time_ms", "BIGINT", _MS, "When the block was sealed."),
+        _time_column(),
         Column("first_seq", "BIGINT", "", "Seq of the block's first entry."),
         Column("entry_count", "BIGINT", "count", "Entries in the block."),
         Column("attestations", "INTEGER", "count", "Valid attestations of this header."),
@@ -173,6 +192,7 @@ LEGS = Table(
         Column("seq", "BIGINT", "", "Entry that settled the leg."),
         Column("height", "BIGINT", "", "Block of that entry."),
         Column("time_ms", "BIGINT", _MS, "When it settled."),
+        _time_column(),
         Column("kind", "VARCHAR", "", "pay, pvp_dual, pvp_accept, issue or redeem."),
         Column("leg", "INTEGER", "", "1, or 2 for the counterparty's leg of a PvP."),
         Column("payer", "VARCHAR", "", "Participant debited."),
@@ -180,6 +200,7 @@ LEGS = Table(
         Column("currency", "VARCHAR", "ISO 4217", "Currency moved."),
         Column("exponent", "INTEGER", "digits", "Minor-unit exponent of `currency`."),
         Column("amount", "BIGINT", _MINOR.format("currency"), "Amount moved."),
+        _major_column("amount", "currency"),
         Column("payer_jurisdiction", "VARCHAR", "ISO 3166", "Payer's home jurisdiction."),
         Column("payee_jurisdiction", "VARCHAR", "ISO 3166", "Payee's home jurisdiction."),
         Column("corridor", "VARCHAR", "", "`payer_jurisdiction-payee_jurisdiction`, e.g. CN-SG."),
@@ -216,11 +237,14 @@ BALANCES = Table(
     (
         Column("seq", "BIGINT", "", "Entry that changed the account."),
         Column("time_ms", "BIGINT", _MS, "When."),
+        _time_column(),
         Column("participant", "VARCHAR", "", "Account owner."),
         Column("currency", "VARCHAR", "ISO 4217", "Account currency."),
         Column("exponent", "INTEGER", "digits", "Minor-unit exponent of `currency`."),
         Column("available", "BIGINT", _MINOR.format("currency"), "Available after the entry."),
         Column("held", "BIGINT", _MINOR.format("currency"), "Reserved by held PvPs, after."),
+        _major_column("available", "currency"),
+        _major_column("held", "currency"),
         Column("available_change", "BIGINT", _MINOR.format("currency"), "Change by the entry."),
         Column("held_change", "BIGINT", _MINOR.format("currency"), "Change by the entry."),
     ),
@@ -470,25 +494,61 @@ def pvp_key(entry: Entry) -> PvpKey | None:
     return (getattr(body, "proposer", body.sender), pvp_id)
 
 
-def entry_row(entry: Entry, height: int) -> Row:
+def iso_time(time_ms: int) -> str | None:
+    """Logical ms as ISO 8601 UTC text with milliseconds (`2025-06-02T01:00:00.123Z`); None
+    beyond the years 1-9999."""
+    try:
+        moment = _EPOCH + timedelta(milliseconds=time_ms)
+    except OverflowError:
+        return None
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def time_text(moment: datetime) -> str:
+    """A timestamp read back from Parquet as the text `iso_time` writes."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def major(amount: Value, exponent: int | None) -> float | None:
+    """Minor units as major units (float, for analysis)."""
+    if not isinstance(amount, int) or isinstance(amount, bool) or exponent is None:
+        return None
+    value: float = amount / 10**exponent  # true division: correctly rounded
+    return value
+
+
+_EPOCH = datetime(1970, 1, 1)
+
+
+def entry_row(entry: Entry, height: int, exponents: Mapping[str, int]) -> Row:
     body = entry.envelope.body
     counterparty = _COUNTERPARTY_FIELD.get(body.KIND)
     key = pvp_key(entry)
+    currency = _opt(body, "currency")
+    pay_currency = _opt(body, "pay_currency")
+    receive_currency = _opt(body, "receive_currency")
+    amount = _opt(body, "amount")
+    pay_amount = _opt(body, "pay_amount")
+    receive_amount = _opt(body, "receive_amount")
     return (
         entry.seq,
         height,
         entry.time,
+        iso_time(entry.time),
         body.KIND,
         entry.outcome.value,
         body.sender,
         body.instruction_id,
         None if counterparty is None else getattr(body, counterparty),
-        _opt(body, "currency"),
-        _opt(body, "amount"),
-        _opt(body, "pay_currency"),
-        _opt(body, "pay_amount"),
-        _opt(body, "receive_currency"),
-        _opt(body, "receive_amount"),
+        currency,
+        amount,
+        major(amount, exponents.get(str(currency))),
+        pay_currency,
+        pay_amount,
+        major(pay_amount, exponents.get(str(pay_currency))),
+        receive_currency,
+        receive_amount,
+        major(receive_amount, exponents.get(str(receive_currency))),
         _opt(body, "rate"),
         _opt(body, "settle_by"),
         None if key is None else key[0],
@@ -508,6 +568,7 @@ def block_row(header: BlockHeader, block_hash: bytes, valid: int, final: bool) -
         header.prev_hash.hex(),
         header.merkle_root.hex(),
         header.time,
+        iso_time(header.time),
         header.first_seq,
         header.entry_count,
         valid,
@@ -569,7 +630,7 @@ class RowDeriver:
     def rows(self, entry: Entry, height: int, ledger: Ledger, batch: Batch) -> EntryRows:
         """Rows of `entry`, just applied by `ledger`; `batch` holds exactly its changes."""
         return EntryRows(
-            entry_row(entry, height),
+            entry_row(entry, height, self.exponents),
             tuple(self._legs(entry, height, ledger)),
             tuple(self._balances(entry, batch)),
             tuple(
@@ -587,14 +648,18 @@ class RowDeriver:
                 continue
             self._last[account] = (available, held)
             participant, currency = account
+            exponent = self.exponents.get(currency)
             yield (
                 entry.seq,
                 entry.time,
+                iso_time(entry.time),
                 participant,
                 currency,
-                self.exponents.get(currency),
+                exponent,
                 available,
                 held,
+                major(available, exponent),
+                major(held, exponent),
                 available - before_available,
                 held - before_held,
             )
@@ -630,17 +695,20 @@ class RowDeriver:
         for number, leg in enumerate(legs, start=1):
             payer_j = ledger.participants[leg.payer].jurisdiction
             payee_j = ledger.participants[leg.payee].jurisdiction
+            exponent = self.exponents.get(leg.currency)
             yield (
                 entry.seq,
                 height,
                 entry.time,
+                iso_time(entry.time),
                 body.KIND,
                 number,
                 leg.payer,
                 leg.payee,
                 leg.currency,
-                self.exponents.get(leg.currency),
+                exponent,
                 leg.amount,
+                major(leg.amount, exponent),
                 payer_j,
                 payee_j,
                 f"{payer_j}-{payee_j}",
@@ -665,26 +733,36 @@ def data_dictionary_markdown() -> str:
         "# Settlement log data dictionary",
         "",
         "Tables written by `cbdc-bridge log export --format csv|jsonl|parquet` (one file per",
-        "table, `<table>.<format>`, plus `genesis.json` and `manifest.json`). Generated from",
-        "`bridge/log/tables.py`; a test fails when this page is stale.",
+        "table, `<table>.<format>`, plus `genesis.json`, `manifest.json` and",
+        "`datapackage.json`). Generated from `bridge/log/tables.py`; a test fails when this page",
+        "is stale. The same dictionary travels inside every export: `datapackage.json` is a",
+        "[Frictionless Data Package](https://specs.frictionlessdata.io/data-package/) with a",
+        "Table Schema per table (types, descriptions, units, keys), and every Parquet file",
+        "carries its table's description, schema and column notes as key/value metadata",
+        "(`cbdc-bridge.table`, `cbdc-bridge.schema`, `cbdc-bridge.column.<name>`).",
         "",
         "Conventions:",
         "",
         "- **Amounts** are integers in **minor units** of their currency. Divide by",
         "  `10^exponent` (column `exponent`, or the `currencies` table) for major units:",
-        "  `amount / 10^2` CNY. Amounts are never floats.",
+        "  `amount / 10^2` CNY. Amounts are never floats; the `*_major` columns repeat them in",
+        "  major units as floats, for analysis only.",
         "- **Times** are integers in **milliseconds** of the bridge's logical clock (Unix",
-        "  epoch ms in the sample network; `epoch_ms(time_ms)` in DuckDB makes a timestamp).",
+        "  epoch ms), with a `time` column repeating them as a UTC timestamp: a Parquet",
+        "  TIMESTAMP, ISO 8601 text (`2025-06-02T01:00:00.123Z`) in CSV and JSONL.",
         "- **Hashes, keys and signatures** are lower-case hex.",
         "- **NULL** is an empty field in CSV, `null` in JSONL, NULL in Parquet.",
         "- **Types** are DuckDB / Parquet logical types; CSV and JSONL carry the same values.",
         "- **Verified**: `cbdc-bridge log verify EXPORT_DIR` re-derives every row of a verified",
         "  table from the canonical entries and compares it byte for byte (CSV, JSONL) or value",
         "  for value (Parquet), so an export can be audited like the store it came from.",
+        "- **Incremental**: `log export --append` adds exactly the rows of the blocks after the",
+        "  export's head (Parquet tables gain `<table>.part-<height>.parquet` files, listed in",
+        "  `datapackage.json`); `--follow` keeps appending final blocks as they come.",
         "",
         "`genesis.json` holds the canonical genesis (central banks, their keys and currencies,",
         "the attestation quorum); `manifest.json` the format, row counts, chain id, genesis",
-        "hash and head block. Both are checked by `log verify`.",
+        "hash and head block. All three documents are checked by `log verify`.",
         "",
     ]
     for table in TABLES:
@@ -692,10 +770,10 @@ def data_dictionary_markdown() -> str:
     out += [
         "## The store's own tables",
         "",
-        "What `cbdc-bridge log verify` reads in a bridge's SQLite store (`bridge/store/sqlite.py`).",
-        "Types are SQLite's. Verified: the rows are recomputed from the log (blocks, entries,",
-        "attestations) or compared row by row with its replay (accounts, state); `meta` holds",
-        "the genesis every check starts from.",
+        "What `cbdc-bridge log verify` reads in a bridge's SQLite store",
+        "(`bridge/store/sqlite.py`). Types are SQLite's. Verified: the rows are recomputed from",
+        "the log (blocks, entries, attestations) or compared row by row with its replay",
+        "(accounts, state); `meta` holds the genesis every check starts from.",
         "",
     ]
     for table in STORE_TABLES:

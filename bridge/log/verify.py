@@ -49,10 +49,12 @@ from bridge.crypto import FastVerifier
 from bridge.domain import Entry, Genesis, Outcome
 from bridge.errors import LogIntegrityError, Refused
 from bridge.log.blocks import attestation_valid
+from bridge.log.datapackage import datapackage, table_files
 from bridge.log.head import SignedHead
 from bridge.log.merkle import leaf_hash, node_hash
 from bridge.log.source import (
     DERIVED_TABLES,
+    ExportSource,
     LogSource,
     StateRow,
     StoredBlock,
@@ -311,6 +313,13 @@ class LogVerifier:
             self.report.warnings.append(message)
 
     def _run(self) -> None:
+        manifest = self.source.manifest()
+        if manifest is not None and manifest.get("first_height", 1) != 1:
+            self._fail(
+                "manifest.json",
+                f"a partial export (blocks from {manifest.get('first_height')!r} on) cannot be "
+                "verified alone: verify the log it was exported from, or a full export",
+            )
         genesis = self._genesis()
         try:
             self.ledger = Ledger(genesis, verifier=self.verifier, check=SignatureCheck.ALL)
@@ -800,6 +809,12 @@ class LogVerifier:
                     "manifest.json",
                     f"{key} is {manifest.get(key)!r}, the export holds {expected.get(key)!r}",
                 )
+        stored = self.source.datapackage()
+        if stored is not None and isinstance(self.source, ExportSource):
+            wanted = datapackage(manifest, table_files(self.source.path, self.source.format))
+            if stored != wanted:
+                what = "missing" if not stored else "differs from the tables and manifest"
+                self._fail("datapackage.json", what)
 
     def _finality_warnings(self) -> None:
         report = self.report

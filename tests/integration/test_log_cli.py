@@ -225,3 +225,22 @@ def test_bench_verify_small(tmp_path: Path) -> None:
     assert second.returncode == 0
     assert "generating" not in second.stderr, "the generated log is reused"
     assert json.loads(second.stdout)["generated_seconds"] == 0.0
+
+
+def test_export_follow_appends_final_blocks_until_told_to_stop(
+    sample: SampleLog, tmp_path: Path
+) -> None:
+    """`log export --follow` appends final blocks and stops at --until-height; `--append`
+    then adds nothing new when the log has not grown."""
+    out = tmp_path / "followed"
+    last_final = sample.blocks - 1
+    code, output = cli(
+        "log", "export", "--source", str(sample.path), "--out", str(out), "--format", "csv",
+        "--follow", "--interval", "0.05", "--until-height", str(last_final), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, output
+    assert f"appended blocks up to {last_final:,}" in output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["head"]["height"] == last_final
+    code, output = cli("log", "verify", str(out), "--no-progress")
+    assert code == 0, output
