@@ -107,6 +107,8 @@ class Aggregates:
     exponents: dict[str, int] = field(default_factory=dict)
     fx: dict[str, Buckets] = field(default_factory=dict)
     fx_trades: Counter[str] = field(default_factory=Counter)
+    # per pair (a, b) sorted: total major units of a and of b that settled against each other
+    pair_volume: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
     bank_legs: Counter[str] = field(default_factory=Counter)
     balances: dict[tuple[str, str], Buckets] = field(default_factory=dict)
     refusals: Counter[str] = field(default_factory=Counter)
@@ -136,6 +138,8 @@ class Aggregates:
             return
         pair = f"{a_code}/{b_code}"
         rate = b_amount / a_amount
+        total_a, total_b = self.pair_volume.get((a_code, b_code), (0.0, 0.0))
+        self.pair_volume[(a_code, b_code)] = (total_a + a_amount, total_b + b_amount)
         series = self.fx.get(pair)
         if series is None:
             series = self.fx[pair] = Buckets(_stats)
@@ -145,6 +149,42 @@ class Aggregates:
     def _major(self, leg: Row) -> float:
         exponent = int(leg[_LEG["exponent"]] or 0)
         return int(leg[_LEG["amount"]] or 0) / float(10**exponent)
+
+    def valuation(self) -> tuple[str, dict[str, float]]:
+        """A base currency and, per currency, base units per major unit: the log's own
+        volume-weighted PvP rates, directly against the base or through one other currency.
+        Currencies never traded towards the base are left out."""
+        base = "CNY" if "CNY" in self.exponents else next(iter(sorted(self.exponents)), "")
+        rates: dict[tuple[str, str], float] = {}
+        for (a, b), (total_a, total_b) in self.pair_volume.items():
+            if total_a > 0 and total_b > 0:
+                rates[(a, b)], rates[(b, a)] = total_b / total_a, total_a / total_b
+        values = {base: 1.0}
+        for currency in self.exponents:
+            if currency in values:
+                continue
+            if (currency, base) in rates:
+                values[currency] = rates[(currency, base)]
+                continue
+            via = [
+                rates[(currency, other)] * rates[(other, base)]
+                for other in sorted(self.exponents)
+                if (currency, other) in rates and (other, base) in rates
+            ]
+            if via:
+                values[currency] = via[0]
+        return base, values
+
+    def corridor_values(self) -> tuple[str, Counter[str]]:
+        """Settled value per corridor in the base currency (see `valuation`)."""
+        base, values = self.valuation()
+        totals: Counter[str] = Counter()
+        for (corridor, currency), amount in self.corridor_value.items():
+            rate = values.get(currency)
+            if rate is not None:
+                exponent = self.exponents.get(currency, 0)
+                totals[corridor] += amount / 10**exponent * rate
+        return base, totals
 
     def add_balance(self, row: Row) -> None:
         account = (str(row[_BAL["participant"]]), str(row[_BAL["currency"]]))
@@ -254,16 +294,27 @@ def chart_latency(data: Aggregates) -> Figure:
 
 
 def chart_corridors(data: Aggregates) -> Figure:
-    top = data.corridor_legs.most_common(20)
+    """Settled value per corridor, in the base currency at the log's own PvP rates; the
+    number of legs is written beside each bar."""
+    base, totals = data.corridor_values()
+    top = totals.most_common(20)
     figure = _figure(max(3.0, 0.28 * len(top) + 1.2))
     if not top:
         _empty(figure, "no settled legs in the log")
         return figure
     axes = figure.add_subplot()
     names = [name for name, _ in reversed(top)]
-    axes.barh(names, [n for _, n in reversed(top)], color="#228833")
-    axes.set_xlabel("settled legs (payments and PvP legs)")
-    axes.set_title("Volume per corridor (payer jurisdiction - payee jurisdiction)")
+    millions = [value / 1e6 for _, value in reversed(top)]
+    bars = axes.barh(names, millions, color="#228833")
+    for bar, name in zip(bars, names, strict=True):
+        axes.annotate(
+            f" {data.corridor_legs[name]:,} legs",
+            (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+            va="center",
+            fontsize=7,
+        )
+    axes.set_xlabel(f"settled value, millions of {base} (at the log's volume-weighted PvP rates)")
+    axes.set_title("Value settled per corridor (payer jurisdiction - payee jurisdiction)")
     figure.tight_layout()
     return figure
 
@@ -343,7 +394,7 @@ def chart_refusals(data: Aggregates) -> Figure:
 CHARTS: tuple[tuple[str, str, Callable[[Aggregates], Figure]], ...] = (
     ("throughput.png", "Settlements per second over time", chart_throughput),
     ("latency.png", "Settlement latency", chart_latency),
-    ("corridors.png", "Volume per corridor", chart_corridors),
+    ("corridors.png", "Value per corridor", chart_corridors),
     ("fx.png", "FX rates per pair", chart_fx),
     ("liquidity.png", "Liquidity of the busiest banks", chart_liquidity),
     ("refusals.png", "Refusals by reason", chart_refusals),
@@ -404,6 +455,18 @@ def figures(data: Aggregates) -> list[tuple[str, str]]:
     return rows
 
 
+def _top_corridors(data: Aggregates) -> str:
+    base, totals = data.corridor_values()
+    return (
+        "Top corridors (settled value, "
+        + base
+        + " equivalent; legs): "
+        + ", ".join(
+            f"{c} ({v / 1e6:,.1f}m; {data.corridor_legs[c]:,})" for c, v in totals.most_common(5)
+        )
+    )
+
+
 def summary_markdown(data: Aggregates, source: str) -> str:
     lines = [
         "# Settlement log report",
@@ -417,8 +480,7 @@ def summary_markdown(data: Aggregates, source: str) -> str:
         "Busiest banks (legs as payer or payee): "
         + ", ".join(f"{b} ({data.bank_legs[b]:,})" for b in busiest_banks(data)),
         "",
-        "Top corridors (settled legs): "
-        + ", ".join(f"{c} ({n:,})" for c, n in data.corridor_legs.most_common(5)),
+        _top_corridors(data),
         "",
         "Charts: " + ", ".join(f"[{title}]({name})" for name, title, _ in CHARTS),
         "",

@@ -12,6 +12,7 @@ import pytest
 from bridge.log.report import (
     CHARTS,
     MAX_BUCKETS,
+    Aggregates,
     Buckets,
     ReportFiles,
     aggregate,
@@ -121,3 +122,25 @@ def test_settled_volumes_read_in_major_units_of_each_currency(sample: SampleLog)
     cny = data.currency_value["CNY"]
     assert cny > 0
     assert f"| volume settled in CNY | {cny // 100:,}.{cny % 100:02d} |" in summary
+
+
+def test_corridor_volume_is_value_weighted_at_the_logs_own_rates() -> None:
+    """One large leg outweighs many small ones; other currencies count at PvP rates."""
+    data = Aggregates(exponents={"CNY": 2, "HKD": 2, "THB": 2, "AED": 2})
+    data.corridor_legs.update({"CN-HK": 50, "HK-CN": 1, "TH-CN": 1, "AE-CN": 1})
+    data.corridor_value.update(
+        {
+            ("CN-HK", "CNY"): 50 * 100_00,  # 50 legs of 100.00 CNY
+            ("HK-CN", "HKD"): 1_090_000_00,  # one leg of 1,090,000.00 HKD
+            ("TH-CN", "THB"): 455_00,  # THB valued through HKD
+            ("AE-CN", "AED"): 999_00,  # never traded: left out
+        }
+    )
+    data.pair_volume.update({("CNY", "HKD"): (1_000.0, 1_090.0), ("HKD", "THB"): (10.0, 41.0)})
+    base, totals = data.corridor_values()
+    assert base == "CNY"
+    assert totals["HK-CN"] == pytest.approx(1_000_000.0)
+    assert totals["CN-HK"] == pytest.approx(5_000.0)
+    assert totals["TH-CN"] == pytest.approx(455 * (10 / 41) * (1_000 / 1_090))
+    assert "AE-CN" not in totals
+    assert totals.most_common(1)[0][0] == "HK-CN"
