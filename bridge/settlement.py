@@ -10,6 +10,7 @@ duplicate of an instruction committed in an earlier block keeps its original rec
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from bridge.log.events import encode_events, settlement_event
 from bridge.store.base import Store
 
 Result = Receipt | Refused
+# (time, sender, instruction id, kind, reason, corridor) of a refused instruction
+RefusalRecord = tuple[int, str, str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +35,7 @@ class Prepared:
     block: SealedBlock | None
     batch: Batch
     events: bytes
+    refusals: tuple[RefusalRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,28 @@ class Settled:
 
     results: list[Result]
     block: SealedBlock | None
+
+
+def refusal_record(
+    ledger: Ledger, envelope: Envelope, refusal: Refused, now: Millis
+) -> RefusalRecord:
+    """What is kept of a refused instruction: when, who, what, why, and its corridor
+    (sender's jurisdiction - counterparty's, when both are known participants)."""
+    body = envelope.body
+    other = next(
+        (
+            getattr(body, name)
+            for name in ("payee", "counterparty", "proposer", "to", "bank", "participant")
+            if isinstance(getattr(body, name, None), str)
+        ),
+        None,
+    )
+    sender = ledger.participants.get(body.sender)
+    peer = ledger.participants.get(other) if other is not None else None
+    corridor = (
+        "" if sender is None or peer is None else f"{sender.jurisdiction}-{peer.jurisdiction}"
+    )
+    return (now, body.sender, body.instruction_id, body.KIND, refusal.reason.value, corridor)
 
 
 class SettlementEngine:
@@ -82,27 +108,33 @@ class SettlementEngine:
         """Apply the batch to the in-memory ledger and seal its block (nothing durable yet)."""
         ledger = self.ledger
         results: list[Result] = []
+        refusals: list[RefusalRecord] = []
         ledger.preverify(envelopes)
         for envelope in envelopes:
             try:
                 results.append(ledger.apply(envelope, now))
             except Refused as refusal:
                 results.append(refusal)
+                refusals.append(refusal_record(ledger, envelope, refusal, now))
         ledger.expire_due(now)
         batch = ledger.pending_batch()
         if not batch.entries:
-            return Prepared(results, None, batch, b"")
+            return Prepared(results, None, batch, b"", tuple(refusals))
         block = seal(self.height + 1, self.head_hash, batch.entries, now)
         events = encode_events(
             [settlement_event(e, ledger, block.header.height) for e in batch.entries]
         )
-        return Prepared(results, block, batch, events)
+        return Prepared(results, block, batch, events, tuple(refusals))
 
     def commit(
         self, prepared: Prepared, attestations: Sequence[Attestation] = ()
     ) -> StoreError | None:
         """Write the prepared block durably (with `attestations` of earlier blocks, in the
-        same transaction); safe to run in a worker thread."""
+        same transaction); safe to run in a worker thread. Refused instructions are recorded
+        beside it, outside the hash chain; failing to record them fails nothing."""
+        if prepared.refusals:
+            with contextlib.suppress(StoreError):
+                self.store.record_refusals(prepared.refusals)
         if prepared.block is None:
             return None
         try:

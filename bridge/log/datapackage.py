@@ -40,7 +40,7 @@ PRIMARY_KEYS: Mapping[str, Sequence[str]] = {
     "balances": ("seq", "participant", "currency"),
     "participants": ("seq", "participant"),
     "currencies": ("currency",),
-    "refusals": ("period_start_ms", "reason", "kind"),
+    "refusals": ("id",),
 }
 FOREIGN_KEYS: Mapping[str, Sequence[tuple[str, str, str]]] = {
     # (field, resource, field of that resource)
@@ -74,7 +74,7 @@ def table_schema(table: Table) -> dict[str, Any]:
         "missingValues": [""],
     }
     key = PRIMARY_KEYS.get(table.name)
-    if key and table.name != "participants":  # genesis rows share seq 0 with no conflict
+    if key:
         schema["primaryKey"] = list(key)
     references = FOREIGN_KEYS.get(table.name, ())
     if references:

@@ -12,8 +12,8 @@ What the charts measure (the log records logical times only):
   block at the block's time, so their log latency is zero by construction;
 - FX rates: implied rate of each settled PvP (major units of one currency per unit of the
   other, pair in alphabetical order), mean per time bucket with the min-max band;
-- refusals: read from the source's optional `refusals` table (refused instructions are not in
-  the log); "no refusals recorded" otherwise.
+- refusals: read from the source's `refusals` table (refused instructions, recorded beside the
+  log but not in it); "no refusals recorded" otherwise.
 """
 
 from __future__ import annotations
@@ -224,9 +224,8 @@ def aggregate(source: LogSource, on_progress: Progress | None = None) -> Aggrega
             derivation.forget_closed()
             since_forget = 0
     reason_at = REFUSALS.index("reason")
-    count_at = REFUSALS.index("count")
     for row in source.refusals():
-        result.refusals[str(row[reason_at])] += int(row[count_at] or 0)
+        result.refusals[str(row[reason_at])] += 1
     return result
 
 
@@ -486,8 +485,8 @@ def summary_markdown(data: Aggregates, source: str) -> str:
         "",
         "Latency is the propose-to-accept time of two-phase PvPs in logical time; other",
         "settlements complete in one entry and are sealed at their block's time (zero in the",
-        "log). Refused instructions are not in the log; refusal counts come from the optional",
-        "`refusals` table.",
+        "log). Refused instructions are not in the log; refusals come from the store's",
+        "`refusals` table (the newest 100,000).",
         "",
     ]
     return "\n".join(lines)
@@ -532,7 +531,7 @@ p.note {{ color: #555; font-size: 0.9em; }}
 <p class="note">Latency is the propose-to-accept time of two-phase PvPs in the bridge's logical
 time; other settlements complete in one entry and are sealed at their block's time, so their
 latency in the log is zero. Refused instructions are not in the log: refusal counts come from
-the source's optional <code>refusals</code> table. Run <code>cbdc-bridge log verify</code> to
+the store's <code>refusals</code> table. Run <code>cbdc-bridge log verify</code> to
 check the log itself.</p>
 {charts}
 </body>

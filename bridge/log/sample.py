@@ -10,8 +10,8 @@ Rates, trade sizes and liquidity come from `bridge.reference_rates`, shared with
 the load tests; the mid rates drift slowly during a run.
 
 Keys are derived from the seed, so `sample_keys(seed)` recovers them (tests forge with them).
-Refused instructions are counted per minute, reason and kind in a `refusals` table, the shape
-proposed for the bridge node (see docs/research.md).
+Refused instructions are recorded by the settlement engine in the store's `refusals` table, as
+a bridge node records them (`SampleOptions.refusals=False` leaves that table empty).
 
 Run `python -m bridge.log.sample --entries 1000000 --out log.sqlite` to make a big one.
 """
@@ -95,12 +95,6 @@ FUNDING_CNY = LIQUIDITY_CNY  # each bank starts with this much (CNY-equivalent, 
 REFUSAL_PERIOD_MS = 60_000
 PORTS = ("SGSIN", "MYPKG", "THLCH", "VNSGN", "IDJKT", "AEJEA", "SAJED", "HKHKG")
 
-REFUSALS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS refusals (
-    period_start INTEGER NOT NULL, reason TEXT NOT NULL, kind TEXT NOT NULL,
-    count INTEGER NOT NULL, PRIMARY KEY (period_start, reason, kind)) WITHOUT ROWID;
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class SampleOptions:
@@ -159,24 +153,16 @@ def generate(path: Path, options: SampleOptions = SampleOptions()) -> SampleLog:
         run.go()
     finally:
         store.close()
-    if options.refusals:
-        _write_refusals(path, run.refusals)
+    if not options.refusals:
+        db = sqlite3.connect(path)
+        try:
+            db.execute("DELETE FROM refusals")
+            db.commit()
+        finally:
+            db.close()
     return SampleLog(
         path, genesis, keys, engine.ledger.next_seq - 1, engine.height, sum(run.refusals.values())
     )
-
-
-def _write_refusals(path: Path, counts: Counter[tuple[int, str, str]]) -> None:
-    db = sqlite3.connect(path)
-    try:
-        db.executescript(REFUSALS_SCHEMA)
-        db.executemany(
-            "INSERT INTO refusals VALUES (?, ?, ?, ?)",
-            [(period, reason, kind, n) for (period, reason, kind), n in sorted(counts.items())],
-        )
-        db.commit()
-    finally:
-        db.close()
 
 
 @dataclass(slots=True)

@@ -45,6 +45,7 @@ from bridge.log.tables import (
     Table,
     Value,
     bytes_of,
+    iso_time,
     jsonl_line,
     time_text,
 )
@@ -357,11 +358,18 @@ class SqliteSource(_Closing):
             yield StateRow(str(table), str(key), str(value))
 
     def refusals(self) -> Iterator[Row]:
+        """Refused instructions the store recorded, oldest first, as `REFUSALS` rows."""
         if not self._has_refusals:
             return iter(())
-        return self._rows(
-            "SELECT period_start, reason, kind, count FROM refusals "
-            "ORDER BY period_start, reason, kind"
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(refusals)")}
+        if "instruction_id" not in columns:  # not the bridge's refusals table
+            return iter(())
+        return (
+            (i, t, iso_time(t), s, n, k, r, c or None)
+            for i, t, s, n, k, r, c in self._rows(
+                "SELECT id, time, sender, instruction_id, kind, reason, corridor FROM refusals "
+                "ORDER BY id"
+            )
         )
 
 

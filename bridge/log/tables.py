@@ -279,14 +279,24 @@ CURRENCIES = Table(
 
 REFUSALS = Table(
     "refusals",
-    "(minute, reason, instruction kind) with the number of refusals",
-    "Copied from the source's optional `refusals` table. Refusals change nothing, so they are "
-    "not in the signed log: this table is informational and not verified.",
+    "refused instruction",
+    "Copied from the source's `refusals` table: instructions the bridge refused (the newest "
+    "100,000). Refusals change nothing, so they are not in the signed log: this table is "
+    "informational and not verified.",
     (
-        Column("period_start_ms", "BIGINT", _MS, "Start of the counting period (one minute)."),
-        Column("reason", "VARCHAR", "", "Refusal reason code (bridge.errors.Reason)."),
-        Column("kind", "VARCHAR", "", "Instruction kind refused."),
-        Column("count", "BIGINT", "count", "Refusals in the period."),
+        Column("id", "BIGINT", "", "Number of the refusal in the store, increasing. Key."),
+        Column("time_ms", "BIGINT", _MS, "When the bridge refused it."),
+        _time_column(),
+        Column("sender", "VARCHAR", "", "Sender of the refused instruction."),
+        Column("instruction_id", "VARCHAR", "", "Its instruction id."),
+        Column("kind", "VARCHAR", "", "Its instruction kind."),
+        Column("reason", "VARCHAR", "", "Refusal reason code (docs/ledger-rules.md)."),
+        Column(
+            "corridor",
+            "VARCHAR",
+            "",
+            "Sender's jurisdiction - the other party's, e.g. CN-SG; NULL when either is unknown.",
+        ),
     ),
     verified=False,
 )
@@ -393,6 +403,21 @@ STORE_TABLES: tuple[Table, ...] = (
             Column("key", "TEXT", "JSON", "Row key."),
             Column("value", "TEXT", "JSON", "Row value."),
         ),
+    ),
+    Table(
+        "refusals",
+        "refused instruction (the newest 100,000 are kept)",
+        "Written beside each block's commit, outside the hash chain; exported as `refusals`.",
+        (
+            Column("id", "INTEGER", "", "Increasing number. Key."),
+            Column("time", "INTEGER", _MS, "When the bridge refused it."),
+            Column("sender", "TEXT", "", "Sender of the refused instruction."),
+            Column("instruction_id", "TEXT", "", "Its instruction id."),
+            Column("kind", "TEXT", "", "Its instruction kind."),
+            Column("reason", "TEXT", "", "Refusal reason code."),
+            Column("corridor", "TEXT", "", "Sender - other party jurisdictions, or empty."),
+        ),
+        verified=False,
     ),
     Table(
         "outbox",

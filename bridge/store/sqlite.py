@@ -50,7 +50,12 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY, height INTEGER NOT NULL, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox_cursor (consumer TEXT PRIMARY KEY, last_id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY, time INTEGER NOT NULL, sender TEXT NOT NULL,
+    instruction_id TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+    corridor TEXT NOT NULL);
 """
+REFUSALS_KEPT = 100_000  # newest refused instructions kept; older ones are dropped
 
 
 class SqliteStore:
@@ -237,6 +242,25 @@ class SqliteStore:
                 db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", upserts)
             if deletes:
                 db.executemany("DELETE FROM state WHERE tbl=? AND key=?", deletes)
+
+    def record_refusals(
+        self, refusals: Sequence[tuple[int, str, str, str, str, str]], keep: int = REFUSALS_KEPT
+    ) -> None:
+        """Record refused instructions (time, sender, instruction id, kind, reason, corridor),
+        keeping the newest `keep`. Outside the hash chain: a refusal changed nothing."""
+        if not refusals:
+            return
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "INSERT INTO refusals (time, sender, instruction_id, kind, reason, corridor) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    refusals,
+                )
+                (last,) = db.execute("SELECT MAX(id) FROM refusals").fetchone()
+                db.execute("DELETE FROM refusals WHERE id <= ?", (int(last) - keep,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"recording {len(refusals)} refusals failed: {exc}") from exc
 
     def add_attestation(self, attestation: Attestation) -> bool:
         """Store one attestation; False if this central bank already attested this height."""

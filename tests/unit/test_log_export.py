@@ -150,16 +150,22 @@ def test_manifest_counts_every_table(exports: dict[str, Path]) -> None:
 
 
 def test_refusals_are_copied(exports: dict[str, Path], sample: SampleLog) -> None:
-    """The source's refusal counts are exported (informational, outside the signed log)."""
+    """The refused instructions the store recorded are exported one row each (informational,
+    outside the signed log), with time, sender, kind, reason and corridor."""
     db = sqlite3.connect(sample.path)
     try:
-        (total,) = db.execute("SELECT SUM(count) FROM refusals").fetchone()
+        stored = db.execute(
+            "SELECT id, time, sender, instruction_id, kind, reason, corridor FROM refusals "
+            "ORDER BY id"
+        ).fetchall()
     finally:
         db.close()
-    [(exported,)] = duckdb.sql(
-        f"SELECT SUM(count) FROM read_parquet('{exports['parquet'] / 'refusals.parquet'}')"
+    assert len(stored) == sample.refused > 0
+    exported = duckdb.sql(
+        "SELECT id, time_ms, sender, instruction_id, kind, reason, coalesce(corridor, '') "
+        f"FROM read_parquet('{exports['parquet'] / 'refusals.parquet'}') ORDER BY id"
     ).fetchall()
-    assert exported == total
+    assert exported == stored
 
 
 def test_data_dictionary_doc_is_current() -> None:

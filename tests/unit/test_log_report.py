@@ -64,7 +64,7 @@ def test_aggregates_count_what_the_log_holds(sample: SampleLog) -> None:
         sample, "SELECT COUNT(*) FROM entries WHERE kind='pvp_accept'"
     )
     assert all(latency > 0 for latency in data.latencies)
-    assert sum(data.refusals.values()) == count(sample, "SELECT SUM(count) FROM refusals")
+    assert sum(data.refusals.values()) == count(sample, "SELECT COUNT(*) FROM refusals")
     assert data.entries == sample.entries
     assert data.fx, "settled PvPs give implied rates"
 

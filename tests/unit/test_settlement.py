@@ -455,3 +455,47 @@ async def test_sequencer_answers_outcome_unknown_when_the_block_commit_fails(
         await sequencer.stop()
     assert [getattr(r, "reason", None) for r in results[:3]] == [Reason.OUTCOME_UNKNOWN] * 3
     assert results[3] == replace(committed, duplicate=True)
+
+
+def _refusal_rows(store: SqliteStore) -> list[tuple[object, ...]]:
+    db = store._db
+    return db.execute(
+        "SELECT id, time, sender, instruction_id, kind, reason, corridor FROM refusals ORDER BY id"
+    ).fetchall()
+
+
+def test_refused_instructions_are_recorded_beside_the_log(
+    engine: SettlementEngine, store: SqliteStore, net: Network
+) -> None:
+    """A refusal is recorded (time, sender, id, kind, reason, corridor) and changes nothing:
+    no entry, no block, no state row."""
+    before_state = store._db.execute("SELECT * FROM state ORDER BY tbl, key").fetchall()
+    before_accounts = store._db.execute("SELECT * FROM accounts ORDER BY 1, 2").fetchall()
+    height, entries = engine.height, store.count("entries")
+    refused = pay(net, "BOCHK", "KBANK", 10 * FUNDS, "HKD")
+    settled = engine.settle([refused], T0 + 5)
+    assert isinstance(settled.results[0], Refused)
+    assert settled.block is None
+    assert (engine.height, store.count("entries")) == (height, entries)
+    assert store._db.execute("SELECT * FROM state ORDER BY tbl, key").fetchall() == before_state
+    assert store._db.execute("SELECT * FROM accounts ORDER BY 1, 2").fetchall() == before_accounts
+    [(_, time, sender, instruction_id, kind, reason, corridor)] = _refusal_rows(store)
+    hk, th = net.jurisdiction_of["BOCHK"], net.jurisdiction_of["KBANK"]
+    assert (time, sender, instruction_id, kind, reason) == (
+        T0 + 5,
+        "BOCHK",
+        refused.body.instruction_id,
+        "pay",
+        "INSUFFICIENT_FUNDS",
+    )
+    assert corridor == f"{hk}-{th}"
+
+
+def test_refusals_keep_only_the_newest(store: SqliteStore) -> None:
+    """Retention is bounded: recording past the limit drops the oldest refusals."""
+    rows = [(T0 + i, "ICBC", f"r{i}", "pay", "INSUFFICIENT_FUNDS", "CN-HK") for i in range(7)]
+    store.record_refusals(rows[:4], keep=5)
+    store.record_refusals(rows[4:], keep=5)
+    kept = _refusal_rows(store)
+    assert [r[3] for r in kept] == ["r2", "r3", "r4", "r5", "r6"]
+    assert [r[0] for r in kept] == sorted(r[0] for r in kept)
