@@ -130,17 +130,20 @@ class SettlementEngine:
         self, prepared: Prepared, attestations: Sequence[Attestation] = ()
     ) -> StoreError | None:
         """Write the prepared block durably (with `attestations` of earlier blocks, in the
-        same transaction); safe to run in a worker thread. Refused instructions are recorded
-        beside it, outside the hash chain; failing to record them fails nothing."""
+        same transaction); safe to run in a worker thread. Once the block is committed (a
+        failed commit makes every answer of the batch not decided), the batch's refused
+        instructions are recorded beside it, outside the hash chain; failing to record them
+        fails nothing."""
+        if prepared.block is not None:
+            try:
+                self.store.commit_block(
+                    prepared.block, prepared.batch, [prepared.events], attestations
+                )
+            except StoreError as exc:
+                return exc
         if prepared.refusals:
             with contextlib.suppress(StoreError):
                 self.store.record_refusals(prepared.refusals)
-        if prepared.block is None:
-            return None
-        try:
-            self.store.commit_block(prepared.block, prepared.batch, [prepared.events], attestations)
-        except StoreError as exc:
-            return exc
         return None
 
     def finish(self, prepared: Prepared, failure: StoreError | None) -> Settled:

@@ -499,3 +499,19 @@ def test_refusals_keep_only_the_newest(store: SqliteStore) -> None:
     kept = _refusal_rows(store)
     assert [r[3] for r in kept] == ["r2", "r3", "r4", "r5", "r6"]
     assert [r[0] for r in kept] == sorted(r[0] for r in kept)
+
+
+def test_refusals_of_a_batch_whose_commit_failed_are_not_recorded(
+    failing_engine: SettlementEngine, net: Network
+) -> None:
+    """A refusal answered as not decided (the block's commit failed) is not recorded."""
+    engine = failing_engine
+    store = engine.store
+    assert isinstance(store, FailingStore)
+    store.failing = True
+    engine.settle(list(failing_batch(net)), T0 + 2)
+    assert _refusal_rows(store) == []
+    store.failing = False
+    settled = engine.settle(list(failing_batch(net)), T0 + 3)
+    assert isinstance(settled.results[2], Refused)
+    assert [row[5] for row in _refusal_rows(store)] == ["INSUFFICIENT_FUNDS"]
