@@ -17,6 +17,7 @@ a bridge appends.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import json
 import sqlite3
@@ -244,6 +245,9 @@ class SqliteSource(_Closing):
     def close(self) -> None:
         self._db.close()
 
+    def _columns(self, table: str) -> set[str]:
+        return {str(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
+
     def genesis(self) -> Genesis:
         row = self._db.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()
         if row is None:
@@ -346,23 +350,28 @@ class SqliteSource(_Closing):
         entries = list(self.entries(f"WHERE seq BETWEEN {int(first)} AND {int(first + count - 1)}"))
         return block, entries
 
+    # key/value state rows in binary (code point) order of (tbl, key)
+    _STATE_QUERY = "SELECT tbl, key, value FROM state ORDER BY tbl, key"
+
     def stored_state(self) -> Iterator[StateRow]:
         """Every state row (accounts and the key/value tables), ordered by (table, key) in
-        binary (code point) order, encoded as the store encodes them."""
-        query = (
-            "SELECT 'accounts' AS tbl, json_array(participant, currency) AS k, "
-            "json_array(available, held) FROM accounts "
-            "UNION ALL SELECT tbl, key, value FROM state ORDER BY tbl, k"
+        code point order, encoded as the store encodes them (`bridge.store.codec`)."""
+        accounts = sorted(
+            StateRow(
+                "accounts",
+                json.dumps([p, c], separators=(",", ":")),
+                json.dumps([a, h], separators=(",", ":")),
+            )
+            for p, c, a, h in self._rows(
+                "SELECT participant, currency, available, held FROM accounts"
+            )
         )
-        for table, key, value in self._rows(query):
-            yield StateRow(str(table), str(key), str(value))
+        state = (StateRow(str(t), str(k), str(v)) for t, k, v in self._rows(self._STATE_QUERY))
+        return heapq.merge(accounts, state)
 
     def refusals(self) -> Iterator[Row]:
         """Refused instructions the store recorded, oldest first, as `REFUSALS` rows."""
-        if not self._has_refusals:
-            return iter(())
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(refusals)")}
-        if "instruction_id" not in columns:  # not the bridge's refusals table
+        if not self._has_refusals or "instruction_id" not in self._columns("refusals"):
             return iter(())
         return (
             (i, t, iso_time(t), s, n, k, r, c or None)
@@ -407,8 +416,18 @@ class PostgresSource(SqliteSource):
             )
         self._has_refusals = "refusals" in tables
 
+    _STATE_QUERY = 'SELECT tbl, key, value FROM state ORDER BY tbl COLLATE "C", key COLLATE "C"'
+
     def close(self) -> None:
         self._pg.close()
+
+    def _columns(self, table: str) -> set[str]:
+        rows = self._pg.execute(
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = %s",
+            (table,),
+        )
+        return {str(r[0]) for r in rows}
 
     def genesis(self) -> Genesis:
         row = self._pg.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()

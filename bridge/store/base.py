@@ -23,6 +23,7 @@ from bridge.domain import Currency, Genesis, Participant, Policy, Receipt
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 
 POSTGRES_PREFIXES = ("postgresql://", "postgres://")
+REFUSALS_KEPT = 100_000  # newest refused instructions a store keeps; older ones are dropped
 
 
 class Store(Protocol):
@@ -52,6 +53,13 @@ class Store(Protocol):
         events: Sequence[bytes],
         attestations: Sequence[Attestation] = (),
     ) -> None: ...
+
+    def record_refusals(
+        self, refusals: Sequence[tuple[int, str, str, str, str, str]], keep: int = ...
+    ) -> None:
+        """Record refused instructions (time, sender, instruction id, kind, reason,
+        corridor) outside the hash chain, keeping the newest `keep`."""
+        ...
 
     def add_attestation(self, attestation: Attestation) -> bool: ...
 

@@ -38,6 +38,7 @@ from bridge.domain import Currency, Genesis, Outcome, Participant, Policy, Recei
 from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 from bridge.log.merkle import merkle_root
+from bridge.store.base import REFUSALS_KEPT
 from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
 
 TAIL_BLOCKS_VERIFIED = 16
@@ -99,6 +100,15 @@ CREATE TABLE leader (
     id integer PRIMARY KEY CHECK (id = 1), epoch bigint NOT NULL,
     holder text NOT NULL DEFAULT '', since timestamptz);
 INSERT INTO leader (id, epoch) VALUES (1, 0);
+""",
+    ),
+    (
+        2,
+        """
+CREATE TABLE refusals (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, time bigint NOT NULL,
+    sender text NOT NULL, instruction_id text NOT NULL, kind text NOT NULL,
+    reason text NOT NULL, corridor text NOT NULL);
 """,
     ),
 )
@@ -392,6 +402,27 @@ class PostgresStore:
                 )
             if deletes:
                 cursor.executemany("DELETE FROM state WHERE tbl=%s AND key=%s", deletes)
+
+    def record_refusals(
+        self, refusals: Sequence[tuple[int, str, str, str, str, str]], keep: int = REFUSALS_KEPT
+    ) -> None:
+        """Record refused instructions (time, sender, instruction id, kind, reason, corridor),
+        keeping the newest `keep`. Outside the hash chain: a refusal changed nothing."""
+        if not refusals:
+            return
+        try:
+            with self._conn() as conn, conn.transaction(), conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO refusals (time, sender, instruction_id, kind, reason, corridor) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    list(refusals),
+                )
+                cursor.execute(
+                    "DELETE FROM refusals WHERE id <= (SELECT MAX(id) FROM refusals) - %s",
+                    (keep,),
+                )
+        except psycopg.Error as exc:
+            raise StoreError(f"recording {len(refusals)} refusals failed: {exc}") from exc
 
     def add_attestation(self, attestation: Attestation) -> bool:
         """Store one attestation; False if this central bank already attested this height."""

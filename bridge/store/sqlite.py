@@ -21,6 +21,7 @@ from bridge.domain import Currency, Genesis, Outcome, Participant, Policy, Recei
 from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 from bridge.log.merkle import merkle_root
+from bridge.store.base import REFUSALS_KEPT
 from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
 
 SCHEMA_VERSION = "1"
@@ -55,7 +56,6 @@ CREATE TABLE IF NOT EXISTS refusals (
     instruction_id TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
     corridor TEXT NOT NULL);
 """
-REFUSALS_KEPT = 100_000  # newest refused instructions kept; older ones are dropped
 
 
 class SqliteStore:

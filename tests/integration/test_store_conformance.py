@@ -427,3 +427,37 @@ def test_load_refuses_a_tampered_tail(
     execute(store_spec, "UPDATE blocks SET merkle_root = ? WHERE height = 4", b"\x42" * 32)
     with pytest.raises(LogIntegrityError, match="block 4"):
         open_engine()
+
+
+def query(spec: str, sql: str) -> list[tuple[Any, ...]]:
+    """Read rows straight from the database, behind the store's back."""
+    if is_postgres(spec):
+        with psycopg.connect(spec, autocommit=True) as conn:
+            return [tuple(r) for r in conn.execute(sql.encode()).fetchall()]
+    db = sqlite3.connect(spec)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def test_refusals_are_recorded_with_bounded_retention(
+    store_spec: str, open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """A refused instruction is recorded beside the log (no entry); only the newest are kept."""
+    engine = open_engine()
+    settle_ok(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    entries = engine.store.count("entries")
+    refused = pay(net, "ICBC", "BOCHK", 5)  # nothing issued yet
+    (result,) = engine.settle([refused], T0 + 1).results
+    assert isinstance(result, Refused)
+    assert engine.store.count("entries") == entries
+    sql = "SELECT time, sender, instruction_id, kind, reason, corridor FROM refusals ORDER BY id"
+    hk = net.jurisdiction_of["BOCHK"]
+    cn = net.jurisdiction_of["ICBC"]
+    assert query(store_spec, sql) == [
+        (T0 + 1, "ICBC", refused.body.instruction_id, "pay", "INSUFFICIENT_FUNDS", f"{cn}-{hk}")
+    ]
+    more = [(T0 + 2 + i, "ICBC", f"r{i}", "pay", "INSUFFICIENT_FUNDS", "") for i in range(4)]
+    engine.store.record_refusals(more, keep=3)
+    assert [r[2] for r in query(store_spec, sql)] == ["r1", "r2", "r3"]
