@@ -4,11 +4,13 @@ genesis checks."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bridge.core.ledger import Batch
@@ -19,7 +21,7 @@ from bridge.log.blocks import Attestation, SealedBlock
 from bridge.log.events import vars_of
 from bridge.node.sequencer import Sequencer
 from bridge.settlement import SettlementEngine
-from bridge.store.base import Store, open_store
+from bridge.store.base import Store, is_postgres, open_store
 from bridge.store.sqlite import SqliteStore
 from tests.factories import (
     BANKS,
@@ -457,29 +459,41 @@ async def test_sequencer_answers_outcome_unknown_when_the_block_commit_fails(
     assert results[3] == replace(committed, duplicate=True)
 
 
-def _refusal_rows(store: SqliteStore) -> list[tuple[object, ...]]:
-    db = store._db
-    return db.execute(
-        "SELECT id, time, sender, instruction_id, kind, reason, corridor FROM refusals ORDER BY id"
-    ).fetchall()
+def _rows(spec: str, sql: str) -> list[tuple[object, ...]]:
+    """Rows read straight from a store's database, behind its back."""
+    if is_postgres(spec):
+        with psycopg.connect(spec, autocommit=True) as conn:
+            return [tuple(r) for r in conn.execute(sql.encode()).fetchall()]
+    db = sqlite3.connect(spec)
+    try:
+        return db.execute(sql).fetchall()
+    finally:
+        db.close()
+
+
+def _refusal_rows(spec: str) -> list[tuple[object, ...]]:
+    return _rows(
+        spec,
+        "SELECT id, time, sender, instruction_id, kind, reason, corridor FROM refusals ORDER BY id",
+    )
 
 
 def test_refused_instructions_are_recorded_beside_the_log(
-    engine: SettlementEngine, store: SqliteStore, net: Network
+    engine: SettlementEngine, store_spec: str, net: Network
 ) -> None:
     """A refusal is recorded (time, sender, id, kind, reason, corridor) and changes nothing:
     no entry, no block, no state row."""
-    before_state = store._db.execute("SELECT * FROM state ORDER BY tbl, key").fetchall()
-    before_accounts = store._db.execute("SELECT * FROM accounts ORDER BY 1, 2").fetchall()
-    height, entries = engine.height, store.count("entries")
+    state_sql = "SELECT tbl, key, value FROM state ORDER BY tbl, key"
+    accounts_sql = "SELECT * FROM accounts ORDER BY participant, currency"
+    before = (_rows(store_spec, state_sql), _rows(store_spec, accounts_sql))
+    height, entries = engine.height, engine.store.count("entries")
     refused = pay(net, "BOCHK", "KBANK", 10 * FUNDS, "HKD")
     settled = engine.settle([refused], T0 + 5)
     assert isinstance(settled.results[0], Refused)
     assert settled.block is None
-    assert (engine.height, store.count("entries")) == (height, entries)
-    assert store._db.execute("SELECT * FROM state ORDER BY tbl, key").fetchall() == before_state
-    assert store._db.execute("SELECT * FROM accounts ORDER BY 1, 2").fetchall() == before_accounts
-    [(_, time, sender, instruction_id, kind, reason, corridor)] = _refusal_rows(store)
+    assert (engine.height, engine.store.count("entries")) == (height, entries)
+    assert (_rows(store_spec, state_sql), _rows(store_spec, accounts_sql)) == before
+    [(_, time, sender, instruction_id, kind, reason, corridor)] = _refusal_rows(store_spec)
     hk, th = net.jurisdiction_of["BOCHK"], net.jurisdiction_of["KBANK"]
     assert (time, sender, instruction_id, kind, reason) == (
         T0 + 5,
@@ -491,12 +505,12 @@ def test_refused_instructions_are_recorded_beside_the_log(
     assert corridor == f"{hk}-{th}"
 
 
-def test_refusals_keep_only_the_newest(store: SqliteStore) -> None:
+def test_refusals_keep_only_the_newest(store: Store, store_spec: str) -> None:
     """Retention is bounded: recording past the limit drops the oldest refusals."""
     rows = [(T0 + i, "ICBC", f"r{i}", "pay", "INSUFFICIENT_FUNDS", "CN-HK") for i in range(7)]
     store.record_refusals(rows[:4], keep=5)
     store.record_refusals(rows[4:], keep=5)
-    kept = _refusal_rows(store)
+    kept = _refusal_rows(store_spec)
     assert [r[3] for r in kept] == ["r2", "r3", "r4", "r5", "r6"]
     assert [r[0] for r in kept] == sorted(r[0] for r in kept)
 
@@ -510,8 +524,8 @@ def test_refusals_of_a_batch_whose_commit_failed_are_not_recorded(
     assert isinstance(store, FailingStore)
     store.failing = True
     engine.settle(list(failing_batch(net)), T0 + 2)
-    assert _refusal_rows(store) == []
+    assert _refusal_rows(str(store.path)) == []
     store.failing = False
     settled = engine.settle(list(failing_batch(net)), T0 + 3)
     assert isinstance(settled.results[2], Refused)
-    assert [row[5] for row in _refusal_rows(store)] == ["INSUFFICIENT_FUNDS"]
+    assert [row[5] for row in _refusal_rows(str(store.path))] == ["INSUFFICIENT_FUNDS"]
