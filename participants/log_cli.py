@@ -337,7 +337,7 @@ def export(
 ) -> None:
     """Write entries, legs, blocks, attestations and balance history as tidy tables, with
     their data dictionary (datapackage.json); or extend an export incrementally."""
-    from bridge.log.export import ExportError, export_log
+    from bridge.log.export import ExportError, ExportFollower, export_log
 
     if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
@@ -349,6 +349,7 @@ def export(
             f"{out} exists and is not an empty directory (--append extends an export)",
             param_hint="--out",
         )
+    follower = ExportFollower() if follow else None  # keeps the replay between polls
     starts_later = from_height != 1 or from_seq is not None
     if extending and starts_later and out.exists() and any(out.iterdir()):
         raise typer.BadParameter("--from-height/--from-seq start a new export, not an append")
@@ -369,6 +370,7 @@ def export(
                     from_height=from_height,
                     from_seq=from_seq,
                     final_only=follow,
+                    follower=follower,
                 )
             except ExportError as exc:
                 _stderr.print(f"[red]export failed:[/red] {exc}")

@@ -29,7 +29,14 @@ from bridge.domain import Entry, Genesis, Outcome, canonical_json
 from bridge.errors import BridgeError, LogIntegrityError, Refused
 from bridge.log.blocks import attestation_valid
 from bridge.log.datapackage import datapackage, parquet_metadata, table_files
-from bridge.log.source import FORMATS, LogSource, StoredBlock, StoredEntry, StrayAttestation
+from bridge.log.source import (
+    FORMATS,
+    LogSource,
+    SqliteSource,
+    StoredBlock,
+    StoredEntry,
+    StrayAttestation,
+)
 from bridge.log.tables import (
     ATTESTATIONS,
     BALANCES,
@@ -92,17 +99,46 @@ class Derivation:
         self.participants = self.deriver.genesis_participants(self.ledger)
         self.head: tuple[int, bytes] = (0, self.genesis.hash())
 
-    def blocks(self, on_progress: Progress | None = None) -> Iterator[DerivedBlock]:
-        entries = self.source.entries()
+    def blocks(
+        self,
+        on_progress: Progress | None = None,
+        *,
+        final_only: bool = False,
+        resume: bool = False,
+    ) -> Iterator[DerivedBlock]:
+        """Derive block after block. With `final_only`, stop before the first block without a
+        quorum of valid attestations, before replaying it. With `resume`, go on after `head`
+        in `self.source` (a store, possibly a newer snapshot than the one replayed so far)."""
+        source = self.source
+        if resume:
+            if not isinstance(source, SqliteSource):
+                raise ExportError(f"{source.description}: only a store can be followed")
+            entries = source.entries(f"WHERE seq >= {int(self.ledger.next_seq)}")
+            items = source.blocks_after(self.head[0])
+        else:
+            entries, items = source.entries(), source.blocks()
         done = 0
         try:
-            for item in self.source.blocks():
+            for item in items:
                 if isinstance(item, StrayAttestation):
                     raise ExportError(
                         f"{item.attestation.where}: attestation for a block not in the log; "
                         "run `cbdc-bridge log verify` on the source"
                     )
-                block = self._block(item, entries)
+                header = item.header
+                if (
+                    resume
+                    and header.height == self.head[0] + 1
+                    and header.prev_hash != self.head[1]
+                ):
+                    raise ExportError(
+                        f"block {header.height} does not link to block {self.head[0]} as "
+                        "replayed: the log changed"
+                    )
+                attestations, attested = self._attestations(item)
+                if final_only and attested < self.genesis.quorum:
+                    return
+                block = self._block(item, entries, attestations, attested)
                 done += len(block.entries)
                 self.head = (item.header.height, block.block_hash)
                 yield block
@@ -114,7 +150,31 @@ class Derivation:
         if leftover is not None:
             raise ExportError(f"{leftover.where}: entry {leftover.seq} is in no block")
 
-    def _block(self, stored: StoredBlock, entries: Iterator[StoredEntry]) -> DerivedBlock:
+    def _attestations(self, stored: StoredBlock) -> tuple[tuple[Row, ...], int]:
+        """The block's attestation rows, and how many distinct central banks validly attested."""
+        header_hash = stored.header.hash()
+        rows = []
+        attested = set()
+        for s in stored.attestations:
+            a = s.attestation
+            key = self.keys.get(a.central_bank)
+            valid = (
+                key is not None
+                and a.block_hash == header_hash
+                and attestation_valid(a, key, self.verifier)
+            )
+            if valid:
+                attested.add(a.central_bank)
+            rows.append(attestation_row(a, valid))
+        return tuple(rows), len(attested)
+
+    def _block(
+        self,
+        stored: StoredBlock,
+        entries: Iterator[StoredEntry],
+        attestations: tuple[Row, ...],
+        attested: int,
+    ) -> DerivedBlock:
         header = stored.header
         block_hash = header.hash()
         if stored.stored_hash is not None and stored.stored_hash != block_hash:
@@ -125,22 +185,9 @@ class Derivation:
             if item is None:
                 raise ExportError(f"block {header.height}: the log ends inside the block")
             derived.append(self._entry(item, header.height))
-        attestations = []
-        attested = set()
-        for s in stored.attestations:
-            a = s.attestation
-            key = self.keys.get(a.central_bank)
-            valid = (
-                key is not None
-                and a.block_hash == header.hash()
-                and attestation_valid(a, key, self.verifier)
-            )
-            if valid:
-                attested.add(a.central_bank)
-            attestations.append(attestation_row(a, valid))
-        final = len(attested) >= self.genesis.quorum
-        row = block_row(header, block_hash, len(attested), final)
-        return DerivedBlock(stored, block_hash, row, tuple(attestations), tuple(derived))
+        final = attested >= self.genesis.quorum
+        row = block_row(header, block_hash, attested, final)
+        return DerivedBlock(stored, block_hash, row, attestations, tuple(derived))
 
     def _entry(self, stored: StoredEntry, height: int) -> tuple[Entry, EntryRows]:
         try:
@@ -166,6 +213,28 @@ class Derivation:
         self.ledger.load_table("receipts", ())
         held = [(k, s) for k, s in self.ledger.pvps.items() if s.status is Outcome.HELD]
         self.ledger.load_table("pvps", held)
+
+
+class ExportFollower:
+    """What `log export --follow` keeps between polls: the replay, so that each poll reads
+    only the blocks after the export's head from a fresh snapshot of the store."""
+
+    def __init__(self) -> None:
+        self.derivation: Derivation | None = None
+
+    def derivation_for(self, source: LogSource, plan: _Plan) -> tuple[Derivation, bool]:
+        """The kept replay if it stands exactly at the export's head, else a new one."""
+        kept = self.derivation
+        if (
+            kept is not None
+            and isinstance(source, SqliteSource)
+            and kept.head[0] == plan.after
+            and (plan.after == 0 or kept.head[1].hex() == plan.after_hash)
+        ):
+            kept.source = source
+            return kept, True
+        self.derivation = Derivation(source)
+        return self.derivation, False
 
 
 # ---------------------------------------------------------------------------- writers
@@ -230,6 +299,7 @@ def export_log(
     from_height: int = 1,
     from_seq: int | None = None,
     final_only: bool = False,
+    follower: ExportFollower | None = None,
 ) -> ExportSummary:
     """Write every table of `source` to `directory`, or append to the export there.
 
@@ -240,11 +310,15 @@ def export_log(
     source's block at that height): CSV and JSONL files grow, Parquet tables gain a part file
     `<table>.part-<height>.parquet`. The `refusals` table, not part of the log, is rewritten
     whole. With `final_only`, writing stops before the first block without a quorum, so
-    nothing written ever changes (what `log export --follow` uses)."""
+    nothing written ever changes (what `log export --follow` uses, with a `follower` that keeps
+    the replay from one poll to the next)."""
     plan = _plan(directory, fmt, append, from_height, from_seq, final_only)
     fmt = plan.fmt
     directory.mkdir(parents=True, exist_ok=True)
-    derivation = Derivation(source)
+    if follower is not None:
+        derivation, resume = follower.derivation_for(source, plan)
+    else:
+        derivation, resume = Derivation(source), False
     appending = append and plan.old_counts != {}
     first_new = max(plan.after + 1, plan.first_height)
     staging = directory / ".staging" if fmt == "parquet" else directory
@@ -261,7 +335,7 @@ def export_log(
     }
     try:
         head, blocks, first_height = _write_rows(
-            derivation, writers, plan, first_new, appending, on_progress, forget_every
+            derivation, writers, plan, first_new, appending, resume, on_progress, forget_every
         )
     finally:
         for writer in writers.values():
@@ -334,6 +408,7 @@ def _write_rows(
     plan: _Plan,
     first_new: int,
     appending: bool,
+    resume: bool,
     on_progress: Progress | None,
     forget_every: int,
 ) -> tuple[tuple[int, str] | None, int, int]:
@@ -341,7 +416,7 @@ def _write_rows(
     blocks written and the export's first height."""
     first_height = plan.first_height if appending else 0
     since_forget, head, written = 0, None, 0
-    for block in derivation.blocks(on_progress):
+    for block in derivation.blocks(on_progress, final_only=plan.final_only, resume=resume):
         header = block.stored.header
         since_forget += len(block.entries)
         if since_forget >= forget_every:
@@ -355,8 +430,6 @@ def _write_rows(
         last_seq = header.first_seq + header.entry_count - 1
         if header.height < first_new or (plan.from_seq is not None and last_seq < plan.from_seq):
             continue
-        if plan.final_only and not block.row[BLOCKS.index("final")]:
-            break
         if not first_height:
             first_height = header.height
             if first_height == 1:

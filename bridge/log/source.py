@@ -266,6 +266,11 @@ class SqliteSource(_Closing):
     def blocks(self) -> Iterator[StoredBlock | StrayAttestation]:
         return merge_attestations(self._headers(), self._attestations())
 
+    def blocks_after(self, height: int) -> Iterator[StoredBlock | StrayAttestation]:
+        """Blocks above `height`, with their attestations (following a growing log)."""
+        where = f"WHERE height > {int(height)}"
+        return merge_attestations(self._headers(where), self._attestations(where))
+
     def _rows(self, query: str) -> Iterator[tuple[Any, ...]]:
         cursor = self._db.execute(query)
         while rows := cursor.fetchmany(CHUNK_ROWS):

@@ -8,13 +8,14 @@ import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
 from frictionless import Package, validate
 
 from bridge.log.datapackage import datapackage, table_files
-from bridge.log.export import ExportError, export_log
+from bridge.log.export import Derivation, ExportError, ExportFollower, export_log
 from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import open_source
 from bridge.log.tables import TABLES
@@ -203,3 +204,36 @@ def test_an_edited_datapackage_fails_verification(sample: SampleLog, tmp_path: P
         report = verify_log(source)
     assert not report.ok
     assert report.failures[0].where == "datapackage.json"
+
+
+def test_follow_keeps_its_replay_and_reads_only_new_blocks(
+    sample: SampleLog, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each --follow poll replays only the blocks after the export's head; the result equals
+    one export of the final blocks."""
+    early = cut(sample, tmp_path / "early.sqlite", 5)
+    replayed: list[int] = []
+    original = Derivation._entry
+
+    def counting(self: Derivation, stored: Any, height: int) -> Any:
+        replayed.append(stored.seq)
+        return original(self, stored, height)
+
+    monkeypatch.setattr(Derivation, "_entry", counting)
+    follower = ExportFollower()
+    out, once = tmp_path / "followed", tmp_path / "once"
+    with open_source(early) as log:
+        first = export_log(log, out, "csv", append=True, final_only=True, follower=follower)
+    assert first.head_height == 5
+    replayed.clear()
+    with open_source(sample.path) as log:
+        second = export_log(log, out, None, append=True, final_only=True, follower=follower)
+    assert second.head_height == sample.blocks - 1
+    assert replayed
+    assert min(replayed) == first.counts["entries"] + 1  # nothing replayed twice
+    assert len(replayed) == second.new_rows["entries"]
+    export(sample.path, once, "csv", append=True, final_only=True)
+    for table in TABLES:
+        name = f"{table.name}.csv"
+        assert (out / name).read_bytes() == (once / name).read_bytes(), table.name
+    verified(out)
