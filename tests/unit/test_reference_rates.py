@@ -22,11 +22,6 @@ def desk(currency: str, exponent: int = 2) -> Desk:
     return Desk(f"B{currency}", f"CB{currency}", currency, "127.0.0.1:1", None, exponent)  # type: ignore[arg-type]
 
 
-def implied(pay_amount: int, receive_amount: int, pay_exp: int, receive_exp: int) -> Decimal:
-    """Receive per pay in major units."""
-    return (Decimal(receive_amount) / 10**receive_exp) / (Decimal(pay_amount) / 10**pay_exp)
-
-
 @pytest.mark.parametrize("pay", CURRENCIES)
 def test_quotes_stay_within_the_spread_of_mid(pay: str) -> None:
     """Every quoted rate is within 0.15 % of the reference cross rate."""
