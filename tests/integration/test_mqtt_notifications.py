@@ -103,7 +103,14 @@ def test_every_settlement_reaches_the_sdk_and_mosquitto_sub_once_in_order(
 def test_subscriber_fills_what_it_missed_from_the_grpc_stream(live: LiveNetwork) -> None:
     """Resuming from seq 1, the SDK subscriber yields the bank's whole history once, in order:
     the past from the gRPC stream, then live notifications."""
-    live.issue("BOCQ", 10**9)
+    live.issue("BOCQ", 10**9)  # BOCQ has a past, whatever ran before
+    issued = live.issue("BOCQ", 10**9)
+    live.issue("ICBC", 10**9)
+    # the issuance is the topic's retained message before the subscriber connects, so what
+    # came before it is the past (gRPC) and only the issuance and the payment come by MQTT
+    retained = MosquittoSub(mqtt_of(live, "BOCQ"), settlement_topic("PBOC", "BOCQ"))
+    wait_seq(retained, issued.receipt.seq)
+    retained.stop()
     last: list[int] = []
     with BankClient.from_network(live.directory, "BOCQ") as client:
         subscriber = SettlementSubscriber(
