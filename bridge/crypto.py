@@ -25,10 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from bridge.metrics import stage
+
 PUBLIC_KEY_LENGTH = 65
 SIGNATURE_LENGTH = 64
 _CURVE = ec.SECP256R1()
 _ALGORITHM = ec.ECDSA(hashes.SHA256())
+_SIGN = stage("sign")
+_VERIFY = stage("verify")
 
 
 class Signer(Protocol):
@@ -93,9 +97,10 @@ class PrivateKey:
         return self._key.private_numbers().private_value
 
     def sign(self, message: bytes) -> bytes:
-        der = self._key.sign(message, _ALGORITHM)
-        r, s = decode_dss_signature(der)
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        with _SIGN.timed():
+            der = self._key.sign(message, _ALGORITHM)
+            r, s = decode_dss_signature(der)
+            return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 
 class ReferenceSigner:
@@ -162,11 +167,12 @@ class FastVerifier:
         s = int.from_bytes(signature[32:], "big")
         if r == 0 or s == 0:
             return False
-        try:
-            key.verify(encode_dss_signature(r, s), message, _ALGORITHM)
-        except InvalidSignature:
-            return False
-        return True
+        with _VERIFY.timed():
+            try:
+                key.verify(encode_dss_signature(r, s), message, _ALGORITHM)
+            except InvalidSignature:
+                return False
+            return True
 
 
 class ReferenceVerifier:

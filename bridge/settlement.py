@@ -20,11 +20,18 @@ from bridge.domain import Envelope, Genesis, Millis, Receipt
 from bridge.errors import Reason, Refused, StoreError
 from bridge.log.blocks import Attestation, SealedBlock, seal
 from bridge.log.events import encode_events, settlement_event
+from bridge.metrics import BLOCK_ENTRIES, stage
 from bridge.store.base import Store
 
 Result = Receipt | Refused
 # (time, sender, instruction id, kind, reason, corridor) of a refused instruction
 RefusalRecord = tuple[int, str, str, str, str, str]
+# per batch: what the sequencer's thread spends applying and sealing, the writer's committing
+PREVERIFY = stage("preverify", thread_cpu=True)
+APPLY = stage("apply", thread_cpu=True)
+SEAL = stage("seal", thread_cpu=True)
+COMMIT = stage("commit", thread_cpu=True)
+CONFIRM = stage("confirm", thread_cpu=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,25 @@ class SettlementEngine:
             [settlement_event(e, ledger, block.header.height) for e in batch.entries]
         )
         return Prepared(results, block, batch, events, tuple(refusals))
+        with PREVERIFY.timed(len(envelopes)):
+            ledger.preverify(envelopes)
+        with APPLY.timed(len(envelopes)):
+            for envelope in envelopes:
+                try:
+                    results.append(ledger.apply(envelope, now))
+                except Refused as refusal:
+                    results.append(refusal)
+            ledger.expire_due(now)
+            batch = ledger.pending_batch()
+        if not batch.entries:
+            return Prepared(results, None, batch, b"")
+        with SEAL.timed(len(batch.entries)):
+            block = seal(self.height + 1, self.head_hash, batch.entries, now)
+            events = encode_events(
+                [settlement_event(e, ledger, block.header.height) for e in batch.entries]
+            )
+        BLOCK_ENTRIES.observe(len(batch.entries))
+        return Prepared(results, block, batch, events)
 
     def commit(
         self, prepared: Prepared, attestations: Sequence[Attestation] = ()
@@ -136,9 +162,10 @@ class SettlementEngine:
         fails nothing."""
         if prepared.block is not None:
             try:
-                self.store.commit_block(
-                    prepared.block, prepared.batch, [prepared.events], attestations
-                )
+                with COMMIT.timed(len(prepared.batch.entries)):
+                    self.store.commit_block(
+                        prepared.block, prepared.batch, [prepared.events], attestations
+                    )
             except StoreError as exc:
                 return exc
         if prepared.refusals:
@@ -152,7 +179,8 @@ class SettlementEngine:
         if failure is not None:
             ledger.rollback()
             return Settled(undecided(ledger, prepared.results, failure), None)
-        ledger.confirm()
+        with CONFIRM.timed(len(prepared.results)):
+            ledger.confirm()
         if prepared.block is not None:
             self.height = prepared.block.header.height
             self.head_hash = prepared.block.header.hash()

@@ -53,6 +53,7 @@ from bridge.domain import (
 )
 from bridge.errors import STATUS_OF_REASON, Reason, Refused
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
+from bridge.metrics import stage
 
 __all__ = [
     "ReceivedBlock",
@@ -111,6 +112,9 @@ _KIND_TO_PROTO = {
     k: pb.ParticipantKind.Value(f"PARTICIPANT_KIND_{k.name}") for k in ParticipantKind
 }
 _KIND_FROM_PROTO = {v: k for k, v in _KIND_TO_PROTO.items()}
+
+_DECODE = stage("decode")
+_ENCODE = stage("encode")
 
 
 def outcome_to_proto(outcome: Outcome) -> pb.Outcome.ValueType:
@@ -269,18 +273,20 @@ def signature_from_proto(msg: pb.Signature) -> Signature:
 
 
 def envelope_to_proto(envelope: Envelope) -> pb.SignedInstruction:
-    return pb.SignedInstruction(
-        instruction=instruction_to_proto(envelope.body),
-        signatures=[signature_to_proto(s) for s in envelope.signatures],
-    )
+    with _ENCODE.timed():
+        return pb.SignedInstruction(
+            instruction=instruction_to_proto(envelope.body),
+            signatures=[signature_to_proto(s) for s in envelope.signatures],
+        )
 
 
 def envelope_from_proto(msg: pb.SignedInstruction) -> Envelope:
     """Decode a signed instruction; its `body_bytes` are the canonical encoding of the body."""
     if not msg.HasField("instruction"):
         raise Refused(Reason.MALFORMED, "signed instruction has no instruction")
-    body = instruction_from_proto(msg.instruction)
-    return Envelope.of(body, tuple(signature_from_proto(s) for s in msg.signatures))
+    with _DECODE.timed():
+        body = instruction_from_proto(msg.instruction)
+        return Envelope.of(body, tuple(signature_from_proto(s) for s in msg.signatures))
 
 
 # ---------------------------------------------------------------------------- receipts and entries

@@ -30,7 +30,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from loadtest.benchkit import CpuMeter, Profiler, bench_network, echo_server, node_pids
+from loadtest.benchkit import (
+    CpuMeter,
+    Profiler,
+    StageMeter,
+    bench_network,
+    describe_budget,
+    echo_server,
+    metrics_ports,
+    node_pids,
+)
 from loadtest.runner import LocustSettings, RunResult, run_locust, scenario_path
 
 __all__ = ["E2eSettings", "describe", "run"]
@@ -87,6 +96,7 @@ def run(settings: E2eSettings) -> dict[str, Any]:
             )  # fmt: skip
             pids = node_pids(network)
             with (
+                StageMeter(metrics_ports(network)) as stages,
                 CpuMeter(pids) as cpu,
                 Profiler(settings.profile, pids, max(1.0, locust.seconds - 2)),
             ):
@@ -105,7 +115,7 @@ def run(settings: E2eSettings) -> dict[str, Any]:
                     "LOADTEST_USER_RATE": f"{max(half_rate, 0.1) / paced.users:.6f}",
                 },
             )  # fmt: skip
-    return _figures(settings, echo_run, max_run, half_run, cpu)
+    return _figures(settings, echo_run, max_run, half_run, cpu, stages)
 
 
 def _figures(
@@ -114,6 +124,7 @@ def _figures(
     max_run: RunResult,
     half_run: RunResult,
     cpu: CpuMeter,
+    stages: StageMeter,
 ) -> dict[str, Any]:
     echo_rate = echo_run.rpc_per_s
     pvps = max_run.count("settlement", PVP_NAMES)
@@ -132,7 +143,9 @@ def _figures(
         "half_rate_pvp_per_s": round(half_run.rate("settlement", PVP_NAMES), 1),
         "server_cpu_ms_per_pvp": round(1000 * cpu.total / pvps, 3) if pvps else None,
         "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
+        "cpu_ms_per_pvp_by_stage": stages.budget(cpu, pvps),
         "goals_met": {
+            "server_cpu_le_1_ms": bool(pvps) and cpu.total <= 0.001 * pvps,
             "efficiency_ge_0_5": efficiency >= 0.5,
             "p99_le_50ms_at_half_rate": 0 < latency["settlement_p99_ms"] <= 50,
         },
@@ -168,7 +181,10 @@ def describe(figures: dict[str, Any]) -> str:
             f"settlement at half rate:       p50 {figures['settlement_p50_ms']:.0f} ms, "
             f"p95 {figures['settlement_p95_ms']:.0f} ms, p99 {figures['settlement_p99_ms']:.0f} ms "
             f"(goal p99 <= 50 ms: {'met' if goals['p99_le_50ms_at_half_rate'] else 'missed'})",
-            f"server CPU per PvP:            {figures['server_cpu_ms_per_pvp']} ms",
+            f"server CPU per PvP:            {figures['server_cpu_ms_per_pvp']} ms "
+            f"(goal <= 1.0: {'met' if goals['server_cpu_le_1_ms'] else 'missed'}), by node "
+            "and stage (ms):",
+            *describe_budget(figures["cpu_ms_per_pvp_by_stage"]),
             f"cross-checks and failures:     {'OK' if figures['ok'] else 'PROBLEM'}",
         ]
     )

@@ -38,7 +38,17 @@ from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import DualPvp, Envelope
 from bridge.errors import Reason
 from bridge.signing import sign_as_party
-from loadtest.benchkit import CpuMeter, Profiler, bench_network, echo_server, node_pids
+from loadtest.benchkit import (
+    CpuMeter,
+    Profiler,
+    StageMeter,
+    bench_network,
+    crypto_floor,
+    describe_budget,
+    echo_server,
+    metrics_ports,
+    node_pids,
+)
 from loadtest.corridor import LoadNetwork, rate, trade_amounts, trade_reference
 from loadtest.crosscheck import crosscheck
 from loadtest.echo import measure_stream_echo
@@ -48,6 +58,7 @@ __all__ = ["StreamSettings", "describe", "run"]
 
 SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
 SETTLED = types.OUTCOME_SETTLED
+BANK_SIGNATURES_PER_PVP = 2  # a dual-signed PvP: both banks sign it
 VALID_FOR_MS = 30 * 60_000
 
 
@@ -196,10 +207,15 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         )  # fmt: skip
         pids = node_pids(network)
         guess = max(5.0, settings.pvps / 2000)
-        with CpuMeter(pids) as cpu, Profiler(settings.profile, pids, guess):
+        with (
+            StageMeter(metrics_ports(network)) as stages,
+            CpuMeter(pids) as cpu,
+            Profiler(settings.profile, pids, guess),
+        ):
             tally, seconds = asyncio.run(stream_pvps(by_node, settings.window))
         check = crosscheck(network.directory, run_id, tally.settled)
     pvp_rate = tally.settled / seconds if seconds > 0 else 0.0
+    floor = crypto_floor(pvp_rate, BANK_SIGNATURES_PER_PVP)
     echo_rate = echo_figures.per_second
     ratio = pvp_rate / echo_rate if echo_rate else 0.0
     return {
@@ -217,7 +233,14 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         if tally.settled
         else None,
         "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
-        "goals_met": {"stream_pvp_per_s_ge_5000": pvp_rate >= 5000, "ratio_ge_0_5": ratio >= 0.5},
+        "cpu_ms_per_pvp_by_stage": stages.budget(cpu, tally.settled),
+        **floor,
+        "goals_met": {
+            "stream_pvp_per_s_ge_5000": pvp_rate >= 5000,
+            "ratio_ge_0_5": ratio >= 0.5,
+            "server_cpu_le_0_4_ms": 0 < cpu.total <= 0.0004 * tally.settled,
+            "floor_ratio_ge_0_4": floor["floor_ratio"] >= 0.4,
+        },
         "settings": {
             "streams": streams,
             "window": settings.window,
@@ -243,7 +266,13 @@ def describe(figures: dict[str, Any]) -> str:
             f"bidi echo:                 {figures['stream_echo_msg_per_s']:.0f} msg/s",
             f"ratio:                     {figures['ratio']:.3f} "
             f"(goal >= 0.5: {'met' if goals['ratio_ge_0_5'] else 'missed'})",
-            f"server CPU per PvP:        {figures['server_cpu_ms_per_pvp']} ms",
+            f"crypto floor:              {figures['crypto_floor_pvp_per_s']:.0f} PvP/s "
+            f"(floor_ratio {figures['floor_ratio']:.3f}; goal >= 0.4: "
+            f"{'met' if goals['floor_ratio_ge_0_4'] else 'missed'})",
+            f"server CPU per PvP:        {figures['server_cpu_ms_per_pvp']} ms "
+            f"(goal <= 0.4: {'met' if goals['server_cpu_le_0_4_ms'] else 'missed'}), by node "
+            "and stage (ms):",
+            *describe_budget(figures["cpu_ms_per_pvp_by_stage"]),
             f"cross-check:               {'OK' if figures['crosscheck']['ok'] else 'PROBLEM'}",
         ]
     )

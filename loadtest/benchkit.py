@@ -14,11 +14,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
 
 from loadtest.funding import fund_banks
 from participants.launcher import Network, prepare_network
@@ -29,8 +33,13 @@ __all__ = [
     "CpuMeter",
     "EchoServer",
     "Profiler",
+    "StageMeter",
     "bench_network",
+    "crypto_floor",
+    "describe_budget",
     "echo_server",
+    "metrics_ports",
+    "p256_verifications_per_s",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +62,7 @@ def bench_network(
             central_banks=central_banks,
             banks_per_central_bank=banks_per_central_bank,
             replica_check=replica_check,
+            metrics=True,
         )
         stack.enter_context(network)
         # benchmarks measure speed, not a market: no run may stop for lack of funds
@@ -164,3 +174,106 @@ class Profiler:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+
+
+def metrics_ports(network: Network) -> dict[str, int]:
+    """Each node's Prometheus endpoint (started with `metrics=True`)."""
+    nodes = {"bridge": network.bridge, **network.central_banks}
+    return {name: node.metrics_port for name, node in nodes.items() if node.metrics_port}
+
+
+def _stage_seconds(port: int) -> dict[str, float]:
+    """Thread CPU seconds per stage, as the node's metrics endpoint reports them now."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    seconds: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "cbdc_stage_cpu_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    seconds[sample.labels["stage"]] = sample.value
+    return seconds
+
+
+class StageMeter:
+    """Per node and stage, the CPU seconds the nodes' own timers count between start and stop."""
+
+    def __init__(self, ports: dict[str, int]) -> None:
+        self.ports = ports
+        self._start: dict[str, dict[str, float]] = {}
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    def _now(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, port in self.ports.items():
+            with contextlib.suppress(OSError):
+                out[name] = _stage_seconds(port)
+        return out
+
+    def __enter__(self) -> StageMeter:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, stages in self._now().items():
+            before = self._start.get(name, {})
+            self.seconds[name] = {s: v - before.get(s, 0.0) for s, v in stages.items()}
+
+    def budget(self, cpu: CpuMeter, settled: int) -> dict[str, dict[str, float]]:
+        """Milliseconds of CPU per settled PvP, per node and stage; `other` is the node's CPU
+        (from the operating system) that no stage timer counted: gRPC, asyncio, protobuf."""
+        if not settled:
+            return {}
+        out: dict[str, dict[str, float]] = {}
+        for name, stages in sorted(self.seconds.items()):
+            row = {s: round(1000 * v / settled, 4) for s, v in sorted(stages.items()) if v > 0}
+            total = cpu.seconds.get(name, 0.0)
+            row["other"] = round(1000 * (total - sum(stages.values())) / settled, 4)
+            row["total"] = round(1000 * total / settled, 4)
+            out[name] = row
+        return out
+
+
+def describe_budget(budget: dict[str, dict[str, float]]) -> list[str]:
+    """The budget as text lines: one per node, its stages biggest first."""
+    lines = []
+    for name, row in budget.items():
+        stages = sorted(((v, s) for s, v in row.items() if s != "total"), reverse=True)
+        parts = ", ".join(f"{s} {v:.3f}" for v, s in stages if abs(v) >= 0.0005)
+        lines.append(f"  {name:<8} {row['total']:.3f} ms: {parts}")
+    return lines
+
+
+def p256_verifications_per_s(seconds: float = 1.0) -> float:
+    """P-256 ECDSA verifications per second on one core (OpenSSL), measured now."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key()
+    message = b"x" * 200
+    signature = key.sign(message, ec.ECDSA(hashes.SHA256()))
+    algorithm = ec.ECDSA(hashes.SHA256())
+    count = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+    while True:
+        for _ in range(50):
+            public.verify(signature, message, algorithm)
+        count += 50
+        now = time.perf_counter()
+        if now >= deadline:
+            return count / (now - started)
+
+
+def crypto_floor(
+    pvp_rate: float, bank_signatures_per_pvp: int, seconds: float = 1.0
+) -> dict[str, float]:
+    """`crypto_floor_pvp_per_s`: the rate if the machine's cores did nothing but check the
+    banks' signatures; `floor_ratio`: the share of it the network reached."""
+    cores = os.cpu_count() or 1
+    verifies = p256_verifications_per_s(seconds)
+    floor = cores * verifies / bank_signatures_per_pvp
+    return {
+        "p256_verify_per_s_per_core": round(verifies, 1),
+        "crypto_floor_pvp_per_s": round(floor, 1),
+        "floor_ratio": round(pvp_rate / floor, 3) if floor else 0.0,
+    }

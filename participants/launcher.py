@@ -60,6 +60,7 @@ class NodeProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    metrics_port: int = 0  # the node's Prometheus endpoint, when started with --metrics-port
 
     def start(self, env: dict[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +90,8 @@ class NodeProcess:
                 for line in buffer.splitlines():
                     with contextlib.suppress(ValueError):
                         event = json.loads(line)
+                        if event.get("event") == "metrics":
+                            self.metrics_port = int(event["port"])
                         if event.get("event") == "listening":
                             self.port = int(event["port"])
                             return
@@ -235,12 +238,14 @@ def prepare_network(
     bridge_store: str = "",
     bridges: int = 1,
     mqtt: bool = True,
+    metrics: bool = False,
 ) -> Network:
     """Generate (or reuse) the network in `directory` on fresh free ports; not started yet.
 
     With a postgresql:// `bridge_store`, `bridges` bridge processes share that database; their
     ports are the last `bridges - 1` ports drawn, after the bridge's and the central banks'.
-    With `mqtt` and Mosquitto installed, the network gets a broker on a free port too."""
+    With `mqtt` and Mosquitto installed, the network gets a broker on a free port too.
+    With `metrics`, every node serves Prometheus metrics on a free port (`metrics_port`)."""
     if (directory / "network.json").exists():
         config = NetworkConfig.load(directory)
         bridges = max(bridges, len(config.bridge_ports))  # as many as it was set up with
@@ -274,6 +279,8 @@ def prepare_network(
     broker = Broker(config.mqtt_directory, config.mqtt_port) if with_broker else None
     logs = directory / "logs"
     network_args = ["--network", str(directory)]
+    if metrics:
+        network_args += ["--metrics-port", "0"]
     bridge = NodeProcess("bridge", ["bridge", *network_args], logs / "bridge.log")
     standby_bridges = [
         NodeProcess(

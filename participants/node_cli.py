@@ -42,6 +42,24 @@ def announce(role: str, name: str) -> Callable[[int], None]:
     return on_listening
 
 
+METRICS_PORT_OPTION = typer.Option(
+    -1,
+    "--metrics-port",
+    help="Serve Prometheus metrics (stage timers, queue depth, block sizes) on "
+    "127.0.0.1:PORT/metrics; 0 picks a free port; default: off.",
+)
+
+
+def serve_metrics(role: str, name: str, port: int) -> None:
+    """Start the metrics endpoint (if asked) and print one JSON line with its port."""
+    if port < 0:
+        return
+    from bridge.metrics import serve
+
+    bound = serve(port)
+    print(json.dumps({"event": "metrics", "role": role, "name": name, "port": bound}), flush=True)
+
+
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     async def runner() -> None:
         stop = asyncio.Event()
@@ -75,6 +93,7 @@ def bridge_node(
     mqtt: bool = typer.Option(
         True, help="Publish settlement notifications to the network's MQTT broker, if it has one."
     ),
+    metrics_port: int = METRICS_PORT_OPTION,
 ) -> None:
     """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream, MQTT
     publisher (while leading)."""
@@ -95,6 +114,7 @@ def bridge_node(
         max_in_flight=max_in_flight,
         mqtt=config.mqtt_settings(BRIDGE_USER) if mqtt else None,
     )
+    serve_metrics("bridge", "bridge", metrics_port)
     run_until_signalled(
         lambda stop: run_bridge_node(settings, stop=stop, on_listening=announce("bridge", "bridge"))
     )
@@ -112,6 +132,7 @@ def central_bank_node(
         "endorsements", help="Signature checks when replaying blocks: none, endorsements or all."
     ),
     max_in_flight: int = MAX_IN_FLIGHT_OPTION,
+    metrics_port: int = METRICS_PORT_OPTION,
 ) -> None:
     """Run a central bank node: serve its banks, endorse their legs, attest blocks."""
     from participants.central_bank.node import CentralBankNodeSettings, run_central_bank_node
@@ -133,6 +154,7 @@ def central_bank_node(
         replica_check=check,
         max_in_flight=max_in_flight,
     )
+    serve_metrics("central-bank", central_bank, metrics_port)
     run_until_signalled(
         lambda stop: run_central_bank_node(
             settings, stop=stop, on_listening=announce("central-bank", central_bank)

@@ -19,11 +19,13 @@ from dataclasses import dataclass, field
 from bridge.domain import Envelope, Millis
 from bridge.errors import Reason, Refused, StoreError
 from bridge.log.blocks import Attestation, SealedBlock
+from bridge.metrics import stage
 from bridge.node.episodes import FailureEpisode
 from bridge.settlement import Result, SettlementEngine
 
 Clock = Callable[[], Millis]
 log = logging.getLogger("bridge.sequencer")
+RESOLVE = stage("resolve", thread_cpu=True)  # answering the callers of a settled batch
 
 
 def wall_clock_ms() -> Millis:
@@ -100,6 +102,11 @@ class Sequencer:
         self.dropped = 0  # instructions dropped unsettled because their caller had gone
         # a full or failing disk fails every write until it is fixed: logged once per episode
         self.store_writes = FailureEpisode(log, "ledger store writes")
+
+    @property
+    def depth(self) -> int:
+        """Instructions (and ticks) queued for the next batches."""
+        return self._queue.qsize()
 
     async def submit(self, envelope: Envelope, *, deadline: float | None = None) -> Result:
         result = await self.enqueue(envelope, deadline=deadline)
@@ -221,14 +228,15 @@ class Sequencer:
             self.store_writes.failed(failure)
         elif prepared.block is not None or attestations:
             self.store_writes.succeeded()  # something was written: the store works again
-        results = iter(settled.results)
-        for pending in batch:
-            if pending.envelope is None:
-                pending.future.set_result(None)
-            elif not pending.future.done():
-                pending.future.set_result(next(results))
-            else:
-                next(results)
-        if settled.block is not None:
-            self.on_block(settled.block)
+        with RESOLVE.timed(len(batch)):
+            results = iter(settled.results)
+            for pending in batch:
+                if pending.envelope is None:
+                    pending.future.set_result(None)
+                elif not pending.future.done():
+                    pending.future.set_result(next(results))
+                else:
+                    next(results)
+            if settled.block is not None:
+                self.on_block(settled.block)
         return failure

@@ -17,6 +17,7 @@ from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Genesis
 from bridge.log.blocks import SealedBlock
+from bridge.metrics import gauge
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator, CallerAuthInterceptor
 from bridge.node.feed import ChainFeed
 from bridge.node.publisher import CONSUMER as PUBLISHER
@@ -101,6 +102,13 @@ def central_banks_only(settings: BridgeNodeSettings) -> CallerAuthInterceptor:
     return CallerAuthInterceptor(authenticator, [SERVICE_NAME])
 
 
+def export_bridge_gauges(sequencer: Sequencer, feed: ChainFeed) -> None:
+    """Queue depth and heights, read at each scrape of the metrics endpoint."""
+    gauge("queue_depth", "Instructions waiting for the sequencer.", lambda: sequencer.depth)
+    gauge("head_height", "Height of the newest sealed block.", lambda: feed.height)
+    gauge("final_height", "Highest final block height.", lambda: feed.final_height)
+
+
 async def run_bridge_node(
     settings: BridgeNodeSettings,
     *,
@@ -165,6 +173,7 @@ async def run_bridge_node(
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings.host, settings.port, settings.pki, "bridge")
+    export_bridge_gauges(sequencer, feed)
     sequencer.start()
     if publisher is not None:
         publisher.start()

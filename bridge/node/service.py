@@ -21,6 +21,7 @@ from bridge.crypto import FastVerifier
 from bridge.domain import Envelope, ExpirePvp, Genesis
 from bridge.errors import Reason, Refused
 from bridge.log.blocks import Attestation, SealedBlock, attestation_valid
+from bridge.metrics import stage
 from bridge.node.feed import ChainFeed
 from bridge.node.leadership import Standby
 from bridge.node.sequencer import Sequencer
@@ -32,6 +33,9 @@ from bridge.store.base import Store
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 PAGE = 500
 SEALED_KEPT = 256  # newest blocks kept in memory for the block streams
+REPLY = stage("reply")  # a Submit stream's answer to one instruction
+FANOUT = stage("fanout")  # a block built for the block streams, or read for a query
+ATTESTATION = stage("attestation")  # checking and counting a central bank's attestation
 
 
 class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
@@ -68,7 +72,8 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
 
         def deliver(correlation_id: int, result: Result) -> None:
             nonlocal outstanding
-            responses.put_nowait(wire.submit_response_to_proto(correlation_id, result))
+            with REPLY.timed():
+                responses.put_nowait(wire.submit_response_to_proto(correlation_id, result))
             outstanding -= 1
             if reading_done and outstanding == 0:
                 responses.put_nowait(None)
@@ -122,64 +127,67 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
     async def SubmitAttestation(
         self, request: types.Attestation, context: Context
     ) -> pb.SubmitAttestationResponse:
-        attestation = Attestation(
-            request.height, request.block_hash, request.central_bank, request.signature
-        )
-        key = self.central_bank_keys.get(attestation.central_bank)
-        if key is None:
-            await abort(
-                context,
-                Refused(
-                    Reason.UNKNOWN_SIGNER,
-                    f"{request.central_bank} is not a central bank of this bridge",
-                ),
-            )
-        header = self.reader.header(attestation.height)
-        if header is None:
-            await abort(
-                context,
-                Refused(Reason.UNKNOWN_INSTRUCTION, f"no block at height {attestation.height}"),
-            )
-        if header.hash() != attestation.block_hash:
-            await abort(
-                context,
-                Refused(Reason.MALFORMED, f"block {attestation.height} has a different hash"),
-            )
-        if not attestation_valid(attestation, key, self.verifier):
-            await abort(
-                context,
-                Refused(
-                    Reason.BAD_SIGNATURE,
-                    f"attestation by {attestation.central_bank} does not verify",
-                ),
-            )
+        try:
+            with ATTESTATION.timed():
+                attestation = self._checked_attestation(request)
+        except Refused as refusal:
+            await abort(context, refusal)
         try:
             # durable with the next block's commit (one fsync for both), or on its own
             await self.sequencer.store_attestation(attestation)
         except Exception as error:
             await abort(context, Refused(Reason.UNAVAILABLE, f"attestation not stored: {error}"))
-        self.feed.attested(attestation)
+        with ATTESTATION.timed(0):
+            self.feed.attested(attestation)
         return pb.SubmitAttestationResponse(
             final=attestation.height <= self.feed.final_height,
             final_height=self.feed.final_height,
         )
+
+    def _checked_attestation(self, request: types.Attestation) -> Attestation:
+        """The attestation, once its signer, block hash and signature check; raises Refused."""
+        attestation = Attestation(
+            request.height, request.block_hash, request.central_bank, request.signature
+        )
+        key = self.central_bank_keys.get(attestation.central_bank)
+        if key is None:
+            raise Refused(
+                Reason.UNKNOWN_SIGNER,
+                f"{request.central_bank} is not a central bank of this bridge",
+            )
+        header = self.reader.header(attestation.height)
+        if header is None:
+            raise Refused(Reason.UNKNOWN_INSTRUCTION, f"no block at height {attestation.height}")
+        if header.hash() != attestation.block_hash:
+            raise Refused(Reason.MALFORMED, f"block {attestation.height} has a different hash")
+        if not attestation_valid(attestation, key, self.verifier):
+            raise Refused(
+                Reason.BAD_SIGNATURE,
+                f"attestation by {attestation.central_bank} does not verify",
+            )
+        return attestation
 
     # ------------------------------------------------------------------ blocks
 
     def block_sealed(self, block: SealedBlock) -> None:
         """Remember a block the sequencer has just committed (as its live streams send it)."""
         header = block.header
-        self._sealed[header.height] = types.Block(
-            header=wire.header_to_proto(header),
-            entries=[
-                types.SettlementEntry(seq=header.first_seq + i, canonical=data)
-                for i, data in enumerate(block.entry_bytes)
-            ],
-        )
-        while len(self._sealed) > SEALED_KEPT:
-            self._sealed.popitem(last=False)
+        with FANOUT.timed(header.entry_count):
+            self._sealed[header.height] = types.Block(
+                header=wire.header_to_proto(header),
+                entries=[
+                    types.SettlementEntry(seq=header.first_seq + i, canonical=data)
+                    for i, data in enumerate(block.entry_bytes)
+                ],
+            )
+            while len(self._sealed) > SEALED_KEPT:
+                self._sealed.popitem(last=False)
 
     def _block(self, height: int, *, live: bool = False) -> types.Block | None:
+        with FANOUT.timed(0):
+            return self._read_block(height, live=live)
+
+    def _read_block(self, height: int, *, live: bool) -> types.Block | None:
         if live and height > self.feed.final_height:
             # a stream following the head: the block as sealed, without the attestations
             # gathered since (it would mostly have none yet anyway)

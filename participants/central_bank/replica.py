@@ -32,6 +32,9 @@ from bridge.errors import LogIntegrityError, Reason, Refused
 from bridge.log.blocks import Attestation, BlockHeader, attest
 from bridge.log.events import settlement_event
 from bridge.log.merkle import merkle_root
+from bridge.metrics import BLOCK_ENTRIES, stage
+
+REPLAY = stage("replay", thread_cpu=True)  # checking and replaying one block
 
 log = logging.getLogger("participants.central_bank.replica")
 
@@ -97,6 +100,14 @@ class Replica:
 
     def apply_block(self, header: BlockHeader, entries: list[bytes]) -> Attestation:
         """Verify one block against the replica and return this central bank's attestation."""
+        with REPLAY.timed(len(entries)):
+            self._replay(header, entries)
+        BLOCK_ENTRIES.observe(len(entries))
+        attestation = attest(header, self.central_bank, self.signer)
+        self.signed_head = (header, attestation)
+        return attestation
+
+    def _replay(self, header: BlockHeader, entries: list[bytes]) -> None:
         where = f"block {header.height}"
         if header.height != self.height + 1:
             raise LogIntegrityError(where, f"expected height {self.height + 1}")
@@ -146,9 +157,6 @@ class Replica:
         self.head_hash = header.hash()
         self.head_time = header.time
         asyncio.get_running_loop().create_task(self._notify())
-        attestation = attest(header, self.central_bank, self.signer)
-        self.signed_head = (header, attestation)
-        return attestation
 
     def _backwards(self, header: BlockHeader, what: str) -> NoReturn:
         """Refuse a block whose times go backwards; say so loudly, once per block."""

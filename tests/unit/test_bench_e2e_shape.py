@@ -12,7 +12,7 @@ from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from loadtest import bench_e2e
 from loadtest.bench_stream import StreamTally
-from loadtest.benchkit import CpuMeter
+from loadtest.benchkit import CpuMeter, StageMeter
 from loadtest.crosscheck import ledger_settled
 from loadtest.runner import PERCENTILES, LocustSettings, RunResult, StatsRow, read_stats
 from loadtest.settings import LoadSettings, new_run_id, parse_weights
@@ -98,7 +98,7 @@ def test_e2e_figures_have_every_key_and_the_efficiency_formula() -> None:
         _stats([("settlement", "pvp", 50, 25.0, 40.0), ("settlement", "pvp_dual", 50, 25.0, 30.0)]),
     )
     settings = bench_e2e.E2eSettings(locust=LocustSettings(users=4, seconds=2))
-    figures = bench_e2e._figures(settings, echo, max_run, half, CpuMeter({}))
+    figures = bench_e2e._figures(settings, echo, max_run, half, CpuMeter({}), StageMeter({}))
     for key in (
         "echo_rpc_per_s", "pvp_settled_per_s", "rpcs_per_pvp", "efficiency",
         "settlement_p50_ms", "settlement_p95_ms", "settlement_p99_ms",
