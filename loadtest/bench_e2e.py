@@ -144,6 +144,7 @@ def _figures(
         "server_cpu_ms_per_pvp": round(1000 * cpu.total / pvps, 3) if pvps else None,
         "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
         "cpu_ms_per_pvp_by_stage": stages.budget(cpu, pvps),
+        "entries_per_block": stages.entries_per_block(),
         "goals_met": {
             "server_cpu_le_1_ms": bool(pvps) and cpu.total <= 0.001 * pvps,
             "efficiency_ge_0_5": efficiency >= 0.5,
@@ -185,6 +186,7 @@ def describe(figures: dict[str, Any]) -> str:
             f"(goal <= 1.0: {'met' if goals['server_cpu_le_1_ms'] else 'missed'}), by node "
             "and stage (ms):",
             *describe_budget(figures["cpu_ms_per_pvp_by_stage"]),
+            f"entries per block:             {figures['entries_per_block']}",
             f"cross-checks and failures:     {'OK' if figures['ok'] else 'PROBLEM'}",
         ]
     )

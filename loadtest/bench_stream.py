@@ -234,6 +234,7 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         else None,
         "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
         "cpu_ms_per_pvp_by_stage": stages.budget(cpu, tally.settled),
+        "entries_per_block": stages.entries_per_block(),
         **floor,
         "goals_met": {
             "stream_pvp_per_s_ge_5000": pvp_rate >= 5000,
@@ -273,6 +274,7 @@ def describe(figures: dict[str, Any]) -> str:
             f"(goal <= 0.4: {'met' if goals['server_cpu_le_0_4_ms'] else 'missed'}), by node "
             "and stage (ms):",
             *describe_budget(figures["cpu_ms_per_pvp_by_stage"]),
+            f"entries per block:         {figures['entries_per_block']}",
             f"cross-check:               {'OK' if figures['crosscheck']['ok'] else 'PROBLEM'}",
         ]
     )

@@ -193,7 +193,17 @@ def _stage_seconds(port: int) -> dict[str, float]:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
                     seconds[sample.labels["stage"]] = sample.value
+        elif family.name == "cbdc_block_entries":
+            for sample in family.samples:
+                if sample.name == "cbdc_block_entries_count":
+                    seconds[BLOCKS] = sample.value
+                elif sample.name == "cbdc_block_entries_sum":
+                    seconds[ENTRIES] = sample.value
     return seconds
+
+
+BLOCKS = "(blocks)"  # not stages: the blocks (and their entries) sealed or replayed meanwhile
+ENTRIES = "(entries)"
 
 
 class StageMeter:
@@ -226,13 +236,20 @@ class StageMeter:
         if not settled:
             return {}
         out: dict[str, dict[str, float]] = {}
-        for name, stages in sorted(self.seconds.items()):
+        for name, all_stages in sorted(self.seconds.items()):
+            stages = {s: v for s, v in all_stages.items() if s not in (BLOCKS, ENTRIES)}
             row = {s: round(1000 * v / settled, 4) for s, v in sorted(stages.items()) if v > 0}
             total = cpu.seconds.get(name, 0.0)
             row["other"] = round(1000 * (total - sum(stages.values())) / settled, 4)
             row["total"] = round(1000 * total / settled, 4)
             out[name] = row
         return out
+
+    def entries_per_block(self, node: str = "bridge") -> float:
+        """Mean entries per block the node sealed (or replayed) while measured."""
+        seen = self.seconds.get(node, {})
+        blocks = seen.get(BLOCKS, 0.0)
+        return round(seen.get(ENTRIES, 0.0) / blocks, 2) if blocks else 0.0
 
 
 def describe_budget(budget: dict[str, dict[str, float]]) -> list[str]:
