@@ -158,17 +158,33 @@ BLOCK_ENTRIES: Final = Histogram(
 )
 
 
+def _calls(s: Stage) -> float:
+    return s.calls
+
+
+def _items(s: Stage) -> float:
+    return s.items
+
+
+def _cpu_seconds(s: Stage) -> float:
+    return s.cpu_seconds
+
+
+def _wall_seconds(s: Stage) -> float:
+    return s.wall_ns / 1e9
+
+
 class _StageCollector(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         stages = list(STAGES.values())
-        families = (
-            ("cbdc_stage_calls", "Times each stage ran.", lambda s: s.calls),
+        families: tuple[tuple[str, str, Callable[[Stage], float]], ...] = (
+            ("cbdc_stage_calls", "Times each stage ran.", _calls),
             ("cbdc_stage_items", "Items (instructions, signatures...) each stage handled.",
-             lambda s: s.items),
+             _items),
             ("cbdc_stage_cpu_seconds", "Thread CPU seconds spent in each stage (sampled).",
-             lambda s: s.cpu_seconds),
+             _cpu_seconds),
             ("cbdc_stage_wall_seconds", "Wall-clock seconds spent in each stage.",
-             lambda s: s.wall_ns / 1e9),
+             _wall_seconds),
         )  # fmt: skip
         for name, documentation, value in families:
             family = CounterMetricFamily(name, documentation, labels=["stage"])

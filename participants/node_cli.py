@@ -132,6 +132,12 @@ def central_bank_node(
         "endorsements", help="Signature checks when replaying blocks: none, endorsements or all."
     ),
     max_in_flight: int = MAX_IN_FLIGHT_OPTION,
+    attest_interval_ms: float = typer.Option(
+        50.0,
+        min=0,
+        help="Least milliseconds between two attestations: each attests the newest replayed "
+        "height, which covers every block up to it.",
+    ),
     metrics_port: int = METRICS_PORT_OPTION,
 ) -> None:
     """Run a central bank node: serve its banks, endorse their legs, attest blocks."""
@@ -153,6 +159,7 @@ def central_bank_node(
         admin_port=None if admin_port < 0 else admin_port,
         replica_check=check,
         max_in_flight=max_in_flight,
+        attest_interval=attest_interval_ms / 1000,
     )
     serve_metrics("central-bank", central_bank, metrics_port)
     run_until_signalled(

@@ -2,8 +2,10 @@
 
 A block seals a contiguous run of entries: its header carries the height, the previous block's
 hash (the genesis hash for block 1), the Merkle root of the entries' canonical bytes, the
-logical time of sealing, the first sequence number and the entry count. Central banks attest a
-block by signing its hash; it is final once a quorum of distinct central banks has attested.
+logical time of sealing, the first sequence number and the entry count. A central bank attests
+a height by signing its block's hash; since each header commits to its predecessor, that covers
+the chain up to it. A block is final once a quorum of distinct central banks has attested it or
+a later height.
 """
 
 from __future__ import annotations
@@ -107,3 +109,12 @@ def attestation_valid(attestation: Attestation, public_key: bytes, verifier: Ver
 def is_final(attestations: Iterable[Attestation], block_hash: bytes, quorum: int) -> bool:
     """Final when `quorum` distinct central banks attested this exact block hash."""
     return len({a.central_bank for a in attestations if a.block_hash == block_hash}) >= quorum
+
+
+def final_height(attested: Mapping[str, int], quorum: int) -> int:
+    """The highest height that `quorum` central banks attested, or attested a later height of
+    (`attested`: each central bank's highest valid attestation on the chain). An attestation
+    of height h signs h's header, which commits to every block before it: it covers 1..h."""
+    if quorum <= 0 or len(attested) < quorum:
+        return 0
+    return sorted(attested.values(), reverse=True)[quorum - 1]

@@ -2,12 +2,16 @@
 
 `build_proof(source, selector)` finds an entry (by seq, by `SENDER/INSTRUCTION_ID`, or by an
 instruction id that only one sender used) and writes what a third party needs to check, with
-only the central banks' public keys, that the entry is in a block a quorum of central banks
-attested: the entry's canonical bytes, the RFC 6962 audit path from its leaf to the block's
-Merkle root, the block header, and the attestations.
+only the central banks' public keys, that the entry is in a final block: the entry's canonical
+bytes, the RFC 6962 audit path from its leaf to the block's Merkle root, the block header, and
+the attestations. Central banks attest heights, and an attestation of a later height covers
+the block (each header commits to the one before): when the block's own attestations fall short
+of a quorum, the proof adds each missing central bank's first attestation of a later height
+(with its `height`) and the `chain` of headers from the block up to the highest of them.
 
 `check_proof(proof, trusted)` recomputes the leaf, walks the path to the root, hashes the
-header, verifies each attestation with the trusted keys and counts a quorum. It also verifies
+header, links the chain of later headers to it, verifies each attestation against the header
+of its height with the trusted keys and counts a quorum. It also verifies
 the central bank signatures inside the entry (endorsements, or a central bank's own signature);
 banks' own signatures need the banks' keys, which a proof does not carry. The `summary` block
 of a proof is for people reading it: the checker rebuilds it from the signed entry bytes and
@@ -92,6 +96,7 @@ def build_proof(source: LogSource, selector: Selector) -> dict[str, Any]:
     found = _find(source, selector)
     block, entries, index = found
     header = block.header
+    attestations, chain = _covering(source, block, genesis.quorum)
     leaves = [leaf_hash(e.data) for e in entries]
     stored = entries[index]
     entry = Entry.from_canonical_bytes(stored.data)
@@ -109,14 +114,48 @@ def build_proof(source: LogSource, selector: Selector) -> dict[str, Any]:
         "block": {**header.to_fields(), "hash": header.hash().hex()},
         "attestations": [
             {
-                "central_bank": s.attestation.central_bank,
-                "block_hash": s.attestation.block_hash.hex(),
-                "signature": s.attestation.signature.hex(),
+                "central_bank": a.central_bank,
+                "block_hash": a.block_hash.hex(),
+                "signature": a.signature.hex(),
+                **({} if a.height == header.height else {"height": a.height}),
             }
-            for s in block.attestations
+            for a in attestations
         ],
+        **({"chain": [h.to_fields() for h in chain]} if chain else {}),
         "summary": _summary(entry),
     }
+
+
+def _covering(
+    source: LogSource, block: StoredBlock, quorum: int
+) -> tuple[list[Attestation], list[BlockHeader]]:
+    """The block's attestations, and when they are short of a quorum, each other central
+    bank's first attestation of a later height, with the headers up to the highest of them."""
+    attestations = [s.attestation for s in block.attestations]
+    banks = {a.central_bank for a in attestations}
+    chain: list[BlockHeader] = []
+    if len(banks) >= quorum:
+        return attestations, chain
+    for later in _blocks_after(source, block.header.height):
+        chain.append(later.header)
+        for stored in later.attestations:
+            if stored.attestation.central_bank not in banks:
+                banks.add(stored.attestation.central_bank)
+                attestations.append(stored.attestation)
+        if len(banks) >= quorum:
+            return attestations, chain
+    return [s.attestation for s in block.attestations], []  # not final (yet)
+
+
+def _blocks_after(source: LogSource, height: int) -> Iterator[StoredBlock]:
+    if isinstance(source, SqliteSource):
+        while (found := source.block_at(height + 1)) is not None:
+            yield found[0]
+            height += 1
+        return
+    for item in source.blocks():
+        if isinstance(item, StoredBlock) and item.header.height > height:
+            yield item
 
 
 def _summary(entry: Entry) -> dict[str, Any]:
@@ -283,7 +322,8 @@ def _check(proof: Mapping[str, Any], trusted: TrustedKeys, result: ProofCheck) -
         )
     if entry.time > header.time:
         raise _Invalid("the entry is timed after its block was sealed")
-    result.attested_by = _attested_by(proof["attestations"], header, block_hash, trusted)
+    hashes = _chain_hashes(header, block_hash, proof.get("chain", []))
+    result.attested_by = _attested_by(proof["attestations"], header.height, hashes, trusted)
     if len(result.attested_by) < trusted.quorum:
         raise _Invalid(
             f"block {header.height} is not final: {len(result.attested_by)} valid attestations, "
@@ -331,23 +371,42 @@ def _shown(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def _chain_hashes(
+    header: BlockHeader, block_hash: bytes, chain: Sequence[Mapping[str, Any]]
+) -> dict[int, bytes]:
+    """Height -> header hash, for the block and the later headers that link up from it."""
+    hashes = {header.height: block_hash}
+    previous, height = block_hash, header.height
+    for fields in chain:
+        later = BlockHeader.from_fields(fields)
+        if later.height != height + 1 or later.prev_hash != previous:
+            raise _Invalid(f"the chain's header {later.height} does not link to block {height}")
+        previous, height = later.hash(), later.height
+        hashes[height] = previous
+    return hashes
+
+
 def _attested_by(
-    attestations: Sequence[Mapping[str, str]],
-    header: BlockHeader,
-    block_hash: bytes,
+    attestations: Sequence[Mapping[str, Any]],
+    height: int,
+    hashes: Mapping[int, bytes],
     trusted: TrustedKeys,
 ) -> list[str]:
+    """The trusted central banks that attested the block or a later height of its chain."""
     verifier = FastVerifier()
     banks: set[str] = set()
     for item in attestations:
         bank = item["central_bank"]
+        attested = int(item.get("height", height))
         attestation = Attestation(
-            header.height, bytes.fromhex(item["block_hash"]), bank, bytes.fromhex(item["signature"])
+            attested, bytes.fromhex(item["block_hash"]), bank, bytes.fromhex(item["signature"])
         )
         key = trusted.keys.get(bank)
         if key is None:
             raise _Invalid(f"attestation by {bank}, which is not a trusted central bank")
-        if attestation.block_hash != block_hash:
+        if attested < height or attested not in hashes:
+            raise _Invalid(f"{bank}'s attestation of height {attested} is not on the proof's chain")
+        if attestation.block_hash != hashes[attested]:
             raise _Invalid(f"{bank}'s attestation is for another block hash")
         if not attestation_valid(attestation, key, verifier):
             raise _Invalid(f"{bank}'s attestation signature does not verify")

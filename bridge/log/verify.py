@@ -13,7 +13,8 @@
    giving the outcome the log records, and its instruction id never used before;
 3. the Merkle root of the block's entries (RFC 6962, computed as they stream past);
 4. every attestation: a central bank of the genesis, over this exact header hash, with a
-   signature that verifies; the block is final when a quorum of them attested;
+   signature that verifies; since a header commits to every block before it, a block is final
+   when a quorum of central banks attested it or a later height;
 5. conservation: per currency, balances plus holds equal issued minus redeemed.
 
 At the end every state row a store keeps beside the log must equal the replay's, row by row
@@ -22,8 +23,8 @@ usage, supply): a bridge restarts from those rows, so "verified" covers them too
 derived tables and manifest must equal what the log derives.
 
 Verification stops at the first failure, so later noise never hides the cause. Missing
-attestations are not failures: a block without a quorum is reported as not final (warning),
-while an attestation that does not verify is a failure.
+attestations are not failures: blocks above the final height are reported as not final
+(warning), while an attestation that does not verify is a failure.
 
 Memory stays bounded: the ledger's batches are taken every block; every `prune_every` entries
 receipts and closed PvPs are dropped from memory after the instruction ids are written to a
@@ -48,7 +49,7 @@ from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Entry, Genesis, Outcome
 from bridge.errors import LogIntegrityError, Refused
-from bridge.log.blocks import attestation_valid
+from bridge.log.blocks import attestation_valid, final_height
 from bridge.log.datapackage import datapackage, table_files
 from bridge.log.head import SignedHead
 from bridge.log.merkle import leaf_hash, node_hash
@@ -276,7 +277,7 @@ class LogVerifier:
         self.report = VerifyReport(source=source.description)
         self.verifier = FastVerifier()
         self.seen = _Scratch()
-        self._not_final: list[int] = []
+        self._attested: dict[str, int] = {}  # each central bank's highest valid attestation
         self.quorum = 0
 
     # ------------------------------------------------------------------ driver
@@ -486,20 +487,13 @@ class LogVerifier:
             if not attestation_valid(attestation, key, self.verifier):
                 self._fail(where, f"signature does not verify with {bank}'s public key", height)
             attested.add(bank)
+            self._attested[bank] = height
             self.report.attestations += 1
             self.report.signatures += 1
             if self.tables is not None:
                 expected = attestation_row(attestation, True)
                 self._compare_stored(stored.row, expected, where, height)
-        final = len(attested) >= self.quorum
-        if final:
-            self.report.final_blocks += 1
-            self.report.last_final_height = height
-        else:
-            self._not_final.append(height)
-            if len(self._not_final) > 10_000:
-                del self._not_final[100:-100]
-        return len(attested), final
+        return len(attested), len(attested) >= self.quorum
 
     # ------------------------------------------------------------------ entries
 
@@ -817,22 +811,19 @@ class LogVerifier:
                 self._fail("datapackage.json", what)
 
     def _finality_warnings(self) -> None:
+        """Final: every block up to the highest height that a quorum attested (or attested a
+        later height of), among the blocks verified."""
         report = self.report
-        if not report.blocks or report.final_blocks == report.blocks:
-            return
-        tail = report.blocks - report.last_final_height
-        if tail:
+        final = min(report.head_height, final_height(self._attested, self.quorum))
+        report.final_blocks = final
+        report.last_final_height = final
+        tail = report.blocks - final
+        if report.blocks and tail:
             report.warnings.insert(
                 0,
                 f"{tail} block(s) at the head are not final yet (heights "
-                f"{report.last_final_height + 1}-{report.head_height}): fewer than "
-                f"{self.quorum} valid attestations",
-            )
-        middle = [h for h in self._not_final if h <= report.last_final_height]
-        if middle:
-            shown = ", ".join(str(h) for h in middle[:10])
-            report.warnings.insert(
-                0, f"{len(middle)} block(s) below the final head lack a quorum: {shown}"
+                f"{final + 1}-{report.head_height}): fewer than {self.quorum} central banks "
+                "attested them or a later height",
             )
 
 

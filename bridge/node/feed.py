@@ -4,51 +4,49 @@ from __future__ import annotations
 
 import asyncio
 
-from bridge.log.blocks import Attestation, BlockHeader, is_final
+from bridge.log.blocks import Attestation, final_height
 from bridge.store.base import Store
 
 
 class ChainFeed:
-    """Tracks the head and the final height; wakes streams when either moves."""
+    """Tracks the head and the final height; wakes streams when either moves.
+
+    Height h is final once a quorum of central banks attested h or a later height: the feed
+    keeps each central bank's highest attested height (every attestation was checked against
+    the chain before it was stored), and the final height is the quorum-th highest of them."""
 
     def __init__(self, store: Store, quorum: int) -> None:
         self.store = store
         self.quorum = quorum
         head = store.head()
         self.height = 0 if head is None else head.height
-        self.final_height = self._scan_final(head)
+        self.attested_heights: dict[str, int] = store.attested_heights()
+        self.final_height = min(self.height, final_height(self.attested_heights, quorum))
         self._changed = asyncio.Condition()
-
-    def _scan_final(self, head: BlockHeader | None) -> int:
-        final = 0
-        if head is None:
-            return 0
-        for header in self.store.headers(1, head.height):
-            if not is_final(self.store.attestations(header.height), header.hash(), self.quorum):
-                break
-            final = header.height
-        return final
 
     def block_sealed(self, height: int) -> None:
         self.height = height
         asyncio.get_running_loop().create_task(self._notify())
 
     def attested(self, attestation: Attestation) -> None:
-        self.refresh_final()
+        """Count a stored attestation (checked against the chain)."""
+        bank = attestation.central_bank
+        if attestation.height > self.attested_heights.get(bank, 0):
+            self.attested_heights[bank] = attestation.height
+            self._advance()
 
     def refresh_final(self) -> None:
-        """Move the final height on as far as the stored attestations allow."""
-        advanced = False
-        while self.final_height < self.height:
-            height = self.final_height + 1
-            header = self.store.header(height)
-            if header is None or not is_final(
-                self.store.attestations(height), header.hash(), self.quorum
-            ):
-                break
-            self.final_height = height
-            advanced = True
-        if advanced:
+        """Move the final height on as far as the stored attestations allow (attestations
+        another bridge process stored included)."""
+        for bank, height in self.store.attested_heights().items():
+            if height > self.attested_heights.get(bank, 0):
+                self.attested_heights[bank] = height
+        self._advance()
+
+    def _advance(self) -> None:
+        final = min(self.height, final_height(self.attested_heights, self.quorum))
+        if final > self.final_height:
+            self.final_height = final
             asyncio.get_running_loop().create_task(self._notify())
 
     async def _notify(self) -> None:

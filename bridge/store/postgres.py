@@ -502,6 +502,12 @@ class PostgresStore:
         )
         return [Attestation(h, bytes(b), c, bytes(s)) for h, b, c, s in rows]
 
+    def attested_heights(self) -> dict[str, int]:
+        rows = self._all(
+            "SELECT central_bank, MAX(height) FROM attestations GROUP BY central_bank", ()
+        )
+        return {str(c): int(h) for c, h in rows}
+
     def outbox_after(self, last_id: int, limit: int = 500) -> list[tuple[int, bytes]]:
         rows = self._all(
             "SELECT id, payload FROM outbox WHERE id > %s ORDER BY id LIMIT %s", (last_id, limit)

@@ -364,6 +364,12 @@ class SqliteStore:
         )
         return [Attestation(h, bytes(b), c, bytes(s)) for h, b, c, s in cursor]
 
+    def attested_heights(self) -> dict[str, int]:
+        cursor = self._db.execute(
+            "SELECT central_bank, MAX(height) FROM attestations GROUP BY central_bank"
+        )
+        return {str(c): int(h) for c, h in cursor}
+
     def outbox_after(self, last_id: int, limit: int = 500) -> list[tuple[int, bytes]]:
         cursor = self._db.execute(
             "SELECT id, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (last_id, limit)

@@ -17,11 +17,12 @@ from grpc_health.v1 import health_pb2
 from bridge import wire
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
-from bridge._proto.bridge.v1 import central_bank_pb2, central_bank_pb2_grpc, types_pb2
+from bridge._proto.bridge.v1 import central_bank_pb2, central_bank_pb2_grpc
 from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier, public_key_from_pem
 from bridge.domain import AdmitBank
 from bridge.errors import BridgeError, Refused
+from bridge.metrics import gauge
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
 from bridge.node.request_guard import RequestGuard
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
@@ -42,16 +43,8 @@ from participants.network_config import NetworkConfig
 log = logging.getLogger("participants.central_bank")
 BANK_SERVICE = central_bank_pb2.DESCRIPTOR.services_by_name["CentralBank"].full_name
 ADMIN_SERVICE = central_bank_pb2.DESCRIPTOR.services_by_name["CentralBankAdmin"].full_name
-ATTESTATIONS_IN_FLIGHT = 32
-# The bridge checked the attestation and said no: sending it again cannot help.
-REFUSED_FOR_GOOD = frozenset(
-    {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.UNAUTHENTICATED,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.PERMISSION_DENIED,
-    }
-)
+ATTEST_INTERVAL_SECONDS = 0.05  # the default least time between two attestations
+ATTEST_RETRY_SECONDS = 0.5  # after an attestation the bridge did not take
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +55,7 @@ class CentralBankNodeSettings:
     admin_port: int | None = None  # default: the admin port in network.json
     replica_check: SignatureCheck = SignatureCheck.ENDORSEMENTS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # unary calls at once; the excess is shed
+    attest_interval: float = ATTEST_INTERVAL_SECONDS  # least seconds between two attestations
 
 
 def admin_token(config: NetworkConfig, central_bank: str) -> str:
@@ -152,10 +146,12 @@ async def run_central_bank_node(
         pki,
         me.id,
     )
+    gauge("replica_height", "Height of the newest block replayed.", lambda: replica.height)
     await server.start()
     await admin_server.start()
     tasks = [
         asyncio.create_task(follow_blocks(core), name="follow-blocks"),
+        asyncio.create_task(attest_heights(core, settings.attest_interval), name="attest"),
         asyncio.create_task(admit_configured_banks(core), name="admit-banks"),
     ]
     for servicer, name in ((health_servicer, BANK_SERVICE), (admin_health, ADMIN_SERVICE)):
@@ -213,75 +209,26 @@ def replay_delay() -> float:
 
 
 async def follow_blocks(core: CentralBankCore) -> None:
-    """Replay and attest every block, reconnecting whenever the bridge goes away.
-
-    An attestation the bridge did not take (it was down, or slow) is kept and sent again with
-    the next block or after reconnecting: finality is a prefix, so one lost attestation would
-    hold every later block back for good.
-    """
+    """Replay every block, reconnecting whenever the bridge goes away (`attest_heights` signs)."""
     replica = core.replica
     bridge = core.link.reachability  # outages are logged once there, not once per retry
     delay = replay_delay()
-    pending: set[asyncio.Task[None]] = set()
-    unconfirmed: dict[int, types_pb2.Attestation] = {}
-    in_flight: set[int] = set()
     last_failure = ""
-
-    async def submit(attestation: types_pb2.Attestation) -> None:
-        started = time.monotonic()
-        try:
-            await core.bridge.SubmitAttestation(attestation, timeout=BRIDGE_DEADLINE)
-            bridge.succeeded(started)
-        except grpc.aio.AioRpcError as error:
-            # an outage is logged once (bridge unreachable), shedding once by the bridge itself
-            shed = error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            if not bridge.failed(error) and not shed:
-                log.warning(
-                    "attestation not accepted",
-                    extra={"height": attestation.height, "code": error.code().name},
-                )
-            if error.code() not in REFUSED_FOR_GOOD:
-                return  # stays unconfirmed: sent again later
-        finally:
-            in_flight.discard(attestation.height)
-        unconfirmed.pop(attestation.height, None)
-
-    async def send(attestation: types_pb2.Attestation) -> None:
-        if len(pending) >= ATTESTATIONS_IN_FLIGHT:
-            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        unconfirmed[attestation.height] = attestation
-        in_flight.add(attestation.height)
-        task = asyncio.create_task(submit(attestation))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    async def send_unconfirmed() -> None:
-        for height in sorted(unconfirmed):
-            if height not in in_flight and height in unconfirmed:
-                await send(unconfirmed[height])
-
     while True:
         try:
             started = time.monotonic()
             await check_genesis(core)
             bridge.succeeded(started)
             await learn_bridge_height(core)
-            await send_unconfirmed()
             request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)
             async for block in core.bridge.StreamBlocks(request):
                 behind = replica.catching_up
                 if delay and behind:
                     await asyncio.sleep(delay)
                 header = wire.header_from_proto(block.header)
-                attestation = replica.apply_block(
-                    header, [bytes(e.canonical) for e in block.entries]
-                )
+                replica.apply_block(header, [bytes(e.canonical) for e in block.entries])
                 if behind and not replica.catching_up:
                     log.info("caught up with the bridge's log", extra={"height": replica.height})
-                await send_unconfirmed()
-                if any(a.central_bank == core.id for a in block.attestations):
-                    continue
-                await send(wire.attestation_to_proto(attestation))
         except grpc.aio.AioRpcError as error:
             if not bridge.failed(error):
                 log.info(
@@ -294,6 +241,42 @@ async def follow_blocks(core: CentralBankCore) -> None:
                 last_failure = str(error)
                 log.error("block failed verification; not attesting", extra={"error": str(error)})
             await asyncio.sleep(5.0)
+
+
+async def attest_heights(core: CentralBankCore, interval: float) -> None:
+    """Attest the newest replayed height, at most every `interval` seconds, until cancelled.
+
+    One attestation of height h covers the chain up to h (each header commits to the one
+    before), and h is final once a quorum attested h or a later height: so under load one
+    signature and one call cover many blocks, and an attestation the bridge did not take (it
+    was down, slow or shedding) needs no resending of its own: the same or a newer head is sent
+    again.
+    """
+    replica = core.replica
+    bridge = core.link.reachability
+    attested = 0  # the highest height the bridge took from this node
+    while True:
+        await replica.wait_beyond(attested)
+        attestation = replica.attest_head()
+        if attestation is None:  # pragma: no cover - wait_beyond(0) means a block was replayed
+            continue
+        started = time.monotonic()
+        try:
+            await core.bridge.SubmitAttestation(
+                wire.attestation_to_proto(attestation), timeout=BRIDGE_DEADLINE
+            )
+            bridge.succeeded(started)
+            attested = attestation.height
+            await asyncio.sleep(interval)
+        except grpc.aio.AioRpcError as error:
+            # an outage is logged once (bridge unreachable), shedding once by the bridge itself
+            shed = error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            if not bridge.failed(error) and not shed:
+                log.warning(
+                    "attestation not accepted",
+                    extra={"height": attestation.height, "code": error.code().name},
+                )
+            await asyncio.sleep(max(interval, ATTEST_RETRY_SECONDS))
 
 
 async def admit_configured_banks(core: CentralBankCore) -> None:

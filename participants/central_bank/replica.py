@@ -1,13 +1,15 @@
-"""A central bank's own replica of the bridge ledger, and its attestation of every block.
+"""A central bank's own replica of the bridge ledger, and its attestation of the chain.
 
 The node follows the bridge's block stream. For each block it checks the hash link to the
 previous block, the Merkle root over the entries, that time only moves forward (the block is
 sealed no earlier than the block before it; each entry is applied no earlier than the entry or
 block before it and no later than its block), and replays every entry through its own copy of
-the ledger core, which must reproduce the logged outcome. Only then does it sign the block
-header (attestation). A block whose times go backwards is refused and logged at ERROR once.
-It also indexes, per participant, the entries that concern them, which serves its banks'
-history and settlement streams.
+the ledger core, which must reproduce the logged outcome. A block whose times go backwards is
+refused and logged at ERROR once. The node signs the header of the latest block it has checked
+(`attest_head`): since every header commits to its predecessor, that one attestation covers the
+whole chain up to it, so the node attests heights at its own pace rather than every block. It
+also indexes, per participant, the entries that concern them, which serves its banks' history
+and settlement streams.
 
 After a (re)start the replica replays the whole chain, which takes a while on a long log.
 Until it has reached the bridge's sealed height (as the bridge reported it when the node
@@ -35,6 +37,7 @@ from bridge.log.merkle import merkle_root
 from bridge.metrics import BLOCK_ENTRIES, stage
 
 REPLAY = stage("replay", thread_cpu=True)  # checking and replaying one block
+ATTEST = stage("attest")  # signing an attestation of the head
 
 log = logging.getLogger("participants.central_bank.replica")
 
@@ -61,10 +64,11 @@ class Replica:
         self.signer = signer
         self.height = 0
         self.head_hash = genesis.hash()
-        self.head_time = 0  # time of the last attested block: time only moves forward
+        self.head_time = 0  # time of the last replayed block: time only moves forward
         self._refused: set[bytes] = set()  # hashes of blocks refused for going back in time
-        # the latest block replayed and attested here, and the attestation (the signed head)
+        # the latest attestation made here and the block it signs (the signed head)
         self.signed_head: tuple[BlockHeader, Attestation] | None = None
+        self.head: BlockHeader | None = None  # the newest block checked and replayed
         self._index: dict[ParticipantId, list[IndexedEntry]] = defaultdict(list)
         self._changed = asyncio.Condition()
         # the bridge's sealed height when last heard of (None: not heard of since the start)
@@ -98,13 +102,21 @@ class Replica:
             f"the bridge's sealed height is {bridge}; ask again shortly",
         )
 
-    def apply_block(self, header: BlockHeader, entries: list[bytes]) -> Attestation:
-        """Verify one block against the replica and return this central bank's attestation."""
+    def apply_block(self, header: BlockHeader, entries: list[bytes]) -> None:
+        """Verify one block against the replica and replay it; raises LogIntegrityError."""
         with REPLAY.timed(len(entries)):
             self._replay(header, entries)
         BLOCK_ENTRIES.observe(len(entries))
-        attestation = attest(header, self.central_bank, self.signer)
-        self.signed_head = (header, attestation)
+
+    def attest_head(self) -> Attestation | None:
+        """This central bank's attestation of the newest replayed block (and so of the chain
+        up to it), kept as the signed head; None before the first block."""
+        head = self.head
+        if head is None:
+            return None
+        with ATTEST.timed():
+            attestation = attest(head, self.central_bank, self.signer)
+        self.signed_head = (head, attestation)
         return attestation
 
     def _replay(self, header: BlockHeader, entries: list[bytes]) -> None:
@@ -156,6 +168,7 @@ class Replica:
         self.height = header.height
         self.head_hash = header.hash()
         self.head_time = header.time
+        self.head = header
         asyncio.get_running_loop().create_task(self._notify())
 
     def _backwards(self, header: BlockHeader, what: str) -> NoReturn:

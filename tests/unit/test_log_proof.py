@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,40 @@ def test_malformed_proof_is_reported(sample: SampleLog) -> None:
     assert "not a" in check_proof({"type": "x"}, trusted(sample)).problem
     broken = {"type": "cbdc-bridge/inclusion-proof", "version": 1, "genesis_hash": ""}
     assert "malformed" in check_proof(broken, TrustedKeys({}, 1)).problem
+
+
+@pytest.fixture(scope="module")
+def heights_attested(sample: SampleLog, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample log with the attestations of SEQ's block removed: only later heights attest."""
+    path = tmp_path_factory.mktemp("heights") / "log.sqlite"
+    shutil.copy(sample.path, path)
+    with sqlite3.connect(path) as db:
+        (height,) = db.execute("SELECT height FROM entries WHERE seq=?", (SEQ,)).fetchone()
+        db.execute("DELETE FROM attestations WHERE height=?", (height,))
+    return path
+
+
+def test_proof_of_a_block_covered_by_a_later_height_carries_the_chain(
+    sample: SampleLog, heights_attested: Path
+) -> None:
+    """A block attested only through later heights is proven final with the headers up to them."""
+    with open_source(heights_attested) as source:
+        proof = build_proof(source, Selector(seq=SEQ))
+    assert proof["chain"], "the later headers the attestations sign"
+    assert all(a["height"] > proof["block"]["height"] for a in proof["attestations"])
+    result = check_proof(json.loads(json.dumps(proof)), trusted(sample))
+    assert result.ok, result.problem
+    assert len(result.attested_by) >= sample.genesis.quorum
+
+
+def test_proof_with_a_broken_chain_does_not_verify(
+    sample: SampleLog, heights_attested: Path
+) -> None:
+    """A chain header that does not link to the block before it voids the later attestations."""
+    with open_source(heights_attested) as source:
+        proof = build_proof(source, Selector(seq=SEQ))
+    broken = copy.deepcopy(proof)
+    broken["chain"][0]["merkle_root"] = "00" * 32
+    result = check_proof(broken, trusted(sample))
+    assert not result.ok
+    assert "does not link" in result.problem or "another block hash" in result.problem

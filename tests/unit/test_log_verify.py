@@ -448,8 +448,10 @@ def test_attestation_for_a_missing_block_is_a_failure(sample: SampleLog, tmp_pat
     assert failure.height == height
 
 
-def test_missing_attestations_only_warn(sample: SampleLog, tmp_path: Path) -> None:
-    """A block below the quorum is not final: a warning naming it, not a failure."""
+def test_a_block_without_its_own_quorum_is_final_by_later_attestations(
+    sample: SampleLog, tmp_path: Path
+) -> None:
+    """A block a quorum never attested itself is final once a quorum attested a later height."""
     height = layout_of(sample.path).middle_height
 
     def change(db: sqlite3.Connection) -> None:
@@ -460,8 +462,24 @@ def test_missing_attestations_only_warn(sample: SampleLog, tmp_path: Path) -> No
 
     report = verify_file(tampered(sample, tmp_path, change))
     assert report.ok, report.failures
-    assert report.final_blocks == report.blocks - 2
-    assert any(str(height) in w and "lack a quorum" in w for w in report.warnings)
+    assert report.final_blocks == report.blocks - 1
+    assert not any(str(height) in w for w in report.warnings)
+
+
+def test_missing_attestations_at_the_head_only_warn(sample: SampleLog, tmp_path: Path) -> None:
+    """Blocks above the highest height a quorum attested are not final: a warning, no failure."""
+    height = layout_of(sample.path).middle_height
+
+    def change(db: sqlite3.Connection) -> None:
+        db.execute(
+            "DELETE FROM attestations WHERE height>=? AND central_bank IN ('BOT', 'MAS', 'PBOC')",
+            (height,),
+        )
+
+    report = verify_file(tampered(sample, tmp_path, change))
+    assert report.ok, report.failures
+    assert report.final_blocks == height - 1
+    assert any(f"heights {height}-" in w and "not final" in w for w in report.warnings)
 
 
 # ---------------------------------------------------------------------------- genesis, state
