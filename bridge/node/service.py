@@ -250,7 +250,7 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
     async def GetFinality(
         self, request: pb.GetFinalityRequest, context: Context
     ) -> pb.GetFinalityResponse:
-        attestations = self.reader.attestations(request.height) if request.height else []
+        attestations = self.reader.covering_attestations(request.height) if request.height else []
         return pb.GetFinalityResponse(
             final_height=self.feed.final_height,
             sealed_height=self.feed.height,

@@ -82,6 +82,11 @@ class Store(Protocol):
 
     def attestations(self, height: int) -> list[Attestation]: ...
 
+    def covering_attestations(self, height: int) -> list[Attestation]:
+        """Each central bank's first attestation of `height` or a later height (which covers
+        `height`: every header commits to the one before)."""
+        ...
+
     def attested_heights(self) -> dict[str, int]:
         """Each central bank's highest stored attestation height."""
         ...

@@ -84,3 +84,12 @@ def encode_value(table: str, value: Any) -> str:
 def decode_row(table: str, key_text: str, value_text: str) -> tuple[Any, Any]:
     key = decode_key(key_text)
     return key, _DECODERS[table](key, json.loads(value_text))
+
+
+# each central bank's first attestation at or above a height ({0}: the driver's placeholder)
+COVERING_QUERY = (
+    "SELECT a.height, a.block_hash, a.central_bank, a.signature FROM attestations a JOIN "
+    "(SELECT central_bank, MIN(height) AS height FROM attestations WHERE height >= {0} "
+    "GROUP BY central_bank) f ON a.central_bank = f.central_bank AND a.height = f.height "
+    "ORDER BY a.central_bank"
+)

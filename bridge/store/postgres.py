@@ -39,7 +39,13 @@ from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 from bridge.log.merkle import merkle_root
 from bridge.store.base import REFUSALS_KEPT
-from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
+from bridge.store.codec import (
+    COVERING_QUERY,
+    KV_TABLES,
+    decode_row,
+    encode_key,
+    encode_value,
+)
 
 TAIL_BLOCKS_VERIFIED = 16
 MIGRATION_LOCK = 0x6362_6463_6D69_6772  # advisory lock keys: "cbdcmigr"
@@ -500,6 +506,10 @@ class PostgresStore:
             "WHERE height=%s ORDER BY central_bank",
             (height,),
         )
+        return [Attestation(h, bytes(b), c, bytes(s)) for h, b, c, s in rows]
+
+    def covering_attestations(self, height: int) -> list[Attestation]:
+        rows = self._all(COVERING_QUERY.format("%s"), (height,))
         return [Attestation(h, bytes(b), c, bytes(s)) for h, b, c, s in rows]
 
     def attested_heights(self) -> dict[str, int]:

@@ -22,7 +22,13 @@ from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 from bridge.log.merkle import merkle_root
 from bridge.store.base import REFUSALS_KEPT
-from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
+from bridge.store.codec import (
+    COVERING_QUERY,
+    KV_TABLES,
+    decode_row,
+    encode_key,
+    encode_value,
+)
 
 SCHEMA_VERSION = "1"
 TAIL_BLOCKS_VERIFIED = 16
@@ -362,6 +368,10 @@ class SqliteStore:
             "WHERE height=? ORDER BY central_bank",
             (height,),
         )
+        return [Attestation(h, bytes(b), c, bytes(s)) for h, b, c, s in cursor]
+
+    def covering_attestations(self, height: int) -> list[Attestation]:
+        cursor = self._db.execute(COVERING_QUERY.format("?"), (height,))
         return [Attestation(h, bytes(b), c, bytes(s)) for h, b, c, s in cursor]
 
     def attested_heights(self) -> dict[str, int]:

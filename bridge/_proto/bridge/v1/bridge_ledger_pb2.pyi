@@ -412,7 +412,10 @@ class GetFinalityResponse(_message.Message):
     """Whether the asked `height` is final."""
     @_builtins.property
     def attestations(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Attestation]:
-        """Attestations gathered for the asked `height`."""
+        """Attestations covering the asked `height`: each central bank's first attestation of that
+        height or a later one (a header commits to every block before it, so attesting height h
+        covers the chain up to h). `height` is final once a quorum of central banks covers it.
+        """
 
     def __init__(
         self,
