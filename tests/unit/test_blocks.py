@@ -26,6 +26,7 @@ from bridge.log.blocks import (
     attest,
     attestation_message,
     attestation_valid,
+    final_height,
     is_final,
     seal,
 )
@@ -135,6 +136,16 @@ def test_repeated_attestations_by_one_bank_count_once() -> None:
     twice = [attest(HEADER, "PBOC", key), attest(HEADER, "PBOC", key)]
     assert not is_final(twice, HEADER.hash(), 2)
     assert is_final(twice, HEADER.hash(), 1)
+
+
+def test_a_height_is_final_once_a_quorum_attested_it_or_a_later_height() -> None:
+    """The final height is the quorum-th highest height the central banks attested."""
+    attested = {"PBOC": 9, "HKMA": 4, "BOT": 7, "CBUAE": 2}
+    assert final_height(attested, 1) == 9
+    assert final_height(attested, 3) == 4
+    assert final_height(attested, 4) == 2
+    assert final_height(attested, 5) == 0
+    assert final_height({}, 1) == 0
 
 
 def test_attestations_of_another_hash_do_not_count() -> None:
