@@ -85,10 +85,10 @@ class Sequencer:
         self.max_batch = max_batch
         self.on_block = on_block
         self.expiry_interval = expiry_interval
-        # least time between the starts of two batches: every block costs each central bank
-        # node a replay, a signature and an attestation call, so waiting a few ms for more
+        # least time between the starts of two batches: every block costs the bridge a commit
+        # and a fan-out and each central bank node a replay, so waiting a few ms for more
         # instructions makes larger blocks under load, at the cost of latency (an idle bridge
-        # never waits). Off by default: the commit's own fsync already batches well.
+        # never waits). Off by default here; the bridge node's command sets a few ms.
         self.block_interval = block_interval
         self._last_batch = -1e9
         # every write to the store runs on this one thread, so writers never wait on each
