@@ -18,10 +18,6 @@ node_app = typer.Typer(
     help="Run one node (bridge or central bank) in the foreground.", no_args_is_help=True
 )
 
-# measured with `bench e2e` (docs/performance.md): 5 ms doubles the entries per block of a
-# Locust load and takes 16% off the servers' CPU per PvP, adding at most 5 ms to a settlement
-BLOCK_INTERVAL_MS = 5.0
-
 NETWORK_OPTION = typer.Option(
     Path("demo-network"), "--network", "-n", help="Network directory (network.json, keys/)."
 )
@@ -89,7 +85,7 @@ def bridge_node(
     ),
     max_batch: int = typer.Option(1000, help="Most instructions settled in one block."),
     block_interval_ms: float = typer.Option(
-        BLOCK_INTERVAL_MS,
+        0.0,
         min=0,
         help="Least milliseconds between the starts of two blocks: under load a block gathers "
         "what arrives meanwhile (fewer, bigger blocks); an idle bridge never waits. 0: off.",
