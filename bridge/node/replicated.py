@@ -115,6 +115,7 @@ async def run_replicated_bridge_node(
                 await task
         await publishing.stop()
         standby.close()
+        service.close()
         store.close()
         reader.close()
         outbox.close()

@@ -126,6 +126,7 @@ async def run_bridge_node(
         store, settings.genesis, verifier=FastVerifier(), check=SignatureCheck.ENDORSEMENTS
     )
     reader = open_store(settings.db)
+    bulk_reader = open_store(settings.db)  # pages of blocks and entries, on a thread of their own
     feed = ChainFeed(reader, settings.genesis.quorum)
     head = store.head()
     clock = MonotonicClock(start=0 if head is None else head.time)
@@ -169,6 +170,7 @@ async def run_bridge_node(
         reader=reader,
         feed=feed,
         ledger=engine.ledger,
+        bulk_reader=bulk_reader,
     )
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
@@ -193,9 +195,11 @@ async def run_bridge_node(
             await publisher.stop()
             publisher.reader.close()
         await sequencer.stop()
+        service.close()
         cursor_store.close()
         store.close()
         reader.close()
+        bulk_reader.close()
         log.info(
             "bridge node stopped",
             extra={"height": feed.height, "dropped_unsequenced": sequencer.dropped},

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from bridge import wire
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as pb
@@ -30,11 +31,13 @@ from bridge.settlement import Result
 from bridge.status import abort
 from bridge.store.base import Store
 
+_T = TypeVar("_T")
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 PAGE = 500
 SEALED_KEPT = 256  # newest blocks kept in memory for the block streams
 REPLY = stage("reply")  # a Submit stream's answer to one instruction
-FANOUT = stage("fanout")  # a block built for the block streams, or read for a query
+FANOUT = stage("fanout")  # a block built for the block streams from memory
+READ = stage("read", thread_cpu=True)  # blocks and entries read from the store (reader thread)
 ATTESTATION = stage("attestation")  # checking and counting a central bank's attestation
 
 
@@ -47,10 +50,16 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         reader: Store,
         feed: ChainFeed,
         ledger: Ledger | None,
+        bulk_reader: Store | None = None,
     ) -> None:
         self.genesis = genesis
         self.sequencer = sequencer
         self.reader = reader
+        # pages of blocks and entries (GetBlocks reads up to 500 blocks) are read on a thread
+        # of their own, through a store handle of their own, never on the event loop that
+        # drives settlement; `bulk_reader` defaults to `reader` when that one is thread-safe
+        self.bulk_reader = reader if bulk_reader is None else bulk_reader
+        self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-reader")
         self.feed = feed
         self.ledger = ledger
         self.verifier = FastVerifier()
@@ -183,22 +192,25 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             while len(self._sealed) > SEALED_KEPT:
                 self._sealed.popitem(last=False)
 
-    def _block(self, height: int, *, live: bool = False) -> types.Block | None:
-        with FANOUT.timed(0):
-            return self._read_block(height, live=live)
+    def close(self) -> None:
+        """Finish the reads under way (before the stores close)."""
+        self._reads.shutdown(wait=True)
 
-    def _read_block(self, height: int, *, live: bool) -> types.Block | None:
-        if live and height > self.feed.final_height:
-            # a stream following the head: the block as sealed, without the attestations
-            # gathered since (it would mostly have none yet anyway)
-            sealed = self._sealed.get(height)
-            if sealed is not None:
-                return sealed
-        header = self.reader.header(height)
+    async def _read(self, read: Callable[..., _T], *args: Any) -> _T:
+        """`read(*args)` on the reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._reads, read, *args)
+
+    def _stored_blocks(self, first: int, last: int) -> list[types.Block]:
+        with READ.timed(last - first + 1):
+            return [b for h in range(first, last + 1) if (b := self._stored_block(h)) is not None]
+
+    def _stored_block(self, height: int) -> types.Block | None:
+        store = self.bulk_reader
+        header = store.header(height)
         if header is None:
             return None
-        entries = self.reader.block_entry_bytes(height)
-        attestations = self.reader.attestations(height)
+        entries = store.block_entry_bytes(height)
+        attestations = store.attestations(height)
         return types.Block(
             header=wire.header_to_proto(header),
             entries=[
@@ -214,8 +226,7 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
     ) -> pb.GetBlocksResponse:
         first = max(1, request.from_height)
         last = min(request.to_height or self.feed.height, self.feed.height, first + PAGE - 1)
-        blocks = [b for h in range(first, last + 1) if (b := self._block(h)) is not None]
-        return pb.GetBlocksResponse(blocks=blocks)
+        return pb.GetBlocksResponse(blocks=await self._read(self._stored_blocks, first, last))
 
     async def StreamBlocks(
         self, request: pb.StreamBlocksRequest, context: Context
@@ -225,7 +236,12 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             if height > self.feed.height:
                 await self.feed.wait_height_above(height - 1)
                 continue
-            block = self._block(height, live=True)
+            # a stream following the head gets the block as sealed, from memory, without the
+            # attestations gathered since (it would mostly have none yet anyway)
+            block = self._sealed.get(height) if height > self.feed.final_height else None
+            if block is None:
+                stored = await self._read(self._stored_blocks, height, height)
+                block = stored[0] if stored else None
             if block is None:  # sealed in memory, not yet readable: wait briefly
                 await asyncio.sleep(0.005)
                 continue
@@ -237,7 +253,7 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
     ) -> AsyncIterator[types.EntryEvent]:
         seq = max(1, request.from_seq)
         while True:
-            rows = self.reader.entries_from(seq, PAGE)
+            rows = await self._read(self._entries_from, seq)
             if not rows:
                 await self.feed.wait_height_above(self.feed.height)
                 continue
@@ -246,6 +262,10 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
                     entry=wire.entry_bytes_to_proto(entry_seq, data), block_height=height
                 )
                 seq = entry_seq + 1
+
+    def _entries_from(self, seq: int) -> list[tuple[int, int, bytes]]:
+        with READ.timed(0):
+            return self.bulk_reader.entries_from(seq, PAGE)
 
     async def GetFinality(
         self, request: pb.GetFinalityRequest, context: Context

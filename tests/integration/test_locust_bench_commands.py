@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,7 @@ def test_bench_e2e_prints_the_figures_as_one_json_object(tmp_path: Path) -> None
         assert isinstance(figures[key], float), key
     assert figures["ok"] is True, figures["checks"]
     assert (tmp_path / "pvp-max_stats.csv").is_file()
+    assert_budget_by_node_and_stage(figures)
 
 
 def test_bench_stream_prints_the_figures_as_one_json_object() -> None:
@@ -51,6 +53,24 @@ def test_bench_stream_prints_the_figures_as_one_json_object() -> None:
         assert isinstance(figures[key], float), key
     assert figures["pvps_settled"] == 300
     assert figures["ok"] is True, figures["crosscheck"]
+    assert_budget_by_node_and_stage(figures)
+    assert isinstance(figures["crypto_floor_pvp_per_s"], float)
+    assert figures["crypto_floor_pvp_per_s"] > 0
+    assert figures["floor_ratio"] > 0
+
+
+def assert_budget_by_node_and_stage(figures: dict[str, Any]) -> None:
+    """The nodes' own stage timers, scraped from their metrics endpoints, add up per node."""
+    budget = figures["cpu_ms_per_pvp_by_stage"]
+    assert set(budget) == {"bridge", "PBOC", "HKMA", "BOT", "CBUAE"}, budget
+    for stage in ("decode", "verify", "apply", "seal", "commit"):
+        assert budget["bridge"][stage] > 0, stage
+    assert budget["PBOC"]["replay"] > 0
+    assert budget["PBOC"]["sign"] > 0
+    for row in budget.values():
+        named = sum(v for s, v in row.items() if s not in ("other", "total"))
+        assert abs(named + row["other"] - row["total"]) < 0.01, row
+    assert figures["entries_per_block"] >= 1
 
 
 def test_bench_flood_answers_every_call_and_settles_none_twice() -> None:
