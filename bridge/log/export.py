@@ -27,7 +27,7 @@ from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
 from bridge.domain import Entry, Genesis, Outcome, canonical_json
 from bridge.errors import BridgeError, LogIntegrityError, Refused
-from bridge.log.blocks import attestation_valid
+from bridge.log.blocks import attestation_valid, final_height
 from bridge.log.datapackage import datapackage, parquet_metadata, table_files
 from bridge.log.source import (
     FORMATS,
@@ -106,10 +106,12 @@ class Derivation:
         final_only: bool = False,
         resume: bool = False,
     ) -> Iterator[DerivedBlock]:
-        """Derive block after block. With `final_only`, stop before the first block without a
-        quorum of valid attestations, before replaying it. With `resume`, go on after `head`
-        in `self.source` (a store, possibly a newer snapshot than the one replayed so far)."""
+        """Derive block after block. With `final_only`, stop before the first block that is not
+        final (no quorum of central banks validly attested it or a later height), before
+        replaying it. With `resume`, go on after `head` in `self.source` (a store, possibly a
+        newer snapshot than the one replayed so far)."""
         source = self.source
+        final = self._final_height() if final_only else 0
         if resume:
             if not isinstance(source, SqliteSource):
                 raise ExportError(f"{source.description}: only a store can be followed")
@@ -136,7 +138,7 @@ class Derivation:
                         "replayed: the log changed"
                     )
                 attestations, attested = self._attestations(item)
-                if final_only and attested < self.genesis.quorum:
+                if final_only and header.height > final:
                     return
                 block = self._block(item, entries, attestations, attested)
                 done += len(block.entries)
@@ -149,6 +151,23 @@ class Derivation:
             raise ExportError(f"{exc.where}: {exc.message}") from exc
         if leftover is not None:
             raise ExportError(f"{leftover.where}: entry {leftover.seq} is in no block")
+
+    def _final_height(self) -> int:
+        """The source's final height: the highest a quorum of central banks validly attested
+        (an attestation of height h covers the chain up to h)."""
+        source = self.source
+        if not isinstance(source, SqliteSource):
+            raise ExportError(f"{source.description}: only a store can be followed")
+        attested: dict[str, int] = {}
+        for header, attestation in source.latest_attestations():
+            key = self.keys.get(attestation.central_bank)
+            if (
+                key is not None
+                and attestation.block_hash == header.hash()
+                and attestation_valid(attestation, key, self.verifier)
+            ):
+                attested[attestation.central_bank] = header.height
+        return final_height(attested, self.genesis.quorum)
 
     def _attestations(self, stored: StoredBlock) -> tuple[tuple[Row, ...], int]:
         """The block's attestation rows, and how many distinct central banks validly attested."""

@@ -271,6 +271,24 @@ class SqliteSource(_Closing):
         where = f"WHERE height > {int(height)}"
         return merge_attestations(self._headers(where), self._attestations(where))
 
+    def latest_attestations(self) -> list[tuple[BlockHeader, Attestation]]:
+        """Each central bank's highest stored attestation, with the header stored at its height
+        (attestations of heights not in the log are left out)."""
+        query = (
+            "SELECT a.height FROM attestations a JOIN (SELECT central_bank, MAX(height) AS top "
+            "FROM attestations GROUP BY central_bank) m "
+            "ON a.central_bank = m.central_bank AND a.height = m.top"
+        )
+        heights = sorted({int(row[0]) for row in self._rows(query)})
+        latest: dict[str, tuple[BlockHeader, Attestation]] = {}
+        for height in heights:
+            where = f"WHERE height={height}"
+            for block in merge_attestations(self._headers(where), self._attestations(where)):
+                if isinstance(block, StoredBlock):
+                    for stored in block.attestations:
+                        latest[stored.attestation.central_bank] = (block.header, stored.attestation)
+        return list(latest.values())
+
     def _rows(self, query: str) -> Iterator[tuple[Any, ...]]:
         cursor = self._db.execute(query)
         while rows := cursor.fetchmany(CHUNK_ROWS):

@@ -379,3 +379,18 @@ def test_changed_parquet_value_is_named(
     assert failure is not None
     assert (failure.seq if key == "seq" else failure.height) == chosen, text
     assert f"{table}.parquet row" in text or table in ("blocks",)
+
+
+def test_final_only_export_goes_as_far_as_later_heights_attest(
+    sample: SampleLog, tmp_path: Path
+) -> None:
+    """Blocks without their own quorum are exported as final once a quorum attested a later one."""
+    path = tmp_path / "heights.sqlite"
+    shutil.copyfile(sample.path, path)
+    with sqlite3.connect(path) as db:
+        (head,) = db.execute("SELECT MAX(height) FROM blocks").fetchone()
+        covered = head - 2
+        db.execute("DELETE FROM attestations WHERE height <> ?", (covered,))
+    with open_source(path) as source:
+        summary = export_log(source, tmp_path / "out", "jsonl", final_only=True)
+    assert summary.head_height == covered
