@@ -116,22 +116,6 @@ class SettlementEngine:
         ledger = self.ledger
         results: list[Result] = []
         refusals: list[RefusalRecord] = []
-        ledger.preverify(envelopes)
-        for envelope in envelopes:
-            try:
-                results.append(ledger.apply(envelope, now))
-            except Refused as refusal:
-                results.append(refusal)
-                refusals.append(refusal_record(ledger, envelope, refusal, now))
-        ledger.expire_due(now)
-        batch = ledger.pending_batch()
-        if not batch.entries:
-            return Prepared(results, None, batch, b"", tuple(refusals))
-        block = seal(self.height + 1, self.head_hash, batch.entries, now)
-        events = encode_events(
-            [settlement_event(e, ledger, block.header.height) for e in batch.entries]
-        )
-        return Prepared(results, block, batch, events, tuple(refusals))
         with PREVERIFY.timed(len(envelopes)):
             ledger.preverify(envelopes)
         with APPLY.timed(len(envelopes)):
@@ -140,17 +124,18 @@ class SettlementEngine:
                     results.append(ledger.apply(envelope, now))
                 except Refused as refusal:
                     results.append(refusal)
+                    refusals.append(refusal_record(ledger, envelope, refusal, now))
             ledger.expire_due(now)
             batch = ledger.pending_batch()
         if not batch.entries:
-            return Prepared(results, None, batch, b"")
+            return Prepared(results, None, batch, b"", tuple(refusals))
         with SEAL.timed(len(batch.entries)):
             block = seal(self.height + 1, self.head_hash, batch.entries, now)
             events = encode_events(
                 [settlement_event(e, ledger, block.header.height) for e in batch.entries]
             )
         BLOCK_ENTRIES.observe(len(batch.entries))
-        return Prepared(results, block, batch, events)
+        return Prepared(results, block, batch, events, tuple(refusals))
 
     def commit(
         self, prepared: Prepared, attestations: Sequence[Attestation] = ()
