@@ -25,6 +25,7 @@ import grpc.experimental.gevent as grpc_gevent
 grpc_gevent.init_gevent()
 
 import csv  # noqa: E402  (grpc must be switched to gevent before anything else uses it)
+import logging  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any, ClassVar  # noqa: E402
@@ -52,7 +53,7 @@ CHANNEL_OPTIONS = (
 )
 REQUEST_TYPE = "grpc"
 REFUSED_TYPE = "refused"
-FINAL_REPORT_MARGIN_S = 1.0
+log = logging.getLogger("loadtest")
 
 
 def method_label(method: str | bytes) -> str:
@@ -166,21 +167,71 @@ def _schedule_graceful_stop(environment: Any, **kwargs: Any) -> None:
     gevent.spawn_later(seconds, stop_then_quit, environment.runner)
 
 
+FINAL_REPORT = "loadtest_final_report"  # worker -> master: my last figures are sent
+_final_reports: set[str] = set()  # on the master: workers whose last figures arrived
+
+
 def stop_and_collect(runner: Any) -> None:
     """Stop the test gracefully: users finish their task (within --stop-timeout) and, with
-    --processes, the workers' last figures reach the master."""
+    --processes, every worker's last figures reach the master before this returns."""
     from locust.runners import WORKER_REPORT_INTERVAL, MasterRunner
 
-    runner.stop()
-    if isinstance(runner, MasterRunner):
-        # stopped workers report their last figures with their next periodic report only
-        gevent.sleep(WORKER_REPORT_INTERVAL + FINAL_REPORT_MARGIN_S)
+    if not isinstance(runner, MasterRunner):
+        runner.stop()
+        return
+    workers = {client.id for client in runner.clients.all}
+    runner.stop()  # the master forgets each worker as it reports `client_stopped`
+    # each stopped worker sends its last figures, then FINAL_REPORT (`_report_and_quit`);
+    # one socket per worker keeps them in that order
+    deadline = time.monotonic() + runner.environment.stop_timeout + WORKER_REPORT_INTERVAL
+    while not workers <= _final_reports and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    if not workers <= _final_reports:
+        log.error("no last report from %d worker(s)", len(workers - _final_reports))
 
 
 def stop_then_quit(runner: Any) -> None:
     """Stop gracefully (`stop_and_collect`), then quit."""
     stop_and_collect(runner)
     runner.quit()
+
+
+def _on_final_report(environment: Any, msg: Any, **kwargs: Any) -> None:
+    _final_reports.add(msg.node_id)
+
+
+def _register_final_report(environment: Any, **kwargs: Any) -> None:
+    from locust.runners import MasterRunner
+
+    if isinstance(environment.runner, MasterRunner):
+        environment.runner.register_message(FINAL_REPORT, _on_final_report)
+
+
+def _report_and_quit(runner: Any) -> None:
+    """On a worker whose test has stopped: send the last figures, say so, and quit.
+
+    The master forgets a worker once it has stopped, so it would never send it `quit`; a
+    worker left waiting would only go after Locust's 60 s master-heartbeat timeout, and
+    its last figures would otherwise wait for the next periodic report."""
+    gevent.sleep(0)  # let the `client_stopped` message go first
+    data: dict[str, Any] = {}
+    runner.environment.events.report_to_master.fire(client_id=runner.client_id, data=data)
+    runner.send_message("stats", data)
+    runner.send_message(FINAL_REPORT, None)
+    runner.quit()
+
+
+def _quit_worker_when_stopped(environment: Any, **kwargs: Any) -> None:
+    """A graceful run ends at its first stop: each worker then reports and quits."""
+    from locust.runners import WorkerRunner
+
+    runner = environment.runner
+    if isinstance(runner, WorkerRunner) and _graceful_run(environment):
+        gevent.spawn(_report_and_quit, runner)
+
+
+def _graceful_run(environment: Any) -> bool:
+    return bool(getattr(environment.parsed_options, "graceful_run_time", 0.0))
 
 
 def _write_final_stats_csv(environment: Any, **kwargs: Any) -> None:
@@ -234,3 +285,5 @@ class GrpcUser(User):
 listen(events.init_command_line_parser, _add_run_time_option)
 listen(events.test_start, _schedule_graceful_stop)
 listen(events.quitting, _write_final_stats_csv)
+listen(events.init, _register_final_report)
+listen(events.test_stop, _quit_worker_when_stopped)

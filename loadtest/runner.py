@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from loadtest.crosscheck import CrossCheck, crosscheck
 from loadtest.settings import new_run_id
+from participants.launcher import free_ports
 
 __all__ = [
     "SCENARIOS",
@@ -60,7 +61,9 @@ class LocustSettings:
     processes: int = 1  # >1: Locust's --processes (one master, N worker processes)
     stop_timeout: float = 15.0
 
-    def arguments(self) -> list[str]:
+    def arguments(self, master_port: int | None = None) -> list[str]:
+        """Locust's arguments; with --processes, the master listens on `master_port` (a free
+        port chosen per run when not given) on 127.0.0.1 only."""
         args = [
             "-u", str(self.users),
             "-r", str(self.spawn_rate),
@@ -68,7 +71,15 @@ class LocustSettings:
             "--stop-timeout", f"{max(1, round(self.stop_timeout))}s",
         ]  # fmt: skip
         if self.processes > 1:
-            args += ["--processes", str(self.processes)]
+            # Locust's default master port (5557) is shared by every Locust on the machine:
+            # another run's workers (or this run's, with another run's master) would connect
+            # to the wrong master, whose report then counts settlements of another network
+            port = master_port if master_port is not None else free_ports(1)[0]
+            args += [
+                "--processes", str(self.processes),
+                "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                "--master-host", "127.0.0.1", "--master-port", str(port),
+            ]  # fmt: skip
         return args
 
 

@@ -8,12 +8,14 @@ the bridge's ledger and the whole settlement log verified offline.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
 from loadtest.runner import RunResult, run_scenario
 from participants.launcher import Network
+from tests.conftest import start_network
 
 
 def _explain(result: RunResult) -> str:
@@ -47,6 +49,39 @@ def test_steady_with_two_load_generator_processes_still_matches_the_ledger(
     assert result.unexpected_failures == 0, _explain(result)
     assert result.check is not None
     assert result.check.ok, _explain(result)
+    # every worker quit when the run ended, none waited for the master's heartbeat to stop
+    assert "heartbeat from master" not in result.output, _explain(result)
+
+
+@pytest.mark.slow
+def test_two_multi_process_runs_at_once_each_match_their_own_ledger(
+    network: Network, tmp_path: Path
+) -> None:
+    """Two --processes runs at once on two networks: no worker joins the other run's master."""
+    other = start_network(tmp_path / "other-network")
+    results: dict[str, RunResult] = {}
+
+    def run(label: str, directory: Path) -> None:
+        results[label] = run_scenario(
+            "steady", directory, seconds=6, users=6, processes=2, reports=tmp_path / label
+        )
+
+    try:
+        runs = [
+            threading.Thread(target=run, args=("first", network.directory)),
+            threading.Thread(target=run, args=("second", other.directory)),
+        ]
+        for thread in runs:
+            thread.start()
+        for thread in runs:
+            thread.join()
+    finally:
+        other.stop()
+    assert set(results) == {"first", "second"}
+    for result in results.values():
+        assert result.settlements > 0, _explain(result)
+        assert result.check is not None
+        assert result.check.ok, _explain(result)
 
 
 @pytest.mark.slow
