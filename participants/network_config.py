@@ -8,6 +8,7 @@ A network lives in one working directory:
     keys/<ID>.pem         PKCS#8 private key of a central bank or bank (0600)
     keys/<ID>.pub.pem     its public key
     bridge.sqlite         the bridge ledger (embedded default store)
+    state/<CB>.replica.sqlite  a central bank node's replica checkpoint (its own cache)
     keys/<ID>.mqtt-password  MQTT password of a central bank, bank or the bridge (0600)
     mqtt/                 the broker's password file (hashed), ACL and configuration
     pki/                  optional demo CA and TLS certificates (`cbdc-bridge pki`)
@@ -122,6 +123,9 @@ class NetworkConfig:
     @property
     def bridge_db(self) -> Path:
         return self.directory / "bridge.sqlite"
+
+    def replica_checkpoint_path(self, central_bank: str) -> Path:
+        return self.directory / "state" / f"{central_bank}.replica.sqlite"
 
     def key_path(self, participant: str) -> Path:
         return self.directory / "keys" / f"{participant}.pem"

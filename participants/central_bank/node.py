@@ -29,6 +29,7 @@ from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
 from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
 from participants.central_bank.bridge_link import BridgeLink
 from participants.central_bank.channels import node_channel
+from participants.central_bank.checkpoint import ReplicaCheckpoint
 from participants.central_bank.reachability import Reachability
 from participants.central_bank.replica import Replica
 from participants.central_bank.service import (
@@ -56,6 +57,7 @@ class CentralBankNodeSettings:
     replica_check: SignatureCheck = SignatureCheck.ENDORSEMENTS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # unary calls at once; the excess is shed
     attest_interval: float = ATTEST_INTERVAL_SECONDS  # least seconds between two attestations
+    checkpoint: bool = True  # keep the replica's checkpoint (restarts replay only the tail)
 
 
 def admin_token(config: NetworkConfig, central_bank: str) -> str:
@@ -98,7 +100,13 @@ async def run_central_bank_node(
         signer=key,
         verifier=None if settings.replica_check is SignatureCheck.NONE else FastVerifier(),
         check=settings.replica_check,
+        checkpoint=(
+            ReplicaCheckpoint(config.replica_checkpoint_path(me.id))
+            if settings.checkpoint
+            else None
+        ),
     )
+    await asyncio.to_thread(replica.restore)
     link = BridgeLink(
         *(bridge_grpc.BridgeLedgerStub(c) for c in link_channels),
         reachability=Reachability("bridge"),
@@ -173,13 +181,23 @@ async def run_central_bank_node(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        try:
+            await replica.save_checkpoint()  # a restart then replays nothing it replayed here
+        finally:
+            if replica.checkpoint is not None:
+                replica.checkpoint.close()
         await link.close()
         for channel in {bridge_channel, *link_channels}:
             await channel.close()
         for channel in peer_channels.values():
             await channel.close()
         log.info(
-            "central bank node stopped", extra={"central_bank": me.id, "height": replica.height}
+            "central bank node stopped",
+            extra={
+                "central_bank": me.id,
+                "height": replica.height,
+                "replayed": replica.replayed_blocks,  # blocks replayed since the start
+            },
         )
 
 
@@ -202,6 +220,33 @@ async def learn_bridge_height(core: CentralBankCore) -> None:
         )
 
 
+async def verify_checkpoint(core: CentralBankCore) -> None:
+    """Check a restored checkpoint against the bridge's block at its height; on any
+    difference (another block there, or none: the bridge's log is shorter) start over."""
+    replica = core.replica
+    if not replica.unverified_checkpoint:
+        return
+    height = replica.height
+    why = ""
+    if replica.bridge_height is not None and replica.bridge_height < height:
+        why = f"the bridge's log is sealed to height {replica.bridge_height}, below {height}"
+    else:
+        response = await core.bridge.GetBlocks(
+            bridge_pb.GetBlocksRequest(from_height=height, to_height=height),
+            timeout=BRIDGE_DEADLINE,
+        )
+        blocks = [b for b in response.blocks if b.header.height == height]
+        if not blocks:
+            why = f"the bridge has no block at height {height}"
+        elif wire.header_from_proto(blocks[0].header).hash() != replica.head_hash:
+            why = f"the bridge's block at height {height} has another hash"
+    if why:
+        replica.reset(why)
+        await learn_bridge_height(core)
+    else:
+        replica.checkpoint_verified()
+
+
 def replay_delay() -> float:
     """Seconds to wait per block replayed while catching up: 0, except when a test slows
     the replay down (CBDC_BRIDGE_TEST_REPLAY_DELAY_MS) to observe the catching-up window."""
@@ -220,6 +265,7 @@ async def follow_blocks(core: CentralBankCore) -> None:
             await check_genesis(core)
             bridge.succeeded(started)
             await learn_bridge_height(core)
+            await verify_checkpoint(core)
             request = bridge_pb.StreamBlocksRequest(from_height=replica.height + 1)
             async for block in core.bridge.StreamBlocks(request):
                 behind = replica.catching_up
@@ -228,7 +274,12 @@ async def follow_blocks(core: CentralBankCore) -> None:
                 header = wire.header_from_proto(block.header)
                 replica.apply_block(header, [bytes(e.canonical) for e in block.entries])
                 if behind and not replica.catching_up:
-                    log.info("caught up with the bridge's log", extra={"height": replica.height})
+                    log.info(
+                        "caught up with the bridge's log",
+                        extra={"height": replica.height, "replayed": replica.replayed_blocks},
+                    )
+                if replica.checkpoint_due():
+                    await replica.save_checkpoint()
         except grpc.aio.AioRpcError as error:
             if not bridge.failed(error):
                 log.info(

@@ -11,10 +11,17 @@ whole chain up to it, so the node attests heights at its own pace rather than ev
 also indexes, per participant, the entries that concern them, which serves its banks' history
 and settlement streams.
 
-After a (re)start the replica replays the whole chain, which takes a while on a long log.
-Until it has reached the bridge's sealed height (as the bridge reported it when the node
-connected), whatever it would answer from its index may be incomplete, so `require_up_to`
-refuses with CATCHING_UP (retryable) rather than let a short page pass for the whole answer.
+With a checkpoint (`participants.central_bank.checkpoint`) the replica writes what changed to
+disk every `CHECKPOINT_BLOCKS` blocks or `CHECKPOINT_SECONDS` seconds (off the event loop), and
+keeps in memory only the index of the entries replayed since: history below the checkpoint is
+read from it. A restart loads the checkpoint and replays only the blocks after it; the node
+first checks that the bridge's block at the checkpoint's height has the same hash, and starts
+over from genesis (`reset`) if not. Without a checkpoint a restart replays the whole chain.
+
+Whatever it has to replay takes a while on a long log. Until it has reached the bridge's sealed
+height (as the bridge reported it when the node connected), whatever it would answer from its
+index may be incomplete, so `require_up_to` refuses with CATCHING_UP (retryable) rather than
+let a short page pass for the whole answer.
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import sqlite3
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,9 +44,13 @@ from bridge.log.blocks import Attestation, BlockHeader, attest
 from bridge.log.events import settlement_event
 from bridge.log.merkle import merkle_root
 from bridge.metrics import BLOCK_ENTRIES, stage
+from participants.central_bank.checkpoint import CheckpointError, Delta, ReplicaCheckpoint
 
 REPLAY = stage("replay", thread_cpu=True)  # checking and replaying one block
 ATTEST = stage("attest")  # signing an attestation of the head
+CHECKPOINT = stage("checkpoint")  # writing the replica's checkpoint
+CHECKPOINT_BLOCKS = 500  # a checkpoint at least every so many blocks replayed ...
+CHECKPOINT_SECONDS = 5.0  # ... or so many seconds, whichever comes first
 
 log = logging.getLogger("participants.central_bank.replica")
 
@@ -58,21 +71,136 @@ class Replica:
         signer: Signer,
         verifier: Verifier | None,
         check: SignatureCheck,
+        checkpoint: ReplicaCheckpoint | None = None,
     ) -> None:
-        self.ledger = Ledger(genesis, verifier=verifier, check=check)
         self.central_bank = central_bank
         self.signer = signer
-        self.height = 0
-        self.head_hash = genesis.hash()
-        self.head_time = 0  # time of the last replayed block: time only moves forward
+        self._verifier = verifier
+        self._check = check
+        self.checkpoint = checkpoint
         self._refused: set[bytes] = set()  # hashes of blocks refused for going back in time
         # the latest attestation made here and the block it signs (the signed head)
         self.signed_head: tuple[BlockHeader, Attestation] | None = None
-        self.head: BlockHeader | None = None  # the newest block checked and replayed
-        self._index: dict[ParticipantId, list[IndexedEntry]] = defaultdict(list)
         self._changed = asyncio.Condition()
         # the bridge's sealed height when last heard of (None: not heard of since the start)
         self.bridge_height: int | None = None
+        self.replayed_blocks = 0  # blocks replayed since the start (not those restored)
+        self._start_from(Ledger(genesis, verifier=verifier, check=check), None)
+
+    def _start_from(self, ledger: Ledger, head: BlockHeader | None) -> None:
+        self.ledger = ledger
+        self.head = head  # the newest block checked and replayed
+        self.height = 0 if head is None else head.height
+        self.head_hash = ledger.genesis.hash() if head is None else head.hash()
+        self.head_time = 0 if head is None else head.time  # time only moves forward
+        # per participant, the entries replayed and not yet in the checkpoint
+        self._index: dict[ParticipantId, list[IndexedEntry]] = defaultdict(list)
+        self._delta = Delta()  # what changed since the last checkpoint write
+        if head is None:  # the founding state (central banks, currencies) is in no block
+            self._delta.merge(ledger.tables())
+        self.checkpoint_height = self.height  # the height the checkpoint holds
+        self._checkpoint_seq = self.last_seq  # entries up to this seq are in the checkpoint
+        self._checkpoint_time = time.monotonic()
+        # restored from a checkpoint, not yet checked against the bridge's block at its height
+        self.unverified_checkpoint = head is not None
+
+    # ------------------------------------------------------------------ checkpoint
+
+    def restore(self) -> bool:
+        """Load the checkpoint, if there is a usable one; an unusable one is discarded with
+        one log line (the replica then replays from genesis). Call before the first block."""
+        if self.checkpoint is None or self.height:
+            return False
+        genesis = self.ledger.genesis
+        try:
+            restored = self.checkpoint.load(genesis, verifier=self._verifier, check=self._check)
+        except (CheckpointError, sqlite3.Error) as error:
+            self.discard_checkpoint(f"unusable: {error}")
+            return False
+        if restored is None:
+            return False
+        self._start_from(restored.ledger, restored.head)
+        log.info(
+            "replica restored from its checkpoint",
+            extra={"central_bank": self.central_bank, "height": self.height},
+        )
+        return True
+
+    def discard_checkpoint(self, why: str) -> None:
+        """Delete the checkpoint file, saying why (the next write starts it afresh)."""
+        if self.checkpoint is None:
+            return
+        log.warning(
+            "replica checkpoint discarded",
+            extra={
+                "central_bank": self.central_bank,
+                "path": str(self.checkpoint.path),
+                "why": why,
+            },
+        )
+        self.checkpoint.discard()
+
+    def reset(self, why: str) -> None:
+        """Forget everything replayed or restored and start over from genesis (the restored
+        checkpoint does not match the bridge's chain)."""
+        self.discard_checkpoint(why)
+        genesis = self.ledger.genesis
+        self._start_from(Ledger(genesis, verifier=self._verifier, check=self._check), None)
+        self.signed_head = None
+
+    def checkpoint_verified(self) -> None:
+        """The bridge's block at the checkpoint's height has the checkpoint's head hash."""
+        self.unverified_checkpoint = False
+        asyncio.get_running_loop().create_task(self._notify())
+
+    def checkpoint_due(self) -> bool:
+        """Whether enough blocks or time went by since the last checkpoint write."""
+        if self.checkpoint is None or self.height == self.checkpoint_height:
+            return False
+        return (
+            self.height - self.checkpoint_height >= CHECKPOINT_BLOCKS
+            or time.monotonic() - self._checkpoint_time >= CHECKPOINT_SECONDS
+        )
+
+    async def save_checkpoint(self) -> None:
+        """Write what changed since the last checkpoint, in a worker thread; on failure the
+        changes are kept for the next attempt (and logged)."""
+        checkpoint, head = self.checkpoint, self.head
+        if checkpoint is None or head is None or self.height == self.checkpoint_height:
+            return
+        delta, self._delta = self._delta, Delta()
+        next_seq = self.ledger.next_seq
+        self._checkpoint_time = time.monotonic()
+        try:
+            with CHECKPOINT.timed(len(delta.entries)):
+                await asyncio.to_thread(
+                    checkpoint.write, self.ledger.genesis, head, next_seq, delta
+                )
+        except (sqlite3.Error, OSError) as error:
+            delta.merge(self._delta.changes)  # changes made meanwhile are the newer
+            delta.entries += self._delta.entries
+            delta.parties += self._delta.parties
+            self._delta = delta
+            log.warning(
+                "replica checkpoint not written",
+                extra={
+                    "central_bank": self.central_bank,
+                    "height": head.height,
+                    "error": str(error),
+                },
+            )
+            return
+        if self.height < head.height:  # pragma: no cover - reset while writing
+            return
+        self.checkpoint_height = head.height
+        self._checkpoint_seq = next_seq - 1
+        done = self._checkpoint_seq
+        for party, entries in list(self._index.items()):
+            start = bisect.bisect_right(entries, done, key=lambda e: e.seq)
+            if start == len(entries):
+                del self._index[party]
+            elif start:
+                self._index[party] = entries[start:]
 
     # ------------------------------------------------------------------ catching up
 
@@ -161,10 +289,19 @@ class Replica:
         except (Refused, LogIntegrityError):
             ledger.rollback()
             raise
+        keep = self.checkpoint is not None
+        delta = self._delta
         for entry, data in parsed:
+            if keep:
+                delta.entries.append((entry.seq, header.height, data))
             for party in settlement_event(entry, ledger, header.height)["parties"]:
                 self._index[party].append(IndexedEntry(entry.seq, header.height, data))
+                if keep:
+                    delta.parties.append((party, entry.seq))
+        if keep:
+            delta.merge(ledger.pending_batch().changes)
         ledger.confirm()
+        self.replayed_blocks += 1
         self.height = header.height
         self.head_hash = header.hash()
         self.head_time = header.time
@@ -194,7 +331,10 @@ class Replica:
 
     async def wait_beyond(self, height: int) -> None:
         async with self._changed:
-            await self._changed.wait_for(lambda: self.height > height)
+            # a restored head is attested only once the bridge's block confirms it
+            await self._changed.wait_for(
+                lambda: self.height > height and not self.unverified_checkpoint
+            )
 
     def is_party(self, participant: ParticipantId, seq: int) -> bool:
         """Whether the entry at `seq` concerns `participant` (False if not replayed yet)."""
@@ -204,6 +344,16 @@ class Replica:
     def entries_of(
         self, participant: ParticipantId, from_seq: int, limit: int
     ) -> Iterator[IndexedEntry]:
+        """The entries concerning `participant` from `from_seq` on, at most `limit`: those in
+        the checkpoint read from it, the newer ones from memory."""
+        if self.checkpoint is not None and from_seq <= self._checkpoint_seq and limit > 0:
+            stored = self.checkpoint.entries_of(participant, from_seq, self._checkpoint_seq, limit)
+            for seq, height, data in stored:
+                yield IndexedEntry(seq, height, data)
+            limit -= len(stored)
+            from_seq = self._checkpoint_seq + 1
+            if limit <= 0:
+                return
         entries = self._index.get(participant, [])
         start = bisect.bisect_left(entries, from_seq, key=lambda e: e.seq)
         yield from entries[start : start + limit]

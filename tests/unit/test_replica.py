@@ -63,7 +63,9 @@ def replica_of(net: Network) -> Replica:
 
 
 def attest(replica: Replica, block: SealedBlock) -> None:
-    attestation = replica.apply_block(block.header, list(block.entry_bytes))
+    replica.apply_block(block.header, list(block.entry_bytes))
+    attestation = replica.attest_head()
+    assert attestation is not None
     assert attestation_valid(attestation, replica.signer.public_key, FastVerifier())
 
 

@@ -1,0 +1,248 @@
+"""A central bank replica restored from its checkpoint is the replica that replayed everything.
+
+Blocks are built by hand from a bridge-side ledger (admissions, issues, a PvP held then
+accepted, payments). One replica replays them all in memory; another writes checkpoints as it
+goes; a third is restored from those checkpoints and replays only the rest. A checkpoint that
+cannot be trusted (unreadable, inconsistent, of another chain) is discarded, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.crypto import FastVerifier, PrivateKey
+from bridge.domain import Entry, Envelope, Millis
+from bridge.errors import LogIntegrityError
+from bridge.log.blocks import SealedBlock, seal
+from participants.central_bank.checkpoint import ReplicaCheckpoint
+from participants.central_bank.replica import Replica
+from tests.factories import (
+    BANKS,
+    CENTRAL_BANKS,
+    T0,
+    Network,
+    accept_pvp,
+    fund,
+    make_ledger,
+    network,
+    network_with_keys,
+    pay,
+    pvp_proposal,
+    sign,
+)
+
+LOGGER = "participants.central_bank.replica"
+EVERYONE = [cb for cb, *_ in CENTRAL_BANKS] + [bank for bank, _ in BANKS]
+
+
+class Chain:
+    """A bridge-side ledger and the blocks it sealed."""
+
+    def __init__(self, net: Network) -> None:
+        self.ledger: Ledger = make_ledger(net)
+        self.height = 0
+        self.head_hash = net.genesis.hash()
+
+    def block(self, envelopes: list[Envelope], at: Millis) -> SealedBlock:
+        for envelope in envelopes:
+            self.ledger.apply(envelope, at)
+        self.height += 1
+        block = seal(self.height, self.head_hash, self.ledger.take_batch().entries, at)
+        self.head_hash = block.header.hash()
+        return block
+
+
+def blocks_of(net: Network) -> list[SealedBlock]:
+    """Five blocks touching every state table the replica keeps."""
+    chain = Chain(net)
+    fund(chain.ledger, net, "ICBC", 1_000_000)
+    fund(chain.ledger, net, "BOCHK", 1_000_000)
+    proposal = pvp_proposal(net, "ICBC", "BOCHK", 1_000, 1_100, settle_by=T0 + 100_000)
+    return [
+        chain.block([], T0),
+        chain.block([sign(net, proposal)], T0 + 1_000),
+        chain.block([pay(net, "ICBC", "CCB", 5), pay(net, "BOCHK", "ICBC", 7)], T0 + 2_000),
+        chain.block([accept_pvp(net, proposal)], T0 + 3_000),
+        chain.block([pay(net, "ICBC", "CCB", 1)], T0 + 4_000),
+    ]
+
+
+def replica_of(net: Network, path: Path | None = None) -> Replica:
+    return Replica(
+        net.genesis,
+        central_bank="PBOC",
+        signer=net.keys["PBOC"],
+        verifier=FastVerifier(),
+        check=SignatureCheck.ENDORSEMENTS,
+        checkpoint=None if path is None else ReplicaCheckpoint(path),
+    )
+
+
+def replay(replica: Replica, blocks: list[SealedBlock]) -> None:
+    for block in blocks:
+        replica.apply_block(block.header, list(block.entry_bytes))
+
+
+def history(replica: Replica, from_seq: int = 1) -> dict[str, list[tuple[int, int, bytes]]]:
+    return {
+        who: [(e.seq, e.height, e.data) for e in replica.entries_of(who, from_seq, 1_000)]
+        for who in EVERYONE
+    }
+
+
+def assert_same(restored: Replica, full: Replica) -> None:
+    assert restored.ledger.tables() == full.ledger.tables()  # receipts included
+    assert restored.ledger.next_seq == full.ledger.next_seq
+    assert (restored.height, restored.head_hash, restored.head_time, restored.head) == (
+        full.height,
+        full.head_hash,
+        full.head_time,
+        full.head,
+    )
+    for from_seq in range(1, full.last_seq + 2):
+        assert history(restored, from_seq) == history(full, from_seq)
+
+
+async def checkpointed(net: Network, path: Path, blocks: list[SealedBlock]) -> Replica:
+    """A replica that replayed `blocks`, writing a checkpoint after every two."""
+    replica = replica_of(net, path)
+    for start in range(0, len(blocks), 2):
+        replay(replica, blocks[start : start + 2])
+        await replica.save_checkpoint()
+    return replica
+
+
+async def test_restored_replica_equals_full_replay_and_continues(tmp_path: Path) -> None:
+    """Restored from a checkpoint, a replica has the state, head and history of one that
+    replayed every block, and replays the next block to the same result."""
+    net = network()
+    blocks = blocks_of(net)
+    path = tmp_path / "PBOC.replica.sqlite"
+    writer = await checkpointed(net, path, blocks[:4])
+    full = replica_of(net)
+    replay(full, blocks[:4])
+    assert writer.checkpoint_height == 4
+    assert_same(writer, full)  # history read back from the checkpoint
+
+    restored = replica_of(net, path)
+    assert restored.restore()
+    assert restored.unverified_checkpoint
+    assert_same(restored, full)
+    replay(restored, blocks[4:])
+    replay(full, blocks[4:])
+    assert restored.replayed_blocks == 1
+    assert_same(restored, full)  # history spans the checkpoint and memory
+    await restored.save_checkpoint()
+    again = replica_of(net, path)
+    assert again.restore()
+    assert_same(again, full)
+
+
+async def test_duplicate_replayed_after_restore_is_caught(tmp_path: Path) -> None:
+    """The restored receipts are the idempotency index: a block repeating instructions
+    settled before the checkpoint fails verification after a restore, as it would before."""
+    net = network()
+    blocks = blocks_of(net)
+    path = tmp_path / "PBOC.replica.sqlite"
+    await checkpointed(net, path, blocks[:4])
+    restored = replica_of(net, path)
+    assert restored.restore()
+    settled = blocks[2].entries  # two payments, settled in block 3
+    first = restored.ledger.next_seq
+    repeated = [Entry(first + i, T0 + 5_000, e.envelope, e.outcome) for i, e in enumerate(settled)]
+    block = seal(5, restored.head_hash, repeated, T0 + 5_000)
+    with pytest.raises(LogIntegrityError, match="replay gives"):
+        restored.apply_block(block.header, list(block.entry_bytes))
+    assert restored.height == 4
+
+
+def tamper(path: Path, sql: str) -> None:
+    with sqlite3.connect(path) as db:
+        db.execute(sql)
+
+
+@pytest.mark.parametrize(
+    ("sql", "why"),
+    [
+        ("UPDATE accounts SET available = available + 1 WHERE participant = 'ICBC'", "issued"),
+        ("UPDATE meta SET value = '[4, \"00\", \"00\", 1, 1, 1]' WHERE key = 'head'", "hash"),
+        ("DELETE FROM entries WHERE seq = (SELECT MAX(seq) FROM entries)", "entries end"),
+        ("UPDATE meta SET value = '9' WHERE key = 'schema'", "schema"),
+    ],
+)
+async def test_inconsistent_checkpoint_is_discarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, sql: str, why: str
+) -> None:
+    """A checkpoint altered on disk is discarded with one warning; the replica starts at 0."""
+    net = network()
+    path = tmp_path / "PBOC.replica.sqlite"
+    (await checkpointed(net, path, blocks_of(net)[:4])).checkpoint.close()  # type: ignore[union-attr]
+    tamper(path, sql)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    replica = replica_of(net, path)
+    assert not replica.restore()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in warnings] == ["replica checkpoint discarded"]
+    assert why in warnings[0].why  # type: ignore[attr-defined]
+    assert (replica.height, replica.last_seq) == (0, 0)
+    assert not path.exists()
+
+
+async def test_unreadable_checkpoint_is_discarded_and_rewritten(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint file that is not a database is discarded with one warning; the replica
+    replays from genesis and writes a new checkpoint."""
+    net = network()
+    blocks = blocks_of(net)
+    path = tmp_path / "PBOC.replica.sqlite"
+    path.write_bytes(b"not a database " * 100)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    replica = replica_of(net, path)
+    assert not replica.restore()
+    assert [r.getMessage() for r in caplog.records] == ["replica checkpoint discarded"]
+    replay(replica, blocks)
+    await replica.save_checkpoint()
+    restored = replica_of(net, path)
+    assert restored.restore()
+    assert restored.height == len(blocks)
+
+
+async def test_checkpoint_of_another_chain_is_discarded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint written for another genesis is not loaded."""
+    net = network()
+    path = tmp_path / "PBOC.replica.sqlite"
+    await checkpointed(net, path, blocks_of(net)[:2])
+    other = network_with_keys({who: PrivateKey.generate() for who in net.keys}, chain_id="other")
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    replica = replica_of(other, path)
+    assert not replica.restore()
+    assert "another genesis" in caplog.records[0].why  # type: ignore[attr-defined]
+
+
+async def test_reset_forgets_the_restored_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Reset (the bridge's block at the checkpoint's height differs) starts from genesis."""
+    net = network()
+    blocks = blocks_of(net)
+    path = tmp_path / "PBOC.replica.sqlite"
+    await checkpointed(net, path, blocks[:4])
+    replica = replica_of(net, path)
+    assert replica.restore()
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    replica.reset("the bridge's block at height 4 has another hash")
+    assert len(caplog.records) == 1
+    assert (replica.height, replica.last_seq, replica.unverified_checkpoint) == (0, 0, False)
+    assert not path.exists()
+    full = replica_of(net)
+    replay(full, blocks)
+    replay(replica, blocks)
+    assert_same(replica, full)
