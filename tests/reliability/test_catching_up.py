@@ -1,6 +1,7 @@
 """A central bank node restarted over a long log says it is catching up; it never answers short.
 
-PBOC's node is restarted after a few hundred blocks; its replica replays them from height 1,
+PBOC's node is restarted after a few hundred blocks without its replica checkpoint (removed
+while it is down, so nothing is restored); its replica replays them from height 1,
 slowed down by a test hook (CBDC_BRIDGE_TEST_REPLAY_DELAY_MS) so the replay takes seconds on
 any machine. Meanwhile ICBC asks for its history from a recent sequence number, over and over:
 every answer is either the complete page (exactly what the node answered before the restart)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -61,6 +63,9 @@ def test_restarted_node_answers_history_complete_or_catching_up_never_short(
 
     node = live.network.central_banks["PBOC"]
     node.stop()
+    checkpoint = live.config.replica_checkpoint_path("PBOC")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{checkpoint}{suffix}").unlink(missing_ok=True)
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",

@@ -3,8 +3,9 @@
 HKMA's node is killed (SIGKILL). ICBC proposes a CNY/HKD PvP to HSBCHK with a settlement
 deadline three seconds away; HSBCHK cannot answer through its own node, so the bridge expires the
 PvP and releases ICBC's hold. Blocks keep being sealed but no longer become final (the quorum is
-all four central banks). When HKMA's node returns, its replica replays the chain from height 1
-and attests every block it missed, and finality catches up with the sealed height.
+all four central banks). When HKMA's node returns, its replica replays the chain from its
+checkpoint (or from height 1 if it wrote none yet) and attests every block it missed, and
+finality catches up with the sealed height.
 """
 
 from __future__ import annotations
