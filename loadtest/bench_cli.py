@@ -44,6 +44,21 @@ def verify(
     typer.echo(json.dumps(figures) if as_json else bench_verify.describe(figures))
 
 
+@bench_app.command("restart")
+def restart(
+    entries: int = typer.Option(20_000, "--entries", min=10, help="Entries in the sample log."),
+    tail: int = typer.Option(
+        1_000, "--tail", min=0, help="Entries sealed after the checkpoint was written."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """A central bank replica's restart to attesting, replaying everything vs from checkpoint."""
+    from loadtest import bench_restart
+
+    figures = bench_restart.run(entries=entries, tail=tail)
+    typer.echo(json.dumps(figures) if as_json else bench_restart.describe(figures))
+
+
 @bench_app.command("e2e")
 def e2e(
     users: int = typer.Option(50, "--users", min=1, help="Locust users (echo and PvP runs)."),
