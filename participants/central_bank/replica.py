@@ -85,6 +85,7 @@ class Replica:
         # the bridge's sealed height when last heard of (None: not heard of since the start)
         self.bridge_height: int | None = None
         self.replayed_blocks = 0  # blocks replayed since the start (not those restored)
+        self._writing: asyncio.Future[None] | None = None  # the checkpoint write under way
         self._start_from(Ledger(genesis, verifier=verifier, check=check), None)
 
     def _start_from(self, ledger: Ledger, head: BlockHeader | None) -> None:
@@ -163,24 +164,36 @@ class Replica:
         )
 
     async def save_checkpoint(self) -> None:
-        """Write what changed since the last checkpoint, in a worker thread; on failure the
-        changes are kept for the next attempt (and logged)."""
+        """Write what changed since the last checkpoint, in a worker thread. On failure, or
+        when the caller is cancelled meanwhile, the changes are kept for the next write (every
+        write is an idempotent upsert, so writing them twice is harmless)."""
+        if self._writing is not None:  # a write its caller stopped waiting for: let it end
+            await asyncio.wait([self._writing])
+            if not self._writing.cancelled():
+                self._writing.exception()  # retrieved: its changes are kept in any case
+            self._writing = None
         checkpoint, head = self.checkpoint, self.head
         if checkpoint is None or head is None or self.height == self.checkpoint_height:
             return
         delta, self._delta = self._delta, Delta()
         next_seq = self.ledger.next_seq
         self._checkpoint_time = time.monotonic()
+        writing = asyncio.ensure_future(
+            asyncio.to_thread(checkpoint.write, self.ledger.genesis, head, next_seq, delta)
+        )
+        self._writing = writing
         try:
             with CHECKPOINT.timed(len(delta.entries)):
-                await asyncio.to_thread(
-                    checkpoint.write, self.ledger.genesis, head, next_seq, delta
-                )
-        except (sqlite3.Error, OSError) as error:
+                await asyncio.shield(writing)
+            self._writing = None
+        except BaseException as error:
             delta.merge(self._delta.changes)  # changes made meanwhile are the newer
             delta.entries += self._delta.entries
             delta.parties += self._delta.parties
             self._delta = delta
+            if not isinstance(error, sqlite3.Error | OSError):
+                raise  # cancelled: the write goes on; the next waits for it
+            self._writing = None
             log.warning(
                 "replica checkpoint not written",
                 extra={

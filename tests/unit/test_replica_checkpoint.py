@@ -8,6 +8,7 @@ cannot be trusted (unreadable, inconsistent, of another chain) is discarded, nev
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from pathlib import Path
@@ -141,6 +142,28 @@ async def test_restored_replica_equals_full_replay_and_continues(tmp_path: Path)
     again = replica_of(net, path)
     assert again.restore()
     assert_same(again, full)
+
+
+async def test_write_interrupted_by_cancellation_loses_nothing(tmp_path: Path) -> None:
+    """A checkpoint write whose caller is cancelled (the node stopping) keeps its changes:
+    the next write waits for it and the checkpoint restores the full state."""
+    net = network()
+    blocks = blocks_of(net)
+    path = tmp_path / "PBOC.replica.sqlite"
+    writer = replica_of(net, path)
+    replay(writer, blocks[:3])
+    saving = asyncio.create_task(writer.save_checkpoint())
+    await asyncio.sleep(0)  # the write is under way in its thread
+    saving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await saving
+    replay(writer, blocks[3:])
+    await writer.save_checkpoint()
+    full = replica_of(net)
+    replay(full, blocks)
+    restored = replica_of(net, path)
+    assert restored.restore()
+    assert_same(restored, full)
 
 
 async def test_duplicate_replayed_after_restore_is_caught(tmp_path: Path) -> None:
