@@ -253,6 +253,12 @@ DEFAULT_CENTRAL_BANKS: tuple[tuple[str, str, str, str, tuple[tuple[str, str], ..
 )
 
 
+def tolerant_quorum(central_banks: int) -> int:
+    """The default quorum: finality goes on with up to (n - 1) // 3 central bank nodes down
+    (3 of 4, 5 of 7), and any two quorums share more than a third of the central banks."""
+    return central_banks - (central_banks - 1) // 3
+
+
 def generate_network(
     directory: Path,
     *,
@@ -297,7 +303,7 @@ def generate_network(
         )
     config = NetworkConfig(
         chain_id=chain_id,
-        quorum=quorum if quorum is not None else central_banks,
+        quorum=quorum if quorum is not None else tolerant_quorum(central_banks),
         bridge_port=ports[0],
         central_banks=tuple(cbs),
         directory=directory,

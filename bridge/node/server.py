@@ -18,16 +18,16 @@ from bridge.crypto import FastVerifier
 from bridge.domain import Genesis
 from bridge.log.blocks import SealedBlock
 from bridge.metrics import gauge
+from bridge.node import fault_hooks
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator, CallerAuthInterceptor
 from bridge.node.feed import ChainFeed
 from bridge.node.publisher import CONSUMER as PUBLISHER
 from bridge.node.publisher import OutboxPublisher
 from bridge.node.request_guard import RequestGuard
-from bridge.node.sequencer import MonotonicClock, Sequencer
+from bridge.node.sequencer import MonotonicClock, Sequencer, wall_clock_ms
 from bridge.node.service import BridgeLedgerService
 from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
 from bridge.notify import MqttSettings
-from bridge.settlement import SettlementEngine
 from bridge.store.base import is_postgres, open_store
 from bridge.store.sqlite import SqliteStore
 from bridge.tls import server_credentials
@@ -122,14 +122,16 @@ async def run_bridge_node(
         await run_replicated_bridge_node(settings, stop=stop, on_listening=on_listening)
         return
     store = open_store(settings.db)
-    engine = SettlementEngine.open(
+    engine = fault_hooks.engine_class().open(
         store, settings.genesis, verifier=FastVerifier(), check=SignatureCheck.ENDORSEMENTS
     )
     reader = open_store(settings.db)
     bulk_reader = open_store(settings.db)  # pages of blocks and entries, on a thread of their own
     feed = ChainFeed(reader, settings.genesis.quorum)
     head = store.head()
-    clock = MonotonicClock(start=0 if head is None else head.time)
+    clock = MonotonicClock(
+        fault_hooks.offset_clock(wall_clock_ms), start=0 if head is None else head.time
+    )
 
     def on_block(block: SealedBlock) -> None:
         feed.block_sealed(block.header.height)

@@ -164,7 +164,7 @@ def test_dynamic_genesis_and_finality_calls(
         )
     )
     assert genesis["chain_id"] == live.config.chain_id
-    assert genesis["quorum"] == 4
+    assert genesis["quorum"] == 3
     assert [b["currency"] for b in genesis["central_banks"]] == ["CNY", "HKD", "THB", "AED"]
     assert base64.b64decode(genesis["hash"]) == live.config.genesis().hash()
     live.wait_all_final()

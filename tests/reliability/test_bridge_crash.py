@@ -188,8 +188,14 @@ def test_central_bank_nodes_reconnect_and_their_replicas_continue(live: LiveNetw
     ]
     assert all(p.receipt.outcome == types.OUTCOME_SETTLED for p in paid)
     height = live.wait_all_final(timeout=60)
-    final = live.finality(height)
-    assert {a.central_bank for a in final.attestations} == set(live.central_bank_ids)
+    wait_for(
+        lambda: (
+            {a.central_bank for a in live.finality(height).attestations}
+            == set(live.central_bank_ids)
+        ),
+        timeout=60,
+        what=f"all four central banks to attest height {height}",
+    )
     for payment in paid:
         status = live.bridge.GetReceipt(
             bridge_pb.GetReceiptRequest(
