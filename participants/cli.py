@@ -9,6 +9,7 @@ import typer
 
 from loadtest.bench_cli import bench_app
 from participants.bank_cli import bank_app
+from participants.chaos_cli import chaos
 from participants.log_cli import log_app
 from participants.network_cli import demo, up
 from participants.node_cli import node_app
@@ -27,6 +28,7 @@ app.add_typer(node_app, name="node")
 app.command("up")(up)
 app.command("demo")(demo)
 app.command("pki")(pki_command)
+app.command("chaos")(chaos)
 
 
 def main() -> None:

@@ -7,11 +7,12 @@ process, without touching the machine (its clock) or guessing at timings:
   the wall clock that the bridge's ledger time follows (re-read at most every 50 ms; a missing
   or unreadable file means 0). Writing +60000 jumps the bridge's clock a minute forward, -5000
   five seconds back. The ledger time itself stays monotonic (`MonotonicClock`).
-- `CBDC_BRIDGE_CRASH_AT=before-commit|during-commit|after-commit` with
-  `CBDC_BRIDGE_CRASH_AFTER_BLOCKS=N` (default 1): the node SIGKILLs itself at that point of
-  the N-th block it commits after starting: before the block's transaction starts, while it
-  runs (from a timer started as the commit begins, so the kill lands inside the transaction or
-  its fsync), or after it is durable but before any caller is answered.
+- `CBDC_BRIDGE_CRASH_FILE=PATH`: when PATH exists and reads `PHASE N` (PHASE one of
+  `before-commit`, `during-commit`, `after-commit`), the node removes it and SIGKILLs itself at
+  that point of the N-th block it commits from then on: before the block's transaction starts,
+  while it runs (from a timer started as the commit begins, so the kill lands inside the
+  transaction or its fsync), or after the block is durable but before any caller is answered.
+  The file is looked at once per block commit.
 
 Production deployments never set these variables.
 """
@@ -23,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from bridge.domain import Millis
 from bridge.errors import StoreError
@@ -30,8 +32,7 @@ from bridge.log.blocks import Attestation
 from bridge.settlement import Prepared, SettlementEngine
 
 CLOCK_OFFSET_FILE = "CBDC_BRIDGE_CLOCK_OFFSET_FILE"
-CRASH_AT = "CBDC_BRIDGE_CRASH_AT"
-CRASH_AFTER_BLOCKS = "CBDC_BRIDGE_CRASH_AFTER_BLOCKS"
+CRASH_FILE = "CBDC_BRIDGE_CRASH_FILE"
 CRASH_POINTS = ("before-commit", "during-commit", "after-commit")
 _REREAD_NS = 50_000_000
 
@@ -63,39 +64,46 @@ def _die() -> None:
 
 
 class CrashingEngine(SettlementEngine):
-    """A settlement engine that kills its own process at one point of one block commit."""
+    """A settlement engine that kills its own process at the point the crash file names."""
 
-    crash_at = ""
-    crash_after_blocks = 1
+    crash_file = Path()
+    _armed: tuple[str, int] | None = None
     _commits = 0
+
+    def _arm(self) -> None:
+        try:
+            phase, count = self.crash_file.read_text(encoding="ascii").split()
+        except (OSError, ValueError):
+            return
+        if phase in CRASH_POINTS:
+            self._armed, self._commits = (phase, max(1, int(count))), 0
 
     def commit(
         self, prepared: Prepared, attestations: Sequence[Attestation] = ()
     ) -> StoreError | None:
         if prepared.block is None:
             return super().commit(prepared, attestations)
-        self._commits += 1
-        due = self._commits == self.crash_after_blocks
-        if due and self.crash_at == "before-commit":
+        if self._armed is None and self.crash_file.exists():
+            self._arm()
+        phase = ""
+        if self._armed is not None:
+            self._commits += 1
+            if self._commits == self._armed[1]:
+                phase = self._armed[0]
+                self.crash_file.unlink(missing_ok=True)  # a restart must not crash again
+        if phase == "before-commit":
             _die()
-        if due and self.crash_at == "during-commit":
+        if phase == "during-commit":
             threading.Timer(0.0005, _die).start()
         failure = super().commit(prepared, attestations)
-        if due and self.crash_at in ("during-commit", "after-commit"):
+        if phase:
             _die()
         return failure
 
 
 def engine_class() -> type[SettlementEngine]:
-    """`CrashingEngine` configured from the environment, or `SettlementEngine` when unset."""
-    crash_at = os.environ.get(CRASH_AT, "")
-    if not crash_at:
+    """`CrashingEngine` watching the crash file, or `SettlementEngine` when none is named."""
+    path = os.environ.get(CRASH_FILE, "")
+    if not path:
         return SettlementEngine
-    if crash_at not in CRASH_POINTS:
-        raise ValueError(f"{CRASH_AT} must be one of {', '.join(CRASH_POINTS)}, not {crash_at!r}")
-    after = int(os.environ.get(CRASH_AFTER_BLOCKS, "1"))
-    return type(
-        "ConfiguredCrashingEngine",
-        (CrashingEngine,),
-        {"crash_at": crash_at, "crash_after_blocks": max(1, after)},
-    )
+    return type("WatchedEngine", (CrashingEngine,), {"crash_file": Path(path)})

@@ -1,0 +1,510 @@
+"""A seeded fault campaign against a live network on loopback, and the figures it prints.
+
+The campaign starts a bridge node (its store on a small tmpfs when it may mount one) and four
+central bank nodes as processes, funds every bank, and keeps a load client running (a process
+of its own, see `participants.chaos.load`). One central bank node reaches the bridge through a
+fault proxy, and the load client reaches that node through another. It then runs the scenarios
+of `schedule.plan(seed, profile)` one after the other; after each fault it measures how long
+until a payment settles again through every central bank node (recovery), and after each
+scenario it pauses the load and runs every check of `participants.chaos.checks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.domain import Pay, ProposePvp
+from bridge.node import fault_hooks
+from participants.chaos.checks import Checker, CheckReport, read_acks, read_answers
+from participants.chaos.faults import ClockOffset, FaultProxy, ManagedProcess, SmallDisk, rss_bytes
+from participants.chaos.load import LoadClient, Sent, now_ms, parse
+from participants.chaos.schedule import (
+    PROFILES,
+    Fault,
+    Profile,
+    Scenario,
+    plan,
+    schedule_digest,
+)
+from participants.launcher import free_ports, wait_serving
+from participants.network_config import generate_network
+from participants.sdk import CentralBankAdminClient
+
+RECOVERY_TIMEOUT = 60.0
+FUNDS = 10**13
+MEMORY_FACTOR = 1.5
+MEMORY_SLACK = 64 * 1024 * 1024
+NODE = (sys.executable, "-m", "participants.node_cli")
+LOAD = (sys.executable, "-m", "participants.chaos.load")
+
+
+def feature_present(feature: str) -> bool:
+    """Whether this build has the feature a scenario needs (a module named for it)."""
+    root = Path(__file__).resolve().parents[2]
+    names = {"mqtt": "mqtt", "postgres": "postgres"}
+    return any(names[feature] in p.name for p in (root / "bridge").rglob("*.py"))
+
+
+@dataclass
+class Figures:
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    recoveries: list[float] = field(default_factory=list)
+    scenarios: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    unrecovered: list[str] = field(default_factory=list)
+
+
+class Campaign:
+    def __init__(self, seed: int, profile: Profile, directory: Path) -> None:
+        self.seed = seed
+        self.profile = profile
+        self.directory = directory
+        self.python = sys.executable
+        self.figures = Figures()
+        self.loads = 0
+        self.memory_base: dict[str, int] = {}
+        self.proxies: list[FaultProxy] = []
+        self.disk: SmallDisk | None = None
+        self.disk_problem: str | None = None
+
+    # ------------------------------------------------------------------ the network
+
+    def setup(self) -> None:
+        d = self.directory
+        ports = free_ports(11)
+        self.config = generate_network(d / "net", ports=ports[:9])
+        self.cb_ids = [cb.id for cb in self.config.central_banks]
+        self.scenarios = plan(self.seed, self.profile, self.cb_ids)
+        self.linked = self.cb_ids[-1]  # the node behind both proxies
+        store = d / "store"
+        self.disk = SmallDisk(store, 64 if self.profile.name == "quick" else 256)
+        self.disk_problem = self.disk.mount()
+        self.db = store / "bridge.sqlite"
+        self.clock = ClockOffset(d / "clock-offset")
+        self.crash_file = d / "bridge-crash"
+        self.bridge_proxy = FaultProxy("bridge-link", ("127.0.0.1", ports[0]), ports[9]).start()
+        node = self.config.central_bank(self.linked)
+        self.bank_proxy = FaultProxy("bank-link", ("127.0.0.1", node.port), ports[10]).start()
+        self.proxies = [self.bridge_proxy, self.bank_proxy]
+        via = d / "via" / self.linked
+        via.mkdir(parents=True, exist_ok=True)
+        (via / "keys").unlink(missing_ok=True)
+        (via / "keys").symlink_to((d / "net" / "keys").resolve())
+        replace(self.config, directory=via, bridge_port=self.bridge_proxy.port).save()
+        logs = d / "logs"
+        self.bridge = ManagedProcess(
+            "bridge",
+            [*NODE, "bridge", "--network", str(d / "net"), "--db", str(self.db)],
+            logs / "bridge.log",
+            env={
+                fault_hooks.CLOCK_OFFSET_FILE: str(self.clock.path),
+                fault_hooks.CRASH_FILE: str(self.crash_file),
+            },
+        )
+        self.nodes = {
+            cb: ManagedProcess(
+                cb,
+                [
+                    *NODE,
+                    "central-bank",
+                    cb,
+                    "--network",
+                    str(via if cb == self.linked else d / "net"),
+                ],
+                logs / f"{cb}.log",
+            )
+            for cb in self.cb_ids
+        }
+        self.start_bridge()
+        for node_process in self.nodes.values():
+            node_process.start()
+        for cb in self.config.central_banks:
+            wait_serving(cb.address, time.monotonic() + 90)
+        self.checker = Checker(self.config, self.db)
+        self.fund()
+        self.probe_client = LoadClient(
+            self.config,
+            d / "probes.jsonl",
+            self.seed,
+            parse([str(d / "net"), str(d / "probes.jsonl"), "--instruction-deadline", "90"]),
+        )
+        self.start_load()
+        self.recover()  # every node settles before the first fault
+        for role, pid in self.pids().items():
+            self.memory_base[role] = rss_bytes(pid)
+
+    def start_bridge(self) -> None:
+        self.bridge.start()
+        wait_serving(self.config.bridge_address, time.monotonic() + 90)
+
+    def fund(self) -> None:
+        for cb in self.config.central_banks:
+            with CentralBankAdminClient.from_network(self.directory / "net", cb.id) as admin:
+                for bank in cb.banks:
+                    deadline = time.monotonic() + 90
+                    while True:
+                        try:
+                            admin.issue(
+                                bank.id, cb.currency, FUNDS, instruction_id=f"fund-{bank.id}"
+                            )
+                            break
+                        except Exception:
+                            if time.monotonic() > deadline:
+                                raise
+                            time.sleep(0.5)  # the node is still admitting its banks
+
+    def start_load(self) -> None:
+        self.loads += 1
+        record = self.directory / f"load-{self.loads}.jsonl"
+        self.load = ManagedProcess(
+            "load",
+            [
+                *LOAD,
+                str(self.directory / "net"),
+                str(record),
+                *("--seed", str(self.seed * 1000 + self.loads)),
+                *("--rate", str(self.profile.rate), "--workers", str(self.profile.workers)),
+                *("--via", f"{self.linked}={self.bank_proxy.address}"),
+            ],
+            self.directory / "logs" / f"load-{self.loads}.log",
+        )
+        self.load_record = record
+        self.load.start()
+
+    def records(self) -> list[Path]:
+        out = [self.directory / f"load-{i}.jsonl" for i in range(1, self.loads + 1)]
+        return [*out, self.directory / "probes.jsonl"]
+
+    def pids(self) -> dict[str, int | None]:
+        return {
+            "bridge": self.bridge.pid,
+            **{cb: p.pid for cb, p in self.nodes.items()},
+            "load": self.load.pid,
+            "campaign": os.getpid(),
+        }
+
+    def teardown(self) -> None:
+        for process in [self.load, *self.nodes.values(), self.bridge]:
+            process.stop()
+        for proxy in self.proxies:
+            proxy.close()
+        if self.disk is not None:
+            self.disk.free()
+            self.disk.unmount()
+
+    # ------------------------------------------------------------------ probes and checks
+
+    def probe(self, cb: str, proposal_to: str | None = None) -> Sent:
+        """A payment (or a short-lived proposal) from a bank of `cb`, through `cb`'s node."""
+        node = self.config.central_bank(cb)
+        payer, payee = node.banks[0].id, node.banks[-1].id
+        client = self.probe_client
+        if proposal_to is not None:
+            other = self.config.central_bank(proposal_to)
+            body: Any = ProposePvp(
+                client.next_id("probe-pvp"),
+                payer,
+                now_ms() + 900_000,
+                other.banks[0].id,
+                node.currency,
+                100,
+                other.currency,
+                108,
+                "1.08",
+                now_ms() + int(self.profile.settle_within_s * 1000),
+                "outage probe",
+            )
+            return Sent(cb, "ProposePvp", body, client.signed(body))
+        body = Pay(client.next_id("probe"), payer, now_ms() + 900_000, payee, node.currency, 1)
+        return Sent(cb, "Pay", body, client.signed(body))
+
+    def recover(self, healed_at: float | None = None) -> float:
+        """Seconds from `healed_at` until a payment settles through every central bank node."""
+        start = time.monotonic() if healed_at is None else healed_at
+        for cb in self.cb_ids:
+            if not self.probe_client.send(self.probe(cb)):
+                raise RuntimeError(f"no payment settled through {cb} within the deadline")
+        return round(time.monotonic() - start, 3)
+
+    def check(self, name: str, *, final: bool = False) -> CheckReport:
+        pause = Path(str(self.load_record) + ".pause")
+        idle = Path(str(self.load_record) + ".idle")
+        pause.touch()
+        deadline = time.monotonic() + 120
+        while not idle.exists() and self.load.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        report = CheckReport()
+        try:
+            acks = read_acks(self.records())
+            self.checker.logged_exactly_once(acks, report)
+            self.checker.resubmit(acks, report)
+            self.checker.conservation(report)
+            time.sleep(self.profile.settle_within_s)  # let due expiries happen
+            self.checker.holds_and_expiries(acks, report, grace_ms=2_000)
+            self.checker.replicas(report, timeout=30)
+            if final or self.profile.name == "full":
+                self.checker.log_verify(report)
+            self.memory(report)
+        finally:
+            pause.unlink(missing_ok=True)
+        return report
+
+    def memory(self, report: CheckReport) -> None:
+        for role, pid in self.pids().items():
+            base = self.memory_base.get(role, 0)
+            rss = rss_bytes(pid)
+            if base and rss > base * MEMORY_FACTOR + MEMORY_SLACK:
+                report.memory_over_bound.append(f"{role}: {rss >> 20} MiB (base {base >> 20})")
+
+    # ------------------------------------------------------------------ faults
+
+    def fault_done(self, fault: Fault, healed_at: float, **extra: Any) -> None:
+        try:
+            seconds: float | None = self.recover(healed_at)
+        except RuntimeError as error:
+            seconds = None
+            self.figures.unrecovered.append(f"{fault.kind} {fault.target}: {error}")
+        if seconds is not None:
+            self.figures.recoveries.append(seconds)
+        entry = {**asdict(fault), "recovery_s": seconds, **extra}
+        entry = {k: v for k, v in entry.items() if v not in ("", 0, 0.0)}
+        self.figures.faults.append(entry)
+        if fault.kind == "kill":
+            self.figures.kills.append(entry)
+
+    def kill(self, fault: Fault) -> None:
+        """SIGKILL one process at a random moment under load (the bridge: or at a phase of a
+        block's commit, by its own hook), restart it, and time the recovery."""
+        if fault.target == "bridge":
+            time.sleep(fault.after)
+            phase = fault.phase
+            if phase == "random":
+                self.bridge.kill()
+            else:
+                self.crash_file.write_text(f"{phase} {fault.blocks}\n", encoding="ascii")
+                assert self.bridge.process is not None
+                try:
+                    self.bridge.process.wait(60)  # kills itself at `phase` of a coming block
+                except subprocess.TimeoutExpired:
+                    self.crash_file.unlink(missing_ok=True)
+                    self.bridge.kill()
+                    phase = f"{phase} (hook did not fire; killed from outside)"
+            healed = time.monotonic()
+            self.start_bridge()
+            self.fault_done(replace(fault, phase=phase), healed)
+            return
+        time.sleep(fault.after)
+        if fault.target == "load":
+            self.load.kill()
+            healed = time.monotonic()
+            self.start_load()
+            self.fault_done(fault, healed)
+            return
+        node = self.nodes[fault.target]
+        node.kill()
+        healed = time.monotonic()
+        node.start()
+        wait_serving(self.config.central_bank(fault.target).address, time.monotonic() + 90)
+        self.fault_done(fault, healed)
+
+    def outage(self, fault: Fault) -> None:
+        """A central bank node down for longer than a PvP's settlement window: the PvP
+        proposed to its bank expires and releases its hold, finality goes on (3 of 4)."""
+        time.sleep(fault.after)
+        node = self.nodes[fault.target]
+        proposer = next(cb for cb in self.cb_ids if cb != fault.target)
+        node.kill()
+        began = time.monotonic()
+        sealed_at_start = self.finality().sealed_height
+        held = self.probe(proposer, proposal_to=fault.target)
+        self.probe_client.send(held)
+        time.sleep(max(0.0, fault.hold - (time.monotonic() - began)))
+        finality = self.finality()
+        status = self.checker.bridge.GetPvp(
+            bridge_pb.GetPvpRequest(proposer=held.body.sender, pvp_id=held.body.instruction_id),
+            timeout=20,
+        )
+        healed = time.monotonic()
+        node.start()
+        wait_serving(self.config.central_bank(fault.target).address, time.monotonic() + 90)
+        self.fault_done(
+            fault,
+            healed,
+            finality_continued=finality.final_height > sealed_at_start,
+            pvp_expired_during_outage=status.status == types.OUTCOME_EXPIRED,
+        )
+
+    def finality(self) -> bridge_pb.GetFinalityResponse:
+        reply: bridge_pb.GetFinalityResponse = self.checker.bridge.GetFinality(
+            bridge_pb.GetFinalityRequest(), timeout=20
+        )
+        return reply
+
+    def network(self, fault: Fault) -> None:
+        time.sleep(fault.after)
+        proxy = self.bridge_proxy if fault.target == "bridge-link" else self.bank_proxy
+        proxy.set(fault.mode, fault.delay)
+        time.sleep(fault.hold)
+        proxy.set("pass")
+        self.fault_done(fault, time.monotonic())
+
+    def clock_jump(self, fault: Fault) -> None:
+        time.sleep(fault.after)
+        self.clock.set(fault.offset_ms)
+        time.sleep(fault.hold)
+        self.clock.set(0)
+        self.fault_done(fault, time.monotonic())
+
+    def disk_full(self, fault: Fault) -> None:
+        assert self.disk is not None
+        time.sleep(fault.after)
+        before = read_answers([self.load_record])
+        filled = self.disk.fill()
+        time.sleep(fault.hold)
+        during = read_answers([self.load_record])
+        self.disk.free()
+        healed = time.monotonic()
+        refused = {
+            k: v - before.get(k, 0)
+            for k, v in during.items()
+            if v - before.get(k, 0) and k != "ack"
+        }
+        self.fault_done(fault, healed, filled_bytes=filled, final_refusals_while_full=refused)
+
+    # ------------------------------------------------------------------ the run
+
+    def skip_reason(self, scenario: Scenario) -> str | None:
+        if scenario.needs and not feature_present(scenario.needs):
+            return f"this build has no {scenario.needs} component yet (no bridge module for it)"
+        if scenario.needs:
+            return f"{scenario.needs} is present but this campaign has no driver for it yet"
+        if scenario.name == "disk-full" and self.disk_problem:
+            return self.disk_problem
+        return None
+
+    def run_scenario(self, scenario: Scenario) -> None:
+        began = time.monotonic()
+        faults = list(scenario.faults)
+        for fault in faults:
+            {
+                "kill": lambda f=fault: self.kill(f),
+                "outage": lambda f=fault: self.outage(f),
+                "net": lambda f=fault: self.network(f),
+                "clock": lambda f=fault: self.clock_jump(f),
+                "disk-full": lambda f=fault: self.disk_full(f),
+            }[fault.kind]()
+        report = self.check(scenario.name)
+        self.figures.scenarios.append(
+            {
+                "name": scenario.name,
+                "faults": len(faults),
+                "seconds": round(time.monotonic() - began, 1),
+                "checks": report.to_json(),
+            }
+        )
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.setup()
+        try:
+            for scenario in self.scenarios:
+                reason = self.skip_reason(scenario)
+                if reason is not None:
+                    self.figures.skipped[scenario.name] = reason
+                    continue
+                self.run_scenario(scenario)
+            final = self.check("final", final=True)
+            self.load.stop()
+        finally:
+            memory = {role: rss_bytes(pid) >> 20 for role, pid in self.pids().items()}
+            self.teardown()
+        return self.summary(final, memory, time.monotonic() - started)
+
+    def summary(self, final: CheckReport, memory: dict[str, int], seconds: float) -> dict[str, Any]:
+        recoveries = sorted(self.figures.recoveries)
+        answers = read_answers(self.records())
+        return {
+            "seed": self.seed,
+            "profile": self.profile.name,
+            "schedule_digest": schedule_digest(self.scenarios),
+            "seconds": round(seconds, 1),
+            "kills_planned": self.profile.kills,
+            "kills_survived": len(self.figures.kills),
+            "kills_by_target": _count(k["target"] for k in self.figures.kills),
+            "bridge_kill_phases": _count(
+                k.get("phase", "") for k in self.figures.kills if k["target"] == "bridge"
+            ),
+            "faults": len(self.figures.faults),
+            "acknowledged_checked": final.acknowledged,
+            "lost": final.lost,
+            "misplaced": final.misplaced,
+            "doubled": final.doubled + sum(s["checks"]["doubled"] for s in self.figures.scenarios),
+            "replica_disagreements": final.replica_disagreements,
+            "stuck_holds": final.stuck_holds,
+            "expiries_checked": final.expiries_checked,
+            "recovery_s": {
+                "p50": recoveries[len(recoveries) // 2] if recoveries else None,
+                "max": recoveries[-1] if recoveries else None,
+            },
+            "events_lost": None,
+            "answers": answers,
+            "unrecovered": self.figures.unrecovered,
+            "all_checks_passed": not self.figures.unrecovered
+            and final.passed
+            and all(s["checks"]["passed"] for s in self.figures.scenarios),
+            "final_checks": final.to_json(),
+            "scenarios": self.figures.scenarios,
+            "skipped": self.figures.skipped,
+            "fault_log": self.figures.faults,
+            "rss_mib_at_end": memory,
+            "store_on_tmpfs": self.disk_problem is None,
+        }
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def run_campaign(seed: int, profile: str, directory: Path | None, keep: bool) -> dict[str, Any]:
+    """Run the campaign in `directory` (a fresh temporary one by default)."""
+    base = directory or Path(tempfile.mkdtemp(prefix="cbdc-chaos-"))
+    base.mkdir(parents=True, exist_ok=True)
+    campaign = Campaign(seed, PROFILES[profile], base)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        result = campaign.run()
+        result["directory"] = str(base) if keep or directory else None
+        return result
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if not keep and directory is None:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def main(argv: list[str]) -> None:  # pragma: no cover - the CLI is `cbdc-bridge chaos`
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--profile", default="quick")
+    args = parser.parse_args(argv)
+    print(json.dumps(run_campaign(args.seed, args.profile, None, False)))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,161 @@
+"""The campaign's plan: which fault, on which process or link, when; a pure function of the seed.
+
+`plan(seed, profile)` draws every choice from `random.Random(seed)`, so the same seed gives the
+same schedule (`schedule_digest` names it in the figures). Scenarios group faults of one kind;
+the campaign checks every invariant after each scenario.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+BRIDGE_PHASES = ("random", "before-commit", "during-commit", "after-commit")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One fault: `kind` on `target`, `after` seconds into its scenario's load, for `hold` s."""
+
+    kind: str
+    target: str
+    after: float
+    hold: float = 0.0
+    phase: str = ""
+    mode: str = ""
+    delay: float = 0.0
+    offset_ms: int = 0
+    blocks: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    faults: tuple[Fault, ...]
+    needs: str = ""  # a feature the branch may not have yet: "mqtt", "postgres"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    bridge_kills: int
+    node_kills: int
+    load_kills: int
+    outages: int
+    net_faults: int
+    disk_fulls: int
+    clock_jumps: int
+    rate: float
+    workers: int
+    settle_within_s: float = 2.5
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kills(self) -> int:
+        return self.bridge_kills + self.node_kills + self.load_kills
+
+
+QUICK = Profile(
+    "quick",
+    bridge_kills=4,
+    node_kills=2,
+    load_kills=2,
+    outages=1,
+    net_faults=4,
+    disk_fulls=1,
+    clock_jumps=2,
+    rate=12.0,
+    workers=3,
+)
+FULL = Profile(
+    "full",
+    bridge_kills=10,
+    node_kills=6,
+    load_kills=4,
+    outages=2,
+    net_faults=8,
+    disk_fulls=2,
+    clock_jumps=4,
+    rate=20.0,
+    workers=4,
+)
+PROFILES = {p.name: p for p in (QUICK, FULL)}
+
+
+def plan(seed: int, profile: Profile, central_banks: list[str]) -> list[Scenario]:
+    rng = random.Random(seed)
+
+    def moment() -> float:
+        return round(rng.uniform(0.3, 2.0), 3)
+
+    bridge = tuple(
+        Fault(
+            "kill",
+            "bridge",
+            moment(),
+            phase=BRIDGE_PHASES[i % len(BRIDGE_PHASES)],
+            blocks=rng.randrange(2, 12),
+        )
+        for i in range(profile.bridge_kills)
+    )
+    nodes = tuple(
+        Fault("kill", rng.choice(central_banks), moment()) for _ in range(profile.node_kills)
+    )
+    loads = tuple(Fault("kill", "load", moment()) for _ in range(profile.load_kills))
+    outages = tuple(
+        Fault(
+            "outage", rng.choice(central_banks[1:]), moment(), hold=2 * profile.settle_within_s + 2
+        )
+        for _ in range(profile.outages)
+    )
+    links = ("bridge-link", "bank-link")
+    modes = ("delay", "reset", "blackhole")
+    net = tuple(
+        Fault(
+            "net",
+            links[i % 2],
+            moment(),
+            hold=round(rng.uniform(2.0, 4.0), 2),
+            mode=modes[i % 3],
+            delay=round(rng.uniform(0.05, 0.4), 3),
+        )
+        for i in range(profile.net_faults)
+    )
+    disk = tuple(
+        Fault("disk-full", "bridge-store", moment(), hold=round(rng.uniform(3.0, 5.0), 2))
+        for _ in range(profile.disk_fulls)
+    )
+    clock = tuple(
+        Fault(
+            "clock",
+            "bridge",
+            moment(),
+            hold=3.0,
+            offset_ms=(1 if i % 2 == 0 else -1) * rng.randrange(5_000, 15_000),
+        )
+        for i in range(profile.clock_jumps)
+    )
+    return [
+        Scenario("bridge-kills", bridge),
+        Scenario("central-bank-node-kills", nodes),
+        Scenario("load-client-kills", loads),
+        Scenario("central-bank-node-outage", outages),
+        Scenario("network-faults", net),
+        Scenario("clock-jumps", clock),
+        Scenario("disk-full", disk),
+        Scenario("mqtt-publisher-kill", (Fault("kill", "mqtt-publisher", moment()),), "mqtt"),
+        Scenario("mqtt-broker-outage", (Fault("outage", "broker", moment(), hold=30.0),), "mqtt"),
+        Scenario("postgres-leader-kill", (Fault("kill", "leading-bridge", moment()),), "postgres"),
+        Scenario(
+            "postgres-restart", (Fault("outage", "postgres", moment(), hold=5.0),), "postgres"
+        ),
+    ]
+
+
+def schedule_digest(scenarios: list[Scenario]) -> str:
+    """A short hash of the whole schedule: equal seeds give equal digests."""
+    text = json.dumps([asdict(s) for s in scenarios], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

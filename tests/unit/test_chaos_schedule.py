@@ -1,0 +1,109 @@
+"""The chaos campaign's plan and fault tools: seeded schedules, the fault proxy, the clock hook."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge.node import fault_hooks
+from participants.chaos.faults import FaultProxy
+from participants.chaos.schedule import FULL, QUICK, plan, schedule_digest
+from participants.launcher import free_ports
+
+CBS = ["PBOC", "HKMA", "BOT", "CBUAE"]
+
+
+def test_same_seed_gives_the_same_schedule() -> None:
+    """Two plans from one seed are equal; another seed gives another schedule."""
+    assert plan(7, QUICK, CBS) == plan(7, QUICK, CBS)
+    assert schedule_digest(plan(7, QUICK, CBS)) == schedule_digest(plan(7, QUICK, CBS))
+    assert schedule_digest(plan(8, QUICK, CBS)) != schedule_digest(plan(7, QUICK, CBS))
+
+
+def test_full_profile_kills_at_least_twenty_times_in_every_block_phase() -> None:
+    """The full campaign plans 20+ kills, the bridge's in every phase of a block commit."""
+    scenarios = plan(1, FULL, CBS)
+    kills = [f for s in scenarios if not s.needs for f in s.faults if f.kind == "kill"]
+    assert len(kills) >= 20
+    phases = {f.phase for f in kills if f.target == "bridge"}
+    assert phases == {"random", "before-commit", "during-commit", "after-commit"}
+
+
+def test_outage_outlasts_a_pvp_deadline() -> None:
+    """A planned central bank outage is longer than twice the PvP settlement window."""
+    outages = [f for s in plan(3, QUICK, CBS) for f in s.faults if s.name.endswith("outage")]
+    assert outages
+    assert all(f.hold > 2 * QUICK.settle_within_s for f in outages)
+
+
+def _echo_server() -> tuple[socket.socket, int]:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=_echo, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data)
+
+
+def test_fault_proxy_passes_delays_resets_and_blackholes() -> None:
+    """Through the proxy bytes arrive; delayed later; reset connections break; a black hole
+    answers nothing."""
+    server, port = _echo_server()
+    proxy = FaultProxy("test", ("127.0.0.1", port), free_ports(1)[0]).start()
+    try:
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
+            conn.sendall(b"ping")
+            assert conn.recv(4) == b"ping"
+        proxy.set("delay", 0.3)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
+            began = time.monotonic()
+            conn.sendall(b"slow")
+            assert conn.recv(4) == b"slow"
+            assert time.monotonic() - began >= 0.5  # held each way
+        proxy.set("reset")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as conn:
+            try:
+                conn.sendall(b"x")
+                answer = conn.recv(4)
+            except ConnectionResetError:
+                answer = b""
+            assert answer == b""  # closed at once
+        proxy.set("blackhole")
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=0.5) as conn:
+            conn.sendall(b"lost")
+            with pytest.raises(TimeoutError):
+                conn.recv(4)
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_clock_offset_file_shifts_the_bridge_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test hook adds the offset written in its file; without the variable it is a no-op."""
+    offset = tmp_path / "offset"
+    offset.write_text("60000\n")
+    monkeypatch.setenv(fault_hooks.CLOCK_OFFSET_FILE, str(offset))
+    assert fault_hooks.offset_clock(lambda: 1_000)() == 61_000
+    monkeypatch.delenv(fault_hooks.CLOCK_OFFSET_FILE)
+    source = fault_hooks.offset_clock(lambda: 1_000)
+    assert source() == 1_000
