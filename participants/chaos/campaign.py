@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,13 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay, ProposePvp
 from bridge.node import fault_hooks
-from participants.chaos.checks import Checker, CheckReport, read_acks, read_answers
+from participants.chaos.checks import (
+    Checker,
+    CheckReport,
+    longest_call,
+    read_acks,
+    read_answers,
+)
 from participants.chaos.faults import ClockOffset, FaultProxy, ManagedProcess, SmallDisk, rss_bytes
 from participants.chaos.load import LoadClient, Sent, now_ms, parse
 from participants.chaos.schedule import (
@@ -46,6 +53,8 @@ from participants.sdk import CentralBankAdminClient
 RECOVERY_TIMEOUT = 60.0
 FUNDS = 10**13
 MEMORY_FACTOR = 1.5
+CALL_TIMEOUT = 5.0  # the load client's deadline per call
+DISK_FULL_CAP = 20.0  # longest a disk stays full waiting for a commit to fail
 MEMORY_SLACK = 64 * 1024 * 1024
 NODE = (sys.executable, "-m", "participants.node_cli")
 LOAD = (sys.executable, "-m", "participants.chaos.load")
@@ -179,6 +188,7 @@ class Campaign:
                 *("--seed", str(self.seed * 1000 + self.loads)),
                 *("--rate", str(self.profile.rate), "--workers", str(self.profile.workers)),
                 *("--via", f"{self.linked}={self.bank_proxy.address}"),
+                *("--call-timeout", str(CALL_TIMEOUT)),
             ],
             self.directory / "logs" / f"load-{self.loads}.log",
         )
@@ -285,6 +295,7 @@ class Campaign:
         self.figures.faults.append(entry)
         if fault.kind == "kill":
             self.figures.kills.append(entry)
+        print(json.dumps({"fault": entry}), file=sys.stderr, flush=True)
 
     def kill(self, fault: Fault) -> None:
         """SIGKILL one process at a random moment under load (the bridge: or at a phase of a
@@ -307,11 +318,18 @@ class Campaign:
             self.start_bridge()
             self.fault_done(replace(fault, phase=phase), healed)
             return
+        if fault.target == "load":
+            deadline = time.monotonic() + 30
+            while len(read_acks([self.load_record])) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)  # it is sending: kill it mid-stream, not while it starts
         time.sleep(fault.after)
         if fault.target == "load":
             self.load.kill()
             healed = time.monotonic()
             self.start_load()
+            deadline = healed + RECOVERY_TIMEOUT
+            while not read_acks([self.load_record]) and time.monotonic() < deadline:
+                time.sleep(0.05)  # recovered: the new client's first acknowledgement
             self.fault_done(fault, healed)
             return
         node = self.nodes[fault.target]
@@ -370,20 +388,39 @@ class Campaign:
         self.fault_done(fault, time.monotonic())
 
     def disk_full(self, fault: Fault) -> None:
+        """The disk under the store fills up while a long read (a researcher's export, say)
+        keeps SQLite from recycling its write-ahead log: commits fail, clients must be told
+        "not decided", and settlement must resume by itself once space returns."""
         assert self.disk is not None
         time.sleep(fault.after)
         before = read_answers([self.load_record])
+        reader = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM blocks").fetchone()
         filled = self.disk.fill()
-        time.sleep(fault.hold)
+        began = time.monotonic()
+        while time.monotonic() - began < max(fault.hold, DISK_FULL_CAP):
+            time.sleep(0.2)
+            if time.monotonic() - began >= fault.hold and self._not_decided_since(before):
+                break
         during = read_answers([self.load_record])
         self.disk.free()
+        reader.close()
         healed = time.monotonic()
-        refused = {
-            k: v - before.get(k, 0)
-            for k, v in during.items()
-            if v - before.get(k, 0) and k != "ack"
-        }
-        self.fault_done(fault, healed, filled_bytes=filled, final_refusals_while_full=refused)
+        new = {k: v - before.get(k, 0) for k, v in during.items() if v - before.get(k, 0)}
+        self.fault_done(
+            replace(fault, hold=round(healed - began, 2)),
+            healed,
+            filled_bytes=filled,
+            final_refusals_while_full={
+                k: v for k, v in new.items() if k != "ack" and not k.startswith("not_decided:")
+            },
+            not_decided_while_full={k: v for k, v in new.items() if k.startswith("not_decided:")},
+        )
+
+    def _not_decided_since(self, before: dict[str, int]) -> bool:
+        now = read_answers([self.load_record])
+        return any(k.startswith("not_decided:") and v > before.get(k, 0) for k, v in now.items())
 
     # ------------------------------------------------------------------ the run
 
@@ -428,13 +465,15 @@ class Campaign:
                     continue
                 self.run_scenario(scenario)
             final = self.check("final", final=True)
-            self.load.stop()
-        finally:
             memory = {role: rss_bytes(pid) >> 20 for role, pid in self.pids().items()}
+            base = {role: rss >> 20 for role, rss in self.memory_base.items()}
+        finally:
             self.teardown()
-        return self.summary(final, memory, time.monotonic() - started)
+        return self.summary(final, memory, base, time.monotonic() - started)
 
-    def summary(self, final: CheckReport, memory: dict[str, int], seconds: float) -> dict[str, Any]:
+    def summary(
+        self, final: CheckReport, memory: dict[str, int], base: dict[str, int], seconds: float
+    ) -> dict[str, Any]:
         recoveries = sorted(self.figures.recoveries)
         answers = read_answers(self.records())
         return {
@@ -453,6 +492,8 @@ class Campaign:
             "lost": final.lost,
             "misplaced": final.misplaced,
             "doubled": final.doubled + sum(s["checks"]["doubled"] for s in self.figures.scenarios),
+            "resubmitted_as_duplicates": final.resubmitted
+            + sum(s["checks"]["resubmitted"] for s in self.figures.scenarios),
             "replica_disagreements": final.replica_disagreements,
             "stuck_holds": final.stuck_holds,
             "expiries_checked": final.expiries_checked,
@@ -462,6 +503,8 @@ class Campaign:
             },
             "events_lost": None,
             "answers": answers,
+            "longest_call_s": longest_call(self.records()),
+            "call_timeout_s": CALL_TIMEOUT,
             "unrecovered": self.figures.unrecovered,
             "all_checks_passed": not self.figures.unrecovered
             and final.passed
@@ -470,6 +513,7 @@ class Campaign:
             "scenarios": self.figures.scenarios,
             "skipped": self.figures.skipped,
             "fault_log": self.figures.faults,
+            "rss_mib_at_start": base,
             "rss_mib_at_end": memory,
             "store_on_tmpfs": self.disk_problem is None,
         }

@@ -78,8 +78,24 @@ def read_acks(records: Iterable[Path]) -> list[Ack]:
     return list(acks.values())
 
 
+def longest_call(records: Iterable[Path]) -> float:
+    """The longest single call (seconds) any record line reports: a client never waits
+    longer than its deadline, whatever the fault."""
+    longest = 0.0
+    for path in records:
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                longest = max(longest, float(json.loads(line).get("took", 0.0)))
+            except (ValueError, AttributeError):
+                continue
+    return longest
+
+
 def read_answers(records: Iterable[Path]) -> dict[str, int]:
-    """How many decided answers of each kind the records hold (ack, or the refusal reason)."""
+    """How many answers of each kind the records hold: `ack`, a final refusal's reason, or
+    `not_decided:REASON` for an attempt that was resent."""
     counts: dict[str, int] = {}
     for path in records:
         if not path.exists():
@@ -90,6 +106,8 @@ def read_answers(records: Iterable[Path]) -> dict[str, int]:
             except ValueError:
                 continue
             what = "ack" if item.get("ack") else str(item.get("reason"))
+            if item.get("retry"):
+                what = f"not_decided:{what}"
             counts[what] = counts.get(what, 0) + 1
     return counts
 

@@ -127,7 +127,7 @@ class FaultProxy:
         if mode not in MODES:
             raise ValueError(f"proxy mode must be one of {MODES}")
         self.mode, self.delay = mode, delay
-        if mode in ("reset", "blackhole"):
+        if mode == "reset":
             self._loop.call_soon_threadsafe(self._reset_all)
 
     def _reset_all(self) -> None:
@@ -139,13 +139,10 @@ class FaultProxy:
         if self.mode == "reset":
             _abort(writer)
             return
-        if self.mode == "blackhole":
-            self._writers.add(writer)
-            with contextlib.suppress(Exception):
-                while await reader.read(65536):
-                    pass
-            self._writers.discard(writer)
-            return
+        while self.mode == "blackhole":
+            # a partition: the connection is not answered until it heals (as a retransmitted
+            # SYN gets through then); what the client sent waits in the socket's buffer
+            await asyncio.sleep(0.05)
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:

@@ -14,7 +14,8 @@ before the next instruction (a line written survives the client's SIGKILL):
     {"t": 12.3, "ack": true, "rpc": "Pay", "node": "PBOC", "sender": "ICBC", "id": "...",
      "seq": 42, "outcome": "SETTLED", "request": "<base64 SignedInstruction>"}
 
-`ack` false lines carry the refusal's `reason` (`undecided` when no answer came in time).
+`ack` false lines carry the refusal's `reason` (`undecided` when no answer came in time);
+`retry` lines say that an attempt was not decided (its `reason`) and is being resent.
 Calls never wait longer than `--call-timeout`; the longest call seen is in the summary line.
 
 The client pauses while the file `RECORD.pause` exists (and says so by creating
@@ -106,6 +107,7 @@ class LoadClient:
         self.started = time.monotonic()
         self.counter = 0
         self.counter_lock = threading.Lock()
+        self.last_call = threading.local()  # .took: seconds of this thread's last call
 
     # ------------------------------------------------------------------ instructions
 
@@ -182,7 +184,7 @@ class LoadClient:
             answer: bytes = method(sent.request, timeout=timeout)
             return answer
         finally:
-            took = time.monotonic() - began
+            took = self.last_call.took = time.monotonic() - began
             with self.stats.lock:
                 self.stats.longest_call = max(self.stats.longest_call, took)
 
@@ -199,6 +201,7 @@ class LoadClient:
                 if not failure.retryable:
                     self.write(sent, ack=False, reason=failure.reason.value)
                     return False
+                self.write(sent, retry=True, reason=failure.reason.value)
                 if time.monotonic() + pause > deadline:
                     self.write(sent, ack=False, reason="undecided")
                     return False
@@ -227,6 +230,7 @@ class LoadClient:
             "node": sent.node,
             "sender": sent.body.sender,
             "id": sent.body.instruction_id,
+            "took": round(getattr(self.last_call, "took", 0.0), 3),
             **fields,
             "request": base64.b64encode(sent.request).decode("ascii"),
         }
