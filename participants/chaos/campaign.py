@@ -29,6 +29,7 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay, ProposePvp
 from bridge.node import fault_hooks
+from loadtest.pgserver import binaries
 from participants.chaos.checks import (
     Checker,
     CheckReport,
@@ -78,12 +79,18 @@ class Figures:
 
 
 class Campaign:
-    def __init__(self, seed: int, profile: Profile, directory: Path) -> None:
+    """The SQLite part: one bridge process on a store under a small tmpfs, fault proxies."""
+
+    name = "sqlite"
+
+    def __init__(
+        self, seed: int, profile: Profile, directory: Path, figures: Figures | None = None
+    ) -> None:
         self.seed = seed
         self.profile = profile
         self.directory = directory
         self.python = sys.executable
-        self.figures = Figures()
+        self.figures = figures or Figures()
         self.loads = 0
         self.memory_base: dict[str, int] = {}
         self.proxies: list[FaultProxy] = []
@@ -143,7 +150,7 @@ class Campaign:
             node_process.start()
         for cb in self.config.central_banks:
             wait_serving(cb.address, time.monotonic() + 90)
-        self.checker = Checker(self.config, self.db)
+        self.checker = Checker(self.config, str(self.db))
         self.fund()
         self.probe_client = LoadClient(
             self.config,
@@ -153,6 +160,13 @@ class Campaign:
         )
         self.start_load()
         self.recover()  # every node settles before the first fault
+        self.memorise_baseline()
+
+    def memorise_baseline(self) -> None:
+        """Every process's RSS once the load runs: what its memory must come back near."""
+        deadline = time.monotonic() + RECOVERY_TIMEOUT
+        while len(read_acks([self.load_record])) < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
         for role, pid in self.pids().items():
             self.memory_base[role] = rss_bytes(pid)
 
@@ -187,7 +201,7 @@ class Campaign:
                 str(record),
                 *("--seed", str(self.seed * 1000 + self.loads)),
                 *("--rate", str(self.profile.rate), "--workers", str(self.profile.workers)),
-                *("--via", f"{self.linked}={self.bank_proxy.address}"),
+                *(("--via", f"{self.linked}={self.bank_proxy.address}") if self.proxies else ()),
                 *("--call-timeout", str(CALL_TIMEOUT)),
             ],
             self.directory / "logs" / f"load-{self.loads}.log",
@@ -427,7 +441,9 @@ class Campaign:
     def skip_reason(self, scenario: Scenario) -> str | None:
         if scenario.needs and not feature_present(scenario.needs):
             return f"this build has no {scenario.needs} component yet (no bridge module for it)"
-        if scenario.needs:
+        if scenario.needs == "postgres" and binaries() is None:
+            return "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin"
+        if scenario.needs not in ("", "postgres"):
             return f"{scenario.needs} is present but this campaign has no driver for it yet"
         if scenario.name == "disk-full" and self.disk_problem:
             return self.disk_problem
@@ -454,11 +470,18 @@ class Campaign:
             }
         )
 
-    def run(self) -> dict[str, Any]:
+    def own(self, scenario: Scenario) -> bool:
+        """Whether this part of the campaign runs `scenario` (the SQLite part: all but the
+        PostgreSQL ones)."""
+        return scenario.needs != "postgres"
+
+    def run_part(self) -> Part:
         started = time.monotonic()
         self.setup()
         try:
             for scenario in self.scenarios:
+                if not self.own(scenario):
+                    continue
                 reason = self.skip_reason(scenario)
                 if reason is not None:
                     self.figures.skipped[scenario.name] = reason
@@ -469,54 +492,68 @@ class Campaign:
             base = {role: rss >> 20 for role, rss in self.memory_base.items()}
         finally:
             self.teardown()
-        return self.summary(final, memory, base, time.monotonic() - started)
+        return Part(self.name, final, self.records(), base, memory, time.monotonic() - started)
 
-    def summary(
-        self, final: CheckReport, memory: dict[str, int], base: dict[str, int], seconds: float
-    ) -> dict[str, Any]:
-        recoveries = sorted(self.figures.recoveries)
-        answers = read_answers(self.records())
-        return {
-            "seed": self.seed,
-            "profile": self.profile.name,
-            "schedule_digest": schedule_digest(self.scenarios),
-            "seconds": round(seconds, 1),
-            "kills_planned": self.profile.kills,
-            "kills_survived": len(self.figures.kills),
-            "kills_by_target": _count(k["target"] for k in self.figures.kills),
-            "bridge_kill_phases": _count(
-                k.get("phase", "") for k in self.figures.kills if k["target"] == "bridge"
-            ),
-            "faults": len(self.figures.faults),
-            "acknowledged_checked": final.acknowledged,
-            "lost": final.lost,
-            "misplaced": final.misplaced,
-            "doubled": final.doubled + sum(s["checks"]["doubled"] for s in self.figures.scenarios),
-            "resubmitted_as_duplicates": final.resubmitted
-            + sum(s["checks"]["resubmitted"] for s in self.figures.scenarios),
-            "replica_disagreements": final.replica_disagreements,
-            "stuck_holds": final.stuck_holds,
-            "expiries_checked": final.expiries_checked,
-            "recovery_s": {
-                "p50": recoveries[len(recoveries) // 2] if recoveries else None,
-                "max": recoveries[-1] if recoveries else None,
-            },
-            "events_lost": None,
-            "answers": answers,
-            "longest_call_s": longest_call(self.records()),
-            "call_timeout_s": CALL_TIMEOUT,
-            "unrecovered": self.figures.unrecovered,
-            "all_checks_passed": not self.figures.unrecovered
-            and final.passed
-            and all(s["checks"]["passed"] for s in self.figures.scenarios),
-            "final_checks": final.to_json(),
-            "scenarios": self.figures.scenarios,
-            "skipped": self.figures.skipped,
-            "fault_log": self.figures.faults,
-            "rss_mib_at_start": base,
-            "rss_mib_at_end": memory,
-            "store_on_tmpfs": self.disk_problem is None,
-        }
+
+@dataclass
+class Part:
+    """What one part of the campaign (one network, one store) ended with."""
+
+    name: str
+    final: CheckReport
+    records: list[Path]
+    rss_start: dict[str, int]
+    rss_end: dict[str, int]
+    seconds: float
+
+
+def summary(
+    seed: int, profile: Profile, scenarios: list[Scenario], figures: Figures, parts: list[Part]
+) -> dict[str, Any]:
+    recoveries = sorted(figures.recoveries)
+    records = [r for part in parts for r in part.records]
+    finals = [part.final for part in parts]
+    checked = figures.scenarios
+    return {
+        "seed": seed,
+        "profile": profile.name,
+        "schedule_digest": schedule_digest(scenarios),
+        "seconds": round(sum(part.seconds for part in parts), 1),
+        "kills_planned": profile.kills,
+        "kills_survived": len(figures.kills),
+        "kills_by_target": _count(k["target"] for k in figures.kills),
+        "bridge_kill_phases": _count(
+            k.get("phase", "") for k in figures.kills if k["target"] == "bridge"
+        ),
+        "faults": len(figures.faults),
+        "acknowledged_checked": sum(f.acknowledged for f in finals),
+        "lost": sum(f.lost for f in finals),
+        "misplaced": sum(f.misplaced for f in finals),
+        "doubled": sum(f.doubled for f in finals) + sum(s["checks"]["doubled"] for s in checked),
+        "resubmitted_as_duplicates": sum(f.resubmitted for f in finals)
+        + sum(s["checks"]["resubmitted"] for s in checked),
+        "replica_disagreements": sum(f.replica_disagreements for f in finals),
+        "stuck_holds": sum(f.stuck_holds for f in finals),
+        "expiries_checked": sum(f.expiries_checked for f in finals),
+        "recovery_s": {
+            "p50": recoveries[len(recoveries) // 2] if recoveries else None,
+            "max": recoveries[-1] if recoveries else None,
+        },
+        "events_lost": None,
+        "answers": read_answers(records),
+        "longest_call_s": longest_call(records),
+        "call_timeout_s": CALL_TIMEOUT,
+        "unrecovered": figures.unrecovered,
+        "all_checks_passed": not figures.unrecovered
+        and all(f.passed for f in finals)
+        and all(s["checks"]["passed"] for s in checked),
+        "final_checks": {part.name: part.final.to_json() for part in parts},
+        "scenarios": checked,
+        "skipped": figures.skipped,
+        "fault_log": figures.faults,
+        "rss_mib_at_start": {part.name: part.rss_start for part in parts},
+        "rss_mib_at_end": {part.name: part.rss_end for part in parts},
+    }
 
 
 def _count(items: Any) -> dict[str, int]:
@@ -527,13 +564,23 @@ def _count(items: Any) -> dict[str, int]:
 
 
 def run_campaign(seed: int, profile: str, directory: Path | None, keep: bool) -> dict[str, Any]:
-    """Run the campaign in `directory` (a fresh temporary one by default)."""
+    """Run the campaign in `directory` (a fresh temporary one by default): the SQLite part,
+    then the PostgreSQL part when this build has that store and the server is installed."""
+    from participants.chaos.postgres import PostgresCampaign
+
     base = directory or Path(tempfile.mkdtemp(prefix="cbdc-chaos-"))
     base.mkdir(parents=True, exist_ok=True)
-    campaign = Campaign(seed, PROFILES[profile], base)
+    chosen = PROFILES[profile]
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        result = campaign.run()
+        first = Campaign(seed, chosen, base / "sqlite")
+        parts = [first.run_part()]
+        wanted = [s for s in first.scenarios if s.needs == "postgres"]
+        if wanted and {first.skip_reason(s) for s in wanted} == {None}:
+            second = PostgresCampaign(seed, chosen, base / "postgres", first.figures)
+            parts.append(second.run_part())
+        result = summary(seed, chosen, first.scenarios, first.figures, parts)
+        result["store_on_tmpfs"] = first.disk_problem is None
         result["directory"] = str(base) if keep or directory else None
         return result
     finally:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psycopg
 
 from bridge import wire
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
@@ -112,6 +113,25 @@ def read_answers(records: Iterable[Path]) -> dict[str, int]:
     return counts
 
 
+class StoreReader:
+    """Read-only SQL on the bridge's store: a SQLite file or a postgresql:// URL (the tables
+    and columns the checks read are the same in both)."""
+
+    def __init__(self, source: str) -> None:
+        self.postgres = source.startswith(("postgresql://", "postgres://"))
+        self._db: Any = (
+            psycopg.connect(source, autocommit=True)
+            if self.postgres
+            else sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30.0)
+        )
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._db.execute(sql.replace("?", "%s") if self.postgres else sql, params)
+
+    def close(self) -> None:
+        self._db.close()
+
+
 @dataclass
 class CheckReport:
     """What one round of checks found; `passed` only when every figure is as it must be."""
@@ -171,7 +191,7 @@ class CheckReport:
 class Checker:
     """Runs the checks against a live network; remembers what it already resubmitted."""
 
-    def __init__(self, config: NetworkConfig, db: Path) -> None:
+    def __init__(self, config: NetworkConfig, db: str) -> None:
         self.config = config
         self.db = db
         self._bridge_channel = bridge_channel(config, config.central_banks[0].id)
@@ -184,8 +204,8 @@ class Checker:
         for channel in self._channels.values():
             channel.close()
 
-    def _store(self) -> sqlite3.Connection:
-        return sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30.0)
+    def _store(self) -> StoreReader:
+        return StoreReader(self.db)
 
     # ------------------------------------------------------------------ acknowledged once
 
@@ -337,7 +357,7 @@ class Checker:
     def log_verify(self, report: CheckReport) -> None:
         """`cbdc-bridge log verify --json` on the bridge's store passes."""
         result = subprocess.run(
-            [sys.executable, "-m", "participants.cli", "log", "verify", str(self.db), "--json"],
+            [sys.executable, "-m", "participants.cli", "log", "verify", self.db, "--json"],
             capture_output=True,
             text=True,
             check=False,

@@ -50,6 +50,7 @@ class Profile:
     clock_jumps: int
     rate: float
     workers: int
+    leader_kills: int = 2
     settle_within_s: float = 2.5
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +82,7 @@ FULL = Profile(
     clock_jumps=4,
     rate=20.0,
     workers=4,
+    leader_kills=4,
 )
 PROFILES = {p.name: p for p in (QUICK, FULL)}
 
@@ -148,9 +150,13 @@ def plan(seed: int, profile: Profile, central_banks: list[str]) -> list[Scenario
         Scenario("disk-full", disk),
         Scenario("mqtt-publisher-kill", (Fault("kill", "mqtt-publisher", moment()),), "mqtt"),
         Scenario("mqtt-broker-outage", (Fault("outage", "broker", moment(), hold=30.0),), "mqtt"),
-        Scenario("postgres-leader-kill", (Fault("kill", "leading-bridge", moment()),), "postgres"),
         Scenario(
-            "postgres-restart", (Fault("outage", "postgres", moment(), hold=5.0),), "postgres"
+            "postgres-leader-kill",
+            tuple(Fault("kill", "leading-bridge", moment()) for _ in range(profile.leader_kills)),
+            "postgres",
+        ),
+        Scenario(
+            "postgres-restart", (Fault("outage", "postgres", moment(), hold=3.0),), "postgres"
         ),
     ]
 
