@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +34,17 @@ def _acks(path: Path) -> int:
 
 def run_soak(seed: int, seconds: float, directory: Path | None) -> dict[str, Any]:
     base = directory or Path(tempfile.mkdtemp(prefix="cbdc-soak-"))
-    campaign = Campaign(seed, QUICK, base)
+    campaign = Campaign(seed, QUICK, base, small_disk=False)
     try:
         campaign.setup()
         campaign.load.stop()
-        campaign.profile = type(QUICK)(**{**QUICK.__dict__, "rate": 10_000.0, "workers": 16})
+        campaign.profile = replace(QUICK, rate=10_000.0, workers=16)
         campaign.start_load()
         first = _acks(campaign.load_record)
         time.sleep(MEASURE_SECONDS)
         max_rate = (_acks(campaign.load_record) - first) / MEASURE_SECONDS
         campaign.load.stop()
-        campaign.profile = type(QUICK)(
-            **{**QUICK.__dict__, "rate": max(1.0, max_rate / 2), "workers": 8}
-        )
+        campaign.profile = replace(QUICK, rate=max(1.0, max_rate / 2), workers=8)
         campaign.start_load()
         record = campaign.load_record
         base_rss = {role: rss_bytes(pid) for role, pid in campaign.pids().items()}
