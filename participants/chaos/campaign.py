@@ -11,7 +11,6 @@ scenario it pauses the load and runs every check of `participants.chaos.checks`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -598,15 +597,3 @@ def run_campaign(seed: int, profile: str, directory: Path | None, keep: bool) ->
         signal.signal(signal.SIGTERM, previous)
         if not keep and directory is None:
             shutil.rmtree(base, ignore_errors=True)
-
-
-def main(argv: list[str]) -> None:  # pragma: no cover - the CLI is `cbdc-bridge chaos`
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--profile", default="quick")
-    args = parser.parse_args(argv)
-    print(json.dumps(run_campaign(args.seed, args.profile, None, False)))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
