@@ -320,6 +320,16 @@ class LiveNetwork:
 
         return wait_for(caught_up, timeout=timeout, what="every sealed block to be final")
 
+    def wait_attested_by_all(self, height: int, timeout: float = 30.0) -> None:
+        """Wait until every central bank has attested `height` (a quorum of 3 of 4 makes it
+        final before the fourth attestation may have arrived)."""
+        wanted = set(self.central_bank_ids)
+        wait_for(
+            lambda: {a.central_bank for a in self.finality(height).attestations} == wanted,
+            timeout=timeout,
+            what=f"every central bank to attest height {height}",
+        )
+
     def balance(self, participant: str, currency: str) -> tuple[int, int]:
         """(available, held) of one account, as the bridge has committed it."""
         accounts = self.bridge.GetBalances(

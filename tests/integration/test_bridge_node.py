@@ -341,6 +341,8 @@ def test_blocks_become_final_once_all_four_central_banks_attest(live: LiveNetwor
     """GetFinality: each sealed block gets four valid attestations and is then final."""
     live.pay("ICBC", "HSBCHK", 4_200)
     height = live.wait_all_final()
+    for h in range(1, height + 1):
+        live.wait_attested_by_all(h)
     verifier = FastVerifier()
     genesis = live.config.genesis()
     keys = {b.id: b.public_key for b in genesis.central_banks}

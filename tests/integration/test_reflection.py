@@ -168,6 +168,7 @@ def test_dynamic_genesis_and_finality_calls(
     assert [b["currency"] for b in genesis["central_banks"]] == ["CNY", "HKD", "THB", "AED"]
     assert base64.b64decode(genesis["hash"]) == live.config.genesis().hash()
     live.wait_all_final()
+    live.wait_attested_by_all(1)
     finality = bridge.call(
         "bridge.v1.BridgeLedger/GetFinality",
         bridge.request("bridge.v1.BridgeLedger/GetFinality", {"height": 1}),

@@ -188,14 +188,7 @@ def test_central_bank_nodes_reconnect_and_their_replicas_continue(live: LiveNetw
     ]
     assert all(p.receipt.outcome == types.OUTCOME_SETTLED for p in paid)
     height = live.wait_all_final(timeout=60)
-    wait_for(
-        lambda: (
-            {a.central_bank for a in live.finality(height).attestations}
-            == set(live.central_bank_ids)
-        ),
-        timeout=60,
-        what=f"all four central banks to attest height {height}",
-    )
+    live.wait_attested_by_all(height, timeout=60)
     for payment in paid:
         status = live.bridge.GetReceipt(
             bridge_pb.GetReceiptRequest(
