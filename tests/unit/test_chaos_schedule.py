@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bridge.node import fault_hooks
+from bridge.store.sqlite import SqliteStore
 from participants.chaos.faults import FaultProxy
 from participants.chaos.schedule import FULL, QUICK, plan, schedule_digest
 from participants.launcher import free_ports
@@ -107,3 +112,51 @@ def test_clock_offset_file_shifts_the_bridge_clock(
     monkeypatch.delenv(fault_hooks.CLOCK_OFFSET_FILE)
     source = fault_hooks.offset_clock(lambda: 1_000)
     assert source() == 1_000
+
+
+CRASH_CHILD = """
+import sys
+from pathlib import Path
+from bridge.crypto import FastVerifier
+from bridge.node import fault_hooks
+from bridge.store.sqlite import SqliteStore
+from bridge.store.sqlite import SqliteStore
+from tests.factories import BANKS, T0, admit_bank
+from tests.reliability._network import ensure_keys, load_network
+
+directory = Path(sys.argv[1])
+ensure_keys(directory)
+net = load_network(directory)
+store = SqliteStore(directory / "ledger.sqlite")
+engine = fault_hooks.engine_class().open(store, net.genesis, verifier=FastVerifier())
+for number, (bank, cb) in enumerate(BANKS, start=1):
+    engine.settle([admit_bank(net, cb, bank, instruction_id=f"admit-{bank}")], T0 + number)
+    print("settled", number, flush=True)
+"""
+
+
+@pytest.mark.parametrize(("phase", "durable"), [("before-commit", 1), ("after-commit", 2)])
+def test_crash_file_kills_the_bridge_at_its_block_phase(
+    tmp_path: Path, phase: str, durable: int
+) -> None:
+    """Armed with `PHASE 2`, the engine SIGKILLs its process at that point of its 2nd block
+    commit (before it: one block on disk; after it: two) and disarms the file."""
+    crash_file = tmp_path / "crash"
+    crash_file.write_text(f"{phase} 2\n")
+    child = subprocess.run(
+        [sys.executable, "-c", CRASH_CHILD, str(tmp_path)],
+        env={**os.environ, fault_hooks.CRASH_FILE: str(crash_file)},
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.split() == ["settled", "1"]
+    assert not crash_file.exists()
+    store = SqliteStore(tmp_path / "ledger.sqlite")
+    head = store.head()
+    store.close()
+    assert head is not None
+    assert head.height == durable
