@@ -30,7 +30,7 @@ def chaos(
 
     if soak > 0:
         result = run_soak(seed, soak, directory)
-        ok = bool(result["errors"] == 0)
+        ok = bool(result["errors"] == 0 and result["checks"]["passed"])
     else:
         result = run_campaign(
             seed, "quick" if quick else "full", directory, keep=directory is not None
