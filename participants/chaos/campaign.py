@@ -11,6 +11,7 @@ scenario it pauses the load and runs every check of `participants.chaos.checks`.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay, ProposePvp
 from bridge.node import fault_hooks
 from loadtest.pgserver import binaries
+from participants.broker import Broker, mosquitto_binary
 from participants.chaos.checks import (
     Checker,
     CheckReport,
@@ -36,6 +38,7 @@ from participants.chaos.checks import (
     read_acks,
     read_answers,
 )
+from participants.chaos.events import EventWatch
 from participants.chaos.faults import ClockOffset, FaultProxy, ManagedProcess, SmallDisk, rss_bytes
 from participants.chaos.load import LoadClient, Sent, now_ms, parse
 from participants.chaos.schedule import (
@@ -60,11 +63,12 @@ NODE = (sys.executable, "-m", "participants.node_cli")
 LOAD = (sys.executable, "-m", "participants.chaos.load")
 
 
+FEATURE_MODULES = {"mqtt": "bridge.node.publisher", "postgres": "bridge.store.postgres"}
+
+
 def feature_present(feature: str) -> bool:
-    """Whether this build has the feature a scenario needs (a module named for it)."""
-    root = Path(__file__).resolve().parents[2]
-    names = {"mqtt": "mqtt", "postgres": "postgres"}
-    return any(names[feature] in p.name for p in (root / "bridge").rglob("*.py"))
+    """Whether this build has the component a scenario needs (its module exists)."""
+    return importlib.util.find_spec(FEATURE_MODULES[feature]) is not None
 
 
 @dataclass
@@ -100,6 +104,8 @@ class Campaign:
         self.loads = 0
         self.memory_base: dict[str, int] = {}
         self.proxies: list[FaultProxy] = []
+        self.broker: Broker | None = None
+        self.events: EventWatch | None = None
         self.disk: SmallDisk | None = None
         self.disk_problem: str | None = None
 
@@ -107,8 +113,12 @@ class Campaign:
 
     def setup(self) -> None:
         d = self.directory
-        ports = free_ports(11)
+        ports = free_ports(12)
         self.config = generate_network(d / "net", ports=ports[:9])
+        if mosquitto_binary() is not None:
+            self.config = replace(self.config, mqtt_port=ports[11])
+            self.config.save()
+            self.broker = Broker(self.config.mqtt_directory, ports[11]).start()
         self.cb_ids = [cb.id for cb in self.config.central_banks]
         self.scenarios = plan(self.seed, self.profile, self.cb_ids)
         self.linked = self.cb_ids[-1]  # the node behind both proxies
@@ -162,6 +172,8 @@ class Campaign:
             wait_serving(cb.address, time.monotonic() + 90)
         self.checker = Checker(self.config, str(self.db))
         self.fund()
+        if self.broker is not None:
+            self.events = EventWatch(self.config, d / "net").start()
         self.probe_client = LoadClient(
             self.config,
             d / "probes.jsonl",
@@ -239,6 +251,8 @@ class Campaign:
         if self.disk is not None:
             self.disk.free()
             self.disk.unmount()
+        if self.broker is not None:
+            self.broker.stop()
 
     # ------------------------------------------------------------------ probes and checks
 
@@ -367,6 +381,29 @@ class Campaign:
         wait_serving(self.config.central_bank(fault.target).address, time.monotonic() + 90)
         self.fault_done(fault, healed)
 
+    def broker_outage(self, fault: Fault) -> None:
+        """The MQTT broker down: settlement goes on, events wait in the outbox, and every one
+        reaches its bank once the broker is back."""
+        assert self.broker is not None
+        time.sleep(fault.after)
+        self.broker.stop()
+        time.sleep(fault.hold)
+        self.broker.start()
+        self.fault_done(fault, time.monotonic())
+
+    def publisher_kill(self, fault: Fault) -> None:
+        """SIGKILL the publisher (it runs in the bridge process) while it drains a backlog
+        built up by a short broker outage: its events are published again, never lost."""
+        assert self.broker is not None
+        self.broker.stop()
+        time.sleep(3.0)
+        self.broker.start()
+        time.sleep(fault.after)
+        self.bridge.kill()
+        healed = time.monotonic()
+        self.start_bridge()
+        self.fault_done(fault, healed)
+
     def outage(self, fault: Fault) -> None:
         """A central bank node down for longer than a PvP's settlement window: the PvP
         proposed to its bank expires and releases its hold, finality goes on (3 of 4)."""
@@ -455,9 +492,11 @@ class Campaign:
     def skip_reason(self, scenario: Scenario) -> str | None:
         if scenario.needs and not feature_present(scenario.needs):
             return f"this build has no {scenario.needs} component yet (no bridge module for it)"
+        if scenario.needs == "mqtt" and mosquitto_binary() is None:
+            return "mosquitto is not installed (Debian: apt-get install mosquitto)"
         if scenario.needs == "postgres" and binaries() is None:
             return "PostgreSQL server binaries not found under /usr/lib/postgresql/*/bin"
-        if scenario.needs not in ("", "postgres"):
+        if scenario.needs not in ("", "postgres", "mqtt"):
             return f"{scenario.needs} is present but this campaign has no driver for it yet"
         if scenario.name == "disk-full" and self.disk_problem:
             return self.disk_problem
@@ -467,6 +506,12 @@ class Campaign:
         began = time.monotonic()
         faults = list(scenario.faults)
         for fault in faults:
+            if fault.target == "broker":
+                self.broker_outage(fault)
+                continue
+            if fault.target == "mqtt-publisher":
+                self.publisher_kill(fault)
+                continue
             {
                 "kill": lambda f=fault: self.kill(f),
                 "outage": lambda f=fault: self.outage(f),
@@ -502,11 +547,15 @@ class Campaign:
                     continue
                 self.run_scenario(scenario)
             final = self.check("final", final=True)
+            events = None
+            if self.events is not None:
+                events = self.events.wait_for(read_acks(self.records()), timeout=60)
             memory = {role: rss_bytes(pid) >> 20 for role, pid in self.pids().items()}
             base = {role: rss >> 20 for role, rss in self.memory_base.items()}
         finally:
             self.teardown()
-        return Part(self.name, final, self.records(), base, memory, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return Part(self.name, final, self.records(), base, memory, seconds, events)
 
 
 @dataclass
@@ -519,6 +568,7 @@ class Part:
     rss_start: dict[str, int]
     rss_end: dict[str, int]
     seconds: float
+    events: dict[str, Any] | None = None
 
 
 def summary(
@@ -553,12 +603,14 @@ def summary(
             "p50": recoveries[len(recoveries) // 2] if recoveries else None,
             "max": recoveries[-1] if recoveries else None,
         },
-        "events_lost": None,
+        "events_lost": next((p.events["events_lost"] for p in parts if p.events is not None), None),
+        "events": {p.name: p.events for p in parts if p.events is not None},
         "answers": read_answers(records),
         "longest_call_s": longest_call(records),
         "call_timeout_s": CALL_TIMEOUT,
         "unrecovered": figures.unrecovered,
         "all_checks_passed": not figures.unrecovered
+        and all(p.events is None or p.events["events_lost"] == 0 for p in parts)
         and all(f.passed for f in finals)
         and all(s["checks"]["passed"] for s in checked),
         "final_checks": {part.name: part.final.to_json() for part in parts},

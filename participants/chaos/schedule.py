@@ -51,6 +51,7 @@ class Profile:
     rate: float
     workers: int
     leader_kills: int = 2
+    broker_outage_s: float = 30.0
     settle_within_s: float = 2.5
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -70,6 +71,7 @@ QUICK = Profile(
     clock_jumps=2,
     rate=12.0,
     workers=3,
+    broker_outage_s=10.0,
 )
 FULL = Profile(
     "full",
@@ -149,7 +151,11 @@ def plan(seed: int, profile: Profile, central_banks: list[str]) -> list[Scenario
         Scenario("clock-jumps", clock),
         Scenario("disk-full", disk),
         Scenario("mqtt-publisher-kill", (Fault("kill", "mqtt-publisher", moment()),), "mqtt"),
-        Scenario("mqtt-broker-outage", (Fault("outage", "broker", moment(), hold=30.0),), "mqtt"),
+        Scenario(
+            "mqtt-broker-outage",
+            (Fault("outage", "broker", moment(), hold=profile.broker_outage_s),),
+            "mqtt",
+        ),
         Scenario(
             "postgres-leader-kill",
             tuple(Fault("kill", "leading-bridge", moment()) for _ in range(profile.leader_kills)),

@@ -4,7 +4,8 @@ The quick profile kills the bridge (at random and before, during and after a blo
 central bank node and the load client, takes a central bank node down past a PvP's deadline,
 delays, resets and partitions a central bank node's link to the bridge and a bank's link to
 its node, jumps the bridge's clock both ways and fills the disk under the bridge's store; on
-PostgreSQL it kills the leading bridge process and restarts the database. The
+PostgreSQL it kills the leading bridge process and restarts the database; with MQTT it stops
+the broker and kills the publisher while it drains, and no event may be lost. The
 campaign checks, after each scenario, every invariant of the settlement promise; this test
 reads its JSON. A scenario whose component this build has is never skipped.
 """
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from loadtest.pgserver import binaries
+from participants.broker import mosquitto_binary
 from participants.chaos.campaign import feature_present
 from participants.chaos.schedule import QUICK
 
@@ -63,6 +65,12 @@ def test_quick_campaign_loses_and_doubles_nothing(tmp_path: Path) -> None:
     outage = next(f for f in figures["fault_log"] if f["kind"] == "outage")
     assert outage["finality_continued"]
     assert outage["pvp_expired_during_outage"]
+    if feature_present("mqtt") and (
+        mosquitto_binary() is not None or os.environ.get("CI") == "true"
+    ):
+        assert figures["events_lost"] == 0, figures["events"]
+        assert figures["kills_by_target"].get("mqtt-publisher", 0) >= 1
+        assert any(f["target"] == "broker" for f in figures["fault_log"])
     skipped = figures["skipped"]
     assert "disk-full" not in skipped or os.geteuid() != 0, skipped
     for name, reason in skipped.items():
