@@ -225,7 +225,8 @@ def amount_refusal(*values: int) -> Reason | None:
 
 def stated_rate(kind: str, pay_amount: int, receive_amount: int) -> str:
     """A rate for the legs (every test currency has exponent 2): receive / pay to 18
-    decimals when fair, that times 1.01 when skewed, pay / receive when inverted."""
+    decimals when fair, that times 1.01 when skewed, pay / receive when inverted; always a
+    well-formed rate, so the ledger judges it against its legs."""
     if not (0 < pay_amount <= INT64_MAX and 0 < receive_amount <= INT64_MAX):
         return "1"  # refused for its amounts before the rate matters
     exact = Fraction(receive_amount, pay_amount)
@@ -233,7 +234,11 @@ def stated_rate(kind: str, pay_amount: int, receive_amount: int) -> str:
         exact *= Fraction(101, 100)
     elif kind == "inverted":
         exact = 1 / exact
-    return format(Decimal(round(exact * 10**18)).scaleb(-18).normalize(), "f")
+    # a rate is written with at most 18 digits on each side of the point: extreme legs (one
+    # minor unit against INT64_MAX) get the nearest writable rate, which then contradicts them
+    units = min(max(round(exact * 10**18), 1), 10**36 - 1)
+    whole, fraction = divmod(units, 10**18)
+    return f"{whole}.{fraction:018d}".rstrip("0").rstrip(".")
 
 
 def rate_contradicts(pay_amount: int, receive_amount: int, rate: str) -> bool:
