@@ -52,7 +52,8 @@ def test_demo_runs_from_a_directory_outside_the_project(tmp_path: Path) -> None:
 
 def assert_every_pvp_rate_is_the_senders(directory: Path) -> None:
     """Every PvP in the demo's log states receive / pay from its sender's side; the scripted
-    dual-signed trade (BOCQ pays 2,000,000.00 CNY for 10,000,000.00 THB) states 5."""
+    dual-signed trade (BOCQ pays 2,200,000.00 CNY for 10,000,000.00 THB) states BOCQ's rate,
+    about 4.55 THB per CNY, not KBANK's 0.22 CNY per THB."""
     config = NetworkConfig.load(directory)
     exponent = {cb.currency: cb.exponent for cb in config.central_banks}
     scripted = []
@@ -67,6 +68,8 @@ def assert_every_pvp_rate_is_the_senders(directory: Path) -> None:
             slack = Fraction(1, 2 * 10 ** exponent[body.receive_currency])
             slack += rate * Fraction(1, 2 * 10 ** exponent[body.pay_currency])
             assert abs(receive - pay * rate) <= slack, body
-            if isinstance(body, DualPvp) and body.sender == "BOCQ" and body.pay_currency == "CNY":
+            if isinstance(body, DualPvp) and body.reference.endswith("ONEYBKK0042"):
                 scripted.append(body.rate)
-    assert "5" in scripted
+    assert len(scripted) == 1
+    # KBANK signed 0.22; the body BOCQ submits states the inverse (to 18 decimals)
+    assert abs(Fraction(Decimal(scripted[0])) - 1 / Fraction(Decimal("0.22"))) < Fraction(1, 10**17)
