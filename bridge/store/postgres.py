@@ -32,9 +32,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from bridge.core.ledger import Batch, Ledger, PvpState, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, SignatureCheck
 from bridge.crypto import Verifier
-from bridge.domain import Currency, Genesis, Outcome, Participant, Policy, Receipt
+from bridge.domain import Genesis, Outcome, Receipt
 from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 from bridge.log.merkle import merkle_root
@@ -46,6 +46,7 @@ from bridge.store.codec import (
     encode_key,
     encode_value,
 )
+from bridge.store.state_reads import StateReads
 
 TAIL_BLOCKS_VERIFIED = 16
 MIGRATION_LOCK = 0x6362_6463_6D69_6772  # advisory lock keys: "cbdcmigr"
@@ -162,7 +163,7 @@ def migrate(url: str) -> int:
     return SCHEMA_VERSION
 
 
-class PostgresStore:
+class PostgresStore(StateReads):
     """Durable home of one bridge ledger, in a PostgreSQL database shared by bridge processes."""
 
     def __init__(self, url: str, *, pool_size: int = 4) -> None:
@@ -561,28 +562,6 @@ class PostgresStore:
                 for k, v in conn.execute("SELECT key, value FROM state WHERE tbl='frozen'")
             }
         return [(p, c, a, h, (p, c) in frozen) for p, c, a, h in rows]
-
-    def participant(self, participant_id: str) -> Participant | None:
-        value: Participant | None = self._kv("participants", participant_id)
-        return value
-
-    def participants(self) -> list[Participant]:
-        return self._kv_all("participants")
-
-    def currencies(self) -> list[Currency]:
-        return self._kv_all("currencies")
-
-    def policy(self, central_bank: str) -> Policy:
-        value: Policy | None = self._kv("policies", central_bank)
-        return Policy() if value is None else value
-
-    def pvp(self, proposer: str, pvp_id: str) -> PvpState | None:
-        value: PvpState | None = self._kv("pvps", (proposer, pvp_id))
-        return value
-
-    def supply(self, currency: str) -> tuple[int, int] | None:
-        value: tuple[int, int] | None = self._kv("supply", currency)
-        return value
 
     def receipt(self, sender: str, instruction_id: str) -> tuple[Receipt, int] | None:
         row = self._one(

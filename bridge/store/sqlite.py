@@ -15,9 +15,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.core.ledger import Batch, Ledger, PvpState, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, SignatureCheck
 from bridge.crypto import Verifier
-from bridge.domain import Currency, Genesis, Outcome, Participant, Policy, Receipt
+from bridge.domain import Genesis, Outcome, Receipt
 from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
 from bridge.log.merkle import merkle_root
@@ -29,6 +29,7 @@ from bridge.store.codec import (
     encode_key,
     encode_value,
 )
+from bridge.store.state_reads import StateReads
 
 SCHEMA_VERSION = "1"
 TAIL_BLOCKS_VERIFIED = 16
@@ -64,7 +65,7 @@ CREATE TABLE IF NOT EXISTS refusals (
 """
 
 
-class SqliteStore:
+class SqliteStore(StateReads):
     """Durable home of one bridge ledger."""
 
     def __init__(self, path: Path | str, *, synchronous: str = "FULL") -> None:
@@ -428,28 +429,6 @@ class SqliteStore:
             for k, v in self._db.execute("SELECT key, value FROM state WHERE tbl='frozen'")
         }
         return [(p, c, a, h, (p, c) in frozen) for p, c, a, h in cursor]
-
-    def participant(self, participant_id: str) -> Participant | None:
-        value: Participant | None = self._kv("participants", participant_id)
-        return value
-
-    def participants(self) -> list[Participant]:
-        return self._kv_all("participants")
-
-    def currencies(self) -> list[Currency]:
-        return self._kv_all("currencies")
-
-    def policy(self, central_bank: str) -> Policy:
-        value: Policy | None = self._kv("policies", central_bank)
-        return Policy() if value is None else value
-
-    def pvp(self, proposer: str, pvp_id: str) -> PvpState | None:
-        value: PvpState | None = self._kv("pvps", (proposer, pvp_id))
-        return value
-
-    def supply(self, currency: str) -> tuple[int, int] | None:
-        value: tuple[int, int] | None = self._kv("supply", currency)
-        return value
 
     def receipt(self, sender: str, instruction_id: str) -> tuple[Receipt, int] | None:
         """The receipt of one settled instruction and the height of its block."""
