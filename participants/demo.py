@@ -212,7 +212,8 @@ class DemoRun:
         amount = self.minor("100000", "THB")
         pay = partial(self.bank("SCB").pay, "FAB", "THB", amount, "THB outside BOT's corridors")
         self.attempt("policy refusal", "SCB -> FAB", self.show(amount, "THB"), pay)
-        huge = self.minor("1000000000", "CNY")
+        # one million yuan more than BOCQ holds, whatever its liquidity
+        huge = self.bank("BOCQ").balance("CNY").available + self.minor("1000000", "CNY")
         pay = partial(self.bank("BOCQ").pay, "ICBC", "CNY", huge)
         self.attempt("funds refusal", "BOCQ -> ICBC", self.show(huge, "CNY"), pay)
         after = self.bank("SCB").balance("THB")

@@ -48,6 +48,17 @@ def test_demo_runs_from_a_directory_outside_the_project(tmp_path: Path) -> None:
     assert "cross-check OK" in output
     assert (tmp_path / "demo-network" / "reports" / "steady.html").exists()
     assert_every_pvp_rate_is_the_senders(tmp_path / "demo-network")
+    # the scripted steps end as the demo says they do
+    assert "INSUFFICIENT_FUNDS" in row_of(output, "funds refusal")
+    assert "CORRIDOR_NOT_ALLOWED" in row_of(output, "policy refusal")
+    assert "EXPIRED" in row_of(output, "PvP expiry")
+
+
+def row_of(output: str, step: str) -> str:
+    """The settlement table's line for one scripted step."""
+    rows = [line for line in output.splitlines() if re.match(rf"\W*{re.escape(step)}\b", line)]
+    assert len(rows) == 1, f"{step!r}: {rows}"
+    return rows[0]
 
 
 def assert_every_pvp_rate_is_the_senders(directory: Path) -> None:
