@@ -57,6 +57,17 @@ DERIVED_TABLES = (LEGS, BALANCES, PARTICIPANTS, CURRENCIES)
 POSTGRES_PREFIXES = ("postgresql://", "postgres://", "postgresql+")
 
 
+def genesis_of_meta_row(cursor: Any) -> Genesis:
+    """The genesis stored in a store's `meta` table, read from a cursor over its value."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LogIntegrityError("genesis (meta table)", "missing")
+    try:
+        return Genesis.from_fields(json.loads(row[0]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LogIntegrityError("genesis (meta table)", f"unreadable: {exc!r}") from exc
+
+
 class SourceError(BridgeError):
     """Raised when a source cannot be opened at all (missing, not a log, unsupported)."""
 
@@ -249,13 +260,7 @@ class SqliteSource(_Closing):
         return {str(r[1]) for r in self._db.execute(f"PRAGMA table_info({table})")}
 
     def genesis(self) -> Genesis:
-        row = self._db.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()
-        if row is None:
-            raise LogIntegrityError("genesis (meta table)", "missing")
-        try:
-            return Genesis.from_fields(json.loads(row[0]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise LogIntegrityError("genesis (meta table)", f"unreadable: {exc!r}") from exc
+        return genesis_of_meta_row(self._db.execute("SELECT value FROM meta WHERE key='genesis'"))
 
     def counts(self) -> LogCounts:
         def count(table: str) -> int:
@@ -453,13 +458,7 @@ class PostgresSource(SqliteSource):
         return {str(r[0]) for r in rows}
 
     def genesis(self) -> Genesis:
-        row = self._pg.execute("SELECT value FROM meta WHERE key='genesis'").fetchone()
-        if row is None:
-            raise LogIntegrityError("genesis (meta table)", "missing")
-        try:
-            return Genesis.from_fields(json.loads(row[0]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise LogIntegrityError("genesis (meta table)", f"unreadable: {exc!r}") from exc
+        return genesis_of_meta_row(self._pg.execute("SELECT value FROM meta WHERE key='genesis'"))
 
     def counts(self) -> LogCounts:
         def count(table: str) -> int:

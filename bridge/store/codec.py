@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from bridge.core.ledger import PvpState
+from bridge.core.ledger import Batch, PvpState
 from bridge.domain import (
     Currency,
     Outcome,
@@ -22,6 +22,7 @@ from bridge.domain import (
     ProposePvp,
     instruction_from_fields,
 )
+from bridge.log.blocks import SealedBlock
 
 # tables persisted as key/value rows; balances and receipts have their own homes
 KV_TABLES = ("participants", "currencies", "policies", "frozen", "pvps", "usage", "supply")
@@ -93,3 +94,29 @@ COVERING_QUERY = (
     "GROUP BY central_bank) f ON a.central_bank = f.central_bank AND a.height = f.height "
     "ORDER BY a.central_bank"
 )
+
+
+def entry_row_values(block: SealedBlock, batch: Batch) -> list[tuple[Any, ...]]:
+    """The `entries` rows of a sealed block: (seq, height, sender, instruction_id, kind,
+    outcome, time, body_hash, canonical bytes), the same for every store."""
+    receipts = batch.changes.get("receipts", {})
+    rows: list[tuple[Any, ...]] = []
+    for entry, data in zip(block.entries, block.entry_bytes, strict=True):
+        body = entry.envelope.body
+        # the receipt already holds the body hash: no need to hash the body again
+        receipt = receipts.get((body.sender, body.instruction_id))
+        body_hash = entry.envelope.body_hash() if receipt is None else receipt.body_hash
+        rows.append(
+            (
+                entry.seq,
+                block.header.height,
+                body.sender,
+                body.instruction_id,
+                body.KIND,
+                entry.outcome.value,
+                entry.time,
+                body_hash,
+                data,
+            )
+        )
+    return rows

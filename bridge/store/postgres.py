@@ -45,6 +45,7 @@ from bridge.store.codec import (
     decode_row,
     encode_key,
     encode_value,
+    entry_row_values,
 )
 from bridge.store.state_reads import StateReads
 
@@ -324,25 +325,7 @@ class PostgresStore(StateReads):
         """Write one block, its entries, the changed state, its events and any attestations
         (of earlier blocks) atomically, after checking the fencing token."""
         header = block.header
-        receipts = batch.changes.get("receipts", {})
-        entry_rows = []
-        for e, data in zip(block.entries, block.entry_bytes, strict=True):
-            body = e.envelope.body
-            receipt = receipts.get((body.sender, body.instruction_id))
-            body_hash = e.envelope.body_hash() if receipt is None else receipt.body_hash
-            entry_rows.append(
-                (
-                    e.seq,
-                    header.height,
-                    body.sender,
-                    body.instruction_id,
-                    body.KIND,
-                    e.outcome.value,
-                    e.time,
-                    body_hash,
-                    data,
-                )
-            )
+        entry_rows = entry_row_values(block, batch)
         try:
             with self._conn() as conn, conn.transaction(), conn.cursor() as cursor:
                 self._fence(conn)

@@ -28,6 +28,7 @@ from bridge.store.codec import (
     decode_row,
     encode_key,
     encode_value,
+    entry_row_values,
 )
 from bridge.store.state_reads import StateReads
 
@@ -175,26 +176,7 @@ class SqliteStore(StateReads):
         """Write one block, its entries, the changed state and its events atomically, with
         any attestations (of earlier blocks) that arrived meanwhile: one commit for both."""
         header = block.header
-        receipts = batch.changes.get("receipts", {})
-        entry_rows = []
-        for e, data in zip(block.entries, block.entry_bytes, strict=True):
-            body = e.envelope.body
-            # the receipt already holds the body hash: no need to hash the body again
-            receipt = receipts.get((body.sender, body.instruction_id))
-            body_hash = e.envelope.body_hash() if receipt is None else receipt.body_hash
-            entry_rows.append(
-                (
-                    e.seq,
-                    header.height,
-                    body.sender,
-                    body.instruction_id,
-                    body.KIND,
-                    e.outcome.value,
-                    e.time,
-                    body_hash,
-                    data,
-                )
-            )
+        entry_rows = entry_row_values(block, batch)
         try:
             with self._transaction() as db:
                 db.execute(
