@@ -37,7 +37,6 @@ from bridge.crypto import Verifier
 from bridge.domain import Genesis, Outcome, Receipt
 from bridge.errors import LogIntegrityError, StoreError
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
-from bridge.log.merkle import merkle_root
 from bridge.store.base import REFUSALS_KEPT
 from bridge.store.codec import (
     COVERING_QUERY,
@@ -48,8 +47,8 @@ from bridge.store.codec import (
     entry_row_values,
 )
 from bridge.store.state_reads import StateReads
+from bridge.store.tail import TAIL_BLOCKS_VERIFIED, check_tail
 
-TAIL_BLOCKS_VERIFIED = 16
 MIGRATION_LOCK = 0x6362_6463_6D69_6772  # advisory lock keys: "cbdcmigr"
 LEADER_LOCK = 0x6362_6463_6C65_6164  # "cbdclead"
 POOL_WAIT_SECONDS = 3.0  # callers wait this long for a connection while the server is away
@@ -268,37 +267,12 @@ class PostgresStore(StateReads):
 
     def verify_tail(self, genesis: Genesis, blocks: int = TAIL_BLOCKS_VERIFIED) -> None:
         """Check hash links, Merkle roots and entry ranges of the last `blocks` blocks."""
-        head = self.head()
-        if head is None:
-            return
-        first = max(1, head.height - blocks + 1)
-        previous = genesis.hash() if first == 1 else self._stored_hash(first - 1)
-        first_header = self.header(first)
-        assert first_header is not None
-        expected_seq = first_header.first_seq
-        for header in self.headers(first, head.height):
-            where = f"block {header.height}"
-            if header.prev_hash != previous:
-                raise LogIntegrityError(where, "previous-hash link is broken")
-            if header.first_seq != expected_seq:
-                raise LogIntegrityError(
-                    where, f"first seq {header.first_seq}, expected {expected_seq}"
-                )
-            leaves = self.block_entry_bytes(header.height)
-            if len(leaves) != header.entry_count:
-                raise LogIntegrityError(
-                    where, f"{len(leaves)} entries stored, header says {header.entry_count}"
-                )
-            if merkle_root(leaves) != header.merkle_root:
-                raise LogIntegrityError(where, "Merkle root does not match the stored entries")
-            if self._stored_hash(header.height) != header.hash():
-                raise LogIntegrityError(where, "stored block hash does not match its header")
-            previous = header.hash()
-            expected_seq += header.entry_count
+        check_tail(self, genesis, blocks)
+
+    def _last_seq(self) -> int:
         row = self._one("SELECT COALESCE(MAX(seq), 0) FROM entries")
         assert row is not None
-        if row[0] != expected_seq - 1:
-            raise LogIntegrityError("entries", f"last seq {row[0]} beyond the last block")
+        return int(row[0])
 
     # ------------------------------------------------------------------ writing
 
