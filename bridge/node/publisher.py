@@ -328,7 +328,10 @@ class OutboxPublisher:
         if not marker:
             return
         seqs = sorted({json.loads(p)["seq"] for _, p in messages})
-        Path(marker).write_text(json.dumps({"first_row": first, "last_row": last, "seqs": seqs}))
+        # Written whole, then renamed: a test polling for the file never reads half of it.
+        partial = Path(marker + ".partial")
+        partial.write_text(json.dumps({"first_row": first, "last_row": last, "seqs": seqs}))
+        partial.replace(marker)
         log.warning("publisher held before marking published (test hook)", extra={"upto": last})
         await asyncio.Event().wait()  # forever: the node goes on settling; a test SIGKILLs it
 
