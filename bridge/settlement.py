@@ -18,8 +18,8 @@ from bridge.core.ledger import Batch, Ledger, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Envelope, Genesis, Millis, Receipt
 from bridge.errors import Reason, Refused, StoreError
+from bridge.events import encode_events, settlement_event
 from bridge.log.blocks import Attestation, SealedBlock, seal
-from bridge.log.events import encode_events, settlement_event
 from bridge.metrics import BLOCK_ENTRIES, stage
 from bridge.store.base import Store
 

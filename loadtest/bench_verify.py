@@ -1,6 +1,6 @@
 """`cbdc-bridge bench verify`: offline log verification against raw crypto on the same data.
 
-The log is a generated sample (`bridge.log.sample`, real P-256 signatures) cached in a
+The log is a generated sample (`analysis.sample`, real P-256 signatures) cached in a
 temporary folder keyed by its size and the generator's source, made in a child process so its
 memory does not count here. One run then measures, in this process and on the same file:
 
@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-import bridge.log.sample as sample_module
+import analysis.sample as sample_module
 from bridge.domain import (
     ATTESTATION_DOMAIN,
     CENTRAL_BANK_KINDS,
@@ -91,7 +91,7 @@ def ensure_log(
     command = [
         sys.executable,
         "-m",
-        "bridge.log.sample",
+        "analysis.sample",
         "--entries",
         str(entries),
         "--block-size",

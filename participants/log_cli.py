@@ -337,7 +337,7 @@ def export(
 ) -> None:
     """Write entries, legs, blocks, attestations and balance history as tidy tables, with
     their data dictionary (datapackage.json); or extend an export incrementally."""
-    from bridge.log.export import ExportError, ExportFollower, export_log
+    from analysis.export import ExportError, ExportFollower, export_log
 
     if fmt is not None and fmt not in FORMATS:
         raise typer.BadParameter(f"choose one of {', '.join(FORMATS)}", param_hint="--format")
@@ -397,8 +397,8 @@ def report(
     progress: bool = ProgressOption,
 ) -> None:
     """HTML report with PNG charts (throughput, latency, corridors, FX, liquidity, refusals)."""
-    from bridge.log.export import ExportError
-    from bridge.log.report import build_report
+    from analysis.export import ExportError
+    from analysis.report import build_report
 
     with _open(source) as log, _progress(progress, "reading", log.counts().entries) as update:
         try:
@@ -436,7 +436,7 @@ def sample(
     seed: int = typer.Option(7, "--seed", help="Seed of keys and workload."),
 ) -> None:
     """Generate a sample log of the mBridge corridor, signed with real keys, to try the tools."""
-    from bridge.log.sample import SampleOptions, generate
+    from analysis.sample import SampleOptions, generate
 
     if out.exists():
         raise typer.BadParameter(f"{out} already exists", param_hint="OUT")

@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from bridge.core.ledger import SignatureCheck
-from bridge.logs import configure_logging
+from bridge.structured_logging import configure_logging
 
 node_app = typer.Typer(
     help="Run one node (bridge or central bank) in the foreground.", no_args_is_help=True

@@ -10,6 +10,6 @@ echo "== ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "== mypy --strict"
-.venv/bin/mypy bridge participants loadtest
+.venv/bin/mypy bridge participants loadtest analysis
 echo "== pytest"
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

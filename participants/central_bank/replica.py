@@ -40,8 +40,8 @@ from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import Signer, Verifier
 from bridge.domain import Entry, Genesis, ParticipantId
 from bridge.errors import LogIntegrityError, Reason, Refused
+from bridge.events import settlement_event
 from bridge.log.blocks import Attestation, BlockHeader, attest
-from bridge.log.events import settlement_event
 from bridge.log.merkle import merkle_root
 from bridge.metrics import BLOCK_ENTRIES, stage
 from participants.central_bank.checkpoint import CheckpointError, Delta, ReplicaCheckpoint

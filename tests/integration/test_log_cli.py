@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.crypto import public_key_to_pem
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from participants.cli import app
 
 OPTIONS = SampleOptions(entries=80, block_size=16, rate=100.0, seed=17)

@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.errors import StoreError
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import PostgresSource, open_source
 from bridge.log.verify import verify_log
 from bridge.store.postgres import copy_from_sqlite

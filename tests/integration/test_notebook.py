@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from bridge.log.export import export_log
-from bridge.log.sample import SampleOptions, generate
+from analysis.export import export_log
+from analysis.sample import SampleOptions, generate
 from bridge.log.source import open_source
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "docs" / "notebooks" / "settlement-analysis.ipynb"

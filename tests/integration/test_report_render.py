@@ -17,8 +17,8 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from bridge.log.report import CHARTS, build_report
-from bridge.log.sample import SampleOptions, generate
+from analysis.report import CHARTS, build_report
+from analysis.sample import SampleOptions, generate
 from bridge.log.source import open_source
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.log.blocks import attest
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.node.feed import ChainFeed
 from bridge.store.base import open_store
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from analysis.export import ExportError, export_log
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.core.ledger import SignatureCheck
-from bridge.log.export import ExportError, export_log
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import SourceError, open_source
 from bridge.log.tables import STORE_TABLES, TABLES, data_dictionary_markdown
 from bridge.log.verify import Failure, verify_log

@@ -14,9 +14,9 @@ import duckdb
 import pytest
 from frictionless import Package, validate
 
+from analysis.export import Derivation, ExportError, ExportFollower, export_log
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.log.datapackage import datapackage, table_files
-from bridge.log.export import Derivation, ExportError, ExportFollower, export_log
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import open_source
 from bridge.log.tables import TABLES
 from bridge.log.verify import verify_log

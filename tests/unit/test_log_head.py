@@ -10,9 +10,9 @@ from dataclasses import replace
 
 import pytest
 
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.log.blocks import BlockHeader, attest
 from bridge.log.head import HeadError, SignedHead
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import SqliteSource
 from bridge.log.verify import VerifyReport, verify_log
 

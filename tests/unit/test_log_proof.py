@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from analysis.export import export_log
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.crypto import PrivateKey, public_key_to_pem
 from bridge.domain import Genesis, GenesisBank
-from bridge.log.export import export_log
 from bridge.log.proof import ProofError, Selector, TrustedKeys, build_proof, check_proof
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import open_source
 
 OPTIONS = SampleOptions(entries=90, block_size=15, rate=100.0, seed=3)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.log.report import (
+from analysis.report import (
     CHARTS,
     MAX_BUCKETS,
     Aggregates,
@@ -20,7 +20,7 @@ from bridge.log.report import (
     chart_refusals,
     summary_markdown,
 )
-from bridge.log.sample import SampleLog, SampleOptions, generate
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import open_source
 
 OPTIONS = SampleOptions(entries=400, block_size=25, rate=60.0, seed=21)

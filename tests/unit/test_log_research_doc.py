@@ -10,8 +10,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from bridge.log.export import export_log
-from bridge.log.sample import SampleOptions, generate
+from analysis.export import export_log
+from analysis.sample import SampleOptions, generate
 from bridge.log.source import open_source
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "research.md"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.log.blocks import Attestation, BlockHeader
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import (
     ExportSource,
     SourceError,

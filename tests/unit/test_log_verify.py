@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.crypto import PrivateKey
 from bridge.domain import Entry, Envelope, Genesis, Outcome, Pay
 from bridge.log.blocks import BlockHeader, attest
 from bridge.log.merkle import merkle_root
-from bridge.log.sample import SampleLog, SampleOptions, generate
 from bridge.log.source import SqliteSource
 from bridge.log.verify import MerkleAccumulator, VerifyReport, verify_log
 from bridge.signing import endorse, sign_as_party

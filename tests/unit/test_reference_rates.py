@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis.sample import SampleOptions, generate
 from bridge import reference_rates
-from bridge.log.sample import SampleOptions, generate
 from bridge.rates import rate_agrees
 from loadtest.corridor import LOT_MAJOR, Desk, payment_amount, rate, trade_amounts
 

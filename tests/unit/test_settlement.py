@@ -17,8 +17,8 @@ from bridge.core.ledger import Batch
 from bridge.crypto import FastVerifier
 from bridge.domain import DualPvp, Envelope, ExpirePvp, Outcome, Receipt
 from bridge.errors import Reason, Refused, StoreError
+from bridge.events import vars_of
 from bridge.log.blocks import Attestation, SealedBlock
-from bridge.log.events import vars_of
 from bridge.node.sequencer import Sequencer
 from bridge.settlement import SettlementEngine
 from bridge.store.base import Store, is_postgres, open_store

@@ -36,8 +36,8 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 from matplotlib.figure import Figure
 
+from analysis.export import Derivation, Progress
 from bridge.amounts import format_major
-from bridge.log.export import Derivation, Progress
 from bridge.log.source import LogSource
 from bridge.log.tables import BALANCES, LEGS, REFUSALS, Row
 

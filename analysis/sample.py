@@ -13,7 +13,7 @@ Keys are derived from the seed, so `sample_keys(seed)` recovers them (tests forg
 Refused instructions are recorded by the settlement engine in the store's `refusals` table, as
 a bridge node records them (`SampleOptions.refusals=False` leaves that table empty).
 
-Run `python -m bridge.log.sample --entries 1000000 --out log.sqlite` to make a big one.
+Run `python -m analysis.sample --entries 1000000 --out log.sqlite` to make a big one.
 """
 
 from __future__ import annotations
