@@ -117,6 +117,9 @@ FIELD_BOUNDS: dict[str, Bound] = {
     # repeated messages
     "signatures": Bound(4),  # a dual-signed PvP: two banks' signatures, two endorsements
     "instructions": Bound(1024),  # EndorseDualPvps batches (the nodes send at most 256)
+    "batch": Bound(1024),  # Submit messages: a central bank node forwards at most 512
+    # an endorsement's audit path: at most 32 hashes (batches of up to 2^32 legs)
+    "batch_path": Bound(32),
 }
 
 # each element of a repeated string field
@@ -124,6 +127,7 @@ ELEMENT_BOUNDS: dict[str, Bound] = {
     "allowed_jurisdictions": Bound(
         2, re.compile(r"[A-Z]{2}"), "two upper-case letters", too_long=_CODE
     ),
+    "batch_path": _BYTES_HASH,
 }
 
 _INT64_MAX = 2**63 - 1

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from bridge.bounds import MAX_ID_LENGTH, MAX_REFERENCE_LENGTH, preview
 from bridge.errors import Reason, Refused
+from bridge.log.merkle import leaf_hash, root_from_path
 
 ParticipantId = str
 CurrencyCode = str
@@ -519,17 +520,27 @@ def _validate_specific(instruction: Instruction) -> None:
 @dataclass(frozen=True, slots=True)
 class Signature:
     """A party's signature over the body, or (when `endorses` is set) a central bank's
-    endorsement of that party's signed body."""
+    endorsement of that party's signed leg.
+
+    A central bank endorses the legs it forwards in batches: it signs once the Merkle root of
+    the batch's legs (`endorsement_root_message`), and each endorsement carries that signature
+    with its leg's place in the batch: `index` among `size` leaves and the audit `path`
+    (sibling hashes, bottom-up), from which anyone recomputes the root (a lone leg is a batch
+    of one: index 0, size 1, empty path). A party signature has size 0 and no path."""
 
     signer: ParticipantId
     value: bytes
     endorses: ParticipantId = ""
+    index: int = 0
+    size: int = 0
+    path: tuple[bytes, ...] = ()
 
 
 INSTRUCTION_DOMAIN = b"cbdc-bridge/v1/instruction\x00"
-ENDORSEMENT_DOMAIN = b"cbdc-bridge/v1/endorsement\x00"
+ENDORSEMENT_DOMAIN = b"cbdc-bridge/v1/endorsement-root\x00"
 ATTESTATION_DOMAIN = b"cbdc-bridge/v1/attestation\x00"
 QUERY_DOMAIN = b"cbdc-bridge/v1/query\x00"
+MAX_ENDORSEMENT_BATCH = 0xFFFFFFFF  # `size` is signed as 4 bytes
 
 
 def party_message(body_bytes: bytes) -> bytes:
@@ -537,11 +548,39 @@ def party_message(body_bytes: bytes) -> bytes:
     return INSTRUCTION_DOMAIN + body_bytes
 
 
-def endorsement_message(body_bytes: bytes, party_signature: bytes) -> bytes:
-    """What a central bank signs to endorse its bank's leg: the bank's signature and the body."""
-    return (
-        ENDORSEMENT_DOMAIN + len(party_signature).to_bytes(2, "big") + party_signature + body_bytes
+def endorsed_leg(body_bytes: bytes, party_signature: bytes) -> bytes:
+    """One leg a central bank endorses, as a Merkle leaf's data: the length of the bank's
+    signature (2 bytes, big-endian), the signature, then SHA-256 of the canonical body."""
+    return len(party_signature).to_bytes(2, "big") + party_signature + sha256(body_bytes).digest()
+
+
+def endorsement_leaf(body_bytes: bytes, party_signature: bytes) -> bytes:
+    """The leg's leaf hash in its batch's tree (RFC 6962: SHA-256 of 0x00 and the data)."""
+    return leaf_hash(endorsed_leg(body_bytes, party_signature))
+
+
+def endorsement_root_message(root: bytes, size: int) -> bytes:
+    """What a central bank signs to endorse a batch of legs: domain tag, the number of legs
+    (4 bytes, big-endian) and the Merkle root of their leaves."""
+    return ENDORSEMENT_DOMAIN + size.to_bytes(4, "big") + root
+
+
+def endorsement_message(
+    body_bytes: bytes, party_signature: bytes, endorsement: Signature
+) -> bytes | None:
+    """The root message `endorsement` must be a signature of, recomputed from the leg and the
+    endorsement's place in its batch; None when the place is impossible (index outside the
+    batch, a path of the wrong length): such an endorsement does not verify."""
+    size = endorsement.size
+    if not 1 <= size <= MAX_ENDORSEMENT_BATCH:
+        return None
+    root = root_from_path(
+        endorsement_leaf(body_bytes, party_signature),
+        endorsement.index,
+        size,
+        endorsement.path,
     )
+    return None if root is None else endorsement_root_message(root, size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,22 +613,55 @@ class Envelope:
                 return sig
         return None
 
-    def signatures_fields(self) -> list[list[str]]:
-        return [[s.signer, s.endorses, s.value.hex()] for s in self.signatures]
+    def signatures_fields(self) -> list[list[Any]]:
+        return [_signature_fields(s) for s in self.signatures]
 
     @classmethod
-    def from_fields(cls, body: Mapping[str, Any], signatures: list[list[str]]) -> Envelope:
+    def from_fields(cls, body: Mapping[str, Any], signatures: list[list[Any]]) -> Envelope:
         instruction = instruction_from_fields(body)
-        try:
-            sigs = tuple(
-                Signature(signer, bytes.fromhex(value), endorses)
-                for signer, endorses, value in signatures
-            )
-        except (TypeError, ValueError) as exc:
-            raise Refused(Reason.MALFORMED, f"malformed signature list: {exc}") from exc
-        if not all(isinstance(s.signer, str) and isinstance(s.endorses, str) for s in sigs):
+        if not isinstance(signatures, list):
+            raise Refused(Reason.MALFORMED, "malformed signature list: expected a list")
+        return cls.of(instruction, tuple(_signature_from_fields(s) for s in signatures))
+
+
+def _signature_fields(s: Signature) -> list[Any]:
+    """A party signature: [signer, "", hex]; an endorsement: [signer, endorses, hex, index,
+    size, [path hex, ...]]."""
+    if not s.endorses:
+        return [s.signer, s.endorses, s.value.hex()]
+    return [s.signer, s.endorses, s.value.hex(), s.index, s.size, [h.hex() for h in s.path]]
+
+
+def _signature_from_fields(fields_: Any) -> Signature:
+    try:
+        if not isinstance(fields_, list) or len(fields_) not in (3, 6):
+            raise ValueError("a signature is 3 fields, an endorsement 6")
+        signer, endorses, value = fields_[:3]
+        if not isinstance(signer, str) or not isinstance(endorses, str):
             raise Refused(Reason.MALFORMED, "signers must be strings")
-        return cls.of(instruction, sigs)
+        if not isinstance(value, str):
+            raise ValueError("a signature is hex")
+        if len(fields_) == 3:
+            if endorses:
+                raise ValueError("an endorsement carries its place in its batch")
+            return Signature(signer, bytes.fromhex(value))
+        if not endorses:
+            raise ValueError("only an endorsement carries a place in a batch")
+        index, size, path = fields_[3:]
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (index, size)):
+            raise ValueError("index and size are integers")
+        if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
+            raise ValueError("a path is a list of hex hashes")
+        return Signature(
+            signer,
+            bytes.fromhex(value),
+            endorses,
+            index,
+            size,
+            tuple(bytes.fromhex(h) for h in path),
+        )
+    except (TypeError, ValueError) as exc:
+        raise Refused(Reason.MALFORMED, f"malformed signature list: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- log records
@@ -623,8 +695,15 @@ def _signatures_json(envelope: Envelope) -> bytes:
         plain = None
     if plain is None:
         return json.dumps(envelope.signatures_fields(), separators=(",", ":")).encode()
-    parts = [f'["{s.signer}","{s.endorses}","{s.value.hex()}"]' for s in signatures]
+    parts = [_signature_json(s) for s in signatures]
     return f"[{','.join(parts)}]".encode()
+
+
+def _signature_json(s: Signature) -> str:
+    if not s.endorses:
+        return f'["{s.signer}","","{s.value.hex()}"]'
+    path = ",".join([f'"{h.hex()}"' for h in s.path])
+    return f'["{s.signer}","{s.endorses}","{s.value.hex()}",{s.index},{s.size},[{path}]]'
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,19 +257,32 @@ def instruction_from_proto(msg: pb.Instruction) -> Instruction:
 
 
 def signature_to_proto(signature: Signature) -> pb.Signature:
-    return pb.Signature(signer=signature.signer, value=signature.value, endorses=signature.endorses)
+    if not signature.endorses:
+        return pb.Signature(signer=signature.signer, value=signature.value)
+    return pb.Signature(
+        signer=signature.signer,
+        value=signature.value,
+        endorses=signature.endorses,
+        batch_index=signature.index,
+        batch_size=signature.size,
+        batch_path=signature.path,
+    )
 
 
-_read_signature: Callable[[pb.Signature], tuple[str, bytes, str]] = attrgetter(
-    "signer", "value", "endorses"
+_read_signature: Callable[[pb.Signature], tuple[str, bytes, str, int, int, Any]] = attrgetter(
+    "signer", "value", "endorses", "batch_index", "batch_size", "batch_path"
 )
 
 
 def signature_from_proto(msg: pb.Signature) -> Signature:
-    signer, value, endorses = _read_signature(msg)
+    signer, value, endorses, index, size, path = _read_signature(msg)
     if not signer or not value:
         raise Refused(Reason.MALFORMED, "signature: signer and value are required")
-    return Signature(signer, value, endorses)
+    if not endorses:
+        if size or index or path:
+            raise Refused(Reason.MALFORMED, "signature: only an endorsement has a batch place")
+        return Signature(signer, value)
+    return Signature(signer, value, endorses, index, size, tuple(path))
 
 
 def envelope_to_proto(envelope: Envelope) -> pb.SignedInstruction:

@@ -303,7 +303,8 @@ class VerifyOnlyRun:
                     endorsement = envelope.endorsement(party)
                     assert signature is not None
                     assert endorsement is not None
-                    message = endorsement_message(envelope.body_bytes, signature.value)
+                    message = endorsement_message(envelope.body_bytes, signature.value, endorsement)
+                    assert message is not None
                     der = encode_dss_signature(
                         int.from_bytes(endorsement.value[:32], "big"),
                         int.from_bytes(endorsement.value[32:], "big"),

@@ -49,6 +49,7 @@ from bridge.domain import (
     ATTESTATION_DOMAIN,
     CENTRAL_BANK_KINDS,
     Genesis,
+    Signature,
     endorsement_message,
     party_message,
 )
@@ -132,10 +133,17 @@ class _Baseline:
         body = raw["body"]
         out = []
         party_values: dict[str, bytes] = {}
-        for signer, endorses, value_hex in raw["sigs"]:
+        for fields in raw["sigs"]:
+            signer, endorses, value_hex = fields[:3]
             value = bytes.fromhex(value_hex)
             if endorses:
-                message = endorsement_message(body_bytes, party_values[endorses])
+                index, size, path = fields[3:]
+                place = Signature(
+                    signer, value, endorses, index, size, tuple(bytes.fromhex(h) for h in path)
+                )
+                found = endorsement_message(body_bytes, party_values[endorses], place)
+                assert found is not None, "an endorsement with no valid Merkle path"
+                message = found
             else:
                 party_values[signer] = value
                 message = party_message(body_bytes)

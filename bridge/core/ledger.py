@@ -68,6 +68,7 @@ from bridge.domain import (
 from bridge.errors import Reason, Refused
 from bridge.rates import rate_mismatch
 
+VERDICTS_KEPT = 4096  # endorsement root verdicts kept for the next legs of their batches
 PvpKey = tuple[ParticipantId, str]  # (proposer, pvp id = the proposal's instruction id)
 ReceiptKey = tuple[ParticipantId, str]  # (sender, instruction id)
 Supply = tuple[int, int]  # (issued, redeemed), cumulative
@@ -321,13 +322,13 @@ class Ledger:
         these envelopes, and keep the verdicts for it.
 
         Only a speed-up: the curve code stays hot in the CPU caches instead of alternating with
-        bookkeeping. `apply` still makes every check in its own order and verifies anything
-        it finds no verdict for; a verdict is a pure function of (key, message, signature)."""
-        verdicts: dict[tuple[bytes, bytes, bytes], bool] = {}
-        self._verdicts = verdicts
+        bookkeeping, and the legs of one endorsed batch share one root signature, verified
+        once. `apply` still makes every check in its own order and verifies anything it finds
+        no verdict for; a verdict is a pure function of (key, message, signature)."""
         verifier = self.verifier
         if verifier is None or self.check is SignatureCheck.NONE:
             return
+        verdicts = self._verdicts
         for envelope in envelopes:
             body = envelope.body
             if (
@@ -339,13 +340,22 @@ class Ledger:
                 # anything odd is left to `apply`, to refuse (or raise) in its own order
                 with contextlib.suppress(Exception):
                     request = self._endorsement_request(envelope, party)
-                    if request is not None:
-                        verdicts[request] = verifier.verify(*request)
+                    if request is not None and request not in verdicts:
+                        self._remember(request, verifier.verify(*request))
+
+    def _remember(self, request: tuple[bytes, bytes, bytes], verdict: bool) -> None:
+        """Keep the verdict on an endorsement's root signature: the other legs of its batch
+        (in this sequencer batch or the next ones) reuse it. The oldest go first."""
+        verdicts = self._verdicts
+        verdicts[request] = verdict
+        if len(verdicts) > VERDICTS_KEPT:
+            del verdicts[next(iter(verdicts))]
 
     def _endorsement_request(
         self, envelope: Envelope, party: ParticipantId
     ) -> tuple[bytes, bytes, bytes] | None:
-        """(central bank key, message, signature) `_check_party` would verify, if it gets there."""
+        """(central bank key, root message, signature) `_check_party` would verify, if it gets
+        there (None also when the endorsement's path leads nowhere: `apply` refuses it)."""
         participant = self.participants.get(party)
         signature = envelope.party_signature(party)
         endorsement = envelope.endorsement(party)
@@ -354,7 +364,9 @@ class Ledger:
         home = self.participants.get(participant.home_central_bank)
         if home is None:
             return None
-        message = endorsement_message(envelope.body_bytes, signature.value)
+        message = endorsement_message(envelope.body_bytes, signature.value, endorsement)
+        if message is None:
+            return None
         return (home.public_key, message, endorsement.value)
 
     def _check_signatures(self, envelope: Envelope) -> None:
@@ -416,17 +428,37 @@ class Ledger:
         if self.check is SignatureCheck.ALL:
             self._verify(participant, party_message(envelope.body_bytes), signature.value, "party")
         home = self.participants[participant.home_central_bank]
-        message = endorsement_message(envelope.body_bytes, signature.value)
-        self._verify(home, message, endorsement.value, f"endorsement of {party}")
+        message = endorsement_message(envelope.body_bytes, signature.value, endorsement)
+        if message is None:
+            raise Refused(
+                Reason.BAD_SIGNATURE,
+                f"endorsement of {party} by {home.id}: leg {endorsement.index} of "
+                f"{endorsement.size} has no valid Merkle path to a batch root",
+            )
+        self._verify(home, message, endorsement.value, f"endorsement of {party}", keep=True)
 
-    def _verify(self, signer: Participant, message: bytes, signature: bytes, what: str) -> None:
+    def _verify(
+        self,
+        signer: Participant,
+        message: bytes,
+        signature: bytes,
+        what: str,
+        *,
+        keep: bool = False,
+    ) -> None:
+        """Verify, or take the verdict `preverify` kept; `keep`: an endorsement's root
+        signature, whose verdict stays for the other legs of its batch."""
         assert self.verifier is not None
+        request = (signer.public_key, message, signature)
         try:
-            verdict = self._verdicts.pop((signer.public_key, message, signature), None)
+            verdict = self._verdicts.get(request) if keep else self._verdicts.pop(request, None)
         except TypeError:  # unhashable values: never pre-verified
             verdict = None
+            keep = False
         if verdict is None:
             verdict = self.verifier.verify(signer.public_key, message, signature)
+            if keep:
+                self._remember(request, verdict)
         if not verdict:
             raise Refused(Reason.BAD_SIGNATURE, f"{what} signature by {signer.id} does not verify")
 

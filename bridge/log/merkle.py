@@ -64,6 +64,28 @@ def inclusion_path(leaves: Sequence[bytes], index: int) -> list[bytes]:
     return [*inclusion_path(leaves[k:], index - k), root_of_hashes(leaves[:k])]
 
 
+def inclusion_paths(leaves: Sequence[bytes]) -> list[list[bytes]]:
+    """Every leaf's audit path at once (as `inclusion_path` gives each), in O(n log n): level
+    by level, a node's sibling joins the path of every leaf below it; a node carried up
+    unpaired adds nothing."""
+    paths: list[list[bytes]] = [[] for _ in leaves]
+    position = list(range(len(leaves)))  # each leaf's ancestor on the current level
+    level = list(leaves)
+    while len(level) > 1:
+        for leaf, node in enumerate(position):
+            sibling = node ^ 1
+            if sibling < len(level):
+                paths[leaf].append(level[sibling])
+            position[leaf] = node >> 1
+        paired = [
+            sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
+        if len(level) % 2:
+            paired.append(level[-1])
+        level = paired
+    return paths
+
+
 def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
     """Recompute the root from a leaf hash and its audit path; None if the path is malformed."""
     if not 0 <= index < size:

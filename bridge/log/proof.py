@@ -427,7 +427,12 @@ def _entry_central_bank_signatures(entry: Entry, trusted: TrustedKeys) -> int:
             party = envelope.party_signature(signature.endorses)
             if party is None:
                 raise _Invalid(f"{signature.signer} endorses a signature that is not there")
-            message = endorsement_message(envelope.body_bytes, party.value)
+            message = endorsement_message(envelope.body_bytes, party.value, signature)
+            if message is None:
+                raise _Invalid(
+                    f"{signature.signer}'s endorsement of {signature.endorses}: leg "
+                    f"{signature.index} of {signature.size} has no valid Merkle path"
+                )
         elif envelope.body.KIND in CENTRAL_BANK_KINDS:
             message = party_message(envelope.body_bytes)
         else:

@@ -12,7 +12,8 @@ refusal. The wrapped behaviour then answers it:
 - a request stream whose replies carry `correlation_id` and `refusal` (`Submit`,
   `SubmitStream`): that message alone is refused, with the correlation id read from the raw
   bytes, and the stream keeps serving; when even the correlation id cannot be read, the stream
-  stops reading, answers what it has taken, and ends `INVALID_ARGUMENT`;
+  stops reading, answers what it has taken, and ends `INVALID_ARGUMENT`; a message carrying a
+  `batch` of such requests has its bad items refused one by one and the others served;
 - any other request stream ends `INVALID_ARGUMENT`.
 Each bad message is logged once, as one line without a traceback.
 """
@@ -64,10 +65,45 @@ def _deserializer(
             try:
                 check_message(message)
             except Refused as refusal:
-                return _refused(data, method, refusal)
+                sifted = _sifted(message, data, method)
+                return _refused(data, method, refusal) if sifted is None else sifted
         return message
 
     return guarded
+
+
+@dataclass(frozen=True, slots=True)
+class Sifted:
+    """A batch request (`batch` of items with their own correlation ids) whose bad items were
+    taken out: `message` holds the others, `refused` answers each bad one by its own id."""
+
+    message: Message
+    refused: tuple[tuple[int, Refused], ...]
+
+
+def _sifted(message: Message, data: bytes, method: str) -> Sifted | None:
+    """The batch without its out-of-bounds items, or None when the message itself (not only
+    some items) is out of bounds, or carries no batch."""
+    batch = getattr(message, "batch", None)
+    if not batch or "correlation_id" not in message.DESCRIPTOR.fields_by_name:
+        return None
+    kept: list[Message] = []
+    refused: list[tuple[int, Refused]] = []
+    for item in batch:
+        try:
+            check_message(item)
+        except Refused as refusal:
+            _refused(data, method, refusal)
+            refused.append((item.correlation_id, refusal))
+        else:
+            kept.append(item)
+    del batch[:]
+    batch.extend(kept)
+    try:
+        check_message(message)
+    except Refused:
+        return None
+    return Sifted(message, tuple(refused))
 
 
 def _refused(data: bytes, method: str, refusal: Refused) -> Undecodable:
@@ -168,6 +204,8 @@ async def _refusing_iterator(requests: AsyncIterator[Any], context: Any) -> Asyn
     async for request in requests:
         if type(request) is Undecodable:
             await abort(context, request.refusal)
+        if type(request) is Sifted:  # a stream with no refusal per item refuses the message
+            await abort(context, request.refused[0][1])
         yield request
 
 
@@ -199,6 +237,11 @@ def _answering_stream(behaviour: Any, reply: Callable[[int, Refused], Message]) 
 
         async def taken() -> AsyncIterator[Any]:
             async for request in requests:
+                if type(request) is Sifted:  # a batch's bad items: each its own refusal
+                    for item_id, refusal in request.refused:
+                        out.put_nowait(reply(item_id, refusal))
+                    yield request.message
+                    continue
                 if type(request) is not Undecodable:
                     yield request
                     continue

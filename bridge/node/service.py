@@ -36,6 +36,7 @@ Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 PAGE = 500
 SEALED_KEPT = 256  # newest blocks kept in memory for the block streams
 REPLY = stage("reply")  # a Submit stream's answer to one instruction
+ANSWERS_PER_MESSAGE = 1024  # Submit answers sent together in one message at most
 FANOUT = stage("fanout")  # a block built for the block streams from memory
 READ = stage("read", thread_cpu=True)  # blocks and entries read from the store (reader thread)
 ATTESTATION = stage("attestation")  # checking and counting a central bank's attestation
@@ -87,30 +88,55 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             if reading_done and outstanding == 0:
                 responses.put_nowait(None)
 
+        def take(request: pb.SubmitRequest, batched: bool) -> None:
+            nonlocal outstanding
+            outstanding += 1
+            try:
+                if batched and request.batch:
+                    raise Refused(Reason.MALFORMED, "an item of a batch carries no batch")
+                envelope = self._admissible(request.instruction)
+            except Refused as refusal:
+                deliver(request.correlation_id, refusal)
+                return
+            timeout = request.timeout_ms / 1000
+            future = self.sequencer.enqueue(
+                envelope, deadline=loop.time() + timeout if timeout else None
+            )
+            queued.add(future)
+            future.add_done_callback(queued.discard)
+            future.add_done_callback(_deliver_when_done(deliver, request.correlation_id))
+
         async def read_requests() -> None:
-            nonlocal outstanding, reading_done
+            nonlocal reading_done, outstanding
             async for request in request_iterator:
-                outstanding += 1
-                try:
-                    envelope = self._admissible(request.instruction)
-                except Refused as refusal:
-                    deliver(request.correlation_id, refusal)
-                    continue
-                timeout = request.timeout_ms / 1000
-                future = self.sequencer.enqueue(
-                    envelope, deadline=loop.time() + timeout if timeout else None
-                )
-                queued.add(future)
-                future.add_done_callback(queued.discard)
-                future.add_done_callback(_deliver_when_done(deliver, request.correlation_id))
+                if request.batch:  # each item as if it came alone
+                    if request.HasField("instruction"):
+                        outstanding += 1
+                        deliver(
+                            request.correlation_id,
+                            Refused(Reason.MALFORMED, "a batch comes instead of an instruction"),
+                        )
+                    for item in request.batch:
+                        take(item, True)
+                else:
+                    take(request, False)
             reading_done = True
             if outstanding == 0:
                 responses.put_nowait(None)
 
         reader = asyncio.create_task(read_requests())
         try:
-            while (response := await responses.get()) is not None:
-                yield response
+            ended = False
+            while not ended and (response := await responses.get()) is not None:
+                # whatever else was decided meanwhile goes in the same message
+                answers = [response]
+                while len(answers) < ANSWERS_PER_MESSAGE and not responses.empty():
+                    more = responses.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    answers.append(more)
+                yield answers[0] if len(answers) == 1 else pb.SubmitResponse(batch=answers)
             await reader
         finally:
             reader.cancel()

@@ -9,6 +9,13 @@ OUTCOME_UNKNOWN (it may or may not have settled) and one whose instruction was s
 gets UNAVAILABLE (nothing was sent); both are "not decided": resubmitting the same instruction
 id is safe, the bridge is idempotent. The next submission opens a new stream.
 
+Whatever callers queued while the previous message was on its way goes out as one message
+(a `batch` of requests, at most `MAX_BATCH`; a lone instruction goes alone, at once), and the
+legs the node endorses (`submit(..., endorse=parties)`) are endorsed there, for the whole
+message, with one signature over the Merkle root of its legs (`bridge.signing.endorse_legs`).
+Each instruction keeps its own correlation id and answer: one refused by the bridge does not
+affect the others of its message.
+
 With several bridge processes (one leads, the others stand by), the link holds a stub for each
 and stays on one until it answers "not decided" (it stands by, broke, or stopped leading): it
 then resubmits the same instruction to the next, for at most `FAILOVER_SECONDS`, and returns
@@ -30,24 +37,45 @@ import grpc
 from bridge import wire
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as pb
 from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as pb_grpc
-from bridge.domain import Envelope
+from bridge.crypto import Signer
+from bridge.domain import Envelope, ParticipantId
 from bridge.errors import Reason, Refused
 from bridge.node.shedding import call_deadline
 from bridge.settlement import Result
+from bridge.signing import endorse_legs
 from participants.central_bank.reachability import Reachability
 
 log = logging.getLogger("participants.bridge_link")
 FAILOVER_SECONDS = 10.0
 FAILOVER_PAUSE = 0.2  # between two rounds over every bridge address
+MAX_BATCH = 512  # instructions in one Submit message at most
+
+
+class Endorser:
+    """The central bank whose node forwards, and its key: endorses the legs of a batch."""
+
+    def __init__(self, central_bank: ParticipantId, key: Signer) -> None:
+        self.central_bank = central_bank
+        self.key = key
+
+
+# one queued instruction: correlation id, envelope, parties whose legs the node endorses as it
+# sends them, and the event-loop time by which its caller needs the answer
+_Queued = tuple[int, Envelope, tuple[ParticipantId, ...], float]
 
 
 class _Stream:
     """One open Submit call and the callers waiting on it."""
 
-    def __init__(self, stub: pb_grpc.BridgeLedgerStub, reachability: Reachability) -> None:
+    def __init__(
+        self,
+        stub: pb_grpc.BridgeLedgerStub,
+        reachability: Reachability,
+        endorser: Endorser | None,
+    ) -> None:
         self.reachability = reachability
-        # each request with the event-loop time by which its caller needs the answer
-        self.outbox: asyncio.Queue[tuple[pb.SubmitRequest, float] | None] = asyncio.Queue()
+        self.endorser = endorser
+        self.outbox: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self.waiting: dict[int, asyncio.Future[Result]] = {}
         self.sent: set[int] = set()  # handed to the call: the bridge may have acted on them
         self.open = True
@@ -56,37 +84,75 @@ class _Stream:
         self.reader = asyncio.create_task(self._read())
 
     async def _requests(self) -> AsyncIterator[pb.SubmitRequest]:
-        """The queued requests whose callers still wait, each with the time left to it, so
-        the bridge drops what it cannot sequence before the caller gives up."""
+        """The queued requests whose callers still wait, each with the time left to it (so
+        the bridge drops what it cannot sequence before the caller gives up): whatever was
+        queued meanwhile in one message, its legs endorsed with one signature."""
         loop = asyncio.get_running_loop()
-        while (item := await self.outbox.get()) is not None:
-            request, deadline = item
-            future = self.waiting.get(request.correlation_id)
-            if future is None or future.done():
-                continue  # its caller has gone (cancelled, or timed out and told so): not sent
-            left = deadline - loop.time()
-            if left <= 0:
-                self.waiting.pop(request.correlation_id, None)
-                future.set_result(
-                    Refused(
-                        Reason.UNAVAILABLE,
-                        "not sent: the caller's deadline had passed; resubmit the same "
-                        "instruction id",
-                    )
-                )
+        ended = False
+        while not ended and (first := await self.outbox.get()) is not None:
+            queued = [first]
+            while len(queued) < MAX_BATCH and not self.outbox.empty():
+                item = self.outbox.get_nowait()
+                if item is None:
+                    ended = True
+                    break
+                queued.append(item)
+            now = loop.time()
+            ready = [item for item in queued if self._still_wanted(item, now)]
+            requests = self._endorsed(ready, now)
+            if not requests:
                 continue
-            request.timeout_ms = max(1, int(left * 1000))
-            self.sent.add(request.correlation_id)
-            yield request
+            for request in requests:
+                self.sent.add(request.correlation_id)
+            yield requests[0] if len(requests) == 1 else pb.SubmitRequest(batch=requests)
+
+    def _still_wanted(self, item: _Queued, now: float) -> bool:
+        """Whether the caller of `item` still waits for it (if not, it is not sent)."""
+        correlation_id, _, _, deadline = item
+        future = self.waiting.get(correlation_id)
+        if future is None or future.done():
+            return False  # its caller has gone (cancelled, or timed out and told so)
+        if deadline <= now:
+            self.waiting.pop(correlation_id, None)
+            future.set_result(
+                Refused(
+                    Reason.UNAVAILABLE,
+                    "not sent: the caller's deadline had passed; resubmit the same instruction id",
+                )
+            )
+            return False
+        return True
+
+    def _endorsed(self, items: list[_Queued], now: float) -> list[pb.SubmitRequest]:
+        """The requests of `items`, with the legs to endorse endorsed by one signature over
+        the Merkle root of all of them."""
+        legs = [(envelope, party) for _, envelope, parties, _ in items for party in parties]
+        if legs:
+            if self.endorser is None:
+                raise RuntimeError("this link endorses nothing: no endorser given")
+            endorsements = iter(endorse_legs(legs, self.endorser.central_bank, self.endorser.key))
+        requests = []
+        for correlation_id, envelope, parties, deadline in items:
+            for _ in parties:
+                envelope = envelope.with_signature(next(endorsements))
+            requests.append(
+                pb.SubmitRequest(
+                    correlation_id=correlation_id,
+                    instruction=wire.envelope_to_proto(envelope),
+                    timeout_ms=max(1, int((deadline - now) * 1000)),
+                )
+            )
+        return requests
 
     async def _read(self) -> None:
         try:
-            async for response in self.call:
+            async for message in self.call:
                 self.reachability.succeeded(self.opened)
-                future = self.waiting.pop(response.correlation_id, None)
-                self.sent.discard(response.correlation_id)
-                if future is not None and not future.done():
-                    future.set_result(wire.submit_result_from_proto(response))
+                for response in message.batch or (message,):
+                    future = self.waiting.pop(response.correlation_id, None)
+                    self.sent.discard(response.correlation_id)
+                    if future is not None and not future.done():
+                        future.set_result(wire.submit_result_from_proto(response))
         except grpc.aio.AioRpcError as error:
             if not self.reachability.failed(error):  # an outage is logged once, there
                 log.warning(
@@ -129,18 +195,35 @@ class _Stream:
 
 class BridgeLink:
     def __init__(
-        self, *stubs: pb_grpc.BridgeLedgerStub, reachability: Reachability | None = None
+        self,
+        *stubs: pb_grpc.BridgeLedgerStub,
+        reachability: Reachability | None = None,
+        endorser: Endorser | None = None,
     ) -> None:
         self.stubs = stubs
+        self.endorser = endorser
         self.reachability = reachability or Reachability("bridge")
         self._current = 0
         self._generation = 0  # bumped on each move to another bridge
         self._ids = itertools.count(1)
         self._stream: _Stream | None = None
 
-    async def submit(self, envelope: Envelope, timeout: float = 30.0) -> Result:
+    async def submit(
+        self,
+        envelope: Envelope,
+        timeout: float = 30.0,
+        *,
+        endorse: tuple[ParticipantId, ...] = (),
+    ) -> Result:
+        """Forward `envelope`, with the legs of `endorse` endorsed by this node as it goes
+        (each party must have signed); the bridge's receipt or refusal."""
+        missing = [party for party in endorse if envelope.party_signature(party) is None]
+        if missing:
+            return Refused(
+                Reason.MISSING_SIGNATURE, f"the instruction is not signed by {missing[0]}"
+            )
         generation = self._generation
-        result = await self._submit_once(envelope, timeout)
+        result = await self._submit_once(envelope, endorse, timeout)
         if len(self.stubs) == 1:
             return result
         loop = asyncio.get_running_loop()
@@ -153,7 +236,7 @@ class BridgeLink:
                 await asyncio.sleep(FAILOVER_PAUSE)
             tried += 1
             generation = self._generation
-            result = await self._submit_once(envelope, max(0.1, deadline - loop.time()))
+            result = await self._submit_once(envelope, endorse, max(0.1, deadline - loop.time()))
         return result
 
     async def _next_bridge(self) -> None:
@@ -164,20 +247,21 @@ class BridgeLink:
             stream, self._stream = self._stream, None
             await stream.close()
 
-    async def _submit_once(self, envelope: Envelope, timeout: float) -> Result:
+    async def _submit_once(
+        self, envelope: Envelope, endorse: tuple[ParticipantId, ...], timeout: float
+    ) -> Result:
         stream = self._stream
         if stream is None or not stream.open:
-            stream = self._stream = _Stream(self.stubs[self._current], self.reachability)
+            stream = self._stream = _Stream(
+                self.stubs[self._current], self.reachability, self.endorser
+            )
         correlation_id = next(self._ids)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         stream.waiting[correlation_id] = future
-        request = pb.SubmitRequest(
-            correlation_id=correlation_id, instruction=wire.envelope_to_proto(envelope)
-        )
         # the bridge need not settle it after the caller of the RPC being served has gone
         deadline = min(loop.time() + timeout, call_deadline() or math.inf)
-        stream.outbox.put_nowait((request, deadline))
+        stream.outbox.put_nowait((correlation_id, envelope, endorse, deadline))
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

@@ -27,7 +27,7 @@ from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
 from bridge.node.request_guard import RequestGuard
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
 from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
-from participants.central_bank.bridge_link import BridgeLink
+from participants.central_bank.bridge_link import BridgeLink, Endorser
 from participants.central_bank.channels import node_channel
 from participants.central_bank.checkpoint import ReplicaCheckpoint
 from participants.central_bank.reachability import Reachability
@@ -110,6 +110,7 @@ async def run_central_bank_node(
     link = BridgeLink(
         *(bridge_grpc.BridgeLedgerStub(c) for c in link_channels),
         reachability=Reachability("bridge"),
+        endorser=Endorser(me.id, key),
     )
     core = CentralBankCore(
         config=config,

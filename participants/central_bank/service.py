@@ -48,7 +48,7 @@ from bridge.domain import (
 )
 from bridge.errors import Reason, Refused
 from bridge.node.caller_auth import CallerAuthenticator
-from bridge.signing import endorse, signed
+from bridge.signing import endorse, endorse_legs, signed
 from bridge.status import abort, refusal_from_rpc_error
 from participants.auth import check_query
 from participants.central_bank.bridge_link import BridgeLink
@@ -114,7 +114,9 @@ class CentralBankCore:
             peer = self.peers.get(central_bank)
             if peer is None:
                 return None
-            endorser = self._endorsers[central_bank] = PeerEndorser(peer, timeout=BRIDGE_DEADLINE)
+            endorser = self._endorsers[central_bank] = PeerEndorser(
+                peer, self.id, self.key, timeout=BRIDGE_DEADLINE
+            )
         return endorser
 
     # ------------------------------------------------------------------ identities
@@ -178,8 +180,12 @@ class CentralBankCore:
 
     # ------------------------------------------------------------------ forwarding
 
-    async def settle(self, envelope: Envelope) -> types.InstructionStatus:
-        result = await self.link.submit(envelope)
+    async def settle(
+        self, envelope: Envelope, endorse: tuple[str, ...] = ()
+    ) -> types.InstructionStatus:
+        """Forward `envelope` to the bridge, this node endorsing the legs of `endorse` in the
+        batch it goes in (one signature per batch); the receipt, or raises Refused."""
+        result = await self.link.submit(envelope, endorse=endorse)
         if isinstance(result, Refused):
             raise result
         return types.InstructionStatus(receipt=wire.receipt_to_proto(result))
@@ -231,7 +237,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         if len(envelope.signatures) > 1:
             raise Refused(Reason.MALFORMED, f"{kind.KIND} carries exactly the sender's signature")
         await core.verify_party(envelope, sender)  # none: MISSING_SIGNATURE
-        return await core.settle(endorse(envelope, sender, core.id, core.key))
+        return await core.settle(envelope, endorse=(sender,))
 
     async def Pay(
         self, request: types.SignedInstruction, context: Context
@@ -286,17 +292,11 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             # a foreign counterparty's signature is verified by its own central bank's node,
             # which refuses to endorse a leg its bank did not sign (one P-256 check fewer)
             await core.verify_party(envelope, body.counterparty)
-        envelope = endorse(envelope, body.sender, core.id, core.key)
-        envelope = await self._counterparty_endorsement(envelope, body)
-        return await core.settle(envelope)
-
-    async def _counterparty_endorsement(self, envelope: Envelope, body: DualPvp) -> Envelope:
-        core = self.core
         home = await core.home_of(body.counterparty)
         if home is None:
             raise Refused(Reason.UNKNOWN_PARTICIPANT, f"unknown participant {body.counterparty}")
-        if home == core.id:
-            return endorse(envelope, body.counterparty, core.id, core.key)
+        if home == core.id:  # both legs ours: endorsed in the batch forwarded to the bridge
+            return await core.settle(envelope, endorse=(body.sender, body.counterparty))
         endorser = core.endorser(home)
         if endorser is None:
             raise Refused(Reason.UNAVAILABLE, f"no route to {home}'s node")
@@ -304,10 +304,11 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             raise Refused(
                 Reason.MISSING_SIGNATURE, f"the instruction is not signed by {body.counterparty}"
             )
-        endorsement = await endorser.endorsement(wire.envelope_to_proto(envelope))
-        if endorsement.signer != home or endorsement.endorses != body.counterparty:
+        # our leg is endorsed in the batch sent to the peer node, which checks it
+        ours, theirs = await endorser.endorsements(envelope, body.sender)
+        if theirs.signer != home or theirs.endorses != body.counterparty:
             raise Refused(Reason.BAD_SIGNATURE, f"{home} returned an endorsement of another leg")
-        return envelope.with_signature(endorsement)
+        return await core.settle(envelope.with_signature(ours).with_signature(theirs))
 
     async def EndorseDualPvp(
         self, request: types.SignedInstruction, context: Context
@@ -315,14 +316,19 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         """Called by the proposer's central bank: endorse our bank's leg of a dual PvP."""
         try:
             caller = self._peer(context, "EndorseDualPvp")
-            envelope = await self._endorsed(wire.envelope_from_proto(request), caller)
-            return wire.envelope_to_proto(envelope)
+            envelope = await self._endorsable(wire.envelope_from_proto(request), caller, {})
+            core = self.core
+            counterparty = envelope.body.parties()[1]  # a pvp_dual: (sender, counterparty)
+            return wire.envelope_to_proto(endorse(envelope, counterparty, core.id, core.key))
         except Refused as refusal:
             await abort(context, refusal)
 
-    async def _endorsed(self, envelope: Envelope, caller: str) -> Envelope:
-        """The dual PvP with our bank's leg endorsed, for the proposer's central bank `caller`
-        (authenticated); raises Refused."""
+    async def _endorsable(
+        self, envelope: Envelope, caller: str, verdicts: dict[tuple[bytes, bytes], bool]
+    ) -> Envelope:
+        """The dual PvP, once our bank's leg may be endorsed for the proposer's central bank
+        `caller` (authenticated); raises Refused. `verdicts`: the proposer's endorsement root
+        signatures already checked in this call (one per batch it sent)."""
         core = self.core
         body = envelope.body
         if not isinstance(body, DualPvp):
@@ -336,13 +342,17 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 "which is not one of its banks",
             )
         await core.verify_party(envelope, body.counterparty)
-        await self._check_proposer_endorsement(envelope, body, caller)
+        await self._check_proposer_endorsement(envelope, body, caller, verdicts)
         if envelope.endorsement(body.counterparty) is not None:
             raise Refused(Reason.MALFORMED, "our bank's leg is already endorsed")
-        return endorse(envelope, body.counterparty, core.id, core.key)
+        return envelope
 
     async def _check_proposer_endorsement(
-        self, envelope: Envelope, body: DualPvp, sender_home: str
+        self,
+        envelope: Envelope,
+        body: DualPvp,
+        sender_home: str,
+        verdicts: dict[tuple[bytes, bytes], bool],
     ) -> None:
         """The proposer's leg carries its central bank's valid endorsement; raises Refused."""
         endorsement = envelope.endorsement(body.sender)
@@ -353,8 +363,15 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 "the proposer's leg is not endorsed by its central bank",
             )
         key = await self.core.public_key_of(sender_home)
-        message = endorsement_message(envelope.body_bytes, signature.value)
-        if key is None or not self.core.verifier.verify(key, message, endorsement.value):
+        message = endorsement_message(envelope.body_bytes, signature.value, endorsement)
+        valid = False
+        if key is not None and message is not None:
+            verdict = verdicts.get((message, endorsement.value))
+            if verdict is None:  # the first leg of its batch: the root signature
+                verdict = self.core.verifier.verify(key, message, endorsement.value)
+                verdicts[(message, endorsement.value)] = verdict
+            valid = verdict
+        if not valid:
             raise Refused(
                 Reason.BAD_SIGNATURE,
                 f"the endorsement of {body.sender}'s leg by {sender_home} does not verify",
@@ -368,17 +385,25 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             caller = self._peer(context, "EndorseDualPvps")
         except Refused as refusal:
             await abort(context, refusal)
-        results = []
+        core = self.core
+        verdicts: dict[tuple[bytes, bytes], bool] = {}
+        checked: list[Envelope | Refused] = []
         for message in request.instructions:
             try:
-                endorsed = await self._endorsed(wire.envelope_from_proto(message), caller)
-                results.append(
-                    pb.EndorsementResult(
-                        endorsement=wire.signature_to_proto(endorsed.signatures[-1])
-                    )
+                checked.append(
+                    await self._endorsable(wire.envelope_from_proto(message), caller, verdicts)
                 )
             except Refused as refusal:
-                results.append(pb.EndorsementResult(refusal=wire.refusal_to_proto(refusal)))
+                checked.append(refusal)
+        # our banks' legs of the whole batch, endorsed with one signature over their root
+        legs = [(e, e.body.parties()[1]) for e in checked if isinstance(e, Envelope)]
+        endorsements = iter(endorse_legs(legs, core.id, core.key))
+        results = [
+            pb.EndorsementResult(refusal=wire.refusal_to_proto(item))
+            if isinstance(item, Refused)
+            else pb.EndorsementResult(endorsement=wire.signature_to_proto(next(endorsements)))
+            for item in checked
+        ]
         return pb.EndorseDualPvpsResponse(results=results)
 
     async def SubmitStream(

@@ -1,7 +1,8 @@
 """A central bank node's link to the bridge: what a caller hears when the stream fails.
 
 The Submit call is a stand-in that takes requests from the link's stream at the pace a test
-sets and then breaks, so what was handed to the call and what was still queued is known.
+sets and then breaks, so what was handed to the call and what was still queued is known; or
+records what the link writes, or answers it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from typing import Any
 
 import grpc
 
+from bridge import wire
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as pb
+from bridge.crypto import FastVerifier
+from bridge.domain import Envelope, Outcome, Pay, Receipt, endorsement_message
 from bridge.errors import Reason, Refused
-from participants.central_bank.bridge_link import BridgeLink
-from tests.factories import network, pay
+from bridge.signing import sign_as_party
+from participants.central_bank.bridge_link import BridgeLink, Endorser
+from tests.factories import Network, network, pay
 
 
 class BreakingCall:
@@ -33,7 +38,8 @@ class BreakingCall:
 
     async def __anext__(self) -> pb.SubmitResponse:
         while len(self.taken) < self.take:
-            self.taken.append((await anext(self.requests)).correlation_id)
+            message = await anext(self.requests)
+            self.taken.append([r.correlation_id for r in message.batch or (message,)])
         await self.release.wait()
         raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, details="connection reset")
 
@@ -61,23 +67,29 @@ class Stub:
 
 
 async def test_a_broken_link_is_outcome_unknown_after_sending_and_unavailable_before() -> None:
-    """The instruction the call took may have settled (OUTCOME_UNKNOWN); the one still queued
-    was never sent (UNAVAILABLE); both are not decided."""
+    """Every instruction of the message the call took may have settled (OUTCOME_UNKNOWN); the
+    one still queued was never sent (UNAVAILABLE); all are not decided."""
     net = network()
     stub = Stub(take=1)
     link = BridgeLink(stub)  # type: ignore[arg-type]
-    sent = asyncio.create_task(link.submit(pay(net, "ICBC", "CCB", 10)))
-    queued = asyncio.create_task(link.submit(pay(net, "ICBC", "CCB", 20)))
+    sent = [
+        asyncio.create_task(link.submit(pay(net, "ICBC", "CCB", amount))) for amount in (10, 11)
+    ]
     while not (stub.calls and stub.calls[0].taken):
         await asyncio.sleep(0.01)
+    queued = asyncio.create_task(link.submit(pay(net, "ICBC", "CCB", 20)))
+    await asyncio.sleep(0.05)  # on the link's queue: the call takes no more
     (call,) = stub.calls
+    assert len(call.taken[0]) == 2  # both went in one message
     call.release.set()
-    first, second = await sent, await queued
-    assert isinstance(first, Refused)
-    assert first.reason is Reason.OUTCOME_UNKNOWN
+    for task in sent:
+        first = await task
+        assert isinstance(first, Refused)
+        assert first.reason is Reason.OUTCOME_UNKNOWN
+        assert first.reason.retryable
+    second = await queued
     assert isinstance(second, Refused)
     assert second.reason is Reason.UNAVAILABLE
-    assert first.reason.retryable
     assert second.reason.retryable
     await link.close()
 
@@ -145,7 +157,11 @@ async def test_an_instruction_whose_caller_was_cancelled_before_sending_is_never
     call.go.set()
     while not call.written:
         await asyncio.sleep(0.01)
-    written = [r.instruction.instruction.instruction_id for r in call.written]
+    written = [
+        r.instruction.instruction.instruction_id
+        for message in call.written
+        for r in message.batch or (message,)
+    ]
     assert written == [kept.body.instruction_id]
     assert gone.cancelled()
     waiting.cancel()
@@ -166,4 +182,110 @@ async def test_each_request_sent_carries_the_time_its_caller_still_waits() -> No
     (request,) = stub.calls[0].written
     assert 0 < request.timeout_ms <= 5_000
     waiting.cancel()
+    await link.close()
+
+
+def bank_signed(net: Network, amount: int) -> Envelope:
+    """A payment signed by ICBC alone, as a bank sends it to its central bank's node."""
+    body = Pay(f"batch-{amount}", "ICBC", 2**40, "CCB", "CNY", amount, "")
+    return sign_as_party(Envelope.of(body), "ICBC", net.keys["ICBC"])
+
+
+async def test_what_was_queued_meanwhile_goes_as_one_message_under_one_endorsement() -> None:
+    """Instructions queued while the stream was busy leave as one message, their legs endorsed
+    by one signature over their Merkle root; each endorsement verifies from its own path."""
+    net = network()
+    stub = RecordingStub()
+    link = BridgeLink(stub, endorser=Endorser("PBOC", net.keys["PBOC"]))  # type: ignore[arg-type]
+    envelopes = [bank_signed(net, amount) for amount in (1, 2, 3)]
+    waiting = [
+        asyncio.create_task(link.submit(e, timeout=5.0, endorse=("ICBC",))) for e in envelopes
+    ]
+    while not stub.calls:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # all three queued before the stream writes
+    stub.calls[0].go.set()
+    while not stub.calls[0].written:
+        await asyncio.sleep(0.01)
+    (message,) = stub.calls[0].written
+    assert not message.HasField("instruction")
+    assert [r.correlation_id for r in message.batch] == [1, 2, 3]
+    sent = [wire.envelope_from_proto(r.instruction) for r in message.batch]
+    endorsements = [e.endorsement("ICBC") for e in sent]
+    assert all(e is not None and e.signer == "PBOC" and e.size == 3 for e in endorsements)
+    assert len({e.value for e in endorsements if e is not None}) == 1  # one signature
+    assert [e.index for e in endorsements if e is not None] == [0, 1, 2]
+    for envelope, endorsement in zip(sent, endorsements, strict=True):
+        own = envelope.party_signature("ICBC")
+        assert own is not None
+        assert endorsement is not None
+        message_signed = endorsement_message(envelope.body_bytes, own.value, endorsement)
+        assert message_signed is not None
+        assert FastVerifier().verify(net.keys["PBOC"].public_key, message_signed, endorsement.value)
+    for task in waiting:
+        task.cancel()
+    await link.close()
+
+
+class AnsweringCall:
+    """A Submit call that answers every instruction of each message, all in one message:
+    refused when its amount is odd, settled when even."""
+
+    def __init__(self, requests: AsyncIterator[pb.SubmitRequest]) -> None:
+        self.requests = requests
+
+    def __aiter__(self) -> AnsweringCall:
+        return self
+
+    async def __anext__(self) -> pb.SubmitResponse:
+        message = await anext(self.requests)
+        answers = []
+        for request in message.batch or (message,):
+            body = wire.envelope_from_proto(request.instruction).body
+            assert isinstance(body, Pay)
+            result: Receipt | Refused = (
+                Refused(Reason.INSUFFICIENT_FUNDS, f"{body.instruction_id}: no funds")
+                if body.amount % 2
+                else Receipt("ICBC", body.instruction_id, b"\0" * 32, Outcome.SETTLED, 1)
+            )
+            answers.append(wire.submit_response_to_proto(request.correlation_id, result))
+        return pb.SubmitResponse(batch=answers)
+
+    def cancel(self) -> None:
+        pass
+
+
+class AnsweringStub:
+    def Submit(self, requests: AsyncIterator[pb.SubmitRequest]) -> Any:  # noqa: N802  # the stub's name
+        return AnsweringCall(requests)
+
+
+async def test_each_instruction_of_a_batch_gets_its_own_answer() -> None:
+    """A refusal of one instruction of a batch reaches its caller alone; the others settle."""
+    net = network()
+    link = BridgeLink(AnsweringStub(), endorser=Endorser("PBOC", net.keys["PBOC"]))  # type: ignore[arg-type]
+    results = await asyncio.gather(
+        *(
+            link.submit(bank_signed(net, amount), timeout=5.0, endorse=("ICBC",))
+            for amount in (2, 3, 4)
+        )
+    )
+    assert [type(r).__name__ for r in results] == ["Receipt", "Refused", "Receipt"]
+    refused = results[1]
+    assert isinstance(refused, Refused)
+    assert refused.reason is Reason.INSUFFICIENT_FUNDS
+    assert "batch-3" in refused.message
+    await link.close()
+
+
+async def test_a_leg_its_bank_did_not_sign_is_refused_before_it_is_queued() -> None:
+    """The node endorses only a signed leg: an unsigned one is refused, nothing is sent."""
+    net = network()
+    stub = RecordingStub()
+    link = BridgeLink(stub, endorser=Endorser("PBOC", net.keys["PBOC"]))  # type: ignore[arg-type]
+    unsigned = Envelope.of(Pay("batch-9", "ICBC", 2**40, "CCB", "CNY", 9, ""))
+    result = await link.submit(unsigned, endorse=("ICBC",))
+    assert isinstance(result, Refused)
+    assert result.reason is Reason.MISSING_SIGNATURE
+    assert stub.calls == []
     await link.close()

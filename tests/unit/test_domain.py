@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from hashlib import sha256
 from typing import Any
 
 import pytest
@@ -192,8 +193,10 @@ def test_signed_messages_are_domain_separated() -> None:
     """A party signature message can never equal an endorsement message of the same body."""
     body = samples()[6].canonical_bytes()
     assert party_message(body).startswith(INSTRUCTION_DOMAIN)
-    endorsement = endorsement_message(body, b"\x01" * 64)
-    assert endorsement.startswith(ENDORSEMENT_DOMAIN + (64).to_bytes(2, "big") + b"\x01" * 64)
+    alone = Signature("PBOC", b"\x02" * 64, "ICBC", 0, 1, ())
+    endorsement = endorsement_message(body, b"\x01" * 64, alone)
+    leaf = sha256(b"\x00" + (64).to_bytes(2, "big") + b"\x01" * 64 + sha256(body).digest())
+    assert endorsement == ENDORSEMENT_DOMAIN + (1).to_bytes(4, "big") + leaf.digest()
     assert party_message(body) != endorsement
 
 

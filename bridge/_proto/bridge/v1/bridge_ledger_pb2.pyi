@@ -38,6 +38,7 @@ class SubmitRequest(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     INSTRUCTION_FIELD_NUMBER: _builtins.int
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     correlation_id: _builtins.int
     """Caller-chosen number that the matching response repeats."""
     timeout_ms: _builtins.int
@@ -50,16 +51,26 @@ class SubmitRequest(_message.Message):
     def instruction(self) -> _types_pb2.SignedInstruction:
         """The instruction with its signatures and endorsements."""
 
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitRequest]:
+        """Several instructions in one message instead of `instruction` (a central bank node
+        forwards whatever its banks sent while its previous message was on the way): each is
+        handled and answered exactly as if it came alone, with its own correlation id,
+        instruction and timeout; one bad instruction is answered by its own refusal. An item
+        carries no batch of its own.
+        """
+
     def __init__(
         self,
         *,
         correlation_id: _builtins.int = ...,
         instruction: _types_pb2.SignedInstruction | None = ...,
         timeout_ms: _builtins.int = ...,
+        batch: _abc.Iterable[Global___SubmitRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "instruction", b"instruction", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "correlation_id", b"correlation_id", "instruction", b"instruction", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -74,6 +85,7 @@ class SubmitResponse(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     RECEIPT_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     correlation_id: _builtins.int
     """The correlation id of the request answered."""
     @_builtins.property
@@ -84,16 +96,23 @@ class SubmitResponse(_message.Message):
     def refusal(self) -> _types_pb2.Refusal:
         """The instruction was refused; nothing changed."""
 
+    @_builtins.property
+    def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitResponse]:
+        """Several answers in one message instead of one (whatever was decided meanwhile), each a
+        SubmitResponse of its own with its correlation id; an item carries no batch of its own.
+        """
+
     def __init__(
         self,
         *,
         correlation_id: _builtins.int = ...,
         receipt: _types_pb2.Receipt | None = ...,
         refusal: _types_pb2.Refusal | None = ...,
+        batch: _abc.Iterable[Global___SubmitResponse] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "receipt", b"receipt", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "correlation_id", b"correlation_id", "receipt", b"receipt", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["receipt", "refusal"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

@@ -951,22 +951,40 @@ class Signature(_message.Message):
     SIGNER_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     ENDORSES_FIELD_NUMBER: _builtins.int
+    BATCH_INDEX_FIELD_NUMBER: _builtins.int
+    BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    BATCH_PATH_FIELD_NUMBER: _builtins.int
     signer: _builtins.str
     """Participant that produced the signature."""
     value: _builtins.bytes
     """Raw r||s signature, 64 bytes."""
     endorses: _builtins.str
     """Empty for a party's own signature; else the party whose signed leg this endorses."""
+    batch_index: _builtins.int
+    """An endorsement only: a central bank endorses legs in batches, with one signature over
+    the Merkle root of the batch's legs (docs/encoding.md). This leg's index in its batch.
+    """
+    batch_size: _builtins.int
+    """An endorsement only: the number of legs in the batch (1 for a leg endorsed alone)."""
+    @_builtins.property
+    def batch_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """An endorsement only: the leg's audit path to the root, sibling hashes bottom-up
+        (32 bytes each; empty for a batch of one).
+        """
+
     def __init__(
         self,
         *,
         signer: _builtins.str = ...,
         value: _builtins.bytes = ...,
         endorses: _builtins.str = ...,
+        batch_index: _builtins.int = ...,
+        batch_size: _builtins.int = ...,
+        batch_path: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endorses", b"endorses", "signer", b"signer", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_index", b"batch_index", "batch_path", b"batch_path", "batch_size", b"batch_size", "endorses", b"endorses", "signer", b"signer", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
