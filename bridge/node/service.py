@@ -79,6 +79,7 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         reading_done = False
         loop = asyncio.get_running_loop()
         queued: set[asyncio.Future[Result | None]] = set()
+        batching = False  # answers go several to a message once the caller sent a batch
 
         def deliver(correlation_id: int, result: Result) -> None:
             nonlocal outstanding
@@ -107,9 +108,10 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             future.add_done_callback(_deliver_when_done(deliver, request.correlation_id))
 
         async def read_requests() -> None:
-            nonlocal reading_done, outstanding
+            nonlocal reading_done, outstanding, batching
             async for request in request_iterator:
                 if request.batch:  # each item as if it came alone
+                    batching = True  # the caller reads batched answers too
                     if request.HasField("instruction"):
                         outstanding += 1
                         deliver(
@@ -130,7 +132,7 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
             while not ended and (response := await responses.get()) is not None:
                 # whatever else was decided meanwhile goes in the same message
                 answers = [response]
-                while len(answers) < ANSWERS_PER_MESSAGE and not responses.empty():
+                while batching and len(answers) < ANSWERS_PER_MESSAGE and not responses.empty():
                     more = responses.get_nowait()
                     if more is None:
                         ended = True

@@ -343,7 +343,7 @@ def test_endorse_dual_pvp_adds_the_counterparty_central_banks_endorsement(
     assert party is not None
     assert FastVerifier().verify(
         live.key("HKMA").public_key,
-        endorsement_message(returned.body_bytes, party.value),
+        endorsement_message(returned.body_bytes, party.value, endorsement) or b"",
         endorsement.value,
     )
     assert live.snapshot() == before

@@ -10,6 +10,7 @@ nothing changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,11 +25,13 @@ from google.protobuf.descriptor import (
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from bridge import wire
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
-from bridge.domain import Pay
+from bridge.domain import Envelope, Pay
 from bridge.errors import Reason
+from bridge.signing import endorse_legs, sign_as_party
 from participants.central_bank.channels import bridge_channel
 from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, reason_of, refusal_of
 
@@ -250,6 +253,63 @@ def test_bridge_submit_answers_a_bad_message_and_serves_the_rest(
     for good in (7, 9):
         assert replies[good].receipt.outcome == types.OUTCOME_SETTLED, replies[good]
     assert live.entries_of_instruction("ICBC", last) == 1
+
+
+def test_a_batch_on_bridge_submit_answers_each_instruction_alone(
+    live: LiveNetwork, bridge_as_pboc: grpc.Channel
+) -> None:
+    """BridgeLedger.Submit, one message of five instructions endorsed under one root: a path
+    of another batch, a root signed by the wrong node's key and a field out of bounds are
+    each refused alone; the two others settle; answers come batched, each once."""
+    ids = [new_id("batch") for _ in range(5)]
+    signed = [
+        sign_as_party(
+            Envelope.of(
+                Pay(
+                    iid,
+                    "ICBC",
+                    now_ms() + VALID_FOR_MS,
+                    "BOCQ",
+                    "CNY",
+                    100,
+                    "x" * 141 if index == 3 else "",
+                )
+            ),
+            "ICBC",
+            live.key("ICBC"),
+        )
+        for index, iid in enumerate(ids)
+    ]
+    ours = endorse_legs([(e, "ICBC") for e in signed], "PBOC", live.key("PBOC"))
+    other = endorse_legs([(e, "ICBC") for e in signed[:2]], "PBOC", live.key("PBOC"))
+    forged = endorse_legs([(e, "ICBC") for e in signed], "PBOC", live.key("HKMA"))
+    endorsements = [ours[0], other[1], forged[2], ours[3], ours[4]]
+    # our batch's signature with the place (size, path) of the leg in another batch
+    endorsements[1] = replace(ours[1], size=other[1].size, path=other[1].path)
+    batch = [
+        bridge_pb.SubmitRequest(
+            correlation_id=100 + index,
+            instruction=wire.envelope_to_proto(envelope.with_signature(endorsement)),
+        )
+        for index, (envelope, endorsement) in enumerate(zip(signed, endorsements, strict=True))
+    ]
+    stream = bridge_as_pboc.stream_stream(
+        "/bridge.v1.BridgeLedger/Submit", request_serializer=None, response_deserializer=None
+    )
+    message = bridge_pb.SubmitRequest(batch=batch).SerializeToString()
+    replies: dict[int, bridge_pb.SubmitResponse] = {}
+    for raw in stream(iter([message]), timeout=RPC_TIMEOUT):
+        reply = bridge_pb.SubmitResponse.FromString(raw)
+        for answer in reply.batch or (reply,):
+            assert answer.correlation_id not in replies, "answered twice"
+            replies[answer.correlation_id] = answer
+    assert sorted(replies) == [100, 101, 102, 103, 104]
+    for good in (100, 104):
+        assert replies[good].receipt.outcome == types.OUTCOME_SETTLED, replies[good]
+    assert replies[101].refusal.reason == Reason.BAD_SIGNATURE.value
+    assert replies[102].refusal.reason == Reason.BAD_SIGNATURE.value
+    assert replies[103].refusal.reason == Reason.FIELD_TOO_LONG.value
+    assert [live.entries_of_instruction("ICBC", iid) for iid in ids] == [1, 0, 0, 0, 1]
 
 
 def test_stream_message_without_readable_correlation_id_ends_the_stream(

@@ -100,6 +100,8 @@ class SubmitResponse(_message.Message):
     def batch(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubmitResponse]:
         """Several answers in one message instead of one (whatever was decided meanwhile), each a
         SubmitResponse of its own with its correlation id; an item carries no batch of its own.
+        Sent only on a stream whose caller has sent a batch: a caller that sends instructions
+        one by one gets its answers one by one.
         """
 
     def __init__(

@@ -116,8 +116,8 @@ class BridgeLedgerServicer:
 
     def Submit(self, request_iterator, context):
         """Submits many instructions over one stream, one or a batch per message. Each instruction
-        gets exactly one answer with the same correlation id (answers may share a message), carrying the receipt or the refusal; responses may come out of
-        request order. A receipt is sent only once its block is durably stored.
+        gets exactly one answer with the same correlation id (answers may share a message),
+        carrying the receipt or the refusal; answers may come out of request order. A receipt is sent only once its block is durably stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -48,8 +48,8 @@ class BridgeLedgerStub:
     def __new__(cls, channel: _aio.Channel) -> BridgeLedgerAsyncStub: ...
     Submit: _grpc.StreamStreamMultiCallable[_bridge_ledger_pb2.SubmitRequest, _bridge_ledger_pb2.SubmitResponse]
     """Submits many instructions over one stream, one or a batch per message. Each instruction
-    gets exactly one answer with the same correlation id (answers may share a message), carrying the receipt or the refusal; responses may come out of
-    request order. A receipt is sent only once its block is durably stored.
+    gets exactly one answer with the same correlation id (answers may share a message),
+    carrying the receipt or the refusal; answers may come out of request order. A receipt is sent only once its block is durably stored.
     """
     SubmitOne: _grpc.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.Receipt]
     """Submits one instruction; refusals are the call's status (with an ErrorDetail)."""
@@ -91,8 +91,8 @@ class BridgeLedgerAsyncStub(BridgeLedgerStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Submit: _aio.StreamStreamMultiCallable[_bridge_ledger_pb2.SubmitRequest, _bridge_ledger_pb2.SubmitResponse]  # type: ignore[assignment]
     """Submits many instructions over one stream, one or a batch per message. Each instruction
-    gets exactly one answer with the same correlation id (answers may share a message), carrying the receipt or the refusal; responses may come out of
-    request order. A receipt is sent only once its block is durably stored.
+    gets exactly one answer with the same correlation id (answers may share a message),
+    carrying the receipt or the refusal; answers may come out of request order. A receipt is sent only once its block is durably stored.
     """
     SubmitOne: _aio.UnaryUnaryMultiCallable[_types_pb2.SignedInstruction, _types_pb2.Receipt]  # type: ignore[assignment]
     """Submits one instruction; refusals are the call's status (with an ErrorDetail)."""
@@ -137,8 +137,8 @@ class BridgeLedgerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_bridge_ledger_pb2.SubmitResponse], _abc.AsyncIterator[_bridge_ledger_pb2.SubmitResponse]]:
         """Submits many instructions over one stream, one or a batch per message. Each instruction
-        gets exactly one answer with the same correlation id (answers may share a message), carrying the receipt or the refusal; responses may come out of
-        request order. A receipt is sent only once its block is durably stored.
+        gets exactly one answer with the same correlation id (answers may share a message),
+        carrying the receipt or the refusal; answers may come out of request order. A receipt is sent only once its block is durably stored.
         """
 
     @_abc_1.abstractmethod
