@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+from hashlib import sha256
 from pathlib import Path
 
 import ecdsa
@@ -23,6 +25,8 @@ from bridge.crypto import (
     public_key_from_pem,
     public_key_to_pem,
 )
+from bridge.domain import Envelope, Pay
+from bridge.signing import endorse_legs, sign_as_party
 
 MESSAGE = b"cbdc-bridge/v1/instruction\x00" + b'{"amount":125000,"currency":"CNY"}'
 # order of the P-256 group
@@ -278,3 +282,65 @@ def test_public_key_to_pem_refuses_malformed_point() -> None:
     """Encoding a point that is not on the curve raises instead of writing a bad file."""
     with pytest.raises(ValueError, match="Invalid EC key"):
         public_key_to_pem(b"\x04" + bytes(64))
+
+
+def _root_by_rfc9162(leaf: bytes, index: int, size: int, path: list[bytes]) -> bytes | None:
+    """RFC 9162 section 2.1.3.2's inclusion check, written from the RFC: the root the path
+    leads to, or None."""
+    fn, sn, r = index, size - 1, leaf
+    for p in path:
+        if sn == 0:
+            return None
+        if fn & 1 or fn == sn:
+            r = sha256(b"\x01" + p + r).digest()
+            while not fn & 1 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = sha256(b"\x01" + r + p).digest()
+        fn, sn = fn >> 1, sn >> 1
+    return r if sn == 0 else None
+
+
+def test_batch_endorsement_verifies_with_openssl_and_ecdsa_from_the_documented_bytes(
+    signer: Signer, tmp_path: Path
+) -> None:
+    """Each leg of a batch endorsed with one signature, its root message rebuilt from
+    docs/encoding.md with hashlib alone, verifies with the `openssl` command and `ecdsa`."""
+    bank = PrivateKey.generate()
+    legs = []
+    for amount in (1, 2, 3, 4, 5):
+        body = Pay(f"interop-{amount}", "ICBC", 2**40, "CCB", "CNY", amount, "")
+        legs.append((sign_as_party(Envelope.of(body), "ICBC", bank), "ICBC"))
+    endorsements = endorse_legs(legs, "PBOC", signer)
+    public_pem = tmp_path / "pboc.pem"
+    public_pem.write_bytes(public_key_to_pem(signer.public_key))
+    reference = ecdsa.VerifyingKey.from_pem(public_pem.read_text())
+    roots = set()
+    for (envelope, _), endorsement in zip(legs, endorsements, strict=True):
+        own = envelope.party_signature("ICBC")
+        assert own is not None
+        leg = len(own.value).to_bytes(2, "big") + own.value + sha256(envelope.body_bytes).digest()
+        leaf = sha256(b"\x00" + leg).digest()
+        root = _root_by_rfc9162(leaf, endorsement.index, endorsement.size, list(endorsement.path))
+        assert root is not None
+        roots.add(root)
+        message = b"cbdc-bridge/v1/endorsement-root\x00" + (5).to_bytes(4, "big") + root
+        (tmp_path / "message").write_bytes(message)
+        r, s = endorsement.value[:32], endorsement.value[32:]
+        der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
+        (tmp_path / "signature.der").write_bytes(der)
+        checked = subprocess.run(
+            [
+                "openssl", "dgst", "-sha256", "-verify", str(public_pem),
+                "-signature", str(tmp_path / "signature.der"), str(tmp_path / "message"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )  # fmt: skip
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "Verified OK" in checked.stdout
+        assert reference.verify(endorsement.value, message, hashfunc=sha256)
+        tampered = message[:-1] + bytes([message[-1] ^ 1])
+        assert not FastVerifier().verify(signer.public_key, tampered, endorsement.value)
+    assert len(roots) == 1  # one root, one signature for the whole batch

@@ -6,7 +6,7 @@ import json
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from hashlib import sha256
 from pathlib import Path
 
@@ -19,7 +19,7 @@ from bridge.log.blocks import BlockHeader, attest
 from bridge.log.merkle import merkle_root
 from bridge.log.source import SqliteSource
 from bridge.log.verify import MerkleAccumulator, VerifyReport, verify_log
-from bridge.signing import endorse, sign_as_party
+from bridge.signing import endorse, endorse_legs, sign_as_party
 
 OPTIONS = SampleOptions(entries=130, block_size=16, rate=100.0, seed=11)
 
@@ -746,3 +746,78 @@ def test_backdated_block_or_entry_fails_verification(
     assert "time goes backwards" in failure.message, failure
     assert what in failure.message
     assert failure.height == layout_of(sample.path).blocks[-1][0] + 1
+
+
+def batch_of_payments(sample: SampleLog, db: sqlite3.Connection, tag: str) -> list[Envelope]:
+    """Three payments by ICBC, signed by it, not yet endorsed."""
+    last_time = db.execute("SELECT MAX(time) FROM entries").fetchone()[0]
+    return [
+        sign_as_party(
+            Envelope.of(Pay(f"{tag}-{i}", "ICBC", last_time + 60_000, "DBS", "CNY", 100, "")),
+            "ICBC",
+            sample.keys["ICBC"],
+        )
+        for i in range(3)
+    ]
+
+
+def test_legs_endorsed_under_one_batch_root_verify(sample: SampleLog, tmp_path: Path) -> None:
+    """Three entries sharing one endorsement signature over their batch's root verify."""
+
+    def change(db: sqlite3.Connection) -> None:
+        signed = batch_of_payments(sample, db, "batched")
+        ours = endorse_legs([(e, "ICBC") for e in signed], "PBOC", sample.keys["PBOC"])
+        for envelope, endorsement in zip(signed, ours, strict=True):
+            append_entry(db, sample, envelope.with_signature(endorsement), Outcome.SETTLED)
+
+    report = verify_file(tampered(sample, tmp_path, change))
+    # every entry and block verified; only the stored balances, left as they were, differ
+    assert report.entries == layout_of(sample.path).last_seq + 3
+    failure = report.failure
+    assert failure is not None
+    assert failure.seq is None
+    assert failure.where.startswith("accounts table"), failure
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("wrong-path", "BAD_SIGNATURE"),
+        ("path-of-another-batch", "BAD_SIGNATURE"),
+        ("impossible-place", "Merkle path"),
+        ("root-signed-by-another-key", "BAD_SIGNATURE"),
+        ("root-signed-by-another-node", "NOT_HOME_CENTRAL_BANK"),
+    ],
+)
+def test_tampered_batch_endorsement_is_named(
+    sample: SampleLog, tmp_path: Path, tamper: str, reason: str
+) -> None:
+    """An entry whose batch endorsement has a wrong path, the path of another batch, an
+    impossible place, or a root signed by the wrong key or node fails at that entry; the
+    entry before it, of the same batch, verified."""
+    state: dict[str, int] = {}
+
+    def change(db: sqlite3.Connection) -> None:
+        signed = batch_of_payments(sample, db, tamper)
+        legs = [(e, "ICBC") for e in signed]
+        ours = endorse_legs(legs, "PBOC", sample.keys["PBOC"])
+        path = ours[1].path
+        bad = {
+            "wrong-path": replace(ours[1], path=(bytes(32), *path[1:])),
+            "path-of-another-batch": replace(
+                ours[1], size=2, path=endorse_legs(legs[:2], "PBOC", sample.keys["PBOC"])[1].path
+            ),
+            "impossible-place": replace(ours[1], index=3),
+            "root-signed-by-another-key": endorse_legs(legs, "PBOC", sample.keys["HKMA"])[1],
+            "root-signed-by-another-node": endorse_legs(legs, "HKMA", sample.keys["HKMA"])[1],
+        }[tamper]
+        seqs = [
+            append_entry(db, sample, envelope.with_signature(endorsement), Outcome.SETTLED)
+            for envelope, endorsement in zip(signed, [ours[0], bad, ours[2]], strict=True)
+        ]
+        state["bad"] = seqs[1]
+
+    failure = verify_file(tampered(sample, tmp_path, change)).failures[0]
+    assert failure.seq == state["bad"], failure
+    assert reason in failure.message
+    assert "ICBC" in failure.message
