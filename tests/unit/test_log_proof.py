@@ -7,6 +7,7 @@ import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,11 @@ import pytest
 from analysis.export import export_log
 from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.crypto import PrivateKey, public_key_to_pem
-from bridge.domain import Genesis, GenesisBank
+from bridge.domain import Genesis, GenesisBank, Outcome
 from bridge.log.proof import ProofError, Selector, TrustedKeys, build_proof, check_proof
 from bridge.log.source import open_source
+from bridge.signing import endorse_legs
+from tests.unit.test_log_verify import append_entry, batch_of_payments
 
 OPTIONS = SampleOptions(entries=90, block_size=15, rate=100.0, seed=3)
 SEQ = 40
@@ -291,3 +294,42 @@ def test_proof_with_a_broken_chain_does_not_verify(
     result = check_proof(broken, trusted(sample))
     assert not result.ok
     assert "does not link" in result.problem or "another block hash" in result.problem
+
+
+@pytest.mark.parametrize("tamper", ["none", "path-of-another-batch", "root-signed-by-another-key"])
+def test_proof_checks_an_endorsement_over_a_batch_root(
+    sample: SampleLog, tmp_path: Path, tamper: str
+) -> None:
+    """The proof of an entry endorsed in a batch of three verifies from its own Merkle path
+    and the root signature; with the path of another batch or a root signed with another key,
+    check-proof names the endorsement."""
+    path = tmp_path / "log.sqlite"
+    shutil.copy(sample.path, path)
+    db = sqlite3.connect(path)
+    try:
+        signed = batch_of_payments(sample, db, f"proof-{tamper}")
+        legs = [(e, "ICBC") for e in signed]
+        ours = endorse_legs(legs, "PBOC", sample.keys["PBOC"])
+        middle = {
+            "none": ours[1],
+            "path-of-another-batch": replace(
+                ours[1], size=2, path=endorse_legs(legs[:2], "PBOC", sample.keys["PBOC"])[1].path
+            ),
+            "root-signed-by-another-key": endorse_legs(legs, "PBOC", sample.keys["HKMA"])[1],
+        }[tamper]
+        seqs = [
+            append_entry(db, sample, envelope.with_signature(endorsement), Outcome.SETTLED)
+            for envelope, endorsement in zip(signed, [ours[0], middle, ours[2]], strict=True)
+        ]
+        db.commit()
+    finally:
+        db.close()
+    with open_source(path) as source:
+        built = build_proof(source, Selector(seq=seqs[1]))
+    result = check_proof(built, trusted(sample))
+    if tamper == "none":
+        assert result.ok, result.problem
+        assert result.central_bank_signatures == 1
+    else:
+        assert not result.ok
+        assert "PBOC's signature in the entry does not verify" in result.problem

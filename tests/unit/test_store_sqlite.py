@@ -14,10 +14,11 @@ import pytest
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
-from bridge.domain import Entry, Envelope, Outcome, Receipt
+from bridge.domain import Entry, Envelope, Outcome, Pay, Receipt
 from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
 from bridge.log.blocks import attest
 from bridge.settlement import Result, SettlementEngine
+from bridge.signing import endorse_legs, sign_as_party
 from bridge.store.sqlite import TAIL_BLOCKS_VERIFIED, SqliteStore
 from tests.factories import (
     BANKS,
@@ -294,6 +295,48 @@ def test_failed_commit_writes_nothing_and_rolls_the_ledger_back(
     assert [r.seq for r in receipts] == list(range(next_seq, next_seq + 5))
     assert not any(r.duplicate for r in receipts)
     engine.store.verify_tail(net.genesis)
+
+
+def endorsed_as_one_batch(net: Network, amounts: list[int], prefix: str) -> list[Envelope]:
+    """Payments by ICBC whose legs PBOC endorsed together, with one signature over their root."""
+    signed = [
+        sign_as_party(
+            Envelope.of(Pay(f"{prefix}-{i}", "ICBC", T0 + HOUR, "CCB", "CNY", amount, "")),
+            "ICBC",
+            net.keys["ICBC"],
+        )
+        for i, amount in enumerate(amounts)
+    ]
+    endorsements = endorse_legs([(e, "ICBC") for e in signed], "PBOC", net.keys["PBOC"])
+    return [e.with_signature(s) for e, s in zip(signed, endorsements, strict=True)]
+
+
+def test_a_batch_under_one_endorsement_fails_or_settles_per_instruction(
+    open_engine: Callable[[], SettlementEngine], net: Network, db_path: Path
+) -> None:
+    """Legs endorsed under one batch root: a failed commit leaves each OUTCOME_UNKNOWN; sent
+    again, each settles or is refused on its own (one short of funds sinks no other)."""
+    engine = open_engine()
+    populate(engine, net)
+    next_seq = engine.ledger.next_seq
+    tamper(
+        db_path,
+        "INSERT INTO entries VALUES (?, 999, 'x', 'squatter', 'pay', 'SETTLED', 0, x'', x'')",
+        next_seq,
+    )
+    batch = endorsed_as_one_batch(net, [10, 10 * FUNDS, 12], "one-root")
+    failed = engine.settle(batch, T0 + 10)
+    assert failed.block is None
+    assert_all_unknown(failed.results)
+    tamper(db_path, "DELETE FROM entries WHERE instruction_id = 'squatter'")
+    settled = engine.settle(batch, T0 + 11)
+    assert settled.block is not None
+    first, short, last = settled.results
+    assert isinstance(first, Receipt)
+    assert isinstance(last, Receipt)
+    assert isinstance(short, Refused)
+    assert short.reason is Reason.INSUFFICIENT_FUNDS
+    assert [first.seq, last.seq] == [next_seq, next_seq + 1]
 
 
 def test_commit_of_a_taken_block_height_fails_whole(

@@ -942,8 +942,12 @@ class Signature(_message.Message):
 
     With `endorses` empty it is a party's own signature: ECDSA P-256 over
     "cbdc-bridge/v1/instruction\\0" + canonical body. With `endorses` set it is the home central
-    bank's endorsement of that party's leg: a signature over "cbdc-bridge/v1/endorsement\\0" +
-    2-byte big-endian length of the party's signature + that signature + canonical body.
+    bank's endorsement of that party's leg, made for a batch of legs at once: a signature over
+    "cbdc-bridge/v1/endorsement-root\\0" + the batch size (4 bytes big-endian) + the RFC 6962
+    Merkle root of the batch's leaves, each leaf being SHA-256 of 0x00 + the 2-byte big-endian
+    length of the party's signature + that signature + SHA-256 of the canonical body; the leg's
+    place in the batch (`batch_index`, `batch_size`, `batch_path`) leads from its leaf to the
+    root (docs/encoding.md, "Batch endorsements").
     """
 
     DESCRIPTOR: _descriptor.Descriptor
