@@ -315,7 +315,7 @@ def test_a_batch_under_one_endorsement_fails_or_settles_per_instruction(
     open_engine: Callable[[], SettlementEngine], net: Network, db_path: Path
 ) -> None:
     """Legs endorsed under one batch root: a failed commit leaves each OUTCOME_UNKNOWN; sent
-    again, each settles or is refused on its own (one short of funds sinks no other)."""
+    again, each settles or is refused on its own (one over its limit sinks no other)."""
     engine = open_engine()
     populate(engine, net)
     next_seq = engine.ledger.next_seq
@@ -335,7 +335,7 @@ def test_a_batch_under_one_endorsement_fails_or_settles_per_instruction(
     assert isinstance(first, Receipt)
     assert isinstance(last, Receipt)
     assert isinstance(short, Refused)
-    assert short.reason is Reason.INSUFFICIENT_FUNDS
+    assert short.reason is Reason.TRANSFER_LIMIT_EXCEEDED
     assert [first.seq, last.seq] == [next_seq, next_seq + 1]
 
 
