@@ -1,4 +1,5 @@
-"""A central bank's replica attests only blocks whose times never go backwards.
+"""A central bank's replica attests only blocks whose times never go backwards, and whose
+endorsements verify from their batch roots.
 
 Blocks are built by hand from a bridge-side ledger that, like a misbehaving sequencer, is
 handed whatever time it is told: the acceptance of a PvP backdated before its `settle_by`,
@@ -8,15 +9,17 @@ sealed after a block that had passed it, must not be attested.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import pytest
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier
-from bridge.domain import Envelope, Millis, Outcome
-from bridge.errors import LogIntegrityError
+from bridge.domain import Envelope, Millis, Outcome, Pay
+from bridge.errors import LogIntegrityError, Reason, Refused
 from bridge.log.blocks import SealedBlock, attestation_valid, seal
 from bridge.log.merkle import merkle_root
+from bridge.signing import endorse_legs, sign_as_party
 from participants.central_bank.replica import Replica
 from tests.factories import (
     T0,
@@ -134,3 +137,77 @@ async def test_time_standing_still_or_moving_forward_is_attested() -> None:
     attest(replica, later)
     assert replica.height == 5
     assert merkle_root(list(later.entry_bytes)) == later.header.merkle_root
+
+
+class CountingVerifier(FastVerifier):
+    """OpenSSL verification that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        self.calls += 1
+        return super().verify(public_key, message, signature)
+
+
+def payments_under_one_root(net: Network, count: int, tag: str) -> list[Envelope]:
+    """Payments by ICBC whose legs PBOC endorsed together, with one signature over their root."""
+    signed = [
+        sign_as_party(
+            Envelope.of(Pay(f"{tag}-{i}", "ICBC", T0 + 3_600_000, "CCB", "CNY", 5, "")),
+            "ICBC",
+            net.keys["ICBC"],
+        )
+        for i in range(count)
+    ]
+    endorsements = endorse_legs([(e, "ICBC") for e in signed], "PBOC", net.keys["PBOC"])
+    return [e.with_signature(s) for e, s in zip(signed, endorsements, strict=True)]
+
+
+async def test_entries_under_one_endorsement_root_are_verified_once_and_attested() -> None:
+    """A block of eight entries endorsed under one batch root: the replica checks the root's
+    signature once, each entry's path, and attests the block."""
+    net = network()
+    chain = Chain(net)
+    fund(chain.ledger, net, "ICBC", 1_000)
+    verifier = CountingVerifier()
+    replica = Replica(
+        net.genesis,
+        central_bank="PBOC",
+        signer=net.keys["PBOC"],
+        verifier=verifier,
+        check=SignatureCheck.ENDORSEMENTS,
+    )
+    attest(replica, chain.block([], applied=T0, sealed=T0))
+    calls = verifier.calls
+    block = chain.block(payments_under_one_root(net, 8, "root"), applied=T0, sealed=T0)
+    attest(replica, block)
+    assert replica.height == 2
+    assert verifier.calls - calls == 1
+
+
+async def test_an_entry_with_the_path_of_another_batch_is_not_attested() -> None:
+    """An endorsement carrying the place of its leg in another batch does not verify: the
+    replica refuses the block (BAD_SIGNATURE) and attests nothing new."""
+    net = network()
+    chain = Chain(net)
+    chain.ledger.check = SignatureCheck.NONE  # a sequencer that checks nothing
+    fund(chain.ledger, net, "ICBC", 1_000)
+    replica = replica_of(net)
+    attest(replica, chain.block([], applied=T0, sealed=T0))
+    envelopes = payments_under_one_root(net, 4, "moved")
+    other = payments_under_one_root(net, 2, "moved")[1].endorsement("ICBC")
+    moved = envelopes[1].endorsement("ICBC")
+    assert other is not None
+    assert moved is not None
+    forged = Envelope(
+        envelopes[1].body,
+        (envelopes[1].signatures[0], replace(moved, size=2, path=other.path)),
+        envelopes[1].body_bytes,
+    )
+    block = chain.block([envelopes[0], forged], applied=T0, sealed=T0)
+    with pytest.raises(Refused) as caught:
+        replica.apply_block(block.header, list(block.entry_bytes))
+    assert caught.value.reason is Reason.BAD_SIGNATURE
+    assert replica.height == 1
