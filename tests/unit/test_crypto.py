@@ -287,6 +287,8 @@ def test_public_key_to_pem_refuses_malformed_point() -> None:
 def _root_by_rfc9162(leaf: bytes, index: int, size: int, path: list[bytes]) -> bytes | None:
     """RFC 9162 section 2.1.3.2's inclusion check, written from the RFC: the root the path
     leads to, or None."""
+    if not 0 <= index < size:
+        return None
     fn, sn, r = index, size - 1, leaf
     for p in path:
         if sn == 0:
