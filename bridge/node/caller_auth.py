@@ -38,6 +38,7 @@ from cryptography import x509
 
 from bridge.crypto import Signer, Verifier
 from bridge.errors import Reason, Refused
+from bridge.metrics import stage
 from bridge.status import rich_status
 
 __all__ = [
@@ -67,6 +68,9 @@ REUSE_MS = 20_000  # a client signs a method's header again after this long
 VERIFIED_KEPT = 4096
 
 Metadata = Sequence[tuple[str, str | bytes]]
+
+AUTH = stage("auth")  # checking who calls (certificate or signed headers; `verify` apart)
+INTERCEPT = stage("intercept")  # the interceptors' own work per call
 
 
 def now_ms() -> int:
@@ -257,9 +261,10 @@ class CallerAuthenticator:
 
     def of_context(self, context: Any, method: str) -> str:
         """The calling central bank of an RPC in progress; raises Refused."""
-        if self.tls:
-            return self.of_certificate(context.auth_context())
-        return self.of_metadata(context.invocation_metadata() or (), method)
+        with AUTH.timed():
+            if self.tls:
+                return self.of_certificate(context.auth_context())
+            return self.of_metadata(context.invocation_metadata() or (), method)
 
     def of_certificate(self, auth_context: Mapping[str, Iterable[bytes]]) -> str:
         certificates = list(auth_context.get("x509_pem_cert", ()))
@@ -339,6 +344,7 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(self, authenticator: CallerAuthenticator, services: Iterable[str]) -> None:
         self.authenticator = authenticator
         self.prefixes = tuple(f"/{service}/" for service in services)
+        self._checking: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -350,13 +356,29 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None or not method.startswith(self.prefixes):
             return handler
         if self.authenticator.tls:
-            return _checked(handler, lambda context: self.authenticator.of_context(context, method))
+            with INTERCEPT.timed():
+                # one checking handler per method (and handler behind it), not one per call
+                cached = self._checking.get(method)
+                if cached is not None and cached[0] is handler:
+                    return cached[1]
+                checking = _checked(handler, self._context_check(method))
+                self._checking[method] = (handler, checking)
+                return checking
         try:
-            metadata = handler_call_details.invocation_metadata
-            self.authenticator.of_metadata(metadata or (), method)
+            with AUTH.timed():
+                metadata = handler_call_details.invocation_metadata
+                self.authenticator.of_metadata(metadata or (), method)
         except Refused as refusal:
             return _refusing(handler, refusal)
         return handler
+
+    def _context_check(self, method: str) -> Callable[[Any], str]:
+        authenticator = self.authenticator
+
+        def check(context: Any) -> str:
+            return authenticator.of_context(context, method)
+
+        return check
 
 
 def _refusing(handler: grpc.RpcMethodHandler, refusal: Refused) -> grpc.RpcMethodHandler:

@@ -37,8 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 from bridge.domain import BRIDGE_SENDER
+from bridge.metrics import stage
 from bridge.node.feed import ChainFeed
 from bridge.notify import (
     FINAL_TOPIC,
@@ -59,8 +61,11 @@ CONSUMER = "mqtt"
 HOLD_ENV = "CBDC_BRIDGE_PUBLISHER_HOLD"
 ROWS_PER_READ = 200  # outbox rows (blocks) read at once
 IN_FLIGHT = 512  # QoS 1 messages awaiting PUBACK at once
+PUBLISH_CHUNK = 8 * IN_FLIGHT  # messages handed to the MQTT client at once (message ids: 16 bits)
 BACKLOG_LOG_INTERVAL = 5.0
 POLL_INTERVAL = 1.0  # the longest an event waits if no block wakes the publisher
+OUTBOX = stage("outbox", thread_cpu=True)  # outbox rows read and made into messages (reader thread)
+PUBLISH = stage("publish", thread_cpu=True)  # a batch of messages handed to the MQTT client
 
 
 @dataclass(slots=True)
@@ -230,9 +235,10 @@ class OutboxPublisher:
     def _read_batch(self, cursor: int) -> tuple[list[int], list[tuple[str, bytes]], dict[str, int]]:
         """Outbox row ids after `cursor`, their messages, and each topic's last seq once they
         are published (on the reader thread)."""
-        rows = self.reader.outbox_after(cursor, ROWS_PER_READ)
-        heads = dict(self._prev)
-        messages = [m for _, payload in rows for m in self._messages(payload, heads)]
+        with OUTBOX.timed():
+            rows = self.reader.outbox_after(cursor, ROWS_PER_READ)
+            heads = dict(self._prev)
+            messages = [m for _, payload in rows for m in self._messages(payload, heads)]
         return [i for i, _ in rows], messages, heads
 
     async def _read(self, function: Callable[..., T], *args: Any) -> T:
@@ -240,14 +246,34 @@ class OutboxPublisher:
         return await asyncio.get_running_loop().run_in_executor(self._reads, function, *args)
 
     async def _publish_all(self, client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
-        for start in range(0, len(messages), IN_FLIGHT):
-            chunk = messages[start : start + IN_FLIGHT]
-            # retained: a new subscriber learns the topic's latest seq at once (and so its gap);
-            # no timeout per message (each would cost a timer task): the watchdog notices a
-            # broken connection
-            await asyncio.gather(
-                *(client.publish(t, p, qos=1, retain=True, timeout=math.inf) for t, p in chunk)
-            )
+        """Publish `messages` (QoS 1, retained: a new subscriber learns each topic's latest
+        seq at once, and so its gap) and return once the broker acknowledged every one.
+
+        The whole batch goes to the MQTT client at once, which keeps at most IN_FLIGHT of
+        them unacknowledged and sends the rest as acknowledgements come in; one waiter counts
+        the acknowledgements of the batch. (`aiomqtt.Client.publish` costs a task, an event
+        and a scan of every pending call per message: with a full window that scan made
+        publishing quadratic.) No timeout: the watchdog notices a broken connection."""
+        pending: dict[int, Any] | None = getattr(client, "_pending_publishes", None)
+        mqtt: paho.Client | None = getattr(client, "_client", None)
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            chunk = messages[start : start + PUBLISH_CHUNK]
+            if pending is None or not isinstance(mqtt, paho.Client):  # another aiomqtt
+                await asyncio.gather(
+                    *(client.publish(t, p, qos=1, retain=True, timeout=math.inf) for t, p in chunk)
+                )
+                continue
+            acks = _BatchAcks(len(chunk))
+            with PUBLISH.timed(len(chunk)):
+                for topic, payload in chunk:
+                    info = mqtt.publish(topic, payload, qos=1, retain=True)
+                    if info.rc != paho.MQTT_ERR_SUCCESS:
+                        raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+                    if info.is_published():  # acknowledged already
+                        acks.set()
+                    else:
+                        pending[info.mid] = acks  # aiomqtt calls `.set()` on its PUBACK
+            await acks.done
 
     async def _publish_final(self, client: aiomqtt.Client) -> None:
         if self.feed is None or self.feed.final_height == self._final_sent:
@@ -334,6 +360,22 @@ class OutboxPublisher:
         partial.replace(marker)
         log.warning("publisher held before marking published (test hook)", extra={"upto": last})
         await asyncio.Event().wait()  # forever: the node goes on settling; a test SIGKILLs it
+
+
+class _BatchAcks:
+    """Stands for the `asyncio.Event` aiomqtt sets when a message is acknowledged: counts the
+    acknowledgements of one batch and resolves `done` at the last (on the event loop)."""
+
+    __slots__ = ("done", "left")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def set(self) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(None)
 
 
 def _log_mark_failure(marking: asyncio.Future[Any]) -> None:

@@ -34,6 +34,7 @@ from google.protobuf.message import DecodeError, Message
 from bridge import wire
 from bridge.bounds import check_message
 from bridge.errors import Reason, Refused
+from bridge.metrics import stage
 from bridge.status import abort
 
 __all__ = ["RequestGuard", "Undecodable", "correlation_id_of"]
@@ -41,6 +42,9 @@ __all__ = ["RequestGuard", "Undecodable", "correlation_id_of"]
 log = logging.getLogger("bridge.request_guard")
 _BOUNDED_PACKAGE = "bridge.v1."  # the messages `bridge.bounds` knows; health etc. only decode
 _END = object()
+PARSE = stage("parse")  # protobuf decoding of one request message (gRPC's deserializer)
+GUARD = stage("guard")  # checking one decoded request against `bridge.bounds`
+INTERCEPT = stage("intercept")  # the interceptors' own work per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,14 +60,16 @@ def _deserializer(
 ) -> Callable[[bytes], Any]:
     def guarded(data: bytes) -> Any:
         try:
-            message = decode(data)
+            with PARSE.timed():
+                message = decode(data)
         except (DecodeError, UnicodeDecodeError, ValueError, RecursionError):
             return _refused(
                 data, method, Refused(Reason.MALFORMED, "the request message does not decode")
             )
         if bounded:
             try:
-                check_message(message)
+                with GUARD.timed():
+                    check_message(message)
             except Refused as refusal:
                 sifted = _sifted(message, data, method)
                 return _refused(data, method, refusal) if sifted is None else sifted
@@ -290,15 +296,16 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        method: str = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _guarded(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        with INTERCEPT.timed():
+            if handler is None or handler.request_deserializer is None:
+                return handler
+            method: str = handler_call_details.method
+            cached = self._wrapped.get(method)
+            if cached is not None and cached[0] is handler:
+                return cached[1]
+            wrapped = _guarded(handler, method)
+            self._wrapped[method] = (handler, wrapped)
+            return wrapped
 
 
 def _guarded(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:

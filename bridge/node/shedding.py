@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 import grpc
 
 from bridge.errors import Reason, Refused
+from bridge.metrics import stage
 from bridge.status import rich_status
 
 log = logging.getLogger("bridge.shedding")
@@ -49,6 +50,9 @@ NEVER_SHED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _CALL_DEADLINE: ContextVar[float | None] = ContextVar("call_deadline", default=None)
 
 Behavior = Callable[[Any, Any], Any]
+
+# the interceptors' own work per call (this one, the caller check's, the request guard's)
+INTERCEPT = stage("intercept")
 
 
 def call_deadline() -> float | None:
@@ -82,6 +86,8 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         # without decoding its request or running the interceptors behind this one
         self._bounded_methods: set[str] = set()
         self._shedder = grpc.unary_unary_rpc_method_handler(self._shed_raw)
+        # the bounded handler of each method, built once per handler behind it
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -92,23 +98,30 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         if self.in_flight >= self.limit and method in self._bounded_methods:
             return self._shedder
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or method.startswith(NEVER_SHED):
-            return handler
-        self._bounded_methods.add(method)
-        return grpc.unary_unary_rpc_method_handler(
-            self._bounded(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        with INTERCEPT.timed():
+            if handler is None or handler.unary_unary is None or method.startswith(NEVER_SHED):
+                return handler
+            cached = self._wrapped.get(method)
+            if cached is not None and cached[0] is handler:
+                return cached[1]
+            self._bounded_methods.add(method)
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._bounded(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            self._wrapped[method] = (handler, wrapped)
+            return wrapped
 
     def _bounded(self, behavior: Behavior) -> Behavior:
         async def bounded(request: Any, context: Any) -> Any:
             if self.in_flight >= self.limit:
                 await self._shed(context)
-            self.in_flight += 1
-            remaining = context.time_remaining()
-            if remaining is not None:
-                _CALL_DEADLINE.set(asyncio.get_running_loop().time() + remaining)
+            with INTERCEPT.timed():
+                self.in_flight += 1
+                remaining = context.time_remaining()
+                if remaining is not None:
+                    _CALL_DEADLINE.set(asyncio.get_running_loop().time() + remaining)
             try:
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
