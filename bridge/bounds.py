@@ -12,6 +12,7 @@ business. The table is documented in docs/encoding.md ("Field bounds").
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -158,19 +159,37 @@ _INTS = frozenset(
 
 def check_message(message: Message, path: str = "") -> None:
     """Refuse the first field of `message` (and its sub-messages) that is out of bounds."""
+    if _within(message):  # nearly every request: one pass that builds no message or path
+        return
+    _walk(message, path)
+
+
+def _within(message: Message) -> bool:
+    """Whether every field of `message` (and its sub-messages) is within bounds."""
+    for fd, value in message.ListFields():
+        test = _TESTS.get(fd)
+        if test is None:
+            test = _test(fd)
+        if test is not None and not test(value):
+            return False
+    return True
+
+
+def _walk(message: Message, path: str) -> None:
+    """`check_message`'s refusal: the first field out of bounds, named with its path."""
     for fd, value in message.ListFields():
         kind, name, bound = _STEPS.get(fd) or _step(fd)
         if kind is _Kind.TEXT:
             _check_value(bound, path, name, value)
         elif kind is _Kind.MESSAGE:
-            check_message(value, f"{path}{name}.")
+            _walk(value, f"{path}{name}.")
         elif kind is _Kind.INT:
             if not bound.low <= value <= bound.high:
                 raise Refused(bound.reason, f"{path}{name} must be {bound.described}: got {value}")
         elif kind is _Kind.MESSAGES:
             _check_count(bound, path, name, len(value))
             for index, item in enumerate(value):
-                check_message(item, f"{path}{name}[{index}].")
+                _walk(item, f"{path}{name}[{index}].")
         elif kind is _Kind.TEXTS:
             _check_count(bound, path, name, len(value))
             element = ELEMENT_BOUNDS[name]
@@ -207,6 +226,61 @@ def _step(fd: FieldDescriptor) -> tuple[_Kind, str, Any]:
         step = (_Kind.OTHER, name, None)
     _STEPS[fd] = step
     return step
+
+
+# the same checks as a yes/no test per field (None: nothing to check), worked out once
+_TESTS: dict[FieldDescriptor, Callable[[Any], bool] | None] = {}
+
+
+def _test(fd: FieldDescriptor) -> Callable[[Any], bool] | None:
+    kind, name, bound = _STEPS.get(fd) or _step(fd)
+    test: Callable[[Any], bool] | None = None
+    if kind is _Kind.TEXT:
+        test = _text_test(bound)
+    elif kind is _Kind.MESSAGE:
+        test = _within
+    elif kind is _Kind.INT:
+        low, high = int(bound.low), int(bound.high)
+
+        def test(value: int) -> bool:
+            return low <= value <= high
+
+    elif kind is _Kind.MESSAGES:
+        most = bound.max_length
+
+        def test(values: Sequence[Message]) -> bool:
+            return len(values) <= most and all(_within(item) for item in values)
+
+    elif kind is _Kind.TEXTS:
+        most, element = bound.max_length, _text_test(ELEMENT_BOUNDS[name])
+
+        def test(values: Sequence[str | bytes]) -> bool:
+            return len(values) <= most and all(element(item) for item in values)
+
+    _TESTS[fd] = test
+    return test
+
+
+def _text_test(bound: Bound) -> Callable[[Any], bool]:
+    most, pattern, printable = bound.max_length, bound.pattern, bound.printable
+    if pattern is not None:
+        match = pattern.fullmatch
+
+        def patterned(value: str) -> bool:
+            return len(value) <= most and (not value or match(value) is not None)
+
+        return patterned
+    if printable:
+
+        def printable_text(value: str) -> bool:
+            return len(value) <= most and value.isprintable()
+
+        return printable_text
+
+    def short(value: str | bytes) -> bool:
+        return len(value) <= most
+
+    return short
 
 
 def _is_repeated(fd: FieldDescriptor) -> bool:
