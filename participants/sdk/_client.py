@@ -191,11 +191,16 @@ class BankClient:
     ) -> InstructionResult:
         """Accept a PvP proposed to us; both legs settle in one step (outcome SETTLED).
 
-        Without `terms_hash` the PvP is fetched and the hash of its terms as received is
-        signed; pass `PvpInfo.terms_hash` of terms you have checked to accept exactly those.
+        Without `terms_hash` the hash of the proposal as received is signed: the proposal
+        this client already read in a watch or history page, else fetched (one more call).
+        Pass `PvpInfo.terms_hash` of terms you have checked to accept exactly those.
         """
         if terms_hash is None:
-            terms_hash = self.pvp(proposer, pvp_id, timeout=timeout).terms_hash
+            known = self._proposals.get(proposer, pvp_id)
+            if known is not None:
+                terms_hash = known.terms_hash()
+            else:
+                terms_hash = self.pvp(proposer, pvp_id, timeout=timeout).terms_hash
         rpc = self._requests.accept_pvp(proposer, pvp_id, terms_hash, instruction_id, valid_until)
         return self._call(rpc, timeout)
 

@@ -412,6 +412,31 @@ def test_history_shows_the_legs_an_acceptance_settled(desks: Desks) -> None:
     }
 
 
+class CallCounter(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Counts the unary calls a client makes, by method."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.calls.append(details.method.rsplit("/", 1)[-1])
+        return continuation(details, request)
+
+
+def test_accept_of_a_proposal_already_read_makes_one_call(desks: Desks) -> None:
+    """Accepting a proposal the client read in its history signs its terms without fetching."""
+    pvp_id = propose(desks, cny=2_000, hkd=2_170)
+    proposed = desks["ICBC"].status(pvp_id)
+    with BankClient.from_network(desks.directory, "HSBCHK") as client:
+        (entry,) = client.history(proposed.seq, limit=1)
+        assert (entry.kind, entry.instruction.instruction_id) == ("pvp_propose", pvp_id)
+        counter = CallCounter()
+        client._stub = pb_grpc.CentralBankStub(grpc.intercept_channel(client._channel, counter))
+        accepted = client.accept_pvp("ICBC", pvp_id)
+    assert accepted.outcome is Outcome.SETTLED
+    assert counter.calls == ["AcceptPvp"]
+
+
 def test_watch_resumes_from_a_seq_without_duplicates(desks: Desks) -> None:
     """watch() replays from a seq, then streams live; resuming at last + 1 repeats nothing."""
     bank = desks["BOCHK"]
