@@ -115,6 +115,10 @@ class OutboxPublisher:
         self._writer = writer
         self.stats = PublisherStats()
         self._wake = asyncio.Event()
+        # whether the outbox may hold rows not read yet: a block was committed, the poll
+        # interval passed, or (re)connected; a wake by finality alone publishes the final
+        # height without reading the outbox
+        self._outbox_due = True
         self._homes: dict[str, str] = {}
         self._prev: dict[str, int] = {}  # topic -> seq of its last message
         self._cursor = 0
@@ -143,6 +147,7 @@ class OutboxPublisher:
 
     def block_committed(self) -> None:
         """Wake the publisher: a block (and its outbox row) was committed."""
+        self._outbox_due = True
         self._wake.set()
 
     # ------------------------------------------------------------------ the loop
@@ -190,11 +195,13 @@ class OutboxPublisher:
         # connection is noticed at once, not after a publish times out
         watchdog = asyncio.create_task(_until_disconnected(client))
         finality = None if self.feed is None else asyncio.create_task(self._watch_finality())
+        self._outbox_due = True  # what a broken connection left unacknowledged is read again
         try:
             while True:
                 # cleared before draining: a block committed meanwhile wakes the next round
                 self._wake.clear()
-                work = asyncio.create_task(self._drain(client))
+                read, self._outbox_due = self._outbox_due, False
+                work = asyncio.create_task(self._drain(client, read))
                 done, _ = await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
                 if watchdog in done:
                     work.cancel()
@@ -203,8 +210,10 @@ class OutboxPublisher:
                     watchdog.result()
                     raise aiomqtt.MqttError("connection lost")
                 work.result()
-                with contextlib.suppress(TimeoutError):
+                try:
                     await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
+                except TimeoutError:
+                    self._outbox_due = True
         finally:
             for task in (watchdog, finality):
                 if task is not None:
@@ -217,9 +226,10 @@ class OutboxPublisher:
             seen = await self.feed.wait_final_at_least(seen + 1)
             self._wake.set()
 
-    async def _drain(self, client: aiomqtt.Client) -> None:
-        """Publish every unpublished outbox row, in order, then the final height."""
-        while True:
+    async def _drain(self, client: aiomqtt.Client, read: bool = True) -> None:
+        """Publish every unpublished outbox row (`read`: the outbox may hold some), in order,
+        then the final height."""
+        while read:
             rows, messages, heads = await self._read(self._read_batch, self._cursor)
             if not rows:
                 break
