@@ -66,6 +66,7 @@ BACKLOG_LOG_INTERVAL = 5.0
 POLL_INTERVAL = 1.0  # the longest an event waits if no block wakes the publisher
 OUTBOX = stage("outbox", thread_cpu=True)  # outbox rows read and made into messages (reader thread)
 PUBLISH = stage("publish", thread_cpu=True)  # a batch of messages handed to the MQTT client
+ACKS = stage("acks")  # reading what the broker sent: its acknowledgements (event loop)
 
 
 @dataclass(slots=True)
@@ -169,6 +170,7 @@ class OutboxPublisher:
                     timeout=10,
                 ) as client:
                     client.pending_calls_threshold = IN_FLIGHT + 1  # a full window is normal
+                    _time_reads(client)
                     self.stats.connected = True
                     backoff.reset()
                     backlog = await self._backlog()
@@ -374,6 +376,21 @@ class OutboxPublisher:
         partial.replace(marker)
         log.warning("publisher held before marking published (test hook)", extra={"upto": last})
         await asyncio.Event().wait()  # forever: the node goes on settling; a test SIGKILLs it
+
+
+def _time_reads(client: aiomqtt.Client) -> None:
+    """Time the MQTT client's reads of the socket (aiomqtt calls `loop_read` whenever the
+    socket is readable) as the `acks` stage."""
+    mqtt = getattr(client, "_client", None)
+    if not isinstance(mqtt, paho.Client):
+        return
+    read = mqtt.loop_read
+
+    def timed_read(max_packets: int = 1) -> Any:
+        with ACKS.timed():
+            return read(max_packets)
+
+    mqtt.loop_read = timed_read  # type: ignore[method-assign]
 
 
 class _BatchAcks:
