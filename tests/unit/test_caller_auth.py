@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import NamedTuple
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -16,6 +18,7 @@ from bridge.node.caller_auth import (
     FRESHNESS_MS,
     REUSE_MS,
     CallerAuthenticator,
+    CallerAuthInterceptor,
     CallerSigner,
     central_bank_of_certificate,
     central_bank_role,
@@ -164,3 +167,33 @@ def test_certificate_roles(pboc: PrivateKey) -> None:
         found = refusal(lambda p=pem: auth.of_certificate({"x509_pem_cert": [p]}))
         assert found.reason is Reason.CALLER_NOT_ALLOWED
     assert refusal(lambda: auth.of_certificate({})).reason is Reason.CALLER_NOT_AUTHENTICATED
+
+
+class CallDetails(NamedTuple):
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...]
+
+
+async def test_with_tls_the_checking_handler_is_built_once_per_method(pboc: PrivateKey) -> None:
+    """With TLS on, calls of a method reuse one certificate-checking handler, not one each."""
+
+    async def behaviour(request: bytes, context: object) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return handler
+
+    guard = CallerAuthInterceptor(
+        authenticator(pboc, Clock(), tls=True), ["bridge.v1.BridgeLedger"]
+    )
+    details = CallDetails(METHOD, ())
+    one = await guard.intercept_service(continuation, details)
+    again = await guard.intercept_service(continuation, details)
+    assert one is again
+    assert one is not handler  # it checks the certificate before the behaviour runs
+    health = await guard.intercept_service(
+        continuation, CallDetails("/grpc.health.v1.Health/Check", ())
+    )
+    assert health is handler  # unguarded services are left alone

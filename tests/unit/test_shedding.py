@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import pytest
@@ -37,6 +37,11 @@ class Held:
     async def watch(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
         yield b"open"
         await asyncio.Event().wait()  # open until cancelled
+
+
+class CallDetails(NamedTuple):
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...]
 
 
 @pytest.fixture
@@ -119,3 +124,23 @@ async def test_the_callers_deadline_is_known_to_the_handler(
     assert with_deadline is not None
     assert before + 25 < with_deadline < before + 35  # the timeout travels rounded
     assert without is None
+
+
+async def test_the_bounded_handler_is_built_once_per_method_and_handler() -> None:
+    """Calls of a method reuse one bounded handler until the handler behind it changes."""
+    limit = InFlightLimit(2)
+    held = Held()
+    first = grpc.unary_unary_rpc_method_handler(held.hold)
+    second = grpc.unary_unary_rpc_method_handler(held.hold)
+    behind = [first, first, second]
+
+    async def continuation(details: Any) -> grpc.RpcMethodHandler:
+        return behind.pop(0)
+
+    details = CallDetails(HOLD, ())
+    one = await limit.intercept_service(continuation, details)
+    again = await limit.intercept_service(continuation, details)
+    other = await limit.intercept_service(continuation, details)
+    assert one is again
+    assert other is not one
+    assert one.unary_unary is not held.hold  # bounded, not the handler itself
