@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 import urllib.request
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.metrics import gauge, serve, stage
+from bridge.metrics import STAGES, gauge, serve, stage
 
 
 def burn(n: int) -> int:
@@ -53,3 +56,15 @@ def test_metrics_endpoint_serves_the_stage_counters_and_gauges() -> None:
     assert samples[("cbdc_stage_cpu_seconds_total", "test-served")] > 0
     assert samples[("cbdc_test_depth", "")] == 42
     assert ("process_cpu_seconds_total", "") in samples
+
+
+def test_every_stage_of_the_nodes_is_in_the_documented_table() -> None:
+    """docs/performance.md's stage table names every stage the bridge and central banks time."""
+    for module in ("bridge.node.server", "bridge.node.publisher", "participants.central_bank.node"):
+        importlib.import_module(module)
+    text = (Path(__file__).parents[2] / "docs" / "performance.md").read_text()
+    table = text.split("| stage | node | what it times |", 1)[1].split("\n\n", 1)[0]
+    documented = {name for cell in re.findall(r"^\| ([^|]+) \|", table, re.M)
+                  for name in re.findall(r"`([a-z_]+)`", cell)}  # fmt: skip
+    timed = {name for name in STAGES if not name.startswith("test-")}
+    assert timed <= documented, f"not in the table: {sorted(timed - documented)}"
