@@ -127,6 +127,7 @@ class OutboxPublisher:
         self._task: asyncio.Task[None] | None = None
         self._marking: asyncio.Future[Any] | None = None
         self._last_backlog_log = 0.0
+        self._hold_marker = os.environ.get(HOLD_ENV)  # the test hook, read once
         # every read of the store runs on this one thread (the connection is not shared)
         self._reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-reader")
 
@@ -366,7 +367,7 @@ class OutboxPublisher:
     async def _hold_if_asked(
         self, first: int, last: int, messages: list[tuple[str, bytes]]
     ) -> None:
-        marker = os.environ.get(HOLD_ENV)
+        marker = self._hold_marker
         if not marker:
             return
         seqs = sorted({json.loads(p)["seq"] for _, p in messages})
