@@ -267,7 +267,11 @@ def _text_test(bound: Bound) -> Callable[[Any], bool]:
         match = pattern.fullmatch
 
         def patterned(value: str) -> bool:
-            return len(value) <= most and (not value or match(value) is not None)
+            return (
+                len(value) <= most
+                and (not value or match(value) is not None)
+                and (not printable or value.isprintable())
+            )
 
         return patterned
     if printable:
