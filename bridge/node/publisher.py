@@ -23,6 +23,7 @@ that point.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -60,13 +61,13 @@ T = TypeVar("T")
 CONSUMER = "mqtt"
 HOLD_ENV = "CBDC_BRIDGE_PUBLISHER_HOLD"
 ROWS_PER_READ = 200  # outbox rows (blocks) read at once
-IN_FLIGHT = 512  # QoS 1 messages awaiting PUBACK at once
-PUBLISH_CHUNK = 8 * IN_FLIGHT  # messages handed to the MQTT client at once (message ids: 16 bits)
+IN_FLIGHT = 512  # QoS 1 messages awaiting PUBACK at once (kept by the publisher, not paho)
+PUBLISH_CHUNK = IN_FLIGHT // 2  # messages handed to the MQTT client at once; two in flight
 BACKLOG_LOG_INTERVAL = 5.0
 POLL_INTERVAL = 1.0  # the longest an event waits if no block wakes the publisher
 OUTBOX = stage("outbox", thread_cpu=True)  # outbox rows read and made into messages (reader thread)
 PUBLISH = stage("publish", thread_cpu=True)  # a batch of messages handed to the MQTT client
-ACKS = stage("acks")  # reading what the broker sent: its acknowledgements (event loop)
+ACKS = stage("acks", thread_cpu=True)  # reading the broker's acknowledgements (event loop)
 
 
 @dataclass(slots=True)
@@ -167,7 +168,10 @@ class OutboxPublisher:
                     settings.port,
                     username=settings.username,
                     password=settings.password,
-                    max_inflight_messages=IN_FLIGHT,
+                    # no window in paho: with one, every PUBACK makes it scan all its pending
+                    # messages for a queued one (quadratic in the window); the publisher keeps
+                    # at most IN_FLIGHT unacknowledged itself
+                    max_inflight_messages=0,
                     timeout=10,
                 ) as client:
                     client.pending_calls_threshold = IN_FLIGHT + 1  # a full window is normal
@@ -266,20 +270,26 @@ class OutboxPublisher:
         """Publish `messages` (QoS 1, retained: a new subscriber learns each topic's latest
         seq at once, and so its gap) and return once the broker acknowledged every one.
 
-        The whole batch goes to the MQTT client at once, which keeps at most IN_FLIGHT of
-        them unacknowledged and sends the rest as acknowledgements come in; one waiter counts
-        the acknowledgements of the batch. (`aiomqtt.Client.publish` costs a task, an event
-        and a scan of every pending call per message: with a full window that scan made
-        publishing quadratic.) No timeout: the watchdog notices a broken connection."""
+        Messages go to paho (which sends them at once) in chunks of half the window, each
+        with one waiter counting its acknowledgements; a chunk is handed over once the one
+        before the previous is acknowledged, so at most IN_FLIGHT wait for a PUBACK and the
+        pipe never runs dry. (`aiomqtt.Client.publish` costs a task, an event and a scan of
+        every pending call per message: with a full window that scan made publishing
+        quadratic.) No timeout: the watchdog notices a broken connection."""
         pending: dict[int, Any] | None = getattr(client, "_pending_publishes", None)
         mqtt: paho.Client | None = getattr(client, "_client", None)
-        for start in range(0, len(messages), PUBLISH_CHUNK):
-            chunk = messages[start : start + PUBLISH_CHUNK]
-            if pending is None or not isinstance(mqtt, paho.Client):  # another aiomqtt
+        if pending is None or not isinstance(mqtt, paho.Client):  # another aiomqtt: its API
+            for start in range(0, len(messages), IN_FLIGHT):
+                chunk = messages[start : start + IN_FLIGHT]
                 await asyncio.gather(
                     *(client.publish(t, p, qos=1, retain=True, timeout=math.inf) for t, p in chunk)
                 )
-                continue
+            return
+        window: collections.deque[_BatchAcks] = collections.deque()
+        for start in range(0, len(messages), PUBLISH_CHUNK):
+            if len(window) == 2:
+                await window.popleft().done
+            chunk = messages[start : start + PUBLISH_CHUNK]
             acks = _BatchAcks(len(chunk))
             with PUBLISH.timed(len(chunk)):
                 for topic, payload in chunk:
@@ -290,6 +300,8 @@ class OutboxPublisher:
                         acks.set()
                     else:
                         pending[info.mid] = acks  # aiomqtt calls `.set()` on its PUBACK
+            window.append(acks)
+        for acks in window:
             await acks.done
 
     async def _publish_final(self, client: aiomqtt.Client) -> None:
