@@ -138,6 +138,7 @@ INT_BOUNDS: dict[str, IntBound] = {
     "valid_until": _TIME,
     "settle_by": _TIME,
     "from_seq": _POSITION,
+    "from_id": _POSITION,
     "from_height": _POSITION,
     "to_height": _POSITION,
     "height": _POSITION,

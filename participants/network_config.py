@@ -127,6 +127,10 @@ class NetworkConfig:
     def replica_checkpoint_path(self, central_bank: str) -> Path:
         return self.directory / "state" / f"{central_bank}.replica.sqlite"
 
+    def refusals_path(self, central_bank: str) -> Path:
+        """The instructions a central bank's node refused itself (`central_bank.refusals`)."""
+        return self.directory / "state" / f"{central_bank}.refusals.sqlite"
+
     def key_path(self, participant: str) -> Path:
         return self.directory / "keys" / f"{participant}.pem"
 

@@ -31,6 +31,7 @@ from participants.central_bank.bridge_link import BridgeLink, Endorser
 from participants.central_bank.channels import node_channel
 from participants.central_bank.checkpoint import ReplicaCheckpoint
 from participants.central_bank.reachability import Reachability
+from participants.central_bank.refusals import NodeRefusals
 from participants.central_bank.replica import Replica
 from participants.central_bank.service import (
     BRIDGE_DEADLINE,
@@ -112,6 +113,7 @@ async def run_central_bank_node(
         reachability=Reachability("bridge"),
         endorser=Endorser(me.id, key),
     )
+    refusals = NodeRefusals(config.refusals_path(me.id))
     core = CentralBankCore(
         config=config,
         central_bank=me.id,
@@ -120,6 +122,7 @@ async def run_central_bank_node(
         link=link,
         replica=replica,
         peers=peers,
+        refusals=refusals,
     )
     pki = None if config.tls is None else config.directory / config.tls.directory
     peers_auth = CallerAuthenticator(
@@ -162,6 +165,7 @@ async def run_central_bank_node(
         asyncio.create_task(follow_blocks(core), name="follow-blocks"),
         asyncio.create_task(attest_heights(core, settings.attest_interval), name="attest"),
         asyncio.create_task(admit_configured_banks(core), name="admit-banks"),
+        asyncio.create_task(refusals.run(), name="record-refusals"),
     ]
     for servicer, name in ((health_servicer, BANK_SERVICE), (admin_health, ADMIN_SERVICE)):
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -184,9 +188,11 @@ async def run_central_bank_node(
                 await task
         try:
             await replica.save_checkpoint()  # a restart then replays nothing it replayed here
+            await refusals.flush()  # the refusals answered before the stop
         finally:
             if replica.checkpoint is not None:
                 replica.checkpoint.close()
+            refusals.close()
         await link.close()
         for channel in {bridge_channel, *link_channels}:
             await channel.close()

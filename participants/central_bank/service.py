@@ -53,6 +53,12 @@ from bridge.status import abort, refusal_from_rpc_error
 from participants.auth import check_query
 from participants.central_bank.bridge_link import BridgeLink
 from participants.central_bank.peer_endorser import PeerEndorser
+from participants.central_bank.refusals import (
+    NodeRefusals,
+    RecordedRefusal,
+    instruction_refusal,
+    issuance_refusal,
+)
 from participants.central_bank.replica import Replica
 from participants.network_config import NetworkConfig
 
@@ -95,6 +101,7 @@ class CentralBankCore:
         link: BridgeLink,
         replica: Replica,
         peers: dict[str, pb_grpc.CentralBankStub],
+        refusals: NodeRefusals | None = None,
     ) -> None:
         self.config = config
         self.id = central_bank
@@ -105,6 +112,7 @@ class CentralBankCore:
         self.replica = replica
         self.peers = peers
         self.verifier = FastVerifier()
+        self.refusals = refusals  # None: refusals decided here are not recorded
         self._endorsers: dict[str, PeerEndorser] = {}
 
     def endorser(self, central_bank: str) -> PeerEndorser | None:
@@ -118,6 +126,21 @@ class CentralBankCore:
                 peer, self.id, self.key, timeout=BRIDGE_DEADLINE
             )
         return endorser
+
+    def refused(
+        self, message: types.SignedInstruction, envelope: Envelope | None, refusal: Refused
+    ) -> None:
+        """Record an instruction this node refused itself (a final refusal: answers that
+        decide nothing, such as UNAVAILABLE, are not refusals)."""
+        if self.refusals is not None and not refusal.reason.retryable:
+            row = instruction_refusal(message, envelope, refusal, self.replica.ledger, now_ms())
+            self.refusals.record(row)
+
+    def refused_issuance(self, request: pb.IssuanceRequest, refusal: Refused) -> None:
+        """Record an issuance request this node refused itself (final refusals only)."""
+        if self.refusals is not None and not refusal.reason.retryable:
+            ledger = self.replica.ledger
+            self.refusals.record(issuance_refusal(request, self.id, refusal, ledger, now_ms()))
 
     # ------------------------------------------------------------------ identities
 
@@ -194,6 +217,39 @@ class CentralBankCore:
         return await self.settle(signed(body, self.key))
 
 
+def page_limit(limit: int) -> int:
+    """A page size asked for (0: the default); raises Refused (BAD_PAGE_SIZE) outside 0-500."""
+    if not 0 <= limit <= HISTORY_PAGE:  # also refused at the edge (bridge.bounds)
+        raise Refused(
+            Reason.BAD_PAGE_SIZE,
+            f"limit must be 0 (default {HISTORY_DEFAULT}) to {HISTORY_PAGE}: got {limit}",
+        )
+    return limit or HISTORY_DEFAULT
+
+
+async def refusal_page(
+    core: CentralBankCore, from_id: int, limit: int, sender: str
+) -> pb.RefusalPage:
+    """One page of the refusals this node recorded (none when it records none)."""
+    if core.refusals is None:
+        return pb.RefusalPage()
+    rows = await core.refusals.page(max(1, from_id), limit + 1, sender)
+    next_id = rows.pop().id if len(rows) > limit else 0
+    return pb.RefusalPage(refusals=[refusal_to_proto(r) for r in rows], next_id=next_id)
+
+
+def refusal_to_proto(row: RecordedRefusal) -> pb.RecordedRefusal:
+    return pb.RecordedRefusal(
+        id=row.id,
+        time=row.time,
+        sender=row.sender,
+        instruction_id=row.instruction_id,
+        kind=row.kind,
+        reason=row.reason,
+        corridor=row.corridor,
+    )
+
+
 class CentralBankService(pb_grpc.CentralBankServicer):
     """Bank-facing RPCs. Every method refuses with a precise status and changes nothing.
 
@@ -222,9 +278,21 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     async def _single(
         self, request: types.SignedInstruction, kind: type[Instruction]
     ) -> types.InstructionStatus:
-        """Check, endorse and settle one bank's own instruction; raises Refused."""
+        """Check, endorse and settle one bank's own instruction; raises Refused (recording
+        the refusals decided here; the bridge records its own)."""
         core = self.core
-        envelope = wire.envelope_from_proto(request)
+        envelope: Envelope | None = None
+        try:
+            envelope = wire.envelope_from_proto(request)
+            await self._check_single(envelope, kind)
+        except Refused as refusal:
+            core.refused(request, envelope, refusal)
+            raise
+        return await core.settle(envelope, endorse=(envelope.body.sender,))
+
+    async def _check_single(self, envelope: Envelope, kind: type[Instruction]) -> None:
+        """One bank's own instruction of `kind`, signed by it alone; raises Refused."""
+        core = self.core
         if not isinstance(envelope.body, kind):
             raise Refused(
                 Reason.MALFORMED,
@@ -237,7 +305,6 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         if len(envelope.signatures) > 1:
             raise Refused(Reason.MALFORMED, f"{kind.KIND} carries exactly the sender's signature")
         await core.verify_party(envelope, sender)  # none: MISSING_SIGNATURE
-        return await core.settle(envelope, endorse=(sender,))
 
     async def Pay(
         self, request: types.SignedInstruction, context: Context
@@ -278,9 +345,34 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             await abort(context, refusal)
 
     async def _dual(self, request: types.SignedInstruction) -> types.InstructionStatus:
-        """Check, endorse (both legs) and settle a dual-signed PvP; raises Refused."""
+        """Check, endorse (both legs) and settle a dual-signed PvP; raises Refused (recording
+        the refusals decided here; the peer node and the bridge record their own)."""
         core = self.core
-        envelope = wire.envelope_from_proto(request)
+        envelope: Envelope | None = None
+        try:
+            envelope = wire.envelope_from_proto(request)
+            body, home = await self._check_dual(envelope)
+        except Refused as refusal:
+            core.refused(request, envelope, refusal)
+            raise
+        if home == core.id:  # both legs ours: endorsed in the batch forwarded to the bridge
+            return await core.settle(envelope, endorse=(body.sender, body.counterparty))
+        endorser = core.endorser(home)
+        if endorser is None:  # not decided: UNAVAILABLE is retryable, so it is not recorded
+            raise Refused(Reason.UNAVAILABLE, f"no route to {home}'s node")
+        # our leg is endorsed in the batch sent to the peer node, which checks it; a refusal
+        # from there is the peer's, recorded by the peer
+        ours, theirs = await endorser.endorsements(envelope, body.sender)
+        if theirs.signer != home or theirs.endorses != body.counterparty:
+            wrong = Refused(Reason.BAD_SIGNATURE, f"{home} returned an endorsement of another leg")
+            core.refused(request, envelope, wrong)
+            raise wrong
+        return await core.settle(envelope.with_signature(ours).with_signature(theirs))
+
+    async def _check_dual(self, envelope: Envelope) -> tuple[DualPvp, str]:
+        """A dual PvP sent by one of our banks, with the signatures this node checks, and the
+        counterparty's central bank; raises Refused."""
+        core = self.core
         body = envelope.body
         if not isinstance(body, DualPvp):
             raise Refused(Reason.MALFORMED, f"expected pvp_dual, got {body.KIND}")
@@ -288,27 +380,18 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         if any(s.endorses for s in envelope.signatures) or len(envelope.signatures) > 2:
             raise Refused(Reason.MALFORMED, "pvp_dual carries exactly both banks' signatures")
         await core.verify_party(envelope, body.sender)  # missing: MISSING_SIGNATURE
-        if await core.home_of(body.counterparty) == core.id:
+        home = await core.home_of(body.counterparty)
+        if home == core.id:
             # a foreign counterparty's signature is verified by its own central bank's node,
             # which refuses to endorse a leg its bank did not sign (one P-256 check fewer)
             await core.verify_party(envelope, body.counterparty)
-        home = await core.home_of(body.counterparty)
         if home is None:
             raise Refused(Reason.UNKNOWN_PARTICIPANT, f"unknown participant {body.counterparty}")
-        if home == core.id:  # both legs ours: endorsed in the batch forwarded to the bridge
-            return await core.settle(envelope, endorse=(body.sender, body.counterparty))
-        endorser = core.endorser(home)
-        if endorser is None:
-            raise Refused(Reason.UNAVAILABLE, f"no route to {home}'s node")
-        if envelope.party_signature(body.counterparty) is None:
+        if home != core.id and envelope.party_signature(body.counterparty) is None:
             raise Refused(
                 Reason.MISSING_SIGNATURE, f"the instruction is not signed by {body.counterparty}"
             )
-        # our leg is endorsed in the batch sent to the peer node, which checks it
-        ours, theirs = await endorser.endorsements(envelope, body.sender)
-        if theirs.signer != home or theirs.endorses != body.counterparty:
-            raise Refused(Reason.BAD_SIGNATURE, f"{home} returned an endorsement of another leg")
-        return await core.settle(envelope.with_signature(ours).with_signature(theirs))
+        return body, home
 
     async def EndorseDualPvp(
         self, request: types.SignedInstruction, context: Context
@@ -316,12 +399,28 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         """Called by the proposer's central bank: endorse our bank's leg of a dual PvP."""
         try:
             caller = self._peer(context, "EndorseDualPvp")
-            envelope = await self._endorsable(wire.envelope_from_proto(request), caller, {})
+            envelope = await self._endorsement_for(request, caller, {})
             core = self.core
             counterparty = envelope.body.parties()[1]  # a pvp_dual: (sender, counterparty)
             return wire.envelope_to_proto(endorse(envelope, counterparty, core.id, core.key))
         except Refused as refusal:
             await abort(context, refusal)
+
+    async def _endorsement_for(
+        self,
+        request: types.SignedInstruction,
+        caller: str,
+        verdicts: dict[tuple[bytes, bytes], bool],
+    ) -> Envelope:
+        """`_endorsable` on the request as sent; raises Refused, recording the refusal (this
+        node decided it; the peer only passes it on)."""
+        envelope: Envelope | None = None
+        try:
+            envelope = wire.envelope_from_proto(request)
+            return await self._endorsable(envelope, caller, verdicts)
+        except Refused as refusal:
+            self.core.refused(request, envelope, refusal)
+            raise
 
     async def _endorsable(
         self, envelope: Envelope, caller: str, verdicts: dict[tuple[bytes, bytes], bool]
@@ -390,9 +489,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         checked: list[Envelope | Refused] = []
         for message in request.instructions:
             try:
-                checked.append(
-                    await self._endorsable(wire.envelope_from_proto(message), caller, verdicts)
-                )
+                checked.append(await self._endorsement_for(message, caller, verdicts))
             except Refused as refusal:
                 checked.append(refusal)
         # our banks' legs of the whole batch, endorsed with one signature over their root
@@ -453,7 +550,9 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             return await self._dual(request)
         single = STREAM_KINDS.get(kind or "")
         if single is None:
-            raise Refused(Reason.MALFORMED, f"SubmitStream does not take {kind!r} instructions")
+            refusal = Refused(Reason.MALFORMED, f"SubmitStream does not take {kind!r} instructions")
+            self.core.refused(request, None, refusal)
+            raise refusal
         return await self._single(request, single)
 
     async def RequestIssuance(
@@ -461,15 +560,21 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     ) -> types.InstructionStatus:
         core = self.core
         try:
-            bank = await core.authenticate_query("/bridge.v1.CentralBank/RequestIssuance", request)
-            body = Issue(
-                f"issue-{bank}-{request.request_id}",
-                core.id,
-                request.valid_until,
-                bank,
-                core.currency,
-                request.amount,
-            )
+            try:
+                bank = await core.authenticate_query(
+                    "/bridge.v1.CentralBank/RequestIssuance", request
+                )
+                body = Issue(
+                    f"issue-{bank}-{request.request_id}",
+                    core.id,
+                    request.valid_until,
+                    bank,
+                    core.currency,
+                    request.amount,
+                )
+            except Refused as refusal:
+                core.refused_issuance(request, refusal)
+                raise
             return await core.sign_and_settle(body)
         except Refused as refusal:
             await abort(context, refusal)
@@ -601,6 +706,15 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 chain_id=genesis.chain_id,
                 genesis_hash=genesis.hash(),
             )
+        except Refused as refusal:
+            await abort(context, refusal)
+
+    async def GetRefusals(self, request: pb.RefusalsQuery, context: Context) -> pb.RefusalPage:
+        """The requesting bank's own instructions that this node refused itself."""
+        core = self.core
+        try:
+            bank = await core.authenticate_query("/bridge.v1.CentralBank/GetRefusals", request)
+            return await refusal_page(core, request.from_id, page_limit(request.limit), bank)
         except Refused as refusal:
             await abort(context, refusal)
 
@@ -783,3 +897,14 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             frozen = (owner, currency) in ledger.frozen
             accounts.append(wire.account_to_proto(owner, currency, available, held, frozen))
         return types.AccountList(accounts=accounts)
+
+    async def ListRefusals(
+        self, request: pb.ListRefusalsRequest, context: Context
+    ) -> pb.RefusalPage:
+        """Every instruction this node refused itself (or one sender's), oldest first."""
+        await self._authorize(context)
+        try:
+            limit = page_limit(request.limit)
+            return await refusal_page(self.core, request.from_id, limit, request.sender)
+        except Refused as refusal:
+            await abort(context, refusal)

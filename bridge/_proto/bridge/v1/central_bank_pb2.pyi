@@ -640,6 +640,142 @@ class ListBanksRequest(_message.Message):
 Global___ListBanksRequest: _TypeAlias = ListBanksRequest  # noqa: Y015
 
 @_typing.final
+class ListRefusalsRequest(_message.Message):
+    """Asks for a page of the refusals a node recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    from_id: _builtins.int
+    """First refusal number to return (refusals are numbered from 1 as they are recorded)."""
+    limit: _builtins.int
+    """Most refusals to return; 0 means the server's default (100), at most 500."""
+    sender: _builtins.str
+    """Only this sender's refusals; empty: all."""
+    def __init__(
+        self,
+        *,
+        from_id: _builtins.int = ...,
+        limit: _builtins.int = ...,
+        sender: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_id", b"from_id", "limit", b"limit", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRefusalsRequest: _TypeAlias = ListRefusalsRequest  # noqa: Y015
+
+@_typing.final
+class RefusalsQuery(_message.Message):
+    """A bank asks for a page of its own refused instructions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTH_FIELD_NUMBER: _builtins.int
+    FROM_ID_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    from_id: _builtins.int
+    """First refusal number to return."""
+    limit: _builtins.int
+    """Most refusals to return; 0 means the server's default (100), at most 500."""
+    @_builtins.property
+    def auth(self) -> _types_pb2.RequestAuth:
+        """The requesting bank, a timestamp and its signature over this query."""
+
+    def __init__(
+        self,
+        *,
+        auth: _types_pb2.RequestAuth | None = ...,
+        from_id: _builtins.int = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "from_id", b"from_id", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusalsQuery: _TypeAlias = RefusalsQuery  # noqa: Y015
+
+@_typing.final
+class RecordedRefusal(_message.Message):
+    """One instruction a node refused before it reached the bridge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    SENDER_FIELD_NUMBER: _builtins.int
+    INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CORRIDOR_FIELD_NUMBER: _builtins.int
+    id: _builtins.int
+    """Number of the refusal in the node's records, increasing."""
+    time: _builtins.int
+    """When the node refused it (Unix milliseconds, the node's clock)."""
+    sender: _builtins.str
+    """Sender named in the instruction (for an issuance request: the requesting bank)."""
+    instruction_id: _builtins.str
+    """Its instruction id (for an issuance request: the request id)."""
+    kind: _builtins.str
+    """Its instruction kind (empty when the instruction carried no body)."""
+    reason: _builtins.str
+    """The refusal reason code (docs/ledger-rules.md)."""
+    corridor: _builtins.str
+    """Sender's jurisdiction - the other party's (e.g. CN-SG); empty when either is unknown."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.int = ...,
+        time: _builtins.int = ...,
+        sender: _builtins.str = ...,
+        instruction_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        corridor: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["corridor", b"corridor", "id", b"id", "instruction_id", b"instruction_id", "kind", b"kind", "reason", b"reason", "sender", b"sender", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordedRefusal: _TypeAlias = RecordedRefusal  # noqa: Y015
+
+@_typing.final
+class RefusalPage(_message.Message):
+    """One page of recorded refusals."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUSALS_FIELD_NUMBER: _builtins.int
+    NEXT_ID_FIELD_NUMBER: _builtins.int
+    next_id: _builtins.int
+    """Refusal number to ask from for the next page; 0 when no more are recorded yet."""
+    @_builtins.property
+    def refusals(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordedRefusal]:
+        """Refusals in recording order."""
+
+    def __init__(
+        self,
+        *,
+        refusals: _abc.Iterable[Global___RecordedRefusal] | None = ...,
+        next_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_id", b"next_id", "refusals", b"refusals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusalPage: _TypeAlias = RefusalPage  # noqa: Y015
+
+@_typing.final
 class ListAccountsRequest(_message.Message):
     """Lists supervised accounts, optionally filtered."""
 

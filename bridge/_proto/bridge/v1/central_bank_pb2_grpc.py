@@ -128,6 +128,11 @@ class CentralBankStub:
                 request_serializer=bridge_dot_v1_dot_central__bank__pb2.SignedHeadQuery.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_central__bank__pb2.SignedHead.FromString,
                 _registered_method=True)
+        self.GetRefusals = channel.unary_unary(
+                '/bridge.v1.CentralBank/GetRefusals',
+                request_serializer=bridge_dot_v1_dot_central__bank__pb2.RefusalsQuery.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_central__bank__pb2.RefusalPage.FromString,
+                _registered_method=True)
 
 
 class CentralBankServicer:
@@ -280,6 +285,16 @@ class CentralBankServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRefusals(self, request, context):
+        """The bank's own instructions that this node refused itself (never forwarded to the
+        bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
+        Refusals the bridge decided are in the bridge's records, not here. The node keeps its
+        newest 100,000 refusals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentralBankServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -367,6 +382,11 @@ def add_CentralBankServicer_to_server(servicer, server):
                     servicer.GetSignedHead,
                     request_deserializer=bridge_dot_v1_dot_central__bank__pb2.SignedHeadQuery.FromString,
                     response_serializer=bridge_dot_v1_dot_central__bank__pb2.SignedHead.SerializeToString,
+            ),
+            'GetRefusals': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRefusals,
+                    request_deserializer=bridge_dot_v1_dot_central__bank__pb2.RefusalsQuery.FromString,
+                    response_serializer=bridge_dot_v1_dot_central__bank__pb2.RefusalPage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -846,6 +866,33 @@ class CentralBank:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetRefusals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.CentralBank/GetRefusals',
+            bridge_dot_v1_dot_central__bank__pb2.RefusalsQuery.SerializeToString,
+            bridge_dot_v1_dot_central__bank__pb2.RefusalPage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class CentralBankAdminStub:
     """A central bank's operations and supervision of its currency and banks.
@@ -910,6 +957,11 @@ class CentralBankAdminStub:
                 '/bridge.v1.CentralBankAdmin/ListAccounts',
                 request_serializer=bridge_dot_v1_dot_central__bank__pb2.ListAccountsRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_types__pb2.AccountList.FromString,
+                _registered_method=True)
+        self.ListRefusals = channel.unary_unary(
+                '/bridge.v1.CentralBankAdmin/ListRefusals',
+                request_serializer=bridge_dot_v1_dot_central__bank__pb2.ListRefusalsRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_central__bank__pb2.RefusalPage.FromString,
                 _registered_method=True)
 
 
@@ -994,6 +1046,15 @@ class CentralBankAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRefusals(self, request, context):
+        """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
+        endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
+        changed by them. The node keeps its newest 100,000 refusals.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CentralBankAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1046,6 +1107,11 @@ def add_CentralBankAdminServicer_to_server(servicer, server):
                     servicer.ListAccounts,
                     request_deserializer=bridge_dot_v1_dot_central__bank__pb2.ListAccountsRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_types__pb2.AccountList.SerializeToString,
+            ),
+            'ListRefusals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRefusals,
+                    request_deserializer=bridge_dot_v1_dot_central__bank__pb2.ListRefusalsRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_central__bank__pb2.RefusalPage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1323,6 +1389,33 @@ class CentralBankAdmin:
             '/bridge.v1.CentralBankAdmin/ListAccounts',
             bridge_dot_v1_dot_central__bank__pb2.ListAccountsRequest.SerializeToString,
             bridge_dot_v1_dot_types__pb2.AccountList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRefusals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bridge.v1.CentralBankAdmin/ListRefusals',
+            bridge_dot_v1_dot_central__bank__pb2.ListRefusalsRequest.SerializeToString,
+            bridge_dot_v1_dot_central__bank__pb2.RefusalPage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -116,6 +116,12 @@ class CentralBankStub:
     signed head shows that a copy of the log ending before it has been cut short
     (`cbdc-bridge log head`, then `log verify --head`). A signed query like every read.
     """
+    GetRefusals: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.RefusalsQuery, _central_bank_pb2.RefusalPage]
+    """The bank's own instructions that this node refused itself (never forwarded to the
+    bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
+    Refusals the bridge decided are in the bridge's records, not here. The node keeps its
+    newest 100,000 refusals.
+    """
 
 @_typing.type_check_only
 class CentralBankAsyncStub(CentralBankStub):
@@ -191,6 +197,12 @@ class CentralBankAsyncStub(CentralBankStub):
     (its signature over the block hash). Since every block commits to its predecessor, the
     signed head shows that a copy of the log ending before it has been cut short
     (`cbdc-bridge log head`, then `log verify --head`). A signed query like every read.
+    """
+    GetRefusals: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.RefusalsQuery, _central_bank_pb2.RefusalPage]  # type: ignore[assignment]
+    """The bank's own instructions that this node refused itself (never forwarded to the
+    bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
+    Refusals the bridge decided are in the bridge's records, not here. The node keeps its
+    newest 100,000 refusals.
     """
 
 class CentralBankServicer(metaclass=_abc_1.ABCMeta):
@@ -368,6 +380,18 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
         (`cbdc-bridge log head`, then `log verify --head`). A signed query like every read.
         """
 
+    @_abc_1.abstractmethod
+    def GetRefusals(
+        self,
+        request: _central_bank_pb2.RefusalsQuery,
+        context: _ServicerContext,
+    ) -> _typing.Union[_central_bank_pb2.RefusalPage, _abc.Awaitable[_central_bank_pb2.RefusalPage]]:
+        """The bank's own instructions that this node refused itself (never forwarded to the
+        bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
+        Refusals the bridge decided are in the bridge's records, not here. The node keeps its
+        newest 100,000 refusals.
+        """
+
 def add_CentralBankServicer_to_server(servicer: CentralBankServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class CentralBankAdminStub:
@@ -407,6 +431,11 @@ class CentralBankAdminStub:
     """Accounts the central bank supervises: every account in its currency and every account of
     its banks.
     """
+    ListRefusals: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.ListRefusalsRequest, _central_bank_pb2.RefusalPage]
+    """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
+    endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
+    changed by them. The node keeps its newest 100,000 refusals.
+    """
 
 @_typing.type_check_only
 class CentralBankAdminAsyncStub(CentralBankAdminStub):
@@ -442,6 +471,11 @@ class CentralBankAdminAsyncStub(CentralBankAdminStub):
     ListAccounts: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.ListAccountsRequest, _types_pb2.AccountList]  # type: ignore[assignment]
     """Accounts the central bank supervises: every account in its currency and every account of
     its banks.
+    """
+    ListRefusals: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.ListRefusalsRequest, _central_bank_pb2.RefusalPage]  # type: ignore[assignment]
+    """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
+    endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
+    changed by them. The node keeps its newest 100,000 refusals.
     """
 
 class CentralBankAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -535,6 +569,17 @@ class CentralBankAdminServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_types_pb2.AccountList, _abc.Awaitable[_types_pb2.AccountList]]:
         """Accounts the central bank supervises: every account in its currency and every account of
         its banks.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRefusals(
+        self,
+        request: _central_bank_pb2.ListRefusalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_central_bank_pb2.RefusalPage, _abc.Awaitable[_central_bank_pb2.RefusalPage]]:
+        """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
+        endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
+        changed by them. The node keeps its newest 100,000 refusals.
         """
 
 def add_CentralBankAdminServicer_to_server(servicer: CentralBankAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

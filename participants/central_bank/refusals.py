@@ -1,0 +1,206 @@
+"""Instructions a central bank node refused itself, kept in a small file of its own.
+
+A node refuses some instructions before they reach the bridge: a bank that is not one of its
+own, a signature that does not verify, a body of the wrong kind or shape, an endorsement a peer
+node asks for that it may not give. Those never reach the bridge, so the bridge's `refusals`
+table cannot hold them. The node records each one here, where it was decided: time (the node's
+clock, Unix milliseconds), sender, instruction id, kind, reason and corridor, the same columns
+as the bridge's table. A refusal the node only passes on (the bridge's, or a peer node's answer
+to an endorsement request) is recorded by whoever decided it, so each refusal is recorded once
+in the whole network. Answers that decide nothing (UNAVAILABLE, OVERLOADED, CATCHING_UP: the
+bank resubmits the same instruction id) are not refusals and are not recorded.
+
+One SQLite file per node (`<network>/state/<CB>.refusals.sqlite`, WAL), outside any hash chain:
+a refusal changed nothing, so nothing is signed or attested and no ledger state is touched. It
+keeps the newest `REFUSALS_KEPT` rows. `record` only appends to memory (it never blocks the
+event loop); `flush` writes what waits in one transaction in a worker thread, and runs every
+`FLUSH_SECONDS` and before every read, so a read sees every refusal answered before it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.core.ledger import Ledger
+from bridge.domain import Envelope, Issue
+from bridge.errors import Refused
+from bridge.settlement import RefusalRecord, refusal_record
+from bridge.store.base import REFUSALS_KEPT
+
+__all__ = [
+    "FLUSH_SECONDS",
+    "NodeRefusals",
+    "RecordedRefusal",
+    "instruction_refusal",
+    "issuance_refusal",
+    "read_refusals",
+]
+
+FLUSH_SECONDS = 0.2
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS refusals (
+    id INTEGER PRIMARY KEY, time INTEGER NOT NULL, sender TEXT NOT NULL,
+    instruction_id TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+    corridor TEXT NOT NULL);
+"""
+_COLUMNS = "id, time, sender, instruction_id, kind, reason, corridor"
+
+log = logging.getLogger("participants.central_bank.refusals")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRefusal:
+    """One row of the file: a refused instruction, numbered in the order it was recorded."""
+
+    id: int
+    time: int
+    sender: str
+    instruction_id: str
+    kind: str
+    reason: str
+    corridor: str
+
+
+def instruction_refusal(
+    message: types.SignedInstruction,
+    envelope: Envelope | None,
+    refusal: Refused,
+    ledger: Ledger,
+    now: int,
+) -> RefusalRecord:
+    """The row for a refused instruction: from its decoded envelope when it decoded (with the
+    corridor, as the bridge writes it), else from the message's own fields (no corridor)."""
+    if envelope is not None:
+        return refusal_record(ledger, envelope, refusal, now)
+    instruction = message.instruction
+    kind = instruction.WhichOneof("body") or ""
+    return (now, instruction.sender, instruction.instruction_id, kind, refusal.reason.value, "")
+
+
+def issuance_refusal(
+    request: Any, central_bank: str, refusal: Refused, ledger: Ledger, now: int
+) -> RefusalRecord:
+    """The row for a refused issuance request (`RequestIssuance`): the requesting bank as its
+    sender, the request id as its instruction id, kind `issue`."""
+    bank = ledger.participants.get(request.auth.requester)
+    issuer = ledger.participants.get(central_bank)
+    corridor = (
+        "" if bank is None or issuer is None else f"{bank.jurisdiction}-{issuer.jurisdiction}"
+    )
+    reason = refusal.reason.value
+    return (now, request.auth.requester, request.request_id, Issue.KIND, reason, corridor)
+
+
+def read_refusals(
+    path: Path, *, from_id: int = 1, limit: int = -1, sender: str = ""
+) -> list[RecordedRefusal]:
+    """Rows of a node's refusals file from `from_id` on, oldest first (read-only; a file without
+    the table reads as empty). `limit` -1: all of them; `sender`: only that sender's."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+        if "refusals" not in tables:
+            return []
+        where = "id >= ?" + (" AND sender = ?" if sender else "")
+        cursor = db.execute(
+            f"SELECT {_COLUMNS} FROM refusals WHERE {where} ORDER BY id LIMIT ?",
+            (from_id, sender, limit) if sender else (from_id, limit),
+        )
+        return [RecordedRefusal(*row) for row in cursor]
+    finally:
+        db.close()
+
+
+class NodeRefusals:
+    """The node's refusals file and the rows waiting to be written to it."""
+
+    def __init__(self, path: Path, *, keep: int = REFUSALS_KEPT) -> None:
+        self.path = path
+        self.keep = keep
+        # what a failing disk leaves waiting is bounded too: the oldest rows are dropped
+        self._pending: deque[RefusalRecord] = deque(maxlen=keep)
+        self._lock = asyncio.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def record(self, row: RefusalRecord) -> None:
+        """Keep one refused instruction (written by the next `flush`)."""
+        self._pending.append(row)
+
+    async def flush(self) -> None:
+        """Write every waiting row, in one transaction, off the event loop."""
+        async with self._lock:
+            if not self._pending:
+                return
+            rows = list(self._pending)
+            self._pending.clear()
+            try:
+                await asyncio.to_thread(self._write, rows)
+            except (sqlite3.Error, OSError) as error:
+                # not written: back in front for the next flush (still only the newest `keep`)
+                self._pending = deque([*rows, *self._pending], maxlen=self.keep)
+                log.warning(
+                    "refusals not recorded yet", extra={"rows": len(rows), "error": str(error)}
+                )
+
+    async def run(self, interval: float = FLUSH_SECONDS) -> None:
+        """Flush every `interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.flush()
+
+    async def page(self, from_id: int, limit: int, sender: str = "") -> list[RecordedRefusal]:
+        """Up to `limit` rows from `from_id` on (only `sender`'s when given), after a flush."""
+        await self.flush()
+        if not self.path.exists():
+            return []
+        return await asyncio.to_thread(
+            read_refusals, self.path, from_id=from_id, limit=limit, sender=sender
+        )
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA busy_timeout=10000")
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(SCHEMA)
+            except sqlite3.Error:
+                db.close()
+                raise
+            self._db = db
+        return self._db
+
+    def _write(self, rows: Sequence[RefusalRecord]) -> None:
+        db = self._open()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO refusals (time, sender, instruction_id, kind, reason, corridor) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            (last,) = db.execute("SELECT MAX(id) FROM refusals").fetchone()
+            db.execute("DELETE FROM refusals WHERE id <= ?", (int(last) - self.keep,))
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+            raise

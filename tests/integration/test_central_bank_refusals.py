@@ -1,0 +1,176 @@
+"""Refusals a central bank node decides itself are recorded there, once each, over real gRPC.
+
+A network (bridge and four central bank nodes) runs on loopback. Banks send their nodes
+instructions the node must refuse before the bridge sees them (bad signature, a bank of another
+central bank, the wrong body kind, a zero amount, an RPC that does not take the kind), a dual
+PvP whose counterparty's node refuses the endorsement, and one the bridge refuses. Each node's
+records, read through `CentralBankAdmin.ListRefusals` and the bank-facing `GetRefusals`, must
+hold exactly the refusals that node decided, once each with their reason, while balances,
+supply and the log stay as they were.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import grpc
+import pytest
+
+from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.domain import DualPvp, Pay
+from bridge.errors import Reason
+from bridge.rates import implied_rate
+from participants.central_bank.refusals import read_refusals
+from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, reason_of, refusal_of
+
+if TYPE_CHECKING:
+    from tests.conftest import LiveNetwork
+
+
+@pytest.fixture(scope="module", autouse=True)
+def funded(live: LiveNetwork) -> None:
+    """ICBC and HSBCHK hold some of their own currency."""
+    for bank in ("ICBC", "HSBCHK"):
+        assert live.issue(bank, 1_000_000).receipt.outcome == types.OUTCOME_ISSUED
+
+
+def pay(sender: str = "ICBC", payee: str = "BOCQ", amount: int = 1_000) -> Pay:
+    return Pay(new_id("pay"), sender, now_ms() + VALID_FOR_MS, payee, "CNY", amount, "INV-7")
+
+
+def dual() -> DualPvp:
+    return DualPvp(
+        new_id("dual"),
+        "ICBC",
+        now_ms() + VALID_FOR_MS,
+        "HSBCHK",
+        "CNY",
+        30_000,
+        "HKD",
+        32_550,
+        implied_rate(30_000, 2, 32_550, 2),
+        "LC-CQ-2025-118",
+    )
+
+
+def listed(live: LiveNetwork, central_bank: str) -> list[cb_pb.RecordedRefusal]:
+    """Every refusal the node recorded, through its operators' ListRefusals, page by page."""
+    rows: list[cb_pb.RecordedRefusal] = []
+    from_id = 1
+    while True:
+        page = live.admin(central_bank).ListRefusals(
+            cb_pb.ListRefusalsRequest(from_id=from_id, limit=2),
+            metadata=live.admin_metadata(central_bank),
+            timeout=RPC_TIMEOUT,
+        )
+        rows += page.refusals
+        if not page.next_id:
+            return rows
+        from_id = page.next_id
+
+
+def refuse(call: Callable[[], object], reason: Reason) -> None:
+    error = refusal_of(call)
+    assert reason_of(error) is reason, error.details()
+
+
+def test_refusals_decided_at_a_node_are_recorded_there_once_each(live: LiveNetwork) -> None:
+    """Each refusal is in the records of the node that decided it, once, with its reason; the
+    bridge's refusals are not; balances, supply and the log did not change."""
+    pboc = live.node("PBOC")
+    before = live.snapshot()
+    expected: dict[str, tuple[str, str, str]] = {}  # instruction id -> node, sender, reason
+
+    forged = pay()
+    refuse(
+        lambda: pboc.Pay(live.signed(forged, signer="BOCQ"), timeout=RPC_TIMEOUT),
+        Reason.BAD_SIGNATURE,
+    )
+    expected[forged.instruction_id] = ("PBOC", "ICBC", "BAD_SIGNATURE")
+    foreign = pay(sender="HSBCHK", payee="ICBC")
+    refuse(
+        lambda: pboc.Pay(live.signed(foreign), timeout=RPC_TIMEOUT), Reason.NOT_HOME_CENTRAL_BANK
+    )
+    expected[foreign.instruction_id] = ("PBOC", "HSBCHK", "NOT_HOME_CENTRAL_BANK")
+    wrong_kind = pay()
+    refuse(lambda: pboc.ProposePvp(live.signed(wrong_kind), timeout=RPC_TIMEOUT), Reason.MALFORMED)
+    expected[wrong_kind.instruction_id] = ("PBOC", "ICBC", "MALFORMED")
+    zero = pay(amount=0)
+    refuse(lambda: pboc.Pay(live.signed(zero), timeout=RPC_TIMEOUT), Reason.NON_POSITIVE_AMOUNT)
+    expected[zero.instruction_id] = ("PBOC", "ICBC", "NON_POSITIVE_AMOUNT")
+    streamed = pay()
+    request = cb_pb.BankSubmitRequest(
+        correlation_id=1, instruction=live.signed(streamed, signer="BOCQ")
+    )
+    (answer,) = list(pboc.SubmitStream(iter([request]), timeout=RPC_TIMEOUT))
+    assert answer.refusal.reason == "BAD_SIGNATURE"
+    expected[streamed.instruction_id] = ("PBOC", "ICBC", "BAD_SIGNATURE")
+    peer_refused = dual()  # HSBCHK's signature forged: HKMA's node refuses to endorse its leg
+    message = live.dual_signed(peer_refused)
+    forged_leg = live.signed(peer_refused, signer="BOCHK").signatures[0]
+    for signature in message.signatures:
+        if signature.signer == "HSBCHK":
+            signature.value = forged_leg.value
+    refuse(lambda: pboc.SubmitDualPvp(message, timeout=RPC_TIMEOUT), Reason.BAD_SIGNATURE)
+    expected[peer_refused.instruction_id] = ("HKMA", "ICBC", "BAD_SIGNATURE")
+    broke = pay(sender="ICBC", amount=10**15)  # the bridge refuses it, and records it itself
+    refuse(lambda: pboc.Pay(live.signed(broke), timeout=RPC_TIMEOUT), Reason.INSUFFICIENT_FUNDS)
+
+    recorded = {cb: listed(live, cb) for cb in ("PBOC", "HKMA")}
+    ours = {*expected, broke.instruction_id}
+    found = [
+        (cb, row) for cb, rows in recorded.items() for row in rows if row.instruction_id in ours
+    ]
+    assert Counter(row.instruction_id for _, row in found) == dict.fromkeys(expected, 1)
+    assert {row.instruction_id: (cb, row.sender, row.reason) for cb, row in found} == expected
+    kinds = {row.instruction_id: row.kind for _, row in found}
+    assert kinds[wrong_kind.instruction_id] == "pay"
+    assert kinds[peer_refused.instruction_id] == "pvp_dual"
+    corridors = {row.instruction_id: row.corridor for _, row in found}
+    assert corridors[peer_refused.instruction_id] == "CN-HK"
+    assert corridors[forged.instruction_id] == "CN-CN"
+    assert all(row.time > 0 for _, row in found)
+    assert [row.id for row in recorded["PBOC"]] == sorted(row.id for row in recorded["PBOC"])
+    assert live.snapshot() == before
+    # the same rows, in the same order, are in the node's own file
+    on_disk = read_refusals(live.config.refusals_path("PBOC"))
+    assert [r.instruction_id for r in on_disk] == [r.instruction_id for r in recorded["PBOC"]]
+
+
+def test_a_bank_reads_its_own_refusals_only(live: LiveNetwork) -> None:
+    """GetRefusals answers the signed-in bank's own refused instructions and no other bank's."""
+    pboc = live.node("PBOC")
+    mine, theirs = pay(sender="BOCQ", payee="ICBC"), pay()
+    refuse(
+        lambda: pboc.Pay(live.signed(mine, signer="ICBC"), timeout=RPC_TIMEOUT),
+        Reason.BAD_SIGNATURE,
+    )
+    refuse(
+        lambda: pboc.Pay(live.signed(theirs, signer="BOCQ"), timeout=RPC_TIMEOUT),
+        Reason.BAD_SIGNATURE,
+    )
+    query = live.query("GetRefusals", cb_pb.RefusalsQuery(limit=500), "BOCQ")
+    page = pboc.GetRefusals(query, timeout=RPC_TIMEOUT)
+    assert {row.sender for row in page.refusals} == {"BOCQ"}
+    assert mine.instruction_id in {row.instruction_id for row in page.refusals}
+    assert page.next_id == 0
+
+
+def test_refusal_reads_are_authorised(live: LiveNetwork) -> None:
+    """Refusal reads need the operators' token, or a bank's own valid signature at its node."""
+    no_token = refusal_of(
+        lambda: live.admin("PBOC").ListRefusals(cb_pb.ListRefusalsRequest(), timeout=RPC_TIMEOUT)
+    )
+    assert no_token.code() is grpc.StatusCode.UNAUTHENTICATED
+    forged = live.query("GetRefusals", cb_pb.RefusalsQuery(), "ICBC", signer="BOCQ")
+    error = refusal_of(lambda: live.node("PBOC").GetRefusals(forged, timeout=RPC_TIMEOUT))
+    assert reason_of(error) is Reason.BAD_SIGNATURE
+    elsewhere = live.query("GetRefusals", cb_pb.RefusalsQuery(), "HSBCHK")
+    error = refusal_of(lambda: live.node("PBOC").GetRefusals(elsewhere, timeout=RPC_TIMEOUT))
+    assert reason_of(error) is Reason.NOT_HOME_CENTRAL_BANK
+    too_big = live.query("GetRefusals", cb_pb.RefusalsQuery(limit=501), "ICBC")
+    error = refusal_of(lambda: live.node("PBOC").GetRefusals(too_big, timeout=RPC_TIMEOUT))
+    assert reason_of(error) is Reason.BAD_PAGE_SIZE

@@ -1,0 +1,140 @@
+"""A central bank node's refusals file: rows as recorded, newest kept, nothing else touched."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.crypto import PrivateKey
+from bridge.domain import Envelope, Genesis, GenesisBank, Pay
+from bridge.errors import Reason, Refused
+from participants.central_bank.refusals import (
+    NodeRefusals,
+    RecordedRefusal,
+    instruction_refusal,
+    read_refusals,
+)
+
+
+def row(number: int) -> tuple[int, str, str, str, str, str]:
+    return (1_000 + number, "ICBC", f"pay-{number}", "pay", "BAD_SIGNATURE", "CN-HK")
+
+
+def test_flush_writes_each_recorded_refusal_once_in_order(tmp_path: Path) -> None:
+    """Rows recorded before a flush are written once each, numbered in recording order."""
+    refusals = NodeRefusals(tmp_path / "PBOC.refusals.sqlite")
+
+    async def run() -> list[RecordedRefusal]:
+        for number in range(3):
+            refusals.record(row(number))
+        await refusals.flush()
+        await refusals.flush()  # nothing waits: writes nothing more
+        return await refusals.page(1, 10)
+
+    rows = asyncio.run(run())
+    refusals.close()
+    assert [(r.id, r.instruction_id) for r in rows] == [(1, "pay-0"), (2, "pay-1"), (3, "pay-2")]
+    assert rows[0] == RecordedRefusal(1, 1_000, "ICBC", "pay-0", "pay", "BAD_SIGNATURE", "CN-HK")
+
+
+def test_the_file_keeps_only_the_newest_refusals(tmp_path: Path) -> None:
+    """Past `keep` rows the oldest are dropped, across flushes; numbers keep increasing."""
+    path = tmp_path / "PBOC.refusals.sqlite"
+    refusals = NodeRefusals(path, keep=5)
+
+    async def run() -> None:
+        for first in (0, 4, 8):
+            for number in range(first, first + 4):
+                refusals.record(row(number))
+            await refusals.flush()
+
+    asyncio.run(run())
+    refusals.close()
+    rows = read_refusals(path)
+    assert [r.id for r in rows] == [8, 9, 10, 11, 12]
+    assert [r.instruction_id for r in rows] == [f"pay-{n}" for n in range(7, 12)]
+
+
+def test_rows_waiting_for_a_flush_are_bounded_too(tmp_path: Path) -> None:
+    """More refusals than `keep` before a flush: only the newest `keep` are written."""
+    path = tmp_path / "PBOC.refusals.sqlite"
+    refusals = NodeRefusals(path, keep=3)
+    for number in range(10):
+        refusals.record(row(number))
+    asyncio.run(refusals.flush())
+    refusals.close()
+    assert [r.instruction_id for r in read_refusals(path)] == ["pay-7", "pay-8", "pay-9"]
+
+
+def test_a_failed_write_keeps_the_rows_for_the_next_flush(tmp_path: Path) -> None:
+    """A flush that cannot write loses nothing: the next one that can writes every row once."""
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("a file where the node's state directory should be")
+    path = blocked / "PBOC.refusals.sqlite"
+    refusals = NodeRefusals(path)
+    refusals.record(row(1))
+    asyncio.run(refusals.flush())
+    assert not path.exists()
+    blocked.unlink()
+    refusals.record(row(2))
+    asyncio.run(refusals.flush())
+    refusals.close()
+    assert [r.instruction_id for r in read_refusals(path)] == ["pay-1", "pay-2"]
+
+
+def test_reads_filter_by_sender_and_page_from_an_id(tmp_path: Path) -> None:
+    """A read from an id, for one sender, returns that sender's rows from there on."""
+    path = tmp_path / "PBOC.refusals.sqlite"
+    refusals = NodeRefusals(path)
+    for number in range(6):
+        sender = "ICBC" if number % 2 else "BOCQ"
+        refusals.record((number, sender, f"i-{number}", "pay", "MALFORMED", ""))
+    asyncio.run(refusals.flush())
+    refusals.close()
+    assert [r.instruction_id for r in read_refusals(path, from_id=3, sender="ICBC")] == [
+        "i-3",
+        "i-5",
+    ]
+    assert [r.id for r in read_refusals(path, from_id=2, limit=2)] == [2, 3]
+
+
+def test_the_file_holds_refusals_only(tmp_path: Path) -> None:
+    """The node's refusals file has one table, `refusals`, with the bridge's columns."""
+    path = tmp_path / "PBOC.refusals.sqlite"
+    refusals = NodeRefusals(path)
+    refusals.record(row(1))
+    asyncio.run(refusals.flush())
+    refusals.close()
+    with sqlite3.connect(path) as db:
+        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
+        columns = [c[1] for c in db.execute("PRAGMA table_info(refusals)")]
+    db.close()
+    assert tables == ["refusals"]
+    assert columns == ["id", "time", "sender", "instruction_id", "kind", "reason", "corridor"]
+
+
+def test_a_row_names_the_corridor_when_both_parties_are_known() -> None:
+    """The row of a decoded payment carries sender-payee jurisdictions; an undecoded one none."""
+    keys = {cb: PrivateKey.generate() for cb in ("PBOC", "HKMA")}
+    genesis = Genesis(
+        "test-chain",
+        (
+            GenesisBank("PBOC", "CN", keys["PBOC"].public_key, "CNY", 2),
+            GenesisBank("HKMA", "HK", keys["HKMA"].public_key, "HKD", 2),
+        ),
+        2,
+    )
+    ledger = Ledger(genesis, check=SignatureCheck.NONE)
+    body = Pay("pay-1", "PBOC", 10, "HKMA", "CNY", 5, "")
+    refusal = Refused(Reason.BAD_SIGNATURE, "signature by PBOC does not verify")
+    message = types.SignedInstruction()
+    decoded = instruction_refusal(message, Envelope.of(body), refusal, ledger, 7)
+    assert decoded == (7, "PBOC", "pay-1", "pay", "BAD_SIGNATURE", "CN-HK")
+    message.instruction.sender = "ICBC"
+    message.instruction.instruction_id = "pay-2"
+    message.instruction.pay.currency = "CNY"
+    undecoded = instruction_refusal(message, None, refusal, ledger, 8)
+    assert undecoded == (8, "ICBC", "pay-2", "pay", "BAD_SIGNATURE", "")
