@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -32,11 +32,13 @@ from bridge.log.datapackage import datapackage, parquet_metadata, table_files
 from bridge.log.source import (
     FORMATS,
     LogSource,
+    SourceError,
     SqliteSource,
     StoredBlock,
     StoredEntry,
     StrayAttestation,
 )
+from bridge.log.source import node_refusals as node_refusal_rows
 from bridge.log.tables import (
     ATTESTATIONS,
     BALANCES,
@@ -319,6 +321,7 @@ def export_log(
     from_seq: int | None = None,
     final_only: bool = False,
     follower: ExportFollower | None = None,
+    node_refusals: Sequence[Path] = (),
 ) -> ExportSummary:
     """Write every table of `source` to `directory`, or append to the export there.
 
@@ -330,9 +333,16 @@ def export_log(
     `<table>.part-<height>.parquet`. The `refusals` table, not part of the log, is rewritten
     whole. With `final_only`, writing stops before the first block without a quorum, so
     nothing written ever changes (what `log export --follow` uses, with a `follower` that keeps
-    the replay from one poll to the next)."""
+    the replay from one poll to the next). `node_refusals`: central bank nodes' refusals files,
+    whose rows follow the source's own in the `refusals` table (each file is checked to
+    belong to a central bank of this log before anything is written)."""
     plan = _plan(directory, fmt, append, from_height, from_seq, final_only)
     fmt = plan.fmt
+    try:
+        genesis = source.genesis()
+        nodes = [node_refusal_rows(path, genesis) for path in node_refusals]
+    except SourceError as exc:
+        raise ExportError(str(exc)) from exc
     directory.mkdir(parents=True, exist_ok=True)
     if follower is not None:
         derivation, resume = follower.derivation_for(source, plan)
@@ -356,6 +366,9 @@ def export_log(
         head, blocks, first_height = _write_rows(
             derivation, writers, plan, first_new, appending, resume, on_progress, forget_every
         )
+        for rows in nodes:
+            for row in rows:
+                writers[REFUSALS.name].write(row)
     finally:
         for writer in writers.values():
             writer.close()

@@ -19,10 +19,11 @@ What the charts measure (the log records logical times only):
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,10 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 from matplotlib.figure import Figure
 
-from analysis.export import Derivation, Progress
+from analysis.export import Derivation, ExportError, Progress
 from bridge.amounts import format_major
-from bridge.log.source import LogSource
+from bridge.log.source import LogSource, SourceError
+from bridge.log.source import node_refusals as node_refusal_rows
 from bridge.log.tables import BALANCES, LEGS, REFUSALS, Row
 
 MAX_BUCKETS = 720
@@ -194,8 +196,16 @@ class Aggregates:
         series.add(int(row[_BAL["time_ms"]] or 0), int(row[_BAL["available"]] or 0))
 
 
-def aggregate(source: LogSource, on_progress: Progress | None = None) -> Aggregates:
-    """Stream the log once and keep the report's aggregates."""
+def aggregate(
+    source: LogSource, on_progress: Progress | None = None, node_refusals: Sequence[Path] = ()
+) -> Aggregates:
+    """Stream the log once and keep the report's aggregates; the refusals counted are the
+    source's and those in the `node_refusals` files of central bank nodes."""
+    try:
+        genesis = source.genesis()
+        node_rows = [node_refusal_rows(path, genesis) for path in node_refusals]
+    except SourceError as exc:
+        raise ExportError(str(exc)) from exc
     derivation = Derivation(source)
     result = Aggregates(
         exponents={b.currency: b.exponent for b in derivation.genesis.central_banks}
@@ -224,7 +234,7 @@ def aggregate(source: LogSource, on_progress: Progress | None = None) -> Aggrega
             derivation.forget_closed()
             since_forget = 0
     reason_at = REFUSALS.index("reason")
-    for row in source.refusals():
+    for row in itertools.chain(source.refusals(), *node_rows):
         result.refusals[str(row[reason_at])] += 1
     return result
 
@@ -486,7 +496,8 @@ def summary_markdown(data: Aggregates, source: str) -> str:
         "Latency is the propose-to-accept time of two-phase PvPs in logical time; other",
         "settlements complete in one entry and are sealed at their block's time (zero in the",
         "log). Refused instructions are not in the log; refusals come from the store's",
-        "`refusals` table (the newest 100,000).",
+        "`refusals` table (the newest 100,000) and from the central bank nodes' refusals files",
+        "given with `--node-refusals` (what each node refused before forwarding).",
         "",
     ]
     return "\n".join(lines)
@@ -531,7 +542,8 @@ p.note {{ color: #555; font-size: 0.9em; }}
 <p class="note">Latency is the propose-to-accept time of two-phase PvPs in the bridge's logical
 time; other settlements complete in one entry and are sealed at their block's time, so their
 latency in the log is zero. Refused instructions are not in the log: refusal counts come from
-the store's <code>refusals</code> table. Run <code>cbdc-bridge log verify</code> to
+the store's <code>refusals</code> table and the central bank nodes' refusals files given with
+<code>--node-refusals</code>. Run <code>cbdc-bridge log verify</code> to
 check the log itself.</p>
 {charts}
 </body>
@@ -547,10 +559,15 @@ class ReportFiles:
 
 
 def build_report(
-    source: LogSource, directory: Path, *, on_progress: Progress | None = None
+    source: LogSource,
+    directory: Path,
+    *,
+    on_progress: Progress | None = None,
+    node_refusals: Sequence[Path] = (),
 ) -> ReportFiles:
-    """Write report.html, summary.md and the PNG charts of `source` into `directory`."""
-    data = aggregate(source, on_progress)
+    """Write report.html, summary.md and the PNG charts of `source` into `directory` (with the
+    refusals of the central bank nodes' `node_refusals` files beside the source's own)."""
+    data = aggregate(source, on_progress, node_refusals)
     directory.mkdir(parents=True, exist_ok=True)
     charts = []
     for name, _, draw in CHARTS:

@@ -59,6 +59,12 @@ SourceOption = typer.Option(
     help="SQLite store file, export directory, or postgresql:// URL.",
 )
 ProgressOption = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr.")
+NodeRefusalsOption = typer.Option(
+    [],
+    "--node-refusals",
+    help="A central bank node's refusals file (<network>/state/<CB>.refusals.sqlite): its "
+    "refusals join the bridge's in the refusals table. Repeat for each node.",
+)
 
 
 def _open(spec: str) -> LogSource:
@@ -333,6 +339,7 @@ def export(
     until_height: int | None = typer.Option(
         None, "--until-height", min=1, help="With --follow: stop once the export reaches it."
     ),
+    node_refusals: list[Path] = NodeRefusalsOption,
     progress: bool = ProgressOption,
 ) -> None:
     """Write entries, legs, blocks, attestations and balance history as tidy tables, with
@@ -371,6 +378,7 @@ def export(
                     from_seq=from_seq,
                     final_only=follow,
                     follower=follower,
+                    node_refusals=node_refusals,
                 )
             except ExportError as exc:
                 _stderr.print(f"[red]export failed:[/red] {exc}")
@@ -394,6 +402,7 @@ def export(
 def report(
     source: str = SourceOption,
     out: Path = typer.Option(..., "--out", "-o", help="Directory for report.html and charts."),
+    node_refusals: list[Path] = NodeRefusalsOption,
     progress: bool = ProgressOption,
 ) -> None:
     """HTML report with PNG charts (throughput, latency, corridors, FX, liquidity, refusals)."""
@@ -402,7 +411,7 @@ def report(
 
     with _open(source) as log, _progress(progress, "reading", log.counts().entries) as update:
         try:
-            files = build_report(log, out, on_progress=update)
+            files = build_report(log, out, on_progress=update, node_refusals=node_refusals)
         except ExportError as exc:
             _stderr.print(f"[red]report failed:[/red] {exc}")
             raise typer.Exit(EXIT_FAILED) from exc

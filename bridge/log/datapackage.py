@@ -40,7 +40,7 @@ PRIMARY_KEYS: Mapping[str, Sequence[str]] = {
     "balances": ("seq", "participant", "currency"),
     "participants": ("seq", "participant"),
     "currencies": ("currency",),
-    "refusals": ("id",),
+    "refusals": ("recorded_by", "id"),
 }
 FOREIGN_KEYS: Mapping[str, Sequence[tuple[str, str, str]]] = {
     # (field, resource, field of that resource)

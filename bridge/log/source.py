@@ -68,6 +68,9 @@ def genesis_of_meta_row(cursor: Any) -> Genesis:
         raise LogIntegrityError("genesis (meta table)", f"unreadable: {exc!r}") from exc
 
 
+BRIDGE_RECORDER = "bridge"  # `recorded_by` of the refusals the bridge recorded
+
+
 class SourceError(BridgeError):
     """Raised when a source cannot be opened at all (missing, not a log, unsupported)."""
 
@@ -402,12 +405,44 @@ class SqliteSource(_Closing):
         if not self._has_refusals or "instruction_id" not in self._columns("refusals"):
             return iter(())
         return (
-            (i, t, iso_time(t), s, n, k, r, c or None)
+            (i, BRIDGE_RECORDER, t, iso_time(t), s, n, k, r, c or None)
             for i, t, s, n, k, r, c in self._rows(
                 "SELECT id, time, sender, instruction_id, kind, reason, corridor FROM refusals "
                 "ORDER BY id"
             )
         )
+
+
+def node_refusals(path: Path, genesis: Genesis) -> Iterator[Row]:
+    """The refusals a central bank node recorded in its own file (`<CB>.refusals.sqlite`,
+    `participants.central_bank.refusals`), oldest first, as `REFUSALS` rows recorded by that
+    central bank. Raises SourceError when the file is not one, or belongs to another chain or
+    to no central bank of `genesis`."""
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise SourceError(f"{path}: cannot open: {exc}") from exc
+    try:
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta"))
+            rows = db.execute(
+                "SELECT id, time, sender, instruction_id, kind, reason, corridor FROM refusals "
+                "ORDER BY id"
+            ).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise SourceError(f"{path}: not a central bank node's refusals file ({exc})") from exc
+        central_bank = str(meta.get("central_bank", ""))
+        if meta.get("chain_id") != genesis.chain_id:
+            raise SourceError(
+                f"{path}: refusals of chain {meta.get('chain_id')!r}, not {genesis.chain_id!r}"
+            )
+        if central_bank not in {b.id for b in genesis.central_banks}:
+            raise SourceError(f"{path}: {central_bank!r} is not a central bank of this log")
+    finally:
+        db.close()
+    return (
+        (i, central_bank, t, iso_time(t), s, n, k, r, c or None) for i, t, s, n, k, r, c in rows
+    )
 
 
 # ---------------------------------------------------------------------------- PostgreSQL

@@ -45,7 +45,7 @@ Value = int | str | bool | float | None
 Row = tuple[Value, ...]
 PvpKey = tuple[ParticipantId, str]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: refusals gained recorded_by (the bridge or a central bank node)
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,11 +281,23 @@ REFUSALS = Table(
     "refusals",
     "refused instruction",
     "Copied from the source's `refusals` table: instructions the bridge refused (the newest "
-    "100,000). Refusals change nothing, so they are not in the signed log: this table is "
-    "informational and not verified.",
+    "100,000), then, with `log export --node-refusals`, those central bank nodes refused "
+    "before forwarding them (each node's newest 100,000). Refusals change nothing, so they "
+    "are not in the signed log: this table is informational and not verified.",
     (
-        Column("id", "BIGINT", "", "Number of the refusal in the store, increasing. Key."),
-        Column("time_ms", "BIGINT", _MS, "When the bridge refused it."),
+        Column(
+            "id",
+            "BIGINT",
+            "",
+            "Number of the refusal where it was recorded, increasing. Key with recorded_by.",
+        ),
+        Column(
+            "recorded_by",
+            "VARCHAR",
+            "",
+            "Who refused it and recorded it: `bridge`, or the central bank whose node did. Key.",
+        ),
+        Column("time_ms", "BIGINT", _MS, "When it was refused (the recorder's clock)."),
         _time_column(),
         Column("sender", "VARCHAR", "", "Sender of the refused instruction."),
         Column("instruction_id", "VARCHAR", "", "Its instruction id."),
@@ -437,6 +449,47 @@ STORE_TABLES: tuple[Table, ...] = (
         (
             Column("consumer", "TEXT", "", "Consumer name. Key."),
             Column("last_id", "INTEGER", "", "Last published `outbox.id`."),
+        ),
+        verified=False,
+    ),
+)
+
+# The file in which a central bank node records the instructions it refused itself
+# (`participants/central_bank/refusals.py`), read by `log export --node-refusals`.
+NODE_REFUSALS_TABLES: tuple[Table, ...] = (
+    Table(
+        "meta",
+        "file setting",
+        "`central_bank` (whose node recorded the refusals) and `chain_id` (of its network).",
+        (
+            Column("key", "TEXT", "", "Setting name. Key."),
+            Column("value", "TEXT", "", "Setting value."),
+        ),
+        verified=False,
+    ),
+    Table(
+        "refusals",
+        "instruction the node refused before forwarding it (the newest 100,000 are kept)",
+        "Recorded where the refusal was decided, outside any hash chain; exported as "
+        "`refusals` rows with `recorded_by` the central bank.",
+        (
+            Column("id", "INTEGER", "", "Increasing number. Key."),
+            Column("time", "INTEGER", "ms (Unix epoch)", "When the node refused it (its clock)."),
+            Column(
+                "sender",
+                "TEXT",
+                "",
+                "Sender named in the instruction (an issuance request: the requesting bank).",
+            ),
+            Column(
+                "instruction_id",
+                "TEXT",
+                "",
+                "Its instruction id (an issuance request: the request id).",
+            ),
+            Column("kind", "TEXT", "", "Its instruction kind; empty when it carried no body."),
+            Column("reason", "TEXT", "", "Refusal reason code."),
+            Column("corridor", "TEXT", "", "Sender - other party jurisdictions, or empty."),
         ),
         verified=False,
     ),
@@ -803,6 +856,21 @@ def data_dictionary_markdown() -> str:
     ]
     for table in STORE_TABLES:
         out += _table_markdown(table, "###", "store table ")
+    out += [
+        "## A central bank node's refusals file",
+        "",
+        "What a central bank node refused before forwarding it to the bridge (a bad signature,",
+        "a bank of another central bank, a body of the wrong kind or shape, an endorsement a",
+        "peer node asked for): one SQLite file per node, `<network>/state/<CB>.refusals.sqlite`",
+        "(`participants/central_bank/refusals.py`). Refusals the node only passed on are",
+        "recorded where they were decided (the bridge, or the peer node), so each refusal is",
+        "in exactly one place. `cbdc-bridge log export --node-refusals FILE` (and `log report",
+        "--node-refusals FILE`) adds them to the `refusals` table; the operators read them",
+        "with `CentralBankAdmin.ListRefusals`, a bank its own with `CentralBank.GetRefusals`.",
+        "",
+    ]
+    for table in NODE_REFUSALS_TABLES:
+        out += _table_markdown(table, "###", "node file table ")
     return "\n".join(out)
 
 

@@ -113,7 +113,9 @@ async def run_central_bank_node(
         reachability=Reachability("bridge"),
         endorser=Endorser(me.id, key),
     )
-    refusals = NodeRefusals(config.refusals_path(me.id))
+    refusals = NodeRefusals(
+        config.refusals_path(me.id), central_bank=me.id, chain_id=genesis.chain_id
+    )
     core = CentralBankCore(
         config=config,
         central_bank=me.id,

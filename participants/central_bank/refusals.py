@@ -12,7 +12,9 @@ bank resubmits the same instruction id) are not refusals and are not recorded.
 
 One SQLite file per node (`<network>/state/<CB>.refusals.sqlite`, WAL), outside any hash chain:
 a refusal changed nothing, so nothing is signed or attested and no ledger state is touched. It
-keeps the newest `REFUSALS_KEPT` rows. `record` only appends to memory (it never blocks the
+keeps the newest `REFUSALS_KEPT` rows, and in `meta` the central bank and the chain id, so
+`cbdc-bridge log export --node-refusals` can say whose rows they are and refuse another
+network's file. `record` only appends to memory (it never blocks the
 event loop); `flush` writes what waits in one transaction in a worker thread, and runs every
 `FLUSH_SECONDS` and before every read, so a read sees every refusal answered before it.
 """
@@ -43,11 +45,13 @@ __all__ = [
     "instruction_refusal",
     "issuance_refusal",
     "read_refusals",
+    "refusals_file_meta",
 ]
 
 FLUSH_SECONDS = 0.2
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY, time INTEGER NOT NULL, sender TEXT NOT NULL,
     instruction_id TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
@@ -101,6 +105,16 @@ def issuance_refusal(
     return (now, request.auth.requester, request.request_id, Issue.KIND, reason, corridor)
 
 
+def refusals_file_meta(path: Path) -> dict[str, str]:
+    """The `meta` rows of a node's refusals file (central_bank, chain_id); raises
+    sqlite3.DatabaseError when it is not one."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
+    finally:
+        db.close()
+
+
 def read_refusals(
     path: Path, *, from_id: int = 1, limit: int = -1, sender: str = ""
 ) -> list[RecordedRefusal]:
@@ -124,8 +138,12 @@ def read_refusals(
 class NodeRefusals:
     """The node's refusals file and the rows waiting to be written to it."""
 
-    def __init__(self, path: Path, *, keep: int = REFUSALS_KEPT) -> None:
+    def __init__(
+        self, path: Path, *, central_bank: str, chain_id: str, keep: int = REFUSALS_KEPT
+    ) -> None:
         self.path = path
+        self.central_bank = central_bank
+        self.chain_id = chain_id
         self.keep = keep
         # what a failing disk leaves waiting is bounded too: the oldest rows are dropped
         self._pending: deque[RefusalRecord] = deque(maxlen=keep)
@@ -181,6 +199,8 @@ class NodeRefusals:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(SCHEMA)
+                meta = {"central_bank": self.central_bank, "chain_id": self.chain_id}
+                db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
             except sqlite3.Error:
                 db.close()
                 raise

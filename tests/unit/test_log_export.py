@@ -3,6 +3,7 @@ an exported file is caught and named."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import random
@@ -21,6 +22,7 @@ from bridge.log.source import SourceError, open_source
 from bridge.log.tables import STORE_TABLES, TABLES, data_dictionary_markdown
 from bridge.log.verify import Failure, verify_log
 from bridge.store.sqlite import SqliteStore
+from participants.central_bank.refusals import NodeRefusals
 
 ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = SampleOptions(entries=70, block_size=12, rate=100.0, seed=5)
@@ -166,6 +168,53 @@ def test_refusals_are_copied(exports: dict[str, Path], sample: SampleLog) -> Non
         f"FROM read_parquet('{exports['parquet'] / 'refusals.parquet'}') ORDER BY id"
     ).fetchall()
     assert exported == stored
+
+
+def node_refusals_file(path: Path, central_bank: str, chain_id: str) -> Path:
+    """A central bank node's refusals file holding two refusals, as the node writes it."""
+    refusals = NodeRefusals(path, central_bank=central_bank, chain_id=chain_id)
+    refusals.record((1_000, "ICBC", "pay-forged", "pay", "BAD_SIGNATURE", "CN-CN"))
+    refusals.record((1_001, "HSBCHK", "pay-elsewhere", "pay", "NOT_HOME_CENTRAL_BANK", ""))
+    asyncio.run(refusals.flush())
+    refusals.close()
+    return path
+
+
+def test_node_refusals_join_the_bridges_in_the_export(sample: SampleLog, tmp_path: Path) -> None:
+    """`node_refusals` files add their rows after the bridge's, each marked with who recorded
+    it; the export still verifies, and its manifest counts them."""
+    with open_source(sample.path) as source:
+        genesis = source.genesis()
+        node = node_refusals_file(tmp_path / "PBOC.refusals.sqlite", "PBOC", genesis.chain_id)
+        export_log(source, tmp_path / "out", "csv", node_refusals=[node])
+    rows = duckdb.sql(
+        "SELECT recorded_by, id, sender, instruction_id, reason, corridor "
+        f"FROM read_csv('{tmp_path / 'out' / 'refusals.csv'}', header=true)"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["bridge"] * sample.refused + ["PBOC", "PBOC"]
+    assert rows[-2:] == [
+        ("PBOC", 1, "ICBC", "pay-forged", "BAD_SIGNATURE", "CN-CN"),
+        ("PBOC", 2, "HSBCHK", "pay-elsewhere", "NOT_HOME_CENTRAL_BANK", None),
+    ]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["counts"]["refusals"] == sample.refused + 2
+    with open_source(tmp_path / "out") as exported:
+        assert verify_log(exported).ok
+
+
+def test_node_refusals_of_another_network_are_refused(sample: SampleLog, tmp_path: Path) -> None:
+    """A refusals file of another chain, or of no central bank of the log, stops the export
+    before anything is written."""
+    with open_source(sample.path) as source:
+        chain_id = source.genesis().chain_id
+        for name, central_bank, chain in (
+            ("other-chain", "PBOC", "another-chain"),
+            ("no-such-bank", "ECB", chain_id),
+        ):
+            node = node_refusals_file(tmp_path / f"{name}.sqlite", central_bank, chain)
+            with pytest.raises(ExportError, match=name):
+                export_log(source, tmp_path / name, "csv", node_refusals=[node])
+            assert not (tmp_path / name).exists()
 
 
 def test_data_dictionary_doc_is_current() -> None:

@@ -11,12 +11,21 @@ from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import PrivateKey
 from bridge.domain import Envelope, Genesis, GenesisBank, Pay
 from bridge.errors import Reason, Refused
+from bridge.log.tables import NODE_REFUSALS_TABLES
+from bridge.store.base import REFUSALS_KEPT
 from participants.central_bank.refusals import (
     NodeRefusals,
     RecordedRefusal,
     instruction_refusal,
     read_refusals,
+    refusals_file_meta,
 )
+
+OWNER = {"central_bank": "PBOC", "chain_id": "test-chain"}
+
+
+def refusals_at(path: Path, keep: int = REFUSALS_KEPT) -> NodeRefusals:
+    return NodeRefusals(path, central_bank="PBOC", chain_id="test-chain", keep=keep)
 
 
 def row(number: int) -> tuple[int, str, str, str, str, str]:
@@ -25,7 +34,7 @@ def row(number: int) -> tuple[int, str, str, str, str, str]:
 
 def test_flush_writes_each_recorded_refusal_once_in_order(tmp_path: Path) -> None:
     """Rows recorded before a flush are written once each, numbered in recording order."""
-    refusals = NodeRefusals(tmp_path / "PBOC.refusals.sqlite")
+    refusals = refusals_at(tmp_path / "PBOC.refusals.sqlite")
 
     async def run() -> list[RecordedRefusal]:
         for number in range(3):
@@ -43,7 +52,7 @@ def test_flush_writes_each_recorded_refusal_once_in_order(tmp_path: Path) -> Non
 def test_the_file_keeps_only_the_newest_refusals(tmp_path: Path) -> None:
     """Past `keep` rows the oldest are dropped, across flushes; numbers keep increasing."""
     path = tmp_path / "PBOC.refusals.sqlite"
-    refusals = NodeRefusals(path, keep=5)
+    refusals = refusals_at(path, keep=5)
 
     async def run() -> None:
         for first in (0, 4, 8):
@@ -61,7 +70,7 @@ def test_the_file_keeps_only_the_newest_refusals(tmp_path: Path) -> None:
 def test_rows_waiting_for_a_flush_are_bounded_too(tmp_path: Path) -> None:
     """More refusals than `keep` before a flush: only the newest `keep` are written."""
     path = tmp_path / "PBOC.refusals.sqlite"
-    refusals = NodeRefusals(path, keep=3)
+    refusals = refusals_at(path, keep=3)
     for number in range(10):
         refusals.record(row(number))
     asyncio.run(refusals.flush())
@@ -74,7 +83,7 @@ def test_a_failed_write_keeps_the_rows_for_the_next_flush(tmp_path: Path) -> Non
     blocked = tmp_path / "not-a-directory"
     blocked.write_text("a file where the node's state directory should be")
     path = blocked / "PBOC.refusals.sqlite"
-    refusals = NodeRefusals(path)
+    refusals = refusals_at(path)
     refusals.record(row(1))
     asyncio.run(refusals.flush())
     assert not path.exists()
@@ -88,7 +97,7 @@ def test_a_failed_write_keeps_the_rows_for_the_next_flush(tmp_path: Path) -> Non
 def test_reads_filter_by_sender_and_page_from_an_id(tmp_path: Path) -> None:
     """A read from an id, for one sender, returns that sender's rows from there on."""
     path = tmp_path / "PBOC.refusals.sqlite"
-    refusals = NodeRefusals(path)
+    refusals = refusals_at(path)
     for number in range(6):
         sender = "ICBC" if number % 2 else "BOCQ"
         refusals.record((number, sender, f"i-{number}", "pay", "MALFORMED", ""))
@@ -101,19 +110,22 @@ def test_reads_filter_by_sender_and_page_from_an_id(tmp_path: Path) -> None:
     assert [r.id for r in read_refusals(path, from_id=2, limit=2)] == [2, 3]
 
 
-def test_the_file_holds_refusals_only(tmp_path: Path) -> None:
-    """The node's refusals file has one table, `refusals`, with the bridge's columns."""
+def test_the_file_is_what_the_data_dictionary_documents(tmp_path: Path) -> None:
+    """The node's file has exactly the tables, columns and types of the data dictionary's
+    node file section, and `meta` names the central bank and the chain."""
     path = tmp_path / "PBOC.refusals.sqlite"
-    refusals = NodeRefusals(path)
+    refusals = refusals_at(path)
     refusals.record(row(1))
     asyncio.run(refusals.flush())
     refusals.close()
     with sqlite3.connect(path) as db:
-        tables = [name for (name,) in db.execute("SELECT name FROM sqlite_master")]
-        columns = [c[1] for c in db.execute("PRAGMA table_info(refusals)")]
+        names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        schema = {
+            name: [(c[1], c[2]) for c in db.execute(f"PRAGMA table_info({name})")] for name in names
+        }
     db.close()
-    assert tables == ["refusals"]
-    assert columns == ["id", "time", "sender", "instruction_id", "kind", "reason", "corridor"]
+    assert schema == {t.name: [(c.name, c.type) for c in t.columns] for t in NODE_REFUSALS_TABLES}
+    assert refusals_file_meta(path) == {"central_bank": "PBOC", "chain_id": "test-chain"}
 
 
 def test_a_row_names_the_corridor_when_both_parties_are_known() -> None:
