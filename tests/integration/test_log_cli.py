@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 
 from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.crypto import public_key_to_pem
+from participants.central_bank.refusals import NodeRefusals
 from participants.cli import app
 
 OPTIONS = SampleOptions(entries=80, block_size=16, rate=100.0, seed=17)
@@ -185,6 +187,51 @@ def test_report_command_writes_the_report(sample: SampleLog, tmp_path: Path) -> 
     assert code == 0, output
     assert (tmp_path / "report.html").is_file()
     assert (tmp_path / "summary.md").read_text().startswith("# Settlement log report")
+
+
+def node_file(path: Path, central_bank: str, chain_id: str, count: int) -> Path:
+    """A central bank node's refusals file with `count` refusals, written as the node writes."""
+    refusals = NodeRefusals(path, central_bank=central_bank, chain_id=chain_id)
+    for number in range(count):
+        refusals.record((1_000 + number, "ICBC", f"pay-{number}", "pay", "BAD_SIGNATURE", ""))
+    asyncio.run(refusals.flush())
+    refusals.close()
+    return path
+
+
+def test_export_and_report_take_node_refusals(sample: SampleLog, tmp_path: Path) -> None:
+    """`--node-refusals` (repeated) adds each node's refusals to the export's refusals table
+    and to the report's count; a file of another chain fails the command (exit 1)."""
+    chain_id = json.loads(cli("log", "genesis", str(sample.path))[1])["chain_id"]
+    pboc = node_file(tmp_path / "PBOC.refusals.sqlite", "PBOC", chain_id, 2)
+    hkma = node_file(tmp_path / "HKMA.refusals.sqlite", "HKMA", chain_id, 3)
+    out = tmp_path / "export"
+    nodes = ("--node-refusals", str(pboc), "--node-refusals", str(hkma))
+    code, output = cli(
+        "log", "export", "-s", str(sample.path), "-f", "jsonl", "-o", str(out), *nodes
+    )
+    assert code == 0, output
+    rows = [json.loads(line) for line in (out / "refusals.jsonl").read_text().splitlines()]
+    by = [row["recorded_by"] for row in rows]
+    assert by == ["bridge"] * sample.refused + ["PBOC"] * 2 + ["HKMA"] * 3
+    assert f"refusals {sample.refused + 5:,}" in output
+    code, output = cli("log", "report", "-s", str(sample.path), "-o", str(tmp_path / "r"), *nodes)
+    assert code == 0, output
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert f"| refusals recorded | {sample.refused + 5:,} |" in summary
+    stranger = node_file(tmp_path / "other.sqlite", "PBOC", "another-chain", 1)
+    code, output = cli(
+        "log",
+        "export",
+        "-s",
+        str(sample.path),
+        "-o",
+        str(tmp_path / "x"),
+        "--node-refusals",
+        str(stranger),
+    )
+    assert code == 1
+    assert "another-chain" in output
 
 
 def test_sample_command_makes_a_verifiable_log(tmp_path: Path) -> None:
