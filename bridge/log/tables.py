@@ -479,13 +479,14 @@ NODE_REFUSALS_TABLES: tuple[Table, ...] = (
                 "sender",
                 "TEXT",
                 "",
-                "Sender named in the instruction (an issuance request: the requesting bank).",
+                "Sender named in the instruction (an issuance request: the requesting bank); "
+                "cut to 64 characters and `…` when the instruction was refused as too long.",
             ),
             Column(
                 "instruction_id",
                 "TEXT",
                 "",
-                "Its instruction id (an issuance request: the request id).",
+                "Its instruction id (an issuance request: the request id); cut like `sender`.",
             ),
             Column("kind", "TEXT", "", "Its instruction kind; empty when it carried no body."),
             Column("reason", "TEXT", "", "Refusal reason code."),

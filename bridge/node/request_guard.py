@@ -15,7 +15,9 @@ refusal. The wrapped behaviour then answers it:
   stops reading, answers what it has taken, and ends `INVALID_ARGUMENT`; a message carrying a
   `batch` of such requests has its bad items refused one by one and the others served;
 - any other request stream ends `INVALID_ARGUMENT`.
-Each bad message is logged once, as one line without a traceback.
+Each bad message is logged once, as one line without a traceback. A message that decoded but
+is out of bounds is also handed, with its method and refusal, to `on_refused` when one is given
+(a central bank node records the refused instructions among them).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from bridge.errors import Reason, Refused
 from bridge.metrics import stage
 from bridge.status import abort
 
-__all__ = ["RequestGuard", "Undecodable", "correlation_id_of"]
+__all__ = ["OnRefused", "RequestGuard", "Undecodable", "correlation_id_of"]
 
 log = logging.getLogger("bridge.request_guard")
 _BOUNDED_PACKAGE = "bridge.v1."  # the messages `bridge.bounds` knows; health etc. only decode
@@ -55,8 +57,11 @@ class Undecodable:
     refusal: Refused
 
 
+OnRefused = Callable[[str, Message, Refused], None]  # method, decoded message, its refusal
+
+
 def _deserializer(
-    decode: Callable[[bytes], Any], method: str, bounded: bool
+    decode: Callable[[bytes], Any], method: str, bounded: bool, on_refused: OnRefused | None
 ) -> Callable[[bytes], Any]:
     def guarded(data: bytes) -> Any:
         try:
@@ -72,7 +77,14 @@ def _deserializer(
                     check_message(message)
             except Refused as refusal:
                 sifted = _sifted(message, data, method)
-                return _refused(data, method, refusal) if sifted is None else sifted
+                if sifted is not None:  # a batch (the bridge's Submit) without its bad items
+                    return sifted
+                if on_refused is not None:
+                    try:
+                        on_refused(method, message, refusal)
+                    except Exception:  # the refusal is answered whatever the hook does
+                        log.exception("on_refused failed", extra={"method": method})
+                return _refused(data, method, refusal)
         return message
 
     return guarded
@@ -287,7 +299,8 @@ def _answering_stream(behaviour: Any, reply: Callable[[int, Refused], Message]) 
 class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Answers undecodable and out-of-bounds requests at once, on every method of a server."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_refused: OnRefused | None = None) -> None:
+        self.on_refused = on_refused
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -303,14 +316,16 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             cached = self._wrapped.get(method)
             if cached is not None and cached[0] is handler:
                 return cached[1]
-            wrapped = _guarded(handler, method)
+            wrapped = _guarded(handler, method, self.on_refused)
             self._wrapped[method] = (handler, wrapped)
             return wrapped
 
 
-def _guarded(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _guarded(
+    handler: grpc.RpcMethodHandler, method: str, on_refused: OnRefused | None
+) -> grpc.RpcMethodHandler:
     bounded = method.lstrip("/").startswith(_BOUNDED_PACKAGE)
-    decode = _deserializer(handler.request_deserializer, method, bounded)
+    decode = _deserializer(handler.request_deserializer, method, bounded, on_refused)
     encode = handler.response_serializer
     streaming = handler.response_streaming
     if not handler.request_streaming:

@@ -136,7 +136,7 @@ async def run_central_bank_node(
     )
     interceptors: list[grpc.aio.ServerInterceptor] = [
         InFlightLimit(settings.max_in_flight),
-        RequestGuard(),
+        RequestGuard(on_refused=core.refused_at_edge),
     ]
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     central_bank_pb2_grpc.add_CentralBankServicer_to_server(

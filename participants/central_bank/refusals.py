@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge._proto.bridge.v1 import types_pb2 as types
+from bridge.bounds import MAX_ID_LENGTH
 from bridge.core.ledger import Ledger
 from bridge.domain import Envelope, Issue
 from bridge.errors import Refused
@@ -39,9 +40,11 @@ from bridge.settlement import RefusalRecord, refusal_record
 from bridge.store.base import REFUSALS_KEPT
 
 __all__ = [
+    "EDGE_RECORDED_METHODS",
     "FLUSH_SECONDS",
     "NodeRefusals",
     "RecordedRefusal",
+    "edge_refusal",
     "instruction_refusal",
     "issuance_refusal",
     "read_refusals",
@@ -113,6 +116,47 @@ def refusals_file_meta(path: Path) -> dict[str, str]:
         return {str(k): str(v) for k, v in db.execute("SELECT key, value FROM meta")}
     finally:
         db.close()
+
+
+# The CentralBank RPCs whose request is (or carries) a bank's instruction: refused at the edge
+# for its shape (`bridge.node.request_guard`), it is recorded like any refusal of the node.
+# Peers' EndorseDualPvp(s) are not: at the edge their caller is not authenticated yet.
+EDGE_RECORDED_METHODS = frozenset(
+    f"/bridge.v1.CentralBank/{name}"
+    for name in (
+        "Pay",
+        "ProposePvp",
+        "AcceptPvp",
+        "RejectPvp",
+        "CancelPvp",
+        "SubmitDualPvp",
+        "RequestRedemption",
+        "SubmitStream",
+        "RequestIssuance",
+    )
+)
+
+
+def edge_refusal(method: str, message: Any, refusal: Refused, now: int) -> RefusalRecord | None:
+    """The row for a bank's instruction refused at the edge for its shape (a field too long,
+    not of its character set, a bad time); None for other methods. The sender and id are as
+    sent, cut to 64 characters; no corridor (the fields are not to be trusted)."""
+    if method not in EDGE_RECORDED_METHODS or refusal.reason.retryable:
+        return None
+    if method.endswith("/RequestIssuance"):
+        sender, instruction_id, kind = message.auth.requester, message.request_id, Issue.KIND
+    else:
+        # a SignedInstruction; on SubmitStream, a BankSubmitRequest around one
+        signed = message.instruction if method.endswith("/SubmitStream") else message
+        instruction = signed.instruction
+        sender, instruction_id = instruction.sender, instruction.instruction_id
+        kind = instruction.WhichOneof("body") or ""
+    reason = refusal.reason.value
+    return (now, _clipped(sender), _clipped(instruction_id), kind, reason, "")
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= MAX_ID_LENGTH else text[:MAX_ID_LENGTH] + "…"
 
 
 def read_refusals(

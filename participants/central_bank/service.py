@@ -56,6 +56,7 @@ from participants.central_bank.peer_endorser import PeerEndorser
 from participants.central_bank.refusals import (
     NodeRefusals,
     RecordedRefusal,
+    edge_refusal,
     instruction_refusal,
     issuance_refusal,
 )
@@ -135,6 +136,13 @@ class CentralBankCore:
         if self.refusals is not None and not refusal.reason.retryable:
             row = instruction_refusal(message, envelope, refusal, self.replica.ledger, now_ms())
             self.refusals.record(row)
+
+    def refused_at_edge(self, method: str, message: Any, refusal: Refused) -> None:
+        """Record a bank's instruction refused at the edge for its shape (`RequestGuard`)."""
+        if self.refusals is not None:
+            row = edge_refusal(method, message, refusal, now_ms())
+            if row is not None:
+                self.refusals.record(row)
 
     def refused_issuance(self, request: pb.IssuanceRequest, refusal: Refused) -> None:
         """Record an issuance request this node refused itself (final refusals only)."""

@@ -2,7 +2,7 @@
 
 A network (bridge and four central bank nodes) runs on loopback. Banks send their nodes
 instructions the node must refuse before the bridge sees them (bad signature, a bank of another
-central bank, the wrong body kind, a zero amount, an RPC that does not take the kind), a dual
+central bank, the wrong body kind, a zero amount, an id too long sent as raw bytes), a dual
 PvP whose counterparty's node refuses the endorsement, and one the bridge refuses. Each node's
 records, read through `CentralBankAdmin.ListRefusals` and the bank-facing `GetRefusals`, must
 hold exactly the refusals that node decided, once each with their reason, while balances,
@@ -101,6 +101,13 @@ def test_refusals_decided_at_a_node_are_recorded_there_once_each(live: LiveNetwo
     zero = pay(amount=0)
     refuse(lambda: pboc.Pay(live.signed(zero), timeout=RPC_TIMEOUT), Reason.NON_POSITIVE_AMOUNT)
     expected[zero.instruction_id] = ("PBOC", "ICBC", "NON_POSITIVE_AMOUNT")
+    too_long = live.signed(pay())  # refused at the edge, before the servicer decodes it
+    too_long.instruction.instruction_id = new_id("long") + "-" + "x" * 200
+    raw = live.channel(live.address("PBOC")).unary_unary(
+        "/bridge.v1.CentralBank/Pay", request_serializer=None, response_deserializer=None
+    )
+    refuse(lambda: raw(too_long.SerializeToString(), timeout=RPC_TIMEOUT), Reason.FIELD_TOO_LONG)
+    expected[too_long.instruction.instruction_id[:64] + "…"] = ("PBOC", "ICBC", "FIELD_TOO_LONG")
     streamed = pay()
     request = cb_pb.BankSubmitRequest(
         correlation_id=1, instruction=live.signed(streamed, signer="BOCQ")

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import PrivateKey
@@ -16,6 +17,7 @@ from bridge.store.base import REFUSALS_KEPT
 from participants.central_bank.refusals import (
     NodeRefusals,
     RecordedRefusal,
+    edge_refusal,
     instruction_refusal,
     read_refusals,
     refusals_file_meta,
@@ -150,3 +152,33 @@ def test_a_row_names_the_corridor_when_both_parties_are_known() -> None:
     message.instruction.pay.currency = "CNY"
     undecoded = instruction_refusal(message, None, refusal, ledger, 8)
     assert undecoded == (8, "ICBC", "pay-2", "pay", "BAD_SIGNATURE", "")
+
+
+def test_edge_refusals_are_rows_only_for_bank_instructions() -> None:
+    """A bank's instruction refused at the edge gives a row (sender and id cut to 64
+    characters), on SubmitStream and RequestIssuance too; a query or a peer's call gives none."""
+    refusal = Refused(Reason.FIELD_TOO_LONG, "instruction_id is too long")
+    signed = types.SignedInstruction()
+    signed.instruction.sender = "ICBC"
+    signed.instruction.instruction_id = "i" * 100
+    signed.instruction.pay.currency = "CNY"
+    clipped = "i" * 64 + "…"
+    row = edge_refusal("/bridge.v1.CentralBank/Pay", signed, refusal, 5)
+    assert row == (5, "ICBC", clipped, "pay", "FIELD_TOO_LONG", "")
+    streamed = cb_pb.BankSubmitRequest(correlation_id=3, instruction=signed)
+    assert edge_refusal("/bridge.v1.CentralBank/SubmitStream", streamed, refusal, 6) == (
+        6,
+        "ICBC",
+        clipped,
+        "pay",
+        "FIELD_TOO_LONG",
+        "",
+    )
+    issuance = cb_pb.IssuanceRequest(request_id="r" * 70)
+    issuance.auth.requester = "BOCQ"
+    row = edge_refusal("/bridge.v1.CentralBank/RequestIssuance", issuance, refusal, 7)
+    assert row == (7, "BOCQ", "r" * 64 + "…", "issue", "FIELD_TOO_LONG", "")
+    assert edge_refusal("/bridge.v1.CentralBank/EndorseDualPvp", signed, refusal, 8) is None
+    assert (
+        edge_refusal("/bridge.v1.CentralBank/GetHistory", cb_pb.HistoryQuery(), refusal, 9) is None
+    )
