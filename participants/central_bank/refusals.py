@@ -215,10 +215,11 @@ class NodeRefusals:
                 )
 
     async def run(self, interval: float = FLUSH_SECONDS) -> None:
-        """Flush every `interval` seconds until cancelled."""
+        """Flush every `interval` seconds until cancelled (a write under way when cancelled
+        still ends, holding the lock, so a last `flush` on stop waits for it)."""
         while True:
             await asyncio.sleep(interval)
-            await self.flush()
+            await asyncio.shield(self.flush())
 
     async def page(self, from_id: int, limit: int, sender: str = "") -> list[RecordedRefusal]:
         """Up to `limit` rows from `from_id` on (only `sender`'s when given), after a flush."""
