@@ -136,6 +136,7 @@ _TIME = IntBound(1, _INT64_MAX, Reason.INVALID_TIME, "a positive time in millise
 _POSITION = IntBound(0, _INT64_MAX, Reason.MALFORMED, "not negative")
 INT_BOUNDS: dict[str, IntBound] = {
     "valid_until": _TIME,
+    "signed_at": _TIME,
     "settle_by": _TIME,
     "from_seq": _POSITION,
     "from_id": _POSITION,

@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from enum import StrEnum
 from hashlib import sha256
 from typing import Any, ClassVar
@@ -31,6 +32,10 @@ Amount = int
 INT64_MAX = 2**63 - 1
 BRIDGE_SENDER = "bridge"
 DAY_MS = 86_400_000
+# How far a `signed_at` may lie ahead of the ledger's time (the signer's clock running fast)
+# and how far behind it (an instruction signed long ago, or a clock far off), both inclusive.
+CLOCK_SKEW_MS: Millis = 5 * 60_000
+MAX_SIGNED_AGE_MS: Millis = 30 * DAY_MS
 
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")  # bridge.bounds, MAX_ID_LENGTH
 _CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
@@ -161,12 +166,18 @@ class Genesis:
 
 @dataclass(frozen=True, slots=True)
 class Instruction:
-    """Common header of every instruction; subclasses add their body fields."""
+    """Common header of every instruction; subclasses add their body fields.
+
+    `signed_at` is when the sender signed the body (UTC milliseconds since the epoch, from its
+    own clock): part of the signed body, so the log alone tells how long settlement took. It is
+    keyword-only and comes last in the constructor so that body fields keep their positions.
+    """
 
     KIND: ClassVar[str] = ""
     instruction_id: InstructionId
     sender: ParticipantId
     valid_until: Millis
+    signed_at: Millis = field(default=0, kw_only=True)
 
     def to_fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.KIND}
@@ -383,6 +394,7 @@ def instruction_from_fields(data: Mapping[str, Any]) -> Instruction:
 _INT_FIELDS = frozenset(
     {
         "valid_until",
+        "signed_at",
         "amount",
         "pay_amount",
         "receive_amount",
@@ -392,7 +404,7 @@ _INT_FIELDS = frozenset(
     }
 )
 _AMOUNT_FIELDS = frozenset({"amount", "pay_amount", "receive_amount"})
-_TIME_FIELDS = frozenset({"valid_until", "settle_by"})
+_TIME_FIELDS = frozenset({"valid_until", "signed_at", "settle_by"})
 _ID_FIELDS = frozenset(
     {
         "instruction_id",
@@ -485,8 +497,35 @@ def validate_amount(value: int, what: str) -> None:
         raise Refused(Reason.AMOUNT_OVERFLOW, f"{what} exceeds int64: got {value}")
 
 
+def format_time(ms: Millis) -> str:
+    """A time for a message: ISO 8601 UTC to the millisecond, and the milliseconds."""
+    try:
+        stamp = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms} ms"
+    return f"{stamp.replace('+00:00', 'Z')} ({ms} ms)"
+
+
+def _validate_signed_at(instruction: Instruction) -> None:
+    """A body cannot be signed after its own deadlines (`valid_until`, a proposal's `settle_by`)."""
+    kind, signed_at = instruction.KIND, instruction.signed_at
+    if signed_at > instruction.valid_until:
+        raise Refused(
+            Reason.INVALID_TIME,
+            f"{kind}.signed_at {format_time(signed_at)} is after its own valid_until "
+            f"{format_time(instruction.valid_until)}",
+        )
+    if isinstance(instruction, ProposePvp) and signed_at > instruction.settle_by:
+        raise Refused(
+            Reason.INVALID_TIME,
+            f"pvp_propose.signed_at {format_time(signed_at)} is after its own settle_by "
+            f"{format_time(instruction.settle_by)}",
+        )
+
+
 def _validate_specific(instruction: Instruction) -> None:
     kind = instruction.KIND
+    _validate_signed_at(instruction)
     if isinstance(instruction, ProposePvp | DualPvp):
         if instruction.counterparty == instruction.sender:
             raise Refused(Reason.SAME_PARTY, f"{kind}: counterparty is the sender")

@@ -7,13 +7,14 @@ canonical body bytes its signatures cover. A message that cannot be a domain val
 with `Reason.MALFORMED`, or with the domain's more precise reason (`NON_POSITIVE_AMOUNT`,
 `SAME_PARTY`, ...). Before any of this, every request a node receives has decoded and passed
 the field bounds of `bridge.bounds` (lengths, character sets, page sizes, times; checked by
-`bridge.node.request_guard` on every server); an instruction without a positive `valid_until`
-(or `settle_by`) is refused here with `INVALID_TIME`.
+`bridge.node.request_guard` on every server); an instruction without a positive `valid_until`,
+`signed_at` (or `settle_by`) is refused here with `INVALID_TIME`.
 
 Instruction bodies convert by field name: each body message has exactly the fields its domain
-class adds to the common header (instruction_id, sender, valid_until), and the members of the
-`Instruction.body` oneof are named after the domain kinds. That correspondence is checked when
-this module is imported, so the proto and the domain cannot silently drift apart.
+class adds to the common header (instruction_id, sender, valid_until, signed_at), and the
+members of the `Instruction.body` oneof are named after the domain kinds. That correspondence
+is checked when this module is imported, so the proto and the domain cannot silently drift
+apart.
 """
 
 from __future__ import annotations
@@ -152,7 +153,10 @@ def _kind_from_proto(value: pb.ParticipantKind.ValueType) -> ParticipantKind:
 
 # ---------------------------------------------------------------------------- instructions
 
-_HEADER_FIELDS = tuple(f.name for f in fields(Instruction))
+# the header fields a body class takes by position; `signed_at`, the header's keyword-only
+# field, is read and passed on its own
+_HEADER_FIELDS = tuple(f.name for f in fields(Instruction) if not f.kw_only)
+_KEYWORD_HEADER_FIELDS = tuple(f.name for f in fields(Instruction) if f.kw_only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,12 +192,19 @@ def _body_codecs() -> dict[str, _BodyCodec]:
             f"Instruction.body members {sorted(members)} differ from the domain kinds "
             f"{sorted(INSTRUCTION_TYPES)}: regenerate bridge/_proto or fix protos/"
         )
+    header = {f.name for f in pb.Instruction.DESCRIPTOR.fields if f.containing_oneof is None}
+    if header != {*_HEADER_FIELDS, *_KEYWORD_HEADER_FIELDS}:
+        raise RuntimeError(
+            f"Instruction header fields {sorted(header)} differ from the domain's "
+            f"{sorted({*_HEADER_FIELDS, *_KEYWORD_HEADER_FIELDS})}"
+        )
     codecs = {}
     for kind, cls in INSTRUCTION_TYPES.items():
         message = members[kind].message_type
         if message is None:
             raise RuntimeError(f"Instruction.{kind} is not a message")
-        names = tuple(f.name for f in fields(cls) if f.name not in _HEADER_FIELDS)
+        header = {*_HEADER_FIELDS, *_KEYWORD_HEADER_FIELDS}
+        names = tuple(f.name for f in fields(cls) if f.name not in header)
         wire = {f.name: f for f in message.fields}
         if set(names) != set(wire):
             raise RuntimeError(
@@ -217,7 +228,10 @@ def instruction_to_proto(body: Instruction) -> pb.Instruction:
         raise Refused(Reason.MALFORMED, f"unknown instruction kind: {body.KIND!r}")
     try:
         msg = pb.Instruction(
-            instruction_id=body.instruction_id, sender=body.sender, valid_until=body.valid_until
+            instruction_id=body.instruction_id,
+            sender=body.sender,
+            valid_until=body.valid_until,
+            signed_at=body.signed_at,
         )
         wire_body = getattr(msg, body.KIND)
         wire_body.SetInParent()
@@ -245,13 +259,20 @@ def instruction_from_proto(msg: pb.Instruction) -> Instruction:
         raise Refused(Reason.INVALID_TIME, f"{kind}.valid_until must be a positive time")
     if kind == "pvp_propose" and msg.pvp_propose.settle_by <= 0:
         raise Refused(Reason.INVALID_TIME, "pvp_propose.settle_by must be a positive time")
+    signed_at = msg.signed_at
+    if signed_at <= 0:  # every instruction says when it was signed
+        raise Refused(
+            Reason.INVALID_TIME,
+            f"{kind}.signed_at must be a positive time: when the sender signed it, "
+            "in UTC milliseconds since the epoch",
+        )
     values = codec.read(msg)
     if codec.fixups:
         values_list = list(values)
         for index, convert in codec.fixups:
             values_list[index] = convert(values_list[index])
         values = tuple(values_list)
-    instruction = codec.cls(*values)
+    instruction = codec.cls(*values, signed_at=signed_at)
     validate_shape(instruction)
     return instruction
 

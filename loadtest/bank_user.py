@@ -217,14 +217,16 @@ class BankUser(GrpcUser):
     ) -> Submitted:
         """A payment signed by the payer, sent to the payer's central bank."""
         self.check_not_stopping()
+        now = now_ms()
         body = Pay(
             self.new_id(),
             payer.bank,
-            now_ms() + VALID_FOR_MS,
+            now + VALID_FOR_MS,
             payee.bank,
             currency,
             amount,
             reference,
+            signed_at=now,
         )
         envelope = self.signed(body, payer)
         started = time.perf_counter()
@@ -258,19 +260,22 @@ class BankUser(GrpcUser):
             rate(proposer, pay_amount, counterparty, receive_amount),
             now + SETTLE_WITHIN_MS,
             reference,
+            signed_at=now,
         )
         envelope = self.signed(proposal, proposer)
         started = time.perf_counter()
         proposed = self.submit(proposer, "ProposePvp", envelope)
         if proposed.outcome != HELD:
             return proposed
+        accepted_at = now_ms()  # the counterparty signs once it has seen the proposal held
         acceptance = AcceptPvp(
             f"{pvp_id}.a",
             counterparty.bank,
-            now + VALID_FOR_MS,
+            accepted_at + VALID_FOR_MS,
             proposer.bank,
             pvp_id,
             sha256(envelope.body_bytes).hexdigest(),
+            signed_at=accepted_at,
         )
         accepted = self.submit(counterparty, "AcceptPvp", self.signed(acceptance, counterparty))
         if accepted.settled:
@@ -287,10 +292,11 @@ class BankUser(GrpcUser):
     ) -> Submitted:
         """Both banks sign one instruction; the proposer's central bank submits it."""
         self.check_not_stopping()
+        now = now_ms()
         body = DualPvp(
             self.new_id(),
             proposer.bank,
-            now_ms() + VALID_FOR_MS,
+            now + VALID_FOR_MS,
             counterparty.bank,
             proposer.currency,
             pay_amount,
@@ -298,6 +304,7 @@ class BankUser(GrpcUser):
             receive_amount,
             rate(proposer, pay_amount, counterparty, receive_amount),
             reference,
+            signed_at=now,
         )
         envelope = self.signed(body, proposer, counterparty)
         started = time.perf_counter()

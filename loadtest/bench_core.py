@@ -123,10 +123,23 @@ def setup_envelopes(network: BenchNetwork) -> tuple[Envelope, ...]:
     for bank in network.banks:
         cb_key = network.keys[bank.central_bank]
         admit = AdmitBank(
-            f"admit-{bank.id}", bank.central_bank, until, bank.id, network.keys[bank.id].public_key
+            f"admit-{bank.id}",
+            bank.central_bank,
+            until,
+            bank.id,
+            network.keys[bank.id].public_key,
+            signed_at=START,
         )
         out.append(signed(admit, cb_key))
-        fund = Issue(f"fund-{bank.id}", bank.central_bank, until, bank.id, bank.currency, FUNDING)
+        fund = Issue(
+            f"fund-{bank.id}",
+            bank.central_bank,
+            until,
+            bank.id,
+            bank.currency,
+            FUNDING,
+            signed_at=START,
+        )
         out.append(signed(fund, cb_key))
     return tuple(out)
 
@@ -164,6 +177,7 @@ def build_pvps(network: BenchNetwork, count: int, seed: int = 7) -> tuple[Envelo
             receive_amount,
             rate,
             f"corridor invoice {number:08d}",
+            signed_at=START,
         )
         out.append(dual_pvp_envelope(network, body))
     return tuple(out)

@@ -69,11 +69,23 @@ def _payments(
     key: Any, payer: str, payee: str, currency: str, settings: FloodSettings
 ) -> list[types.SignedInstruction]:
     run_id = new_run_id()
-    valid_until = time.time_ns() // 1_000_000 + VALID_FOR_MS
+    signed_at = time.time_ns() // 1_000_000
+    valid_until = signed_at + VALID_FOR_MS
     return [
         wire.envelope_to_proto(
             sign_as_party(
-                Envelope.of(Pay(f"flood-{run_id}-{i}", payer, valid_until, payee, currency, 1, "")),
+                Envelope.of(
+                    Pay(
+                        f"flood-{run_id}-{i}",
+                        payer,
+                        valid_until,
+                        payee,
+                        currency,
+                        1,
+                        "",
+                        signed_at=signed_at,
+                    )
+                ),
                 payer,
                 key,
             )

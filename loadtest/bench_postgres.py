@@ -271,7 +271,7 @@ def _pay(
 ) -> None:
     """One payment, resubmitted under the same id while it is not decided."""
     now = time.time_ns() // 1_000_000
-    body = Pay(f"failover-{now}", payer, now + 120_000, payee, currency, 1, "")
+    body = Pay(f"failover-{now}", payer, now + 120_000, payee, currency, 1, "", signed_at=now)
     message = wire.envelope_to_proto(sign_as_party(Envelope.of(body), payer, key))
     while True:
         try:

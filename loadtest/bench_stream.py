@@ -94,6 +94,7 @@ def _sign_share(args: tuple[str, str, int, int, int]) -> list[tuple[str, bytes]]
             f"{run_id}.s{number}", proposer.bank, valid_until, counterparty.bank,
             proposer.currency, pay_amount, counterparty.currency, receive_amount,
             rate(proposer, pay_amount, counterparty, receive_amount), trade_reference(rng),
+            signed_at=time.time_ns() // 1_000_000,
         )  # fmt: skip
         envelope = sign_as_party(Envelope.of(body), proposer.bank, proposer.key)
         envelope = sign_as_party(envelope, counterparty.bank, counterparty.key)

@@ -2,10 +2,11 @@
 
 Each central bank issues to each of its banks about 2 billion yuan's worth of its currency
 (`bridge.reference_rates.liquidity`), or `amount` when given, through its own node's
-admin service (the admin token in keys/<CB>.admin-token). The instruction ids and validity are
-fixed, so funding is idempotent: a second run gets the original receipts back (`duplicate`)
-and issues nothing more. Banks are admitted by their central bank node shortly after it
-starts; funding waits for that.
+admin service (the admin token in keys/<CB>.admin-token). The instruction ids are fixed, so
+funding is idempotent: a repeat within one run gets the original receipts back (`duplicate`),
+and a later run, whose instructions carry a later signing time and so another body, is refused
+`ID_CONFLICT` for every id already used, which counts as funded; nothing more is issued.
+Banks are admitted by their central bank node shortly after it starts; funding waits for that.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def fund_banks(network: Path | NetworkConfig, amount: int | None = FUNDING) -> i
                 request = pb.IssueRequest(
                     instruction_id=f"loadtest-fund-{bank.id}",
                     valid_until=FOREVER,
+                    signed_at=time.time_ns() // 1_000_000,  # retries resend this very body
                     body=types.Issue(to=bank.id, currency=cb.currency, amount=funding),
                 )
                 status = _issue(admin, request, metadata)
@@ -69,6 +71,8 @@ def _issue(
             return status
         except grpc.RpcError as error:
             refusal = refusal_from_rpc_error(error)
+            if refusal.reason is Reason.ID_CONFLICT:  # an earlier run funded this bank
+                return types.InstructionStatus(receipt=types.Receipt(duplicate=True))
             waiting = refusal.reason in _RETRY_WHILE or refusal.reason.retryable
             if not waiting or time.monotonic() > deadline:
                 raise RuntimeError(

@@ -264,7 +264,9 @@ def valid_requests(config: NetworkConfig) -> list[tuple[str, str, Message]]:
                 sign_as_party(Envelope.of(body), signer, config.load_key(signer))
             )
 
-        pay = Pay(f"{run}-pay-{bank}", bank, until, same, cb.currency, 1, "INV-FUZZ-1")
+        pay = Pay(
+            f"{run}-pay-{bank}", bank, until, same, cb.currency, 1, "INV-FUZZ-1", signed_at=now
+        )
         propose = ProposePvp(
             f"{run}-pvp-{bank}",
             bank,
@@ -277,10 +279,21 @@ def valid_requests(config: NetworkConfig) -> list[tuple[str, str, Message]]:
             "1",
             now + 3_600_000,
             "",
+            signed_at=now,
         )
-        accept = AcceptPvp(f"{run}-acc-{bank}", bank, until, peer, "nope", "0" * 64)
+        accept = AcceptPvp(f"{run}-acc-{bank}", bank, until, peer, "nope", "0" * 64, signed_at=now)
         dual_body = DualPvp(
-            f"{run}-dual-{bank}", bank, until, peer, cb.currency, 1, peer_cb.currency, 1, "1", ""
+            f"{run}-dual-{bank}",
+            bank,
+            until,
+            peer,
+            cb.currency,
+            1,
+            peer_cb.currency,
+            1,
+            "1",
+            "",
+            signed_at=now,
         )
         dual = sign_as_party(Envelope.of(dual_body), bank, key)
         dual = sign_as_party(dual, peer, config.load_key(peer))

@@ -8,8 +8,8 @@ currency has is refused. Exit codes:
     1  refused: final, nothing changed (reason code and message printed); do not resend as is
     2  usage or configuration error (nothing was sent)
     3  not decided: the node was unavailable, shed the request, or the outcome is unknown;
-       resubmit the same instruction id (the exact command to do so is printed: same id and
-       validity, so the bridge recognises it and settles it at most once)
+       resubmit the same instruction id (the exact command to do so is printed: same id,
+       validity and signing time, so the bridge recognises it and settles it at most once)
 """
 
 from __future__ import annotations
@@ -89,6 +89,13 @@ VALID_UNTIL = typer.Option(
     help="Unix ms after which the bridge refuses the instruction (default: now + 5 minutes); "
     "a resubmission repeats the first attempt's value.",
 )
+SIGNED_AT = typer.Option(
+    None,
+    "--signed-at",
+    min=1,
+    help="Unix ms the instruction is signed at, part of its signed body (default: now); a "
+    "resubmission repeats the first attempt's value.",
+)
 REFERENCE = typer.Option("", "--reference", "-r", help="Free text, e.g. the trade document.")
 WAIT_FINAL = typer.Option(
     False, "--wait-final", help="Also wait until the block holding it is final."
@@ -111,14 +118,26 @@ class Desk:
     context: typer.Context | None = None  # the command line, to print it for a resubmission
 
     def new_instruction(
-        self, given: str | None, valid_until: Millis | None = None, **fixed: object
-    ) -> tuple[str, Millis]:
-        """The id and validity of the instruction about to be sent; if its outcome is not
-        decided, the command printed to resubmit it repeats both (and `fixed` parameters)."""
+        self,
+        given: str | None,
+        valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
+        **fixed: object,
+    ) -> tuple[str, Millis, Millis]:
+        """The id, validity and signing time of the instruction about to be sent; if its
+        outcome is not decided, the command printed to resubmit it repeats all three (and
+        `fixed` parameters), so the resubmission is the very same signed body."""
         self.instruction_id = given or new_instruction_id()
-        until = valid_until if valid_until is not None else _now_ms() + VALIDITY_MS
-        self.resubmit = {"instruction_id": self.instruction_id, "valid_until": until, **fixed}
-        return self.instruction_id, until
+        now = _now_ms()
+        until = valid_until if valid_until is not None else now + VALIDITY_MS
+        signing_time = signed_at if signed_at is not None else now
+        self.resubmit = {
+            "instruction_id": self.instruction_id,
+            "valid_until": until,
+            "signed_at": signing_time,
+            **fixed,
+        }
+        return self.instruction_id, until, signing_time
 
     @property
     def bank(self) -> ParticipantId:
@@ -471,6 +490,7 @@ def pay(
     reference: str = REFERENCE,
     instruction_id: str | None = INSTRUCTION_ID,
     valid_until: int | None = VALID_UNTIL,
+    signed_at: int | None = SIGNED_AT,
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
@@ -480,8 +500,10 @@ def pay(
     with open_desk(network, bank, timeout, context) as desk:
         code = currency.upper()
         minor = desk.minor(amount, code)
-        iid, until = desk.new_instruction(instruction_id, valid_until)
-        result = desk.client.pay(payee, code, minor, reference, iid, valid_until=until)
+        iid, until, signing_time = desk.new_instruction(instruction_id, valid_until, signed_at)
+        result = desk.client.pay(
+            payee, code, minor, reference, iid, valid_until=until, signed_at=signing_time
+        )
         out.print(f"{desk.bank} paid {desk.show(minor, code)} to {payee}")
         finish(desk, result, wait_final, timeout)
 
@@ -492,6 +514,7 @@ def issue_request(
     amount: str = typer.Argument(..., help="Amount of our central bank's currency."),
     request_id: str | None = typer.Option(None, "--id", help="Request id, to retry safely."),
     valid_until: int | None = VALID_UNTIL,
+    signed_at: int | None = SIGNED_AT,
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
@@ -501,9 +524,11 @@ def issue_request(
     with open_desk(network, bank, timeout, context) as desk:
         currency = desk.home_currency()
         minor = desk.minor(amount, currency)
-        rid, until = desk.new_instruction(request_id, valid_until)
-        desk.resubmit = {"request_id": rid, "valid_until": until}
-        result = desk.client.request_issuance(minor, request_id=rid, valid_until=until)
+        rid, until, signing_time = desk.new_instruction(request_id, valid_until, signed_at)
+        desk.resubmit = {"request_id": rid, "valid_until": until, "signed_at": signing_time}
+        result = desk.client.request_issuance(
+            minor, request_id=rid, valid_until=until, signed_at=signing_time
+        )
         out.print(f"{result.sender} issued {desk.show(minor, currency)} to {desk.bank}")
         finish(desk, result, wait_final, timeout)
 
@@ -515,6 +540,7 @@ def redeem(
     currency: str = typer.Argument(..., help="Currency to return to its issuer."),
     instruction_id: str | None = INSTRUCTION_ID,
     valid_until: int | None = VALID_UNTIL,
+    signed_at: int | None = SIGNED_AT,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
@@ -523,8 +549,10 @@ def redeem(
     with open_desk(network, bank, timeout, context) as desk:
         code = currency.upper()
         minor = desk.minor(amount, code)
-        iid, until = desk.new_instruction(instruction_id, valid_until)
-        result = desk.client.redeem(code, minor, instruction_id=iid, valid_until=until)
+        iid, until, signing_time = desk.new_instruction(instruction_id, valid_until, signed_at)
+        result = desk.client.redeem(
+            code, minor, instruction_id=iid, valid_until=until, signed_at=signing_time
+        )
         out.print(f"{desk.bank} redeemed {desk.show(minor, code)}")
         out.print(describe(result))
 
@@ -585,6 +613,7 @@ def pvp_propose(
     reference: str = REFERENCE,
     instruction_id: str | None = INSTRUCTION_ID,
     valid_until: int | None = VALID_UNTIL,
+    signed_at: int | None = SIGNED_AT,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
@@ -593,7 +622,9 @@ def pvp_propose(
     with open_desk(network, bank, timeout, context) as desk:
         pay_money, receive_money = desk.money(pay_leg), desk.money(receive_leg)
         deadline = settle_by if settle_by is not None else _now_ms() + int(settle_within * 1000)
-        iid, until = desk.new_instruction(instruction_id, valid_until, settle_by=deadline)
+        iid, until, signing_time = desk.new_instruction(
+            instruction_id, valid_until, signed_at, settle_by=deadline
+        )
         result = desk.client.propose_pvp(
             counterparty,
             pay=pay_money,
@@ -603,6 +634,7 @@ def pvp_propose(
             reference=reference,
             instruction_id=iid,
             valid_until=until,
+            signed_at=signing_time,
         )
         out.print(
             f"{desk.bank} proposes to pay {desk.show(pay_money[1], pay_money[0])} to "
@@ -619,6 +651,7 @@ def pvp_accept(
     pvp_id: str = typer.Argument(..., help="The PvP id."),
     instruction_id: str | None = INSTRUCTION_ID,
     valid_until: int | None = VALID_UNTIL,
+    signed_at: int | None = SIGNED_AT,
     wait_final: bool = WAIT_FINAL,
     network: Path = NETWORK,
     bank: str = BANK,
@@ -628,9 +661,14 @@ def pvp_accept(
     with open_desk(network, bank, timeout, context) as desk:
         info = desk.client.pvp(proposer, pvp_id)
         out.print(pvp_table(desk, info))
-        iid, until = desk.new_instruction(instruction_id, valid_until)
+        iid, until, signing_time = desk.new_instruction(instruction_id, valid_until, signed_at)
         result = desk.client.accept_pvp(
-            proposer, pvp_id, terms_hash=info.terms_hash, instruction_id=iid, valid_until=until
+            proposer,
+            pvp_id,
+            terms_hash=info.terms_hash,
+            instruction_id=iid,
+            valid_until=until,
+            signed_at=signing_time,
         )
         finish(desk, result, wait_final, timeout)
 
@@ -642,14 +680,17 @@ def pvp_reject(
     pvp_id: str = typer.Argument(..., help="The PvP id."),
     instruction_id: str | None = INSTRUCTION_ID,
     valid_until: int | None = VALID_UNTIL,
+    signed_at: int | None = SIGNED_AT,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Decline a PvP proposed to us; the proposer's hold is released."""
     with open_desk(network, bank, timeout, context) as desk:
-        iid, until = desk.new_instruction(instruction_id, valid_until)
-        result = desk.client.reject_pvp(proposer, pvp_id, instruction_id=iid, valid_until=until)
+        iid, until, signing_time = desk.new_instruction(instruction_id, valid_until, signed_at)
+        result = desk.client.reject_pvp(
+            proposer, pvp_id, instruction_id=iid, valid_until=until, signed_at=signing_time
+        )
         out.print(describe(result))
 
 
@@ -659,14 +700,18 @@ def pvp_cancel(
     pvp_id: str = typer.Argument(..., help="The id of a PvP we proposed."),
     instruction_id: str | None = INSTRUCTION_ID,
     valid_until: int | None = VALID_UNTIL,
+    signed_at: int | None = SIGNED_AT,
     network: Path = NETWORK,
     bank: str = BANK,
     timeout: float = TIMEOUT,
 ) -> None:
     """Withdraw a PvP we proposed; our hold is released."""
     with open_desk(network, bank, timeout, context) as desk:
-        iid, until = desk.new_instruction(instruction_id, valid_until)
-        out.print(describe(desk.client.cancel_pvp(pvp_id, instruction_id=iid, valid_until=until)))
+        iid, until, signing_time = desk.new_instruction(instruction_id, valid_until, signed_at)
+        result = desk.client.cancel_pvp(
+            pvp_id, instruction_id=iid, valid_until=until, signed_at=signing_time
+        )
+        out.print(describe(result))
 
 
 @pvp_app.command("status")

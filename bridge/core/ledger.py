@@ -32,7 +32,10 @@ from bridge.crypto import Verifier
 from bridge.domain import (
     BRIDGE_SENDER,
     CENTRAL_BANK_KINDS,
+    CLOCK_SKEW_MS,
+    DAY_MS,
     INT64_MAX,
+    MAX_SIGNED_AGE_MS,
     AcceptPvp,
     AdmitBank,
     CancelPvp,
@@ -62,6 +65,7 @@ from bridge.domain import (
     SetParticipantStatus,
     SetPolicy,
     endorsement_message,
+    format_time,
     party_message,
     validate_shape,
 )
@@ -275,6 +279,7 @@ class Ledger:
                 f"instruction {body.instruction_id!r} was valid until {body.valid_until}, "
                 f"now {now}",
             )
+        check_signed_at(body, now)
         self._check_signatures(envelope)
         outcome = self._handlers[body.KIND](self, body, envelope, now)
         return self._record(envelope, outcome, now, key)
@@ -748,10 +753,33 @@ class Ledger:
         return errors
 
 
+def check_signed_at(body: Instruction, now: Millis) -> None:
+    """Refuse a body whose signing time the ledger's own time `now` cannot accept: more than
+    `CLOCK_SKEW_MS` ahead of it, or more than `MAX_SIGNED_AGE_MS` behind it. Only ledger time
+    is read, so a replay of the log decides exactly as the sequencer did."""
+    signed_at = body.signed_at
+    if signed_at > now + CLOCK_SKEW_MS:
+        raise Refused(
+            Reason.INVALID_TIME,
+            f"{body.KIND} {body.instruction_id!r} is signed at {format_time(signed_at)}, "
+            f"{signed_at - now:,} ms ahead of the ledger's time {format_time(now)}; at most "
+            f"{CLOCK_SKEW_MS:,} ms of clock skew is allowed: check the signer's clock",
+        )
+    if signed_at < now - MAX_SIGNED_AGE_MS:
+        raise Refused(
+            Reason.INVALID_TIME,
+            f"{body.KIND} {body.instruction_id!r} is signed at {format_time(signed_at)}, "
+            f"more than {MAX_SIGNED_AGE_MS // DAY_MS} days before the ledger's time "
+            f"{format_time(now)}: sign a new instruction",
+        )
+
+
 def expiry_envelope(proposer: ParticipantId, pvp_id: str, now: Millis) -> Envelope:
-    """The bridge's own instruction that expires one held PvP (unsigned, deterministic id)."""
+    """The bridge's own instruction that expires one held PvP (unsigned, deterministic id),
+    valid until and signed at the ledger time `now`."""
     digest = sha256(f"{proposer}\x00{pvp_id}".encode()).hexdigest()[:40]
-    return Envelope.of(ExpirePvp(f"expire-{digest}", BRIDGE_SENDER, now, proposer, pvp_id))
+    body = ExpirePvp(f"expire-{digest}", BRIDGE_SENDER, now, proposer, pvp_id, signed_at=now)
+    return Envelope.of(body)
 
 
 def replay(

@@ -352,6 +352,7 @@ async def admit_configured_banks(core: CentralBankCore) -> None:
                         now_ms() + 600_000,
                         bank.id,
                         public_key_from_pem(key_file.read_bytes()),
+                        signed_at=now_ms(),
                     )
                     await core.sign_and_settle(body)
                     log.info("bank admitted", extra={"bank": bank.id})

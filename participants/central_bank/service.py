@@ -79,6 +79,12 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def signing_time(requested: int) -> int:
+    """When the node signs an instruction it builds: the time the request names, so a retry
+    with the same values writes the same body; without one, the node's clock now."""
+    return requested if requested > 0 else now_ms()
+
+
 def read_failure(error: grpc.RpcError) -> Refused:
     """What a failed read of the bridge means to the bank: the bridge's refusal as it gave it,
     or, if the call failed in transport, UNAVAILABLE (a read changes nothing, so nothing can
@@ -579,6 +585,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                     bank,
                     core.currency,
                     request.amount,
+                    signed_at=signing_time(request.signed_at),
                 )
             except Refused as refusal:
                 core.refused_issuance(request, refusal)
@@ -779,6 +786,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             request.valid_until,
             request.body.bank,
             request.body.public_key,
+            signed_at=signing_time(request.signed_at),
         )
         return await self._run(context, body)
 
@@ -786,7 +794,12 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
         self, request: pb.BankStatusRequest, context: Context
     ) -> types.InstructionStatus:
         body = SetParticipantStatus(
-            request.instruction_id, self.core.id, request.valid_until, request.bank, "suspended"
+            request.instruction_id,
+            self.core.id,
+            request.valid_until,
+            request.bank,
+            "suspended",
+            signed_at=signing_time(request.signed_at),
         )
         return await self._run(context, body)
 
@@ -794,7 +807,12 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
         self, request: pb.BankStatusRequest, context: Context
     ) -> types.InstructionStatus:
         body = SetParticipantStatus(
-            request.instruction_id, self.core.id, request.valid_until, request.bank, "active"
+            request.instruction_id,
+            self.core.id,
+            request.valid_until,
+            request.bank,
+            "active",
+            signed_at=signing_time(request.signed_at),
         )
         return await self._run(context, body)
 
@@ -809,6 +827,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             policy.per_transfer_limit,
             policy.per_day_limit,
             tuple(policy.allowed_jurisdictions),
+            signed_at=signing_time(request.signed_at),
         )
         return await self._run(context, body)
 
@@ -821,6 +840,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             issue.to,
             issue.currency,
             issue.amount,
+            signed_at=signing_time(request.signed_at),
         )
         return await self._run(context, body)
 
@@ -835,6 +855,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             freeze.participant,
             freeze.currency,
             freeze.frozen,
+            signed_at=signing_time(request.signed_at),
         )
         return await self._run(context, body)
 

@@ -275,9 +275,18 @@ class Campaign:
                 "1.08",
                 now_ms() + int(self.profile.settle_within_s * 1000),
                 "outage probe",
+                signed_at=now_ms(),
             )
             return Sent(cb, "ProposePvp", body, client.signed(body))
-        body = Pay(client.next_id("probe"), payer, now_ms() + 900_000, payee, node.currency, 1)
+        body = Pay(
+            client.next_id("probe"),
+            payer,
+            now_ms() + 900_000,
+            payee,
+            node.currency,
+            1,
+            signed_at=now_ms(),
+        )
         return Sent(cb, "Pay", body, client.signed(body))
 
     def recover(self, healed_at: float | None = None) -> float:

@@ -133,7 +133,8 @@ class LoadClient:
     def instruction(self, rng: random.Random) -> list[Sent]:
         """The next instruction (a proposal comes with the acceptance to send after it)."""
         roll = rng.random()
-        valid_until = now_ms() + VALID_FOR_MS
+        signed_at = now_ms()
+        valid_until = signed_at + VALID_FOR_MS
         if roll < 0.5:
             payer, payee = self.pair(rng, cross=rng.random() < 0.5)
             body: Instruction = Pay(
@@ -144,6 +145,7 @@ class LoadClient:
                 self.home[payer].currency,
                 rng.randrange(1, 10_000),
                 "INV-CQ-chaos",
+                signed_at=signed_at,
             )
             return [Sent(self.home[payer].id, "Pay", body, self.signed(body))]
         a, b = self.pair(rng, cross=True)
@@ -152,13 +154,30 @@ class LoadClient:
         receive = (self.home[b].currency, 108 * units)
         if roll < 0.75:
             dual = DualPvp(
-                self.next_id("dual"), a, valid_until, b, *pay, *receive, "1.08", "FX chaos"
+                self.next_id("dual"),
+                a,
+                valid_until,
+                b,
+                *pay,
+                *receive,
+                "1.08",
+                "FX chaos",
+                signed_at=signed_at,
             )
             return [Sent(self.home[a].id, "SubmitDualPvp", dual, self.signed(dual, a, b))]
         expires = roll > 0.95
         settle_by = now_ms() + (EXPIRES_WITHIN_MS if expires else VALID_FOR_MS)
         proposal = ProposePvp(
-            self.next_id("pvp"), a, valid_until, b, *pay, *receive, "1.08", settle_by, "FX chaos"
+            self.next_id("pvp"),
+            a,
+            valid_until,
+            b,
+            *pay,
+            *receive,
+            "1.08",
+            settle_by,
+            "FX chaos",
+            signed_at=signed_at,
         )
         out = [Sent(self.home[a].id, "ProposePvp", proposal, self.signed(proposal))]
         if not expires:
@@ -169,6 +188,7 @@ class LoadClient:
                 a,
                 proposal.instruction_id,
                 proposal.terms_hash(),
+                signed_at=signed_at,
             )
             out.append(Sent(self.home[b].id, "AcceptPvp", accept, self.signed(accept)))
         return out

@@ -108,11 +108,12 @@ class CentralBankAdminClient:
         *,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Admit a commercial bank in this central bank's jurisdiction, with its SEC1 key."""
         request = pb.AdmitBankRequest(
-            **self._header(instruction_id, valid_until),
+            **self._header(instruction_id, valid_until, signed_at),
             body=types.AdmitBank(bank=bank, public_key=public_key),
         )
         return self._instruction("AdmitBank", request, timeout)
@@ -123,9 +124,12 @@ class CentralBankAdminClient:
         *,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
-        request = pb.BankStatusRequest(**self._header(instruction_id, valid_until), bank=bank)
+        request = pb.BankStatusRequest(
+            **self._header(instruction_id, valid_until, signed_at), bank=bank
+        )
         return self._instruction("SuspendBank", request, timeout)
 
     def reactivate_bank(
@@ -134,9 +138,12 @@ class CentralBankAdminClient:
         *,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
-        request = pb.BankStatusRequest(**self._header(instruction_id, valid_until), bank=bank)
+        request = pb.BankStatusRequest(
+            **self._header(instruction_id, valid_until, signed_at), bank=bank
+        )
         return self._instruction("ReactivateBank", request, timeout)
 
     def set_policy(
@@ -147,6 +154,7 @@ class CentralBankAdminClient:
         allowed_jurisdictions: Sequence[str] = (),
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Replace the policy for this central bank's currency (0: no limit; () : all)."""
@@ -155,7 +163,9 @@ class CentralBankAdminClient:
             per_day_limit=per_day_limit,
             allowed_jurisdictions=list(allowed_jurisdictions),
         )
-        request = pb.SetPolicyRequest(**self._header(instruction_id, valid_until), body=body)
+        request = pb.SetPolicyRequest(
+            **self._header(instruction_id, valid_until, signed_at), body=body
+        )
         return self._instruction("SetPolicy", request, timeout)
 
     def issue(
@@ -166,11 +176,12 @@ class CentralBankAdminClient:
         *,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Issue `amount` (minor units) of this central bank's `currency` to bank `to`."""
         body = types.Issue(to=to, currency=currency, amount=amount)
-        request = pb.IssueRequest(**self._header(instruction_id, valid_until), body=body)
+        request = pb.IssueRequest(**self._header(instruction_id, valid_until, signed_at), body=body)
         return self._instruction("Issue", request, timeout)
 
     def freeze(
@@ -180,10 +191,13 @@ class CentralBankAdminClient:
         currency: CurrencyCode | None = None,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Freeze `participant`'s account in this central bank's currency."""
-        return self._freeze(participant, currency, True, instruction_id, valid_until, timeout)
+        return self._freeze(
+            participant, currency, True, instruction_id, valid_until, signed_at, timeout
+        )
 
     def unfreeze(
         self,
@@ -192,9 +206,12 @@ class CentralBankAdminClient:
         currency: CurrencyCode | None = None,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
-        return self._freeze(participant, currency, False, instruction_id, valid_until, timeout)
+        return self._freeze(
+            participant, currency, False, instruction_id, valid_until, signed_at, timeout
+        )
 
     def _freeze(
         self,
@@ -203,12 +220,15 @@ class CentralBankAdminClient:
         frozen: bool,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
         timeout: float | None,
     ) -> InstructionResult:
         body = types.FreezeAccount(
             participant=participant, currency=currency or self.currency, frozen=frozen
         )
-        request = pb.FreezeAccountRequest(**self._header(instruction_id, valid_until), body=body)
+        request = pb.FreezeAccountRequest(
+            **self._header(instruction_id, valid_until, signed_at), body=body
+        )
         return self._instruction("FreezeAccount", request, timeout)
 
     # ------------------------------------------------------------------ supervision
@@ -244,13 +264,18 @@ class CentralBankAdminClient:
     # ------------------------------------------------------------------ transport
 
     def _header(
-        self, instruction_id: InstructionId | None, valid_until: Millis | None
+        self,
+        instruction_id: InstructionId | None,
+        valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> dict[str, Any]:
+        """Id, validity and signing time of an instruction the node builds and signs; the
+        signing time is the client's clock unless given (to resubmit the very same body)."""
+        now = wall_clock_ms()
         return {
             "instruction_id": instruction_id or new_instruction_id(),
-            "valid_until": (
-                valid_until if valid_until is not None else wall_clock_ms() + self.valid_for_ms
-            ),
+            "valid_until": valid_until if valid_until is not None else now + self.valid_for_ms,
+            "signed_at": signed_at if signed_at is not None else now,
         }
 
     def _instruction(self, name: str, request: Message, timeout: float | None) -> InstructionResult:

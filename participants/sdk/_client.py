@@ -149,10 +149,13 @@ class BankClient:
         instruction_id: InstructionId | None = None,
         *,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Pay `amount` of `currency` to `payee`; settles at once or is refused."""
-        rpc = self._requests.pay(payee, currency, amount, reference, instruction_id, valid_until)
+        rpc = self._requests.pay(
+            payee, currency, amount, reference, instruction_id, valid_until, signed_at
+        )
         return self._call(rpc, timeout)
 
     def propose_pvp(
@@ -167,6 +170,7 @@ class BankClient:
         reference: str = "",
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Propose an FX trade: our `pay` leg is held (outcome HELD) until the counterparty
@@ -175,7 +179,15 @@ class BankClient:
         the bridge refuses it (RATE_MISMATCH) if it contradicts the amounts."""
         deadline = self._requests.settle_by(settle_within_ms, settle_by)
         rpc = self._requests.propose_pvp(
-            counterparty, pay, receive, rate, deadline, reference, instruction_id, valid_until
+            counterparty,
+            pay,
+            receive,
+            rate,
+            deadline,
+            reference,
+            instruction_id,
+            valid_until,
+            signed_at,
         )
         return self._call(rpc, timeout)
 
@@ -187,6 +199,7 @@ class BankClient:
         terms_hash: str | None = None,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Accept a PvP proposed to us; both legs settle in one step (outcome SETTLED).
@@ -201,7 +214,9 @@ class BankClient:
                 terms_hash = known.terms_hash()
             else:
                 terms_hash = self.pvp(proposer, pvp_id, timeout=timeout).terms_hash
-        rpc = self._requests.accept_pvp(proposer, pvp_id, terms_hash, instruction_id, valid_until)
+        rpc = self._requests.accept_pvp(
+            proposer, pvp_id, terms_hash, instruction_id, valid_until, signed_at
+        )
         return self._call(rpc, timeout)
 
     def reject_pvp(
@@ -211,10 +226,11 @@ class BankClient:
         *,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Decline a PvP proposed to us; the proposer's hold is released."""
-        rpc = self._requests.reject_pvp(proposer, pvp_id, instruction_id, valid_until)
+        rpc = self._requests.reject_pvp(proposer, pvp_id, instruction_id, valid_until, signed_at)
         return self._call(rpc, timeout)
 
     def cancel_pvp(
@@ -223,10 +239,11 @@ class BankClient:
         *,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Withdraw a PvP we proposed; our hold is released."""
-        rpc = self._requests.cancel_pvp(pvp_id, instruction_id, valid_until)
+        rpc = self._requests.cancel_pvp(pvp_id, instruction_id, valid_until, signed_at)
         return self._call(rpc, timeout)
 
     def sign_dual_pvp(
@@ -239,6 +256,7 @@ class BankClient:
         reference: str = "",
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
     ) -> SignedDualPvp:
         """Sign our side of a dual-signed PvP for `counterparty` to submit; no call is made.
 
@@ -248,7 +266,7 @@ class BankClient:
         (e.g. its `to_json()`) to the counterparty, who calls `submit_dual_pvp` with it.
         """
         return self._requests.sign_dual_pvp(
-            counterparty, pay, receive, rate, reference, instruction_id, valid_until
+            counterparty, pay, receive, rate, reference, instruction_id, valid_until, signed_at
         )
 
     def submit_dual_pvp(
@@ -266,15 +284,18 @@ class BankClient:
         *,
         request_id: str | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Ask our central bank to issue `amount` of its currency to us (outcome ISSUED).
 
         The result's sender is the central bank and its instruction id is
-        `issue-<bank>-<request_id>`. To retry later, pass the same `request_id` and
-        `valid_until`: the node then writes the same instruction and the bridge answers the
-        original outcome."""
-        return self._call(self._requests.request_issuance(amount, request_id, valid_until), timeout)
+        `issue-<bank>-<request_id>`. To retry later, pass the same `request_id`,
+        `valid_until` and `signed_at`: the node then writes the same instruction and the
+        bridge answers the original outcome."""
+        return self._call(
+            self._requests.request_issuance(amount, request_id, valid_until, signed_at), timeout
+        )
 
     def redeem(
         self,
@@ -283,11 +304,12 @@ class BankClient:
         *,
         instruction_id: InstructionId | None = None,
         valid_until: Millis | None = None,
+        signed_at: Millis | None = None,
         timeout: float | None = None,
     ) -> InstructionResult:
         """Return `amount` of `currency` to its issuer, which destroys it (outcome REDEEMED)."""
         return self._call(
-            self._requests.redeem(currency, amount, instruction_id, valid_until), timeout
+            self._requests.redeem(currency, amount, instruction_id, valid_until, signed_at), timeout
         )
 
     # ------------------------------------------------------------------ reads

@@ -123,8 +123,9 @@ class BankRequests:
     # ------------------------------------------------------------------ instructions
 
     def instruction(self, body: Instruction) -> types.SignedInstruction:
-        """Validate and sign `body`; a repeat of a recent body (same id and terms, any validity)
-        is the very same signed message, so the bridge recognises the resubmission."""
+        """Validate and sign `body`; a repeat of a recent body (same id and terms, any validity
+        and signing time) is the very same signed message, so the bridge recognises the
+        resubmission."""
         try:
             validate_shape(body)
         except Refused as refusal:
@@ -141,7 +142,11 @@ class BankRequests:
         with self._lock:
             sent = list(self._sent.get(body.instruction_id, ()))
         for envelope in sent:
-            if replace(body, valid_until=envelope.body.valid_until) == envelope.body:
+            sent_body = envelope.body
+            if (
+                replace(body, valid_until=sent_body.valid_until, signed_at=sent_body.signed_at)
+                == sent_body
+            ):
                 return envelope
         return None
 
@@ -170,6 +175,11 @@ class BankRequests:
     def _until(self, valid_until: Millis | None) -> Millis:
         return valid_until if valid_until is not None else self.clock() + self.valid_for_ms
 
+    def _signing_time(self, signed_at: Millis | None) -> Millis:
+        """The signing time of a body built now: the one given (to resubmit an instruction
+        signed earlier, body for body) or this client's clock."""
+        return signed_at if signed_at is not None else self.clock()
+
     def pay(
         self,
         payee: ParticipantId,
@@ -178,8 +188,16 @@ class BankRequests:
         reference: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> Rpc[InstructionResult]:
-        body = Pay(*self._header(instruction_id, valid_until), payee, currency, amount, reference)
+        body = Pay(
+            *self._header(instruction_id, valid_until),
+            payee,
+            currency,
+            amount,
+            reference,
+            signed_at=self._signing_time(signed_at),
+        )
         return Rpc("Pay", self.instruction(body), _result)
 
     def propose_pvp(
@@ -192,6 +210,7 @@ class BankRequests:
         reference: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> Rpc[InstructionResult]:
         body = ProposePvp(
             *self._header(instruction_id, valid_until),
@@ -203,6 +222,7 @@ class BankRequests:
             rate,
             settle_by,
             reference,
+            signed_at=self._signing_time(signed_at),
         )
         return Rpc("ProposePvp", self.instruction(body), _result)
 
@@ -222,8 +242,15 @@ class BankRequests:
         terms_hash: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> Rpc[InstructionResult]:
-        body = AcceptPvp(*self._header(instruction_id, valid_until), proposer, pvp_id, terms_hash)
+        body = AcceptPvp(
+            *self._header(instruction_id, valid_until),
+            proposer,
+            pvp_id,
+            terms_hash,
+            signed_at=self._signing_time(signed_at),
+        )
         return Rpc("AcceptPvp", self.instruction(body), _result)
 
     def reject_pvp(
@@ -232,8 +259,14 @@ class BankRequests:
         pvp_id: InstructionId,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> Rpc[InstructionResult]:
-        body = RejectPvp(*self._header(instruction_id, valid_until), proposer, pvp_id)
+        body = RejectPvp(
+            *self._header(instruction_id, valid_until),
+            proposer,
+            pvp_id,
+            signed_at=self._signing_time(signed_at),
+        )
         return Rpc("RejectPvp", self.instruction(body), _result)
 
     def cancel_pvp(
@@ -241,8 +274,13 @@ class BankRequests:
         pvp_id: InstructionId,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> Rpc[InstructionResult]:
-        body = CancelPvp(*self._header(instruction_id, valid_until), pvp_id)
+        body = CancelPvp(
+            *self._header(instruction_id, valid_until),
+            pvp_id,
+            signed_at=self._signing_time(signed_at),
+        )
         return Rpc("CancelPvp", self.instruction(body), _result)
 
     def redeem(
@@ -251,8 +289,14 @@ class BankRequests:
         amount: Amount,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> Rpc[InstructionResult]:
-        body = Redeem(*self._header(instruction_id, valid_until), currency, amount)
+        body = Redeem(
+            *self._header(instruction_id, valid_until),
+            currency,
+            amount,
+            signed_at=self._signing_time(signed_at),
+        )
         return Rpc("RequestRedemption", self.instruction(body), _result)
 
     def sign_dual_pvp(
@@ -264,6 +308,7 @@ class BankRequests:
         reference: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> SignedDualPvp:
         """Our signature on a dual PvP that `counterparty` will submit (it is the sender).
 
@@ -282,6 +327,7 @@ class BankRequests:
             pay[1],
             rate,
             reference,
+            signed_at=self._signing_time(signed_at),
         )
         try:
             validate_shape(body)  # our own rate first: a malformed one is refused as given
@@ -316,12 +362,19 @@ class BankRequests:
         return sign_query(SERVICE + name, request, self.bank_id, self.key, self.clock())
 
     def request_issuance(
-        self, amount: Amount, request_id: str | None, valid_until: Millis | None
+        self,
+        amount: Amount,
+        request_id: str | None,
+        valid_until: Millis | None,
+        signed_at: Millis | None,
     ) -> Rpc[InstructionResult]:
         room = MAX_ID_LENGTH - len(f"{_ISSUE_PREFIX}{self.bank_id}-")
         request_id = request_id or new_instruction_id()[: max(room, 1)]
         request = pb.IssuanceRequest(
-            request_id=request_id, valid_until=self._until(valid_until), amount=amount
+            request_id=request_id,
+            valid_until=self._until(valid_until),
+            amount=amount,
+            signed_at=self._signing_time(signed_at),
         )
         return Rpc("RequestIssuance", self._query("RequestIssuance", request), _result)
 

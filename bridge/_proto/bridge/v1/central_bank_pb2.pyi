@@ -187,6 +187,7 @@ class IssuanceRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen id; becomes the instruction id of the `issue` instruction, so a retry with
     the same values returns the original outcome.
@@ -197,6 +198,11 @@ class IssuanceRequest(_message.Message):
     """
     amount: _builtins.int
     """Amount to issue, in minor units of the central bank's currency."""
+    signed_at: _builtins.int
+    """UTC milliseconds the `issue` instruction is signed at; part of the signed body, so a
+    retry must send the same value. 0: the node's clock when it signs (a retry after an
+    unknown outcome then writes another body and is refused ALREADY_EXISTS).
+    """
     @_builtins.property
     def auth(self) -> _types_pb2.RequestAuth:
         """The requesting bank, a timestamp and its signature over this request."""
@@ -208,10 +214,11 @@ class IssuanceRequest(_message.Message):
         request_id: _builtins.str = ...,
         valid_until: _builtins.int = ...,
         amount: _builtins.int = ...,
+        signed_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "auth", b"auth", "request_id", b"request_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "auth", b"auth", "request_id", b"request_id", "signed_at", b"signed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -468,10 +475,15 @@ class AdmitBankRequest(_message.Message):
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
     """Client-chosen instruction id."""
     valid_until: _builtins.int
     """Logical time until which the instruction is valid."""
+    signed_at: _builtins.int
+    """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
+    send the same value. 0: the node's clock when it signs.
+    """
     @_builtins.property
     def body(self) -> _types_pb2.AdmitBank:
         """The bank and its public key."""
@@ -482,10 +494,11 @@ class AdmitBankRequest(_message.Message):
         instruction_id: _builtins.str = ...,
         valid_until: _builtins.int = ...,
         body: _types_pb2.AdmitBank | None = ...,
+        signed_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "signed_at", b"signed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -500,22 +513,28 @@ class BankStatusRequest(_message.Message):
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     BANK_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
     """Client-chosen instruction id."""
     valid_until: _builtins.int
     """Logical time until which the instruction is valid."""
     bank: _builtins.str
     """The bank."""
+    signed_at: _builtins.int
+    """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
+    send the same value. 0: the node's clock when it signs.
+    """
     def __init__(
         self,
         *,
         instruction_id: _builtins.str = ...,
         valid_until: _builtins.int = ...,
         bank: _builtins.str = ...,
+        signed_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "instruction_id", b"instruction_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "instruction_id", b"instruction_id", "signed_at", b"signed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,10 +549,15 @@ class SetPolicyRequest(_message.Message):
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
     """Client-chosen instruction id."""
     valid_until: _builtins.int
     """Logical time until which the instruction is valid."""
+    signed_at: _builtins.int
+    """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
+    send the same value. 0: the node's clock when it signs.
+    """
     @_builtins.property
     def body(self) -> _types_pb2.SetPolicy:
         """The new limits and corridors."""
@@ -544,10 +568,11 @@ class SetPolicyRequest(_message.Message):
         instruction_id: _builtins.str = ...,
         valid_until: _builtins.int = ...,
         body: _types_pb2.SetPolicy | None = ...,
+        signed_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "signed_at", b"signed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -562,10 +587,15 @@ class IssueRequest(_message.Message):
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
     """Client-chosen instruction id."""
     valid_until: _builtins.int
     """Logical time until which the instruction is valid."""
+    signed_at: _builtins.int
+    """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
+    send the same value. 0: the node's clock when it signs.
+    """
     @_builtins.property
     def body(self) -> _types_pb2.Issue:
         """The bank credited, the currency and the amount."""
@@ -576,10 +606,11 @@ class IssueRequest(_message.Message):
         instruction_id: _builtins.str = ...,
         valid_until: _builtins.int = ...,
         body: _types_pb2.Issue | None = ...,
+        signed_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "signed_at", b"signed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -594,10 +625,15 @@ class FreezeAccountRequest(_message.Message):
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
     BODY_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     instruction_id: _builtins.str
     """Client-chosen instruction id."""
     valid_until: _builtins.int
     """Logical time until which the instruction is valid."""
+    signed_at: _builtins.int
+    """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
+    send the same value. 0: the node's clock when it signs.
+    """
     @_builtins.property
     def body(self) -> _types_pb2.FreezeAccount:
         """The account and whether it is frozen."""
@@ -608,10 +644,11 @@ class FreezeAccountRequest(_message.Message):
         instruction_id: _builtins.str = ...,
         valid_until: _builtins.int = ...,
         body: _types_pb2.FreezeAccount | None = ...,
+        signed_at: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "instruction_id", b"instruction_id", "signed_at", b"signed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,7 +6,8 @@ Domain messages of the cross-border CBDC payment bridge, shared by every service
 These mirror `bridge/domain.py` field for field. Conventions:
 - amounts are int64 counts of a currency's minor units (never floats); protobuf itself
   refuses values past int64, and the bridge refuses zero and negative amounts;
-- times are int64 logical milliseconds (the bridge's clock, not the caller's wall clock);
+- times are int64 logical milliseconds (the bridge's clock, not the caller's wall clock),
+  except `Instruction.signed_at`, the signer's own clock (UTC ms since the Unix epoch);
 - identifiers (participants, instructions, PvPs) match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$;
 - currency codes are three upper-case letters (ISO 4217 style: CNY, HKD, THB, AED, SAR, SGD);
 - jurisdictions are two upper-case letters (ISO 3166-1 alpha-2: CN, HK, TH, AE, SA, SG);
@@ -394,7 +395,7 @@ class AdmitBank(_message.Message):
     """---------------------------------------------------------------------------- instructions
 
     Each body message below holds the fields one instruction kind adds to the common header in
-    `Instruction` (instruction_id, sender, valid_until). Field names equal the names in
+    `Instruction` (instruction_id, sender, valid_until, signed_at). Field names equal the names in
     `bridge/domain.py`, and the `Instruction.body` oneof member names equal the domain `KIND`.
 
     A central bank admits one of its commercial banks (sender: the central bank).
@@ -833,6 +834,7 @@ class Instruction(_message.Message):
     INSTRUCTION_ID_FIELD_NUMBER: _builtins.int
     SENDER_FIELD_NUMBER: _builtins.int
     VALID_UNTIL_FIELD_NUMBER: _builtins.int
+    SIGNED_AT_FIELD_NUMBER: _builtins.int
     ADMIT_BANK_FIELD_NUMBER: _builtins.int
     SET_STATUS_FIELD_NUMBER: _builtins.int
     SET_POLICY_FIELD_NUMBER: _builtins.int
@@ -854,6 +856,13 @@ class Instruction(_message.Message):
     """Participant that sends (and signs) the instruction."""
     valid_until: _builtins.int
     """Logical time after which the bridge refuses the instruction (DEADLINE_EXCEEDED)."""
+    signed_at: _builtins.int
+    """When the sender signed the instruction: UTC milliseconds since the Unix epoch, from the
+    signer's clock, part of the signed body (`signed_at` in its canonical JSON). The bridge
+    refuses (INVALID_TIME) a time after `valid_until` (or a proposal's `settle_by`), more than
+    5 minutes ahead of its own time, or more than 30 days behind it. Settlement latency is the
+    entry's time minus this; see docs/ledger-rules.md.
+    """
     @_builtins.property
     def admit_bank(self) -> Global___AdmitBank:
         """Admit a commercial bank."""
@@ -912,6 +921,7 @@ class Instruction(_message.Message):
         instruction_id: _builtins.str = ...,
         sender: _builtins.str = ...,
         valid_until: _builtins.int = ...,
+        signed_at: _builtins.int = ...,
         admit_bank: Global___AdmitBank | None = ...,
         set_status: Global___SetParticipantStatus | None = ...,
         set_policy: Global___SetPolicy | None = ...,
@@ -928,7 +938,7 @@ class Instruction(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["admit_bank", b"admit_bank", "body", b"body", "freeze_account", b"freeze_account", "issue", b"issue", "pay", b"pay", "pvp_accept", b"pvp_accept", "pvp_cancel", b"pvp_cancel", "pvp_dual", b"pvp_dual", "pvp_expire", b"pvp_expire", "pvp_propose", b"pvp_propose", "pvp_reject", b"pvp_reject", "redeem", b"redeem", "set_policy", b"set_policy", "set_status", b"set_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_bank", b"admit_bank", "body", b"body", "freeze_account", b"freeze_account", "instruction_id", b"instruction_id", "issue", b"issue", "pay", b"pay", "pvp_accept", b"pvp_accept", "pvp_cancel", b"pvp_cancel", "pvp_dual", b"pvp_dual", "pvp_expire", b"pvp_expire", "pvp_propose", b"pvp_propose", "pvp_reject", b"pvp_reject", "redeem", b"redeem", "sender", b"sender", "set_policy", b"set_policy", "set_status", b"set_status", "valid_until", b"valid_until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admit_bank", b"admit_bank", "body", b"body", "freeze_account", b"freeze_account", "instruction_id", b"instruction_id", "issue", b"issue", "pay", b"pay", "pvp_accept", b"pvp_accept", "pvp_cancel", b"pvp_cancel", "pvp_dual", b"pvp_dual", "pvp_expire", b"pvp_expire", "pvp_propose", b"pvp_propose", "pvp_reject", b"pvp_reject", "redeem", b"redeem", "sender", b"sender", "set_policy", b"set_policy", "set_status", b"set_status", "signed_at", b"signed_at", "valid_until", b"valid_until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["admit_bank", "set_status", "set_policy", "freeze_account", "issue", "redeem", "pay", "pvp_propose", "pvp_accept", "pvp_reject", "pvp_cancel", "pvp_expire", "pvp_dual"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015

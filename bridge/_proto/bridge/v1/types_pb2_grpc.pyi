@@ -6,7 +6,8 @@ Domain messages of the cross-border CBDC payment bridge, shared by every service
 These mirror `bridge/domain.py` field for field. Conventions:
 - amounts are int64 counts of a currency's minor units (never floats); protobuf itself
   refuses values past int64, and the bridge refuses zero and negative amounts;
-- times are int64 logical milliseconds (the bridge's clock, not the caller's wall clock);
+- times are int64 logical milliseconds (the bridge's clock, not the caller's wall clock),
+  except `Instruction.signed_at`, the signer's own clock (UTC ms since the Unix epoch);
 - identifiers (participants, instructions, PvPs) match ^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$;
 - currency codes are three upper-case letters (ISO 4217 style: CNY, HKD, THB, AED, SAR, SGD);
 - jurisdictions are two upper-case letters (ISO 3166-1 alpha-2: CN, HK, TH, AE, SA, SG);
