@@ -67,6 +67,7 @@ BANKS: tuple[tuple[str, str], ...] = (
 
 T0: Millis = 20_000 * DAY_MS + 9 * 3_600_000  # 09:00 on day 20000
 VALID_FOR: Millis = 10 * DAY_MS
+SIGNED_AT: Millis = T0 - 1_000  # when the factories' instructions are signed by default
 
 _ids = itertools.count(1)
 
@@ -208,8 +209,14 @@ def without_signature(envelope: Envelope, signer: ParticipantId, endorses: str =
 # ---------------------------------------------------------------------------- instructions
 
 
-def _header(instruction_id: str | None, valid_until: Millis | None) -> tuple[str, Millis]:
-    return (instruction_id or new_id(), T0 + VALID_FOR if valid_until is None else valid_until)
+def _header(
+    instruction_id: str | None, valid_until: Millis | None, signed_at: Millis | None
+) -> tuple[str, Millis, Millis]:
+    """Id, validity and signing time: by default valid for VALID_FOR from T0, signed at
+    SIGNED_AT (never after the validity given)."""
+    until = T0 + VALID_FOR if valid_until is None else valid_until
+    signed = min(SIGNED_AT, until) if signed_at is None else signed_at
+    return (instruction_id or new_id(), until, signed)
 
 
 def admit_bank(
@@ -220,10 +227,11 @@ def admit_bank(
     *,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
     key = net.keys[bank].public_key if public_key is None else public_key
-    iid, until = _header(instruction_id, valid_until)
-    return sign(net, AdmitBank(iid, central_bank, until, bank, key))
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
+    return sign(net, AdmitBank(iid, central_bank, until, bank, key, signed_at=signed))
 
 
 def set_status(
@@ -234,9 +242,12 @@ def set_status(
     *,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
-    iid, until = _header(instruction_id, valid_until)
-    return sign(net, SetParticipantStatus(iid, central_bank, until, participant, status))
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
+    return sign(
+        net, SetParticipantStatus(iid, central_bank, until, participant, status, signed_at=signed)
+    )
 
 
 def set_policy(
@@ -248,10 +259,17 @@ def set_policy(
     allowed_jurisdictions: tuple[str, ...] = (),
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
-    iid, until = _header(instruction_id, valid_until)
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
     body = SetPolicy(
-        iid, central_bank, until, per_transfer_limit, per_day_limit, allowed_jurisdictions
+        iid,
+        central_bank,
+        until,
+        per_transfer_limit,
+        per_day_limit,
+        allowed_jurisdictions,
+        signed_at=signed,
     )
     return sign(net, body)
 
@@ -265,9 +283,13 @@ def freeze(
     *,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
-    iid, until = _header(instruction_id, valid_until)
-    return sign(net, FreezeAccount(iid, central_bank, until, participant, currency, frozen))
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
+    return sign(
+        net,
+        FreezeAccount(iid, central_bank, until, participant, currency, frozen, signed_at=signed),
+    )
 
 
 def issue(
@@ -279,10 +301,11 @@ def issue(
     *,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
     code = net.currency_of[central_bank] if currency is None else currency
-    iid, until = _header(instruction_id, valid_until)
-    return sign(net, Issue(iid, central_bank, until, to, code, amount))
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
+    return sign(net, Issue(iid, central_bank, until, to, code, amount, signed_at=signed))
 
 
 def redeem(
@@ -293,10 +316,11 @@ def redeem(
     *,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
     code = net.currency_of[bank] if currency is None else currency
-    iid, until = _header(instruction_id, valid_until)
-    return sign(net, Redeem(iid, bank, until, code, amount))
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
+    return sign(net, Redeem(iid, bank, until, code, amount, signed_at=signed))
 
 
 def pay(
@@ -309,10 +333,11 @@ def pay(
     reference: str = "",
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
     code = net.currency_of[payer] if currency is None else currency
-    iid, until = _header(instruction_id, valid_until)
-    return sign(net, Pay(iid, payer, until, payee, code, amount, reference))
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
+    return sign(net, Pay(iid, payer, until, payee, code, amount, reference, signed_at=signed))
 
 
 def pvp_proposal(
@@ -329,8 +354,9 @@ def pvp_proposal(
     reference: str = "",
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> ProposePvp:
-    iid, until = _header(instruction_id, valid_until)
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
     pay_code = net.currency_of[proposer] if pay_currency is None else pay_currency
     receive_code = net.currency_of[counterparty] if receive_currency is None else receive_currency
     if rate is None:
@@ -347,6 +373,7 @@ def pvp_proposal(
         rate,
         settle_by,
         reference,
+        signed_at=signed,
     )
 
 
@@ -371,8 +398,9 @@ def accept_pvp(
     terms_hash: str | None = None,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
-    iid, until = _header(instruction_id, valid_until)
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
     body = AcceptPvp(
         iid,
         proposal.counterparty if acceptor is None else acceptor,
@@ -380,6 +408,7 @@ def accept_pvp(
         proposal.sender,
         proposal.instruction_id,
         proposal.terms_hash() if terms_hash is None else terms_hash,
+        signed_at=signed,
     )
     return sign(net, body)
 
@@ -391,10 +420,14 @@ def reject_pvp(
     rejecter: ParticipantId | None = None,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
-    iid, until = _header(instruction_id, valid_until)
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
     sender = proposal.counterparty if rejecter is None else rejecter
-    return sign(net, RejectPvp(iid, sender, until, proposal.sender, proposal.instruction_id))
+    return sign(
+        net,
+        RejectPvp(iid, sender, until, proposal.sender, proposal.instruction_id, signed_at=signed),
+    )
 
 
 def cancel_pvp(
@@ -404,10 +437,11 @@ def cancel_pvp(
     canceller: ParticipantId | None = None,
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
 ) -> Envelope:
-    iid, until = _header(instruction_id, valid_until)
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
     sender = proposal.sender if canceller is None else canceller
-    return sign(net, CancelPvp(iid, sender, until, proposal.instruction_id))
+    return sign(net, CancelPvp(iid, sender, until, proposal.instruction_id, signed_at=signed))
 
 
 def dual_pvp(
@@ -423,9 +457,10 @@ def dual_pvp(
     reference: str = "",
     instruction_id: str | None = None,
     valid_until: Millis | None = None,
+    signed_at: Millis | None = None,
     endorsers: Mapping[ParticipantId, ParticipantId] | None = None,
 ) -> Envelope:
-    iid, until = _header(instruction_id, valid_until)
+    iid, until, signed = _header(instruction_id, valid_until, signed_at)
     pay_code = net.currency_of[sender] if pay_currency is None else pay_currency
     receive_code = net.currency_of[counterparty] if receive_currency is None else receive_currency
     if rate is None:
@@ -441,6 +476,7 @@ def dual_pvp(
         receive_amount,
         rate,
         reference,
+        signed_at=signed,
     )
     return sign(net, body, endorsers=endorsers)
 

@@ -188,7 +188,7 @@ class BankRequests:
         reference: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> Rpc[InstructionResult]:
         body = Pay(
             *self._header(instruction_id, valid_until),
@@ -210,7 +210,7 @@ class BankRequests:
         reference: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> Rpc[InstructionResult]:
         body = ProposePvp(
             *self._header(instruction_id, valid_until),
@@ -242,7 +242,7 @@ class BankRequests:
         terms_hash: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> Rpc[InstructionResult]:
         body = AcceptPvp(
             *self._header(instruction_id, valid_until),
@@ -259,7 +259,7 @@ class BankRequests:
         pvp_id: InstructionId,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> Rpc[InstructionResult]:
         body = RejectPvp(
             *self._header(instruction_id, valid_until),
@@ -274,7 +274,7 @@ class BankRequests:
         pvp_id: InstructionId,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> Rpc[InstructionResult]:
         body = CancelPvp(
             *self._header(instruction_id, valid_until),
@@ -289,7 +289,7 @@ class BankRequests:
         amount: Amount,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> Rpc[InstructionResult]:
         body = Redeem(
             *self._header(instruction_id, valid_until),
@@ -308,7 +308,7 @@ class BankRequests:
         reference: str,
         instruction_id: InstructionId | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> SignedDualPvp:
         """Our signature on a dual PvP that `counterparty` will submit (it is the sender).
 
@@ -366,7 +366,7 @@ class BankRequests:
         amount: Amount,
         request_id: str | None,
         valid_until: Millis | None,
-        signed_at: Millis | None,
+        signed_at: Millis | None = None,
     ) -> Rpc[InstructionResult]:
         room = MAX_ID_LENGTH - len(f"{_ISSUE_PREFIX}{self.bank_id}-")
         request_id = request_id or new_instruction_id()[: max(room, 1)]

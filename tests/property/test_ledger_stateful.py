@@ -37,8 +37,10 @@ from bridge.core.ledger import Ledger, SignatureCheck, expiry_envelope, replay
 from bridge.crypto import FastVerifier
 from bridge.domain import (
     CENTRAL_BANK_KINDS,
+    CLOCK_SKEW_MS,
     DAY_MS,
     INT64_MAX,
+    MAX_SIGNED_AGE_MS,
     AcceptPvp,
     CancelPvp,
     DualPvp,
@@ -321,7 +323,15 @@ class LedgerMachine(RuleBasedStateMachine):
             self.execute(admit_bank(NET, cb, bank), Outcome.APPLIED)
         for bank, cb in BANKS:
             currency = NET.currency_of[cb]
-            body = Issue(new_id("iss"), cb, self.until(), bank, currency, START_FUNDS)
+            body = Issue(
+                new_id("iss"),
+                cb,
+                self.until(),
+                bank,
+                currency,
+                START_FUNDS,
+                signed_at=self.signing_time(),
+            )
             self.execute(sign(NET, body), Outcome.ISSUED)
             self.model.add(bank, currency, START_FUNDS)
             self.model.supply[currency] = (self.model.supply[currency][0] + START_FUNDS, 0)
@@ -332,6 +342,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     def until(self, expired: bool = False) -> int:
         return self.now - 1 if expired else self.now + VALID_FOR
+
+    def signing_time(self) -> int:
+        """When the banks sign: just before now (never after an expired `until`)."""
+        return self.now - 1
 
     @property
     def log(self) -> list[Entry]:
@@ -430,7 +444,15 @@ class LedgerMachine(RuleBasedStateMachine):
         issued, redeemed = self.model.supply.get(currency, (0, 0))
         if fill and currency in ISSUER and issued < INT64_MAX:
             amount = INT64_MAX - issued
-        body = Issue(new_id("iss"), cb, self.until(expired), to, currency, amount)
+        body = Issue(
+            new_id("iss"),
+            cb,
+            self.until(expired),
+            to,
+            currency,
+            amount,
+            signed_at=self.signing_time(),
+        )
 
         def handler() -> Reason | None:
             if currency not in ISSUER:
@@ -474,7 +496,14 @@ class LedgerMachine(RuleBasedStateMachine):
     ) -> None:
         currency = self.home(currency, bank)
         amount = self.drained(bank, currency, drain, amount)
-        body = Redeem(new_id("red"), bank, self.until(expired), currency, amount)
+        body = Redeem(
+            new_id("red"),
+            bank,
+            self.until(expired),
+            currency,
+            amount,
+            signed_at=self.signing_time(),
+        )
 
         def handler() -> Reason | None:
             if currency not in ISSUER:
@@ -502,14 +531,24 @@ class LedgerMachine(RuleBasedStateMachine):
     )
     def set_policy(self, cb: str, per_transfer: int, per_day: int, allowed: set[str]) -> None:
         jurisdictions = tuple(sorted(allowed))
-        body = SetPolicy(new_id("pol"), cb, self.until(), per_transfer, per_day, jurisdictions)
+        body = SetPolicy(
+            new_id("pol"),
+            cb,
+            self.until(),
+            per_transfer,
+            per_day,
+            jurisdictions,
+            signed_at=self.signing_time(),
+        )
         if self.submit(body, "", cb, None, False, lambda: None, Outcome.APPLIED):
             self.model.policies[cb] = Policy(per_transfer, per_day, jurisdictions)
 
     @rule(cb=central_banks, who=parties, currency=currencies, frozen=st.booleans(), how=tampering)
     def freeze(self, cb: str, who: str, currency: str | None, frozen: bool, how: str) -> None:
         currency = self.home(currency, cb)
-        body = FreezeAccount(new_id("frz"), cb, self.until(), who, currency, frozen)
+        body = FreezeAccount(
+            new_id("frz"), cb, self.until(), who, currency, frozen, signed_at=self.signing_time()
+        )
 
         def handler() -> Reason | None:
             if currency not in ISSUER:
@@ -529,7 +568,9 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(cb=central_banks, who=parties, suspend=st.booleans(), how=tampering)
     def set_status(self, cb: str, who: str, suspend: bool, how: str) -> None:
         status = "suspended" if suspend else "active"
-        body = SetParticipantStatus(new_id("st"), cb, self.until(), who, status)
+        body = SetParticipantStatus(
+            new_id("st"), cb, self.until(), who, status, signed_at=self.signing_time()
+        )
 
         def handler() -> Reason | None:
             if who not in NET.home:
@@ -579,7 +620,16 @@ class LedgerMachine(RuleBasedStateMachine):
         payee = self.partner_of(payer, partner)
         currency = self.home(currency, payer)
         amount = self.drained(payer, currency, drain, amount)
-        body = Pay(new_id("pay"), payer, self.until(expired), payee, currency, amount, "INV-1")
+        body = Pay(
+            new_id("pay"),
+            payer,
+            self.until(expired),
+            payee,
+            currency,
+            amount,
+            "INV-1",
+            signed_at=self.signing_time(),
+        )
         leg = Leg(payer, payee, currency, amount)
         shape = first_of(amount_refusal(amount), Reason.SAME_PARTY if payer == payee else None)
 
@@ -632,6 +682,7 @@ class LedgerMachine(RuleBasedStateMachine):
             new_id("pvp"), proposer, self.until(expired), counterparty, pay_currency, pay_amount,
             receive_currency, receive_amount, stated_rate(rate_kind, pay_amount, receive_amount),
             settle_by, "corridor FX",
+            signed_at=self.signing_time(),
         )  # fmt: skip
         leg_a, leg_b = body.legs()
         shape = first_of(
@@ -677,7 +728,13 @@ class LedgerMachine(RuleBasedStateMachine):
         sender = proposal.counterparty if acceptor is None else acceptor
         terms = proposal.terms_hash() if terms_ok else "0" * 64
         body = AcceptPvp(
-            new_id("acc"), sender, self.until(), proposal.sender, proposal.instruction_id, terms
+            new_id("acc"),
+            sender,
+            self.until(),
+            proposal.sender,
+            proposal.instruction_id,
+            terms,
+            signed_at=self.signing_time(),
         )
         leg_a, leg_b = proposal.legs()
 
@@ -724,7 +781,12 @@ class LedgerMachine(RuleBasedStateMachine):
         proposal = pvp.proposal
         sender = proposal.counterparty if rejecter is None else rejecter
         body = RejectPvp(
-            new_id("rej"), sender, self.until(), proposal.sender, proposal.instruction_id
+            new_id("rej"),
+            sender,
+            self.until(),
+            proposal.sender,
+            proposal.instruction_id,
+            signed_at=self.signing_time(),
         )
 
         def handler() -> Reason | None:
@@ -741,7 +803,13 @@ class LedgerMachine(RuleBasedStateMachine):
         pvp = self.pick_pvp(choice)
         proposal = pvp.proposal
         sender = proposal.sender if canceller is None else canceller
-        body = CancelPvp(new_id("can"), sender, self.until(), proposal.instruction_id)
+        body = CancelPvp(
+            new_id("can"),
+            sender,
+            self.until(),
+            proposal.instruction_id,
+            signed_at=self.signing_time(),
+        )
         own = self.model.pvps.get((sender, proposal.instruction_id))
 
         def handler() -> Reason | None:
@@ -793,6 +861,7 @@ class LedgerMachine(RuleBasedStateMachine):
         body = DualPvp(
             new_id("dual"), sender, self.until(expired), counterparty, pay_currency, pay_amount,
             receive_currency, receive_amount, stated_rate(rate_kind, pay_amount, receive_amount),
+            signed_at=self.signing_time(),
         )  # fmt: skip
         leg_a, leg_b = body.legs()
         shape = first_of(
@@ -852,6 +921,30 @@ class LedgerMachine(RuleBasedStateMachine):
             self.redeem(who, currency, 0, "", False, drain)
         else:
             self.pay(who, partner, currency, 0, "", False, False, drain)
+
+    @rule(
+        payer=banks,
+        offset=st.sampled_from(
+            [0, CLOCK_SKEW_MS, CLOCK_SKEW_MS + 1, -MAX_SIGNED_AGE_MS, -MAX_SIGNED_AGE_MS - 1]
+        )
+        | st.integers(-MAX_SIGNED_AGE_MS - DAY_MS, CLOCK_SKEW_MS + 3_600_000),
+    )
+    def pay_signed_off_the_ledger_clock(self, payer: str, offset: int) -> None:
+        """A payment signed `offset` ms from the ledger's time: INVALID_TIME, changing nothing,
+        beyond the clock skew ahead or the age bound behind; otherwise like any payment."""
+        signed_at = self.now + offset
+        payee = self.partner_of(payer, 1)
+        currency = NET.currency_of[payer]
+        until = max(self.now, signed_at) + VALID_FOR
+        body = Pay(new_id("pay"), payer, until, payee, currency, 1, "", signed_at=signed_at)
+        leg = Leg(payer, payee, currency, 1)
+        off_clock = not -MAX_SIGNED_AGE_MS <= offset <= CLOCK_SKEW_MS
+        expected = first_of(
+            Reason.INVALID_TIME if off_clock else None,
+            lambda: self.model.leg_refusal(leg, self.now),
+        )
+        if self.execute(sign(NET, body), expected or Outcome.SETTLED):
+            self.model.move(leg, self.now)
 
     # ------------------------------------------------------------------ time
 

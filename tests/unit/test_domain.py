@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from hashlib import sha256
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +47,7 @@ from bridge.errors import STATUS_OF_REASON, Reason, Refused
 from tests.factories import T0, network, sign
 
 UNTIL = T0 + 60_000
+SIGNED = T0 - 1_000
 KEY = bytes([4]) + bytes(range(64))
 TERMS = "ab" * 32
 
@@ -53,22 +56,35 @@ def samples() -> list[Instruction]:
     """One valid instruction of every kind."""
     proposal = ProposePvp(
         "pvp-1", "ICBC", UNTIL, "BOCHK", "CNY", 100_000, "HKD", 108_500, "1.085", T0 + 3_600_000,
-        "INV-2025-0042 Chongqing-Singapore rail",
+        "INV-2025-0042 Chongqing-Singapore rail", signed_at=SIGNED,
     )  # fmt: skip
     return [
-        AdmitBank("adm-1", "PBOC", UNTIL, "ICBC", KEY),
-        SetParticipantStatus("st-1", "PBOC", UNTIL, "ICBC", "suspended"),
-        SetPolicy("pol-1", "PBOC", UNTIL, 1_000_000, 5_000_000, ("HK", "TH")),
-        FreezeAccount("frz-1", "PBOC", UNTIL, "ICBC", "CNY", True),
-        Issue("iss-1", "PBOC", UNTIL, "ICBC", "CNY", 10**12),
-        Redeem("red-1", "ICBC", UNTIL, "CNY", 500),
-        Pay("pay-1", "ICBC", UNTIL, "CCB", "CNY", 12_345, "B/L COSU6331847120"),
+        AdmitBank("adm-1", "PBOC", UNTIL, "ICBC", KEY, signed_at=SIGNED),
+        SetParticipantStatus("st-1", "PBOC", UNTIL, "ICBC", "suspended", signed_at=SIGNED),
+        SetPolicy("pol-1", "PBOC", UNTIL, 1_000_000, 5_000_000, ("HK", "TH"), signed_at=SIGNED),
+        FreezeAccount("frz-1", "PBOC", UNTIL, "ICBC", "CNY", True, signed_at=SIGNED),
+        Issue("iss-1", "PBOC", UNTIL, "ICBC", "CNY", 10**12, signed_at=SIGNED),
+        Redeem("red-1", "ICBC", UNTIL, "CNY", 500, signed_at=SIGNED),
+        Pay("pay-1", "ICBC", UNTIL, "CCB", "CNY", 12_345, "B/L COSU6331847120", signed_at=SIGNED),
         proposal,
-        AcceptPvp("acc-1", "BOCHK", UNTIL, "ICBC", "pvp-1", proposal.terms_hash()),
-        RejectPvp("rej-1", "BOCHK", UNTIL, "ICBC", "pvp-1"),
-        CancelPvp("can-1", "ICBC", UNTIL, "pvp-1"),
-        ExpirePvp("expire-0123", "bridge", UNTIL, "ICBC", "pvp-1"),
-        DualPvp("dual-1", "KBANK", UNTIL, "ENBD", "THB", 1_000_000, "AED", 104_000, "0.104"),
+        AcceptPvp(
+            "acc-1", "BOCHK", UNTIL, "ICBC", "pvp-1", proposal.terms_hash(), signed_at=SIGNED
+        ),
+        RejectPvp("rej-1", "BOCHK", UNTIL, "ICBC", "pvp-1", signed_at=SIGNED),
+        CancelPvp("can-1", "ICBC", UNTIL, "pvp-1", signed_at=SIGNED),
+        ExpirePvp("expire-0123", "bridge", UNTIL, "ICBC", "pvp-1", signed_at=SIGNED),
+        DualPvp(
+            "dual-1",
+            "KBANK",
+            UNTIL,
+            "ENBD",
+            "THB",
+            1_000_000,
+            "AED",
+            104_000,
+            "0.104",
+            signed_at=SIGNED,
+        ),
     ]
 
 
@@ -352,6 +368,54 @@ def test_amount_at_int64_max_is_accepted() -> None:
 def test_bad_time_is_refused(field: str, value: object, reason: Reason) -> None:
     """Times are non-negative int64 integers."""
     assert refused_fields(sample_fields("pvp_propose") | {field: value}) is reason
+
+
+# ---------------------------------------------------------------------------- signing time
+
+
+@pytest.mark.parametrize("instruction", samples(), ids=lambda i: i.KIND)
+def test_every_kind_carries_its_signing_time_in_the_signed_body(instruction: Instruction) -> None:
+    """`signed_at` is a field of every kind's canonical body, so its signatures cover it."""
+    body = json.loads(instruction.canonical_bytes())
+    assert body["signed_at"] == SIGNED
+    later = replace(instruction, signed_at=SIGNED + 1)
+    assert later.canonical_bytes() != instruction.canonical_bytes()
+    assert party_message(later.canonical_bytes()) != party_message(instruction.canonical_bytes())
+
+
+def test_the_encoding_doc_example_body_is_what_the_domain_writes() -> None:
+    """The example body in docs/encoding.md, signing time included, is the canonical body of
+    the payment it describes, byte for byte."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "encoding.md").read_text("utf-8")
+    example = re.search(r'```json\n(\{"amount".*\})\n```', doc)
+    assert example is not None
+    pay = Pay("p1", "ICBC", 1763890000000, "BOCQ", "CNY", 12345, "INV-1", signed_at=1763889940000)
+    assert example[1].encode() == pay.canonical_bytes()
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [(-1, Reason.INVALID_TIME), ("now", Reason.MALFORMED), (1.5, Reason.MALFORMED)],
+)
+def test_bad_signing_time_is_refused(value: object, reason: Reason) -> None:
+    """A signing time is a non-negative integer of milliseconds."""
+    assert refused_fields(sample_fields("pay") | {"signed_at": value}) is reason
+
+
+def test_signing_after_the_instructions_own_deadline_is_invalid_time() -> None:
+    """A body signed after its own valid_until (or a proposal after its settle_by) cannot
+    have been signed in time: INVALID_TIME, with both times readable in the message."""
+    pay = sample_fields("pay")
+    assert instruction_from_fields(pay | {"signed_at": pay["valid_until"]}).signed_at == UNTIL
+    with pytest.raises(Refused) as caught:
+        instruction_from_fields(pay | {"signed_at": pay["valid_until"] + 1})
+    assert caught.value.reason is Reason.INVALID_TIME
+    assert "valid_until" in caught.value.message
+    assert "2024-10-04T" in caught.value.message
+    proposal = sample_fields("pvp_propose")
+    late = proposal | {"settle_by": SIGNED - 1}
+    assert refused_fields(late) is Reason.INVALID_TIME
+    assert instruction_from_fields(proposal | {"settle_by": SIGNED}).signed_at == SIGNED
 
 
 @pytest.mark.parametrize(

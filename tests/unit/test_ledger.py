@@ -15,8 +15,10 @@ from bridge.core.ledger import Ledger, PvpState, SignatureCheck, expiry_envelope
 from bridge.crypto import FastVerifier, PrivateKey, ReferenceVerifier
 from bridge.domain import (
     BRIDGE_SENDER,
+    CLOCK_SKEW_MS,
     DAY_MS,
     INT64_MAX,
+    MAX_SIGNED_AGE_MS,
     AdmitBank,
     DualPvp,
     Entry,
@@ -34,6 +36,7 @@ from bridge.domain import (
 from bridge.errors import Reason, Refused
 from bridge.signing import endorse, sign_as_party, signed
 from tests.factories import (
+    SIGNED_AT,
     T0,
     Network,
     accept_pvp,
@@ -157,19 +160,25 @@ def test_admit_existing_participant_is_refused(ledger: Ledger, net: Network) -> 
     """Admitting an existing bank or central bank id is ALREADY_REGISTERED."""
     assert_refused(ledger, admit_bank(net, "PBOC", "ICBC"), T0, Reason.ALREADY_REGISTERED)
     assert_refused(ledger, admit_bank(net, "HKMA", "ICBC"), T0, Reason.ALREADY_REGISTERED)
-    body = AdmitBank(new_id(), "PBOC", T0 + 1, "HKMA", net.keys["HKMA"].public_key)
+    body = AdmitBank(
+        new_id(), "PBOC", T0 + 1, "HKMA", net.keys["HKMA"].public_key, signed_at=SIGNED_AT
+    )
     assert_refused(ledger, sign(net, body), T0, Reason.ALREADY_REGISTERED)
 
 
 def test_admit_bank_named_bridge_is_refused(ledger: Ledger, net: Network) -> None:
     """The bridge's own sender name cannot be taken by a bank."""
-    body = AdmitBank(new_id(), "PBOC", T0 + 1, BRIDGE_SENDER, net.keys["ICBC"].public_key)
+    body = AdmitBank(
+        new_id(), "PBOC", T0 + 1, BRIDGE_SENDER, net.keys["ICBC"].public_key, signed_at=SIGNED_AT
+    )
     assert_refused(ledger, sign(net, body), T0, Reason.ALREADY_REGISTERED)
 
 
 def test_admit_by_commercial_bank_is_refused(ledger: Ledger, net: Network) -> None:
     """Only central banks send administrative instructions."""
-    body = AdmitBank(new_id(), "ICBC", T0 + 1, "ICBC2", net.keys["CCB"].public_key)
+    body = AdmitBank(
+        new_id(), "ICBC", T0 + 1, "ICBC2", net.keys["CCB"].public_key, signed_at=SIGNED_AT
+    )
     assert_refused(ledger, sign(net, body), T0, Reason.NOT_HOME_CENTRAL_BANK)
 
 
@@ -258,13 +267,13 @@ def test_issue_of_unknown_currency_is_refused(ledger: Ledger, net: Network) -> N
 
 def test_issue_by_commercial_bank_is_refused(ledger: Ledger, net: Network) -> None:
     """A bank cannot mint money for itself."""
-    body = Issue(new_id(), "ICBC", T0 + 1, "ICBC", "CNY", 1)
+    body = Issue(new_id(), "ICBC", T0 + 1, "ICBC", "CNY", 1, signed_at=SIGNED_AT)
     assert_refused(ledger, sign(net, body), T0, Reason.NOT_HOME_CENTRAL_BANK)
 
 
 def test_issue_by_unknown_sender_is_refused(ledger: Ledger, net: Network) -> None:
     """An instruction from an unregistered sender is UNKNOWN_SIGNER."""
-    body = Issue(new_id(), "MAS", T0 + 1, "ICBC", "CNY", 1)
+    body = Issue(new_id(), "MAS", T0 + 1, "ICBC", "CNY", 1, signed_at=SIGNED_AT)
     assert_refused(ledger, signed(body, PrivateKey.generate()), T0, Reason.UNKNOWN_SIGNER)
 
 
@@ -402,7 +411,7 @@ def test_pay_by_central_bank_is_refused(ledger: Ledger, net: Network) -> None:
 
 def test_pay_by_unknown_sender_is_refused(ledger: Ledger, net: Network) -> None:
     """A payment from an unregistered bank is UNKNOWN_SIGNER."""
-    body = Pay(new_id(), "NOBANK", T0 + 1, "ICBC", "CNY", 1)
+    body = Pay(new_id(), "NOBANK", T0 + 1, "ICBC", "CNY", 1, signed_at=SIGNED_AT)
     envelope = foreign_signed(body, "NOBANK", "PBOC", net)
     assert_refused(ledger, envelope, T0, Reason.UNKNOWN_SIGNER)
 
@@ -696,7 +705,9 @@ def test_expire_sent_by_a_bank_is_refused(ledger: Ledger, net: Network) -> None:
     """Only the bridge, unsigned, expires a PvP; a bank cannot force an expiry."""
     proposal = pvp_proposal(net, "ICBC", "BOCHK", 1, 1, settle_by=SETTLE_BY)
     ledger.apply(sign(net, proposal), T0)
-    body = ExpirePvp(new_id(), "BOCHK", SETTLE_BY, "ICBC", proposal.instruction_id)
+    body = ExpirePvp(
+        new_id(), "BOCHK", SETTLE_BY, "ICBC", proposal.instruction_id, signed_at=SIGNED_AT
+    )
     forged = sign_as_party(Envelope.of(body), "BOCHK", net.keys["BOCHK"])
     assert_refused(ledger, forged, SETTLE_BY, Reason.NOT_A_PARTY)
     bridge = expiry_envelope("ICBC", proposal.instruction_id, SETTLE_BY)
@@ -754,7 +765,9 @@ def test_dual_pvp_endorsed_by_wrong_central_bank_is_refused(ledger: Ledger, net:
 
 def test_dual_pvp_with_unknown_counterparty_is_refused(ledger: Ledger, net: Network) -> None:
     """An unregistered counterparty is UNKNOWN_PARTICIPANT."""
-    body = DualPvp(new_id(), "KBANK", T0 + 1, "NOBANK", "THB", 1, "AED", 1, "1")
+    body = DualPvp(
+        new_id(), "KBANK", T0 + 1, "NOBANK", "THB", 1, "AED", 1, "1", signed_at=SIGNED_AT
+    )
     envelope = foreign_signed(body, "NOBANK", "CBUAE", net)
     assert_refused(ledger, envelope, T0, Reason.UNKNOWN_PARTICIPANT)
 
@@ -1208,3 +1221,68 @@ def test_conservation_errors_report_corruption(net: Network) -> None:
     assert ledger.conservation_errors() == ["CNY: balances 101 != issued 100 - redeemed 0"]
     ledger.balances[("ICBC", "CNY")] = (-1, 101)
     assert ledger.conservation_errors() == ["negative balance ICBC/CNY: -1/101"]
+
+
+# ---------------------------------------------------------------------------- signing time
+
+
+def test_signing_time_ahead_of_the_ledger_beyond_the_skew_is_refused(
+    ledger: Ledger, net: Network
+) -> None:
+    """A body signed more than CLOCK_SKEW_MS ahead of the ledger's time is INVALID_TIME,
+    changing nothing; at exactly the tolerance it settles."""
+    ahead = pay(net, "ICBC", "BOCHK", 1_000, "CNY", signed_at=T0 + CLOCK_SKEW_MS + 1)
+    refusal = assert_refused(ledger, ahead, T0, Reason.INVALID_TIME)
+    assert "ahead of the ledger's time" in refusal.message
+    assert "2024-10-04T09:05:00.001Z" in refusal.message
+    at_tolerance = pay(net, "ICBC", "BOCHK", 1_000, "CNY", signed_at=T0 + CLOCK_SKEW_MS)
+    assert ledger.apply(at_tolerance, T0).outcome is Outcome.SETTLED
+
+
+def test_signing_time_older_than_the_age_bound_is_refused(ledger: Ledger, net: Network) -> None:
+    """A body signed more than MAX_SIGNED_AGE_MS before the ledger's time is INVALID_TIME,
+    changing nothing; at exactly the bound it settles."""
+    now = T0 + MAX_SIGNED_AGE_MS
+    until = now + 60_000
+    stale = pay(net, "ICBC", "BOCHK", 1_000, "CNY", signed_at=T0 - 1, valid_until=until)
+    refusal = assert_refused(ledger, stale, now, Reason.INVALID_TIME)
+    assert "more than 30 days before" in refusal.message
+    oldest = pay(net, "ICBC", "BOCHK", 1_000, "CNY", signed_at=T0, valid_until=until)
+    assert ledger.apply(oldest, now).outcome is Outcome.SETTLED
+
+
+def test_signing_time_is_judged_by_the_time_passed_in_so_replay_agrees(net: Network) -> None:
+    """The verdict depends on the ledger time `apply` is given, never on a clock: the same
+    envelope is refused at one time and settles at another, and a replay of the log long
+    after (at each entry's own time) rebuilds the same state."""
+    ledger = make_ledger(net)
+    fund(ledger, net, "ICBC", 5_000)
+    envelope = pay(net, "ICBC", "BOCHK", 1_000, "CNY", signed_at=T0 + DAY_MS)
+    assert_refused(ledger, envelope, T0, Reason.INVALID_TIME)
+    assert ledger.apply(envelope, T0 + DAY_MS - 1).outcome is Outcome.SETTLED
+    entries = ledger.take_batch().entries
+    assert entries[-1].time - entries[-1].envelope.body.signed_at == -1
+    replayed = replay(net.genesis, entries, verifier=FastVerifier(), check=SignatureCheck.ALL)
+    assert replayed.tables() == ledger.tables()
+
+
+def test_a_recorded_instruction_resubmitted_later_is_a_duplicate_whatever_its_age(
+    ledger: Ledger, net: Network
+) -> None:
+    """Idempotency comes before the signing-time check: a resubmission of a recorded body
+    returns its receipt even once the body is too old to be accepted anew."""
+    envelope = pay(net, "ICBC", "BOCHK", 1_000, "CNY", valid_until=T0 + 2 * MAX_SIGNED_AGE_MS)
+    first = ledger.apply(envelope, T0)
+    again = ledger.apply(envelope, T0 + MAX_SIGNED_AGE_MS + DAY_MS)
+    assert again.duplicate
+    assert again.seq == first.seq
+
+
+def test_the_bridges_expiry_is_signed_at_its_own_time(ledger: Ledger, net: Network) -> None:
+    """`pvp_expire` carries the ledger time it is applied at as its signing time."""
+    proposal = pvp_proposal(net, "ICBC", "BOCHK", 1_000, 1_000, settle_by=SETTLE_BY)
+    ledger.apply(sign(net, proposal), T0)
+    (receipt,) = ledger.expire_due(SETTLE_BY + 5)
+    entry = ledger.take_batch().entries[-1]
+    assert entry.seq == receipt.seq
+    assert entry.envelope.body.signed_at == entry.time == SETTLE_BY + 5

@@ -67,27 +67,51 @@ PROPOSAL = ProposePvp(
     "4.85",
     T + 30_000,
     "invoice INV-2025-0042",
+    signed_at=T - 5_000,
 )
 
 SAMPLES: tuple[Instruction, ...] = (
-    AdmitBank("adm-1", "PBOC", T, "ICBC", KEY),
-    SetParticipantStatus("st-1", "PBOC", T, "ICBC", "suspended"),
-    SetParticipantStatus("st-2", "PBOC", T, "ICBC", "active"),
-    SetPolicy("pol-1", "PBOC", T, 5_000_000_00, 20_000_000_00, ("CN", "HK", "TH")),
-    SetPolicy("pol-2", "PBOC", T, 0, 0),
-    FreezeAccount("frz-1", "PBOC", T, "ICBC", "CNY", True),
-    FreezeAccount("frz-2", "PBOC", T, "ICBC", "CNY", False),
-    Issue("iss-1", "PBOC", T, "ICBC", "CNY", INT64_MAX),
-    Redeem("red-1", "ICBC", T, "CNY", 1),
-    Pay("pay-1", "ICBC", T, "KBANK", "CNY", 12_345, "B/L COSU6182736450 Chongqing-Singapore"),
-    Pay("pay-2", "ICBC", T, "KBANK", "CNY", 12_345),
-    Pay("pay-3", "ICBC", T, "KBANK", "CNY", 1, "fa\u00e7ture \u6d77\u8fd0"),
+    AdmitBank("adm-1", "PBOC", T, "ICBC", KEY, signed_at=T - 5_000),
+    SetParticipantStatus("st-1", "PBOC", T, "ICBC", "suspended", signed_at=T - 5_000),
+    SetParticipantStatus("st-2", "PBOC", T, "ICBC", "active", signed_at=T - 5_000),
+    SetPolicy(
+        "pol-1", "PBOC", T, 5_000_000_00, 20_000_000_00, ("CN", "HK", "TH"), signed_at=T - 5_000
+    ),
+    SetPolicy("pol-2", "PBOC", T, 0, 0, signed_at=T - 5_000),
+    FreezeAccount("frz-1", "PBOC", T, "ICBC", "CNY", True, signed_at=T - 5_000),
+    FreezeAccount("frz-2", "PBOC", T, "ICBC", "CNY", False, signed_at=T - 5_000),
+    Issue("iss-1", "PBOC", T, "ICBC", "CNY", INT64_MAX, signed_at=T - 5_000),
+    Redeem("red-1", "ICBC", T, "CNY", 1, signed_at=T - 5_000),
+    Pay(
+        "pay-1",
+        "ICBC",
+        T,
+        "KBANK",
+        "CNY",
+        12_345,
+        "B/L COSU6182736450 Chongqing-Singapore",
+        signed_at=T - 5_000,
+    ),
+    Pay("pay-2", "ICBC", T, "KBANK", "CNY", 12_345, signed_at=T - 5_000),
+    Pay("pay-3", "ICBC", T, "KBANK", "CNY", 1, "fa\u00e7ture \u6d77\u8fd0", signed_at=T - 5_000),
     PROPOSAL,
-    AcceptPvp("acc-1", "KBANK", T, "ICBC", "fx-1", PROPOSAL.terms_hash()),
-    RejectPvp("rej-1", "KBANK", T, "ICBC", "fx-1"),
-    CancelPvp("can-1", "ICBC", T, "fx-1"),
-    ExpirePvp("expire-0123", BRIDGE_SENDER, T, "ICBC", "fx-1"),
-    DualPvp("dual-1", "ICBC", T, "KBANK", "CNY", 1_000_000, "THB", 4_850_000, "4.85", "PO 88"),
+    AcceptPvp("acc-1", "KBANK", T, "ICBC", "fx-1", PROPOSAL.terms_hash(), signed_at=T - 5_000),
+    RejectPvp("rej-1", "KBANK", T, "ICBC", "fx-1", signed_at=T - 5_000),
+    CancelPvp("can-1", "ICBC", T, "fx-1", signed_at=T - 5_000),
+    ExpirePvp("expire-0123", BRIDGE_SENDER, T, "ICBC", "fx-1", signed_at=T - 5_000),
+    DualPvp(
+        "dual-1",
+        "ICBC",
+        T,
+        "KBANK",
+        "CNY",
+        1_000_000,
+        "THB",
+        4_850_000,
+        "4.85",
+        "PO 88",
+        signed_at=T - 5_000,
+    ),
 )
 
 
@@ -109,13 +133,28 @@ def refusal_of(msg: pb.SignedInstruction) -> Refused:
 
 
 def pay_proto(**changes: object) -> pb.SignedInstruction:
-    msg = wire.envelope_to_proto(envelope_of(Pay("pay-1", "ICBC", T, "KBANK", "CNY", 100)))
+    msg = wire.envelope_to_proto(
+        envelope_of(Pay("pay-1", "ICBC", T, "KBANK", "CNY", 100, signed_at=T - 5_000))
+    )
     for name, value in changes.items():
         setattr(msg.instruction.pay, name, value)
     return msg
 
 
 # ---------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("body", SAMPLES, ids=lambda b: b.KIND)
+def test_signing_time_travels_in_the_header_and_stays_in_the_signed_body(
+    body: Instruction,
+) -> None:
+    """`signed_at` is the header's field 4 on the wire and comes back into the canonical body
+    the signatures cover, for every kind."""
+    msg = wire.envelope_to_proto(envelope_of(body))
+    assert msg.instruction.signed_at == T - 5_000
+    decoded = over_the_wire(envelope_of(body))
+    assert decoded.body.signed_at == T - 5_000
+    assert b'"signed_at":1727999995000' in decoded.body_bytes
 
 
 def test_samples_cover_every_instruction_kind() -> None:
@@ -321,6 +360,9 @@ def test_bad_pay_fields_are_refused_by_domain_validation(
         (lambda m: setattr(m.instruction, "sender", ""), Reason.MALFORMED),
         (lambda m: setattr(m.instruction, "valid_until", -1), Reason.INVALID_TIME),
         (lambda m: setattr(m.instruction, "valid_until", 0), Reason.INVALID_TIME),
+        (lambda m: setattr(m.instruction, "signed_at", 0), Reason.INVALID_TIME),
+        (lambda m: setattr(m.instruction, "signed_at", -1), Reason.INVALID_TIME),
+        (lambda m: setattr(m.instruction, "signed_at", T + 1), Reason.INVALID_TIME),
         (lambda m: m.signatures.add(signer="", value=SIG), Reason.MALFORMED),
         (lambda m: m.signatures.add(signer="ICBC", value=b""), Reason.MALFORMED),
     ],
@@ -329,6 +371,9 @@ def test_bad_pay_fields_are_refused_by_domain_validation(
         "no-sender",
         "negative-valid-until",
         "zero-valid-until",
+        "unset-signed-at",
+        "negative-signed-at",
+        "signed-after-valid-until",
         "unnamed-signer",
         "empty-signature",
     ],
@@ -376,7 +421,7 @@ def test_protobuf_refuses_amounts_past_int64_at_the_client() -> None:
 
 def test_encoding_an_amount_past_int64_is_refused_as_overflow() -> None:
     """An SDK encoding a too-large amount gets the domain's AMOUNT_OVERFLOW, not a crash."""
-    body = Pay("pay-9", "ICBC", T, "KBANK", "CNY", INT64_MAX + 1)
+    body = Pay("pay-9", "ICBC", T, "KBANK", "CNY", INT64_MAX + 1, signed_at=T - 5_000)
     with pytest.raises(Refused) as caught:
         wire.envelope_to_proto(Envelope.of(body))
     assert caught.value.reason is Reason.AMOUNT_OVERFLOW
@@ -385,7 +430,9 @@ def test_encoding_an_amount_past_int64_is_refused_as_overflow() -> None:
 def test_encoding_an_unknown_status_is_malformed() -> None:
     """A status string the domain does not know cannot be put on the wire."""
     with pytest.raises(Refused) as caught:
-        wire.instruction_to_proto(SetParticipantStatus("st-9", "PBOC", T, "ICBC", "closed"))
+        wire.instruction_to_proto(
+            SetParticipantStatus("st-9", "PBOC", T, "ICBC", "closed", signed_at=T - 5_000)
+        )
     assert caught.value.reason is Reason.MALFORMED
 
 
