@@ -9,6 +9,11 @@ offline; the engine itself runs with `SignatureCheck.NONE` to generate quickly.
 Rates, trade sizes and liquidity come from `bridge.reference_rates`, shared with the demo and
 the load tests; the mid rates drift slowly during a run.
 
+Every instruction is signed a little before the block that settles it: a lognormal delay
+around its signer's jurisdiction's median (`SIGNING_DELAY_MS`), plus the hand-over between the
+two banks of a dual-signed PvP, so settlement latency (`time - signed_at`) varies by corridor
+and kind as it would on a real network.
+
 Keys are derived from the seed, so `sample_keys(seed)` recovers them (tests forge with them).
 Refused instructions are recorded by the settlement engine in the store's `refusals` table, as
 a bridge node records them (`SampleOptions.refusals=False` leaves that table empty).
@@ -93,6 +98,17 @@ START_MS: Millis = 1_748_826_000_000  # 2025-06-02 01:00 UTC: 09:00 in Chongqing
 VALID_FOR_MS = 60_000
 FUNDING_CNY = LIQUIDITY_CNY  # each bank starts with this much (CNY-equivalent, major units)
 REFUSAL_PERIOD_MS = 60_000
+# Median delay (ms) from a bank of each jurisdiction signing an instruction to the block that
+# settles it, as the sample draws it: network to its central bank's node and on to the bridge,
+# endorsement, queueing. The bridge sits near Hong Kong; the Gulf is furthest away.
+SIGNING_DELAY_MS: Mapping[str, float] = {
+    "HK": 18.0,
+    "CN": 32.0,
+    "SG": 45.0,
+    "TH": 58.0,
+    "AE": 96.0,
+    "SA": 112.0,
+}
 PORTS = ("SGSIN", "MYPKG", "THLCH", "VNSGN", "IDJKT", "AEJEA", "SAJED", "HKHKG")
 
 
@@ -194,6 +210,9 @@ class _Run:
         self.refusals: Counter[tuple[int, str, str]] = Counter()
         self.unattested: deque[BlockHeader] = deque()
         self.ids = 0
+        # signing delays come from their own generator, so the workload stays the same
+        self.delays = random.Random(f"{options.seed}/signing")
+        self.jurisdiction = {who: j for cb, j, *_ in CENTRAL_BANKS for who in (cb, *_banks(cb))}
 
     @property
     def ledger(self) -> Ledger:
@@ -259,6 +278,25 @@ class _Run:
 
     # ------------------------------------------------------------------ signing
 
+    def _signed_at(self, signer: ParticipantId, *, not_after: Millis | None = None) -> Millis:
+        """When `signer` signed an instruction settling in the next block: now, less a
+        lognormal delay around its jurisdiction's median (central banks sign at their node,
+        in a third of it)."""
+        median = SIGNING_DELAY_MS[self.jurisdiction[signer]]
+        if signer == self.home[signer]:
+            median /= 3
+        delay = median * self.delays.lognormvariate(0.0, 0.45) + self.delays.uniform(0.0, 8.0)
+        signed_at = self.now - max(1, int(delay))
+        return signed_at if not_after is None else min(signed_at, not_after)
+
+    def _drafted_at(self, submitter: ParticipantId, counterparty: ParticipantId) -> Millis:
+        """When a dual-signed PvP was drafted and first signed, by the counterparty: its own
+        delay, the hand-over of the signed draft, then the submitter's delay to the block."""
+        counterparty_delay = self.now - self._signed_at(counterparty)
+        submitter_delay = self.now - self._signed_at(submitter)
+        handover = int(self.delays.uniform(80.0, 900.0))
+        return self.now - counterparty_delay - handover - submitter_delay
+
     def _id(self, prefix: str) -> str:
         self.ids += 1
         return f"{prefix}-{self.ids:09d}"
@@ -279,13 +317,25 @@ class _Run:
     def _founding(self) -> list[Envelope]:
         until = self.now + VALID_FOR_MS
         out = [
-            self._sign(AdmitBank(self._id("admit"), cb, until, bank, self.keys[bank].public_key))
+            self._sign(
+                AdmitBank(
+                    self._id("admit"),
+                    cb,
+                    until,
+                    bank,
+                    self.keys[bank].public_key,
+                    signed_at=self._signed_at(cb),
+                )
+            )
             for bank, cb in BANKS
         ]
         # per-transfer limits: 50 million major units of each currency
         for cb, _, _, exponent in CENTRAL_BANKS:
             limit = 50_000_000 * 10**exponent
-            out.append(self._sign(SetPolicy(self._id("policy"), cb, until, limit, 0, ())))
+            policy = SetPolicy(
+                self._id("policy"), cb, until, limit, 0, (), signed_at=self._signed_at(cb)
+            )
+            out.append(self._sign(policy))
         return out
 
     def _funding(self) -> list[Envelope]:
@@ -294,7 +344,10 @@ class _Run:
         for bank, cb in BANKS:
             code = self.currency_of_cb[cb]
             amount = self._minor(FUNDING_CNY * self.mid[code])
-            out.append(self._sign(Issue(self._id("issue"), cb, until, bank, code, amount)))
+            issue = Issue(
+                self._id("issue"), cb, until, bank, code, amount, signed_at=self._signed_at(cb)
+            )
+            out.append(self._sign(issue))
         return out
 
     def _batch(self, size: int) -> list[Envelope]:
@@ -342,7 +395,16 @@ class _Run:
         if amount > self._available(payer, code) // 20:
             return None
         until = self.now + VALID_FOR_MS
-        body = Pay(self._id("pay"), payer, until, payee, code, amount, self._reference())
+        body = Pay(
+            self._id("pay"),
+            payer,
+            until,
+            payee,
+            code,
+            amount,
+            self._reference(),
+            signed_at=self._signed_at(payer),
+        )
         return self._sign(body)
 
     def _fx_terms(
@@ -370,7 +432,16 @@ class _Run:
             return None
         until = self.now + VALID_FOR_MS
         body = DualPvp(
-            self._id("fx"), a, until, b, pay_code, pay_amount, receive_code, receive_amount, rate
+            self._id("fx"),
+            a,
+            until,
+            b,
+            pay_code,
+            pay_amount,
+            receive_code,
+            receive_amount,
+            rate,
+            signed_at=self._drafted_at(a, b),
         )
         return self._sign(body)
 
@@ -392,6 +463,7 @@ class _Run:
             rate,
             self.now + window,
             self._reference(),
+            signed_at=self._signed_at(a),
         )
         return self._sign(body)
 
@@ -421,6 +493,7 @@ class _Run:
                 proposal.sender,
                 proposal.instruction_id,
                 proposal.terms_hash(),
+                signed_at=self._signed_at(proposal.counterparty),
             )
             return self._sign(accept)
         if follow_up.action == "reject":
@@ -430,9 +503,16 @@ class _Run:
                 until,
                 proposal.sender,
                 proposal.instruction_id,
+                signed_at=self._signed_at(proposal.counterparty),
             )
             return self._sign(reject)
-        cancel = CancelPvp(self._id("cxl"), proposal.sender, until, proposal.instruction_id)
+        cancel = CancelPvp(
+            self._id("cxl"),
+            proposal.sender,
+            until,
+            proposal.instruction_id,
+            signed_at=self._signed_at(proposal.sender),
+        )
         return self._sign(cancel)
 
     def _redeem(self) -> Envelope | None:
@@ -441,7 +521,9 @@ class _Run:
         amount = self._minor(self._trade_value_cny() * self.mid[code])
         if amount > self._available(bank, code) // 50:
             return None
-        return self._sign(Redeem(self._id("rdm"), bank, self.now + VALID_FOR_MS, code, amount))
+        until = self.now + VALID_FOR_MS
+        signed_at = self._signed_at(bank)
+        return self._sign(Redeem(self._id("rdm"), bank, until, code, amount, signed_at=signed_at))
 
     def _top_up(self) -> Envelope | None:
         bank = self.rng.choice(self.banks)
@@ -451,7 +533,11 @@ class _Run:
         if self._available(bank, code) > target // 2:
             return None
         amount = target - self._available(bank, code)
-        return self._sign(Issue(self._id("issue"), cb, self.now + VALID_FOR_MS, bank, code, amount))
+        until = self.now + VALID_FOR_MS
+        signed_at = self._signed_at(cb)
+        return self._sign(
+            Issue(self._id("issue"), cb, until, bank, code, amount, signed_at=signed_at)
+        )
 
     def _doomed(self) -> Envelope:
         """An instruction the bridge refuses: overdrawn, over the limit, or late."""
@@ -466,8 +552,21 @@ class _Run:
             amount = 50_000_001 * 100
         else:  # arrives after its validity
             amount, until = 100, self.now - 1
-        body = Pay(self._id("pay"), payer, until, payee, code, amount, self._reference())
+        body = Pay(
+            self._id("pay"),
+            payer,
+            until,
+            payee,
+            code,
+            amount,
+            self._reference(),
+            signed_at=self._signed_at(payer, not_after=until),
+        )
         return self._sign(body)
+
+
+def _banks(central_bank: ParticipantId) -> tuple[ParticipantId, ...]:
+    return tuple(bank for bank, cb in BANKS if cb == central_bank)
 
 
 def main(argv: list[str] | None = None) -> None:
