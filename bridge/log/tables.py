@@ -45,7 +45,9 @@ Value = int | str | bool | float | None
 Row = tuple[Value, ...]
 PvpKey = tuple[ParticipantId, str]
 
-SCHEMA_VERSION = 2  # 2: refusals gained recorded_by (the bridge or a central bank node)
+# 2: refusals gained recorded_by (the bridge or a central bank node)
+# 3: signing times and settlement latency (entries, legs)
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +77,20 @@ class Table:
 _MINOR = "minor units of `{}` (divide by 10^exponent, see `currencies`)"
 _MAJOR = "major units of `{}` (float, for analysis; the exact value is `{}`)"
 _MS = "ms (logical clock)"
+_SIGNER_MS = "ms (signer's clock)"
 _TIME = "UTC timestamp"
 
 
-def _time_column(of: str = "time_ms") -> Column:
-    return Column("time", "TIMESTAMP", _TIME, f"`{of}` as a timestamp (millisecond precision).")
+def _time_column(of: str = "time_ms", name: str = "time") -> Column:
+    return Column(name, "TIMESTAMP", _TIME, f"`{of}` as a timestamp (millisecond precision).")
+
+
+def _signing_columns(signed: str, latency: str) -> tuple[Column, ...]:
+    return (
+        Column("signed_at_ms", "BIGINT", _SIGNER_MS, signed),
+        _time_column("signed_at_ms", "signed_at"),
+        Column("latency_ms", "BIGINT", "ms", latency),
+    )
 
 
 def _major_column(name: str, currency: str) -> Column:
@@ -140,6 +151,13 @@ ENTRIES = Table(
         Column("pvp_id", "VARCHAR", "", "PvP kinds: id part of the PvP key."),
         Column("reference", "VARCHAR", "", "Trade reference (invoice, bill of lading)."),
         Column("valid_until_ms", "BIGINT", _MS, "Instruction refused if applied after this."),
+        *_signing_columns(
+            "When the sender signed the instruction: `signed_at` of its body (UTC ms from the "
+            "signer's own clock, covered by its signatures).",
+            "time_ms - signed_at_ms: from the signature to the entry; the settlement latency of "
+            "a settling entry. Negative (by 5 minutes at most) when the signer's clock ran "
+            "ahead of the bridge's.",
+        ),
         Column("signatures", "INTEGER", "count", "Signatures and endorsements carried."),
         Column("body_hash", "VARCHAR", "hex SHA-256", "Hash of the canonical instruction body."),
         Column(
@@ -207,6 +225,12 @@ LEGS = Table(
         Column("pvp_proposer", "VARCHAR", "", "PvP legs: proposer part of the PvP key."),
         Column("pvp_id", "VARCHAR", "", "PvP legs: id part of the PvP key."),
         Column("rate", "VARCHAR", "decimal text", "PvP legs: the agreed rate."),
+        *_signing_columns(
+            "When the instruction that settled the leg was signed: the pay, issue, redeem or "
+            "dual-signed PvP itself, the acceptance (not the proposal) of a propose/accept PvP.",
+            "time_ms - signed_at_ms: settlement latency, from the signature that completed the "
+            "instruction to the entry that settled it.",
+        ),
         Column(
             "initiated_ms",
             "BIGINT",
@@ -215,11 +239,11 @@ LEGS = Table(
             "otherwise the settling entry's own time.",
         ),
         Column(
-            "latency_ms",
+            "propose_to_accept_ms",
             "BIGINT",
             "ms",
-            "time_ms - initiated_ms: propose-to-accept time of a two-phase PvP, 0 otherwise "
-            "(the log does not record when an instruction was submitted).",
+            "time_ms - initiated_ms: how long a two-phase PvP waited for its counterparty to "
+            "accept, 0 otherwise (a business decision, not settlement work: see latency_ms).",
         ),
         Column(
             "reference",
@@ -634,6 +658,9 @@ def entry_row(entry: Entry, height: int, exponents: Mapping[str, int]) -> Row:
         None if key is None else key[1],
         _opt(body, "reference"),
         body.valid_until,
+        body.signed_at,
+        iso_time(body.signed_at),
+        entry.time - body.signed_at,
         len(entry.envelope.signatures),
         entry.envelope.body_hash().hex(),
         text_of(entry.canonical_bytes()),
@@ -794,6 +821,9 @@ class RowDeriver:
                 key[0] if is_pvp and key else None,
                 key[1] if is_pvp and key else None,
                 rate,
+                body.signed_at,
+                iso_time(body.signed_at),
+                entry.time - body.signed_at,
                 initiated,
                 entry.time - initiated,
                 reference,
@@ -829,6 +859,9 @@ def data_dictionary_markdown() -> str:
         "- **Times** are integers in **milliseconds** of the bridge's logical clock (Unix",
         "  epoch ms), with a `time` column repeating them as a UTC timestamp: a Parquet",
         "  TIMESTAMP, ISO 8601 text (`2025-06-02T01:00:00.123Z`) in CSV and JSONL.",
+        "  `signed_at_ms` is the signer's own clock (the `signed_at` of the signed body, same",
+        "  scale), repeated as the timestamp `signed_at`; `latency_ms` is `time_ms -",
+        '  signed_at_ms` (docs/ledger-rules.md, "Signing time and settlement latency").',
         "- **Hashes, keys and signatures** are lower-case hex.",
         "- **NULL** is an empty field in CSV, `null` in JSONL, NULL in Parquet.",
         "- **Types** are DuckDB / Parquet logical types; CSV and JSONL carry the same values.",

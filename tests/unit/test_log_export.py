@@ -19,7 +19,7 @@ from analysis.export import ExportError, export_log
 from analysis.sample import SampleLog, SampleOptions, generate
 from bridge.core.ledger import SignatureCheck
 from bridge.log.source import SourceError, open_source
-from bridge.log.tables import STORE_TABLES, TABLES, data_dictionary_markdown
+from bridge.log.tables import STORE_TABLES, TABLES, data_dictionary_markdown, iso_time
 from bridge.log.verify import Failure, verify_log
 from bridge.store.sqlite import SqliteStore
 from participants.central_bank.refusals import NodeRefusals
@@ -108,6 +108,39 @@ def test_legs_in_duckdb_net_to_the_ledger_balances(
     banks = {p for p, _ in balances}
     net = {(who, c): int(n) for who, c, n in rows if who in banks}
     assert net == {k: a + h for k, (a, h) in balances.items() if (a, h) != (0, 0) or k in net}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_signing_times_and_latency_are_read_from_the_signed_bodies(
+    exports: dict[str, Path], fmt: str
+) -> None:
+    """Each entry's `signed_at_ms` is the `signed_at` inside its canonical entry and
+    `latency_ms` its time minus that; a leg of an accepted PvP counts from the acceptance's
+    signature, and its propose-to-accept wait stands apart."""
+    entries = duckdb.sql(
+        f"SELECT seq, time_ms, kind, signed_at_ms, latency_ms, canonical, "
+        f"strftime(signed_at::TIMESTAMP, '%Y-%m-%dT%H:%M:%S.%g') "
+        f"FROM {reader(fmt, exports[fmt] / f'entries.{fmt}')}"
+    ).fetchall()
+    by_seq = {}
+    for seq, time_ms, kind, signed_at_ms, latency_ms, canonical, signed_at in entries:
+        body = json.loads(canonical)["body"]
+        assert signed_at_ms == body["signed_at"], seq
+        assert latency_ms == time_ms - signed_at_ms, seq
+        assert signed_at == iso_time(signed_at_ms)[:-1], seq
+        by_seq[seq] = (kind, signed_at_ms, body)
+    assert min(latency for *_, latency, _, _ in entries) > 0  # the sample signs before blocks
+    legs = duckdb.sql(
+        f"SELECT seq, time_ms, kind, signed_at_ms, latency_ms, initiated_ms, "
+        f"propose_to_accept_ms FROM {reader(fmt, exports[fmt] / f'legs.{fmt}')}"
+    ).fetchall()
+    accepted = [leg for leg in legs if leg[2] == "pvp_accept"]
+    assert accepted
+    for seq, time_ms, kind, signed_at_ms, latency_ms, initiated_ms, waited in legs:
+        assert (kind, signed_at_ms) == by_seq[seq][:2]
+        assert latency_ms == time_ms - signed_at_ms
+        assert waited == time_ms - initiated_ms
+        assert (waited > 0) == (kind == "pvp_accept")
 
 
 def test_the_three_formats_hold_the_same_rows(exports: dict[str, Path]) -> None:

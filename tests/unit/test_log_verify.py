@@ -710,7 +710,9 @@ def test_forged_bank_signature_in_a_sealed_block_is_named(
 
     def change(db: sqlite3.Connection) -> None:
         last_time = db.execute("SELECT MAX(time) FROM entries").fetchone()[0]
-        body = Pay("forged-1", "ICBC", last_time + 60_000, "DBS", "CNY", 100, "")
+        body = Pay(
+            "forged-1", "ICBC", last_time + 60_000, "DBS", "CNY", 100, "", signed_at=last_time
+        )
         envelope = sign_as_party(Envelope.of(body), "ICBC", PrivateKey.generate())
         envelope = endorse(envelope, "ICBC", "PBOC", sample.keys["PBOC"])
         state["forged"] = append_entry(db, sample, envelope, Outcome.SETTLED)
@@ -735,7 +737,9 @@ def test_backdated_block_or_entry_fails_verification(
 
     def change(db: sqlite3.Connection) -> None:
         last_time = db.execute("SELECT MAX(time) FROM entries").fetchone()[0]
-        body = Pay("backdated-1", "ICBC", last_time + 60_000, "DBS", "CNY", 100, "")
+        body = Pay(
+            "backdated-1", "ICBC", last_time + 60_000, "DBS", "CNY", 100, "", signed_at=last_time
+        )
         envelope = sign_as_party(Envelope.of(body), "ICBC", sample.keys["ICBC"])
         envelope = endorse(envelope, "ICBC", "PBOC", sample.keys["PBOC"])
         state["seq"] = append_entry(db, sample, envelope, Outcome.SETTLED, shift=shift)
