@@ -5,11 +5,14 @@ export writes) and keeps only aggregates whose size does not grow with the log: 
 `Buckets` that double their width when they get too many, latencies in a compact array of
 integers, per-corridor and per-pair totals. Charts are drawn with matplotlib's Agg backend.
 
-What the charts measure (the log records logical times only):
+What the charts measure:
 - settlements per second: entries that moved funds between banks (pay, pvp_dual, pvp_accept);
-- latency: propose-to-accept time of two-phase PvPs (accept entry time minus proposal entry
-  time). Every other settlement completes within one entry, and entries are sealed into their
-  block at the block's time, so their log latency is zero by construction;
+- settlement latency: the settling entry's time minus the `signed_at` its sender signed into
+  the body (legs.latency_ms), per corridor (of the first leg) and kind, as p50 / p95 / p99; an
+  accepted PvP counts from the acceptance's signature. Kept as counts per millisecond value,
+  so the size follows the spread of latencies, not the length of the log;
+- propose-to-accept wait: how long two-phase PvPs waited for their counterparty (accept entry
+  time minus proposal entry time), a business decision rather than settlement work;
 - FX rates: implied rate of each settled PvP (major units of one currency per unit of the
   other, pair in alphabetical order), mean per time bucket with the min-max band;
 - refusals: read from the source's `refusals` table (refused instructions, recorded beside the
@@ -46,6 +49,8 @@ from bridge.log.tables import BALANCES, LEGS, REFUSALS, Row
 MAX_BUCKETS = 720
 TOP_BANKS = 5
 TOP_PAIRS = 6
+TOP_CORRIDORS = 12  # corridors drawn in the latency chart (the table lists them all)
+LATENCY_QUANTILES = (0.5, 0.95, 0.99)
 SETTLING_KINDS = frozenset({"pay", "pvp_dual", "pvp_accept"})
 _LEG = {name: LEGS.index(name) for name in LEGS.names}
 _BAL = {name: BALANCES.index(name) for name in BALANCES.names}
@@ -102,7 +107,9 @@ class Aggregates:
     last_ms: int = 0
     kinds: Counter[tuple[str, str]] = field(default_factory=Counter)
     settlements: Buckets = field(default_factory=lambda: Buckets(_sum))
-    latencies: array[int] = field(default_factory=lambda: array("q"))
+    latencies: array[int] = field(default_factory=lambda: array("q"))  # propose-to-accept
+    # (corridor, kind) -> settlement latency in ms -> settlements
+    settlement_latency: dict[tuple[str, str], Counter[int]] = field(default_factory=dict)
     corridor_legs: Counter[str] = field(default_factory=Counter)
     corridor_value: Counter[tuple[str, str]] = field(default_factory=Counter)
     currency_value: Counter[str] = field(default_factory=Counter)
@@ -126,8 +133,34 @@ class Aggregates:
         self.currency_value[currency] += amount
         self.bank_legs[str(row[_LEG["payer"]])] += 1
         self.bank_legs[str(row[_LEG["payee"]])] += 1
-        if kind == "pvp_accept" and row[_LEG["leg"]] == 1:
-            self.latencies.append(int(row[_LEG["latency_ms"]] or 0))
+        if row[_LEG["leg"]] != 1:
+            return
+        counts = self.settlement_latency.get((corridor, kind))
+        if counts is None:
+            counts = self.settlement_latency[(corridor, kind)] = Counter()
+        counts[int(row[_LEG["latency_ms"]] or 0)] += 1
+        if kind == "pvp_accept":
+            self.latencies.append(int(row[_LEG["propose_to_accept_ms"]] or 0))
+
+    def latency_by(self, key: Callable[[str, str], str]) -> dict[str, Counter[int]]:
+        """Settlement latency counts merged by `key(corridor, kind)`."""
+        merged: dict[str, Counter[int]] = {}
+        for (corridor, kind), counts in self.settlement_latency.items():
+            merged.setdefault(key(corridor, kind), Counter()).update(counts)
+        return merged
+
+    def latency_table(self) -> list[tuple[str, str, int, list[int]]]:
+        """(corridor, kind, settlements, [p50, p95, p99, max]) per corridor and kind, then
+        per kind over every corridor ("all"), then over everything ("all", "all")."""
+        rows = []
+        for (corridor, kind), counts in sorted(self.settlement_latency.items()):
+            rows.append((corridor, kind, counts.total(), latency_quantiles(counts)))
+        for kind, counts in sorted(self.latency_by(lambda _, kind: kind).items()):
+            rows.append(("all", kind, counts.total(), latency_quantiles(counts)))
+        everything = self.latency_by(lambda _, __: "all").get("all")
+        if everything:
+            rows.append(("all", "all", everything.total(), latency_quantiles(everything)))
+        return rows
 
     def add_pvp(self, legs: tuple[Row, ...]) -> None:
         """Implied rate of one settled PvP from its two legs."""
@@ -284,6 +317,39 @@ def chart_throughput(data: Aggregates) -> Figure:
 
 
 def chart_latency(data: Aggregates) -> Figure:
+    """Settlement latency per corridor (the busiest, by settlements) in one panel per kind:
+    a bar to p50, markers at p95 and p99."""
+    by_corridor = data.latency_by(lambda corridor, _: corridor)
+    corridors = sorted(by_corridor, key=lambda c: -by_corridor[c].total())[:TOP_CORRIDORS]
+    corridors.reverse()  # busiest on top
+    kinds = sorted({kind for _, kind in data.settlement_latency})
+    figure = _figure(max(3.0, 0.3 * len(corridors) + 1.6))
+    if not kinds:
+        _empty(figure, "no settlements in the log")
+        return figure
+    shared = None
+    for number, kind in enumerate(kinds, start=1):
+        axes = figure.add_subplot(1, len(kinds), number, sharey=shared)
+        shared = shared or axes
+        present = [c for c in corridors if (c, kind) in data.settlement_latency]
+        quantiles = [latency_quantiles(data.settlement_latency[(c, kind)]) for c in present]
+        axes.barh(present, [q[0] for q in quantiles], color="#4477aa", label="p50")
+        axes.scatter([q[1] for q in quantiles], present, marker="|", s=120, color="#ee7733",
+                     label="p95", zorder=3)  # fmt: skip
+        axes.scatter([q[2] for q in quantiles], present, marker="x", color="#cc3311",
+                     label="p99", zorder=3)  # fmt: skip
+        axes.set_title(kind, fontsize=9)
+        axes.set_xlabel("ms, signed to settled", fontsize=8)
+        axes.tick_params(labelsize=7)
+        axes.grid(axis="x", alpha=0.3)
+    if shared is not None:
+        shared.legend(fontsize=7, loc="lower right")
+    figure.suptitle("Settlement latency per corridor and kind (p50 bar, p95 and p99 marks)")
+    figure.tight_layout()
+    return figure
+
+
+def chart_accept_wait(data: Aggregates) -> Figure:
     figure = _figure()
     values = sorted(data.latencies)
     if not values:
@@ -294,9 +360,9 @@ def chart_latency(data: Aggregates) -> Figure:
     for q, style in ((0.5, "--"), (0.99, ":")):
         value = _quantile(values, q)
         axes.axvline(value, color="#cc3311", linestyle=style, label=f"p{int(q * 100)} {value} ms")
-    axes.set_xlabel("propose to accept (ms, logical time)")
+    axes.set_xlabel("proposal to acceptance (ms)")
     axes.set_ylabel("PvPs")
-    axes.set_title(f"Settlement latency of two-phase PvPs (n={len(values)})")
+    axes.set_title(f"Propose-to-accept wait of two-phase PvPs (n={len(values)})")
     axes.legend()
     figure.tight_layout()
     return figure
@@ -402,7 +468,8 @@ def chart_refusals(data: Aggregates) -> Figure:
 
 CHARTS: tuple[tuple[str, str, Callable[[Aggregates], Figure]], ...] = (
     ("throughput.png", "Settlements per second over time", chart_throughput),
-    ("latency.png", "Settlement latency", chart_latency),
+    ("latency.png", "Settlement latency per corridor and kind", chart_latency),
+    ("accept-wait.png", "Propose-to-accept wait of two-phase PvPs", chart_accept_wait),
     ("corridors.png", "Value per corridor", chart_corridors),
     ("fx.png", "FX rates per pair", chart_fx),
     ("liquidity.png", "Liquidity of the busiest banks", chart_liquidity),
@@ -415,6 +482,21 @@ CHARTS: tuple[tuple[str, str, Callable[[Aggregates], Figure]], ...] = (
 
 def _quantile(values: list[int], q: float) -> int:
     return values[min(len(values) - 1, int(q * len(values)))]
+
+
+def latency_quantiles(counts: Counter[int]) -> list[int]:
+    """p50, p95, p99 and max of values given as counts, by the rule of `_quantile`: the value
+    at rank min(n - 1, floor(q n)) in ascending order."""
+    total = counts.total()
+    ranks = [min(total - 1, int(q * total)) for q in LATENCY_QUANTILES]
+    out: list[int] = []
+    seen = 0
+    values = sorted(counts)
+    for value in values:
+        seen += counts[value]
+        while len(out) < len(ranks) and ranks[len(out)] < seen:
+            out.append(value)
+    return [*out, values[-1]]
 
 
 def figures(data: Aggregates) -> list[tuple[str, str]]:
@@ -447,10 +529,19 @@ def figures(data: Aggregates) -> list[tuple[str, str]]:
             " / ".join(f"{closed[o]:,}" for o in ("SETTLED", "REJECTED", "CANCELLED", "EXPIRED")),
         ),
     ]
+    everything = data.latency_by(lambda _, __: "all").get("all")
+    if everything:
+        quantiles = latency_quantiles(everything)
+        rows.append(
+            (
+                "settlement latency p50 / p95 / p99 / max (signed to settled)",
+                " / ".join(f"{value:,} ms" for value in quantiles),
+            )
+        )
     if latencies:
         rows.append(
             (
-                "propose-to-accept latency p50 / p90 / p99 / max",
+                "propose-to-accept wait p50 / p90 / p99 / max",
                 " / ".join(f"{_quantile(latencies, q):,} ms" for q in (0.5, 0.9, 0.99))
                 + f" / {latencies[-1]:,} ms",
             )
@@ -493,14 +584,47 @@ def summary_markdown(data: Aggregates, source: str) -> str:
         "",
         "Charts: " + ", ".join(f"[{title}]({name})" for name, title, _ in CHARTS),
         "",
-        "Latency is the propose-to-accept time of two-phase PvPs in logical time; other",
-        "settlements complete in one entry and are sealed at their block's time (zero in the",
-        "log). Refused instructions are not in the log; refusals come from the store's",
-        "`refusals` table (the newest 100,000) and from the central bank nodes' refusals files",
-        "given with `--node-refusals` (what each node refused before forwarding).",
+        "## Settlement latency",
+        "",
+        LATENCY_NOTE,
+        "",
+        "| corridor | kind | settlements | p50 ms | p95 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| {corridor} | {kind} | {n:,} | " + " | ".join(f"{v:,}" for v in quantiles) + " |"
+            for corridor, kind, n, quantiles in data.latency_table()
+        ),
+        "",
+        "Refused instructions are not in the log; refusals come from the store's `refusals`",
+        "table (the newest 100,000) and from the central bank nodes' refusals files given with",
+        "`--node-refusals` (what each node refused before forwarding).",
         "",
     ]
     return "\n".join(lines)
+
+
+LATENCY_NOTE = (
+    "Settlement latency is an entry's time in the log minus the `signed_at` its sender signed "
+    "into the instruction (from the sender's clock): from signature to settlement. A PvP "
+    "settled by propose and accept counts from the acceptance's signature; the wait for the "
+    "counterparty is shown apart (propose-to-accept). Corridor: the first leg's payer and "
+    "payee jurisdictions; quantiles by nearest rank."
+)
+
+
+def latency_table_html(data: Aggregates) -> str:
+    rows = "\n".join(
+        f"<tr><td>{html.escape(corridor)}</td><td>{html.escape(kind)}</td>"
+        f'<td class="n">{n:,}</td>'
+        + "".join(f'<td class="n">{value:,}</td>' for value in quantiles)
+        + "</tr>"
+        for corridor, kind, n, quantiles in data.latency_table()
+    )
+    return (
+        '<table class="latency">\n<caption>Settlement latency (ms) per corridor and kind'
+        "</caption>\n<tr><th>corridor</th><th>kind</th><th>settlements</th><th>p50</th>"
+        f"<th>p95</th><th>p99</th><th>max</th></tr>\n{rows}\n</table>"
+    )
 
 
 # a chart that fails to load is reported on the browser console (the render test watches it)
@@ -530,6 +654,8 @@ th {{ font-weight: normal; color: #555; }}
 figure {{ margin: 1.5em 0; }}
 img {{ max-width: 100%; border: 1px solid #eee; }}
 figcaption {{ color: #555; font-size: 0.9em; }}
+td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
+caption {{ text-align: left; color: #555; padding-bottom: 0.5em; }}
 p.note {{ color: #555; font-size: 0.9em; }}
 </style>
 </head>
@@ -539,13 +665,14 @@ p.note {{ color: #555; font-size: 0.9em; }}
 <table>
 {rows}
 </table>
-<p class="note">Latency is the propose-to-accept time of two-phase PvPs in the bridge's logical
-time; other settlements complete in one entry and are sealed at their block's time, so their
-latency in the log is zero. Refused instructions are not in the log: refusal counts come from
+<p class="note">Refused instructions are not in the log: refusal counts come from
 the store's <code>refusals</code> table and the central bank nodes' refusals files given with
 <code>--node-refusals</code>. Run <code>cbdc-bridge log verify</code> to
 check the log itself.</p>
 {charts}
+<h2>Settlement latency</h2>
+<p class="note">{html.escape(LATENCY_NOTE)}</p>
+{latency_table_html(data)}
 </body>
 </html>
 """

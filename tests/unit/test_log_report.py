@@ -1,7 +1,8 @@
-"""The researcher's report: bounded aggregates, the six charts, the HTML page and summary."""
+"""The researcher's report: bounded aggregates, the seven charts, the HTML page and summary."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from analysis.report import (
     chart_refusals,
     summary_markdown,
 )
-from analysis.sample import SampleLog, SampleOptions, generate
+from analysis.sample import BANKS, SampleLog, SampleOptions, generate
 from bridge.log.source import open_source
 
 OPTIONS = SampleOptions(entries=400, block_size=25, rate=60.0, seed=21)
@@ -63,7 +64,7 @@ def test_aggregates_count_what_the_log_holds(sample: SampleLog) -> None:
     assert len(data.latencies) == count(
         sample, "SELECT COUNT(*) FROM entries WHERE kind='pvp_accept'"
     )
-    assert all(latency > 0 for latency in data.latencies)
+    assert all(wait > 0 for wait in data.latencies)
     assert sum(data.refusals.values()) == count(sample, "SELECT COUNT(*) FROM refusals")
     assert data.entries == sample.entries
     assert data.fx, "settled PvPs give implied rates"
@@ -78,7 +79,7 @@ def files(sample: SampleLog, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def test_report_writes_html_summary_and_charts(sample: SampleLog, files: ReportFiles) -> None:
-    """report.html, summary.md and six non-trivial PNG charts are written."""
+    """report.html, summary.md and seven non-trivial PNG charts are written."""
     assert [p.name for p in files.charts] == [name for name, _, _ in CHARTS]
     for chart in files.charts:
         data = chart.read_bytes()
@@ -91,7 +92,48 @@ def test_report_writes_html_summary_and_charts(sample: SampleLog, files: ReportF
         assert title in page
     summary = files.summary.read_text()
     assert f"| entries | {sample.entries:,} |" in summary
-    assert "propose-to-accept latency" in summary
+    assert "propose-to-accept wait" in summary
+    assert "settlement latency p50 / p95 / p99 / max" in summary
+    assert "| corridor | kind | settlements | p50 ms | p95 ms | p99 ms | max ms |" in summary
+    assert "<caption>Settlement latency (ms) per corridor and kind</caption>" in page
+
+
+def test_latency_table_gives_nearest_rank_quantiles_per_corridor_and_kind(
+    sample: SampleLog,
+) -> None:
+    """Each row of the latency table holds the count and the nearest-rank p50 / p95 / p99 and
+    max of time minus signed_at over the settlements of its corridor and kind, read here
+    straight from the stored entries; "all" rows merge corridors, then kinds."""
+    with open_source(sample.path) as source:
+        data = aggregate(source)
+    db = sqlite3.connect(sample.path)
+    try:
+        entries = [(json.loads(d), t) for d, t in db.execute("SELECT data, time FROM entries")]
+    finally:
+        db.close()
+    jurisdiction = {b.id: b.jurisdiction for b in sample.genesis.central_banks}
+    home = dict(BANKS)
+    proposals = {(e["body"]["sender"], e["body"]["instruction_id"]): e["body"] for e, _ in entries}
+    expected: dict[tuple[str, str], list[int]] = {}
+    for entry, time in entries:
+        body = entry["body"]
+        if entry["outcome"] != "SETTLED":
+            continue
+        payer, payee = body["sender"], body.get("payee") or body.get("counterparty")
+        if body["kind"] == "pvp_accept":
+            proposal = proposals[(body["proposer"], body["pvp_id"])]
+            payer, payee = proposal["sender"], proposal["counterparty"]
+        corridor = f"{jurisdiction[home[payer]]}-{jurisdiction[home[payee]]}"
+        latency = time - body["signed_at"]
+        for key in ((corridor, body["kind"]), ("all", body["kind"]), ("all", "all")):
+            expected.setdefault(key, []).append(latency)
+    table = {(corridor, kind): (n, q) for corridor, kind, n, q in data.latency_table()}
+    assert set(table) == set(expected)
+    for key, values in expected.items():
+        values.sort()
+        nearest = [values[min(len(values) - 1, int(q * len(values)))] for q in (0.5, 0.95, 0.99)]
+        assert table[key] == (len(values), [*nearest, values[-1]]), key
+    assert table[("all", "pvp_dual")][1][0] > table[("all", "pay")][1][0]
 
 
 def test_report_without_refusals_says_so(sample: SampleLog, tmp_path: Path) -> None:
