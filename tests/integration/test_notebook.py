@@ -27,7 +27,8 @@ def test_notebook_is_committed_without_outputs() -> None:
 def test_notebook_executes_on_a_fresh_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every cell runs without error; the corridor, FX, latency and liquidity cells answer."""
+    """Every cell runs without error; the corridor, FX, latency (signed to settled, per corridor
+    and kind) and liquidity cells answer."""
     log = generate(tmp_path / "log.sqlite", SampleOptions(entries=1_500, block_size=50, rate=80.0))
     with open_source(log.path) as source:
         export_log(source, tmp_path / "export", "parquet")
@@ -46,5 +47,7 @@ def test_notebook_executes_on_a_fresh_export(
     )
     assert "value_cny_m" in text
     assert "propose-to-accept ms" in text
+    assert "p95_ms" in text  # settlement latency per corridor and kind
+    assert "p50_p95_p99_ms" in text  # and per kind
     assert "gap_bp_max" in text
     assert "error" not in {o.get("output_type") for out in outputs for o in out}
