@@ -298,6 +298,7 @@ class LiveNetwork:
             currency or self.currency_of(payer),
             amount,
             reference,
+            signed_at=now_ms(),
         )
         status: types.InstructionStatus = self.node(self.home_of(payer)).Pay(
             self.signed(body), timeout=RPC_TIMEOUT

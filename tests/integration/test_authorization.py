@@ -68,9 +68,20 @@ class Scenario:
 def scenario(live: LiveNetwork) -> Iterator[Scenario]:
     for bank, amount in FUNDS.items():
         live.issue(bank, amount)
-    icbc_pay = Pay(new_id("pay"), "ICBC", now_ms() + VALID_FOR_MS, "BOCQ", "CNY", 1_000, "")
+    icbc_pay = Pay(
+        new_id("pay"), "ICBC", now_ms() + VALID_FOR_MS, "BOCQ", "CNY", 1_000, "", signed_at=now_ms()
+    )
     live.node("PBOC").Pay(live.signed(icbc_pay), timeout=RPC_TIMEOUT)
-    bocq_pay = Pay(new_id("pay"), "BOCQ", now_ms() + VALID_FOR_MS, "HSBCHK", "CNY", 2_000, "")
+    bocq_pay = Pay(
+        new_id("pay"),
+        "BOCQ",
+        now_ms() + VALID_FOR_MS,
+        "HSBCHK",
+        "CNY",
+        2_000,
+        "",
+        signed_at=now_ms(),
+    )
     live.node("PBOC").Pay(live.signed(bocq_pay), timeout=RPC_TIMEOUT)
     pvp = ProposePvp(
         new_id("pvp"),
@@ -84,10 +95,13 @@ def scenario(live: LiveNetwork) -> Iterator[Scenario]:
         "1.08",
         now_ms() + 600_000,
         "",
+        signed_at=now_ms(),
     )
     live.node("PBOC").ProposePvp(live.signed(pvp), timeout=RPC_TIMEOUT)
     yield Scenario(icbc_pay, bocq_pay, pvp)
-    cancel = CancelPvp(new_id("cancel"), "ICBC", now_ms() + VALID_FOR_MS, pvp.instruction_id)
+    cancel = CancelPvp(
+        new_id("cancel"), "ICBC", now_ms() + VALID_FOR_MS, pvp.instruction_id, signed_at=now_ms()
+    )
     live.node("PBOC").CancelPvp(live.signed(cancel), timeout=RPC_TIMEOUT)
 
 
@@ -96,7 +110,7 @@ def soon() -> int:
 
 
 def pay(sender: str, payee: str = "HSBCHK", amount: int = 500, currency: str = "CNY") -> Pay:
-    return Pay(new_id("pay"), sender, soon(), payee, currency, amount, "")
+    return Pay(new_id("pay"), sender, soon(), payee, currency, amount, "", signed_at=now_ms())
 
 
 def with_signatures(body: Instruction, signatures: list[Signature]) -> types.SignedInstruction:
@@ -183,7 +197,9 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
 
 @case("redeem_another_banks_funds", grpc.StatusCode.UNAUTHENTICATED, Reason.BAD_SIGNATURE)
 def _(live: LiveNetwork, s: Scenario) -> Call:
-    forged = live.signed(Redeem(new_id("redeem"), "BOCQ", soon(), "CNY", 100), signer="ICBC")
+    forged = live.signed(
+        Redeem(new_id("redeem"), "BOCQ", soon(), "CNY", 100, signed_at=now_ms()), signer="ICBC"
+    )
     return lambda: live.node("PBOC").RequestRedemption(forged, timeout=RPC_TIMEOUT)
 
 
@@ -193,7 +209,19 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
     Reason.BAD_SIGNATURE,
 )
 def _(live: LiveNetwork, s: Scenario) -> Call:
-    body = DualPvp(new_id("dual"), "ICBC", soon(), "HSBCHK", "CNY", 100, "HKD", 108, "1.08", "")
+    body = DualPvp(
+        new_id("dual"),
+        "ICBC",
+        soon(),
+        "HSBCHK",
+        "CNY",
+        100,
+        "HKD",
+        108,
+        "1.08",
+        "",
+        signed_at=now_ms(),
+    )
     envelope = sign_as_party(Envelope.of(body), "ICBC", live.key("ICBC"))
     envelope = sign_as_party(envelope, "HSBCHK", live.key("ICBC"))
     return lambda: live.node("PBOC").SubmitDualPvp(
@@ -241,7 +269,8 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
 
 @case("expired_instruction", grpc.StatusCode.DEADLINE_EXCEEDED, Reason.INSTRUCTION_EXPIRED)
 def _(live: LiveNetwork, s: Scenario) -> Call:
-    expired = live.signed(replace(pay("ICBC"), valid_until=now_ms() - 1_000))
+    body = replace(pay("ICBC"), valid_until=now_ms() - 1_000, signed_at=now_ms() - 2_000)
+    expired = live.signed(body)
     return lambda: live.node("PBOC").Pay(expired, timeout=RPC_TIMEOUT)
 
 
@@ -353,7 +382,13 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
 
 def accept(s: Scenario, sender: str) -> AcceptPvp:
     return AcceptPvp(
-        new_id("accept"), sender, soon(), "ICBC", s.pvp.instruction_id, s.pvp.terms_hash()
+        new_id("accept"),
+        sender,
+        soon(),
+        "ICBC",
+        s.pvp.instruction_id,
+        s.pvp.terms_hash(),
+        signed_at=now_ms(),
     )
 
 
@@ -393,13 +428,15 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
     Reason.NOT_A_PARTY,
 )
 def _(live: LiveNetwork, s: Scenario) -> Call:
-    body = RejectPvp(new_id("reject"), "BOCHK", soon(), "ICBC", s.pvp.instruction_id)
+    body = RejectPvp(
+        new_id("reject"), "BOCHK", soon(), "ICBC", s.pvp.instruction_id, signed_at=now_ms()
+    )
     return lambda: live.node("HKMA").RejectPvp(live.signed(body), timeout=RPC_TIMEOUT)
 
 
 @case("cancel_by_a_bank_that_did_not_propose", grpc.StatusCode.NOT_FOUND, Reason.UNKNOWN_PVP)
 def _(live: LiveNetwork, s: Scenario) -> Call:
-    body = CancelPvp(new_id("cancel"), "HSBCHK", soon(), s.pvp.instruction_id)
+    body = CancelPvp(new_id("cancel"), "HSBCHK", soon(), s.pvp.instruction_id, signed_at=now_ms())
     return lambda: live.node("HKMA").CancelPvp(live.signed(body), timeout=RPC_TIMEOUT)
 
 
@@ -483,7 +520,9 @@ def _(live: LiveNetwork, s: Scenario) -> Call:
 
 @case("redeem_for_a_foreign_bank", grpc.StatusCode.PERMISSION_DENIED, Reason.NOT_HOME_CENTRAL_BANK)
 def _(live: LiveNetwork, s: Scenario) -> Call:
-    message = live.signed(Redeem(new_id("redeem"), "HSBCHK", soon(), "CNY", 1_000))
+    message = live.signed(
+        Redeem(new_id("redeem"), "HSBCHK", soon(), "CNY", 1_000, signed_at=now_ms())
+    )
     return lambda: live.admin("PBOC").Redeem(
         message, metadata=live.admin_metadata("PBOC"), timeout=RPC_TIMEOUT
     )
@@ -621,6 +660,7 @@ def hostile_message(live: LiveNetwork, h: Hostile) -> types.SignedInstruction:
         h.currency,
         h.amount,
         h.reference,
+        signed_at=now_ms(),
     )
     key = live.key(h.sender) if h.sender in live.participants else PrivateKey.generate()
     value = key.sign(party_message(body.canonical_bytes()))
@@ -641,6 +681,7 @@ def hostile_message(live: LiveNetwork, h: Hostile) -> types.SignedInstruction:
         instruction_id=body.instruction_id,
         sender=h.sender,
         valid_until=body.valid_until,
+        signed_at=body.signed_at,
         pay=types.Pay(payee=h.payee, currency=h.currency, amount=h.amount, reference=h.reference),
     )
     return types.SignedInstruction(instruction=instruction, signatures=signatures)

@@ -71,7 +71,16 @@ def funded(live: LiveNetwork) -> None:
 
 def pay_body(payer: str, payee: str, amount: int, currency: str, **kw: int) -> Pay:
     valid_until = kw.get("valid_until", now_ms() + VALID_FOR_MS)
-    return Pay(new_id("pay"), payer, valid_until, payee, currency, amount, "INV-2025-0042")
+    return Pay(
+        new_id("pay"),
+        payer,
+        valid_until,
+        payee,
+        currency,
+        amount,
+        "INV-2025-0042",
+        signed_at=min(now_ms(), valid_until),  # signed before its deadline, even a past one
+    )
 
 
 def submit_stream(
@@ -221,7 +230,11 @@ def test_submit_one_refuses_with_precise_status(live: LiveNetwork) -> None:
         Reason.NOT_HOME_CENTRAL_BANK,
     )
     expiry = wire.envelope_to_proto(
-        Envelope.of(ExpirePvp(new_id("expire"), BRIDGE_SENDER, now_ms(), "ICBC", "nothing"))
+        Envelope.of(
+            ExpirePvp(
+                new_id("expire"), BRIDGE_SENDER, now_ms(), "ICBC", "nothing", signed_at=now_ms()
+            )
+        )
     )
     live.assert_refused_unchanged(
         lambda: live.bridge.SubmitOne(expiry, timeout=RPC_TIMEOUT),
@@ -494,6 +507,7 @@ def test_get_pvp_and_get_receipt_describe_recorded_instructions(live: LiveNetwor
         "1.085",
         now_ms() + 60_000,
         "corridor FX",
+        signed_at=now_ms(),
     )
     receipt = live.bridge.SubmitOne(live.endorsed(proposal), timeout=RPC_TIMEOUT)
     assert receipt.outcome == types.OUTCOME_HELD
@@ -525,7 +539,13 @@ def test_get_pvp_and_get_receipt_describe_recorded_instructions(live: LiveNetwor
     ):
         assert refusal_of(call).code() == grpc.StatusCode.NOT_FOUND
     cancel = live.endorsed(
-        CancelPvp(new_id("cancel"), "ICBC", now_ms() + VALID_FOR_MS, proposal.instruction_id)
+        CancelPvp(
+            new_id("cancel"),
+            "ICBC",
+            now_ms() + VALID_FOR_MS,
+            proposal.instruction_id,
+            signed_at=now_ms(),
+        )
     )
     assert live.bridge.SubmitOne(cancel, timeout=RPC_TIMEOUT).outcome == types.OUTCOME_CANCELLED
 

@@ -56,7 +56,16 @@ def plain(live: LiveNetwork) -> Iterator[grpc.Channel]:
 
 
 def pay(amount: int = 1_000) -> Pay:
-    return Pay(new_id("pay"), "ICBC", now_ms() + VALID_FOR_MS, "HSBCHK", "CNY", amount, "auth")
+    return Pay(
+        new_id("pay"),
+        "ICBC",
+        now_ms() + VALID_FOR_MS,
+        "HSBCHK",
+        "CNY",
+        amount,
+        "auth",
+        signed_at=now_ms(),
+    )
 
 
 def dual() -> DualPvp:
@@ -71,6 +80,7 @@ def dual() -> DualPvp:
         10_850,
         "1.085",
         "caller authentication",
+        signed_at=now_ms(),
     )
 
 
@@ -365,6 +375,7 @@ def test_get_pvp_answers_another_banks_pvp_as_a_missing_one(live: LiveNetwork) -
         "1.085",
         now_ms() + 60_000,
         "existence",
+        signed_at=now_ms(),
     )
     live.node("PBOC").ProposePvp(live.signed(body), timeout=RPC_TIMEOUT)
     missing = new_id("pvp")

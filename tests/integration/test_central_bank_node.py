@@ -86,6 +86,7 @@ def proposal(
         implied_rate(pay_amount, 2, receive_amount, 2),  # HKD per CNY, agreeing with the legs
         now_ms() + settle_in_ms,
         "LC-CQ-2025-118 Chongqing to Hong Kong",
+        signed_at=now_ms(),
     )
 
 
@@ -125,7 +126,7 @@ def test_pay_settles_through_the_payers_central_bank(live: LiveNetwork) -> None:
 
 def test_pay_resubmitted_returns_the_original_outcome(live: LiveNetwork) -> None:
     """Pay twice with the same id and body: one settlement, the second answer is a duplicate."""
-    body = Pay(new_id("pay"), "BOCQ", valid_until(), "ICBC", "CNY", 5_000, "")
+    body = Pay(new_id("pay"), "BOCQ", valid_until(), "ICBC", "CNY", 5_000, "", signed_at=now_ms())
     first = live.node("PBOC").Pay(live.signed(body), timeout=RPC_TIMEOUT)
     before = live.snapshot()
     second = live.node("PBOC").Pay(live.signed(body), timeout=RPC_TIMEOUT)
@@ -136,7 +137,7 @@ def test_pay_resubmitted_returns_the_original_outcome(live: LiveNetwork) -> None
 
 def test_pay_refusals_change_nothing(live: LiveNetwork) -> None:
     """Pay refused for lack of funds, for a wrong body kind, for a zero amount."""
-    broke = Pay(new_id("pay"), "BOCQ", valid_until(), "ICBC", "CNY", 10**15, "")
+    broke = Pay(new_id("pay"), "BOCQ", valid_until(), "ICBC", "CNY", 10**15, "", signed_at=now_ms())
     live.assert_refused_unchanged(
         lambda: live.node("PBOC").Pay(live.signed(broke), timeout=RPC_TIMEOUT),
         grpc.StatusCode.FAILED_PRECONDITION,
@@ -148,7 +149,7 @@ def test_pay_refusals_change_nothing(live: LiveNetwork) -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         Reason.MALFORMED,
     )
-    zero = Pay(new_id("pay"), "ICBC", valid_until(), "BOCQ", "CNY", 0, "")
+    zero = Pay(new_id("pay"), "ICBC", valid_until(), "BOCQ", "CNY", 0, "", signed_at=now_ms())
     live.assert_refused_unchanged(
         lambda: live.node("PBOC").Pay(live.signed(zero), timeout=RPC_TIMEOUT),
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -178,7 +179,13 @@ def test_pvp_proposed_in_cny_and_accepted_in_hkd_settles_both_legs(live: LiveNet
     seen = get_pvp(live, "HSBCHK", "ICBC", body.instruction_id)
     assert seen.status == types.OUTCOME_HELD
     accept = AcceptPvp(
-        new_id("accept"), "HSBCHK", valid_until(), "ICBC", body.instruction_id, "0" * 64
+        new_id("accept"),
+        "HSBCHK",
+        valid_until(),
+        "ICBC",
+        body.instruction_id,
+        "0" * 64,
+        signed_at=now_ms(),
     )
     live.assert_refused_unchanged(
         lambda: live.node("HKMA").AcceptPvp(live.signed(accept), timeout=RPC_TIMEOUT),
@@ -186,7 +193,13 @@ def test_pvp_proposed_in_cny_and_accepted_in_hkd_settles_both_legs(live: LiveNet
         Reason.PVP_TERMS_MISMATCH,
     )
     accept = AcceptPvp(
-        new_id("accept"), "HSBCHK", valid_until(), "ICBC", body.instruction_id, seen.terms_hash
+        new_id("accept"),
+        "HSBCHK",
+        valid_until(),
+        "ICBC",
+        body.instruction_id,
+        seen.terms_hash,
+        signed_at=now_ms(),
     )
     settled = live.node("HKMA").AcceptPvp(live.signed(accept), timeout=RPC_TIMEOUT)
     assert settled.receipt.outcome == types.OUTCOME_SETTLED
@@ -198,7 +211,13 @@ def test_pvp_proposed_in_cny_and_accepted_in_hkd_settles_both_legs(live: LiveNet
     assert after.available("ICBC", "HKD") == before.available("ICBC", "HKD") + 217_000
     assert get_pvp(live, "ICBC", "ICBC", body.instruction_id).status == types.OUTCOME_SETTLED
     again = AcceptPvp(
-        new_id("accept"), "HSBCHK", valid_until(), "ICBC", body.instruction_id, seen.terms_hash
+        new_id("accept"),
+        "HSBCHK",
+        valid_until(),
+        "ICBC",
+        body.instruction_id,
+        seen.terms_hash,
+        signed_at=now_ms(),
     )
     live.assert_refused_unchanged(
         lambda: live.node("HKMA").AcceptPvp(live.signed(again), timeout=RPC_TIMEOUT),
@@ -213,13 +232,17 @@ def test_reject_pvp_releases_the_proposers_hold(live: LiveNetwork) -> None:
     before = live.snapshot()
     body = proposal(pay_amount=50_000, receive_amount=54_000)
     live.node("PBOC").ProposePvp(live.signed(body), timeout=RPC_TIMEOUT)
-    own = RejectPvp(new_id("reject"), "ICBC", valid_until(), "ICBC", body.instruction_id)
+    own = RejectPvp(
+        new_id("reject"), "ICBC", valid_until(), "ICBC", body.instruction_id, signed_at=now_ms()
+    )
     live.assert_refused_unchanged(
         lambda: live.node("PBOC").RejectPvp(live.signed(own), timeout=RPC_TIMEOUT),
         grpc.StatusCode.PERMISSION_DENIED,
         Reason.NOT_A_PARTY,
     )
-    reject = RejectPvp(new_id("reject"), "HSBCHK", valid_until(), "ICBC", body.instruction_id)
+    reject = RejectPvp(
+        new_id("reject"), "HSBCHK", valid_until(), "ICBC", body.instruction_id, signed_at=now_ms()
+    )
     status = live.node("HKMA").RejectPvp(live.signed(reject), timeout=RPC_TIMEOUT)
     assert status.receipt.outcome == types.OUTCOME_REJECTED
     after = live.snapshot()
@@ -232,11 +255,13 @@ def test_cancel_pvp_releases_the_proposers_hold(live: LiveNetwork) -> None:
     before = live.snapshot()
     body = proposal(pay_amount=70_000, receive_amount=75_950)
     live.node("PBOC").ProposePvp(live.signed(body), timeout=RPC_TIMEOUT)
-    cancel = CancelPvp(new_id("cancel"), "ICBC", valid_until(), body.instruction_id)
+    cancel = CancelPvp(
+        new_id("cancel"), "ICBC", valid_until(), body.instruction_id, signed_at=now_ms()
+    )
     status = live.node("PBOC").CancelPvp(live.signed(cancel), timeout=RPC_TIMEOUT)
     assert status.receipt.outcome == types.OUTCOME_CANCELLED
     assert live.snapshot().accounts[("ICBC", "CNY")] == before.accounts[("ICBC", "CNY")]
-    unknown = CancelPvp(new_id("cancel"), "ICBC", valid_until(), "no-such-pvp")
+    unknown = CancelPvp(new_id("cancel"), "ICBC", valid_until(), "no-such-pvp", signed_at=now_ms())
     live.assert_refused_unchanged(
         lambda: live.node("PBOC").CancelPvp(live.signed(unknown), timeout=RPC_TIMEOUT),
         grpc.StatusCode.NOT_FOUND,
@@ -260,7 +285,9 @@ def test_get_pvp_answers_parties_only(live: LiveNetwork) -> None:
         error = refusal_of(lambda: get_pvp(live, "ICBC", "ICBC", "no-such-pvp"))
         assert error.code() == grpc.StatusCode.NOT_FOUND
     finally:
-        cancel = CancelPvp(new_id("cancel"), "ICBC", valid_until(), body.instruction_id)
+        cancel = CancelPvp(
+            new_id("cancel"), "ICBC", valid_until(), body.instruction_id, signed_at=now_ms()
+        )
         live.node("PBOC").CancelPvp(live.signed(cancel), timeout=RPC_TIMEOUT)
 
 
@@ -279,6 +306,7 @@ def dual(amount_cny: int = 30_000, amount_hkd: int = 32_550) -> DualPvp:
         amount_hkd,
         implied_rate(amount_cny, 2, amount_hkd, 2),
         "trade settlement, dual-signed",
+        signed_at=now_ms(),
     )
 
 
@@ -380,20 +408,20 @@ def test_request_issuance_issues_the_central_banks_currency(live: LiveNetwork) -
 def test_request_redemption_destroys_currency_at_its_issuer(live: LiveNetwork) -> None:
     """RequestRedemption: the bank's balance and outstanding supply fall by the amount."""
     before = live.snapshot()
-    body = Redeem(new_id("redeem"), "BOCQ", valid_until(), "CNY", 40_000)
+    body = Redeem(new_id("redeem"), "BOCQ", valid_until(), "CNY", 40_000, signed_at=now_ms())
     status = live.node("PBOC").RequestRedemption(live.signed(body), timeout=RPC_TIMEOUT)
     assert status.receipt.outcome == types.OUTCOME_REDEEMED
     after = live.snapshot()
     assert after.available("BOCQ", "CNY") == before.available("BOCQ", "CNY") - 40_000
     assert after.supply["CNY"] == (before.supply["CNY"][0], before.supply["CNY"][1] + 40_000)
     live.assert_conserved(after)
-    too_much = Redeem(new_id("redeem"), "BOCQ", valid_until(), "CNY", 10**15)
+    too_much = Redeem(new_id("redeem"), "BOCQ", valid_until(), "CNY", 10**15, signed_at=now_ms())
     live.assert_refused_unchanged(
         lambda: live.node("PBOC").RequestRedemption(live.signed(too_much), timeout=RPC_TIMEOUT),
         grpc.StatusCode.FAILED_PRECONDITION,
         Reason.INSUFFICIENT_FUNDS,
     )
-    foreign = Redeem(new_id("redeem"), "HSBCHK", valid_until(), "CNY", 1)
+    foreign = Redeem(new_id("redeem"), "HSBCHK", valid_until(), "CNY", 1, signed_at=now_ms())
     live.assert_refused_unchanged(
         lambda: live.node("HKMA").RequestRedemption(live.signed(foreign), timeout=RPC_TIMEOUT),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -403,7 +431,7 @@ def test_request_redemption_destroys_currency_at_its_issuer(live: LiveNetwork) -
 
 def test_admin_redeem_completes_a_bank_signed_redemption(live: LiveNetwork) -> None:
     """CentralBankAdmin.Redeem endorses and submits a bank-signed redeem; no token: refused."""
-    body = Redeem(new_id("redeem"), "ICBC", valid_until(), "CNY", 1_234)
+    body = Redeem(new_id("redeem"), "ICBC", valid_until(), "CNY", 1_234, signed_at=now_ms())
     live.assert_refused_unchanged(
         lambda: live.admin("PBOC").Redeem(live.signed(body), timeout=RPC_TIMEOUT),
         grpc.StatusCode.UNAUTHENTICATED,
@@ -605,7 +633,9 @@ def test_admit_bank_lets_a_new_bank_transact(live: LiveNetwork) -> None:
     assert wait_for(issued, timeout=10, what="the new bank to be known").receipt.outcome == (
         types.OUTCOME_ISSUED
     )
-    pay = Pay(new_id("pay"), bank, valid_until(), "ICBC", "CNY", 200, "first payment")
+    pay = Pay(
+        new_id("pay"), bank, valid_until(), "ICBC", "CNY", 200, "first payment", signed_at=now_ms()
+    )
     assert live.node("PBOC").Pay(live.signed(pay), timeout=RPC_TIMEOUT).receipt.outcome == (
         types.OUTCOME_SETTLED
     )

@@ -89,6 +89,7 @@ def dual(amount_cny: int = 20_000, amount_hkd: int = 21_700) -> DualPvp:
         amount_hkd,
         "1.085",
         "dual-signed, counterparty node stalled",
+        signed_at=now_ms(),
     )
 
 

@@ -78,6 +78,7 @@ def payments(live: LiveNetwork, count: int) -> list[types.SignedInstruction]:
             "CNY",
             1,
             f"flood {i}",
+            signed_at=now_ms(),
         )
         for i in range(count)
     ]

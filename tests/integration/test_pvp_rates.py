@@ -188,6 +188,7 @@ def test_dual_pvp_with_an_upside_down_rate_is_refused(desks: Desks) -> None:
     body = DualPvp(
         new_instruction_id(), "ICBC", time.time_ns() // 1_000_000 + 60_000, "HSBCHK",
         "CNY", CNY_PAID, "HKD", HKD_RECEIVED, "0.92", "upside down",
+        signed_at=time.time_ns() // 1_000_000,
     )  # fmt: skip
     key = desks.network.config.load_key("HSBCHK")
     offer = SignedDualPvp.of(sign_as_party(Envelope.of(body), "HSBCHK", key))

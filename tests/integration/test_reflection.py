@@ -220,7 +220,16 @@ def test_dynamic_payment_and_entry_stream(
 ) -> None:
     """A Pay built from JSON settles; WatchEntries streams its entry to a dynamic client."""
     live.issue("HSBCHK", 1_000_000)
-    body = Pay(new_id("dyn"), "HSBCHK", now_ms() + VALID_FOR_MS, "BOCHK", "HKD", 4_321, "dyn")
+    body = Pay(
+        new_id("dyn"),
+        "HSBCHK",
+        now_ms() + VALID_FOR_MS,
+        "BOCHK",
+        "HKD",
+        4_321,
+        "dyn",
+        signed_at=now_ms(),
+    )
     signature = live.key("HSBCHK").sign(party_message(body.canonical_bytes()))
     node = clients["HKMA"]
     request = node.request(

@@ -185,7 +185,16 @@ def test_undecodable_request_carries_the_malformed_reason(live: LiveNetwork) -> 
 
 
 def _pay(live: LiveNetwork, instruction_id: str) -> types.SignedInstruction:
-    body = Pay(instruction_id, "ICBC", now_ms() + VALID_FOR_MS, "BOCQ", "CNY", 100, "INV-1")
+    body = Pay(
+        instruction_id,
+        "ICBC",
+        now_ms() + VALID_FOR_MS,
+        "BOCQ",
+        "CNY",
+        100,
+        "INV-1",
+        signed_at=now_ms(),
+    )
     return live.signed(body)
 
 
@@ -231,7 +240,16 @@ def test_bridge_submit_answers_a_bad_message_and_serves_the_rest(
     first, bad_id, last = new_id("good"), new_id("bad"), new_id("good")
 
     def endorsed(instruction_id: str) -> types.SignedInstruction:
-        body = Pay(instruction_id, "ICBC", now_ms() + VALID_FOR_MS, "BOCQ", "CNY", 100, "")
+        body = Pay(
+            instruction_id,
+            "ICBC",
+            now_ms() + VALID_FOR_MS,
+            "BOCQ",
+            "CNY",
+            100,
+            "",
+            signed_at=now_ms(),
+        )
         return live.endorsed(body)
 
     requests = [
@@ -381,7 +399,16 @@ def test_five_mib_ids_in_queries_are_refused_on_both_nodes(live: LiveNetwork) ->
 
 def test_oversized_reference_is_refused(live: LiveNetwork) -> None:
     """A 141-character reference is FIELD_TOO_LONG at the edge; nothing settles."""
-    body = Pay(new_id("pay"), "ICBC", now_ms() + VALID_FOR_MS, "BOCQ", "CNY", 100, "R" * 140)
+    body = Pay(
+        new_id("pay"),
+        "ICBC",
+        now_ms() + VALID_FOR_MS,
+        "BOCQ",
+        "CNY",
+        100,
+        "R" * 140,
+        signed_at=now_ms(),
+    )
     signed = live.signed(body)
     signed.instruction.pay.reference = "R" * 141
     live.assert_refused_unchanged(

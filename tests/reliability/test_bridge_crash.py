@@ -59,7 +59,14 @@ def payments(live: LiveNetwork) -> list[tuple[Pay, types.SignedInstruction]]:
     for index in range(PAYMENTS):
         payer, payee, currency = ROUTES[index % len(ROUTES)]
         body = Pay(
-            new_id("stream"), payer, now_ms() + 10 * VALID_FOR_MS, payee, currency, 1 + index, ""
+            new_id("stream"),
+            payer,
+            now_ms() + 10 * VALID_FOR_MS,
+            payee,
+            currency,
+            1 + index,
+            "",
+            signed_at=now_ms(),
         )
         out.append((body, live.endorsed(body)))
     return out

@@ -140,6 +140,7 @@ class Load:
             self.live.currency_of(payer),
             amount,
             "",
+            signed_at=now_ms(),
         )
         message = self.live.signed(body)
         node = self.live.node(self.live.home_of(payer))
@@ -219,7 +220,9 @@ def test_standby_processes_refuse_instructions_retryably_and_serve_reads(
     to an instruction and serves the same committed state as the leader."""
     leader, *standbys = live.config.bridge_addresses
     paid = live.pay("ICBC", "BOCQ", 5)
-    body = Pay(new_id("direct"), "ICBC", now_ms() + VALID_FOR_MS, "BOCQ", "CNY", 7, "")
+    body = Pay(
+        new_id("direct"), "ICBC", now_ms() + VALID_FOR_MS, "BOCQ", "CNY", 7, "", signed_at=now_ms()
+    )
     for address in standbys:
         stub = bridge_stub(live, address)
         with pytest.raises(grpc.RpcError) as refused:

@@ -64,6 +64,7 @@ def test_pvp_with_the_counterpartys_node_down_expires_and_the_node_catches_up(
             "1.085",
             now_ms() + SETTLE_WITHIN_MS,
             "Land-Sea Corridor shipment 7",
+            signed_at=now_ms(),
         )
         held = live.node("PBOC").ProposePvp(live.signed(proposal), timeout=RPC_TIMEOUT)
         assert held.receipt.outcome == types.OUTCOME_HELD
@@ -78,6 +79,7 @@ def test_pvp_with_the_counterpartys_node_down_expires_and_the_node_catches_up(
             "ICBC",
             proposal.instruction_id,
             proposal.terms_hash(),
+            signed_at=now_ms(),
         )
         error = refusal_of(lambda: live.node("HKMA").AcceptPvp(live.signed(accept), timeout=5.0))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
@@ -152,6 +154,7 @@ def test_pvp_with_the_counterpartys_node_down_expires_and_the_node_catches_up(
         "ICBC",
         proposal.instruction_id,
         proposal.terms_hash(),
+        signed_at=now_ms(),
     )
     live.assert_refused_unchanged(
         lambda: live.node("HKMA").AcceptPvp(live.signed(late), timeout=RPC_TIMEOUT),

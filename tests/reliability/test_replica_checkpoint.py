@@ -107,7 +107,9 @@ async def write_fork(config: NetworkConfig, path: Path) -> None:
     genesis = config.genesis()
     key = config.load_key("PBOC")
     ledger = Ledger(genesis, check=SignatureCheck.NONE)
-    body = SetPolicy(new_id("policy"), "PBOC", now_ms() + VALID_FOR_MS, 0, 0, ())
+    body = SetPolicy(
+        new_id("policy"), "PBOC", now_ms() + VALID_FOR_MS, 0, 0, (), signed_at=now_ms()
+    )
     ledger.apply(signed(body, key), now_ms())
     block = seal(1, genesis.hash(), ledger.take_batch().entries, now_ms())
     checkpoint = ReplicaCheckpoint(path)
