@@ -137,8 +137,9 @@ def test_cli_refusal_exits_1_and_says_it_is_final(live: LiveNetwork, tmp_path: P
 def test_cli_resubmit_command_repeats_the_same_instruction(
     live: LiveNetwork, tmp_path: Path
 ) -> None:
-    """`pvp propose` to an unreachable node exits 3 and prints a command naming the id, validity
-    and settlement deadline; running that command prints the very same command again."""
+    """`pvp propose` to an unreachable node exits 3 and prints a command naming the id, validity,
+    signing time and settlement deadline; running that command prints the very same command
+    again."""
     copy = tmp_path / "network"
     shutil.copytree(live.directory / "keys", copy / "keys")
     data = json.loads((live.directory / "network.json").read_text())
@@ -151,7 +152,7 @@ def test_cli_resubmit_command_repeats_the_same_instruction(
     assert first.returncode == 3, first.stdout + first.stderr
     (command,) = [line for line in first.stdout.splitlines() if line.startswith("cbdc-bridge ")]
     words = shlex.split(command)
-    for option in ("--id", "--valid-until", "--settle-by"):
+    for option in ("--id", "--valid-until", "--signed-at", "--settle-by"):
         assert option in words, command
     assert words[words.index("--pay") + 1] == "1,000 CNY"
     again = run_cli(tmp_path, *words[1:])
