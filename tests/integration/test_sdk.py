@@ -124,16 +124,45 @@ def test_retry_with_same_id_returns_duplicate_and_moves_funds_once(desks: Desks)
     assert desks.available("BOCQ", "CNY") == before + 777
 
 
-def test_retry_from_another_process_with_same_validity_is_a_duplicate(desks: Desks) -> None:
-    """A fresh client resending the same id and body (same valid_until) gets the original."""
-    instruction_id, valid_until = new_instruction_id(), int(time.time() * 1000) + 60_000
+def test_retry_from_another_process_with_same_validity_and_signing_time_is_a_duplicate(
+    desks: Desks,
+) -> None:
+    """A fresh client resending the same id and body (same valid_until and signed_at) gets the
+    original; a fresh client with another signing time sends another body: ID_CONFLICT."""
+    signed_at = int(time.time() * 1000)
+    instruction_id, valid_until = new_instruction_id(), signed_at + 60_000
     first = desks["ICBC"].pay(
-        "BOCQ", "CNY", 5, instruction_id=instruction_id, valid_until=valid_until
+        "BOCQ",
+        "CNY",
+        5,
+        instruction_id=instruction_id,
+        valid_until=valid_until,
+        signed_at=signed_at,
     )
     with BankClient.from_network(desks.directory, "ICBC") as other:
-        again = other.pay("BOCQ", "CNY", 5, instruction_id=instruction_id, valid_until=valid_until)
-    assert again.duplicate
-    assert again.seq == first.seq
+        again = other.pay(
+            "BOCQ",
+            "CNY",
+            5,
+            instruction_id=instruction_id,
+            valid_until=valid_until,
+            signed_at=signed_at,
+        )
+        assert again.duplicate
+        assert again.seq == first.seq
+    with (
+        BankClient.from_network(desks.directory, "ICBC") as third,
+        pytest.raises(BridgeRpcError) as info,
+    ):
+        third.pay(
+            "BOCQ",
+            "CNY",
+            5,
+            instruction_id=instruction_id,
+            valid_until=valid_until,
+            signed_at=signed_at + 1,
+        )
+    assert info.value.reason is Reason.ID_CONFLICT
 
 
 def test_same_id_with_other_terms_is_refused_as_a_conflict(desks: Desks) -> None:
