@@ -381,10 +381,11 @@ def test_endorse_dual_pvp_adds_the_counterparty_central_banks_endorsement(
 
 
 def test_request_issuance_issues_the_central_banks_currency(live: LiveNetwork) -> None:
-    """RequestIssuance: the node writes and signs the issue; a retry is a duplicate."""
+    """RequestIssuance: the node writes and signs the issue at the requested signing time; a
+    retry (same id, validity and signing time) is a duplicate."""
     before = live.snapshot()
     request = cb_pb.IssuanceRequest(
-        request_id=new_id("req"), valid_until=valid_until(), amount=9_999
+        request_id=new_id("req"), valid_until=valid_until(), amount=9_999, signed_at=now_ms()
     )
     signed = live.query("RequestIssuance", request, "KBANK")
     status = live.node("BOT").RequestIssuance(signed, timeout=RPC_TIMEOUT)
@@ -396,6 +397,8 @@ def test_request_issuance_issues_the_central_banks_currency(live: LiveNetwork) -
     retry = live.query("RequestIssuance", request, "KBANK")
     assert live.node("BOT").RequestIssuance(retry, timeout=RPC_TIMEOUT).receipt.duplicate
     assert live.snapshot() == after
+    issued = logged_entry(live, "KBANK", status.receipt.seq)
+    assert issued.envelope.body.signed_at == request.signed_at
     forged = cb_pb.IssuanceRequest(request_id=new_id("req"), valid_until=valid_until(), amount=1)
     forged = live.query("RequestIssuance", forged, "KBANK", signer="SCB")
     live.assert_refused_unchanged(
