@@ -239,6 +239,7 @@ def test_dynamic_payment_and_entry_stream(
                 "instruction_id": body.instruction_id,
                 "sender": body.sender,
                 "valid_until": str(body.valid_until),
+                "signed_at": str(body.signed_at),
                 "pay": {"payee": "BOCHK", "currency": "HKD", "amount": "4321", "reference": "dyn"},
             },
             "signatures": [{"signer": "HSBCHK", "value": base64.b64encode(signature).decode()}],
