@@ -738,6 +738,7 @@ def pvp_table(desk: Desk, info: PvpInfo) -> Table:
         (f"{info.proposer} pays", desk.show(info.pay.amount, info.pay.currency)),
         (f"{info.counterparty} pays", desk.show(info.receive.amount, info.receive.currency)),
         ("Rate", info.rate),
+        ("Signed at", when(info.proposal.signed_at)),
         ("Settle by", when(info.settle_by)),
         ("Reference", info.reference),
         ("Terms hash", info.terms_hash),

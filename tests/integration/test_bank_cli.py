@@ -13,8 +13,10 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -163,9 +165,21 @@ def test_unreachable_node_exits_3(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_pvp_propose_status_and_accept(cli: Cli) -> None:
-    """`pvp propose` holds our leg; `pvp status` shows the terms; `pvp accept` settles both."""
+    """`pvp propose` holds our leg; `pvp status` shows the terms and when the proposer signed
+    them; `pvp accept` settles both."""
     hkd_before = cli.available("ICBC", "HKD")
-    proposed = cli("pvp", "propose", "HSBCHK", "--pay", "1,000.00 CNY", "--receive", "1,085.20 HKD")
+    signed_at = time.time_ns() // 1_000_000 - 1_000  # a second ago
+    proposed = cli(
+        "pvp",
+        "propose",
+        "HSBCHK",
+        "--pay",
+        "1,000.00 CNY",
+        "--receive",
+        "1,085.20 HKD",
+        "--signed-at",
+        str(signed_at),
+    )
     assert proposed.exit_code == 0, proposed.output
     assert "HELD" in proposed.output
     pvp_id = pvp_id_of(proposed)
@@ -175,6 +189,9 @@ def test_pvp_propose_status_and_accept(cli: Cli) -> None:
     assert "1,085.20 HKD" in status.output
     assert "1.0852" in status.output  # the rate implied by the amounts
     assert "HELD" in status.output
+    stamp = datetime.fromtimestamp(signed_at / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    assert "Signed at" in status.output
+    assert stamp[:-3] + "Z" in status.output
     accepted = cli("pvp", "accept", "ICBC", pvp_id, bank="HSBCHK")
     assert accepted.exit_code == 0, accepted.output
     assert "SETTLED" in accepted.output
