@@ -291,6 +291,7 @@ def test_a_batch_on_bridge_submit_answers_each_instruction_alone(
                     "CNY",
                     100,
                     "x" * 141 if index == 3 else "",
+                    signed_at=now_ms(),
                 )
             ),
             "ICBC",

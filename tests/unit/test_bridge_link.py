@@ -187,7 +187,7 @@ async def test_each_request_sent_carries_the_time_its_caller_still_waits() -> No
 
 def bank_signed(net: Network, amount: int) -> Envelope:
     """A payment signed by ICBC alone, as a bank sends it to its central bank's node."""
-    body = Pay(f"batch-{amount}", "ICBC", 2**40, "CCB", "CNY", amount, "")
+    body = Pay(f"batch-{amount}", "ICBC", 2**40, "CCB", "CNY", amount, "", signed_at=2**40 - 60_000)
     return sign_as_party(Envelope.of(body), "ICBC", net.keys["ICBC"])
 
 
@@ -283,7 +283,9 @@ async def test_a_leg_its_bank_did_not_sign_is_refused_before_it_is_queued() -> N
     net = network()
     stub = RecordingStub()
     link = BridgeLink(stub, endorser=Endorser("PBOC", net.keys["PBOC"]))  # type: ignore[arg-type]
-    unsigned = Envelope.of(Pay("batch-9", "ICBC", 2**40, "CCB", "CNY", 9, ""))
+    unsigned = Envelope.of(
+        Pay("batch-9", "ICBC", 2**40, "CCB", "CNY", 9, "", signed_at=2**40 - 60_000)
+    )
     result = await link.submit(unsigned, endorse=("ICBC",))
     assert isinstance(result, Refused)
     assert result.reason is Reason.MISSING_SIGNATURE

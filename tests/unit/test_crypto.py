@@ -311,7 +311,9 @@ def test_batch_endorsement_verifies_with_openssl_and_ecdsa_from_the_documented_b
     bank = PrivateKey.generate()
     legs = []
     for amount in (1, 2, 3, 4, 5):
-        body = Pay(f"interop-{amount}", "ICBC", 2**40, "CCB", "CNY", amount, "")
+        body = Pay(
+            f"interop-{amount}", "ICBC", 2**40, "CCB", "CNY", amount, "", signed_at=2**40 - 60_000
+        )
         legs.append((sign_as_party(Envelope.of(body), "ICBC", bank), "ICBC"))
     endorsements = endorse_legs(legs, "PBOC", signer)
     public_pem = tmp_path / "pboc.pem"

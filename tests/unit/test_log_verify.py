@@ -757,7 +757,18 @@ def batch_of_payments(sample: SampleLog, db: sqlite3.Connection, tag: str) -> li
     last_time = db.execute("SELECT MAX(time) FROM entries").fetchone()[0]
     return [
         sign_as_party(
-            Envelope.of(Pay(f"{tag}-{i}", "ICBC", last_time + 60_000, "DBS", "CNY", 100, "")),
+            Envelope.of(
+                Pay(
+                    f"{tag}-{i}",
+                    "ICBC",
+                    last_time + 60_000,
+                    "DBS",
+                    "CNY",
+                    100,
+                    "",
+                    signed_at=last_time,
+                )
+            ),
             "ICBC",
             sample.keys["ICBC"],
         )

@@ -22,6 +22,7 @@ from bridge.log.merkle import merkle_root
 from bridge.signing import endorse_legs, sign_as_party
 from participants.central_bank.replica import Replica
 from tests.factories import (
+    SIGNED_AT,
     T0,
     Network,
     accept_pvp,
@@ -155,7 +156,9 @@ def payments_under_one_root(net: Network, count: int, tag: str) -> list[Envelope
     """Payments by ICBC whose legs PBOC endorsed together, with one signature over their root."""
     signed = [
         sign_as_party(
-            Envelope.of(Pay(f"{tag}-{i}", "ICBC", T0 + 3_600_000, "CCB", "CNY", 5, "")),
+            Envelope.of(
+                Pay(f"{tag}-{i}", "ICBC", T0 + 3_600_000, "CCB", "CNY", 5, "", signed_at=SIGNED_AT)
+            ),
             "ICBC",
             net.keys["ICBC"],
         )

@@ -22,6 +22,7 @@ from bridge.signing import endorse_legs, sign_as_party
 from bridge.store.sqlite import TAIL_BLOCKS_VERIFIED, SqliteStore
 from tests.factories import (
     BANKS,
+    SIGNED_AT,
     T0,
     Network,
     accept_pvp,
@@ -301,7 +302,18 @@ def endorsed_as_one_batch(net: Network, amounts: list[int], prefix: str) -> list
     """Payments by ICBC whose legs PBOC endorsed together, with one signature over their root."""
     signed = [
         sign_as_party(
-            Envelope.of(Pay(f"{prefix}-{i}", "ICBC", T0 + HOUR, "CCB", "CNY", amount, "")),
+            Envelope.of(
+                Pay(
+                    f"{prefix}-{i}",
+                    "ICBC",
+                    T0 + HOUR,
+                    "CCB",
+                    "CNY",
+                    amount,
+                    "",
+                    signed_at=SIGNED_AT,
+                )
+            ),
             "ICBC",
             net.keys["ICBC"],
         )
