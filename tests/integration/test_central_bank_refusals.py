@@ -38,7 +38,16 @@ def funded(live: LiveNetwork) -> None:
 
 
 def pay(sender: str = "ICBC", payee: str = "BOCQ", amount: int = 1_000) -> Pay:
-    return Pay(new_id("pay"), sender, now_ms() + VALID_FOR_MS, payee, "CNY", amount, "INV-7")
+    return Pay(
+        new_id("pay"),
+        sender,
+        now_ms() + VALID_FOR_MS,
+        payee,
+        "CNY",
+        amount,
+        "INV-7",
+        signed_at=now_ms(),
+    )
 
 
 def dual() -> DualPvp:
@@ -53,6 +62,7 @@ def dual() -> DualPvp:
         32_550,
         implied_rate(30_000, 2, 32_550, 2),
         "LC-CQ-2025-118",
+        signed_at=now_ms(),
     )
 
 
