@@ -276,15 +276,15 @@ class OutboxPublisher:
         pipe never runs dry. (`aiomqtt.Client.publish` costs a task, an event and a scan of
         every pending call per message: with a full window that scan made publishing
         quadratic.) No timeout: the watchdog notices a broken connection."""
-        pending: dict[int, Any] | None = getattr(client, "_pending_publishes", None)
-        mqtt: paho.Client | None = getattr(client, "_client", None)
-        if pending is None or not isinstance(mqtt, paho.Client):  # another aiomqtt: its API
+        internals = _paho_of(client)
+        if internals is None:  # another aiomqtt: its public API
             for start in range(0, len(messages), IN_FLIGHT):
                 chunk = messages[start : start + IN_FLIGHT]
                 await asyncio.gather(
                     *(client.publish(t, p, qos=1, retain=True, timeout=math.inf) for t, p in chunk)
                 )
             return
+        pending, mqtt = internals
         window: collections.deque[_BatchAcks] = collections.deque()
         for start in range(0, len(messages), PUBLISH_CHUNK):
             if len(window) == 2:
@@ -389,6 +389,16 @@ class OutboxPublisher:
         partial.replace(marker)
         log.warning("publisher held before marking published (test hook)", extra={"upto": last})
         await asyncio.Event().wait()  # forever: the node goes on settling; a test SIGKILLs it
+
+
+def _paho_of(client: aiomqtt.Client) -> tuple[dict[int, Any], paho.Client] | None:
+    """aiomqtt 2's table of calls waiting for a PUBACK and its paho client, or None when this
+    aiomqtt keeps them otherwise (then the publisher uses its public `publish`)."""
+    pending = getattr(client, "_pending_publishes", None)
+    mqtt = getattr(client, "_client", None)
+    if not isinstance(pending, dict) or not isinstance(mqtt, paho.Client):
+        return None
+    return pending, mqtt
 
 
 def _time_reads(client: aiomqtt.Client) -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from bridge.crypto import FastVerifier
 from bridge.domain import ProposePvp, Receipt
+from bridge.node import publisher as publisher_module
 from bridge.node.publisher import CONSUMER, OutboxPublisher
 from bridge.notify import BRIDGE_USER, MqttSettings, settlement_topic, write_broker_files
 from bridge.settlement import SettlementEngine
@@ -61,6 +62,15 @@ def net() -> Network:
     return network()
 
 
+@pytest.fixture(params=["paho", "public-api"])
+def publish_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The publisher's two ways of publishing: batches handed to aiomqtt 2's paho client, and
+    aiomqtt's public `publish` (taken when those internals are not there)."""
+    if request.param == "public-api":
+        monkeypatch.setattr(publisher_module, "_paho_of", lambda client: None)
+    return str(request.param)
+
+
 def settings(broker: Broker, user: str) -> MqttSettings:
     return MqttSettings("127.0.0.1", broker.port, user, PASSWORDS[user])
 
@@ -99,7 +109,7 @@ def publisher(broker: Broker, db: Path, marks: SqliteStore) -> OutboxPublisher:
 
 
 async def test_publisher_delivers_holds_settlements_and_expiries_in_order(
-    broker: Broker, net: Network, tmp_path: Path
+    broker: Broker, net: Network, tmp_path: Path, publish_path: str
 ) -> None:
     """ICBC receives its hold, settlement, payment and expiry once each, in seq order, each
     message naming the previous seq of its topic; the cursor reaches the last outbox row, and
