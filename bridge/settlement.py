@@ -22,6 +22,7 @@ from bridge.events import encode_events, settlement_event
 from bridge.log.blocks import Attestation, SealedBlock, seal
 from bridge.metrics import BLOCK_ENTRIES, stage
 from bridge.store.base import Store
+from bridge.store.receipts import StoredReceipts
 
 Result = Receipt | Refused
 # (time, sender, instruction id, kind, reason, corridor) of a refused instruction
@@ -99,7 +100,12 @@ class SettlementEngine:
         if stored is None:
             if genesis is None:
                 raise StoreError(f"{store.description} is empty and no genesis was given")
-            ledger = Ledger(genesis, verifier=verifier, check=check)
+            ledger = Ledger(
+                genesis,
+                verifier=verifier,
+                check=check,
+                receipts=StoredReceipts(store.receipts_for),
+            )
             store.initialize(ledger)
             return cls(ledger, store)
         if genesis is not None and genesis.hash() != stored.hash():
@@ -117,6 +123,10 @@ class SettlementEngine:
         results: list[Result] = []
         refusals: list[RefusalRecord] = []
         with PREVERIFY.timed(len(envelopes)):
+            # one look-up in the store for the whole batch's instruction ids (the retries);
+            # if the store cannot answer, each instruction's own look-up fails below
+            with contextlib.suppress(StoreError):
+                ledger.receipts.prefetch((e.body.sender, e.body.instruction_id) for e in envelopes)
             ledger.preverify(envelopes)
         with APPLY.timed(len(envelopes)):
             for envelope in envelopes:
@@ -125,7 +135,12 @@ class SettlementEngine:
                 except Refused as refusal:
                     results.append(refusal)
                     refusals.append(refusal_record(ledger, envelope, refusal, now))
-            ledger.expire_due(now)
+                except StoreError as failure:
+                    # its receipt could not be looked up: whether it is a retry is not known,
+                    # and nothing was applied
+                    results.append(_not_decided(failure))
+            with contextlib.suppress(StoreError):  # due PvPs left for the next batch
+                ledger.expire_due(now)
             batch = ledger.pending_batch()
         if not batch.entries:
             return Prepared(results, None, batch, b"", tuple(refusals))
@@ -177,16 +192,25 @@ def undecided(ledger: Ledger, results: Sequence[Result], failure: Exception) -> 
 
     A duplicate whose original receipt is still in the (rolled-back) ledger was committed in
     an earlier block: its receipt stands. Everything else is OUTCOME_UNKNOWN."""
-    unknown = Refused(
-        Reason.OUTCOME_UNKNOWN,
-        f"the batch was not recorded ({failure}); resubmit the same instruction id",
-    )
+    unknown = _not_decided(failure)
     return [
         r if isinstance(r, Receipt) and r.duplicate and _committed(ledger, r) else unknown
         for r in results
     ]
 
 
+def _not_decided(failure: Exception) -> Refused:
+    return Refused(
+        Reason.OUTCOME_UNKNOWN,
+        f"the batch was not recorded ({failure}); resubmit the same instruction id",
+    )
+
+
 def _committed(ledger: Ledger, receipt: Receipt) -> bool:
-    stored = ledger.receipts.get((receipt.sender, receipt.instruction_id))
+    """Whether this duplicate's original receipt is committed (found in memory or in the
+    store; if the store cannot say, it is not known to be)."""
+    try:
+        stored = ledger.receipts.get((receipt.sender, receipt.instruction_id))
+    except StoreError:
+        return False
     return stored is not None and stored.seq == receipt.seq

@@ -528,6 +528,8 @@ class Snapshot:
 
 def snapshot(ledger: Ledger) -> Snapshot:
     tables = copy.deepcopy({name: dict(rows) for name, rows in ledger.tables().items()})
+    # the receipts held in memory, committed and pending (all of them, for MemoryReceipts)
+    tables["receipts"] = {**dict(ledger.receipts.items()), **ledger.receipts.pending()}
     return Snapshot(tables, ledger.pending_entries(), ledger.next_seq)
 
 

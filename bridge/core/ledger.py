@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from hashlib import sha256
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bridge.amounts import format_amount
 from bridge.core.policy import (
@@ -120,8 +120,87 @@ STATE_TABLES = (
     "pvps",
     "usage",
     "supply",
-    "receipts",
 )
+
+
+class ReceiptIndex(Protocol):
+    """The idempotency index: (sender, instruction id) -> receipt of every applied instruction.
+
+    The ledger adds one receipt per applied instruction; it stays pending until `confirm` (the
+    batch is durable) or `rollback` (it is not, and the receipt is forgotten). `get` answers
+    pending and committed receipts alike. `MemoryReceipts` holds everything in memory; a node
+    uses one whose committed receipts live in its store (`bridge.store.receipts`), so the core
+    never sees where they are."""
+
+    def get(self, key: ReceiptKey) -> Receipt | None: ...
+
+    def prefetch(self, keys: Iterable[ReceiptKey]) -> None:
+        """A hint: `get` is about to be asked for these keys (a store reads them at once)."""
+        ...
+
+    def add(self, key: ReceiptKey, receipt: Receipt) -> None: ...
+
+    def pending(self) -> Mapping[ReceiptKey, Receipt]:
+        """The receipts added since the last `confirm` or `rollback`."""
+        ...
+
+    def confirm(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def load(self, rows: Iterable[tuple[ReceiptKey, Receipt]]) -> None:
+        """Replace the committed receipts held in memory with `rows`."""
+        ...
+
+    def items(self) -> Iterator[tuple[ReceiptKey, Receipt]]:
+        """The committed receipts held in memory (all of them, for `MemoryReceipts`)."""
+        ...
+
+
+class MemoryReceipts:
+    """Every receipt in memory: for pure use (tests, offline replays of a log)."""
+
+    __slots__ = ("_committed", "_pending")
+
+    def __init__(self, rows: Iterable[tuple[ReceiptKey, Receipt]] = ()) -> None:
+        self._committed: dict[ReceiptKey, Receipt] = dict(rows)
+        self._pending: dict[ReceiptKey, Receipt] = {}
+
+    def get(self, key: ReceiptKey) -> Receipt | None:
+        found = self._pending.get(key)
+        return self._committed.get(key) if found is None else found
+
+    def __getitem__(self, key: ReceiptKey) -> Receipt:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __len__(self) -> int:
+        return len(self._committed) + len(self._pending)
+
+    def prefetch(self, keys: Iterable[ReceiptKey]) -> None:
+        return None
+
+    def add(self, key: ReceiptKey, receipt: Receipt) -> None:
+        self._pending[key] = receipt
+
+    def pending(self) -> Mapping[ReceiptKey, Receipt]:
+        return self._pending
+
+    def confirm(self) -> None:
+        if self._pending:
+            self._committed.update(self._pending)
+            self._pending = {}
+
+    def rollback(self) -> None:
+        self._pending = {}
+
+    def load(self, rows: Iterable[tuple[ReceiptKey, Receipt]]) -> None:
+        self._committed = dict(rows)
+
+    def items(self) -> Iterator[tuple[ReceiptKey, Receipt]]:
+        return iter(self._committed.items())
 
 
 class Ledger:
@@ -133,6 +212,7 @@ class Ledger:
         *,
         verifier: Verifier | None = None,
         check: SignatureCheck = SignatureCheck.ENDORSEMENTS,
+        receipts: ReceiptIndex | None = None,
     ) -> None:
         if check is not SignatureCheck.NONE and verifier is None:
             raise ValueError("a verifier is required unless signature checks are off")
@@ -147,7 +227,7 @@ class Ledger:
         self.pvps: dict[PvpKey, PvpState] = {}
         self.usage: dict[UsageKey, int] = {}
         self.supply: dict[CurrencyCode, Supply] = {}
-        self.receipts: dict[ReceiptKey, Receipt] = {}
+        self.receipts: ReceiptIndex = MemoryReceipts() if receipts is None else receipts
         self.next_seq = 1
         self._tables: dict[str, dict[Any, Any]] = {
             name: getattr(self, name) for name in STATE_TABLES
@@ -197,7 +277,11 @@ class Ledger:
             self.supply[bank.currency] = (0, 0)
 
     def load_table(self, name: str, rows: Iterable[tuple[Any, Any]]) -> None:
-        """Restore one state table from the store (replaces its contents)."""
+        """Restore one state table from the store (replaces its contents); "receipts"
+        replaces the receipts the index holds in memory."""
+        if name == "receipts":
+            self.receipts.load(rows)
+            return
         table = self._tables[name]
         table.clear()
         table.update(rows)
@@ -205,6 +289,7 @@ class Ledger:
             self._rebuild_expiries()
 
     def tables(self) -> Mapping[str, Mapping[Any, Any]]:
+        """The state tables (the receipts are in `receipts`, an index of their own)."""
         return self._tables
 
     # ------------------------------------------------------------------ batches
@@ -224,6 +309,9 @@ class Ledger:
         changes: dict[str, dict[Any, Any]] = {}
         for table, key in self._undo:
             changes.setdefault(table, {})[key] = self._tables[table].get(key)
+        receipts = self.receipts.pending()
+        if receipts:
+            changes["receipts"] = dict(receipts)
         return Batch(tuple(self._entries), changes, self.next_seq)
 
     def confirm(self) -> None:
@@ -231,6 +319,7 @@ class Ledger:
         self._undo = {}
         self._entries = []
         self._batch_seq = self.next_seq
+        self.receipts.confirm()
 
     def take_batch(self) -> Batch:
         """`pending_batch` then `confirm`, for callers that keep no store."""
@@ -248,6 +337,7 @@ class Ledger:
         self._undo = {}
         self._entries = []
         self.next_seq = self._batch_seq
+        self.receipts.rollback()
         self._rebuild_expiries()
 
     def pending_entries(self) -> int:
@@ -290,7 +380,7 @@ class Ledger:
         seq = self.next_seq
         self.next_seq = seq + 1
         receipt = Receipt(key[0], key[1], envelope.body_hash(), outcome, seq)
-        self._put("receipts", key, receipt)
+        self.receipts.add(key, receipt)
         self._entries.append(Entry(seq, now, envelope, outcome))
         return receipt
 
@@ -299,13 +389,13 @@ class Ledger:
         receipts = []
         heap = self._expiries
         while heap and heap[0][0] <= now:
-            settle_by, proposer, pvp_id = heapq.heappop(heap)
+            settle_by, proposer, pvp_id = heap[0]
             state = self.pvps.get((proposer, pvp_id))
-            if state is None or state.status is not Outcome.HELD:
-                continue
-            if state.proposal.settle_by != settle_by:
-                continue
-            receipts.append(self.apply(expiry_envelope(proposer, pvp_id, now), now))
+            if state is not None and state.status is Outcome.HELD:
+                if state.proposal.settle_by == settle_by:
+                    # popped only once applied: if `apply` raises, the PvP stays due
+                    receipts.append(self.apply(expiry_envelope(proposer, pvp_id, now), now))
+            heapq.heappop(heap)
         return receipts
 
     def next_expiry(self) -> Millis | None:
@@ -336,10 +426,7 @@ class Ledger:
         verdicts = self._verdicts
         for envelope in envelopes:
             body = envelope.body
-            if (
-                body.KIND in CENTRAL_BANK_KINDS
-                or (body.sender, body.instruction_id) in self.receipts
-            ):
+            if body.KIND in CENTRAL_BANK_KINDS or self._known_retry(body):
                 continue
             for party in body.parties():
                 # anything odd is left to `apply`, to refuse (or raise) in its own order
@@ -355,6 +442,14 @@ class Ledger:
         verdicts[request] = verdict
         if len(verdicts) > VERDICTS_KEPT:
             del verdicts[next(iter(verdicts))]
+
+    def _known_retry(self, body: Instruction) -> bool:
+        """Whether the index holds this instruction already (an index that cannot say, e.g.
+        its store is away, is `apply`'s to report)."""
+        try:
+            return self.receipts.get((body.sender, body.instruction_id)) is not None
+        except Exception:
+            return False
 
     def _endorsement_request(
         self, envelope: Envelope, party: ParticipantId

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from bridge.core.ledger import Batch, Ledger, PvpState, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, PvpState, ReceiptKey, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Currency, Genesis, Participant, Policy, Receipt
 from bridge.log.blocks import Attestation, BlockHeader, SealedBlock
@@ -44,6 +44,11 @@ class Store(Protocol):
     def load(self, *, verifier: Verifier | None, check: SignatureCheck) -> Ledger: ...
 
     def verify_tail(self, genesis: Genesis, blocks: int = ...) -> None: ...
+
+    def receipts_for(self, keys: Sequence[ReceiptKey]) -> list[Receipt]:
+        """The stored receipts of those (sender, instruction id) keys that settled (the
+        idempotency index, looked up rather than loaded: `bridge.store.receipts`)."""
+        ...
 
     # writing
     def commit_block(

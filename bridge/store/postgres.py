@@ -32,7 +32,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
-from bridge.core.ledger import Batch, Ledger, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, ReceiptKey, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Genesis, Outcome, Receipt
 from bridge.errors import LogIntegrityError, StoreError
@@ -46,6 +46,7 @@ from bridge.store.codec import (
     encode_value,
     entry_row_values,
 )
+from bridge.store.receipts import StoredReceipts
 from bridge.store.state_reads import StateReads
 from bridge.store.tail import TAIL_BLOCKS_VERIFIED, check_tail
 
@@ -245,7 +246,9 @@ class PostgresStore(StateReads):
         if genesis is None:
             raise StoreError(f"{self._description} holds no ledger")
         self.verify_tail(genesis)
-        ledger = Ledger(genesis, verifier=verifier, check=check)
+        ledger = Ledger(
+            genesis, verifier=verifier, check=check, receipts=StoredReceipts(self.receipts_for)
+        )
         with self._conn() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             for table in KV_TABLES:
@@ -253,17 +256,23 @@ class PostgresStore(StateReads):
                 ledger.load_table(table, (decode_row(table, k, v) for k, v in rows))
             accounts = conn.execute("SELECT participant, currency, available, held FROM accounts")
             ledger.load_table("balances", (((p, c), (a, h)) for p, c, a, h in accounts))
-            entries = conn.execute(
-                "SELECT sender, instruction_id, body_hash, outcome, seq FROM entries"
-            )
-            ledger.load_table(
-                "receipts",
-                (((s, i), Receipt(s, i, bytes(b), Outcome(o), q)) for s, i, b, o, q in entries),
-            )
             row = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()
         assert row is not None
         ledger.set_next_seq(int(row[0]) + 1)
         return ledger
+
+    def receipts_for(self, keys: Sequence[ReceiptKey]) -> list[Receipt]:
+        """The receipts of those (sender, instruction id) keys that settled, from the entries
+        table's unique index, in one query (nothing of the index is held in memory)."""
+        if not keys:
+            return []
+        rows = self._all(
+            "SELECT e.sender, e.instruction_id, e.body_hash, e.outcome, e.seq "
+            "FROM unnest(%s::text[], %s::text[]) AS k(s, i) "
+            "JOIN entries e ON e.sender = k.s AND e.instruction_id = k.i",
+            ([s for s, _ in keys], [i for _, i in keys]),
+        )
+        return [Receipt(s, i, bytes(b), Outcome(o), q) for s, i, b, o, q in rows]
 
     def verify_tail(self, genesis: Genesis, blocks: int = TAIL_BLOCKS_VERIFIED) -> None:
         """Check hash links, Merkle roots and entry ranges of the last `blocks` blocks."""

@@ -3,8 +3,10 @@
 A block, its entries, the state rows it changed and its outbox events commit together
 (`commit_block`); the caller acknowledges instructions only after that returns, so an
 acknowledged settlement is on disk (synchronous=FULL). On restart `load` rebuilds the ledger
-from the state tables and the receipts from the entries, then re-verifies the tail of the
-chain; no work per instruction grows with the length of the log.
+from the state tables and re-verifies the tail of the chain; the receipts (the idempotency
+index) are not loaded but looked up in the entries table as instructions arrive
+(`bridge.store.receipts`), so neither the work nor the memory of a restart grows with the
+length of the log.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.core.ledger import Batch, Ledger, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, ReceiptKey, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Genesis, Outcome, Receipt
 from bridge.errors import LogIntegrityError, StoreError
@@ -29,10 +31,12 @@ from bridge.store.codec import (
     encode_value,
     entry_row_values,
 )
+from bridge.store.receipts import StoredReceipts, chunks
 from bridge.store.state_reads import StateReads
 from bridge.store.tail import TAIL_BLOCKS_VERIFIED, check_tail
 
 SCHEMA_VERSION = "1"
+RECEIPT_KEYS_PER_QUERY = 400  # two parameters each, far below SQLite's limit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,7 +115,9 @@ class SqliteStore(StateReads):
         if genesis is None:
             raise StoreError(f"{self.path} holds no ledger")
         self.verify_tail(genesis)
-        ledger = Ledger(genesis, verifier=verifier, check=check)
+        ledger = Ledger(
+            genesis, verifier=verifier, check=check, receipts=StoredReceipts(self.receipts_for)
+        )
         for table in KV_TABLES:
             cursor = self._db.execute("SELECT key, value FROM state WHERE tbl=?", (table,))
             ledger.load_table(table, (decode_row(table, k, v) for k, v in cursor))
@@ -119,18 +125,26 @@ class SqliteStore(StateReads):
             "balances",
             (((p, c), (a, h)) for p, c, a, h in self._db.execute("SELECT * FROM accounts")),
         )
-        ledger.load_table(
-            "receipts",
-            (
-                ((s, i), Receipt(s, i, bytes(b), Outcome(o), q))
-                for s, i, b, o, q in self._db.execute(
-                    "SELECT sender, instruction_id, body_hash, outcome, seq FROM entries"
-                )
-            ),
-        )
         (last_seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()
         ledger.set_next_seq(last_seq + 1)
         return ledger
+
+    def receipts_for(self, keys: Sequence[ReceiptKey]) -> list[Receipt]:
+        """The receipts of those (sender, instruction id) keys that settled, from the entries
+        table's unique index (the idempotency index: nothing of it is held in memory)."""
+        found: list[Receipt] = []
+        try:
+            for part in chunks(keys, RECEIPT_KEYS_PER_QUERY):
+                cursor = self._db.execute(
+                    "WITH k(s, i) AS (VALUES " + ", ".join(["(?, ?)"] * len(part)) + ") "
+                    "SELECT e.sender, e.instruction_id, e.body_hash, e.outcome, e.seq "
+                    "FROM k JOIN entries e ON e.sender = k.s AND e.instruction_id = k.i",
+                    [value for key in part for value in key],
+                )
+                found += (Receipt(s, i, bytes(b), Outcome(o), q) for s, i, b, o, q in cursor)
+        except sqlite3.Error as exc:
+            raise StoreError(f"looking up {len(keys)} receipts failed: {exc}") from exc
+        return found
 
     def verify_tail(self, genesis: Genesis, blocks: int = TAIL_BLOCKS_VERIFIED) -> None:
         """Check hash links, Merkle roots and entry ranges of the last `blocks` blocks."""

@@ -3,7 +3,8 @@
 One SQLite file per node (`<network>/state/<CB>.replica.sqlite`, WAL). Each write is one
 transaction holding what changed since the previous one: the ledger's state rows (encoded as
 the bridge's own store encodes them, `bridge.store.codec`), the receipts (the idempotency index
-the replay needs to reproduce outcomes), the entries replayed with the participants each one
+the replay needs to reproduce outcomes: looked up here by instruction id as blocks arrive, never
+loaded whole, `receipt_index`), the entries replayed with the participants each one
 concerns (the index that serves history and settlement streams, read from here rather than
 kept in memory), and the head: height, header (so its hash and time) and the next sequence
 number. A crash between two writes leaves the previous checkpoint whole; the replica then
@@ -17,18 +18,20 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.core.ledger import Ledger, ReceiptKey, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Genesis, Outcome, Receipt
 from bridge.log.blocks import BlockHeader
 from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
+from bridge.store.receipts import StoredReceipts, chunks
 
 SCHEMA_VERSION = "1"
+RECEIPT_KEYS_PER_QUERY = 400  # two parameters each, far below SQLite's limit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -136,20 +139,13 @@ class ReplicaCheckpoint:
             next_seq = int(meta["next_seq"])
             if next_seq != head.first_seq + head.entry_count:
                 raise CheckpointError(f"next seq {next_seq} does not follow block {head.height}")
-            ledger = Ledger(genesis, verifier=verifier, check=check)
+            ledger = Ledger(genesis, verifier=verifier, check=check, receipts=self.receipt_index())
             for table in KV_TABLES:
                 cursor = db.execute("SELECT key, value FROM state WHERE tbl=?", (table,))
                 ledger.load_table(table, (decode_row(table, k, v) for k, v in cursor))
             ledger.load_table(
                 "balances",
                 (((p, c), (a, h)) for p, c, a, h in db.execute("SELECT * FROM accounts")),
-            )
-            ledger.load_table(
-                "receipts",
-                (
-                    ((s, i), Receipt(s, i, bytes(b), Outcome(o), q))
-                    for s, i, b, o, q in db.execute("SELECT * FROM receipts")
-                ),
             )
             ledger.set_next_seq(next_seq)
             (last_seq,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM entries").fetchone()
@@ -161,6 +157,29 @@ class ReplicaCheckpoint:
         except (KeyError, ValueError, TypeError, IndexError) as exc:
             raise CheckpointError(f"malformed: {exc!r}") from exc
         return Restored(ledger, head)
+
+    # ------------------------------------------------------------------ receipts
+
+    def receipt_index(self) -> StoredReceipts:
+        """A replica ledger's idempotency index: receipts looked up in this file; those
+        replayed since the last write are held in memory until `StoredReceipts.saved`."""
+        return StoredReceipts(self.receipts_for, durable_on_confirm=False)
+
+    def receipts_for(self, keys: Sequence[ReceiptKey]) -> list[Receipt]:
+        """The written receipts among those (sender, instruction id) keys (on the reader
+        connection: it sees only whole writes)."""
+        if self._reader is None:
+            self._reader = self._connect()
+        found: list[Receipt] = []
+        for part in chunks(keys, RECEIPT_KEYS_PER_QUERY):
+            cursor = self._reader.execute(
+                "WITH k(s, i) AS (VALUES " + ", ".join(["(?, ?)"] * len(part)) + ") "
+                "SELECT r.sender, r.instruction_id, r.body_hash, r.outcome, r.seq "
+                "FROM k JOIN receipts r ON r.sender = k.s AND r.instruction_id = k.i",
+                [value for key in part for value in key],
+            )
+            found += (Receipt(s, i, bytes(b), Outcome(o), q) for s, i, b, o, q in cursor)
+        return found
 
     # ------------------------------------------------------------------ writing
 

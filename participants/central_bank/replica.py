@@ -44,6 +44,7 @@ from bridge.events import settlement_event
 from bridge.log.blocks import Attestation, BlockHeader, attest
 from bridge.log.merkle import merkle_root
 from bridge.metrics import BLOCK_ENTRIES, stage
+from bridge.store.receipts import StoredReceipts
 from participants.central_bank.checkpoint import CheckpointError, Delta, ReplicaCheckpoint
 
 REPLAY = stage("replay", thread_cpu=True)  # checking and replaying one block
@@ -86,7 +87,13 @@ class Replica:
         self.bridge_height: int | None = None
         self.replayed_blocks = 0  # blocks replayed since the start (not those restored)
         self._writing: asyncio.Future[None] | None = None  # the checkpoint write under way
-        self._start_from(Ledger(genesis, verifier=verifier, check=check), None)
+        self._start_from(self._new_ledger(genesis), None)
+
+    def _new_ledger(self, genesis: Genesis) -> Ledger:
+        """An empty ledger; with a checkpoint, its receipts are looked up in the checkpoint
+        file (and held in memory only until written there) instead of all kept in memory."""
+        receipts = None if self.checkpoint is None else self.checkpoint.receipt_index()
+        return Ledger(genesis, verifier=self._verifier, check=self._check, receipts=receipts)
 
     def _start_from(self, ledger: Ledger, head: BlockHeader | None) -> None:
         self.ledger = ledger
@@ -146,7 +153,7 @@ class Replica:
         checkpoint does not match the bridge's chain)."""
         self.discard_checkpoint(why)
         genesis = self.ledger.genesis
-        self._start_from(Ledger(genesis, verifier=self._verifier, check=self._check), None)
+        self._start_from(self._new_ledger(genesis), None)
         self.signed_head = None
 
     def checkpoint_verified(self) -> None:
@@ -208,6 +215,9 @@ class Replica:
         self.checkpoint_height = head.height
         self._checkpoint_seq = next_seq - 1
         done = self._checkpoint_seq
+        receipts = self.ledger.receipts
+        if isinstance(receipts, StoredReceipts):
+            receipts.saved(done)  # written: they can be looked up in the file now
         for party, entries in list(self._index.items()):
             start = bisect.bisect_right(entries, done, key=lambda e: e.seq)
             if start == len(entries):
@@ -278,9 +288,13 @@ class Replica:
         ledger = self.ledger
         parsed = []
         floor = self.head_time
+        decoded = [Entry.from_canonical_bytes(data) for data in entries]
+        # the block's instruction ids looked up in the checkpoint at once (none should be found)
+        ledger.receipts.prefetch(
+            (e.envelope.body.sender, e.envelope.body.instruction_id) for e in decoded
+        )
         try:
-            for data in entries:
-                entry = Entry.from_canonical_bytes(data)
+            for entry, data in zip(decoded, entries, strict=True):
                 if not floor <= entry.time <= header.time:
                     self._backwards(
                         header,

@@ -24,6 +24,7 @@ from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
 from bridge.log.blocks import attest
 from bridge.settlement import Result, SettlementEngine
 from bridge.store.base import Store, is_postgres, open_store
+from bridge.store.receipts import StoredReceipts
 from tests.factories import (
     BANKS,
     T0,
@@ -96,7 +97,13 @@ def settle_ok(engine: SettlementEngine, envelopes: list[Envelope], now: int) -> 
 
 
 def state_of(ledger: Ledger) -> dict[str, dict[Any, Any]]:
+    """The state tables (the receipts are an index of their own, looked up in the store)."""
     return {name: dict(rows) for name, rows in ledger.tables().items()}
+
+
+def same_receipts(ledger: Ledger, receipts: dict[Any, Any]) -> bool:
+    """Whether the ledger finds each of these receipts (in memory or by looking it up)."""
+    return all(ledger.receipts.get(key) == receipt for key, receipt in receipts.items())
 
 
 def stored(store: Store) -> tuple[Any, ...]:
@@ -153,11 +160,15 @@ def test_every_state_table_and_the_head_round_trip(
     engine = open_engine()
     populate(engine, net)
     before = state_of(engine.ledger)
-    assert all(before[t] for t in ("policies", "frozen", "pvps", "usage", "supply", "receipts"))
+    receipts = dict(engine.ledger.receipts.items())
+    assert receipts
+    assert all(before[t] for t in ("policies", "frozen", "pvps", "usage", "supply"))
     height, head, next_seq = engine.height, engine.head_hash, engine.ledger.next_seq
     engine.store.close()
 
     again = open_engine()
+    assert dict(again.ledger.receipts.items()) == {}  # none loaded: looked up on demand
+    assert same_receipts(again.ledger, receipts)
     assert state_of(again.ledger) == before
     assert (again.height, again.head_hash, again.ledger.next_seq) == (height, head, next_seq)
     assert again.ledger.conservation_errors() == []
@@ -226,6 +237,95 @@ def test_retry_after_reopen_is_duplicate_and_settles_nothing(
     assert isinstance(replayed, Receipt)
     assert (replayed.seq, replayed.body_hash) == (original.seq, original.body_hash)
     assert stored(again.store) == before
+
+
+def test_receipts_are_looked_up_after_reopen_not_loaded(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """A reopened ledger holds no receipt in memory, yet finds every old one when retried:
+    old retries are duplicates with their original seq, and only the new instruction settles
+    (once, though sent twice in the batch)."""
+    engine = open_engine()
+    sent = populate(engine, net)
+    originals = {
+        e.body.instruction_id: engine.ledger.receipts[(e.body.sender, e.body.instruction_id)]
+        for e in (sent["pay"], sent["dual"], sent["accept"])
+    }
+    engine.store.close()
+
+    again = open_engine()
+    index = again.ledger.receipts
+    assert isinstance(index, StoredReceipts)
+    assert index.held() == 0
+    entries = again.store.count("entries")
+    fresh = pay(net, "ICBC", "CCB", 77, instruction_id="after-reopen")
+    batch = [sent["pay"], fresh, sent["dual"], fresh, sent["accept"]]
+    results = again.settle(batch, T0 + 10).results
+    assert all(isinstance(r, Receipt) for r in results), results
+    old_pay, new, old_dual, new_again, old_accept = (r for r in results if isinstance(r, Receipt))
+    for old in (old_pay, old_dual, old_accept):
+        original = originals[old.instruction_id]
+        assert old.duplicate
+        assert (old.seq, old.outcome, old.body_hash) == (
+            original.seq,
+            original.outcome,
+            original.body_hash,
+        )
+    assert not new.duplicate
+    assert new_again.duplicate
+    assert new_again.seq == new.seq
+    assert again.store.count("entries") == entries + 1
+    assert index.lookups == 1  # one look-up for the whole batch
+    assert index.held() <= len(batch)
+
+
+def test_retry_across_a_failed_commit_settles_once(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """An instruction sent twice in a batch whose commit fails is not decided; resubmitted,
+    twice again, it settles exactly once, and after a restart it is a duplicate."""
+    first = open_engine()
+    populate(first, net)
+    second = open_engine()  # sees the same head as `first`
+    settle_ok(first, pay_batch(net, 1, "winner"), T0 + 10)
+    retried = pay(net, "ICBC", "CCB", 55, instruction_id="retried")
+    assert_all_undecided(second.settle([retried, retried], T0 + 11).results)
+    assert second.store.receipts_for([("ICBC", "retried")]) == []
+
+    third = open_engine()
+    entries = third.store.count("entries")
+    once, twice = third.settle([retried, retried], T0 + 12).results
+    assert isinstance(once, Receipt)
+    assert not once.duplicate
+    assert isinstance(twice, Receipt)
+    assert twice.duplicate
+    assert twice.seq == once.seq
+    assert third.store.count("entries") == entries + 1
+
+    fourth = open_engine()
+    (again,) = fourth.settle([retried], T0 + 13).results
+    assert isinstance(again, Receipt)
+    assert again.duplicate
+    assert again.seq == once.seq
+    assert fourth.store.count("entries") == entries + 1
+
+
+def test_receipts_for_answers_only_settled_keys(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """`receipts_for` returns the receipt of each settled key among many (more than one
+    query's worth), and nothing for keys that never settled."""
+    engine = open_engine()
+    settled = settle_ok(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    settled += settle_ok(engine, [issue(net, cb, bank, FUNDS) for bank, cb in BANKS], T0 + 1)
+    settled += settle_ok(engine, pay_batch(net, 50, "many"), T0 + 2)
+    wanted = {(r.sender, r.instruction_id): r for r in settled}
+    unknown = [("ICBC", f"never-{i}") for i in range(900)]
+    keys = [k for pair in itertools.zip_longest(unknown, wanted) for k in pair if k is not None]
+    found = engine.store.receipts_for(keys)
+    assert {(r.sender, r.instruction_id): r for r in found} == wanted
+    assert len(found) == len(wanted)
+    assert engine.store.receipts_for([]) == []
 
 
 def test_initialize_twice_and_load_empty_are_refused(

@@ -54,6 +54,7 @@ from bridge.domain import (
     Pay,
     Policy,
     ProposePvp,
+    Receipt,
     Redeem,
     RejectPvp,
     SetParticipantStatus,
@@ -1086,6 +1087,7 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.ledger.pending_entries() == len(self.pending)
         replayed = replay(NET.genesis, self.log, verifier=None, check=SignatureCheck.NONE)
         assert replayed.tables() == self.ledger.tables()
+        assert all_receipts(replayed) == all_receipts(self.ledger)
         assert replayed.next_seq == self.ledger.next_seq
 
     def teardown(self) -> None:
@@ -1096,6 +1098,12 @@ class LedgerMachine(RuleBasedStateMachine):
         entries = [Entry.from_canonical_bytes(e.canonical_bytes()) for e in self.log]
         replayed = replay(NET.genesis, entries, verifier=FastVerifier(), check=SignatureCheck.ALL)
         assert replayed.tables() == self.ledger.tables()
+        assert all_receipts(replayed) == all_receipts(self.ledger)
+
+
+def all_receipts(ledger: Ledger) -> dict[tuple[str, str], Receipt]:
+    """Every receipt of an in-memory ledger, committed and pending."""
+    return {**dict(ledger.receipts.items()), **ledger.receipts.pending()}
 
 
 LedgerMachine.TestCase.settings = settings(

@@ -20,6 +20,7 @@ from bridge.crypto import FastVerifier, PrivateKey
 from bridge.domain import Entry, Envelope, Millis
 from bridge.errors import LogIntegrityError
 from bridge.log.blocks import SealedBlock, seal
+from bridge.store.receipts import StoredReceipts
 from participants.central_bank.checkpoint import ReplicaCheckpoint
 from participants.central_bank.replica import Replica
 from tests.factories import (
@@ -97,7 +98,9 @@ def history(replica: Replica, from_seq: int = 1) -> dict[str, list[tuple[int, in
 
 
 def assert_same(restored: Replica, full: Replica) -> None:
-    assert restored.ledger.tables() == full.ledger.tables()  # receipts included
+    assert restored.ledger.tables() == full.ledger.tables()
+    # the restored receipts are looked up in the checkpoint: every one is found there
+    assert all(restored.ledger.receipts.get(k) == r for k, r in full.ledger.receipts.items())
     assert restored.ledger.next_seq == full.ledger.next_seq
     assert (restored.height, restored.head_hash, restored.head_time, restored.head) == (
         full.height,
@@ -182,6 +185,50 @@ async def test_duplicate_replayed_after_restore_is_caught(tmp_path: Path) -> Non
     with pytest.raises(LogIntegrityError, match="replay gives"):
         restored.apply_block(block.header, list(block.entry_bytes))
     assert restored.height == 4
+
+
+async def test_receipts_leave_memory_once_written_and_are_still_found(tmp_path: Path) -> None:
+    """A restored replica holds no receipt in memory; those it replays stay in memory until
+    the next checkpoint write, then only the bounded cache keeps them, and a block repeating
+    an instruction is caught on either side of the write."""
+    net = network()
+    blocks = blocks_of(net)
+    path = tmp_path / "PBOC.replica.sqlite"
+    await checkpointed(net, path, blocks[:2])
+    restored = replica_of(net, path)
+    assert restored.restore()
+    index = restored.ledger.receipts
+    assert isinstance(index, StoredReceipts)
+    assert index.held() == 0
+    replay(restored, blocks[2:3])  # two payments, not yet written
+    assert index.held() == 2
+    assert_repeat_refused(restored, blocks[2])
+    await restored.save_checkpoint()
+    assert restored.checkpoint is not None
+    written = restored.checkpoint.receipts_for(
+        [(e.envelope.body.sender, e.envelope.body.instruction_id) for e in blocks[2].entries]
+    )
+    assert sorted(r.seq for r in written) == [e.seq for e in blocks[2].entries]
+    assert_repeat_refused(restored, blocks[2])
+    assert_repeat_refused(restored, blocks[1])  # written by the first replica
+
+    again = replica_of(net, path)
+    assert again.restore()
+    assert isinstance(again.ledger.receipts, StoredReceipts)
+    assert again.ledger.receipts.held() == 0
+    assert_repeat_refused(again, blocks[2])
+
+
+def assert_repeat_refused(replica: Replica, settled: SealedBlock) -> None:
+    """A next block repeating the instructions of `settled` fails verification."""
+    first = replica.ledger.next_seq
+    at = replica.head_time + 1
+    repeated = [Entry(first + i, at, e.envelope, e.outcome) for i, e in enumerate(settled.entries)]
+    block = seal(replica.height + 1, replica.head_hash, repeated, at)
+    height = replica.height
+    with pytest.raises(LogIntegrityError, match="replay gives"):
+        replica.apply_block(block.header, list(block.entry_bytes))
+    assert replica.height == height
 
 
 def tamper(path: Path, sql: str) -> None:
