@@ -391,10 +391,13 @@ class Ledger:
         while heap and heap[0][0] <= now:
             settle_by, proposer, pvp_id = heap[0]
             state = self.pvps.get((proposer, pvp_id))
-            if state is not None and state.status is Outcome.HELD:
-                if state.proposal.settle_by == settle_by:
-                    # popped only once applied: if `apply` raises, the PvP stays due
-                    receipts.append(self.apply(expiry_envelope(proposer, pvp_id, now), now))
+            if (
+                state is not None
+                and state.status is Outcome.HELD
+                and state.proposal.settle_by == settle_by
+            ):
+                # popped only once applied: if `apply` raises, the PvP stays due
+                receipts.append(self.apply(expiry_envelope(proposer, pvp_id, now), now))
             heapq.heappop(heap)
         return receipts
 
