@@ -105,6 +105,7 @@ class SettlementEngine:
                 verifier=verifier,
                 check=check,
                 receipts=StoredReceipts(store.receipts_for),
+                closed_pvps=store.closed_pvp,
             )
             store.initialize(ledger)
             return cls(ledger, store)

@@ -50,12 +50,22 @@ def restart(
     tail: int = typer.Option(
         1_000, "--tail", min=0, help="Entries sealed after the checkpoint was written."
     ),
+    full: bool = typer.Option(
+        True, "--full/--no-full", help="Also time a replay of every block (no checkpoint)."
+    ),
+    bridge: bool = typer.Option(
+        True, "--bridge/--no-bridge", help="Also settle the log on a bridge store (memory)."
+    ),
+    log: Path | None = typer.Option(
+        None, "--log", help="A sample log to use instead of the cached one of --entries."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
 ) -> None:
-    """A central bank replica's restart to attesting, replaying everything vs from checkpoint."""
+    """Restart to attesting (replaying everything vs from checkpoint) and memory (RSS after
+    10,000 entries vs after all) of a central bank replica and of the bridge."""
     from loadtest import bench_restart
 
-    figures = bench_restart.run(entries=entries, tail=tail)
+    figures = bench_restart.run(entries=entries, tail=tail, full=full, bridge=bridge, log=log)
     typer.echo(json.dumps(figures) if as_json else bench_restart.describe(figures))
 
 

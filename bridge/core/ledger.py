@@ -157,6 +157,10 @@ class ReceiptIndex(Protocol):
         ...
 
 
+# the committed state of a closed PvP, read where the ledger is stored (None: no such PvP)
+ClosedPvpLookup = Callable[[PvpKey], PvpState | None]
+
+
 class MemoryReceipts:
     """Every receipt in memory: for pure use (tests, offline replays of a log)."""
 
@@ -213,6 +217,7 @@ class Ledger:
         verifier: Verifier | None = None,
         check: SignatureCheck = SignatureCheck.ENDORSEMENTS,
         receipts: ReceiptIndex | None = None,
+        closed_pvps: ClosedPvpLookup | None = None,
     ) -> None:
         if check is not SignatureCheck.NONE and verifier is None:
             raise ValueError("a verifier is required unless signature checks are off")
@@ -228,6 +233,10 @@ class Ledger:
         self.usage: dict[UsageKey, int] = {}
         self.supply: dict[CurrencyCode, Supply] = {}
         self.receipts: ReceiptIndex = MemoryReceipts() if receipts is None else receipts
+        # with a lookup, a PvP leaves `pvps` (memory) once its closing is confirmed: a
+        # closed PvP changes no more, and is read back only to refuse a late accept, reject,
+        # cancel or expiry with the right reason
+        self._closed_pvps = closed_pvps
         self.next_seq = 1
         self._tables: dict[str, dict[Any, Any]] = {
             name: getattr(self, name) for name in STATE_TABLES
@@ -316,6 +325,13 @@ class Ledger:
 
     def confirm(self) -> None:
         """The store committed the pending batch: forget how to undo it."""
+        if self._closed_pvps is not None:
+            pvps = self.pvps
+            for table, key in self._undo:
+                if table == "pvps":
+                    state = pvps.get(key)
+                    if state is not None and state.status is not Outcome.HELD:
+                        del pvps[key]
         self._undo = {}
         self._entries = []
         self._batch_seq = self.next_seq
@@ -748,10 +764,17 @@ class Ledger:
         heapq.heappush(self._expiries, (body.settle_by, body.sender, body.instruction_id))
         return Outcome.HELD
 
+    def _pvp(self, key: PvpKey) -> PvpState | None:
+        """A PvP held or closed in memory, or else a closed one read back where it is stored."""
+        state = self.pvps.get(key)
+        if state is None and self._closed_pvps is not None:
+            state = self._closed_pvps(key)
+        return state
+
     def _held_pvp(
         self, proposer: ParticipantId, pvp_id: str, caller: ParticipantId, *, as_counterparty: bool
     ) -> PvpState:
-        state = self.pvps.get((proposer, pvp_id))
+        state = self._pvp((proposer, pvp_id))
         if state is None:
             raise Refused(Reason.UNKNOWN_PVP, f"no PvP {pvp_id!r} proposed by {proposer}")
         party = state.proposal.counterparty if as_counterparty else state.proposal.sender
@@ -810,7 +833,7 @@ class Ledger:
         return self._release(state, Outcome.CANCELLED)
 
     def _expire_pvp(self, body: ExpirePvp, envelope: Envelope, now: Millis) -> Outcome:
-        state = self.pvps.get((body.proposer, body.pvp_id))
+        state = self._pvp((body.proposer, body.pvp_id))
         if state is None:
             raise Refused(Reason.UNKNOWN_PVP, f"no PvP {body.pvp_id!r} proposed by {body.proposer}")
         if state.status is not Outcome.HELD:

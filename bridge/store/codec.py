@@ -28,6 +28,12 @@ from bridge.log.blocks import SealedBlock
 KV_TABLES = ("participants", "currencies", "policies", "frozen", "pvps", "usage", "supply")
 
 
+# the state rows a ledger loads: all but closed PvPs (looked up when asked for, never loaded)
+LOADED_ROWS_QUERY = "SELECT key, value FROM state WHERE tbl={0} AND (tbl <> 'pvps' OR {1} = 'HELD')"
+SQLITE_PVP_STATUS = "json_extract(value, '$[1]')"
+POSTGRES_PVP_STATUS = "(value::jsonb ->> 1)"
+
+
 def encode_key(key: Any) -> str:
     return json.dumps(list(key) if isinstance(key, tuple) else key, separators=(",", ":"))
 

@@ -41,6 +41,8 @@ from bridge.store.base import REFUSALS_KEPT
 from bridge.store.codec import (
     COVERING_QUERY,
     KV_TABLES,
+    LOADED_ROWS_QUERY,
+    POSTGRES_PVP_STATUS,
     decode_row,
     encode_key,
     encode_value,
@@ -247,12 +249,17 @@ class PostgresStore(StateReads):
             raise StoreError(f"{self._description} holds no ledger")
         self.verify_tail(genesis)
         ledger = Ledger(
-            genesis, verifier=verifier, check=check, receipts=StoredReceipts(self.receipts_for)
+            genesis,
+            verifier=verifier,
+            check=check,
+            receipts=StoredReceipts(self.receipts_for),
+            closed_pvps=self.closed_pvp,
         )
+        query = LOADED_ROWS_QUERY.format("%s", POSTGRES_PVP_STATUS).encode()
         with self._conn() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             for table in KV_TABLES:
-                rows = conn.execute("SELECT key, value FROM state WHERE tbl=%s", (table,))
+                rows = conn.execute(query, (table,))
                 ledger.load_table(table, (decode_row(table, k, v) for k, v in rows))
             accounts = conn.execute("SELECT participant, currency, available, held FROM accounts")
             ledger.load_table("balances", (((p, c), (a, h)) for p, c, a, h in accounts))

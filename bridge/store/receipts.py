@@ -25,7 +25,7 @@ from itertools import chain
 from bridge.core.ledger import ReceiptKey
 from bridge.domain import Receipt
 
-RECENT_RECEIPTS = 20_000  # receipts kept per cache generation (two generations at most)
+RECENT_RECEIPTS = 4_096  # receipts kept per cache generation (two generations at most)
 
 # the receipts the store holds among these keys (in any order; missing keys are left out)
 Lookup = Callable[[Sequence[ReceiptKey]], Iterable[Receipt]]

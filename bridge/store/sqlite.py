@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bridge.core.ledger import Batch, Ledger, ReceiptKey, SignatureCheck
+from bridge.core.ledger import Batch, Ledger, PvpState, ReceiptKey, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Genesis, Outcome, Receipt
 from bridge.errors import LogIntegrityError, StoreError
@@ -26,6 +26,8 @@ from bridge.store.base import REFUSALS_KEPT
 from bridge.store.codec import (
     COVERING_QUERY,
     KV_TABLES,
+    LOADED_ROWS_QUERY,
+    SQLITE_PVP_STATUS,
     decode_row,
     encode_key,
     encode_value,
@@ -116,10 +118,15 @@ class SqliteStore(StateReads):
             raise StoreError(f"{self.path} holds no ledger")
         self.verify_tail(genesis)
         ledger = Ledger(
-            genesis, verifier=verifier, check=check, receipts=StoredReceipts(self.receipts_for)
+            genesis,
+            verifier=verifier,
+            check=check,
+            receipts=StoredReceipts(self.receipts_for),
+            closed_pvps=self.closed_pvp,
         )
+        query = LOADED_ROWS_QUERY.format("?", SQLITE_PVP_STATUS)
         for table in KV_TABLES:
-            cursor = self._db.execute("SELECT key, value FROM state WHERE tbl=?", (table,))
+            cursor = self._db.execute(query, (table,))
             ledger.load_table(table, (decode_row(table, k, v) for k, v in cursor))
         ledger.load_table(
             "balances",
@@ -385,6 +392,12 @@ class SqliteStore(StateReads):
     def _kv_all(self, table: str) -> list[Any]:
         cursor = self._db.execute("SELECT key, value FROM state WHERE tbl=? ORDER BY key", (table,))
         return [decode_row(table, k, v)[1] for k, v in cursor]
+
+    def closed_pvp(self, key: tuple[str, str]) -> PvpState | None:
+        try:
+            return self.pvp(*key)
+        except sqlite3.Error as exc:
+            raise StoreError(f"looking up PvP {key[1]!r} of {key[0]} failed: {exc}") from exc
 
     def accounts(
         self, participant: str = "", currency: str = ""

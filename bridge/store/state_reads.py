@@ -42,6 +42,11 @@ class StateReads:
         value: PvpState | None = self._kv("pvps", (proposer, pvp_id))
         return value
 
+    def closed_pvp(self, key: tuple[str, str]) -> PvpState | None:
+        """A PvP's committed state by (proposer, pvp id): the ledger's look-up of the closed
+        PvPs it no longer holds in memory."""
+        return self.pvp(*key)
+
     def supply(self, currency: str) -> tuple[int, int] | None:
         value: tuple[int, int] | None = self._kv("supply", currency)
         return value

@@ -23,11 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.core.ledger import Ledger, ReceiptKey, SignatureCheck
+from bridge.core.ledger import Ledger, PvpState, ReceiptKey, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Genesis, Outcome, Receipt
 from bridge.log.blocks import BlockHeader
-from bridge.store.codec import KV_TABLES, decode_row, encode_key, encode_value
+from bridge.store.codec import (
+    KV_TABLES,
+    LOADED_ROWS_QUERY,
+    SQLITE_PVP_STATUS,
+    decode_row,
+    encode_key,
+    encode_value,
+)
 from bridge.store.receipts import StoredReceipts, chunks
 
 SCHEMA_VERSION = "1"
@@ -139,9 +146,16 @@ class ReplicaCheckpoint:
             next_seq = int(meta["next_seq"])
             if next_seq != head.first_seq + head.entry_count:
                 raise CheckpointError(f"next seq {next_seq} does not follow block {head.height}")
-            ledger = Ledger(genesis, verifier=verifier, check=check, receipts=self.receipt_index())
+            ledger = Ledger(
+                genesis,
+                verifier=verifier,
+                check=check,
+                receipts=self.receipt_index(),
+                closed_pvps=self.closed_pvp,
+            )
+            query = LOADED_ROWS_QUERY.format("?", SQLITE_PVP_STATUS)
             for table in KV_TABLES:
-                cursor = db.execute("SELECT key, value FROM state WHERE tbl=?", (table,))
+                cursor = db.execute(query, (table,))
                 ledger.load_table(table, (decode_row(table, k, v) for k, v in cursor))
             ledger.load_table(
                 "balances",
@@ -180,6 +194,20 @@ class ReplicaCheckpoint:
             )
             found += (Receipt(s, i, bytes(b), Outcome(o), q) for s, i, b, o, q in cursor)
         return found
+
+    def closed_pvp(self, key: tuple[str, str]) -> PvpState | None:
+        """A written PvP's state (a replica's ledger keeps closed PvPs only until confirmed;
+        one closed since the last write is not found here, so a block acting on it again is
+        refused as naming an unknown PvP rather than a closed one: refused either way)."""
+        if self._reader is None:
+            self._reader = self._connect()
+        row = self._reader.execute(
+            "SELECT key, value FROM state WHERE tbl='pvps' AND key=?", (encode_key(key),)
+        ).fetchone()
+        if row is None:
+            return None
+        state: PvpState = decode_row("pvps", row[0], row[1])[1]
+        return state
 
     # ------------------------------------------------------------------ writing
 

@@ -90,10 +90,17 @@ class Replica:
         self._start_from(self._new_ledger(genesis), None)
 
     def _new_ledger(self, genesis: Genesis) -> Ledger:
-        """An empty ledger; with a checkpoint, its receipts are looked up in the checkpoint
-        file (and held in memory only until written there) instead of all kept in memory."""
-        receipts = None if self.checkpoint is None else self.checkpoint.receipt_index()
-        return Ledger(genesis, verifier=self._verifier, check=self._check, receipts=receipts)
+        """An empty ledger; with a checkpoint, its receipts and closed PvPs are looked up in
+        the checkpoint file (receipts are held in memory only until written there) instead of
+        all kept in memory."""
+        checkpoint = self.checkpoint
+        return Ledger(
+            genesis,
+            verifier=self._verifier,
+            check=self._check,
+            receipts=None if checkpoint is None else checkpoint.receipt_index(),
+            closed_pvps=None if checkpoint is None else checkpoint.closed_pvp,
+        )
 
     def _start_from(self, ledger: Ledger, head: BlockHeader | None) -> None:
         self.ledger = ledger

@@ -215,7 +215,10 @@ def test_held_pvp_still_expires_after_reopen(
     settled = again.settle([], T0 + HOUR)
     assert settled.block is not None
     assert [e.outcome for e in settled.block.entries] == [Outcome.EXPIRED]
-    assert again.ledger.pvps[("ICBC", sent["held"].instruction_id)].status is Outcome.EXPIRED
+    expired = again.store.pvp("ICBC", sent["held"].instruction_id)
+    assert expired is not None
+    assert expired.status is Outcome.EXPIRED
+    assert ("ICBC", sent["held"].instruction_id) not in again.ledger.pvps  # closed: left memory
     assert again.ledger.balance("ICBC", "CNY") == (available + 20_000, reserved - 20_000)
 
 
@@ -326,6 +329,33 @@ def test_receipts_for_answers_only_settled_keys(
     assert {(r.sender, r.instruction_id): r for r in found} == wanted
     assert len(found) == len(wanted)
     assert engine.store.receipts_for([]) == []
+
+
+def test_closed_pvps_leave_memory_and_are_read_back_to_refuse(
+    open_engine: Callable[[], SettlementEngine], net: Network
+) -> None:
+    """Once its closing is committed a PvP leaves memory, on a running and on a reopened
+    ledger; a late accept or cancel of it is still refused as not pending (read back from
+    the store), and only held PvPs are loaded."""
+    engine = open_engine()
+    sent = populate(engine, net)
+    proposals = {e.body.instruction_id: e for e in sent["propose"]}
+    held = sent["held"].instruction_id
+    assert {k[1] for k in engine.ledger.pvps} == {held}
+    engine.store.close()
+
+    again = open_engine()
+    assert {k[1] for k in again.ledger.pvps} == {held}
+    closed = [p for i, p in proposals.items() if i != held]
+    late = [accept_pvp(net, closed[0].body), cancel_pvp(net, closed[1].body)]
+    results = again.settle(late, T0 + 10).results
+    for result in results:
+        assert isinstance(result, Refused), result
+        assert result.reason is Reason.PVP_NOT_PENDING, result
+    unknown = pvp_proposal(net, "ICBC", "BOCHK", 1, 1, settle_by=T0 + HOUR)
+    (refused,) = again.settle([accept_pvp(net, unknown)], T0 + 11).results
+    assert isinstance(refused, Refused)
+    assert refused.reason is Reason.UNKNOWN_PVP
 
 
 def test_initialize_twice_and_load_empty_are_refused(

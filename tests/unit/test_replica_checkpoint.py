@@ -17,7 +17,7 @@ import pytest
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier, PrivateKey
-from bridge.domain import Entry, Envelope, Millis
+from bridge.domain import Entry, Envelope, Millis, Outcome
 from bridge.errors import LogIntegrityError
 from bridge.log.blocks import SealedBlock, seal
 from bridge.store.receipts import StoredReceipts
@@ -98,7 +98,17 @@ def history(replica: Replica, from_seq: int = 1) -> dict[str, list[tuple[int, in
 
 
 def assert_same(restored: Replica, full: Replica) -> None:
-    assert restored.ledger.tables() == full.ledger.tables()
+    """Same state, head and history; `full` (no checkpoint) holds everything in memory, a
+    replica with a checkpoint its held PvPs (closed ones are read back from the file)."""
+    mine, theirs = dict(restored.ledger.tables()), dict(full.ledger.tables())
+    pvps = theirs.pop("pvps")
+    closed = {k: s for k, s in pvps.items() if s.status is not Outcome.HELD}
+    held = {k: s for k, s in pvps.items() if s.status is Outcome.HELD}
+    assert {k: s for k, s in mine.pop("pvps").items() if s.status is Outcome.HELD} == held
+    assert mine == theirs
+    assert restored.checkpoint is not None
+    for key, state in closed.items():
+        assert restored.ledger.pvps.get(key, restored.checkpoint.closed_pvp(key)) == state
     # the restored receipts are looked up in the checkpoint: every one is found there
     assert all(restored.ledger.receipts.get(k) == r for k, r in full.ledger.receipts.items())
     assert restored.ledger.next_seq == full.ledger.next_seq
@@ -315,4 +325,5 @@ async def test_reset_forgets_the_restored_state(
     full = replica_of(net)
     replay(full, blocks)
     replay(replica, blocks)
+    await replica.save_checkpoint()  # closed PvPs are read back from the file
     assert_same(replica, full)

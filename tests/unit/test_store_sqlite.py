@@ -157,17 +157,20 @@ def test_every_state_table_round_trips(
 ) -> None:
     """Reloading gives back every table: participants to supply, PvPs, usage and receipts."""
     engine = open_engine()
-    populate(engine, net)
+    sent = populate(engine, net)
     before = state_of(engine.ledger)
     receipts = dict(engine.ledger.receipts.items())
     assert receipts
     for table in ("policies", "frozen", "pvps", "usage", "supply", "balances"):
         assert before[table], f"populate left {table} empty"
-    assert {s.status for s in before["pvps"].values()} == {
+    assert {s.status for s in before["pvps"].values()} == {Outcome.HELD}  # closed: on disk
+    proposals = [e.body for e in sent["propose"]]
+    closed = [engine.store.pvp(p.sender, p.instruction_id) for p in proposals]
+    assert [s.status for s in closed if s is not None] == [
         Outcome.HELD,
         Outcome.SETTLED,
         Outcome.CANCELLED,
-    }
+    ]
     assert before["supply"]["THB"][1] == 500
     height, head, next_seq = engine.height, engine.head_hash, engine.ledger.next_seq
     engine.store.close()
@@ -194,7 +197,10 @@ def test_held_pvp_still_expires_after_reopen(
     settled = again.settle([], T0 + HOUR)
     assert settled.block is not None
     assert [e.outcome for e in settled.block.entries] == [Outcome.EXPIRED]
-    assert again.ledger.pvps[("ICBC", held.instruction_id)].status is Outcome.EXPIRED
+    expired = again.store.pvp("ICBC", held.instruction_id)
+    assert expired is not None
+    assert expired.status is Outcome.EXPIRED
+    assert ("ICBC", held.instruction_id) not in again.ledger.pvps  # closed: left memory
     assert again.ledger.balance("ICBC", "CNY") == (available + 20_000, reserved - 20_000)
 
 
