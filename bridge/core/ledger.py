@@ -77,6 +77,7 @@ PvpKey = tuple[ParticipantId, str]  # (proposer, pvp id = the proposal's instruc
 ReceiptKey = tuple[ParticipantId, str]  # (sender, instruction id)
 Supply = tuple[int, int]  # (issued, redeemed), cumulative
 _MISSING: Any = object()
+STALE_EXPIRIES = 1024  # entries of closed PvPs the expiry heap may hold before it is rebuilt
 _I = TypeVar("_I", bound=Instruction)
 
 
@@ -336,6 +337,10 @@ class Ledger:
         self._entries = []
         self._batch_seq = self.next_seq
         self.receipts.confirm()
+        if len(self._expiries) > 2 * len(self.pvps) + STALE_EXPIRIES:
+            # a replica never runs `expire_due` (expiries come in the log): drop the heap's
+            # entries for PvPs closed since, so it stays the size of what is held
+            self._rebuild_expiries()
 
     def take_batch(self) -> Batch:
         """`pending_batch` then `confirm`, for callers that keep no store."""

@@ -36,6 +36,7 @@ from bridge.domain import (
 from bridge.errors import Reason, Refused
 from bridge.signing import endorse, sign_as_party, signed
 from tests.factories import (
+    BANKS,
     SIGNED_AT,
     T0,
     Network,
@@ -1286,3 +1287,28 @@ def test_the_bridges_expiry_is_signed_at_its_own_time(ledger: Ledger, net: Netwo
     entry = ledger.take_batch().entries[-1]
     assert entry.seq == receipt.seq
     assert entry.envelope.body.signed_at == entry.time == SETTLE_BY + 5
+
+
+def test_expiry_heap_stays_the_size_of_what_is_held() -> None:
+    """A ledger that never runs `expire_due` (a replica: expiries come in the log) and keeps
+    closed PvPs out of memory does not keep a heap entry for every PvP it ever saw."""
+    net = network()
+    stored: dict[tuple[str, str], PvpState] = {}  # where closed PvPs are read back from
+    ledger = Ledger(net.genesis, check=SignatureCheck.NONE, closed_pvps=stored.get)
+    for bank, cb in BANKS:
+        ledger.apply(admit_bank(net, cb, bank), T0)
+    fund(ledger, net, "ICBC", 10_000_000)
+    fund(ledger, net, "BOCHK", 10_000_000)
+    ledger.take_batch()
+    for n in range(3_000):
+        proposal = pvp_proposal(
+            net, "ICBC", "BOCHK", 10, 11, settle_by=T0 + 100_000, instruction_id=f"p-{n}"
+        )
+        ledger.apply(sign(net, proposal), T0 + 1)
+        ledger.apply(accept_pvp(net, proposal), T0 + 2)
+        stored.update(ledger.take_batch().changes["pvps"])
+    assert ledger.pvps == {}
+    assert len(ledger._expiries) <= 1_024
+    late = accept_pvp(net, proposal, instruction_id="late")
+    assert_refused(ledger, late, T0 + 3, Reason.PVP_NOT_PENDING)  # read back, not in memory
+    assert ledger.conservation_errors() == []
