@@ -26,6 +26,7 @@ from bridge.core.ledger import ReceiptKey
 from bridge.domain import Receipt
 
 RECENT_RECEIPTS = 4_096  # receipts kept per cache generation (two generations at most)
+KEYS_PER_QUERY = (1, 16, 128, 400)  # SQLite look-ups: the statement sizes (two parameters a key)
 
 # the receipts the store holds among these keys (in any order; missing keys are left out)
 Lookup = Callable[[Sequence[ReceiptKey]], Iterable[Receipt]]
@@ -142,7 +143,12 @@ class StoredReceipts:
             self._older, self._recent = recent, {}
 
 
-def chunks(keys: Sequence[ReceiptKey], size: int) -> Iterator[Sequence[ReceiptKey]]:
-    """`keys` in slices of at most `size` (a statement's parameters are limited)."""
-    for start in range(0, len(keys), size):
-        yield keys[start : start + size]
+def chunks(keys: Sequence[ReceiptKey], sizes: Sequence[int]) -> Iterator[Sequence[ReceiptKey]]:
+    """`keys` in slices of at most `sizes[-1]`, each padded (by repeating its last key) to the
+    least of `sizes` that holds it: a statement of `n` placeholders is prepared and cached per
+    `n`, so a few sizes keep the statement cache small whatever the batch sizes."""
+    largest = sizes[-1]
+    for start in range(0, len(keys), largest):
+        part = keys[start : start + largest]
+        size = next(s for s in sizes if s >= len(part))
+        yield [*part, *[part[-1]] * (size - len(part))]

@@ -35,10 +35,9 @@ from bridge.store.codec import (
     encode_key,
     encode_value,
 )
-from bridge.store.receipts import StoredReceipts, chunks
+from bridge.store.receipts import KEYS_PER_QUERY, StoredReceipts, chunks
 
 SCHEMA_VERSION = "1"
-RECEIPT_KEYS_PER_QUERY = 400  # two parameters each, far below SQLite's limit
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -184,16 +183,17 @@ class ReplicaCheckpoint:
         connection: it sees only whole writes)."""
         if self._reader is None:
             self._reader = self._connect()
-        found: list[Receipt] = []
-        for part in chunks(keys, RECEIPT_KEYS_PER_QUERY):
+        found: dict[tuple[str, str], Receipt] = {}  # a padded key comes back more than once
+        for part in chunks(keys, KEYS_PER_QUERY):
             cursor = self._reader.execute(
                 "WITH k(s, i) AS (VALUES " + ", ".join(["(?, ?)"] * len(part)) + ") "
                 "SELECT r.sender, r.instruction_id, r.body_hash, r.outcome, r.seq "
                 "FROM k JOIN receipts r ON r.sender = k.s AND r.instruction_id = k.i",
                 [value for key in part for value in key],
             )
-            found += (Receipt(s, i, bytes(b), Outcome(o), q) for s, i, b, o, q in cursor)
-        return found
+            for s, i, b, o, q in cursor:
+                found[(s, i)] = Receipt(s, i, bytes(b), Outcome(o), q)
+        return list(found.values())
 
     def closed_pvp(self, key: tuple[str, str]) -> PvpState | None:
         """A written PvP's state (a replica's ledger keeps closed PvPs only until confirmed;

@@ -14,7 +14,7 @@ import pytest
 from bridge.core.ledger import Ledger, ReceiptKey, SignatureCheck
 from bridge.domain import Outcome, Receipt
 from bridge.errors import StoreError
-from bridge.store.receipts import StoredReceipts
+from bridge.store.receipts import KEYS_PER_QUERY, StoredReceipts, chunks
 from tests.factories import BANKS, T0, admit_bank, issue, network, pay
 
 
@@ -161,3 +161,15 @@ def test_ledger_over_stored_receipts_applies_each_instruction_once() -> None:
     assert late.duplicate
     assert late.seq == settled.seq
     assert ledger.balance("ICBC", "CNY") == (1_000 - 10 + 5, 0)
+
+
+def test_lookups_use_a_few_statement_sizes() -> None:
+    """Whatever the number of keys, look-ups are cut into slices of the fixed sizes (padded
+    with a repeated key), so the prepared-statement cache stays small; no key is lost."""
+    sizes = set()
+    for count in range(1, 1_001):
+        keys = [key(n) for n in range(count)]
+        parts = list(chunks(keys, KEYS_PER_QUERY))
+        sizes.update(len(p) for p in parts)
+        assert {k for p in parts for k in p} == set(keys)
+    assert sizes == set(KEYS_PER_QUERY)
