@@ -4,7 +4,8 @@ One SQLite file per node (`<network>/state/<CB>.replica.sqlite`, WAL). Each writ
 transaction holding what changed since the previous one: the ledger's state rows (encoded as
 the bridge's own store encodes them, `bridge.store.codec`), the receipts (the idempotency index
 the replay needs to reproduce outcomes: looked up here by instruction id as blocks arrive, never
-loaded whole, `receipt_index`), the entries replayed with the participants each one
+loaded whole, `receipt_index`; closed PvPs likewise, kept apart from the held ones so a restart
+reads only those), the entries replayed with the participants each one
 concerns (the index that serves history and settlement streams, read from here rather than
 kept in memory), and the head: height, header (so its hash and time) and the next sequence
 number. A crash between two writes leaves the previous checkpoint whole; the replica then
@@ -29,15 +30,14 @@ from bridge.domain import Genesis, Outcome, Receipt
 from bridge.log.blocks import BlockHeader
 from bridge.store.codec import (
     KV_TABLES,
-    LOADED_ROWS_QUERY,
-    SQLITE_PVP_STATUS,
     decode_row,
     encode_key,
     encode_value,
 )
 from bridge.store.receipts import KEYS_PER_QUERY, StoredReceipts, chunks
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: closed PvPs in rows of their own ("closed_pvps")
+CLOSED_PVPS = "closed_pvps"  # the state rows of closed PvPs, never loaded
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -152,9 +152,8 @@ class ReplicaCheckpoint:
                 receipts=self.receipt_index(),
                 closed_pvps=self.closed_pvp,
             )
-            query = LOADED_ROWS_QUERY.format("?", SQLITE_PVP_STATUS)
-            for table in KV_TABLES:
-                cursor = db.execute(query, (table,))
+            for table in KV_TABLES:  # "pvps" holds the held ones only
+                cursor = db.execute("SELECT key, value FROM state WHERE tbl=?", (table,))
                 ledger.load_table(table, (decode_row(table, k, v) for k, v in cursor))
             ledger.load_table(
                 "balances",
@@ -202,7 +201,8 @@ class ReplicaCheckpoint:
         if self._reader is None:
             self._reader = self._connect()
         row = self._reader.execute(
-            "SELECT key, value FROM state WHERE tbl='pvps' AND key=?", (encode_key(key),)
+            "SELECT key, value FROM state WHERE tbl IN ('pvps', ?) AND key=?",
+            (CLOSED_PVPS, encode_key(key)),
         ).fetchone()
         if row is None:
             return None
@@ -255,18 +255,18 @@ class ReplicaCheckpoint:
         )
         for table in KV_TABLES:
             rows = changes.get(table, {})
-            db.executemany(
-                "INSERT OR REPLACE INTO state VALUES (?, ?, ?)",
-                [
-                    (table, encode_key(k), encode_value(table, v))
-                    for k, v in rows.items()
-                    if v is not None
-                ],
-            )
-            db.executemany(
-                "DELETE FROM state WHERE tbl=? AND key=?",
-                [(table, encode_key(k)) for k, v in rows.items() if v is None],
-            )
+            upserts, deletes = [], []
+            for k, v in rows.items():
+                key = encode_key(k)
+                if v is None:
+                    deletes.append((table, key))
+                elif table == "pvps" and v.status is not Outcome.HELD:
+                    deletes.append((table, key))
+                    upserts.append((CLOSED_PVPS, key, encode_value(table, v)))
+                else:
+                    upserts.append((table, key, encode_value(table, v)))
+            db.executemany("DELETE FROM state WHERE tbl=? AND key=?", deletes)
+            db.executemany("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", upserts)
 
     # ------------------------------------------------------------------ reading
 

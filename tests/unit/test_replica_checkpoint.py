@@ -229,6 +229,25 @@ async def test_receipts_leave_memory_once_written_and_are_still_found(tmp_path: 
     assert_repeat_refused(again, blocks[2])
 
 
+async def test_a_restart_reads_only_held_pvps(tmp_path: Path) -> None:
+    """A closed PvP is written apart from the held ones: a restored replica loads none of
+    them, yet finds it when asked (to refuse acting on it again)."""
+    net = network()
+    blocks = blocks_of(net)
+    path = tmp_path / "PBOC.replica.sqlite"
+    await checkpointed(net, path, blocks[:4])  # block 4 accepts the PvP held since block 2
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM state WHERE tbl='pvps'").fetchone() == (0,)
+    restored = replica_of(net, path)
+    assert restored.restore()
+    assert restored.ledger.pvps == {}
+    assert restored.checkpoint is not None
+    proposal = blocks[1].entries[0].envelope.body
+    found = restored.checkpoint.closed_pvp((proposal.sender, proposal.instruction_id))
+    assert found is not None
+    assert found.status is Outcome.SETTLED
+
+
 def assert_repeat_refused(replica: Replica, settled: SealedBlock) -> None:
     """A next block repeating the instructions of `settled` fails verification."""
     first = replica.ledger.next_seq
