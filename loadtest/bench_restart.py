@@ -5,8 +5,8 @@ measurement in a process of its own (so its resident memory is its own), blocks 
 time from the log's SQLite file (no gRPC):
 
 - replica: a central bank replica replays all but the last `tail` entries, writing its
-  checkpoint when a node would (`Replica.checkpoint_due`, and once at the end); its resident
-  set size (RSS) is read after 10,000 entries and after the last;
+  checkpoint when a node would (`Replica.checkpoint_due`); its resident set size (RSS) is read
+  right after a checkpoint write once past 10,000 entries, and after the last one;
 - checkpoint restart: a new replica loads that checkpoint, replays the tail and signs its head:
   what a node does before it can attest again (process start and gRPC stream excluded);
 - bridge: a settlement engine over a new SQLite store settles the log's instructions, one block
@@ -120,6 +120,7 @@ async def replica_pass(log: Path, directory: Path, cut: int) -> dict[str, Any]:
         if replica.checkpoint_due():
             await replica.save_checkpoint()
         if rss_early is None and replica.last_seq >= EARLY_ENTRIES:
+            await replica.save_checkpoint()  # both figures are taken right after a write
             rss_early = (replica.last_seq, rss_mib())
     await replica.save_checkpoint()
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu
@@ -267,8 +268,10 @@ def in_child(role: str, log: Path, directory: Path, cut: int, last: int) -> dict
         str(cut),
         str(last),
     ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    figures: dict[str, Any] = json.loads(output.strip().splitlines()[-1])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"bench restart {role} failed:\n{done.stderr[-2000:]}")
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
 
 
