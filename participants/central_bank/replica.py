@@ -12,7 +12,8 @@ also indexes, per participant, the entries that concern them, which serves its b
 and settlement streams.
 
 With a checkpoint (`participants.central_bank.checkpoint`) the replica writes what changed to
-disk every `CHECKPOINT_BLOCKS` blocks or `CHECKPOINT_SECONDS` seconds (off the event loop), and
+disk every `CHECKPOINT_BLOCKS` blocks, `CHECKPOINT_ENTRIES` entries or `CHECKPOINT_SECONDS`
+seconds (off the event loop), and
 keeps in memory only the index of the entries replayed since: history below the checkpoint is
 read from it. A restart loads the checkpoint and replays only the blocks after it; the node
 first checks that the bridge's block at the checkpoint's height has the same hash, and starts
@@ -53,6 +54,9 @@ REPLAY = stage("replay", thread_cpu=True)  # checking and replaying one block
 ATTEST = stage("attest")  # signing an attestation of the head
 CHECKPOINT = stage("checkpoint")  # writing the replica's checkpoint
 CHECKPOINT_BLOCKS = 500  # a checkpoint at least every so many blocks replayed ...
+# ... or entries: what waits for the next write is held in memory, so this bounds it when the
+# replica replays fast (catching up after a restart) whatever the block sizes ...
+CHECKPOINT_ENTRIES = 10_000
 CHECKPOINT_SECONDS = 5.0  # ... or so many seconds, whichever comes first
 
 log = logging.getLogger("participants.central_bank.replica")
@@ -195,6 +199,7 @@ class Replica:
             return False
         return (
             self.height - self.checkpoint_height >= CHECKPOINT_BLOCKS
+            or self.last_seq - self._checkpoint_seq >= CHECKPOINT_ENTRIES
             or time.monotonic() - self._checkpoint_time >= CHECKPOINT_SECONDS
         )
 

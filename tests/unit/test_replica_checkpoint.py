@@ -21,6 +21,7 @@ from bridge.domain import Entry, Envelope, Millis, Outcome
 from bridge.errors import LogIntegrityError
 from bridge.log.blocks import SealedBlock, seal
 from bridge.store.receipts import StoredReceipts
+from participants.central_bank import replica as replica_module
 from participants.central_bank.checkpoint import ReplicaCheckpoint
 from participants.central_bank.replica import Replica
 from tests.factories import (
@@ -346,3 +347,22 @@ async def test_reset_forgets_the_restored_state(
     replay(replica, blocks)
     await replica.save_checkpoint()  # closed PvPs are read back from the file
     assert_same(replica, full)
+
+
+async def test_a_checkpoint_is_due_after_enough_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However few blocks and little time went by, enough entries replayed make a checkpoint
+    due: what waits for the write is held in memory."""
+    monkeypatch.setattr(replica_module, "CHECKPOINT_BLOCKS", 1_000)
+    monkeypatch.setattr(replica_module, "CHECKPOINT_SECONDS", 3_600.0)
+    net = network()
+    blocks = blocks_of(net)
+    replica = replica_of(net, tmp_path / "PBOC.replica.sqlite")
+    monkeypatch.setattr(replica_module, "CHECKPOINT_ENTRIES", replica.last_seq + 1_000)
+    replay(replica, blocks[:1])
+    assert not replica.checkpoint_due()
+    monkeypatch.setattr(replica_module, "CHECKPOINT_ENTRIES", replica.last_seq)
+    assert replica.checkpoint_due()
+    await replica.save_checkpoint()
+    assert not replica.checkpoint_due()
