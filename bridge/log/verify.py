@@ -28,18 +28,27 @@ attestations are not failures: blocks above the final height are reported as not
 
 Memory stays bounded: the ledger's batches are taken every block; every `prune_every` entries
 receipts and closed PvPs are dropped from memory after the instruction ids are written to a
-temporary on-disk index, which then answers "was this id used before?".
+temporary on-disk index, which then answers "was this id used before?". An in-memory Bloom
+filter of those ids (2 bytes an id) answers "certainly not" for nearly every new id, so the
+index is read only on the filter's rare "maybe": the cost of the question stays flat as the
+log grows, and every id is still checked exactly.
+
+The cyclic garbage collector would otherwise rescan the receipts kept in memory again and again
+as they pile up between prunes; objects still alive at the end of a block are moved out of its
+sight (`gc.freeze`), and given back at the end of the run. Reference counting still frees them
+when pruned: the verification makes no reference cycles of its own.
 """
 
 from __future__ import annotations
 
+import gc
 import heapq
 import json
 import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
@@ -180,13 +189,62 @@ class MerkleAccumulator:
         return node
 
 
+class IdFilter:
+    """A Bloom filter of (sender, instruction id) pairs: `might_hold` is False only for a pair
+    never added (no false negatives), True for an added pair and, rarely, for another one.
+
+    Sized at `BITS_PER_ID` bits an id with `PROBES` probes (about 0.3% false "maybe"s when
+    full); past its capacity the owner rebuilds it twice as large (`grown`). Hashes are
+    Python's own (`hash` of the pair), stable within the process, which is all it needs."""
+
+    BITS_PER_ID = 16
+    PROBES = 3
+
+    __slots__ = ("_bits", "_mask", "capacity", "count")
+
+    def __init__(self, capacity: int = 1 << 20) -> None:
+        bits = 1 << max(6, (capacity * self.BITS_PER_ID - 1).bit_length())
+        self._bits = bytearray(bits >> 3)
+        self._mask = bits - 1
+        self.capacity = capacity
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count > self.capacity
+
+    def add(self, sender: str, instruction_id: str) -> None:
+        h = hash((sender, instruction_id)) & 0xFFFF_FFFF_FFFF_FFFF
+        step = (h >> 32) | 1
+        bits, mask = self._bits, self._mask
+        for _ in range(self.PROBES):
+            place = h & mask
+            bits[place >> 3] |= 1 << (place & 7)
+            h += step
+        self.count += 1
+
+    def might_hold(self, sender: str, instruction_id: str) -> bool:
+        h = hash((sender, instruction_id)) & 0xFFFF_FFFF_FFFF_FFFF
+        step = (h >> 32) | 1
+        bits, mask = self._bits, self._mask
+        for _ in range(self.PROBES):
+            place = h & mask
+            if not bits[place >> 3] & (1 << (place & 7)):
+                return False
+            h += step
+        return True
+
+
 class _Scratch:
     """What left memory during verification, in a temporary on-disk index: instruction ids of
-    entries whose receipts were pruned, and the final state rows of closed PvPs."""
+    entries whose receipts were pruned, and the final state rows of closed PvPs. An in-memory
+    `IdFilter` of the ids spares the index every lookup of an id it certainly does not hold."""
 
-    def __init__(self) -> None:
+    def __init__(self, filter_capacity: int = 1 << 20) -> None:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
         self._db: sqlite3.Connection | None = None
+        self._filter = IdFilter(filter_capacity)
+        self.index_reads = 0  # lookups the filter let through to the on-disk index
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
@@ -200,10 +258,31 @@ class _Scratch:
             )
         return self._db
 
-    def add(self, rows: Iterator[tuple[str, str, int]]) -> None:
+    def add(self, rows: Iterable[tuple[str, str, int]]) -> None:
         db = self._open()
-        db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", rows)
+        id_filter = self._filter
+
+        def filtered() -> Iterator[tuple[str, str, int]]:
+            for row in rows:
+                id_filter.add(row[0], row[1])
+                yield row
+
+        db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?, ?)", filtered())
         db.commit()
+        if id_filter.full:
+            self._grow_filter()
+
+    def _grow_filter(self) -> None:
+        """Rebuild the filter at twice the capacity its ids need, from the index (amortised:
+        each rebuild at least doubles the ids between two rebuilds)."""
+        db = self._open()
+        count = int(db.execute("SELECT COUNT(*) FROM ids").fetchone()[0])
+        grown = IdFilter(max(2 * count, 2 * self._filter.capacity))
+        cursor = db.execute("SELECT sender, id FROM ids")
+        while rows := cursor.fetchmany(10_000):
+            for sender, instruction_id in rows:
+                grown.add(sender, instruction_id)
+        self._filter = grown
 
     def add_closed_pvps(self, rows: Iterator[tuple[str, str]]) -> None:
         db = self._open()
@@ -220,8 +299,9 @@ class _Scratch:
                 yield StateRow("pvps", key, value)
 
     def seq_of(self, sender: str, instruction_id: str) -> int | None:
-        if self._db is None:
+        if self._db is None or not self._filter.might_hold(sender, instruction_id):
             return None
+        self.index_reads += 1
         row = self._db.execute(
             "SELECT seq FROM ids WHERE sender=? AND id=?", (sender, instruction_id)
         ).fetchone()
@@ -279,11 +359,14 @@ class LogVerifier:
         self.seen = _Scratch()
         self._attested: dict[str, int] = {}  # each central bank's highest valid attestation
         self.quorum = 0
+        self._freeze = False  # objects outliving a block leave the cyclic collector's sight
 
     # ------------------------------------------------------------------ driver
 
     def run(self) -> VerifyReport:
         started, started_cpu = time.perf_counter(), time.process_time()
+        # Freeze only when nothing else did: `gc.unfreeze` at the end gives back everything.
+        self._freeze = gc.isenabled() and gc.get_freeze_count() == 0
         try:
             self._run()
         except _Stop:
@@ -294,6 +377,8 @@ class LogVerifier:
             self._record(Failure(self.source.description, f"cannot read: {exc}"))
         finally:
             self.seen.close()
+            if self._freeze:
+                gc.unfreeze()
         self._finality_warnings()
         self.report.seconds = time.perf_counter() - started
         self.report.cpu_seconds = time.process_time() - started_cpu
@@ -458,6 +543,8 @@ class LogVerifier:
         self.time_floor = header.time
         if self.since_prune >= self.prune_every:
             self._prune()
+        if self._freeze:
+            gc.freeze()  # what outlived the block: out of the collector's rescans
         if self.on_progress is not None:
             self.on_progress(report.entries, report.blocks)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import sqlite3
@@ -18,7 +19,7 @@ from bridge.domain import Entry, Envelope, Genesis, Outcome, Pay
 from bridge.log.blocks import BlockHeader, attest
 from bridge.log.merkle import merkle_root
 from bridge.log.source import SqliteSource
-from bridge.log.verify import MerkleAccumulator, VerifyReport, verify_log
+from bridge.log.verify import IdFilter, MerkleAccumulator, VerifyReport, _Scratch, verify_log
 from bridge.signing import endorse, endorse_legs, sign_as_party
 
 OPTIONS = SampleOptions(entries=130, block_size=16, rate=100.0, seed=11)
@@ -135,6 +136,56 @@ def test_pruned_replay_verifies_the_same(sample: SampleLog) -> None:
     report = verify_file(sample.path, prune_every=25)
     assert report.ok, report.failures
     assert report.entries == sample.entries
+
+
+def test_id_filter_never_misses_an_added_id() -> None:
+    """Every added (sender, id) is a "maybe", even far past capacity; unknown ids mostly not."""
+    full = IdFilter(capacity=1_000)
+    added = [(f"BANK{i % 7}", f"pay-{i:09d}") for i in range(20_000)]
+    for sender, instruction_id in added:
+        full.add(sender, instruction_id)
+    assert full.full
+    assert all(full.might_hold(s, i) for s, i in added)
+    sized = IdFilter(capacity=20_000)
+    for sender, instruction_id in added:
+        sized.add(sender, instruction_id)
+    assert all(sized.might_hold(s, i) for s, i in added)
+    false_maybes = sum(sized.might_hold("BANK0", f"other-{i}") for i in range(20_000))
+    assert false_maybes < 200  # about 0.3% expected when full
+
+
+def test_id_index_finds_every_pruned_id_as_its_filter_grows() -> None:
+    """The on-disk id index answers every stored id with its seq across filter rebuilds, and
+    reads the disk for almost none of the ids it never held."""
+    scratch = _Scratch(filter_capacity=64)
+    try:
+        assert scratch.seq_of("BANK1", "pay-1") is None
+        seq = 0
+        for batch in range(5):
+            rows = [(f"BANK{n % 3}", f"pay-{batch}-{n}", seq + n + 1) for n in range(300)]
+            seq += len(rows)
+            scratch.add(iter(rows))
+            assert all(scratch.seq_of(s, i) == q for s, i, q in rows)
+        assert all(scratch.seq_of("BANK1", f"pay-0-{n}") == n + 1 for n in range(1, 300, 3))
+        reads = scratch.index_reads
+        assert all(scratch.seq_of("BANK1", f"new-{n}") is None for n in range(1_000))
+        assert scratch.index_reads - reads < 50
+    finally:
+        scratch.close()
+
+
+def test_verification_gives_the_collector_back_as_it_found_it(sample: SampleLog) -> None:
+    """Objects frozen during verification are unfrozen after it; a caller's own freeze stays."""
+    assert verify_file(sample.path, prune_every=25).ok
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        assert verify_file(sample.path).ok
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()
 
 
 @pytest.mark.parametrize("size", [*range(1, 18), 31, 32, 33, 64, 65, 100])
