@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 import analysis.sample as sample_module
+import bridge.domain as domain_module
 from bridge.domain import (
     ATTESTATION_DOMAIN,
     CENTRAL_BANK_KINDS,
@@ -71,8 +72,14 @@ def cache_dir() -> Path:
 
 
 def cached_log_path(entries: int, directory: Path) -> Path:
-    """Cache file name: size, block size and a digest of the generator's source."""
-    source_digest = hashlib.sha256(Path(sample_module.__file__).read_bytes()).hexdigest()[:10]
+    """Cache file name: size, block size and a digest of the generator's source and of the
+    domain model's (an entry format change, such as a new field or signature layout, must not
+    leave a log of the old format in use, which would fail verification)."""
+    digest = hashlib.sha256()
+    for source in (sample_module.__file__, domain_module.__file__):
+        assert source is not None
+        digest.update(Path(source).read_bytes())
+    source_digest = digest.hexdigest()[:10]
     return directory / f"verify-log-{entries}-b{BENCH_BLOCK_SIZE}-{source_digest}.sqlite"
 
 
