@@ -1,8 +1,9 @@
 """`cbdc-bridge bench verify`: offline log verification against raw crypto on the same data.
 
 The log is a generated sample (`analysis.sample`, real P-256 signatures) cached in a
-temporary folder keyed by its size and the generator's source, made in a child process so its
-memory does not count here. One run then measures, in this process and on the same file:
+temporary folder keyed by its size and the generator's and domain model's source, made in a
+child process so its memory does not count here. One run then measures, in this process and
+on the same file:
 
 - verify: `bridge.log.verify.verify_log`, everything included (reading, decoding, canonical
   form, chain, Merkle roots, replay with every signature, attestations, conservation, stored
