@@ -144,6 +144,12 @@ def stream(
     profile: Path | None = typer.Option(
         None, "--profile", help="Record py-spy flame graphs of every node while streaming."
     ),
+    prefill: int = typer.Option(
+        0,
+        "--prefill",
+        min=0,
+        help="Measure --pvps on the fresh log, stream this many more untimed, measure again.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
 ) -> None:
     """Dual-signed PvPs over CentralBank.SubmitStream vs a bidi-stream echo in the same run."""
@@ -155,6 +161,7 @@ def stream(
         echo_seconds=echo_seconds,
         replica_check=replica_check,
         profile=profile,
+        prefill=prefill,
     )
     figures = bench_stream.run(settings)
     typer.echo(json.dumps(figures) if as_json else bench_stream.describe(figures))

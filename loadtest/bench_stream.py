@@ -16,11 +16,18 @@ One run, one machine:
 
 `ratio = stream_pvp_per_s / stream_echo_msg_per_s`. Afterwards the ledger must hold exactly
 the PvPs the client saw settle, and the log must verify.
+
+With `prefill` N > 0 the same client first measures `pvps` PvPs on the fresh log
+(`empty_log_pvp_per_s`), then streams N more untimed (the log and every replica grow by N
+entries), then measures another `pvps` (`prefilled_pvp_per_s`): `prefill_ratio` = prefilled /
+empty, both taken in the same run on the same network (goal >= 0.9). The stage budget and
+server CPU are those of the last measured part.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import time
@@ -60,6 +67,7 @@ SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
 SETTLED = types.OUTCOME_SETTLED
 BANK_SIGNATURES_PER_PVP = 2  # a dual-signed PvP: both banks sign it
 VALID_FOR_MS = 30 * 60_000
+PREFILL_MS_PER_PVP = 10  # each pre-signed PvP stays valid this much longer per prefilled PvP
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +79,7 @@ class StreamSettings:
     central_banks: int = 4
     banks_per_central_bank: int = 2
     signers: int = 2  # processes that pre-sign the PvPs
+    prefill: int = 0  # PvPs streamed untimed between a measurement on the fresh log and the last
     profile: Path | None = None
     network: Path | None = None
 
@@ -78,13 +87,13 @@ class StreamSettings:
 # ---------------------------------------------------------------------------- pre-signing
 
 
-def _sign_share(args: tuple[str, str, int, int, int]) -> list[tuple[str, bytes]]:
+def _sign_share(args: tuple[str, str, int, int, int, int]) -> list[tuple[str, bytes]]:
     """Sign PvPs `first`..`first+count-1` (in a worker process): (node address, request)."""
-    directory, run_id, first, count, seed = args
+    directory, run_id, first, count, seed, valid_for_ms = args
     network = LoadNetwork.load(Path(directory))
     desks = network.desks
     rng = random.Random(seed)
-    valid_until = time.time_ns() // 1_000_000 + VALID_FOR_MS
+    valid_until = time.time_ns() // 1_000_000 + valid_for_ms
     out = []
     for number in range(first, first + count):
         proposer = desks[number % len(desks)]
@@ -105,12 +114,14 @@ def _sign_share(args: tuple[str, str, int, int, int]) -> list[tuple[str, bytes]]
     return out
 
 
-def presign(directory: Path, run_id: str, pvps: int, processes: int) -> dict[str, list[bytes]]:
+def presign(
+    directory: Path, run_id: str, pvps: int, processes: int, valid_for_ms: int = VALID_FOR_MS
+) -> dict[str, list[bytes]]:
     """Serialized SubmitStream requests per central bank node address."""
     shares = max(1, processes) * 4
     size = -(-pvps // shares)
     jobs = [
-        (str(directory), run_id, first, min(size, pvps - first), first)
+        (str(directory), run_id, first, min(size, pvps - first), first, valid_for_ms)
         for first in range(0, pvps, size)
     ]
     by_node: dict[str, list[bytes]] = {}
@@ -198,7 +209,9 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         ) as network,
         echo_server() as echo,
     ):
-        by_node = presign(network.directory, run_id, settings.pvps, settings.signers)
+        total = settings.pvps * (2 if settings.prefill else 1) + settings.prefill
+        valid_for = VALID_FOR_MS + PREFILL_MS_PER_PVP * settings.prefill
+        by_node = presign(network.directory, run_id, total, settings.signers, valid_for)
         streams = len(by_node)
         echo_figures = asyncio.run(
             measure_stream_echo(
@@ -208,17 +221,28 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         )  # fmt: skip
         pids = node_pids(network)
         guess = max(5.0, settings.pvps / 2000)
+        empty: tuple[StreamTally, float] | None = None
+        filled = StreamTally()
+        if settings.prefill:
+            first, fill, last = _parts(by_node, settings.pvps, settings.prefill, total)
+            empty = asyncio.run(stream_pvps(first, settings.window))
+            filled = asyncio.run(stream_pvps(fill, settings.window))[0]
+            by_node = last
         with (
             StageMeter(metrics_ports(network)) as stages,
             CpuMeter(pids) as cpu,
             Profiler(settings.profile, pids, guess),
         ):
             tally, seconds = asyncio.run(stream_pvps(by_node, settings.window))
-        check = crosscheck(network.directory, run_id, tally.settled)
+        earlier = [t for t in (empty[0] if empty else None, filled) if t is not None]
+        settled_in_all = tally.settled + sum(t.settled for t in earlier)
+        check = crosscheck(network.directory, run_id, settled_in_all)
     pvp_rate = tally.settled / seconds if seconds > 0 else 0.0
     floor = crypto_floor(pvp_rate, BANK_SIGNATURES_PER_PVP)
     echo_rate = echo_figures.per_second
     ratio = pvp_rate / echo_rate if echo_rate else 0.0
+    prefill_figures = _prefill_figures(settings.prefill, empty, filled, pvp_rate)
+    clean = all(t.failed == 0 and t.refused == 0 and t.not_decided == 0 for t in [*earlier, tally])
     return {
         "stream_pvp_per_s": round(pvp_rate, 1),
         "stream_echo_msg_per_s": round(echo_rate, 1),
@@ -237,11 +261,17 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         "cpu_ms_per_pvp_by_stage": stages.budget(cpu, tally.settled),
         "entries_per_block": stages.entries_per_block(),
         **floor,
+        **prefill_figures,
         "goals_met": {
             "stream_pvp_per_s_ge_5000": pvp_rate >= 5000,
             "ratio_ge_0_5": ratio >= 0.5,
             "server_cpu_le_0_4_ms": 0 < cpu.total <= 0.0004 * tally.settled,
             "floor_ratio_ge_0_4": floor["floor_ratio"] >= 0.4,
+            **(
+                {"prefill_ratio_ge_0_9": prefill_figures["prefill_ratio"] >= 0.9}
+                if settings.prefill
+                else {}
+            ),
         },
         "settings": {
             "streams": streams,
@@ -250,11 +280,43 @@ def run(settings: StreamSettings) -> dict[str, Any]:
             "replica_check": settings.replica_check,
             "central_banks": settings.central_banks,
             "banks_per_central_bank": settings.banks_per_central_bank,
+            "prefill": settings.prefill,
             "client_processes": 1,
             "cpus": os.cpu_count(),
         },
         "crosscheck": check.to_json(),
-        "ok": check.ok and tally.failed == 0 and tally.refused == 0 and tally.not_decided == 0,
+        "ok": check.ok and clean,
+    }
+
+
+Requests = dict[str, list[bytes]]
+
+
+def _parts(by_node: Requests, pvps: int, prefill: int, total: int) -> tuple[Requests, ...]:
+    """The requests dealt round-robin over the nodes into three parts of exactly `pvps`,
+    `prefill` and the rest: measured on the fresh log, prefill, measured on the prefilled log."""
+    queues = [[(address, r) for r in requests] for address, requests in by_node.items()]
+    dealt = [item for row in itertools.zip_longest(*queues) for item in row if item is not None]
+    parts: tuple[Requests, ...] = ({}, {}, {})
+    for number, (address, request) in enumerate(dealt[:total]):
+        part = parts[0] if number < pvps else parts[1] if number < pvps + prefill else parts[2]
+        part.setdefault(address, []).append(request)
+    return parts
+
+
+def _prefill_figures(
+    prefill: int, empty: tuple[StreamTally, float] | None, filled: StreamTally, rate: float
+) -> dict[str, Any]:
+    if not prefill or empty is None:
+        return {}
+    tally, seconds = empty
+    empty_rate = tally.settled / seconds if seconds > 0 else 0.0
+    return {
+        "prefill": prefill,
+        "prefill_settled": filled.settled,
+        "empty_log_pvp_per_s": round(empty_rate, 1),
+        "prefilled_pvp_per_s": round(rate, 1),
+        "prefill_ratio": round(rate / empty_rate, 3) if empty_rate else 0.0,
     }
 
 
@@ -276,6 +338,18 @@ def describe(figures: dict[str, Any]) -> str:
             "and stage (ms):",
             *describe_budget(figures["cpu_ms_per_pvp_by_stage"]),
             f"entries per block:         {figures['entries_per_block']}",
+            *_describe_prefill(figures),
             f"cross-check:               {'OK' if figures['crosscheck']['ok'] else 'PROBLEM'}",
         ]
     )
+
+
+def _describe_prefill(figures: dict[str, Any]) -> list[str]:
+    if "prefill_ratio" not in figures:
+        return []
+    met = figures["goals_met"]["prefill_ratio_ge_0_9"]
+    return [
+        f"after {figures['prefill']:,} more PvPs:  {figures['prefilled_pvp_per_s']:.0f} /s, "
+        f"on the fresh log {figures['empty_log_pvp_per_s']:.0f} /s: prefill_ratio "
+        f"{figures['prefill_ratio']:.3f} (goal >= 0.9: {'met' if met else 'missed'})"
+    ]

@@ -46,9 +46,21 @@ def test_bench_e2e_prints_the_figures_as_one_json_object(tmp_path: Path) -> None
     assert_budget_by_node_and_stage(figures)
 
 
-def test_bench_stream_prints_the_figures_as_one_json_object() -> None:
-    """bench stream: PvPs and echo messages per second, their ratio, and a clean cross-check."""
-    figures = _bench("stream", "--pvps", "300", "--echo-seconds", "1")
+@pytest.mark.parametrize("prefill", [0, 150])
+def test_bench_stream_prints_the_figures_as_one_json_object(prefill: int) -> None:
+    """bench stream: PvPs and echo messages per second, their ratio, and a clean cross-check;
+    with --prefill, a first measurement on the fresh log and the ratio of the two."""
+    figures = _bench("stream", "--pvps", "300", "--echo-seconds", "1", "--prefill", str(prefill))
+    if prefill:
+        # fresh-log part, prefill and last part all settled and counted by the cross-check
+        assert figures["prefill_settled"] == prefill
+        assert figures["crosscheck"]["ledger_settled"] == 2 * 300 + prefill, figures["crosscheck"]
+        assert figures["empty_log_pvp_per_s"] > 0
+        assert figures["prefill_ratio"] == pytest.approx(
+            figures["prefilled_pvp_per_s"] / figures["empty_log_pvp_per_s"], rel=0.01
+        )
+    else:
+        assert "prefill_ratio" not in figures
     for key in ("stream_pvp_per_s", "stream_echo_msg_per_s", "ratio"):
         assert isinstance(figures[key], float), key
     assert figures["pvps_settled"] == 300
