@@ -195,9 +195,8 @@ class ReplicaCheckpoint:
         return list(found.values())
 
     def closed_pvp(self, key: tuple[str, str]) -> PvpState | None:
-        """A written PvP's state (a replica's ledger keeps closed PvPs only until confirmed;
-        one closed since the last write is not found here, so a block acting on it again is
-        refused as naming an unknown PvP rather than a closed one: refused either way)."""
+        """A written PvP's state. A PvP closed since the last write still reads HELD here: the
+        replica asks its changes not yet written first (`Replica._closed_pvp`)."""
         if self._reader is None:
             self._reader = self._connect()
         row = self._reader.execute(

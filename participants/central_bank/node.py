@@ -21,7 +21,7 @@ from bridge._proto.bridge.v1 import central_bank_pb2, central_bank_pb2_grpc
 from bridge.core.ledger import SignatureCheck
 from bridge.crypto import FastVerifier, public_key_from_pem
 from bridge.domain import AdmitBank
-from bridge.errors import BridgeError, Refused
+from bridge.errors import BridgeError, Refused, StoreError
 from bridge.metrics import gauge
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
 from bridge.node.request_guard import RequestGuard
@@ -296,6 +296,11 @@ async def follow_blocks(core: CentralBankCore) -> None:
                     extra={"code": error.code().name, "height": replica.height},
                 )
             await asyncio.sleep(0.5)
+        except StoreError as error:  # the replica's checkpoint file: the block is replayed again
+            if str(error) != last_failure:
+                last_failure = str(error)
+                log.error("replica checkpoint unreadable; retrying", extra={"error": str(error)})
+            await asyncio.sleep(1.0)
         except BridgeError as error:
             if str(error) != last_failure:  # once per failure, not every retry
                 last_failure = str(error)

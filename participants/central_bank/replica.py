@@ -37,12 +37,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, cast
 
-from bridge.core.ledger import Ledger, SignatureCheck
+from bridge.core.ledger import Ledger, PvpState, SignatureCheck
 from bridge.crypto import Signer, Verifier
 from bridge.domain import Entry, Genesis, ParticipantId
-from bridge.errors import LogIntegrityError, Reason, Refused
+from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
 from bridge.events import settlement_event
 from bridge.log.blocks import Attestation, BlockHeader, attest
 from bridge.log.merkle import merkle_root
@@ -112,6 +112,7 @@ class Replica:
         self.bridge_height: int | None = None
         self.replayed_blocks = 0  # blocks replayed since the start (not those restored)
         self._writing: asyncio.Future[None] | None = None  # the checkpoint write under way
+        self._delta_writing: Delta | None = None  # the changes that write carries
         self._start_from(self._new_ledger(genesis), None)
 
     def _new_ledger(self, genesis: Genesis) -> Ledger:
@@ -124,8 +125,20 @@ class Replica:
             verifier=self._verifier,
             check=self._check,
             receipts=None if checkpoint is None else checkpoint.receipt_index(),
-            closed_pvps=None if checkpoint is None else checkpoint.closed_pvp,
+            closed_pvps=None if checkpoint is None else self._closed_pvp,
         )
+
+    def _closed_pvp(self, key: tuple[str, str]) -> PvpState | None:
+        """A PvP the ledger no longer holds: its newest state among the changes not yet
+        written (the ledger drops a closed PvP once its block is replayed, before the
+        checkpoint holds the closing), then in the checkpoint file."""
+        for delta in (self._delta, self._delta_writing):
+            if delta is not None:
+                state = delta.changes.get("pvps", {}).get(key)
+                if state is not None:
+                    return cast(PvpState, state)
+        assert self.checkpoint is not None  # the look-up is given only with a checkpoint
+        return self.checkpoint.closed_pvp(key)
 
     def _start_from(self, ledger: Ledger, head: BlockHeader | None) -> None:
         self.ledger = ledger
@@ -216,6 +229,7 @@ class Replica:
         if checkpoint is None or head is None or self.height == self.checkpoint_height:
             return
         delta, self._delta = self._delta, Delta()
+        self._delta_writing = delta
         next_seq = self.ledger.next_seq
         self._checkpoint_time = time.monotonic()
         writing = asyncio.ensure_future(
@@ -226,7 +240,9 @@ class Replica:
             with CHECKPOINT.timed(len(delta.entries)):
                 await asyncio.shield(writing)
             self._writing = None
+            self._delta_writing = None
         except BaseException as error:
+            self._delta_writing = None  # its changes go back into the pending delta
             delta.merge(self._delta.changes)  # changes made meanwhile are the newer
             delta.entries += self._delta.entries
             delta.parties += self._delta.parties
@@ -324,11 +340,12 @@ class Replica:
         parsed = []
         floor = self.head_time
         decoded = [Entry.from_canonical_bytes(data) for data in entries]
-        # the block's instruction ids looked up in the checkpoint at once (none should be found)
-        ledger.receipts.prefetch(
-            (e.envelope.body.sender, e.envelope.body.instruction_id) for e in decoded
-        )
         try:
+            # the block's instruction ids looked up in the checkpoint at once (none should be
+            # found)
+            ledger.receipts.prefetch(
+                (e.envelope.body.sender, e.envelope.body.instruction_id) for e in decoded
+            )
             for entry, data in zip(decoded, entries, strict=True):
                 if not floor <= entry.time <= header.time:
                     self._backwards(
@@ -351,6 +368,9 @@ class Replica:
         except (Refused, LogIntegrityError):
             ledger.rollback()
             raise
+        except (sqlite3.Error, OSError) as error:  # the checkpoint's look-ups: replay it again
+            ledger.rollback()
+            raise StoreError(f"{where}: checkpoint look-up failed: {error!r}") from error
         keep = self.checkpoint is not None
         delta = self._delta
         for entry, data in parsed:

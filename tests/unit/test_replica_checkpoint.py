@@ -17,8 +17,8 @@ import pytest
 
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier, PrivateKey
-from bridge.domain import Entry, Envelope, Millis, Outcome
-from bridge.errors import LogIntegrityError
+from bridge.domain import Entry, Envelope, Millis, Outcome, ProposePvp, Receipt
+from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
 from bridge.log.blocks import SealedBlock, seal
 from bridge.store.receipts import StoredReceipts
 from participants.central_bank import replica as replica_module
@@ -30,6 +30,7 @@ from tests.factories import (
     T0,
     Network,
     accept_pvp,
+    cancel_pvp,
     fund,
     make_ledger,
     network,
@@ -366,3 +367,58 @@ async def test_a_checkpoint_is_due_after_enough_entries(
     assert replica.checkpoint_due()
     await replica.save_checkpoint()
     assert not replica.checkpoint_due()
+
+
+@pytest.mark.parametrize("again", ["cancel", "accept"])
+async def test_a_pvp_closed_since_the_last_write_cannot_be_acted_on_again(
+    tmp_path: Path, again: str
+) -> None:
+    """A PvP held in the checkpoint file and closed since (not yet written) is still closed:
+    a forged block cancelling or accepting it again fails verification and changes nothing,
+    instead of releasing or moving its hold a second time."""
+    net = network()
+    blocks = blocks_of(net)
+    replica = replica_of(net, tmp_path / "PBOC.replica.sqlite")
+    replay(replica, blocks[:2])  # block 2 holds the PvP
+    await replica.save_checkpoint()  # the file holds it as HELD
+    replay(replica, blocks[2:4])  # block 4 accepts it: closed, not yet written
+    proposal = blocks[1].entries[0].envelope.body
+    assert isinstance(proposal, ProposePvp)
+    forged = (
+        cancel_pvp(net, proposal) if again == "cancel" else accept_pvp(net, proposal)
+    )  # a bridge replaying the closing with a new instruction id
+    outcome = Outcome.CANCELLED if again == "cancel" else Outcome.SETTLED
+    at = replica.head_time + 1
+    entry = Entry(replica.ledger.next_seq, at, forged, outcome)
+    block = seal(replica.height + 1, replica.head_hash, [entry], at)
+    before = (replica.height, dict(replica.ledger.tables()))
+    with pytest.raises(Refused) as refused:
+        replica.apply_block(block.header, list(block.entry_bytes))
+    assert refused.value.reason is Reason.PVP_NOT_PENDING
+    assert (replica.height, dict(replica.ledger.tables())) == before
+
+
+async def test_a_failed_checkpoint_lookup_rolls_the_block_back(tmp_path: Path) -> None:
+    """A checkpoint file that cannot be read during a replay leaves the replica exactly at the
+    block before (a StoreError, so the node replays the block again), and the same block
+    replays once the file is readable."""
+    net = network()
+    blocks = blocks_of(net)
+    replica = replica_of(net, tmp_path / "PBOC.replica.sqlite")
+    replay(replica, blocks[:2])
+    await replica.save_checkpoint()
+    receipts = replica.ledger.receipts
+    assert isinstance(receipts, StoredReceipts)
+    real = receipts._lookup
+
+    def failing(keys: object) -> list[Receipt]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    receipts._lookup = failing
+    before = (replica.height, dict(replica.ledger.tables()), replica.ledger.next_seq)
+    with pytest.raises(StoreError, match="checkpoint look-up failed"):
+        replay(replica, blocks[2:3])
+    assert (replica.height, dict(replica.ledger.tables()), replica.ledger.next_seq) == before
+    receipts._lookup = real
+    replay(replica, blocks[2:])
+    assert replica.height == len(blocks)
