@@ -222,8 +222,10 @@ class NodeRefusals:
             await asyncio.shield(self.flush())
 
     async def page(self, from_id: int, limit: int, sender: str = "") -> list[RecordedRefusal]:
-        """Up to `limit` rows from `from_id` on (only `sender`'s when given), after a flush."""
-        await self.flush()
+        """Up to `limit` rows from `from_id` on (only `sender`'s when given), after a flush
+        (shielded: a caller that goes away leaves the write to end under the lock, never a
+        second write started beside it)."""
+        await asyncio.shield(self.flush())
         if not self.path.exists():
             return []
         return await asyncio.to_thread(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
@@ -13,6 +16,7 @@ from bridge.crypto import PrivateKey
 from bridge.domain import Envelope, Genesis, GenesisBank, Pay
 from bridge.errors import Reason, Refused
 from bridge.log.tables import NODE_REFUSALS_TABLES
+from bridge.settlement import RefusalRecord
 from bridge.store.base import REFUSALS_KEPT
 from participants.central_bank.refusals import (
     NodeRefusals,
@@ -182,3 +186,38 @@ def test_edge_refusals_are_rows_only_for_bank_instructions() -> None:
     assert (
         edge_refusal("/bridge.v1.CentralBank/GetHistory", cb_pb.HistoryQuery(), refusal, 9) is None
     )
+
+
+def test_a_reader_that_goes_away_mid_write_loses_no_row(tmp_path: Path) -> None:
+    """A GetRefusals whose caller is cancelled while its flush writes leaves that write to end
+    under the lock: the next flush waits for it, and every row is written once."""
+    path = tmp_path / "PBOC.refusals.sqlite"
+    refusals = refusals_at(path)
+    gate = threading.Event()
+    started = threading.Event()
+    real = refusals._write
+
+    def slow(rows: Sequence[RefusalRecord]) -> None:
+        started.set()
+        gate.wait(10)
+        real(rows)
+
+    refusals._write = slow  # type: ignore[method-assign]
+
+    async def run() -> None:
+        refusals.record(row(1))
+        reader = asyncio.create_task(refusals.page(1, 10))
+        await asyncio.to_thread(started.wait, 10)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        refusals.record(row(2))
+        second = asyncio.create_task(refusals.flush())
+        await asyncio.sleep(0.05)
+        gate.set()
+        await second
+        await refusals.flush()
+
+    asyncio.run(run())
+    refusals.close()
+    assert [r.instruction_id for r in read_refusals(path)] == ["pay-1", "pay-2"]
