@@ -22,7 +22,7 @@ from bridge.events import encode_events, settlement_event
 from bridge.log.blocks import Attestation, SealedBlock, seal
 from bridge.metrics import BLOCK_ENTRIES, stage
 from bridge.store.base import Store
-from bridge.store.receipts import StoredReceipts
+from bridge.store.receipts import stored_ledger
 
 Result = Receipt | Refused
 # (time, sender, instruction id, kind, reason, corridor) of a refused instruction
@@ -100,13 +100,7 @@ class SettlementEngine:
         if stored is None:
             if genesis is None:
                 raise StoreError(f"{store.description} is empty and no genesis was given")
-            ledger = Ledger(
-                genesis,
-                verifier=verifier,
-                check=check,
-                receipts=StoredReceipts(store.receipts_for),
-                closed_pvps=store.closed_pvp,
-            )
+            ledger = stored_ledger(store, genesis, verifier=verifier, check=check)
             store.initialize(ledger)
             return cls(ledger, store)
         if genesis is not None and genesis.hash() != stored.hash():

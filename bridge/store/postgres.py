@@ -48,7 +48,7 @@ from bridge.store.codec import (
     encode_value,
     entry_row_values,
 )
-from bridge.store.receipts import StoredReceipts
+from bridge.store.receipts import stored_ledger
 from bridge.store.state_reads import StateReads
 from bridge.store.tail import TAIL_BLOCKS_VERIFIED, check_tail
 
@@ -248,13 +248,7 @@ class PostgresStore(StateReads):
         if genesis is None:
             raise StoreError(f"{self._description} holds no ledger")
         self.verify_tail(genesis)
-        ledger = Ledger(
-            genesis,
-            verifier=verifier,
-            check=check,
-            receipts=StoredReceipts(self.receipts_for),
-            closed_pvps=self.closed_pvp,
-        )
+        ledger = stored_ledger(self, genesis, verifier=verifier, check=check)
         query = LOADED_ROWS_QUERY.format("%s", POSTGRES_PVP_STATUS).encode()
         with self._conn() as conn, conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")

@@ -21,15 +21,38 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
+from typing import Protocol
 
-from bridge.core.ledger import ReceiptKey
-from bridge.domain import Receipt
+from bridge.core.ledger import Ledger, PvpState, ReceiptKey, SignatureCheck
+from bridge.crypto import Verifier
+from bridge.domain import Genesis, Receipt
 
 RECENT_RECEIPTS = 4_096  # receipts kept per cache generation (two generations at most)
 KEYS_PER_QUERY = (1, 16, 128, 400)  # SQLite look-ups: the statement sizes (two parameters a key)
 
 # the receipts the store holds among these keys (in any order; missing keys are left out)
 Lookup = Callable[[Sequence[ReceiptKey]], Iterable[Receipt]]
+
+
+class IndexReads(Protocol):
+    """What a ledger over a store looks up there instead of holding in memory."""
+
+    def receipts_for(self, keys: Sequence[ReceiptKey]) -> list[Receipt]: ...
+
+    def closed_pvp(self, key: tuple[str, str]) -> PvpState | None: ...
+
+
+def stored_ledger(
+    store: IndexReads, genesis: Genesis, *, verifier: Verifier | None, check: SignatureCheck
+) -> Ledger:
+    """An empty ledger whose receipts and closed PvPs are looked up in `store`, not loaded."""
+    return Ledger(
+        genesis,
+        verifier=verifier,
+        check=check,
+        receipts=StoredReceipts(store.receipts_for),
+        closed_pvps=store.closed_pvp,
+    )
 
 
 class StoredReceipts:

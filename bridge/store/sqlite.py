@@ -33,7 +33,7 @@ from bridge.store.codec import (
     encode_value,
     entry_row_values,
 )
-from bridge.store.receipts import KEYS_PER_QUERY, StoredReceipts, chunks
+from bridge.store.receipts import KEYS_PER_QUERY, chunks, stored_ledger
 from bridge.store.state_reads import StateReads
 from bridge.store.tail import TAIL_BLOCKS_VERIFIED, check_tail
 
@@ -116,13 +116,7 @@ class SqliteStore(StateReads):
         if genesis is None:
             raise StoreError(f"{self.path} holds no ledger")
         self.verify_tail(genesis)
-        ledger = Ledger(
-            genesis,
-            verifier=verifier,
-            check=check,
-            receipts=StoredReceipts(self.receipts_for),
-            closed_pvps=self.closed_pvp,
-        )
+        ledger = stored_ledger(self, genesis, verifier=verifier, check=check)
         query = LOADED_ROWS_QUERY.format("?", SQLITE_PVP_STATUS)
         for table in KV_TABLES:
             cursor = self._db.execute(query, (table,))
