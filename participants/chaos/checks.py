@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,31 +51,24 @@ def read_acks(records: Iterable[Path]) -> list[Ack]:
     """Every acknowledged instruction in the records, once per (sender, id); a torn last line
     (the client was killed while writing it) is not an acknowledgement."""
     acks: dict[tuple[str, str], Ack] = {}
-    for path in records:
-        if not path.exists():
+    for item in _record_lines(records):
+        if not item.get("ack"):
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                continue
-            if not item.get("ack"):
-                continue
-            key = (item["sender"], item["id"])
-            ack = Ack(
-                item["rpc"],
-                item["node"],
-                item["sender"],
-                item["id"],
-                int(item["seq"]),
-                item["outcome"],
-                base64.b64decode(item["request"]),
-            )
-            if key in acks and acks[key].seq != ack.seq:
-                # the same id acknowledged at two places: counted by `logged_exactly_once`
-                acks[(ack.sender, f"{ack.instruction_id}\x00{ack.seq}")] = ack
-                continue
-            acks.setdefault(key, ack)
+        key = (item["sender"], item["id"])
+        ack = Ack(
+            item["rpc"],
+            item["node"],
+            item["sender"],
+            item["id"],
+            int(item["seq"]),
+            item["outcome"],
+            base64.b64decode(item["request"]),
+        )
+        if key in acks and acks[key].seq != ack.seq:
+            # the same id acknowledged at two places: counted by `logged_exactly_once`
+            acks[(ack.sender, f"{ack.instruction_id}\x00{ack.seq}")] = ack
+            continue
+        acks.setdefault(key, ack)
     return list(acks.values())
 
 
@@ -83,14 +76,11 @@ def longest_call(records: Iterable[Path]) -> float:
     """The longest single call (seconds) any record line reports: a client never waits
     longer than its deadline, whatever the fault."""
     longest = 0.0
-    for path in records:
-        if not path.exists():
+    for item in _record_lines(records):
+        try:
+            longest = max(longest, float(item.get("took", 0.0)))
+        except (ValueError, TypeError):
             continue
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                longest = max(longest, float(json.loads(line).get("took", 0.0)))
-            except (ValueError, AttributeError):
-                continue
     return longest
 
 
@@ -98,6 +88,17 @@ def read_answers(records: Iterable[Path]) -> dict[str, int]:
     """How many answers of each kind the records hold: `ack`, a final refusal's reason, or
     `not_decided:REASON` for an attempt that was resent."""
     counts: dict[str, int] = {}
+    for item in _record_lines(records):
+        what = "ack" if item.get("ack") else str(item.get("reason"))
+        if item.get("retry"):
+            what = f"not_decided:{what}"
+        counts[what] = counts.get(what, 0) + 1
+    return counts
+
+
+def _record_lines(records: Iterable[Path]) -> Iterator[dict[str, Any]]:
+    """Every whole line of the records that exist, as an object; a torn last line (the client
+    was killed while writing it) is passed over."""
     for path in records:
         if not path.exists():
             continue
@@ -106,11 +107,8 @@ def read_answers(records: Iterable[Path]) -> dict[str, int]:
                 item = json.loads(line)
             except ValueError:
                 continue
-            what = "ack" if item.get("ack") else str(item.get("reason"))
-            if item.get("retry"):
-                what = f"not_decided:{what}"
-            counts[what] = counts.get(what, 0) + 1
-    return counts
+            if isinstance(item, dict):
+                yield item
 
 
 class StoreReader:
