@@ -5,11 +5,14 @@ Each command group lives in its own module and is mounted here.
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from loadtest.bench_cli import bench_app
 from participants.bank_cli import bank_app
 from participants.chaos_cli import chaos
+from participants.launcher import exit_on_sigterm
 from participants.log_cli import log_app
 from participants.network_cli import demo, up
 from participants.node_cli import node_app
@@ -32,6 +35,8 @@ app.command("chaos")(chaos)
 
 
 def main() -> None:
+    # SIGTERM (a service manager, a CI runner, `kill`) exits like Ctrl-C: nodes are stopped
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     app()
 
 

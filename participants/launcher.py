@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -51,6 +51,15 @@ def free_ports(count: int) -> list[int]:
                 continue
         chosen.append(port)
     return chosen
+
+
+def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """A SIGTERM handler: end the program as an orderly exit (SystemExit), so that every
+    `with network` and `finally` on the way out stops the processes it started (by default
+    Python dies at once and leaves them running). A second SIGTERM is ignored: the cleanup
+    must not be cut short."""
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    raise SystemExit(128 + signum)
 
 
 @dataclass
