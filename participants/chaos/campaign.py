@@ -49,7 +49,7 @@ from participants.chaos.schedule import (
     plan,
     schedule_digest,
 )
-from participants.launcher import free_ports, wait_serving
+from participants.launcher import exit_on_sigterm, free_ports, wait_serving
 from participants.network_config import generate_network
 from participants.sdk import CentralBankAdminClient
 
@@ -104,6 +104,7 @@ class Campaign:
         self.loads = 0
         self.memory_base: dict[str, int] = {}
         self.proxies: list[FaultProxy] = []
+        self.spawned: list[ManagedProcess] = []  # every process made, stopped at teardown
         self.broker: Broker | None = None
         self.events: EventWatch | None = None
         self.disk: SmallDisk | None = None
@@ -133,16 +134,17 @@ class Campaign:
         self.clock = ClockOffset(d / "clock-offset")
         self.crash_file = d / "bridge-crash"
         self.bridge_proxy = FaultProxy("bridge-link", ("127.0.0.1", ports[0]), ports[9]).start()
+        self.proxies.append(self.bridge_proxy)
         node = self.config.central_bank(self.linked)
         self.bank_proxy = FaultProxy("bank-link", ("127.0.0.1", node.port), ports[10]).start()
-        self.proxies = [self.bridge_proxy, self.bank_proxy]
+        self.proxies.append(self.bank_proxy)
         via = d / "via" / self.linked
         via.mkdir(parents=True, exist_ok=True)
         (via / "keys").unlink(missing_ok=True)
         (via / "keys").symlink_to((d / "net" / "keys").resolve())
         replace(self.config, directory=via, bridge_port=self.bridge_proxy.port).save()
         logs = d / "logs"
-        self.bridge = ManagedProcess(
+        self.bridge = self.managed(
             "bridge",
             [*NODE, "bridge", "--network", str(d / "net"), "--db", str(self.db)],
             logs / "bridge.log",
@@ -152,7 +154,7 @@ class Campaign:
             },
         )
         self.nodes = {
-            cb: ManagedProcess(
+            cb: self.managed(
                 cb,
                 [
                     *NODE,
@@ -183,6 +185,15 @@ class Campaign:
         self.start_load()
         self.recover()  # every node settles before the first fault
         self.memorise_baseline()
+
+    def managed(
+        self, name: str, argv: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        """A process of the network (not started yet), remembered so that `teardown` stops it
+        however far `setup` got."""
+        process = ManagedProcess(name, argv, log, env or {})
+        self.spawned.append(process)
+        return process
 
     def memorise_baseline(self) -> None:
         """Every process's RSS once the load runs: what its memory must come back near."""
@@ -215,7 +226,7 @@ class Campaign:
     def start_load(self) -> None:
         self.loads += 1
         record = self.directory / f"load-{self.loads}.jsonl"
-        self.load = ManagedProcess(
+        self.load = self.managed(
             "load",
             [
                 *LOAD,
@@ -244,8 +255,13 @@ class Campaign:
         }
 
     def teardown(self) -> None:
-        for process in [self.load, *self.nodes.values(), self.bridge]:
+        """Stop whatever `setup` and the faults started (the last made first: load clients,
+        then central bank nodes, then the bridge), even when `setup` did not finish."""
+        for process in reversed(self.spawned):
             process.stop()
+        checker: Checker | None = getattr(self, "checker", None)
+        if checker is not None:
+            checker.close()
         for proxy in self.proxies:
             proxy.close()
         if self.disk is not None:
@@ -545,8 +561,8 @@ class Campaign:
 
     def run_part(self) -> Part:
         started = time.monotonic()
-        self.setup()
         try:
+            self.setup()
             for scenario in self.scenarios:
                 if not self.own(scenario):
                     continue
@@ -646,7 +662,7 @@ def run_campaign(seed: int, profile: str, directory: Path | None, keep: bool) ->
     base = directory or Path(tempfile.mkdtemp(prefix="cbdc-chaos-"))
     base.mkdir(parents=True, exist_ok=True)
     chosen = PROFILES[profile]
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         first = Campaign(seed, chosen, base / "sqlite")
         parts = [first.run_part()]

@@ -47,7 +47,7 @@ class PostgresCampaign(Campaign):
         self.disk, self.disk_problem, self.proxies = None, "no disk faults on PostgreSQL", []
         logs = d / "logs"
         self.bridges = [
-            ManagedProcess(
+            self.managed(
                 f"bridge-{i}",
                 [*NODE, "bridge", "--network", str(d / "net"), "--port", str(port)],
                 logs / f"bridge-{i}.log",
@@ -56,7 +56,7 @@ class PostgresCampaign(Campaign):
         ]
         self.bridge = self.bridges[0]
         self.nodes = {
-            cb: ManagedProcess(
+            cb: self.managed(
                 cb, [*NODE, "central-bank", cb, "--network", str(d / "net")], logs / f"{cb}.log"
             )
             for cb in self.cb_ids
@@ -89,9 +89,7 @@ class PostgresCampaign(Campaign):
         }
 
     def teardown(self) -> None:
-        for process in [self.load, *self.nodes.values(), *self.bridges]:
-            process.stop()
-        self.checker.close()
+        super().teardown()
         if self.server is not None:
             self.server.remove()
 

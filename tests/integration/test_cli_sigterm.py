@@ -92,8 +92,9 @@ def sigterm_once_up(argv: list[str], cwd: Path) -> tuple[int, list[str], str]:
     [
         ["demo", "--load-seconds", "0"],
         ["bench", "stream", "--pvps", "20", "--echo-seconds", "1", "--json"],
+        ["chaos", "--quick", "--seed", "7", "--json", "--directory", "run"],
     ],
-    ids=["demo", "bench-stream"],
+    ids=["demo", "bench-stream", "chaos"],
 )
 def test_sigterm_stops_every_node_the_command_started(tmp_path: Path, argv: list[str]) -> None:
     """SIGTERM once the network is up: the command exits, no node it started survives and
