@@ -59,6 +59,7 @@ MEMORY_FACTOR = 1.5
 CALL_TIMEOUT = 5.0  # the load client's deadline per call
 DISK_FULL_CAP = 20.0  # longest a disk stays full waiting for a commit to fail
 MEMORY_SLACK = 64 * 1024 * 1024
+HANG_FACTOR = 2.0  # a call still unanswered at twice its deadline hangs
 NODE = (sys.executable, "-m", "participants.node_cli")
 LOAD = (sys.executable, "-m", "participants.chaos.load")
 
@@ -596,6 +597,24 @@ class Part:
     events: dict[str, Any] | None = None
 
 
+def fault_failures(faults: list[dict[str, Any]], longest_call_s: float) -> list[str]:
+    """What a fault showed that it must not: finality stopped or a PvP still held through a
+    central bank node's outage, a final refusal while the disk was full, a client call that
+    outlived its deadline (a hang)."""
+    failures = []
+    for fault in faults:
+        name = f"{fault['kind']} {fault['target']}"
+        if "finality_continued" in fault and not fault["finality_continued"]:
+            failures.append(f"{name}: finality stopped while the node was down")
+        if "pvp_expired_during_outage" in fault and not fault["pvp_expired_during_outage"]:
+            failures.append(f"{name}: the PvP proposed to its bank did not expire")
+        if fault.get("final_refusals_while_full"):
+            failures.append(f"{name}: final refusals {fault['final_refusals_while_full']}")
+    if longest_call_s > HANG_FACTOR * CALL_TIMEOUT:
+        failures.append(f"a call took {longest_call_s} s (deadline {CALL_TIMEOUT} s)")
+    return failures
+
+
 def summary(
     seed: int, profile: Profile, scenarios: list[Scenario], figures: Figures, parts: list[Part]
 ) -> dict[str, Any]:
@@ -603,6 +622,8 @@ def summary(
     records = [r for part in parts for r in part.records]
     finals = [part.final for part in parts]
     checked = figures.scenarios
+    longest = longest_call(records)
+    failures = fault_failures(figures.faults, longest)
     return {
         "seed": seed,
         "profile": profile.name,
@@ -631,10 +652,12 @@ def summary(
         "events_lost": next((p.events["events_lost"] for p in parts if p.events is not None), None),
         "events": {p.name: p.events for p in parts if p.events is not None},
         "answers": read_answers(records),
-        "longest_call_s": longest_call(records),
+        "longest_call_s": longest,
         "call_timeout_s": CALL_TIMEOUT,
         "unrecovered": figures.unrecovered,
+        "fault_failures": failures,
         "all_checks_passed": not figures.unrecovered
+        and not failures
         and all(p.events is None or p.events["events_lost"] == 0 for p in parts)
         and all(f.passed for f in finals)
         and all(s["checks"]["passed"] for s in checked),
