@@ -466,7 +466,7 @@ class Campaign:
     def network(self, fault: Fault) -> None:
         time.sleep(fault.after)
         proxy = self.bridge_proxy if fault.target == "bridge-link" else self.bank_proxy
-        proxy.set(fault.mode, fault.delay)
+        proxy.set(fault.mode, fault.delay, fault.loss)
         time.sleep(fault.hold)
         proxy.set("pass")
         self.fault_done(fault, time.monotonic())

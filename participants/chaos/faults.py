@@ -5,8 +5,11 @@ Network faults go through `FaultProxy`, an asyncio TCP proxy placed on a link by
 client the proxy's port (a central bank node reaches the bridge through a network directory
 whose bridge port is the proxy's; a bank's load client reaches its node through `--via`).
 Within one TCP connection bytes cannot be reordered, so "reordering" is not a fault a TCP link
-can show; loss shows as what TCP turns it into: stalls (delay) and broken connections (reset).
-A partition is a black hole: connections are accepted and nothing ever comes back.
+can show (a reordered segment only holds up the ones behind it: a delay). Loss shows as what
+TCP turns it into: a lost segment is resent after a retransmission timeout (0.2 s, doubled on
+each further loss), so in `loss` mode each chunk is, with the given probability, held for
+those timeouts; broken connections are `reset`. A partition is a black hole: connections are
+accepted and nothing ever comes back.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -21,7 +25,9 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MODES = ("pass", "delay", "reset", "blackhole")
+MODES = ("pass", "delay", "loss", "reset", "blackhole")
+FIRST_RTO = 0.2  # seconds: TCP's minimum retransmission timeout on Linux
+MAX_RESENDS = 3  # a chunk lost this many times in a row goes through on the next try
 
 
 # ---------------------------------------------------------------------------- processes
@@ -103,6 +109,8 @@ class FaultProxy:
         self.port = port
         self.mode = "pass"
         self.delay = 0.0
+        self.loss = 0.0
+        self._rng = random.Random(port)
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -120,13 +128,16 @@ class FaultProxy:
     async def _serve(self) -> None:
         self._server = await asyncio.start_server(self._client, "127.0.0.1", self.port)
 
-    def set(self, mode: str, delay: float = 0.0) -> None:
-        """Switch mode: pass, delay (each chunk held `delay` s), reset (every connection is
-        closed with a reset at once, now and while the mode lasts), blackhole (accepted, never
-        answered)."""
+    def set(self, mode: str, delay: float = 0.0, loss: float = 0.0) -> None:
+        """Switch mode: pass, delay (each chunk held `delay` s), loss (each chunk lost with
+        probability `loss`, resent after TCP's retransmission timeouts), reset (every
+        connection is closed with a reset at once, now and while the mode lasts), blackhole
+        (accepted, never answered)."""
         if mode not in MODES:
             raise ValueError(f"proxy mode must be one of {MODES}")
-        self.mode, self.delay = mode, delay
+        if not 0.0 <= loss <= 1.0:
+            raise ValueError("loss is a probability, from 0 to 1")
+        self.mode, self.delay, self.loss = mode, delay, loss
         if mode == "reset":
             self._loop.call_soon_threadsafe(self._reset_all)
 
@@ -165,10 +176,22 @@ class FaultProxy:
                 await asyncio.sleep(0.05)  # a partition: bytes go nowhere, nothing comes back
             if self.mode == "delay" and self.delay > 0:
                 await asyncio.sleep(self.delay)
+            if self.mode == "loss":
+                await asyncio.sleep(self._retransmission_wait())
             writer.write(chunk)
             await writer.drain()
         with contextlib.suppress(Exception):
             writer.write_eof()
+
+    def _retransmission_wait(self) -> float:
+        """How long a chunk waits for its resends: each try is lost with probability `loss`."""
+        wait, timeout = 0.0, FIRST_RTO
+        for _ in range(MAX_RESENDS):
+            if self._rng.random() >= self.loss:
+                break
+            wait += timeout
+            timeout *= 2
+        return wait
 
     def close(self) -> None:
         async def shutdown() -> None:

@@ -27,6 +27,7 @@ class Fault:
     phase: str = ""
     mode: str = ""
     delay: float = 0.0
+    loss: float = 0.0
     offset_ms: int = 0
     blocks: int = 0
 
@@ -51,6 +52,7 @@ class Profile:
     rate: float
     workers: int
     leader_kills: int = 2
+    lossy_links: int = 2  # one per link: loss on the CB-bridge link, then on the bank-CB link
     broker_outage_s: float = 30.0
     settle_within_s: float = 2.5
     extras: dict[str, Any] = field(default_factory=dict)
@@ -142,7 +144,7 @@ def plan(seed: int, profile: Profile, central_banks: list[str]) -> list[Scenario
         )
         for i in range(profile.clock_jumps)
     )
-    return [
+    scenarios = [
         Scenario("bridge-kills", bridge),
         Scenario("central-bank-node-kills", nodes),
         Scenario("load-client-kills", loads),
@@ -165,6 +167,21 @@ def plan(seed: int, profile: Profile, central_banks: list[str]) -> list[Scenario
             "postgres-restart", (Fault("outage", "postgres", moment(), hold=3.0),), "postgres"
         ),
     ]
+    # drawn last, so that every fault planned before loss was a mode keeps its draws
+    lossy = tuple(
+        Fault(
+            "net",
+            links[i % 2],
+            moment(),
+            hold=round(rng.uniform(2.0, 4.0), 2),
+            mode="loss",
+            loss=round(rng.uniform(0.1, 0.4), 2),
+        )
+        for i in range(profile.lossy_links)
+    )
+    after = next(i for i, s in enumerate(scenarios) if s.name == "network-faults") + 1
+    scenarios.insert(after, Scenario("network-loss", lossy))
+    return scenarios
 
 
 def schedule_digest(scenarios: list[Scenario]) -> str:

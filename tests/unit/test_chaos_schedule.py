@@ -45,6 +45,17 @@ def test_outage_outlasts_a_pvp_deadline() -> None:
     assert all(f.hold > 2 * QUICK.settle_within_s for f in outages)
 
 
+def test_full_profile_puts_every_network_fault_on_both_links() -> None:
+    """Delay, loss, reset and partition each hit the central bank-bridge link and the
+    bank-central bank link in the full campaign."""
+    faults = [f for s in plan(5, FULL, CBS) for f in s.faults if f.kind == "net"]
+    seen = {(f.target, f.mode) for f in faults}
+    for link in ("bridge-link", "bank-link"):
+        for mode in ("delay", "loss", "reset", "blackhole"):
+            assert (link, mode) in seen, (link, mode)
+    assert all(0 < f.loss < 1 for f in faults if f.mode == "loss")
+
+
 def _echo_server() -> tuple[socket.socket, int]:
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -96,6 +107,28 @@ def test_fault_proxy_passes_delays_resets_and_blackholes() -> None:
             conn.sendall(b"lost")
             with pytest.raises(TimeoutError):
                 conn.recv(4)
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_fault_proxy_loss_holds_chunks_for_retransmission_timeouts() -> None:
+    """With every try lost, each chunk waits out TCP's retransmission timeouts (0.2 + 0.4 +
+    0.8 s) each way and then arrives whole."""
+    server, port = _echo_server()
+    proxy = FaultProxy("test", ("127.0.0.1", port), free_ports(1)[0]).start()
+    try:
+        proxy.set("loss", loss=1.0)
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=30) as conn:
+            began = time.monotonic()
+            conn.sendall(b"lossy")
+            answer = b""
+            while len(answer) < 5:
+                answer += conn.recv(5 - len(answer))
+            assert answer == b"lossy"
+            assert time.monotonic() - began >= 2 * 1.4
+        with pytest.raises(ValueError, match="probability"):
+            proxy.set("loss", loss=1.5)
     finally:
         proxy.close()
         server.close()
