@@ -248,12 +248,13 @@ class Campaign:
         return [*out, self.directory / "probes.jsonl"]
 
     def pids(self) -> dict[str, int | None]:
-        return {
-            "bridge": self.bridge.pid,
-            **{cb: p.pid for cb, p in self.nodes.items()},
-            "load": self.load.pid,
-            "campaign": os.getpid(),
-        }
+        """Every process of the running network by name (the latest of a name: a restarted
+        load client replaces the one killed), the MQTT broker, and the campaign itself."""
+        out: dict[str, int | None] = {process.name: process.pid for process in self.spawned}
+        if self.broker is not None and self.broker.process is not None:
+            out["mqtt-broker"] = self.broker.process.pid
+        out["campaign"] = os.getpid()
+        return out
 
     def teardown(self) -> None:
         """Stop whatever `setup` and the faults started (the last made first: load clients,

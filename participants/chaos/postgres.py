@@ -81,13 +81,6 @@ class PostgresCampaign(Campaign):
         self.recover()
         self.memorise_baseline()
 
-    def pids(self) -> dict[str, int | None]:
-        return {
-            **{b.name: b.pid for b in self.bridges},
-            **{cb: p.pid for cb, p in self.nodes.items()},
-            "load": self.load.pid,
-        }
-
     def teardown(self) -> None:
         super().teardown()
         if self.server is not None:

@@ -8,13 +8,17 @@ that breaks exactly one promise and must say so.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from participants.chaos.campaign import CALL_TIMEOUT, Figures, Part, summary
+from participants.broker import Broker
+from participants.chaos.campaign import CALL_TIMEOUT, Campaign, Figures, Part, summary
 from participants.chaos.checks import CheckReport
+from participants.chaos.faults import rss_bytes
 from participants.chaos.schedule import QUICK, plan
 
 CBS = ["PBOC", "HKMA", "BOT", "CBUAE"]
@@ -99,3 +103,29 @@ def test_each_failing_figure_fails_the_round_of_checks(field: str) -> None:
     report = CheckReport(**{field: FAILING[field]})
     assert not report.passed
     assert not report.to_json()["passed"]
+
+
+def test_memory_is_measured_for_every_process_of_the_network(tmp_path: Path) -> None:
+    """The processes whose RSS the campaign bounds: each it started (the latest load client
+    of all it started), and the MQTT broker."""
+    campaign = Campaign(7, QUICK, tmp_path)
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    started = [
+        campaign.managed(name, sleep, tmp_path / f"{name}.log")
+        for name in ("bridge", "PBOC", "load", "load")
+    ]
+    broker = subprocess.Popen(sleep)
+    campaign.broker = Broker(tmp_path, 0, process=broker)
+    try:
+        for process in started:
+            process.start()
+        pids = campaign.pids()
+        assert pids["bridge"] == started[0].pid
+        assert pids["PBOC"] == started[1].pid
+        assert pids["load"] == started[3].pid
+        assert pids["mqtt-broker"] == broker.pid
+        assert all(rss_bytes(pid) > 0 for pid in pids.values())
+    finally:
+        campaign.teardown()
+        broker.kill()
+        broker.wait()
