@@ -3,10 +3,10 @@
 The quick profile kills the bridge (at random and before, during and after a block's commit), a
 central bank node and the load client, takes a central bank node down past a PvP's deadline,
 delays, loses chunks on, resets and partitions a central bank node's link to the bridge and a
-bank's link to its node, jumps the bridge's clock both ways and fills the disk under the bridge's store; on
-PostgreSQL it kills the leading bridge process and restarts the database; with MQTT it stops
-the broker and kills the publisher while it drains, and no event may be lost. The
-campaign checks, after each scenario, every invariant of the settlement promise; this test
+bank's link to its node, jumps the bridge's clock both ways and fills the disk under the
+bridge's store; on PostgreSQL it kills the leading bridge process and restarts the database;
+with MQTT it stops the broker and kills the publisher while it drains, and no event may be
+lost. The campaign checks, after each scenario, every invariant of the settlement promise; this test
 reads its JSON. A scenario whose component this build has is never skipped.
 """
 
