@@ -135,6 +135,13 @@ def postgres(
 def stream(
     pvps: int = typer.Option(20_000, "--pvps", min=1, help="Dual-signed PvPs to stream."),
     window: int = typer.Option(512, "--window", min=1, help="PvPs in flight per stream."),
+    batch: int = typer.Option(
+        32,
+        "--batch",
+        min=1,
+        max=1024,
+        help="PvPs per SubmitStream message, answered together (1: one message per PvP).",
+    ),
     echo_seconds: float = typer.Option(10.0, "--echo-seconds", min=1, help="Echo run length."),
     replica_check: str = typer.Option(
         "none",
@@ -158,6 +165,7 @@ def stream(
     settings = bench_stream.StreamSettings(
         pvps=pvps,
         window=window,
+        batch=batch,
         echo_seconds=echo_seconds,
         replica_check=replica_check,
         profile=profile,

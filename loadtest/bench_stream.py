@@ -6,11 +6,12 @@ One run, one machine:
    both banks beforehand (in worker processes, outside the measurement), spread over every
    central bank node as the proposer's node;
 2. **stream**: one asyncio client process opens one `CentralBank.SubmitStream` per central
-   bank node and keeps `window` PvPs in flight on each. Every PvP goes bank -> its central
-   bank node (verifies the bank's signature, endorses its leg, gets the counterparty central
-   bank's endorsement from that node) -> the bridge (verifies both endorsements, settles,
-   commits the block) and back. `stream_pvp_per_s` = PvPs settled / time from the first send
-   to the last answer;
+   bank node and keeps `window` PvPs in flight on each, `batch` PvPs per message (answered
+   by one message with a result per PvP; `batch` 1: one PvP per message, the older shape).
+   Every PvP goes bank -> its central bank node (verifies the bank's signature, endorses its
+   leg, gets the counterparty central bank's endorsement from that node) -> the bridge
+   (verifies both endorsements, settles, commits the block) and back. `stream_pvp_per_s` =
+   PvPs settled / time from the first send to the last answer;
 3. **echo**: the same client shape (as many bidi streams, same window, same payload size)
    against a trivial bidirectional-stream echo: `stream_echo_msg_per_s`.
 
@@ -74,6 +75,7 @@ PREFILL_MS_PER_PVP = 10  # each pre-signed PvP stays valid this much longer per 
 class StreamSettings:
     pvps: int = 20_000
     window: int = 512
+    batch: int = 32  # PvPs per SubmitStream message (1: one message per PvP)
     echo_seconds: float = 10.0
     replica_check: str = "none"
     central_banks: int = 4
@@ -88,7 +90,8 @@ class StreamSettings:
 
 
 def _sign_share(args: tuple[str, str, int, int, int, int]) -> list[tuple[str, bytes]]:
-    """Sign PvPs `first`..`first+count-1` (in a worker process): (node address, request)."""
+    """Sign PvPs `first`..`first+count-1` (in a worker process): (node address, serialized
+    SignedInstruction)."""
     directory, run_id, first, count, seed, valid_for_ms = args
     network = LoadNetwork.load(Path(directory))
     desks = network.desks
@@ -107,17 +110,14 @@ def _sign_share(args: tuple[str, str, int, int, int, int]) -> list[tuple[str, by
         )  # fmt: skip
         envelope = sign_as_party(Envelope.of(body), proposer.bank, proposer.key)
         envelope = sign_as_party(envelope, counterparty.bank, counterparty.key)
-        request = pb.BankSubmitRequest(
-            correlation_id=number, instruction=wire.envelope_to_proto(envelope)
-        )
-        out.append((proposer.address, request.SerializeToString()))
+        out.append((proposer.address, wire.envelope_to_proto(envelope).SerializeToString()))
     return out
 
 
 def presign(
     directory: Path, run_id: str, pvps: int, processes: int, valid_for_ms: int = VALID_FOR_MS
 ) -> dict[str, list[bytes]]:
-    """Serialized SubmitStream requests per central bank node address."""
+    """Serialized signed instructions per central bank node address."""
     shares = max(1, processes) * 4
     size = -(-pvps // shares)
     jobs = [
@@ -143,7 +143,17 @@ class StreamTally:
     failed: int = 0
     reasons: dict[str, int] | None = None
 
-    def add(self, response: pb.BankSubmitResponse) -> None:
+    def add_response(self, response: pb.BankSubmitResponse, count: int) -> None:
+        """A response to a request of `count` instructions (a batch's results, or a whole
+        request refused)."""
+        if response.results:
+            for result in response.results:
+                self.add(result)
+        else:
+            for _ in range(count):
+                self.add(response)
+
+    def add(self, response: pb.BankSubmitResponse | pb.BankSubmitResult) -> None:
         if response.WhichOneof("result") == "status":
             if response.status.receipt.outcome == SETTLED and not response.status.receipt.duplicate:
                 self.settled += 1
@@ -159,38 +169,65 @@ class StreamTally:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
 
-async def _drive(address: str, requests: Sequence[bytes], window: int, tally: StreamTally) -> None:
+def frames(instructions: Sequence[bytes], batch: int) -> list[tuple[bytes, int]]:
+    """Serialized SubmitStream requests carrying `batch` instructions each (1: `instruction`,
+    the one-per-message shape), with how many each carries."""
+    out = []
+    for number, first in enumerate(range(0, len(instructions), batch), start=1):
+        items = instructions[first : first + batch]
+        request = pb.BankSubmitRequest(correlation_id=number)
+        if batch == 1:
+            request.instruction.ParseFromString(items[0])
+        else:
+            for item in items:
+                request.instructions.add().ParseFromString(item)
+        out.append((request.SerializeToString(), len(items)))
+    return out
+
+
+async def _drive(
+    address: str, requests: Sequence[tuple[bytes, int]], window: int, tally: StreamTally
+) -> None:
+    """Send `requests` over one SubmitStream, at most `window` instructions in flight."""
+    sizes = {number: count for number, (_, count) in enumerate(requests, start=1)}
     async with grpc.aio.insecure_channel(address) as channel:
         method = channel.stream_stream(
             SUBMIT_STREAM,
             request_serializer=None,  # already serialized
             response_deserializer=pb.BankSubmitResponse.FromString,
         )
-        credit = asyncio.Semaphore(window)
+        largest = max(sizes.values(), default=1)
+        credit = asyncio.Semaphore(max(1, window // largest))  # messages in flight
 
         async def outgoing() -> AsyncIterator[bytes]:
-            for data in requests:
+            for data, _ in requests:
                 await credit.acquire()
                 yield data
 
-        received = 0
+        received = answered = 0
         try:
             async for response in method(outgoing()):
-                tally.add(response)
+                count = sizes.get(response.correlation_id, 1)
+                tally.add_response(response, count)
                 received += 1
+                answered += count
                 credit.release()
                 if received == len(requests):
                     break
         except grpc.aio.AioRpcError:
-            tally.failed += len(requests) - received
+            tally.failed += sum(sizes.values()) - answered
 
 
-async def stream_pvps(by_node: dict[str, list[bytes]], window: int) -> tuple[StreamTally, float]:
-    """Send every pre-signed PvP over one SubmitStream per node; (tally, seconds)."""
+async def stream_pvps(
+    by_node: dict[str, list[bytes]], window: int, batch: int = 1
+) -> tuple[StreamTally, float]:
+    """Send every pre-signed PvP over one SubmitStream per node, `batch` per message;
+    (tally, seconds)."""
     tally = StreamTally()
+    framed = {address: frames(requests, batch) for address, requests in by_node.items()}
     started = time.perf_counter()
     await asyncio.gather(
-        *(_drive(address, requests, window, tally) for address, requests in by_node.items())
+        *(_drive(address, requests, window, tally) for address, requests in framed.items())
     )
     return tally, time.perf_counter() - started
 
@@ -225,15 +262,15 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         filled = StreamTally()
         if settings.prefill:
             first, fill, last = _parts(by_node, settings.pvps, settings.prefill, total)
-            empty = asyncio.run(stream_pvps(first, settings.window))
-            filled = asyncio.run(stream_pvps(fill, settings.window))[0]
+            empty = asyncio.run(stream_pvps(first, settings.window, settings.batch))
+            filled = asyncio.run(stream_pvps(fill, settings.window, settings.batch))[0]
             by_node = last
         with (
             StageMeter(metrics_ports(network)) as stages,
             CpuMeter(pids) as cpu,
             Profiler(settings.profile, pids, guess),
         ):
-            tally, seconds = asyncio.run(stream_pvps(by_node, settings.window))
+            tally, seconds = asyncio.run(stream_pvps(by_node, settings.window, settings.batch))
         earlier = [t for t in (empty[0] if empty else None, filled) if t is not None]
         settled_in_all = tally.settled + sum(t.settled for t in earlier)
         check = crosscheck(network.directory, run_id, settled_in_all)
@@ -276,6 +313,7 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         "settings": {
             "streams": streams,
             "window": settings.window,
+            "batch": settings.batch,
             "echo_seconds": settings.echo_seconds,
             "replica_check": settings.replica_check,
             "central_banks": settings.central_banks,

@@ -13,7 +13,10 @@ refusal. The wrapped behaviour then answers it:
   `SubmitStream`): that message alone is refused, with the correlation id read from the raw
   bytes, and the stream keeps serving; when even the correlation id cannot be read, the stream
   stops reading, answers what it has taken, and ends `INVALID_ARGUMENT`; a message carrying a
-  `batch` of such requests has its bad items refused one by one and the others served;
+  `batch` of such requests has its bad items refused one by one and the others served; a
+  message carrying a batch of `instructions` answered in order (`SubmitStream`) reaches the
+  service whole, as a `PartlyRefused` naming the refusal of each bad item by its position, for
+  the service to answer in that item's place;
 - any other request stream ends `INVALID_ARGUMENT`.
 Each bad message is logged once, as one line without a traceback. A message that decoded but
 is out of bounds is also handed, with its method and refusal, to `on_refused` when one is given
@@ -34,12 +37,12 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 from bridge import wire
-from bridge.bounds import check_message
+from bridge.bounds import FIELD_BOUNDS, check_message
 from bridge.errors import Reason, Refused
 from bridge.metrics import stage
 from bridge.status import abort
 
-__all__ = ["OnRefused", "RequestGuard", "Undecodable", "correlation_id_of"]
+__all__ = ["OnRefused", "PartlyRefused", "RequestGuard", "Undecodable", "correlation_id_of"]
 
 log = logging.getLogger("bridge.request_guard")
 _BOUNDED_PACKAGE = "bridge.v1."  # the messages `bridge.bounds` knows; health etc. only decode
@@ -76,8 +79,8 @@ def _deserializer(
                 with GUARD.timed():
                     check_message(message)
             except Refused as refusal:
-                sifted = _sifted(message, data, method)
-                if sifted is not None:  # a batch (the bridge's Submit) without its bad items
+                sifted = _sifted(message, data, method) or _screened(message, data, method)
+                if sifted is not None:  # a batch with its bad items taken out or named
                     return sifted
                 if on_refused is not None:
                     try:
@@ -122,6 +125,42 @@ def _sifted(message: Message, data: bytes, method: str) -> Sifted | None:
     except Refused:
         return None
     return Sifted(message, tuple(refused))
+
+
+@dataclass(frozen=True, slots=True)
+class PartlyRefused:
+    """A request with a batch of `instructions` answered in order (`SubmitStream`), some of
+    them out of bounds: `message` is the whole request, `refused` the refusal of each bad
+    instruction by its position in the batch; the service answers those in their places."""
+
+    message: Message
+    refused: dict[int, Refused]
+
+
+def _screened(message: Message, data: bytes, method: str) -> PartlyRefused | None:
+    """The request with its out-of-bounds instructions named by position, or None when the
+    message itself (its batch's length, another field) is out of bounds, or is no such batch."""
+    fields = message.DESCRIPTOR.fields_by_name
+    if "correlation_id" not in fields or "instructions" not in fields:
+        return None
+    instructions = getattr(message, "instructions", ())
+    refused: dict[int, Refused] = {}
+    shell = type(message)()
+    shell.CopyFrom(message)
+    shell.ClearField("instructions")  # the message without its items, checked on its own
+    try:
+        check_message(shell)
+        if len(instructions) > FIELD_BOUNDS["instructions"].max_length:
+            return None
+    except Refused:
+        return None
+    for index, item in enumerate(instructions):
+        try:
+            check_message(item, f"instructions[{index}].")
+        except Refused as refusal:
+            _refused(data, method, refusal)
+            refused[index] = refusal
+    return PartlyRefused(message, refused) if refused else None
 
 
 def _refused(data: bytes, method: str, refusal: Refused) -> Undecodable:
@@ -224,6 +263,8 @@ async def _refusing_iterator(requests: AsyncIterator[Any], context: Any) -> Asyn
             await abort(context, request.refusal)
         if type(request) is Sifted:  # a stream with no refusal per item refuses the message
             await abort(context, request.refused[0][1])
+        if type(request) is PartlyRefused:
+            await abort(context, next(iter(request.refused.values())))
         yield request
 
 

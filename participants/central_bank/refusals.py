@@ -140,8 +140,12 @@ EDGE_RECORDED_METHODS = frozenset(
 def edge_refusal(method: str, message: Any, refusal: Refused, now: int) -> RefusalRecord | None:
     """The row for a bank's instruction refused at the edge for its shape (a field too long,
     not of its character set, a bad time); None for other methods. The sender and id are as
-    sent, cut to 64 characters; no corridor (the fields are not to be trusted)."""
+    sent, cut to 64 characters; no corridor (the fields are not to be trusted). A SubmitStream
+    batch refused whole (too many instructions) gives none: no instruction in it was judged
+    (one refused alone in its batch is recorded by the service, as a lone one)."""
     if method not in EDGE_RECORDED_METHODS or refusal.reason.retryable:
+        return None
+    if method.endswith("/SubmitStream") and len(message.instructions):
         return None
     if method.endswith("/RequestIssuance"):
         sender, instruction_id, kind = message.auth.requester, message.request_id, Issue.KIND

@@ -48,6 +48,7 @@ from bridge.domain import (
 )
 from bridge.errors import Reason, Refused
 from bridge.node.caller_auth import CallerAuthenticator
+from bridge.node.request_guard import PartlyRefused
 from bridge.signing import endorse, endorse_legs, signed
 from bridge.status import abort, refusal_from_rpc_error
 from participants.auth import check_query
@@ -66,7 +67,8 @@ from participants.network_config import NetworkConfig
 log = logging.getLogger("participants.central_bank")
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 BRIDGE_DEADLINE = 10.0
-STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call
+STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call (a batch: its items)
+SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
 
 
 # what SubmitStream takes besides pvp_dual: the kinds of the single-signature RPCs
@@ -83,6 +85,26 @@ def signing_time(requested: int) -> int:
     """When the node signs an instruction it builds: the time the request names, so a retry
     with the same values writes the same body; without one, the node's clock now."""
     return requested if requested > 0 else now_ms()
+
+
+class InstructionWindow:
+    """How many instructions one stream may have in flight: `take(n)` waits until `n` more fit,
+    `release(n)` gives them back. One reader takes, in order; a batch is taken whole."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._room = asyncio.Event()
+
+    async def take(self, count: int) -> None:
+        while self.free < min(count, self.size):
+            self._room.clear()
+            await self._room.wait()
+        self.free -= count
+
+    def release(self, count: int) -> None:
+        self.free += count
+        self._room.set()
 
 
 def read_failure(error: grpc.RpcError) -> Refused:
@@ -518,30 +540,33 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         return pb.EndorseDualPvpsResponse(results=results)
 
     async def SubmitStream(
-        self, request_iterator: AsyncIterator[pb.BankSubmitRequest], context: Context
+        self,
+        request_iterator: AsyncIterator[pb.BankSubmitRequest | PartlyRefused],
+        context: Context,
     ) -> AsyncIterator[pb.BankSubmitResponse]:
-        """Each request handled as its unary RPC would be; one response per request."""
+        """Each instruction handled as its unary RPC would be; one response per request (for a
+        batch, one result per instruction, in order)."""
         responses: asyncio.Queue[pb.BankSubmitResponse | None] = asyncio.Queue()
-        window = asyncio.Semaphore(STREAM_WINDOW)
+        window = InstructionWindow(STREAM_WINDOW)
         handlers: set[asyncio.Task[None]] = set()
 
-        async def handle(request: pb.BankSubmitRequest) -> None:
+        async def handle(request: pb.BankSubmitRequest, refused: dict[int, Refused]) -> None:
             try:
-                status = await self._submitted(request.instruction)
-                response = pb.BankSubmitResponse(
-                    correlation_id=request.correlation_id, status=status
-                )
-            except Refused as refusal:
-                response = pb.BankSubmitResponse(
-                    correlation_id=request.correlation_id, refusal=wire.refusal_to_proto(refusal)
-                )
-            responses.put_nowait(response)
-            window.release()
+                responses.put_nowait(await self._answer(request, refused))
+            finally:
+                window.release(max(1, len(request.instructions)))
 
         async def read_requests() -> None:
-            async for request in request_iterator:
-                await window.acquire()  # at most STREAM_WINDOW instructions in flight
-                task = asyncio.create_task(handle(request))
+            async for item in request_iterator:
+                request: pb.BankSubmitRequest
+                refused: dict[int, Refused] = {}
+                if isinstance(item, PartlyRefused):  # some items out of bounds (the edge)
+                    request, refused = item.message, item.refused  # type: ignore[assignment]
+                else:
+                    request = item
+                # at most STREAM_WINDOW instructions in flight: a batch counts as its items
+                await window.take(max(1, len(request.instructions)))
+                task = asyncio.create_task(handle(request, refused))
                 handlers.add(task)
                 task.add_done_callback(handlers.discard)
             while handlers:
@@ -557,6 +582,49 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             reader.cancel()
             for task in handlers:
                 task.cancel()
+
+    async def _answer(
+        self, request: pb.BankSubmitRequest, refused: dict[int, Refused]
+    ) -> pb.BankSubmitResponse:
+        """The response to one SubmitStream request: the status or refusal of its instruction,
+        or of each instruction of its batch in order (`refused`: those refused at the edge)."""
+        correlation_id = request.correlation_id
+        if not request.instructions:
+            try:
+                status = await self._submitted(request.instruction)
+            except Refused as refusal:
+                return pb.BankSubmitResponse(
+                    correlation_id=correlation_id, refusal=wire.refusal_to_proto(refusal)
+                )
+            return pb.BankSubmitResponse(correlation_id=correlation_id, status=status)
+        if request.HasField("instruction"):
+            whole = Refused(
+                Reason.MALFORMED, "a request carries one instruction or a batch, not both"
+            )
+            return pb.BankSubmitResponse(
+                correlation_id=correlation_id, refusal=wire.refusal_to_proto(whole)
+            )
+        results = await asyncio.gather(
+            *(
+                self._result(instruction, refused.get(index))
+                for index, instruction in enumerate(request.instructions)
+            )
+        )
+        return pb.BankSubmitResponse(correlation_id=correlation_id, results=results)
+
+    async def _result(
+        self, request: types.SignedInstruction, refused: Refused | None
+    ) -> pb.BankSubmitResult:
+        """One instruction of a SubmitStream batch, handled as if it came alone (`refused`:
+        its refusal at the edge, recorded here as the edge records a lone one)."""
+        try:
+            if refused is not None:
+                alone = pb.BankSubmitRequest(instruction=request)  # as the edge records one
+                self.core.refused_at_edge(SUBMIT_STREAM, alone, refused)
+                raise refused
+            return pb.BankSubmitResult(status=await self._submitted(request))
+        except Refused as refusal:
+            return pb.BankSubmitResult(refusal=wire.refusal_to_proto(refusal))
 
     async def _submitted(self, request: types.SignedInstruction) -> types.InstructionStatus:
         kind = request.instruction.WhichOneof("body")

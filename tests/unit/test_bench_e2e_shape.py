@@ -11,7 +11,7 @@ import pytest
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from loadtest import bench_e2e
-from loadtest.bench_stream import StreamTally
+from loadtest.bench_stream import StreamTally, frames
 from loadtest.benchkit import CpuMeter, StageMeter
 from loadtest.crosscheck import ledger_settled
 from loadtest.runner import PERCENTILES, LocustSettings, RunResult, StatsRow, read_stats
@@ -124,6 +124,39 @@ def test_stream_tally_counts_settled_refused_and_other_answers() -> None:
         tally.add(response)
     assert (tally.settled, tally.refused, tally.failed) == (1, 1, 1)
     assert tally.reasons == {"INSUFFICIENT_FUNDS": 1}
+
+
+def test_stream_tally_counts_each_result_of_a_batch_and_a_batch_refused_whole() -> None:
+    """A batch's answer counts once per result; a batch refused whole counts each instruction."""
+    tally = StreamTally()
+    answer = pb.BankSubmitResponse(correlation_id=1)
+    answer.results.add().status.receipt.outcome = types.OUTCOME_SETTLED
+    answer.results.add().refusal.reason = "BAD_SIGNATURE"
+    answer.results.add().refusal.reason = "OVERLOADED"
+    tally.add_response(answer, 3)
+    whole = pb.BankSubmitResponse(correlation_id=2)
+    whole.refusal.reason = "FIELD_TOO_LONG"
+    tally.add_response(whole, 4)
+    assert (tally.settled, tally.refused, tally.not_decided) == (1, 5, 1)
+    assert tally.reasons == {"BAD_SIGNATURE": 1, "OVERLOADED": 1, "FIELD_TOO_LONG": 4}
+
+
+def test_frames_put_batch_instructions_per_message_and_one_alone_at_batch_1() -> None:
+    """`frames`: `batch` instructions per request in order (the last shorter); 1: `instruction`."""
+    signed = []
+    for number in range(5):
+        message = types.SignedInstruction()
+        message.instruction.instruction_id = f"i-{number}"
+        signed.append(message.SerializeToString())
+    framed = [(pb.BankSubmitRequest.FromString(data), n) for data, n in frames(signed, 2)]
+    assert [n for _, n in framed] == [2, 2, 1]
+    assert [r.correlation_id for r, _ in framed] == [1, 2, 3]
+    ids = [i.instruction.instruction_id for r, _ in framed for i in r.instructions]
+    assert ids == [f"i-{number}" for number in range(5)]
+    assert not any(r.HasField("instruction") for r, _ in framed)
+    alone = [pb.BankSubmitRequest.FromString(data) for data, _ in frames(signed, 1)]
+    assert [r.instruction.instruction.instruction_id for r in alone] == ids
+    assert not any(r.instructions for r in alone)
 
 
 def test_ledger_count_takes_only_the_runs_settled_entries(tmp_path: Path) -> None:

@@ -183,6 +183,16 @@ def test_edge_refusals_are_rows_only_for_bank_instructions() -> None:
     row = edge_refusal("/bridge.v1.CentralBank/RequestIssuance", issuance, refusal, 7)
     assert row == (7, "BOCQ", "r" * 64 + "…", "issue", "FIELD_TOO_LONG", "")
     assert edge_refusal("/bridge.v1.CentralBank/EndorseDualPvp", signed, refusal, 8) is None
+
+
+def test_a_batch_refused_whole_at_the_edge_gives_no_row() -> None:
+    """A SubmitStream batch refused whole (too many instructions) records no instruction."""
+    refusal = Refused(Reason.FIELD_TOO_LONG, "instructions: at most 1024 elements, got 1,025")
+    signed = types.SignedInstruction()
+    signed.instruction.sender = "ICBC"
+    signed.instruction.instruction_id = "i-1"
+    batch = cb_pb.BankSubmitRequest(correlation_id=4, instructions=[signed] * 1025)
+    assert edge_refusal("/bridge.v1.CentralBank/SubmitStream", batch, refusal, 9) is None
     assert (
         edge_refusal("/bridge.v1.CentralBank/GetHistory", cb_pb.HistoryQuery(), refusal, 9) is None
     )

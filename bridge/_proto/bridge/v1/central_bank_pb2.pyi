@@ -33,27 +33,39 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class BankSubmitRequest(_message.Message):
-    """One instruction on the SubmitStream stream."""
+    """One instruction, or a batch of them, on the SubmitStream stream."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     INSTRUCTION_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
     correlation_id: _builtins.int
     """Caller-chosen number that the matching response repeats."""
     @_builtins.property
     def instruction(self) -> _types_pb2.SignedInstruction:
         """The instruction with the bank's signature (both banks' for `pvp_dual`)."""
 
+    @_builtins.property
+    def instructions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SignedInstruction]:
+        """A batch instead of `instruction`: at most 1,024 instructions (more: the whole message is
+        refused INVALID_ARGUMENT, FIELD_TOO_LONG, and nothing in it is done). Each is handled
+        exactly as if it came alone in a message of its own: checked, endorsed, settled or
+        refused on its own (a bad one, even one out of the field bounds, fails only itself), and
+        retried on its own by its instruction id. Sending both `instruction` and `instructions`
+        is refused MALFORMED as a whole. A message that does not decode is refused as a whole.
+        """
+
     def __init__(
         self,
         *,
         correlation_id: _builtins.int = ...,
         instruction: _types_pb2.SignedInstruction | None = ...,
+        instructions: _abc.Iterable[_types_pb2.SignedInstruction] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["instruction", b"instruction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "instruction", b"instruction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "instruction", b"instruction", "instructions", b"instructions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -68,6 +80,7 @@ class BankSubmitResponse(_message.Message):
     CORRELATION_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
     correlation_id: _builtins.int
     """The correlation id of the request answered."""
     @_builtins.property
@@ -78,22 +91,62 @@ class BankSubmitResponse(_message.Message):
     def refusal(self) -> _types_pb2.Refusal:
         """The refusal the unary RPC would have raised; nothing changed."""
 
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___BankSubmitResult]:
+        """The answer to a batch of `instructions`: one per instruction, in request order, each its
+        own status or refusal (final, or not decided and to be resubmitted with the same
+        instruction id, as its reason says).
+        """
+
     def __init__(
         self,
         *,
         correlation_id: _builtins.int = ...,
         status: _types_pb2.InstructionStatus | None = ...,
         refusal: _types_pb2.Refusal | None = ...,
+        results: _abc.Iterable[Global___BankSubmitResult] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "result", b"result", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "refusal", b"refusal", "result", b"result", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "refusal", b"refusal", "result", b"result", "results", b"results", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["status", "refusal"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
 
 Global___BankSubmitResponse: _TypeAlias = BankSubmitResponse  # noqa: Y015
+
+@_typing.final
+class BankSubmitResult(_message.Message):
+    """The answer to one instruction of a SubmitStream batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _types_pb2.InstructionStatus:
+        """What the unary RPC would have returned."""
+
+    @_builtins.property
+    def refusal(self) -> _types_pb2.Refusal:
+        """The refusal the unary RPC would have raised; nothing changed for this instruction."""
+
+    def __init__(
+        self,
+        *,
+        status: _types_pb2.InstructionStatus | None = ...,
+        refusal: _types_pb2.Refusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "result", b"result", "status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal", "result", b"result", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["status", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___BankSubmitResult: _TypeAlias = BankSubmitResult  # noqa: Y015
 
 @_typing.final
 class EndorseDualPvpsRequest(_message.Message):

@@ -256,11 +256,16 @@ class CentralBankServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitStream(self, request_iterator, context):
-        """Submits many instructions over one stream, for banks that send a lot. Each request is
+        """Submits many instructions over one stream, for banks that send a lot. Each instruction is
         handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
-        CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
-        correlation id, carrying the status or the refusal; responses may come out of request
-        order. A refusal answers its own request only: the stream stays open.
+        CancelPvp, SubmitDualPvp, RequestRedemption). Each request gets exactly one response with
+        the same correlation id; responses may come out of request order. A request carries one
+        `instruction`, answered by `status` or `refusal`, or a batch of up to 1,024
+        `instructions`, answered by one `results` entry per instruction in request order (fewer,
+        larger messages: the per-message cost is shared). A refusal answers its own instruction
+        only: the others of its batch are served and the stream stays open. The node works on at
+        most 4,096 instructions per stream at once (a batch counts as its instructions) and reads
+        no further request until answers free room.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

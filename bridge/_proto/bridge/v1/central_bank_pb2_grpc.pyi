@@ -99,11 +99,16 @@ class CentralBankStub:
     de-duplicate by seq).
     """
     SubmitStream: _grpc.StreamStreamMultiCallable[_central_bank_pb2.BankSubmitRequest, _central_bank_pb2.BankSubmitResponse]
-    """Submits many instructions over one stream, for banks that send a lot. Each request is
+    """Submits many instructions over one stream, for banks that send a lot. Each instruction is
     handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
-    CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
-    correlation id, carrying the status or the refusal; responses may come out of request
-    order. A refusal answers its own request only: the stream stays open.
+    CancelPvp, SubmitDualPvp, RequestRedemption). Each request gets exactly one response with
+    the same correlation id; responses may come out of request order. A request carries one
+    `instruction`, answered by `status` or `refusal`, or a batch of up to 1,024
+    `instructions`, answered by one `results` entry per instruction in request order (fewer,
+    larger messages: the per-message cost is shared). A refusal answers its own instruction
+    only: the others of its batch are served and the stream stays open. The node works on at
+    most 4,096 instructions per stream at once (a batch counts as its instructions) and reads
+    no further request until answers free room.
     """
     EndorseDualPvps: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.EndorseDualPvpsRequest, _central_bank_pb2.EndorseDualPvpsResponse]
     """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
@@ -181,11 +186,16 @@ class CentralBankAsyncStub(CentralBankStub):
     de-duplicate by seq).
     """
     SubmitStream: _aio.StreamStreamMultiCallable[_central_bank_pb2.BankSubmitRequest, _central_bank_pb2.BankSubmitResponse]  # type: ignore[assignment]
-    """Submits many instructions over one stream, for banks that send a lot. Each request is
+    """Submits many instructions over one stream, for banks that send a lot. Each instruction is
     handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
-    CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
-    correlation id, carrying the status or the refusal; responses may come out of request
-    order. A refusal answers its own request only: the stream stays open.
+    CancelPvp, SubmitDualPvp, RequestRedemption). Each request gets exactly one response with
+    the same correlation id; responses may come out of request order. A request carries one
+    `instruction`, answered by `status` or `refusal`, or a batch of up to 1,024
+    `instructions`, answered by one `results` entry per instruction in request order (fewer,
+    larger messages: the per-message cost is shared). A refusal answers its own instruction
+    only: the others of its batch are served and the stream stays open. The node works on at
+    most 4,096 instructions per stream at once (a batch counts as its instructions) and reads
+    no further request until answers free room.
     """
     EndorseDualPvps: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.EndorseDualPvpsRequest, _central_bank_pb2.EndorseDualPvpsResponse]  # type: ignore[assignment]
     """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
@@ -350,11 +360,16 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_central_bank_pb2.BankSubmitRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_central_bank_pb2.BankSubmitResponse], _abc.AsyncIterator[_central_bank_pb2.BankSubmitResponse]]:
-        """Submits many instructions over one stream, for banks that send a lot. Each request is
+        """Submits many instructions over one stream, for banks that send a lot. Each instruction is
         handled exactly as the unary RPC for its body kind (Pay, ProposePvp, AcceptPvp, RejectPvp,
-        CancelPvp, SubmitDualPvp, RequestRedemption) and gets exactly one response with the same
-        correlation id, carrying the status or the refusal; responses may come out of request
-        order. A refusal answers its own request only: the stream stays open.
+        CancelPvp, SubmitDualPvp, RequestRedemption). Each request gets exactly one response with
+        the same correlation id; responses may come out of request order. A request carries one
+        `instruction`, answered by `status` or `refusal`, or a batch of up to 1,024
+        `instructions`, answered by one `results` entry per instruction in request order (fewer,
+        larger messages: the per-message cost is shared). A refusal answers its own instruction
+        only: the others of its batch are served and the stream stays open. The node works on at
+        most 4,096 instructions per stream at once (a batch counts as its instructions) and reads
+        no further request until answers free room.
         """
 
     @_abc_1.abstractmethod
