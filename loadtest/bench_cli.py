@@ -136,7 +136,7 @@ def stream(
     pvps: int = typer.Option(20_000, "--pvps", min=1, help="Dual-signed PvPs to stream."),
     window: int = typer.Option(512, "--window", min=1, help="PvPs in flight per stream."),
     batch: int = typer.Option(
-        32,
+        64,
         "--batch",
         min=1,
         max=1024,

@@ -75,7 +75,7 @@ PREFILL_MS_PER_PVP = 10  # each pre-signed PvP stays valid this much longer per 
 class StreamSettings:
     pvps: int = 20_000
     window: int = 512
-    batch: int = 32  # PvPs per SubmitStream message (1: one message per PvP)
+    batch: int = 64  # PvPs per SubmitStream message (1: one message per PvP)
     echo_seconds: float = 10.0
     replica_check: str = "none"
     central_banks: int = 4
