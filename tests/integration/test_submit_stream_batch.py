@@ -22,8 +22,7 @@ from bridge.bounds import FIELD_BOUNDS
 from bridge.domain import DualPvp, Pay
 from bridge.errors import Reason
 from bridge.rates import implied_rate
-from participants.central_bank.refusals import read_refusals
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, wait_for
+from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms
 
 if TYPE_CHECKING:
     from tests.conftest import LiveNetwork
@@ -144,11 +143,12 @@ def test_batch_answers_each_instruction_in_order_and_bad_ones_fail_alone(
     # the node records the refusals it decided, the one at the edge included
     wanted = {forged.instruction_id, foreign.instruction_id, long_id[:64] + "…"}
 
-    def recorded() -> set[str]:
-        rows = read_refusals(live.config.refusals_path("PBOC"))
-        return wanted & {row.instruction_id for row in rows}
-
-    wait_for(lambda: recorded() == wanted, timeout=RPC_TIMEOUT, what="the recorded refusals")
+    page = live.admin("PBOC").ListRefusals(
+        cb_pb.ListRefusalsRequest(limit=500, sender=""),
+        metadata=live.admin_metadata("PBOC"),
+        timeout=RPC_TIMEOUT,
+    )
+    assert wanted <= {row.instruction_id for row in page.refusals}
 
 
 def test_batches_and_single_requests_share_one_stream(live: LiveNetwork) -> None:
