@@ -489,13 +489,17 @@ class Sender:
         response_class = GetMessageClass(case.target.method.output_type)
         for data in call(iter(case.payloads), timeout=UNARY_DEADLINE):
             reply: Any = response_class.FromString(data)
-            which = reply.WhichOneof("result")
-            code = reply.refusal.code if which == "refusal" else "OK"
-            self.tally.in_stream[code] += 1
-            if code == "OK":
-                self.accepted_in_batch = True
-            if code in BAD_ANSWERS:
-                self.tally.note(f"{case.target.node} {case.target.path} in stream: {code}")
+            # a batch's answer holds one result per instruction (SubmitStream's `results`,
+            # Submit's `batch`): each counts on its own
+            answers = list(getattr(reply, "results", ())) or list(getattr(reply, "batch", ()))
+            for answer in answers or [reply]:
+                which = answer.WhichOneof("result")
+                code = answer.refusal.code if which == "refusal" else "OK"
+                self.tally.in_stream[code] += 1
+                if code == "OK":
+                    self.accepted_in_batch = True
+                if code in BAD_ANSWERS:
+                    self.tally.note(f"{case.target.node} {case.target.path} in stream: {code}")
         self.tally.statuses["OK"] += 1  # the stream ended well; its answers are counted above
 
 
