@@ -41,7 +41,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from bridge.domain import BRIDGE_SENDER
-from bridge.metrics import stage
+from bridge.metrics import gauge, stage
 from bridge.node.feed import ChainFeed
 from bridge.notify import (
     FINAL_TOPIC,
@@ -150,6 +150,8 @@ class OutboxPublisher:
 
     def block_committed(self) -> None:
         """Wake the publisher: a block (and its outbox row) was committed."""
+        if not self.stats.connected:
+            self.stats.backlog_blocks += 1  # one outbox row per block (each batch recounts)
         self._outbox_due = True
         self._wake.set()
 
@@ -237,8 +239,9 @@ class OutboxPublisher:
         """Publish every unpublished outbox row (`read`: the outbox may hold some), in order,
         then the final height."""
         while read:
-            rows, messages, heads = await self._read(self._read_batch, self._cursor)
+            rows, messages, heads, last = await self._read(self._read_batch, self._cursor)
             if not rows:
+                self.stats.backlog_blocks = max(0, last - self._cursor)
                 break
             await self._publish_all(client, messages)
             await self._hold_if_asked(rows[0], rows[-1], messages)
@@ -246,6 +249,7 @@ class OutboxPublisher:
             self._mark_published(rows[-1])
             self.stats.published_messages += len(messages)
             self.stats.published_blocks += len(rows)
+            self.stats.backlog_blocks = max(0, last - rows[-1])
             await self._log_backlog()
             if len(rows) < ROWS_PER_READ:
                 # the outbox's end (a block committed since woke the next round): no read
@@ -253,14 +257,19 @@ class OutboxPublisher:
                 break
         await self._publish_final(client)
 
-    def _read_batch(self, cursor: int) -> tuple[list[int], list[tuple[str, bytes]], dict[str, int]]:
-        """Outbox row ids after `cursor`, their messages, and each topic's last seq once they
-        are published (on the reader thread)."""
+    def _read_batch(
+        self, cursor: int
+    ) -> tuple[list[int], list[tuple[str, bytes]], dict[str, int], int]:
+        """Outbox row ids after `cursor`, their messages, each topic's last seq once they
+        are published, and the newest row's id (the backlog's end) (on the reader thread)."""
         with OUTBOX.timed():
             rows = self.reader.outbox_after(cursor, ROWS_PER_READ)
             heads = dict(self._prev)
             messages = [m for _, payload in rows for m in self._messages(payload, heads)]
-        return [i for i, _ in rows], messages, heads
+            ids = [i for i, _ in rows]
+            # a short read reached the outbox's end: no query for it
+            last = ids[-1] if 0 < len(ids) < ROWS_PER_READ else self.reader.outbox_last_id()
+        return ids, messages, heads, last
 
     async def _read(self, function: Callable[..., T], *args: Any) -> T:
         """Run a read of the store on the publisher's own reader thread."""
@@ -389,6 +398,30 @@ class OutboxPublisher:
         partial.replace(marker)
         log.warning("publisher held before marking published (test hook)", extra={"upto": last})
         await asyncio.Event().wait()  # forever: the node goes on settling; a test SIGKILLs it
+
+
+def export_gauges(current: Callable[[], OutboxPublisher | None]) -> None:
+    """The publisher's backlog, connection and counts as gauges of the node's metrics
+    endpoint (`current()`: the running publisher, None while there is none)."""
+
+    def read(field: str) -> Callable[[], float]:
+        def value() -> float:
+            publisher = current()
+            return 0.0 if publisher is None else float(getattr(publisher.stats, field))
+
+        return value
+
+    for name, documentation, field in (
+        (
+            "mqtt_backlog_blocks",
+            "Outbox rows not yet published to MQTT.",
+            "backlog_blocks",
+        ),
+        ("mqtt_connected", "1 while the publisher is connected to the MQTT broker.", "connected"),
+        ("mqtt_published_messages", "Messages the MQTT broker acknowledged.", "published_messages"),
+        ("mqtt_reconnects", "Failed or lost connections to the MQTT broker.", "reconnects"),
+    ):
+        gauge(name, documentation, read(field))
 
 
 def _paho_of(client: aiomqtt.Client) -> tuple[dict[int, Any], paho.Client] | None:

@@ -27,6 +27,7 @@ from bridge.node.leadership import (
     lead_when_possible,
 )
 from bridge.node.publisher import PublishWhileLeading
+from bridge.node.publisher import export_gauges as export_publisher_gauges
 from bridge.node.request_guard import RequestGuard
 from bridge.node.sequencer import Sequencer
 from bridge.node.server import (
@@ -62,6 +63,8 @@ async def run_replicated_bridge_node(
 
     outbox = await loop.run_in_executor(None, PostgresStore, settings.store)
     publishing = PublishWhileLeading(settings.mqtt, outbox, feed)  # MQTT, while leading
+    if settings.mqtt is not None:
+        export_publisher_gauges(lambda: publishing.publisher)
 
     def install(sequencer: Sequencer | None) -> None:
         service.sequencer = standby if sequencer is None else sequencer

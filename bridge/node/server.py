@@ -23,6 +23,7 @@ from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator, Caller
 from bridge.node.feed import ChainFeed
 from bridge.node.publisher import CONSUMER as PUBLISHER
 from bridge.node.publisher import OutboxPublisher
+from bridge.node.publisher import export_gauges as export_publisher_gauges
 from bridge.node.request_guard import RequestGuard
 from bridge.node.sequencer import MonotonicClock, Sequencer, wall_clock_ms
 from bridge.node.service import BridgeLedgerService
@@ -178,6 +179,8 @@ async def run_bridge_node(
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings.host, settings.port, settings.pki, "bridge")
     export_bridge_gauges(sequencer, feed)
+    if publisher is not None:
+        export_publisher_gauges(lambda: publisher)
     sequencer.start()
     if publisher is not None:
         publisher.start()

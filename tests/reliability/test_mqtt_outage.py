@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import pytest
 from bridge.node.publisher import HOLD_ENV
 from bridge.notify import settlement_topic
 from participants.launcher import Network, prepare_network
-from participants.sdk import BankClient
+from participants.sdk import BankClient, InstructionResult
 from tests.conftest import READY_TIMEOUT, LiveNetwork, wait_for
 from tests.mqtt_support import Collector, pay_resubmitting, require_mosquitto
 
@@ -31,7 +33,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     """A running network whose broker keeps its sessions across restarts."""
     require_mosquitto()
     directory = tmp_path_factory.mktemp("mqtt-outage")
-    network = prepare_network(directory, central_banks=2)
+    network = prepare_network(directory, central_banks=2, metrics=True)
     assert network.broker is not None
     network.broker.persistence = directory / "mqtt" / "sessions"
     network.broker.persistence.mkdir(parents=True)
@@ -72,34 +74,100 @@ def assert_same_ids(collector: Collector, ids: dict[int, str]) -> None:
             assert message["instruction_id"] == ids[message["seq"]], message
 
 
-def test_broker_outage_loses_no_settlement(
+class Payer:
+    """ICBC paying BOCQ in a thread, one payment after another, until stopped (at most
+    `cap` payments): a load that goes on while the broker stops and starts."""
+
+    def __init__(self, directory: Path, name: str, cap: int = 1000) -> None:
+        self.directory = directory
+        self.name = name
+        self.cap = cap
+        self.settled: list[InstructionResult] = []
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            with BankClient.from_network(self.directory, "ICBC") as icbc:
+                for i in range(self.cap):
+                    if self._stop.is_set():
+                        return
+                    self.settled.append(icbc.pay("BOCQ", "CNY", 1 + i, f"{self.name}-{i}"))
+        except BaseException as error:  # reported by stop()
+            self.error = error
+
+    def stop(self) -> list[InstructionResult]:
+        self._stop.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive(), f"{self.name} did not stop"
+        if self.error is not None:
+            raise self.error
+        return self.settled
+
+
+def metric(network: Network, name: str) -> float:
+    """One gauge of the bridge node's Prometheus endpoint, as an operator scrapes it."""
+    url = f"http://127.0.0.1:{network.bridge.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        text = answer.read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"cbdc_{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"cbdc_{name} is not among the bridge's metrics")
+
+
+def test_broker_outage_during_a_load_loses_no_settlement(
     network: Network, live: LiveNetwork, bocq_collector: Collector
 ) -> None:
-    """Broker stopped during a load: settlement goes on, and once it is back every settled
-    entry reaches the subscriber, in order, duplicates carrying the same instruction id."""
-    assert network.broker is not None
+    """Broker stopped and restarted while payments keep settling: the backlog shows as a
+    metric and a log line, and once the broker is back every settled entry reaches the
+    subscriber, in order, duplicates carrying the same instruction id."""
+    broker = network.broker
+    assert broker is not None
     live.issue("ICBC", 10**12)
-    receipts = [live.pay("ICBC", "BOCQ", 1 + i).receipt for i in range(10)]
-    wait_for(
-        lambda: delivered(bocq_collector, [r.seq for r in receipts]),
-        timeout=60,
-        what="notifications before the outage",
-    )
-    network.broker.stop()
-    during = [live.pay("ICBC", "BOCQ", 100 + i).receipt for i in range(30)]
-    network.broker.start()
-    receipts += during + [live.pay("ICBC", "BOCQ", 200 + i).receipt for i in range(10)]
-    seqs = [r.seq for r in receipts]
-    wait_for(lambda: delivered(bocq_collector, seqs), timeout=90, what="every notification")
+    payers = [Payer(network.directory, f"load-{n}") for n in range(2)]
+
+    def settled() -> int:
+        return sum(len(p.settled) for p in payers)
+
+    try:
+        wait_for(lambda: settled() >= 10, timeout=60, what="payments before the outage")
+        broker.stop()  # payments in flight, messages unacknowledged
+        stopped_at = settled()
+        wait_for(lambda: settled() >= stopped_at + 30, timeout=60, what="settlement, no broker")
+        wait_for(
+            lambda: (
+                metric(network, "mqtt_connected") == 0
+                and metric(network, "mqtt_backlog_blocks") >= 1
+            ),
+            timeout=60,
+            what="the backlog as a metric while the broker is down",
+        )
+        broker.start()
+        started_at = settled()
+        wait_for(lambda: settled() >= started_at + 10, timeout=60, what="payments after it")
+    finally:
+        receipts = [r for payer in payers for r in payer.stop()]
+    seqs = sorted(r.seq for r in receipts)
+    wait_for(lambda: delivered(bocq_collector, seqs), timeout=120, what="every notification")
     assert_same_ids(bocq_collector, {r.seq: r.instruction_id for r in receipts})
     firsts = list(dict.fromkeys(s for s in bocq_collector.seqs() if s in set(seqs)))
-    assert firsts == sorted(seqs)
+    assert firsts == seqs
     reconnects = [
         json.loads(line)
         for line in (network.directory / "logs" / "bridge.log").read_text().splitlines()
         if '"mqtt connected"' in line
     ]
-    assert max(r["backlog_blocks"] for r in reconnects) >= 1  # the backlog was visible
+    assert max(r["backlog_blocks"] for r in reconnects) >= 1  # the backlog was logged
+    wait_for(
+        lambda: (
+            metric(network, "mqtt_connected") == 1 and metric(network, "mqtt_backlog_blocks") == 0
+        ),
+        timeout=60,
+        what="the backlog metric back to 0",
+    )
 
 
 def test_publisher_killed_between_ack_and_mark_publishes_again(
