@@ -116,6 +116,11 @@ class AsyncSettlementSubscriber:
         self.filled = 0  # entries yielded from the gRPC stream to fill gaps
         self.missed = 0  # gaps that could not be filled (no `gaps` stream)
 
+    @property
+    def stats(self) -> dict[str, int]:
+        """Duplicates dropped, entries filled from gRPC, gaps left unfilled."""
+        return {"duplicates": self.duplicates, "filled": self.filled, "missed": self.missed}
+
     def __aiter__(self) -> AsyncIterator[SettlementEvent]:
         return self.events()
 
@@ -211,8 +216,7 @@ class SettlementSubscriber:
     @property
     def stats(self) -> dict[str, int]:
         """Duplicates dropped, entries filled from gRPC, gaps left unfilled."""
-        a = self._async
-        return {"duplicates": a.duplicates, "filled": a.filled, "missed": a.missed}
+        return self._async.stats
 
     def __iter__(self) -> Iterator[SettlementEvent]:
         loop = asyncio.new_event_loop()

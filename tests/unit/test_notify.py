@@ -146,3 +146,11 @@ async def test_unfillable_gap_is_counted_without_a_grpc_stream() -> None:
     got = await accept_all(sub, [(event(6, 4), False)])
     assert [e.seq for e in got] == [6]
     assert sub.missed == 1
+
+
+async def test_async_subscriber_reports_its_stats_as_the_sync_one_does() -> None:
+    """`AsyncSettlementSubscriber.stats` counts duplicates, filled entries and missed gaps, as
+    docs/events.md says of both subscribers."""
+    sub = subscriber(4, {seq: history(seq) for seq in (5, 8)})
+    await accept_all(sub, [(event(9, 8), False), (event(9, 8), False)])
+    assert sub.stats == {"duplicates": 1, "filled": 2, "missed": 0}
