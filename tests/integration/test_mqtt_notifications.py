@@ -9,6 +9,7 @@ keeps each bank to its own topics.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -74,30 +75,58 @@ def collect(
 def test_every_settlement_reaches_the_sdk_and_mosquitto_sub_once_in_order(
     live: LiveNetwork,
 ) -> None:
-    """N settled payments: the SDK subscriber and mosquitto_sub each receive exactly those N
-    events of the bank, in sequence order, with their instruction ids."""
-    issued = live.issue("ICBC", 10**12)
-    icbc = mqtt_of(live, "ICBC")
-    sub = MosquittoSub(icbc, ICBC_TOPIC)
-    # retained or live, the issuance arrives: mosquitto_sub is subscribed from here on
-    start = wait_seq(sub, issued.receipt.seq)["seq"] + 1
-    with BankClient.from_network(live.directory, "ICBC") as client:
-        subscriber = SettlementSubscriber(
-            icbc, central_bank="PBOC", bank="ICBC", from_seq=start, gaps=client.watch
-        )
-        events, thread = collect(subscriber, PAYMENTS)
-        settled = []
-        for i in range(PAYMENTS):
-            payee = "BOCQ" if i % 2 else "HSBCHK"
-            status = live.pay("ICBC", payee, 100 + i, reference=f"INV-{i}")
-            settled.append((status.receipt.seq, status.receipt.instruction_id))
-        thread.join(60)
-    from_sub = [sub.event() for _ in range(PAYMENTS)]
-    sub.stop()
-    assert [(e["seq"], e["instruction_id"]) for e in from_sub] == settled
-    assert [(e.seq, e.instruction_id) for e in events] == settled
-    assert all(e.outcome == "SETTLED" and e.kind == "pay" for e in events)
-    assert [e.prev_seq for e in events[1:]] == [seq for seq, _ in settled[:-1]]
+    """N settled payments among three banks: for each bank, the SDK subscriber and
+    mosquitto_sub (with that bank's credentials) receive exactly the bank's events, in sequence
+    order, with their instruction ids, and nothing else before a closing payment."""
+    homes = {"ICBC": "PBOC", "BOCQ": "PBOC", "HSBCHK": "HKMA"}
+    pairs = [("ICBC", "HSBCHK"), ("ICBC", "BOCQ"), ("BOCQ", "HSBCHK")]
+    issued = {bank: live.issue(bank, 10**12).receipt.seq for bank in homes}
+    subs: dict[str, MosquittoSub] = {}
+    clients: dict[str, BankClient] = {}
+    collected: dict[str, tuple[list[SettlementEvent], threading.Thread]] = {}
+    paying = [pairs[i % len(pairs)] for i in range(PAYMENTS)]
+    counts = {bank: sum(bank in pair for pair in paying) for bank in homes}
+    expected: dict[str, list[tuple[int, str]]] = {bank: [] for bank in homes}
+    settled: list[tuple[int, str]] = []
+    try:
+        for bank, home in homes.items():
+            settings = mqtt_of(live, bank)
+            subs[bank] = MosquittoSub(settings, settlement_topic(home, bank))
+            # retained or live, the issuance arrives: mosquitto_sub is subscribed from here on
+            wait_seq(subs[bank], issued[bank])
+            clients[bank] = BankClient.from_network(live.directory, bank)
+            subscriber = SettlementSubscriber(
+                settings,
+                central_bank=home,
+                bank=bank,
+                from_seq=issued[bank] + 1,
+                gaps=clients[bank].watch,
+            )
+            collected[bank] = collect(subscriber, counts[bank])
+        for i, (payer, payee) in enumerate(paying):
+            status = live.pay(payer, payee, 100 + i, reference=f"INV-{i}")
+            receipt = (status.receipt.seq, status.receipt.instruction_id)
+            settled.append(receipt)
+            expected[payer].append(receipt)
+            expected[payee].append(receipt)
+        # one more entry per bank: the next line each mosquitto_sub prints must be it, so it
+        # printed nothing else (no duplicate, no foreign entry) after the N
+        closing = {bank: live.issue(bank, 1).receipt.seq for bank in homes}
+        for bank, sub in subs.items():
+            from_sub = [sub.event() for _ in expected[bank]]
+            assert [(e["seq"], e["instruction_id"]) for e in from_sub] == expected[bank], bank
+            assert sub.event()["seq"] == closing[bank], bank
+        for bank, (events, thread) in collected.items():
+            thread.join(60)
+            assert [(e.seq, e.instruction_id) for e in events] == expected[bank], bank
+            assert all(e.outcome == "SETTLED" and e.kind == "pay" for e in events)
+            assert [e.prev_seq for e in events[1:]] == [seq for seq, _ in expected[bank][:-1]]
+    finally:
+        for sub in subs.values():
+            sub.stop()
+        for client in clients.values():
+            client.close()
+    assert sorted(settled) == settled  # the sequence order the subscribers were held to
 
 
 def test_subscriber_fills_what_it_missed_from_the_grpc_stream(live: LiveNetwork) -> None:
@@ -198,22 +227,47 @@ def test_bank_watch_mqtt_prints_notifications(live: LiveNetwork, tmp_path: Path)
 
 def test_a_bank_cannot_read_another_banks_topics(live: LiveNetwork) -> None:
     """ICBC's credentials, subscribed to HSBCHK's topic and to every topic, receive only ICBC's
-    own notifications; HSBCHK's subscriber receives its own."""
+    own notifications; HSBCHK's subscriber receives its own; HKMA, subscribed to every topic,
+    receives its banks' and none of PBOC's banks'; a message ICBC publishes on its own topic
+    reaches nobody."""
     live.issue("HSBCHK", 10**9)
     live.issue("ICBC", 10**9)
     ready = live.pay("ICBC", "BOCQ", 1)
-    icbc = MosquittoSub(mqtt_of(live, "ICBC"), HSBCHK_TOPIC, "cbdc-bridge/v1/#")
+    hkma_ready = live.pay("HSBCHK", "BOCHK", 1, currency="HKD")
+    icbc_settings = mqtt_of(live, "ICBC")
+    icbc = MosquittoSub(icbc_settings, HSBCHK_TOPIC, "cbdc-bridge/v1/#")
     hsbchk = MosquittoSub(mqtt_of(live, "HSBCHK"), HSBCHK_TOPIC)
-    hkma = MosquittoSub(mqtt_of(live, "HKMA"), "cbdc-bridge/v1/HKMA/#")
+    hkma = MosquittoSub(mqtt_of(live, "HKMA"), "cbdc-bridge/v1/#")
     try:
         seen = [wait_seq(icbc, ready.receipt.seq)]  # retained or live: ICBC is subscribed
+        # retained or live: HKMA is subscribed (any retained message of PBOC's banks is kept)
+        hkma_seen: list[dict[str, Any]] = []
+        hkma_seen.append(wait_seq(hkma, hkma_ready.receipt.seq, seen=hkma_seen))
+        forged = {"v": 1, "seq": 10**9, "instruction_id": "forged", "prev_seq": 0}
+        subprocess.run(
+            [
+                *("mosquitto_pub", "-h", icbc_settings.host, "-p", str(icbc_settings.port)),
+                *("-u", "ICBC", "-P", str(icbc_settings.password), "-q", "1"),
+                *("-t", ICBC_TOPIC, "-m", json.dumps(forged)),
+            ],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
         foreign = live.pay("HSBCHK", "BOCHK", 2, currency="HKD")
         own = live.pay("ICBC", "BOCQ", 3)
+        closing = live.pay("HSBCHK", "BOCHK", 4, currency="HKD")
         assert wait_seq(hsbchk, foreign.receipt.seq)["instruction_id"] == (
             foreign.receipt.instruction_id
         )
-        assert wait_seq(hkma, foreign.receipt.seq)["parties"] == ["HSBCHK", "BOCHK"]
-        # had ICBC been allowed to read HSBCHK's topic, `foreign` would come before `own`
+        # had HKMA been allowed to read PBOC's topics, `own` would come before `closing`
+        hkma_seen.append(wait_seq(hkma, foreign.receipt.seq, seen=hkma_seen))
+        hkma_seen.append(wait_seq(hkma, closing.receipt.seq, seen=hkma_seen))
+        assert foreign.receipt.seq in [event["seq"] for event in hkma_seen]
+        hkma_banks = {"HKMA", "HSBCHK", "BOCHK"}
+        assert all(set(event["parties"]) <= hkma_banks for event in hkma_seen), hkma_seen
+        # had ICBC been allowed to read HSBCHK's topic, `foreign` would come before `own`;
+        # had its own message been delivered, seq 10**9 would come before `own`
         seen.append(wait_seq(icbc, own.receipt.seq, seen=seen))
         assert all("ICBC" in event["parties"] for event in seen), seen
     finally:
