@@ -16,10 +16,13 @@ One network with its Mosquitto broker, one machine, five Locust runs of the stea
    subscriber on every bank's topic records settlement-to-delivery latency: the time from the
    entry's ledger time (taken when its block is sealed, before the commit) to the message's
    arrival, p50 / p99 (goal: p99 at most 100 ms). The full-rate latencies are reported too
-   (`delivery_at_max_*`): at full rate the publisher shares the bridge's CPU with settlement.
+   (`delivery_at_max_*`), and judged against the same goal: at full rate the publisher shares
+   the bridge's CPU with settlement.
 
 The subscriber connects as the bridge's MQTT user (the one user whose ACL covers every bank),
-counts each seq once (its first delivery) and reports how many messages it received.
+counts each seq once (its first delivery) and reports how many messages it received; a run's
+latencies are taken once it has received the newest entry. `goals_met` judges each goal from
+its own figure, and a goal whose figure is missing is not met.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class DeliveryMeter:
     settings: MqttSettings
     latencies_ms: list[float] = field(default_factory=list)
     messages: int = 0
+    highest_seq: int = 0  # the highest seq received
     since_ms: float = float("inf")  # record entries settled from this wall-clock time on
     subscribed: threading.Event = field(default_factory=threading.Event)
     _seen: set[int] = field(default_factory=set)
@@ -112,6 +116,7 @@ class DeliveryMeter:
         if message.retain or not isinstance(message.payload, bytes | bytearray):
             return
         event = json.loads(message.payload)
+        self.highest_seq = max(self.highest_seq, event["seq"])
         if event["seq"] in self._seen:
             return
         self._seen.add(event["seq"])
@@ -137,6 +142,27 @@ def wait_drained(db: Path, timeout: float = 120.0) -> None:
             time.sleep(0.2)
     finally:
         store.close()
+
+
+def last_seq(db: Path) -> int:
+    """Seq of the newest entry in the bridge's store (0 if none)."""
+    store = SqliteStore(db)
+    try:
+        head = store.head()
+        return 0 if head is None else head.first_seq + head.entry_count - 1
+    finally:
+        store.close()
+
+
+def wait_delivered(meter: DeliveryMeter, db: Path, timeout: float = 30.0) -> None:
+    """Wait until the meter received the newest entry: the broker acknowledged every message
+    (the publisher drained the outbox) before it has delivered them all to the subscriber, and
+    the last ones to arrive are the ones a latency percentile must not leave out."""
+    wait_drained(db)
+    newest = last_seq(db)
+    deadline = time.monotonic() + timeout
+    while meter.highest_seq < newest and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def run(settings: EventsSettings) -> dict[str, Any]:
@@ -179,7 +205,7 @@ def run(settings: EventsSettings) -> dict[str, Any]:
                 cpu_s[mqtt] += cpu.total
                 bridge_cpu_s[mqtt] += cpu.seconds.get("bridge", 0.0)
                 if mqtt:
-                    wait_drained(network.config.bridge_db)
+                    wait_delivered(meter, network.config.bridge_db)
                     at_max += meter.take()
             restart_bridge(network, mqtt=True)
             wait_drained(network.config.bridge_db)
@@ -195,7 +221,7 @@ def run(settings: EventsSettings) -> dict[str, Any]:
                 },
                 **common,
             )  # fmt: skip
-            wait_drained(network.config.bridge_db)
+            wait_delivered(meter, network.config.bridge_db)
             at_half = meter.take()
         finally:
             meter.stop()
@@ -227,6 +253,7 @@ def _figures(
     rate_with = mean_rate(by_mode[True])
     cost = 1 - rate_with / rate_without if rate_without else 0.0
     p99 = percentile(at_half, 0.99)
+    p99_at_max = percentile(at_max, 0.99)
     runs = (*by_mode[False], *by_mode[True], half)
     pvps = {mode: sum(r.count("settlement", PVP_NAMES) for r in by_mode[mode]) for mode in by_mode}
 
@@ -237,6 +264,7 @@ def _figures(
         }
 
     server = per_pvp(cpu["all"])
+    measured_cpu = server["with"] is not None and server["without"]
     cpu_cost = (server["with"] or 0) / server["without"] - 1 if server["without"] else 0.0
     return {
         "pvp_per_s_without_publisher": round(rate_without, 1),
@@ -254,13 +282,15 @@ def _figures(
         "delivery_events": len(at_half),
         "half_rate_pvp_per_s": round(half.rate("settlement", PVP_NAMES), 1),
         "delivery_at_max_p50_ms": round(percentile(at_max, 0.50), 1),
-        "delivery_at_max_p99_ms": round(percentile(at_max, 0.99), 1),
+        "delivery_at_max_p99_ms": round(p99_at_max, 1),
         "delivery_at_max_events": len(at_max),
         "messages_received": messages,
+        # a goal without its figures (no event delivered, no PvP settled) is not met
         "goals_met": {
             "p99_le_100ms_at_half_rate": 0 < p99 <= 100,
-            "publisher_cost_le_10pct": cost <= 0.10,
-            "publisher_cpu_cost_le_10pct": cpu_cost <= 0.10,
+            "p99_le_100ms_at_full_rate": 0 < p99_at_max <= 100,
+            "publisher_cost_le_10pct": bool(rate_without and rate_with) and cost <= 0.10,
+            "publisher_cpu_cost_le_10pct": bool(measured_cpu) and cpu_cost <= 0.10,
         },
         "settings": {
             "users": settings.locust.users,
@@ -278,19 +308,26 @@ def _figures(
 
 def describe(figures: dict[str, Any]) -> str:
     goals = figures["goals_met"]
+
+    def verdict(goal: str) -> str:
+        return "met" if goals[goal] else "not met"
+
     return "\n".join(
         [
             f"PvP settled without publisher: {figures['pvp_per_s_without_publisher']:.0f} /s",
             f"PvP settled with publisher:    {figures['pvp_per_s_with_publisher']:.0f} /s "
             f"(cost {figures['publisher_cost']:.1%}; goal <= 10%: "
-            f"{'met' if goals['publisher_cost_le_10pct'] else 'missed'})",
+            f"{verdict('publisher_cost_le_10pct')})",
             f"delivery at half rate:         p50 {figures['delivery_p50_ms']:.0f} ms, "
             f"p99 {figures['delivery_p99_ms']:.0f} ms over {figures['delivery_events']} events "
-            f"(goal p99 <= 100 ms: {'met' if goals['p99_le_100ms_at_half_rate'] else 'missed'})",
+            f"(goal p99 <= 100 ms: {verdict('p99_le_100ms_at_half_rate')})",
             f"delivery at full rate:         p50 {figures['delivery_at_max_p50_ms']:.0f} ms, "
-            f"p99 {figures['delivery_at_max_p99_ms']:.0f} ms",
+            f"p99 {figures['delivery_at_max_p99_ms']:.0f} ms over "
+            f"{figures['delivery_at_max_events']} events "
+            f"(goal p99 <= 100 ms: {verdict('p99_le_100ms_at_full_rate')})",
             f"server CPU per PvP:            {figures['server_cpu_ms_per_pvp']} ms "
-            f"(publisher {figures['publisher_cpu_cost']:+.1%})",
+            f"(publisher {figures['publisher_cpu_cost']:+.1%}; goal <= 10%: "
+            f"{verdict('publisher_cpu_cost_le_10pct')})",
             f"Locust runs:                   {'OK' if figures['ok'] else 'PROBLEM'}",
         ]
     )
