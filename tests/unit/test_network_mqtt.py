@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from participants import network_cli
 from participants.launcher import prepare_network
 from participants.network_config import NetworkConfig
+from tests import mqtt_support
 
 
 def test_generated_network_has_mqtt_credentials_for_every_participant(tmp_path: Path) -> None:
@@ -47,3 +50,18 @@ def test_reused_network_keeps_its_passwords(tmp_path: Path) -> None:
     before = first.config.mqtt_password_path("ICBC").read_text()
     again = prepare_network(tmp_path / "net", central_banks=1, mqtt=False)
     assert again.config.mqtt_password_path("ICBC").read_text() == before
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_missing_broker_fails_under_ci_and_skips_otherwise(
+    ci: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without `mosquitto`, the MQTT tests' guard fails the test under CI=true (a missing
+    service must not pass silently in CI) and skips it elsewhere, naming what to install."""
+    monkeypatch.setattr(mqtt_support, "mosquitto_binary", lambda: None)
+    monkeypatch.setenv("CI", ci)
+    # both caught here, so that a skip where a failure is due fails this test
+    outcomes = (pytest.fail.Exception, pytest.skip.Exception)
+    with pytest.raises(outcomes, match="apt-get install mosquitto mosquitto-clients") as raised:
+        mqtt_support.require_mosquitto()
+    assert raised.type is (pytest.fail.Exception if ci == "true" else pytest.skip.Exception)
