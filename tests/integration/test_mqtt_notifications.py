@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +24,7 @@ import pytest
 
 from bridge.notify import FINAL_TOPIC, MqttSettings, settlement_topic
 from participants.launcher import Network
+from participants.network_config import NetworkConfig
 from participants.sdk import (
     AsyncBankClient,
     AsyncSettlementSubscriber,
@@ -306,3 +309,61 @@ def test_wrong_or_foreign_credentials_are_refused(live: LiveNetwork) -> None:
         )
         assert run.returncode != 0
         assert "not authorised" in (run.stdout + run.stderr).lower()
+
+
+def test_up_starts_a_broker_that_carries_a_banks_notifications(tmp_path: Path) -> None:
+    """`cbdc-bridge up`, run from another directory, starts Mosquitto beside the nodes and
+    lists it; an issuance made with `bank issue-request` reaches mosquitto_sub with the bank's
+    credentials; SIGTERM stops the broker with the nodes."""
+    require_mosquitto()
+    env = {
+        **os.environ,
+        **{"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb", "PYTHONUNBUFFERED": "1"},
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+    }
+    cli = [sys.executable, "-m", "participants.cli"]
+    up = subprocess.Popen(
+        [*cli, "up", "--network", "net", "--central-banks", "1", "--banks", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    printed: list[str] = []
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:
+            printed.append(line)
+            if "network is up" in line:
+                break
+        assert "network is up" in "".join(printed), "".join(printed)
+        config = NetworkConfig.load(tmp_path / "net")
+        assert config.mqtt_port
+        assert any(
+            "mqtt broker" in line and f"127.0.0.1:{config.mqtt_port}" in line for line in printed
+        ), "".join(printed)
+        cb = config.central_banks[0]
+        bank = cb.banks[0].id
+        issued = subprocess.run(
+            [*cli, "bank", "issue-request", "25", "--network", "net", "--bank", bank],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert issued.returncode == 0, issued.stdout + issued.stderr
+        settings = config.mqtt_settings(bank)
+        assert settings is not None
+        sub = MosquittoSub(settings, settlement_topic(cb.id, bank))
+        try:
+            # retained or live: the bank's admission may come first
+            while (event := sub.event(timeout=60))["kind"] != "issue":
+                pass
+        finally:
+            sub.stop()
+        assert event["outcome"] == "ISSUED"
+        assert event["legs"] == [[cb.id, bank, cb.currency, 25 * 10**cb.exponent]]
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+    assert up.returncode == 0
+    with pytest.raises(ConnectionRefusedError):  # the broker stopped with the network
+        socket.create_connection(("127.0.0.1", config.mqtt_port), timeout=5).close()
