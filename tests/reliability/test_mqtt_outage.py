@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from bridge.node.publisher import HOLD_ENV
-from bridge.notify import settlement_topic
+from bridge.notify import MqttSettings, settlement_topic
 from participants.launcher import Network, prepare_network
-from participants.sdk import BankClient, InstructionResult
+from participants.sdk import BankClient, InstructionResult, SettlementEvent, SettlementSubscriber
 from tests.conftest import READY_TIMEOUT, LiveNetwork, wait_for
 from tests.mqtt_support import Collector, pay_resubmitting, require_mosquitto
 
@@ -107,6 +107,37 @@ class Payer:
         return self.settled
 
 
+class Follower:
+    """BOCQ's SDK subscriber (gaps filled from BOCQ's gRPC stream) in a thread, from
+    `from_seq` until an entry at or past `until` once that is set."""
+
+    def __init__(self, directory: Path, settings: MqttSettings, from_seq: int) -> None:
+        self.directory = directory
+        self.settings = settings
+        self.from_seq = from_seq
+        self.events: list[SettlementEvent] = []
+        self.until: list[int] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with BankClient.from_network(self.directory, "BOCQ") as bocq:
+            for event in SettlementSubscriber(
+                self.settings,
+                central_bank="PBOC",
+                bank="BOCQ",
+                from_seq=self.from_seq,
+                gaps=bocq.watch,
+            ):
+                self.events.append(event)
+                if self.until and event.seq >= self.until[0]:
+                    return
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"the SDK subscriber stopped at {self.events[-1:]}"
+
+
 def metric(network: Network, name: str) -> float:
     """One gauge of the bridge node's Prometheus endpoint, as an operator scrapes it."""
     url = f"http://127.0.0.1:{network.bridge.metrics_port}/metrics"
@@ -123,10 +154,15 @@ def test_broker_outage_during_a_load_loses_no_settlement(
 ) -> None:
     """Broker stopped and restarted while payments keep settling: the backlog shows as a
     metric and a log line, and once the broker is back every settled entry reaches the
-    subscriber, in order, duplicates carrying the same instruction id."""
+    subscriber, in order, duplicates carrying the same instruction id; the SDK subscriber
+    yields each exactly once, in order."""
     broker = network.broker
     assert broker is not None
     live.issue("ICBC", 10**12)
+    start = live.issue("BOCQ", 1).receipt.seq + 1  # BOCQ's entries from here: the load's
+    bocq = live.config.mqtt_settings("BOCQ")
+    assert bocq is not None
+    follower = Follower(network.directory, bocq, start)
     payers = [Payer(network.directory, f"load-{n}") for n in range(2)]
 
     def settled() -> int:
@@ -161,6 +197,13 @@ def test_broker_outage_during_a_load_loses_no_settlement(
         if '"mqtt connected"' in line
     ]
     assert max(r["backlog_blocks"] for r in reconnects) >= 1  # the backlog was logged
+    # the SDK, reconnecting by itself, yields each entry once, in order, gaps filled
+    follower.until.append(seqs[-1] + 1)
+    closing = live.pay("ICBC", "BOCQ", 5).receipt
+    follower.join(120)
+    expected = [(r.seq, r.instruction_id) for r in sorted(receipts, key=lambda r: r.seq)]
+    expected.append((closing.seq, closing.instruction_id))
+    assert [(e.seq, e.instruction_id) for e in follower.events] == expected
     wait_for(
         lambda: (
             metric(network, "mqtt_connected") == 1 and metric(network, "mqtt_backlog_blocks") == 0
