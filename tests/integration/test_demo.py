@@ -14,6 +14,7 @@ import pytest
 
 from bridge.domain import DualPvp, Entry, ProposePvp
 from bridge.log.source import open_source
+from participants.broker import mosquitto_binary
 from participants.network_config import NetworkConfig
 
 
@@ -52,6 +53,11 @@ def test_demo_runs_from_a_directory_outside_the_project(tmp_path: Path) -> None:
     assert "INSUFFICIENT_FUNDS" in row_of(output, "funds refusal")
     assert "CORRIDOR_NOT_ALLOWED" in row_of(output, "policy refusal")
     assert "EXPIRED" in row_of(output, "PvP expiry")
+    # the broker beside the nodes when Mosquitto is installed; said plainly when it is not
+    if mosquitto_binary() is not None:
+        assert re.search(r"mqtt broker\W+127\.0\.0\.1:\d+", output), output[:4000]
+    else:
+        assert "no MQTT broker: mosquitto is not installed" in " ".join(output.split())
 
 
 def row_of(output: str, step: str) -> str:
