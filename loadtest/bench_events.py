@@ -20,8 +20,10 @@ One network with its Mosquitto broker, one machine, five Locust runs of the stea
    the bridge's CPU with settlement.
 
 The subscriber connects as the bridge's MQTT user (the one user whose ACL covers every bank),
-counts each seq once (its first delivery) and reports how many messages it received; a run's
-latencies are taken once it has received the newest entry. `goals_met` judges each goal from
+counts each seq once (its first delivery) and reports how many messages it received and how
+many entries settled during the runs with the publisher never reached it (`delivery_missing`,
+goal 0; `ok` is false otherwise); a run's latencies are taken once it has received the newest
+entry. `goals_met` judges each goal from
 its own figure, and a goal whose figure is missing is not met.
 """
 
@@ -91,6 +93,10 @@ class DeliveryMeter:
 
     def record_from_now(self) -> None:
         self.since_ms = time.time() * 1000
+
+    def missing(self, after: int, upto: int) -> int:
+        """How many entries `after` < seq <= `upto` never arrived (on any topic)."""
+        return sum(1 for seq in range(after + 1, upto + 1) if seq not in self._seen)
 
     def take(self) -> list[float]:
         taken, self.latencies_ms = self.latencies_ms, []
@@ -186,11 +192,13 @@ def run(settings: EventsSettings) -> dict[str, Any]:
             cpu_s = {False: 0.0, True: 0.0}  # CPU seconds of every node during the runs
             bridge_cpu_s = {False: 0.0, True: 0.0}  # of the bridge node alone
             at_max: list[float] = []
+            missing = 0  # entries settled in a measured run that never reached the meter
             for mqtt in ORDER:
                 restart_bridge(network, mqtt=mqtt)
                 if mqtt:
                     wait_drained(network.config.bridge_db)
                     meter.record_from_now()
+                before = last_seq(network.config.bridge_db)
                 label = "with" if mqtt else "without"
                 with CpuMeter(node_pids(network)) as cpu:
                     result = run_locust(
@@ -207,12 +215,14 @@ def run(settings: EventsSettings) -> dict[str, Any]:
                 if mqtt:
                     wait_delivered(meter, network.config.bridge_db)
                     at_max += meter.take()
+                    missing += meter.missing(before, last_seq(network.config.bridge_db))
             restart_bridge(network, mqtt=True)
             wait_drained(network.config.bridge_db)
             with_rate = mean_rate(runs[True])
             half_rate = with_rate / 2
             paced = replace(locust, users=settings.half_users, spawn_rate=settings.half_users)
             meter.record_from_now()
+            before = last_seq(network.config.bridge_db)
             half = run_locust(
                 steady, label="pvp-half-with-publisher", settings=paced,
                 env={
@@ -223,10 +233,12 @@ def run(settings: EventsSettings) -> dict[str, Any]:
             )  # fmt: skip
             wait_delivered(meter, network.config.bridge_db)
             at_half = meter.take()
+            missing += meter.missing(before, last_seq(network.config.bridge_db))
         finally:
             meter.stop()
     cpu_seconds = {"all": cpu_s, "bridge": bridge_cpu_s}
-    return _figures(settings, runs, half, at_max, at_half, meter.messages, cpu_seconds)
+    delivery = {"messages": meter.messages, "missing": missing}
+    return _figures(settings, runs, half, at_max, at_half, delivery, cpu_seconds)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -246,7 +258,7 @@ def _figures(
     half: RunResult,
     at_max: list[float],
     at_half: list[float],
-    messages: int,
+    delivery: dict[str, int],
     cpu: dict[str, dict[bool, float]],
 ) -> dict[str, Any]:
     rate_without = mean_rate(by_mode[False])
@@ -284,7 +296,9 @@ def _figures(
         "delivery_at_max_p50_ms": round(percentile(at_max, 0.50), 1),
         "delivery_at_max_p99_ms": round(p99_at_max, 1),
         "delivery_at_max_events": len(at_max),
-        "messages_received": messages,
+        "messages_received": delivery["messages"],
+        # entries settled during the runs with the publisher that never reached the subscriber
+        "delivery_missing": delivery["missing"],
         # a goal without its figures (no event delivered, no PvP settled) is not met
         "goals_met": {
             "p99_le_100ms_at_half_rate": 0 < p99 <= 100,
@@ -302,7 +316,7 @@ def _figures(
             "mix": PVP_ONLY,
         },
         "checks": {r.label: {"failures": r.unexpected_failures, "ok": r.ok} for r in runs},
-        "ok": all(r.ok for r in runs),
+        "ok": all(r.ok for r in runs) and delivery["missing"] == 0,
     }
 
 
@@ -328,6 +342,7 @@ def describe(figures: dict[str, Any]) -> str:
             f"server CPU per PvP:            {figures['server_cpu_ms_per_pvp']} ms "
             f"(publisher {figures['publisher_cpu_cost']:+.1%}; goal <= 10%: "
             f"{verdict('publisher_cpu_cost_le_10pct')})",
-            f"Locust runs:                   {'OK' if figures['ok'] else 'PROBLEM'}",
+            f"entries never delivered:       {figures['delivery_missing']}",
+            f"Locust runs and deliveries:    {'OK' if figures['ok'] else 'PROBLEM'}",
         ]
     )

@@ -37,10 +37,12 @@ def figures(
     at_max: list[float],
     at_half: list[float],
     seconds: dict[str, dict[bool, float]],
+    missing: int = 0,
 ) -> dict[str, object]:
     by_mode = {False: [without], True: [with_]}
+    delivery = {"messages": len(at_max) + len(at_half), "missing": missing}
     return bench_events._figures(
-        SETTINGS, by_mode, run("half", 10, 1.0), at_max, at_half, 0, seconds
+        SETTINGS, by_mode, run("half", 10, 1.0), at_max, at_half, delivery, seconds
     )
 
 
@@ -107,3 +109,20 @@ def test_latencies_are_taken_once_the_newest_entry_arrived(tmp_path: Path) -> No
     late.join()
     store.close()
     assert len(taken) == 1
+
+
+def test_entries_that_never_arrived_are_counted_and_fail_the_run() -> None:
+    """The meter counts the seqs of a run it never received; any makes the run not ok."""
+    meter = bench_events.DeliveryMeter(MqttSettings())
+    meter.since_ms = 0
+    for seq in (3, 4, 6):
+        payload = json.dumps({"seq": seq, "time": T0}).encode()
+        meter._record(aiomqtt.Message(SETTLEMENT_TOPIC, payload, 1, False, seq, None))
+    assert meter.missing(2, 7) == 2  # 5 and 7
+    assert meter.missing(2, 4) == 0
+    pvps = (run("without", 1000, 100.0), run("with", 990, 99.0))
+    fine = figures(*pvps, [5.0], [5.0], cpu(1.0, 1.0))
+    lost = figures(*pvps, [5.0], [5.0], cpu(1.0, 1.0), missing=2)
+    assert (fine["ok"], fine["delivery_missing"]) == (True, 0)
+    assert (lost["ok"], lost["delivery_missing"]) == (False, 2)
+    assert "entries never delivered:       2" in bench_events.describe(lost)
