@@ -158,13 +158,16 @@ class OutboxPublisher:
     # ------------------------------------------------------------------ the loop
 
     async def _run(self) -> None:
-        self._cursor = await self._read(self.reader.outbox_cursor, CONSUMER)
-        await self._read(self._rebuild_topic_heads, self._cursor)
         backoff = Backoff()
         settings = self.settings
         port = settings.port
+        resumed = False
         while True:
             try:
+                if not resumed:
+                    self._cursor = await self._read(self.reader.outbox_cursor, CONSUMER)
+                    await self._read(self._rebuild_topic_heads, self._cursor)
+                    resumed = True
                 async with aiomqtt.Client(
                     settings.host,
                     settings.port,
@@ -195,6 +198,17 @@ class OutboxPublisher:
                         "retry_in_s": round(pause, 2),
                         "backlog_blocks": backlog,
                     },
+                )
+                await asyncio.sleep(pause)
+            except Exception as error:
+                # the store could not be read (a database restart, a disk error...): the task
+                # must outlive it, or events would wait in the outbox until the node restarts
+                self.stats.connected = False
+                pause = backoff.next()
+                log.error(
+                    "outbox unreadable; events wait in the outbox",
+                    exc_info=error,
+                    extra={"retry_in_s": round(pause, 2)},
                 )
                 await asyncio.sleep(pause)
 
@@ -373,7 +387,13 @@ class OutboxPublisher:
     # ------------------------------------------------------------------ backlog and hook
 
     async def _backlog(self) -> int:
-        last = await self._read(self.reader.outbox_last_id)
+        """Outbox rows not published yet, counted in the store (the last count if it cannot
+        be read)."""
+        try:
+            last = await self._read(self.reader.outbox_last_id)
+        except Exception as error:
+            log.warning("outbox backlog not counted", extra={"error": str(error)})
+            return self.stats.backlog_blocks
         self.stats.backlog_blocks = max(0, last - self._cursor)
         return self.stats.backlog_blocks
 

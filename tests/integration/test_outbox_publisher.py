@@ -19,6 +19,7 @@ import pytest
 
 from bridge.crypto import FastVerifier
 from bridge.domain import ProposePvp, Receipt
+from bridge.errors import StoreError
 from bridge.node import publisher as publisher_module
 from bridge.node.publisher import CONSUMER, OutboxPublisher
 from bridge.notify import BRIDGE_USER, MqttSettings, settlement_topic, write_broker_files
@@ -167,3 +168,60 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)
+
+
+class FailingOnce(SqliteStore):
+    """A store whose first cursor read and first outbox read fail, as a database does while it
+    restarts."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.failures = {"outbox_cursor": 1, "outbox_after": 1}
+
+    def _fail_once(self, name: str) -> None:
+        if self.failures[name]:
+            self.failures[name] -= 1
+            raise StoreError(f"{name}: the database is restarting")
+
+    def outbox_cursor(self, consumer: str) -> int:
+        self._fail_once("outbox_cursor")
+        return super().outbox_cursor(consumer)
+
+    def outbox_after(self, last_id: int, limit: int = 500) -> list[tuple[int, bytes]]:
+        self._fail_once("outbox_after")
+        return super().outbox_after(last_id, limit)
+
+
+async def test_publisher_outlives_a_store_that_cannot_be_read(
+    broker: Broker, net: Network, tmp_path: Path
+) -> None:
+    """The outbox cannot be read at the publisher's start, then once more: the publisher
+    retries instead of ending, and the bank receives its entries and the cursor reaches the
+    last outbox row."""
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    settle(engine, [issue(net, cb, bank, 10**6) for bank, cb in BANKS], T0)
+    paid = settle(engine, [pay(net, "ICBC", "CCB", 7)], T0 + 1)[0]
+    marks = SqliteStore(db)
+    reader = FailingOnce(db)
+    failing = OutboxPublisher(
+        settings(broker, BRIDGE_USER),
+        reader=reader,
+        mark=lambda upto: marks.set_outbox_cursor(CONSUMER, upto),
+    )
+    subscribed = asyncio.Event()
+    listening = asyncio.create_task(
+        receive(broker, settlement_topic("PBOC", "ICBC"), 2, subscribed)
+    )
+    await subscribed.wait()
+    failing.start()
+    got = await listening
+    await wait_until(lambda: store.outbox_cursor(CONSUMER) == store.outbox_last_id())
+    await failing.stop()
+    assert reader.failures == {"outbox_cursor": 0, "outbox_after": 0}
+    assert [m["kind"] for m in got] == ["issue", "pay"]
+    assert (got[1]["seq"], got[1]["instruction_id"]) == (paid.seq, paid.instruction_id)
+    for opened in (store, marks, reader):
+        opened.close()
