@@ -35,7 +35,8 @@ from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.bounds import MAX_ID_LENGTH
 from bridge.core.ledger import Ledger
 from bridge.domain import Envelope, Issue
-from bridge.errors import Refused
+from bridge.errors import Reason, Refused
+from bridge.node.episodes import FailureEpisode
 from bridge.settlement import RefusalRecord, refusal_record
 from bridge.store.base import REFUSALS_KEPT
 
@@ -197,6 +198,7 @@ class NodeRefusals:
         self._pending: deque[RefusalRecord] = deque(maxlen=keep)
         self._lock = asyncio.Lock()
         self._db: sqlite3.Connection | None = None
+        self._reads = FailureEpisode(log, "refusals file reads")  # logged once per episode
 
     def record(self, row: RefusalRecord) -> None:
         """Keep one refused instruction (written by the next `flush`)."""
@@ -232,9 +234,20 @@ class NodeRefusals:
         await asyncio.shield(self.flush())
         if not self.path.exists():
             return []
-        return await asyncio.to_thread(
-            read_refusals, self.path, from_id=from_id, limit=limit, sender=sender
-        )
+        try:
+            rows = await asyncio.to_thread(
+                read_refusals, self.path, from_id=from_id, limit=limit, sender=sender
+            )
+        except (sqlite3.Error, OSError) as error:
+            # not decided: the file may be readable again on the next read (a disk error, a
+            # file being replaced); nothing was changed by trying
+            self._reads.failed(error)
+            raise Refused(
+                Reason.UNAVAILABLE,
+                f"the node's refusals file cannot be read now ({error}); ask again",
+            ) from error
+        self._reads.succeeded()
+        return rows
 
     def close(self) -> None:
         if self._db is not None:

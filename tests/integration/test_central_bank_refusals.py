@@ -11,8 +11,10 @@ supply and the log stay as they were.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -191,3 +193,42 @@ def test_refusal_reads_are_authorised(live: LiveNetwork) -> None:
     too_big = live.query("GetRefusals", cb_pb.RefusalsQuery(limit=501), "ICBC")
     error = refusal_of(lambda: live.node("PBOC").GetRefusals(too_big, timeout=RPC_TIMEOUT))
     assert reason_of(error) is Reason.BAD_PAGE_SIZE
+
+
+def test_an_unreadable_refusals_file_is_a_retryable_unavailable(
+    live: LiveNetwork, tmp_path: Path
+) -> None:
+    """While the node's refusals file cannot be read, GetRefusals and ListRefusals answer
+    UNAVAILABLE (reason UNAVAILABLE, retryable) saying so, not UNKNOWN; then serve again."""
+    pboc = live.node("PBOC")
+    forged = pay()
+    refuse(
+        lambda: pboc.Pay(live.signed(forged, signer="BOCQ"), timeout=RPC_TIMEOUT),
+        Reason.BAD_SIGNATURE,
+    )
+    assert any(r.instruction_id == forged.instruction_id for r in listed(live, "PBOC"))
+    path = live.config.refusals_path("PBOC")
+    kept = tmp_path / "kept.sqlite"
+    os.replace(path, kept)  # the node's own connection keeps writing to the moved file
+    path.mkdir()  # where the file was, a directory: no database opens there
+    query = live.query("GetRefusals", cb_pb.RefusalsQuery(), "ICBC")
+    admin = live.admin("PBOC")
+    try:
+        errors = [
+            refusal_of(lambda: pboc.GetRefusals(query, timeout=RPC_TIMEOUT)),
+            refusal_of(
+                lambda: admin.ListRefusals(
+                    cb_pb.ListRefusalsRequest(),
+                    metadata=live.admin_metadata("PBOC"),
+                    timeout=RPC_TIMEOUT,
+                )
+            ),
+        ]
+    finally:
+        path.rmdir()
+        os.replace(kept, path)
+    for error in errors:
+        assert error.code() is grpc.StatusCode.UNAVAILABLE, error.details()
+        assert reason_of(error) is Reason.UNAVAILABLE
+        assert "refusals file cannot be read" in (error.details() or "")
+    assert any(r.instruction_id == forged.instruction_id for r in listed(live, "PBOC"))
