@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +23,11 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
+from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
-from bridge.domain import DualPvp, Outcome
+from bridge.domain import DualPvp, Outcome, Pay
 from bridge.errors import Reason
+from participants.central_bank.channels import bridge_channel
 from participants.launcher import free_ports
 from participants.sdk import BankClient, NotDecided, Refusal, RetryPolicy
 from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, refusal_of, wait_for
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
 
 CLI = Path(sys.executable).parent / "cbdc-bridge"
 FUNDS = 10_000_000
+COMMIT_WAIT = 60.0  # the bridge gives up on a locked file after 10 s (busy_timeout)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -158,6 +162,85 @@ def test_cli_resubmit_command_repeats_the_same_instruction(
     again = run_cli(tmp_path, *words[1:])
     assert again.returncode == 3, again.stdout + again.stderr
     assert command in again.stdout.splitlines()
+
+
+def submit_batch(
+    live: LiveNetwork, instructions: list[types.SignedInstruction]
+) -> dict[int, bridge_pb.SubmitResponse]:
+    """One BridgeLedger.Submit message carrying `instructions` as a batch, sent as PBOC's node
+    (raw bytes); each instruction's answer by its place in the batch."""
+    message = bridge_pb.SubmitRequest(
+        batch=[
+            bridge_pb.SubmitRequest(correlation_id=index, instruction=instruction)
+            for index, instruction in enumerate(instructions)
+        ]
+    )
+    with bridge_channel(live.config, "PBOC") as channel:
+        stream = channel.stream_stream(
+            "/bridge.v1.BridgeLedger/Submit", request_serializer=None, response_deserializer=None
+        )
+        answers: dict[int, bridge_pb.SubmitResponse] = {}
+        for raw in stream(iter([message.SerializeToString()]), timeout=COMMIT_WAIT):
+            reply = bridge_pb.SubmitResponse.FromString(raw)
+            for answer in reply.batch or (reply,):
+                answers[answer.correlation_id] = answer
+    assert sorted(answers) == list(range(len(instructions)))
+    return answers
+
+
+def test_a_batch_whose_commit_fails_answers_every_instruction_not_decided(
+    live: LiveNetwork,
+) -> None:
+    """The bridge's block commit fails (its file's write lock held by another process): a
+    payment, its copy in the same batch and a payment refused only for the funds the first
+    moved are all OUTCOME_UNKNOWN, none SETTLED or refused, while the copy of a payment
+    committed in an earlier block keeps its receipt; resubmitted, each is decided once."""
+    live.issue("BOCQ", 5_000)
+
+    def payment(amount: int) -> types.SignedInstruction:
+        body = Pay(
+            new_id("lost"),
+            "BOCQ",
+            now_ms() + VALID_FOR_MS,
+            "ICBC",
+            "CNY",
+            amount,
+            "INV-LOST-BLOCK",
+            signed_at=now_ms(),
+        )
+        return live.endorsed(body)
+
+    earlier = payment(10)
+    committed = submit_batch(live, [earlier])[0].receipt
+    assert committed.outcome == types.OUTCOME_SETTLED
+    available, _ = live.balance("BOCQ", "CNY")
+    everything, more = payment(available), payment(1)
+    batch = [everything, everything, more, earlier]
+    before = live.snapshot()
+    lock = sqlite3.connect(live.config.bridge_db, timeout=COMMIT_WAIT, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # every write of the bridge waits, then fails
+        answers = submit_batch(live, batch)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    for index in (0, 1, 2):
+        answer = answers[index]
+        assert answer.WhichOneof("result") == "refusal", (index, answer)
+        assert answer.refusal.reason == Reason.OUTCOME_UNKNOWN.value, (index, answer)
+        assert answer.refusal.code == "UNAVAILABLE"
+    assert answers[3].receipt.duplicate, answers[3]
+    assert answers[3].receipt.seq == committed.seq
+    assert live.snapshot() == before
+
+    again = submit_batch(live, batch)
+    assert again[0].receipt.outcome == types.OUTCOME_SETTLED
+    assert not again[0].receipt.duplicate
+    assert again[1].receipt.duplicate
+    assert again[1].receipt.seq == again[0].receipt.seq
+    assert again[2].refusal.reason == Reason.INSUFFICIENT_FUNDS.value
+    assert live.entries_of_instruction("BOCQ", everything.instruction.instruction_id) == 1
+    assert live.balance("BOCQ", "CNY")[0] == 0
 
 
 def test_stalled_peer_node_reaches_the_bank_as_retryable_not_expired(live: LiveNetwork) -> None:
