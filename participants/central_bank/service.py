@@ -16,6 +16,7 @@ import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -249,8 +250,53 @@ class CentralBankCore:
             raise result
         return types.InstructionStatus(receipt=wire.receipt_to_proto(result))
 
-    async def sign_and_settle(self, body: Instruction) -> types.InstructionStatus:
-        return await self.settle(signed(body, self.key))
+    async def sign_and_settle(
+        self, body: Instruction, *, stamped: bool = False
+    ) -> types.InstructionStatus:
+        """Sign `body` with the central bank's key and settle it; raises Refused.
+
+        `stamped`: the request named no signing time, so the node put its own clock in the
+        body. A retry of that request then meets the body recorded under its id with an
+        earlier signing time: the same request, answered as the duplicate it is (the recorded
+        receipt, `duplicate` set). Any other difference stays ID_CONFLICT."""
+        try:
+            return await self.settle(signed(body, self.key))
+        except Refused as refusal:
+            if not stamped or refusal.reason is not Reason.ID_CONFLICT:
+                raise
+            recorded = await self.recorded_body(body.sender, body.instruction_id)
+            if recorded is None:
+                raise
+            same = replace(body, signed_at=recorded.signed_at)
+            if Envelope.of(same).body_hash() != Envelope.of(recorded).body_hash():
+                raise
+            return await self.settle(signed(recorded, self.key))
+
+    async def recorded_body(self, sender: str, instruction_id: str) -> Instruction | None:
+        """The body the bridge recorded under `instruction_id` of `sender` (None: nothing is
+        recorded under it); raises Refused (UNAVAILABLE) when the bridge cannot say."""
+        try:
+            status = await self.bridge.GetReceipt(
+                bridge_pb.GetReceiptRequest(sender=sender, instruction_id=instruction_id),
+                timeout=BRIDGE_DEADLINE,
+            )
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.NOT_FOUND:
+                return None
+            raise read_failure(error) from error
+        seq = status.receipt.seq
+        call = self.bridge.WatchEntries(
+            bridge_pb.WatchEntriesRequest(from_seq=seq), timeout=BRIDGE_DEADLINE
+        )
+        try:
+            async for event in call:
+                entry = wire.entry_from_proto(event.entry)
+                return entry.envelope.body if entry.seq == seq else None
+        except grpc.aio.AioRpcError as error:
+            raise read_failure(error) from error
+        finally:
+            call.cancel()
+        return None
 
 
 def page_limit(limit: int) -> int:
@@ -658,7 +704,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             except Refused as refusal:
                 core.refused_issuance(request, refusal)
                 raise
-            return await core.sign_and_settle(body)
+            return await core.sign_and_settle(body, stamped=request.signed_at <= 0)
         except Refused as refusal:
             await abort(context, refusal)
 
@@ -838,10 +884,13 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
                 "admin operations need the central bank's admin token",
             )
 
-    async def _run(self, context: Context, body: Instruction) -> types.InstructionStatus:
+    async def _run(
+        self, context: Context, body: Instruction, requested_signed_at: int
+    ) -> types.InstructionStatus:
+        """Sign and settle `body`; `requested_signed_at` 0: the node stamped its own clock."""
         await self._authorize(context)
         try:
-            return await self.core.sign_and_settle(body)
+            return await self.core.sign_and_settle(body, stamped=requested_signed_at <= 0)
         except Refused as refusal:
             await abort(context, refusal)
 
@@ -856,7 +905,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             request.body.public_key,
             signed_at=signing_time(request.signed_at),
         )
-        return await self._run(context, body)
+        return await self._run(context, body, request.signed_at)
 
     async def SuspendBank(
         self, request: pb.BankStatusRequest, context: Context
@@ -869,7 +918,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             "suspended",
             signed_at=signing_time(request.signed_at),
         )
-        return await self._run(context, body)
+        return await self._run(context, body, request.signed_at)
 
     async def ReactivateBank(
         self, request: pb.BankStatusRequest, context: Context
@@ -882,7 +931,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             "active",
             signed_at=signing_time(request.signed_at),
         )
-        return await self._run(context, body)
+        return await self._run(context, body, request.signed_at)
 
     async def SetPolicy(
         self, request: pb.SetPolicyRequest, context: Context
@@ -897,7 +946,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             tuple(policy.allowed_jurisdictions),
             signed_at=signing_time(request.signed_at),
         )
-        return await self._run(context, body)
+        return await self._run(context, body, request.signed_at)
 
     async def Issue(self, request: pb.IssueRequest, context: Context) -> types.InstructionStatus:
         issue = request.body
@@ -910,7 +959,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             issue.amount,
             signed_at=signing_time(request.signed_at),
         )
-        return await self._run(context, body)
+        return await self._run(context, body, request.signed_at)
 
     async def FreezeAccount(
         self, request: pb.FreezeAccountRequest, context: Context
@@ -925,7 +974,7 @@ class CentralBankAdminService(pb_grpc.CentralBankAdminServicer):
             freeze.frozen,
             signed_at=signing_time(request.signed_at),
         )
-        return await self._run(context, body)
+        return await self._run(context, body, request.signed_at)
 
     async def Redeem(
         self, request: types.SignedInstruction, context: Context

@@ -8,6 +8,7 @@ refusal makes sense.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -406,6 +407,49 @@ def test_request_issuance_issues_the_central_banks_currency(live: LiveNetwork) -
         grpc.StatusCode.UNAUTHENTICATED,
         Reason.BAD_SIGNATURE,
     )
+
+
+def test_a_retry_without_a_signing_time_is_a_duplicate_not_a_conflict(live: LiveNetwork) -> None:
+    """Admin Issue and RequestIssuance sent raw without signed_at (the node stamps its clock):
+    the very same request again is the recorded receipt with duplicate set, and issues
+    nothing more; the same id with another amount is still ID_CONFLICT."""
+    before = live.snapshot()
+    issue = cb_pb.IssueRequest(
+        instruction_id=new_id("issue"),
+        valid_until=valid_until(),
+        body=types.Issue(to="ICBC", currency="CNY", amount=700),
+    )
+    first = admin_call(live, "PBOC", "Issue", issue)
+    assert first.receipt.outcome == types.OUTCOME_ISSUED
+    time.sleep(0.002)  # the node's clock has moved on when it stamps the retry
+    again = admin_call(live, "PBOC", "Issue", issue)
+    assert again.receipt.duplicate
+    assert again.receipt.seq == first.receipt.seq
+    other = cb_pb.IssueRequest()
+    other.CopyFrom(issue)
+    other.body.amount = 701
+    live.assert_refused_unchanged(
+        lambda: admin_call(live, "PBOC", "Issue", other),
+        grpc.StatusCode.ALREADY_EXISTS,
+        Reason.ID_CONFLICT,
+    )
+
+    request = cb_pb.IssuanceRequest(request_id=new_id("req"), valid_until=valid_until(), amount=900)
+    bot = live.node("BOT")
+    issued = bot.RequestIssuance(
+        live.query("RequestIssuance", request, "KBANK"), timeout=RPC_TIMEOUT
+    )
+    assert issued.receipt.outcome == types.OUTCOME_ISSUED
+    time.sleep(0.002)
+    retry = bot.RequestIssuance(
+        live.query("RequestIssuance", request, "KBANK"), timeout=RPC_TIMEOUT
+    )
+    assert retry.receipt.duplicate
+    assert retry.receipt.seq == issued.receipt.seq
+    after = live.snapshot()
+    assert after.available("ICBC", "CNY") == before.available("ICBC", "CNY") + 700
+    assert after.available("KBANK", "THB") == before.available("KBANK", "THB") + 900
+    assert live.entries_of_instruction("PBOC", issue.instruction_id) == 1
 
 
 def test_request_redemption_destroys_currency_at_its_issuer(live: LiveNetwork) -> None:

@@ -253,8 +253,9 @@ class IssuanceRequest(_message.Message):
     """Amount to issue, in minor units of the central bank's currency."""
     signed_at: _builtins.int
     """UTC milliseconds the `issue` instruction is signed at; part of the signed body, so a
-    retry must send the same value. 0: the node's clock when it signs (a retry after an
-    unknown outcome then writes another body and is refused ALREADY_EXISTS).
+    retry must send the same value. 0: the node's clock when it signs; a retry of the same
+    request, again with 0, is then answered as a duplicate of the one recorded (the node
+    finds the body recorded under the id and compares everything but the signing time).
     """
     @_builtins.property
     def auth(self) -> _types_pb2.RequestAuth:
@@ -535,7 +536,8 @@ class AdmitBankRequest(_message.Message):
     """Logical time until which the instruction is valid."""
     signed_at: _builtins.int
     """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
-    send the same value. 0: the node's clock when it signs.
+    send the same value. 0: the node's clock when it signs; a retry of the same request,
+    again with 0, is then answered as a duplicate of the one recorded.
     """
     @_builtins.property
     def body(self) -> _types_pb2.AdmitBank:
@@ -575,7 +577,8 @@ class BankStatusRequest(_message.Message):
     """The bank."""
     signed_at: _builtins.int
     """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
-    send the same value. 0: the node's clock when it signs.
+    send the same value. 0: the node's clock when it signs; a retry of the same request,
+    again with 0, is then answered as a duplicate of the one recorded.
     """
     def __init__(
         self,
@@ -609,7 +612,8 @@ class SetPolicyRequest(_message.Message):
     """Logical time until which the instruction is valid."""
     signed_at: _builtins.int
     """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
-    send the same value. 0: the node's clock when it signs.
+    send the same value. 0: the node's clock when it signs; a retry of the same request,
+    again with 0, is then answered as a duplicate of the one recorded.
     """
     @_builtins.property
     def body(self) -> _types_pb2.SetPolicy:
@@ -647,7 +651,8 @@ class IssueRequest(_message.Message):
     """Logical time until which the instruction is valid."""
     signed_at: _builtins.int
     """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
-    send the same value. 0: the node's clock when it signs.
+    send the same value. 0: the node's clock when it signs; a retry of the same request,
+    again with 0, is then answered as a duplicate of the one recorded.
     """
     @_builtins.property
     def body(self) -> _types_pb2.Issue:
@@ -685,7 +690,8 @@ class FreezeAccountRequest(_message.Message):
     """Logical time until which the instruction is valid."""
     signed_at: _builtins.int
     """UTC milliseconds the instruction is signed at; part of the signed body, so a retry must
-    send the same value. 0: the node's clock when it signs.
+    send the same value. 0: the node's clock when it signs; a retry of the same request,
+    again with 0, is then answered as a duplicate of the one recorded.
     """
     @_builtins.property
     def body(self) -> _types_pb2.FreezeAccount:
