@@ -493,7 +493,7 @@ NODE_REFUSALS_TABLES: tuple[Table, ...] = (
     ),
     Table(
         "refusals",
-        "instruction the node refused before forwarding it (the newest 100,000 are kept)",
+        "instruction the node refused before forwarding it",
         "Recorded where the refusal was decided, outside any hash chain; exported as "
         "`refusals` rows with `recorded_by` the central bank.",
         (
@@ -515,6 +515,14 @@ NODE_REFUSALS_TABLES: tuple[Table, ...] = (
             Column("kind", "TEXT", "", "Its instruction kind; empty when it carried no body."),
             Column("reason", "TEXT", "", "Refusal reason code."),
             Column("corridor", "TEXT", "", "Sender - other party jurisdictions, or empty."),
+            Column(
+                "authenticated",
+                "INTEGER",
+                "",
+                "1 when the sender named signed it (its own signature, or its signed issuance "
+                "request, verified); 0 when anyone may have sent it in that name. Kept apart: "
+                "the newest 100,000 rows of 1 and the newest 10,000 of 0.",
+            ),
         ),
         verified=False,
     ),

@@ -10,19 +10,29 @@ to an endorsement request) is recorded by whoever decided it, so each refusal is
 in the whole network. Answers that decide nothing (UNAVAILABLE, OVERLOADED, CATCHING_UP: the
 bank resubmits the same instruction id) are not refusals and are not recorded.
 
+Anyone can name a bank as the sender of an instruction, so a row says whether the sender was
+authenticated: its own signature over the instruction verified (for an issuance request, the
+signed `auth`). `CentralBank.GetRefusals` gives a bank only its authenticated rows; operators
+see every row. The two kinds are kept apart, each with its own bound (the newest `keep`
+authenticated rows, the newest `keep_unauthenticated` others), so unauthenticated traffic can
+push out only unauthenticated rows, never what the banks really sent.
+
 One SQLite file per node (`<network>/state/<CB>.refusals.sqlite`, WAL), outside any hash chain:
 a refusal changed nothing, so nothing is signed or attested and no ledger state is touched. It
-keeps the newest `REFUSALS_KEPT` rows, and in `meta` the central bank and the chain id, so
-`cbdc-bridge log export --node-refusals` can say whose rows they are and refuse another
-network's file. `record` only appends to memory (it never blocks the
-event loop); `flush` writes what waits in one transaction in a worker thread, and runs every
-`FLUSH_SECONDS` and before every read, so a read sees every refusal answered before it.
+keeps the newest `REFUSALS_KEPT` authenticated rows and the newest `UNAUTHENTICATED_KEPT`
+others, and in `meta` the central bank and the chain id, so `cbdc-bridge log export
+--node-refusals` can say whose rows they are and refuse another network's file. `record` only
+appends to memory (it never blocks the event loop); `flush` writes what waits in one
+transaction in a worker thread, and runs every `FLUSH_SECONDS` and before every read, so a
+read sees every refusal answered before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
 import sqlite3
 from collections import deque
@@ -43,6 +53,7 @@ from bridge.store.base import REFUSALS_KEPT
 __all__ = [
     "EDGE_RECORDED_METHODS",
     "FLUSH_SECONDS",
+    "UNAUTHENTICATED_KEPT",
     "NodeRefusals",
     "RecordedRefusal",
     "edge_refusal",
@@ -53,14 +64,17 @@ __all__ = [
 ]
 
 FLUSH_SECONDS = 0.2
+UNAUTHENTICATED_KEPT = 10_000  # newest rows kept whose sender was not authenticated
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS refusals (
     id INTEGER PRIMARY KEY, time INTEGER NOT NULL, sender TEXT NOT NULL,
     instruction_id TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
-    corridor TEXT NOT NULL);
+    corridor TEXT NOT NULL, authenticated INTEGER NOT NULL DEFAULT 0);
 """
+# after SCHEMA, and after the column is added to a file written before it existed
+_INDEX = "CREATE INDEX IF NOT EXISTS refusals_by_kind ON refusals (authenticated, id)"
 _COLUMNS = "id, time, sender, instruction_id, kind, reason, corridor"
 
 log = logging.getLogger("participants.central_bank.refusals")
@@ -77,6 +91,7 @@ class RecordedRefusal:
     kind: str
     reason: str
     corridor: str
+    authenticated: bool = False  # the sender's own signature verified (see the module)
 
 
 def instruction_refusal(
@@ -165,57 +180,103 @@ def _clipped(text: str) -> str:
 
 
 def read_refusals(
-    path: Path, *, from_id: int = 1, limit: int = -1, sender: str = ""
+    path: Path,
+    *,
+    from_id: int = 1,
+    limit: int = -1,
+    sender: str = "",
+    authenticated_only: bool = False,
 ) -> list[RecordedRefusal]:
     """Rows of a node's refusals file from `from_id` on, oldest first (read-only; a file without
-    the table reads as empty). `limit` -1: all of them; `sender`: only that sender's."""
+    the table reads as empty). `limit` -1: all of them; `sender`: only the rows naming that
+    sender; `authenticated_only`: only rows whose sender was authenticated (a file written
+    before rows said so has none)."""
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
         if "refusals" not in tables:
             return []
-        where = "id >= ?" + (" AND sender = ?" if sender else "")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(refusals)")}
+        flag = "authenticated" if "authenticated" in columns else "0"
+        where = ["id >= ?"]
+        values: list[int | str] = [from_id]
+        if sender:
+            where.append("sender = ?")
+            values.append(sender)
+        if authenticated_only:
+            where.append(f"{flag} = 1")
         cursor = db.execute(
-            f"SELECT {_COLUMNS} FROM refusals WHERE {where} ORDER BY id LIMIT ?",
-            (from_id, sender, limit) if sender else (from_id, limit),
+            f"SELECT {_COLUMNS}, {flag} FROM refusals WHERE {' AND '.join(where)} "
+            "ORDER BY id LIMIT ?",
+            (*values, limit),
         )
-        return [RecordedRefusal(*row) for row in cursor]
+        return [
+            RecordedRefusal(number, time, who, iid, kind, reason, corridor, bool(flag))
+            for number, time, who, iid, kind, reason, corridor, flag in cursor
+        ]
     finally:
         db.close()
+
+
+# a row waiting to be written: its number in recording order, whether its sender was
+# authenticated, the row
+_Waiting = tuple[int, bool, RefusalRecord]
 
 
 class NodeRefusals:
     """The node's refusals file and the rows waiting to be written to it."""
 
     def __init__(
-        self, path: Path, *, central_bank: str, chain_id: str, keep: int = REFUSALS_KEPT
+        self,
+        path: Path,
+        *,
+        central_bank: str,
+        chain_id: str,
+        keep: int = REFUSALS_KEPT,
+        keep_unauthenticated: int | None = None,
     ) -> None:
         self.path = path
         self.central_bank = central_bank
         self.chain_id = chain_id
-        self.keep = keep
-        # what a failing disk leaves waiting is bounded too: the oldest rows are dropped
-        self._pending: deque[RefusalRecord] = deque(maxlen=keep)
+        self.keep = keep  # authenticated rows
+        self.keep_unauthenticated = (
+            min(keep, UNAUTHENTICATED_KEPT)
+            if keep_unauthenticated is None
+            else keep_unauthenticated
+        )
+        # what a failing disk leaves waiting is bounded too, each kind apart: the oldest rows
+        # of a kind are dropped; rows are numbered as recorded, to be written in that order
+        self._pending: dict[bool, deque[_Waiting]] = {
+            True: deque(maxlen=self.keep),
+            False: deque(maxlen=self.keep_unauthenticated),
+        }
+        self._numbers = itertools.count()
         self._lock = asyncio.Lock()
         self._db: sqlite3.Connection | None = None
         self._reads = FailureEpisode(log, "refusals file reads")  # logged once per episode
 
-    def record(self, row: RefusalRecord) -> None:
-        """Keep one refused instruction (written by the next `flush`)."""
-        self._pending.append(row)
+    def record(self, row: RefusalRecord, *, authenticated: bool = False) -> None:
+        """Keep one refused instruction (written by the next `flush`); `authenticated`: its
+        sender's own signature verified."""
+        self._pending[authenticated].append((next(self._numbers), authenticated, row))
 
     async def flush(self) -> None:
         """Write every waiting row, in one transaction, off the event loop."""
         async with self._lock:
-            if not self._pending:
+            pending = self._pending
+            if not pending[True] and not pending[False]:
                 return
-            rows = list(self._pending)
-            self._pending.clear()
+            rows = list(heapq.merge(pending[True], pending[False]))  # in recording order
+            for waiting in pending.values():
+                waiting.clear()
             try:
                 await asyncio.to_thread(self._write, rows)
             except (sqlite3.Error, OSError) as error:
-                # not written: back in front for the next flush (still only the newest `keep`)
-                self._pending = deque([*rows, *self._pending], maxlen=self.keep)
+                # not written: back in front for the next flush (still only the newest of each)
+                for flag, waiting in pending.items():
+                    pending[flag] = deque(
+                        [*(r for r in rows if r[1] is flag), *waiting], maxlen=waiting.maxlen
+                    )
                 log.warning(
                     "refusals not recorded yet", extra={"rows": len(rows), "error": str(error)}
                 )
@@ -227,16 +288,23 @@ class NodeRefusals:
             await asyncio.sleep(interval)
             await asyncio.shield(self.flush())
 
-    async def page(self, from_id: int, limit: int, sender: str = "") -> list[RecordedRefusal]:
-        """Up to `limit` rows from `from_id` on (only `sender`'s when given), after a flush
-        (shielded: a caller that goes away leaves the write to end under the lock, never a
-        second write started beside it)."""
+    async def page(
+        self, from_id: int, limit: int, sender: str = "", *, authenticated_only: bool = False
+    ) -> list[RecordedRefusal]:
+        """Up to `limit` rows from `from_id` on (only `sender`'s when given; only those whose
+        sender was authenticated when asked), after a flush (shielded: a caller that goes away
+        leaves the write to end under the lock, never a second write started beside it)."""
         await asyncio.shield(self.flush())
         if not self.path.exists():
             return []
         try:
             rows = await asyncio.to_thread(
-                read_refusals, self.path, from_id=from_id, limit=limit, sender=sender
+                read_refusals,
+                self.path,
+                from_id=from_id,
+                limit=limit,
+                sender=sender,
+                authenticated_only=authenticated_only,
             )
         except (sqlite3.Error, OSError) as error:
             # not decided: the file may be readable again on the next read (a disk error, a
@@ -263,6 +331,12 @@ class NodeRefusals:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.executescript(SCHEMA)
+                columns = {row[1] for row in db.execute("PRAGMA table_info(refusals)")}
+                if "authenticated" not in columns:  # a file of an earlier version: not known
+                    db.execute(
+                        "ALTER TABLE refusals ADD COLUMN authenticated INTEGER NOT NULL DEFAULT 0"
+                    )
+                db.execute(_INDEX)
                 meta = {"central_bank": self.central_bank, "chain_id": self.chain_id}
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
             except sqlite3.Error:
@@ -271,17 +345,22 @@ class NodeRefusals:
             self._db = db
         return self._db
 
-    def _write(self, rows: Sequence[RefusalRecord]) -> None:
+    def _write(self, rows: Sequence[_Waiting]) -> None:
         db = self._open()
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany(
-                "INSERT INTO refusals (time, sender, instruction_id, kind, reason, corridor) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
+                "INSERT INTO refusals (time, sender, instruction_id, kind, reason, corridor, "
+                "authenticated) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(*row, int(authenticated)) for _, authenticated, row in rows],
             )
-            (last,) = db.execute("SELECT MAX(id) FROM refusals").fetchone()
-            db.execute("DELETE FROM refusals WHERE id <= ?", (int(last) - self.keep,))
+            for flag, keep in ((1, self.keep), (0, self.keep_unauthenticated)):
+                # everything of this kind older than its newest `keep` rows
+                db.execute(
+                    "DELETE FROM refusals WHERE authenticated = ? AND id <= (SELECT id FROM "
+                    "refusals WHERE authenticated = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (flag, flag, keep),
+                )
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):

@@ -15,6 +15,7 @@ import asyncio
 import hmac
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -68,6 +69,7 @@ from participants.network_config import NetworkConfig
 log = logging.getLogger("participants.central_bank")
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 BRIDGE_DEADLINE = 10.0
+BAD_SIGNATURES_REMEMBERED = 1024  # until the refusal they caused is recorded
 STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call (a batch: its items)
 SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
 
@@ -144,6 +146,9 @@ class CentralBankCore:
         self.verifier = FastVerifier()
         self.refusals = refusals  # None: refusals decided here are not recorded
         self._endorsers: dict[str, PeerEndorser] = {}
+        # (party, body, signature) found not to verify lately: a refusal for a bad signature
+        # is recorded as unauthenticated without verifying the same signature again
+        self._bad_signatures: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
 
     def endorser(self, central_bank: str) -> PeerEndorser | None:
         """Batched endorsement requests to one peer central bank's node (None: no route)."""
@@ -164,20 +169,44 @@ class CentralBankCore:
         decide nothing, such as UNAVAILABLE, are not refusals)."""
         if self.refusals is not None and not refusal.reason.retryable:
             row = instruction_refusal(message, envelope, refusal, self.replica.ledger, now_ms())
-            self.refusals.record(row)
+            self.refusals.record(row, authenticated=self.signed_by_sender(envelope))
+
+    def signed_by_sender(self, envelope: Envelope | None) -> bool:
+        """Whether the sender the instruction names signed it: its own signature verifies with
+        the key the replica holds for it. Only then is a refusal filed as that bank's (anyone
+        can name a bank as the sender)."""
+        if envelope is None:
+            return False
+        sender = envelope.body.sender
+        signature = envelope.party_signature(sender)
+        participant = self.replica.ledger.participants.get(sender)
+        if signature is None or participant is None:
+            return False
+        checked = (sender, envelope.body_bytes, signature.value)
+        if checked in self._bad_signatures:  # just found not to verify
+            del self._bad_signatures[checked]
+            return False
+        return self.verifier.verify(
+            participant.public_key, party_message(envelope.body_bytes), signature.value
+        )
 
     def refused_at_edge(self, method: str, message: Any, refusal: Refused) -> None:
-        """Record a bank's instruction refused at the edge for its shape (`RequestGuard`)."""
+        """Record a bank's instruction refused at the edge for its shape (`RequestGuard`);
+        nothing of it was checked, so its sender is not authenticated."""
         if self.refusals is not None:
             row = edge_refusal(method, message, refusal, now_ms())
             if row is not None:
                 self.refusals.record(row)
 
-    def refused_issuance(self, request: pb.IssuanceRequest, refusal: Refused) -> None:
-        """Record an issuance request this node refused itself (final refusals only)."""
+    def refused_issuance(
+        self, request: pb.IssuanceRequest, refusal: Refused, *, authenticated: bool
+    ) -> None:
+        """Record an issuance request this node refused itself (final refusals only);
+        `authenticated`: its signed `auth` verified before the refusal."""
         if self.refusals is not None and not refusal.reason.retryable:
             ledger = self.replica.ledger
-            self.refusals.record(issuance_refusal(request, self.id, refusal, ledger, now_ms()))
+            row = issuance_refusal(request, self.id, refusal, ledger, now_ms())
+            self.refusals.record(row, authenticated=authenticated)
 
     # ------------------------------------------------------------------ identities
 
@@ -236,6 +265,9 @@ class CentralBankCore:
         if key is None:
             raise Refused(Reason.UNKNOWN_SIGNER, f"unknown participant {party}")
         if not self.verifier.verify(key, party_message(envelope.body_bytes), signature.value):
+            self._bad_signatures[(party, envelope.body_bytes, signature.value)] = None
+            if len(self._bad_signatures) > BAD_SIGNATURES_REMEMBERED:
+                self._bad_signatures.popitem(last=False)
             raise Refused(Reason.BAD_SIGNATURE, f"signature by {party} does not verify")
 
     # ------------------------------------------------------------------ forwarding
@@ -310,12 +342,21 @@ def page_limit(limit: int) -> int:
 
 
 async def refusal_page(
-    core: CentralBankCore, from_id: int, limit: int, sender: str
+    core: CentralBankCore,
+    from_id: int,
+    limit: int,
+    sender: str,
+    *,
+    authenticated_only: bool = False,
 ) -> pb.RefusalPage:
-    """One page of the refusals this node recorded (none when it records none)."""
+    """One page of the refusals this node recorded (none when it records none); only those
+    whose sender was authenticated when asked. Raises Refused (UNAVAILABLE) when the file
+    cannot be read."""
     if core.refusals is None:
         return pb.RefusalPage()
-    rows = await core.refusals.page(max(1, from_id), limit + 1, sender)
+    rows = await core.refusals.page(
+        max(1, from_id), limit + 1, sender, authenticated_only=authenticated_only
+    )
     next_id = rows.pop().id if len(rows) > limit else 0
     return pb.RefusalPage(refusals=[refusal_to_proto(r) for r in rows], next_id=next_id)
 
@@ -329,6 +370,7 @@ def refusal_to_proto(row: RecordedRefusal) -> pb.RecordedRefusal:
         kind=row.kind,
         reason=row.reason,
         corridor=row.corridor,
+        authenticated=row.authenticated,
     )
 
 
@@ -687,6 +729,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         self, request: pb.IssuanceRequest, context: Context
     ) -> types.InstructionStatus:
         core = self.core
+        bank: str | None = None
         try:
             try:
                 bank = await core.authenticate_query(
@@ -702,7 +745,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                     signed_at=signing_time(request.signed_at),
                 )
             except Refused as refusal:
-                core.refused_issuance(request, refusal)
+                core.refused_issuance(request, refusal, authenticated=bank is not None)
                 raise
             return await core.sign_and_settle(body, stamped=request.signed_at <= 0)
         except Refused as refusal:
@@ -839,11 +882,13 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             await abort(context, refusal)
 
     async def GetRefusals(self, request: pb.RefusalsQuery, context: Context) -> pb.RefusalPage:
-        """The requesting bank's own instructions that this node refused itself."""
+        """The requesting bank's own instructions that this node refused itself: those it
+        signed, never those that only named it as their sender."""
         core = self.core
         try:
             bank = await core.authenticate_query("/bridge.v1.CentralBank/GetRefusals", request)
-            return await refusal_page(core, request.from_id, page_limit(request.limit), bank)
+            limit = page_limit(request.limit)
+            return await refusal_page(core, request.from_id, limit, bank, authenticated_only=True)
         except Refused as refusal:
             await abort(context, refusal)
 

@@ -163,19 +163,53 @@ def test_a_bank_reads_its_own_refusals_only(live: LiveNetwork) -> None:
     """GetRefusals answers the signed-in bank's own refused instructions and no other bank's."""
     pboc = live.node("PBOC")
     mine, theirs = pay(sender="BOCQ", payee="ICBC"), pay()
-    refuse(
-        lambda: pboc.Pay(live.signed(mine, signer="ICBC"), timeout=RPC_TIMEOUT),
-        Reason.BAD_SIGNATURE,
-    )
-    refuse(
-        lambda: pboc.Pay(live.signed(theirs, signer="BOCQ"), timeout=RPC_TIMEOUT),
-        Reason.BAD_SIGNATURE,
-    )
+    refuse(lambda: pboc.ProposePvp(live.signed(mine), timeout=RPC_TIMEOUT), Reason.MALFORMED)
+    refuse(lambda: pboc.ProposePvp(live.signed(theirs), timeout=RPC_TIMEOUT), Reason.MALFORMED)
     query = live.query("GetRefusals", cb_pb.RefusalsQuery(limit=500), "BOCQ")
     page = pboc.GetRefusals(query, timeout=RPC_TIMEOUT)
     assert {row.sender for row in page.refusals} == {"BOCQ"}
     assert mine.instruction_id in {row.instruction_id for row in page.refusals}
     assert page.next_id == 0
+
+
+def test_refusals_in_a_banks_name_it_did_not_sign_are_not_its_own(live: LiveNetwork) -> None:
+    """Instructions that name BOCQ as sender without its valid signature (forged, refused at
+    the edge, a forged issuance request) are recorded as unauthenticated: operators see them
+    flagged, BOCQ's GetRefusals never returns them; what BOCQ signed is flagged authenticated."""
+    pboc = live.node("PBOC")
+    forged = pay(sender="BOCQ", payee="ICBC")
+    refuse(
+        lambda: pboc.Pay(live.signed(forged, signer="ICBC"), timeout=RPC_TIMEOUT),
+        Reason.BAD_SIGNATURE,
+    )
+    too_long = live.signed(pay(sender="BOCQ", payee="ICBC"))
+    too_long.instruction.instruction_id = new_id("long") + "-" + "x" * 200
+    raw = live.channel(live.address("PBOC")).unary_unary(
+        "/bridge.v1.CentralBank/Pay", request_serializer=None, response_deserializer=None
+    )
+    refuse(lambda: raw(too_long.SerializeToString(), timeout=RPC_TIMEOUT), Reason.FIELD_TOO_LONG)
+    issuance = cb_pb.IssuanceRequest(
+        request_id=new_id("req"), valid_until=now_ms() + VALID_FOR_MS, amount=1, signed_at=now_ms()
+    )
+    forged_request = live.query("RequestIssuance", issuance, "BOCQ", signer="ICBC")
+    refuse(lambda: pboc.RequestIssuance(forged_request, timeout=RPC_TIMEOUT), Reason.BAD_SIGNATURE)
+    genuine = pay(sender="BOCQ", payee="ICBC")
+    refuse(lambda: pboc.ProposePvp(live.signed(genuine), timeout=RPC_TIMEOUT), Reason.MALFORMED)
+    not_signed = {
+        forged.instruction_id,
+        too_long.instruction.instruction_id[:64] + "…",
+        issuance.request_id,
+    }
+
+    flags = {row.instruction_id: (row.sender, row.authenticated) for row in listed(live, "PBOC")}
+    assert {i: flags.get(i) for i in not_signed} == dict.fromkeys(not_signed, ("BOCQ", False))
+    assert flags.get(genuine.instruction_id) == ("BOCQ", True)
+    query = live.query("GetRefusals", cb_pb.RefusalsQuery(limit=500), "BOCQ")
+    page = live.node("PBOC").GetRefusals(query, timeout=RPC_TIMEOUT)
+    returned = {row.instruction_id for row in page.refusals}
+    assert genuine.instruction_id in returned
+    assert not returned & not_signed
+    assert all(row.authenticated and row.sender == "BOCQ" for row in page.refusals)
 
 
 def test_refusal_reads_are_authorised(live: LiveNetwork) -> None:

@@ -231,3 +231,62 @@ def test_a_reader_that_goes_away_mid_write_loses_no_row(tmp_path: Path) -> None:
     asyncio.run(run())
     refusals.close()
     assert [r.instruction_id for r in read_refusals(path)] == ["pay-1", "pay-2"]
+
+
+def test_unauthenticated_rows_push_out_only_unauthenticated_rows(tmp_path: Path) -> None:
+    """A flood of rows whose sender was not authenticated, waiting or written, drops only the
+    oldest of its own kind: every authenticated row stays, and a bank's authenticated read
+    gives those alone."""
+    path = tmp_path / "PBOC.refusals.sqlite"
+    refusals = NodeRefusals(
+        path, central_bank="PBOC", chain_id="test-chain", keep=5, keep_unauthenticated=3
+    )
+
+    async def run() -> None:
+        refusals.record(row(0), authenticated=True)
+        for number in range(1, 30):  # waiting together before one flush
+            refusals.record(row(number))
+        refusals.record(row(30), authenticated=True)
+        await refusals.flush()
+        for number in range(31, 60):  # then written flush after flush
+            refusals.record(row(number))
+            if number % 7 == 0:
+                await refusals.flush()
+        refusals.record(row(60), authenticated=True)
+        await refusals.flush()
+
+    asyncio.run(run())
+    refusals.close()
+    rows = read_refusals(path)
+    assert [r.instruction_id for r in rows if r.authenticated] == ["pay-0", "pay-30", "pay-60"]
+    assert [r.instruction_id for r in rows if not r.authenticated] == [
+        f"pay-{n}" for n in (57, 58, 59)
+    ]
+    assert [r.id for r in rows] == sorted(r.id for r in rows)
+    own = read_refusals(path, sender="ICBC", authenticated_only=True)
+    assert [r.instruction_id for r in own] == ["pay-0", "pay-30", "pay-60"]
+
+
+def test_a_file_from_before_the_flag_reads_as_unauthenticated(tmp_path: Path) -> None:
+    """Rows of a file written before rows said whether their sender was authenticated read
+    as unauthenticated (never given to a bank); rows recorded after carry their flag."""
+    path = tmp_path / "PBOC.refusals.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "CREATE TABLE refusals (id INTEGER PRIMARY KEY, time INTEGER NOT NULL, "
+            "sender TEXT NOT NULL, instruction_id TEXT NOT NULL, kind TEXT NOT NULL, "
+            "reason TEXT NOT NULL, corridor TEXT NOT NULL);"
+        )
+        db.execute("INSERT INTO refusals VALUES (1, 5, 'ICBC', 'old', 'pay', 'MALFORMED', '')")
+    db.close()
+    assert [(r.instruction_id, r.authenticated) for r in read_refusals(path)] == [("old", False)]
+    assert read_refusals(path, authenticated_only=True) == []
+    refusals = refusals_at(path)
+    refusals.record(row(1), authenticated=True)
+    asyncio.run(refusals.flush())
+    refusals.close()
+    assert [(r.instruction_id, r.authenticated) for r in read_refusals(path)] == [
+        ("old", False),
+        ("pay-1", True),
+    ]

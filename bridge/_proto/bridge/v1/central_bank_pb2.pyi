@@ -810,6 +810,7 @@ class RecordedRefusal(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CORRIDOR_FIELD_NUMBER: _builtins.int
+    AUTHENTICATED_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     """Number of the refusal in the node's records, increasing."""
     time: _builtins.int
@@ -824,6 +825,11 @@ class RecordedRefusal(_message.Message):
     """The refusal reason code (docs/ledger-rules.md)."""
     corridor: _builtins.str
     """Sender's jurisdiction - the other party's (e.g. CN-SG); empty when either is unknown."""
+    authenticated: _builtins.bool
+    """True when the sender named was authenticated: its own signature over the instruction
+    (for an issuance request, its signed `auth`) verified. False: anyone may have sent it
+    in that sender's name; such rows are never given to the bank named.
+    """
     def __init__(
         self,
         *,
@@ -834,10 +840,11 @@ class RecordedRefusal(_message.Message):
         kind: _builtins.str = ...,
         reason: _builtins.str = ...,
         corridor: _builtins.str = ...,
+        authenticated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["corridor", b"corridor", "id", b"id", "instruction_id", b"instruction_id", "kind", b"kind", "reason", b"reason", "sender", b"sender", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authenticated", b"authenticated", "corridor", b"corridor", "id", b"id", "instruction_id", b"instruction_id", "kind", b"kind", "reason", b"reason", "sender", b"sender", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

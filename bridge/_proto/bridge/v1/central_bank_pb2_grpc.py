@@ -293,8 +293,9 @@ class CentralBankServicer:
     def GetRefusals(self, request, context):
         """The bank's own instructions that this node refused itself (never forwarded to the
         bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
-        Refusals the bridge decided are in the bridge's records, not here. The node keeps its
-        newest 100,000 refusals.
+        Only those the bank signed itself (authenticated), never those that merely name it as
+        their sender. Refusals the bridge decided are in the bridge's records, not here. The node
+        keeps its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -1053,8 +1054,9 @@ class CentralBankAdminServicer:
 
     def ListRefusals(self, request, context):
         """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
-        endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
-        changed by them. The node keeps its newest 100,000 refusals.
+        endorsements), oldest first, one page at a time, each saying whether its sender was
+        authenticated. Outside the settlement log: nothing was changed by them. The node keeps
+        its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

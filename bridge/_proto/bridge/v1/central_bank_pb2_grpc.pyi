@@ -124,8 +124,9 @@ class CentralBankStub:
     GetRefusals: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.RefusalsQuery, _central_bank_pb2.RefusalPage]
     """The bank's own instructions that this node refused itself (never forwarded to the
     bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
-    Refusals the bridge decided are in the bridge's records, not here. The node keeps its
-    newest 100,000 refusals.
+    Only those the bank signed itself (authenticated), never those that merely name it as
+    their sender. Refusals the bridge decided are in the bridge's records, not here. The node
+    keeps its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
     """
 
 @_typing.type_check_only
@@ -211,8 +212,9 @@ class CentralBankAsyncStub(CentralBankStub):
     GetRefusals: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.RefusalsQuery, _central_bank_pb2.RefusalPage]  # type: ignore[assignment]
     """The bank's own instructions that this node refused itself (never forwarded to the
     bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
-    Refusals the bridge decided are in the bridge's records, not here. The node keeps its
-    newest 100,000 refusals.
+    Only those the bank signed itself (authenticated), never those that merely name it as
+    their sender. Refusals the bridge decided are in the bridge's records, not here. The node
+    keeps its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
     """
 
 class CentralBankServicer(metaclass=_abc_1.ABCMeta):
@@ -403,8 +405,9 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_central_bank_pb2.RefusalPage, _abc.Awaitable[_central_bank_pb2.RefusalPage]]:
         """The bank's own instructions that this node refused itself (never forwarded to the
         bridge), oldest first, one page at a time: time, instruction id, kind, reason, corridor.
-        Refusals the bridge decided are in the bridge's records, not here. The node keeps its
-        newest 100,000 refusals.
+        Only those the bank signed itself (authenticated), never those that merely name it as
+        their sender. Refusals the bridge decided are in the bridge's records, not here. The node
+        keeps its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
         """
 
 def add_CentralBankServicer_to_server(servicer: CentralBankServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
@@ -448,8 +451,9 @@ class CentralBankAdminStub:
     """
     ListRefusals: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.ListRefusalsRequest, _central_bank_pb2.RefusalPage]
     """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
-    endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
-    changed by them. The node keeps its newest 100,000 refusals.
+    endorsements), oldest first, one page at a time, each saying whether its sender was
+    authenticated. Outside the settlement log: nothing was changed by them. The node keeps
+    its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
     """
 
 @_typing.type_check_only
@@ -489,8 +493,9 @@ class CentralBankAdminAsyncStub(CentralBankAdminStub):
     """
     ListRefusals: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.ListRefusalsRequest, _central_bank_pb2.RefusalPage]  # type: ignore[assignment]
     """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
-    endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
-    changed by them. The node keeps its newest 100,000 refusals.
+    endorsements), oldest first, one page at a time, each saying whether its sender was
+    authenticated. Outside the settlement log: nothing was changed by them. The node keeps
+    its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
     """
 
 class CentralBankAdminServicer(metaclass=_abc_1.ABCMeta):
@@ -593,8 +598,9 @@ class CentralBankAdminServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_central_bank_pb2.RefusalPage, _abc.Awaitable[_central_bank_pb2.RefusalPage]]:
         """Instructions this node refused itself, from any sender (its banks, peer nodes asking for
-        endorsements), oldest first, one page at a time. Outside the settlement log: nothing was
-        changed by them. The node keeps its newest 100,000 refusals.
+        endorsements), oldest first, one page at a time, each saying whether its sender was
+        authenticated. Outside the settlement log: nothing was changed by them. The node keeps
+        its newest 100,000 authenticated refusals and, apart, its newest 10,000 others.
         """
 
 def add_CentralBankAdminServicer_to_server(servicer: CentralBankAdminServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
