@@ -418,6 +418,17 @@ class Replica:
                 lambda: self.height > height and not self.unverified_checkpoint
             )
 
+    async def reach(self, seq: int, timeout: float) -> None:
+        """Wait until the entry at `seq` is replayed, at most `timeout` seconds; raises Refused
+        (CATCHING_UP) if it is not by then."""
+        try:
+            async with asyncio.timeout(timeout):
+                while seq > self.last_seq:
+                    await self.wait_beyond(self.height)
+        except TimeoutError:
+            pass
+        self.require_up_to(seq)
+
     def is_party(self, participant: ParticipantId, seq: int) -> bool:
         """Whether the entry at `seq` concerns `participant` (False if not replayed yet)."""
         found = next(self.entries_of(participant, seq, 1), None)

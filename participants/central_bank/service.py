@@ -69,6 +69,7 @@ from participants.network_config import NetworkConfig
 log = logging.getLogger("participants.central_bank")
 Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 BRIDGE_DEADLINE = 10.0
+REPLICA_WAIT = 2.0  # seconds a query waits for the replica to replay an entry just recorded
 BAD_SIGNATURES_REMEMBERED = 1024  # until the refusal they caused is recorded
 STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call (a batch: its items)
 SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
@@ -760,6 +761,10 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 "/bridge.v1.CentralBank/GetInstructionStatus", request
             )
             sender = request.sender or bank
+            if sender != bank:
+                # whether another bank's instruction exists must not show: until the replica
+                # can tell who is a party, every such question gets the same CATCHING_UP
+                core.replica.require_up_to()
             try:
                 status: types.InstructionStatus = await core.bridge.GetReceipt(
                     bridge_pb.GetReceiptRequest(
@@ -775,8 +780,8 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                         Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction"
                     ) from error
                 raise refusal from error
-            if sender != bank:
-                core.replica.require_up_to(status.receipt.seq)  # is_party needs that entry
+            if sender != bank:  # is_party needs that entry: wait for it (recorded just now)
+                await core.replica.reach(status.receipt.seq, timeout=REPLICA_WAIT)
             if sender != bank and not core.replica.is_party(bank, status.receipt.seq):
                 raise Refused(Reason.NOT_A_PARTY, f"{bank} is not a party to that instruction")
             return status

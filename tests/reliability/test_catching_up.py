@@ -6,7 +6,8 @@ slowed down by a test hook (CBDC_BRIDGE_TEST_REPLAY_DELAY_MS) so the replay take
 any machine. Meanwhile ICBC asks for its history from a recent sequence number, over and over:
 every answer is either the complete page (exactly what the node answered before the restart)
 or UNAVAILABLE with reason CATCHING_UP (retryable) naming both heights; never an empty or
-partial page with OK.
+partial page with OK. BOCQ meanwhile asks for the status of one of ICBC's instructions it is no
+party to, and of an id ICBC never used: the answers must not tell them apart.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import grpc
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge.errors import Reason
 from participants.launcher import READY_TIMEOUT
-from tests.conftest import RPC_TIMEOUT, reason_of, wait_for
+from tests.conftest import RPC_TIMEOUT, new_id, reason_of, refusal_of, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import LiveNetwork
@@ -39,6 +40,18 @@ def history(live: LiveNetwork, from_seq: int) -> list[tuple[int, bytes]]:
     return [(e.entry.seq, bytes(e.entry.canonical)) for e in page.entries]
 
 
+def status_answer(live: LiveNetwork, instruction_id: str) -> Reason:
+    """The reason BOCQ's status query for ICBC's `instruction_id` is refused with."""
+    query = live.query(
+        "GetInstructionStatus",
+        cb_pb.InstructionStatusQuery(sender="ICBC", instruction_id=instruction_id),
+        "BOCQ",
+    )
+    return reason_of(
+        refusal_of(lambda: live.node("PBOC").GetInstructionStatus(query, timeout=RPC_TIMEOUT))
+    )
+
+
 def history_or_refusal(live: LiveNetwork, from_seq: int) -> list[tuple[int, bytes]] | grpc.RpcError:
     try:
         return history(live, from_seq)
@@ -49,8 +62,11 @@ def history_or_refusal(live: LiveNetwork, from_seq: int) -> list[tuple[int, byte
 def test_restarted_node_answers_history_complete_or_catching_up_never_short(
     live: LiveNetwork,
 ) -> None:
-    """While its replica replays the log, PBOC answers CATCHING_UP or the full page."""
+    """While its replica replays the log, PBOC answers CATCHING_UP or the full page, and
+    answers another bank's status query for an existing instruction as for a missing one."""
     live.issue("ICBC", 1_000_000)
+    foreign = live.pay("ICBC", "HSBCHK", 7).receipt.instruction_id  # BOCQ is no party
+    missing = new_id("never-used")
     seqs = [live.pay("ICBC", "BOCQ", 1 + i).receipt.seq for i in range(PAYMENTS)]
     from_seq = seqs[-RECENT]
     complete = wait_for(
@@ -79,6 +95,10 @@ def test_restarted_node_answers_history_complete_or_catching_up_never_short(
     deadline = time.monotonic() + READY_TIMEOUT + PAYMENTS * REPLAY_DELAY_MS / 1000
     while True:
         assert time.monotonic() < deadline, "PBOC never caught up"
+        # asked in this order, a missing id told NOT_A_PARTY and then an existing one told
+        # CATCHING_UP would show which exists (a node never goes back to catching up)
+        told = (status_answer(live, missing), status_answer(live, foreign))
+        assert told != (Reason.NOT_A_PARTY, Reason.CATCHING_UP), "existence shown"
         answer = history_or_refusal(live, from_seq)
         if isinstance(answer, list):
             assert answer == complete, f"a short page while catching up: {len(answer)} of {RECENT}"
@@ -91,3 +111,4 @@ def test_restarted_node_answers_history_complete_or_catching_up_never_short(
         catching_up += 1
         time.sleep(0.05)
     assert catching_up, "the replay window was never observed"
+    assert status_answer(live, missing) is status_answer(live, foreign) is Reason.NOT_A_PARTY
