@@ -243,6 +243,69 @@ def test_a_batch_whose_commit_fails_answers_every_instruction_not_decided(
     assert live.balance("BOCQ", "CNY")[0] == 0
 
 
+def logged_since(path: Path, offset: int) -> list[dict[str, object]]:
+    """The JSON records a node logged past `offset` bytes of its log file."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read().decode(errors="replace")
+    records = []
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def test_failing_block_commits_are_logged_once_with_their_cause(live: LiveNetwork) -> None:
+    """Two batches whose block commits fail (the bridge's file locked by another process): the
+    bridge logs one ERROR line naming the cause, without traceback, then one line on recovery;
+    both batches were answered OUTCOME_UNKNOWN."""
+    log = live.directory / "logs" / "bridge.log"
+    offset = log.stat().st_size
+
+    def payment() -> types.SignedInstruction:
+        body = Pay(
+            new_id("logged"),
+            "ICBC",
+            now_ms() + VALID_FOR_MS,
+            "BOCQ",
+            "CNY",
+            5,
+            "",
+            signed_at=now_ms(),
+        )
+        return live.endorsed(body)
+
+    lock = sqlite3.connect(live.config.bridge_db, timeout=COMMIT_WAIT, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        for _ in range(2):
+            (answer,) = submit_batch(live, [payment()]).values()
+            assert answer.refusal.reason == Reason.OUTCOME_UNKNOWN.value, answer
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    (settled,) = submit_batch(live, [payment()]).values()
+    assert settled.receipt.outcome == types.OUTCOME_SETTLED
+
+    def episode() -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        records = logged_since(log, offset)
+        failing = [r for r in records if str(r["msg"]).startswith("ledger store writes failing")]
+        recovered = [r for r in records if "ledger store writes recovered" in str(r["msg"])]
+        return failing, recovered
+
+    failing, recovered = wait_for(
+        lambda: (found := episode())[1] and found, timeout=RPC_TIMEOUT, what="the recovery line"
+    )
+    assert len(failing) == 1, failing
+    assert failing[0]["level"] == "error"
+    assert "database is locked" in str(failing[0]["msg"])
+    assert "exc" not in failing[0], "an expected store failure is logged without traceback"
+    assert len(recovered) == 1, recovered
+    assert all("exc" not in r for r in logged_since(log, offset))
+
+
 def test_stalled_peer_node_reaches_the_bank_as_retryable_not_expired(live: LiveNetwork) -> None:
     """HKMA's node stalled: PBOC's endorsement request times out and ICBC hears a retryable
     UNAVAILABLE (not INSTRUCTION_EXPIRED); once HKMA is back the same instruction settles once."""
