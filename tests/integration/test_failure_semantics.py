@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -128,7 +129,8 @@ def test_sdk_repeat_after_an_id_conflict_returns_the_original_receipt(live: Live
 
 
 def test_cli_refusal_exits_1_and_says_it_is_final(live: LiveNetwork, tmp_path: Path) -> None:
-    """`cbdc-bridge bank pay` refused for funds: exit 1, reason printed, marked final."""
+    """`cbdc-bridge bank pay` refused for funds: exit 1, reason printed, marked final, and the
+    amounts in the bridge's message in major units of CNY, never bare minor units."""
     network = str(live.directory)
     result = run_cli(
         tmp_path, "bank", "pay", "ICBC", "99999999", "CNY", "--network", network, "--bank", "BOCQ"
@@ -136,6 +138,8 @@ def test_cli_refusal_exits_1_and_says_it_is_final(live: LiveNetwork, tmp_path: P
     assert result.returncode == 1, result.stderr
     assert "INSUFFICIENT_FUNDS" in result.stderr
     assert "refused (final, nothing changed)" in result.stderr
+    assert "needs 99,999,999.00 CNY" in result.stderr
+    assert not re.search(r"(?<![\d.,])\d{4,} CNY", result.stderr), result.stderr
 
 
 def test_cli_resubmit_command_repeats_the_same_instruction(
