@@ -41,7 +41,9 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from bridge.domain import BRIDGE_SENDER
+from bridge.errors import StoreError
 from bridge.metrics import gauge, stage
+from bridge.node.episodes import FailureEpisode
 from bridge.node.feed import ChainFeed
 from bridge.notify import (
     FINAL_TOPIC,
@@ -127,6 +129,8 @@ class OutboxPublisher:
         self._final_sent = -1
         self._task: asyncio.Task[None] | None = None
         self._marking: asyncio.Future[Any] | None = None
+        # a cursor not stored means a re-publication after a restart, not a lost event
+        self._cursor_writes = FailureEpisode(log, "outbox cursor writes (events published again)")
         self._last_backlog_log = 0.0
         self._hold_marker = os.environ.get(HOLD_ENV)  # the test hook, read once
         # every read of the store runs on this one thread (the connection is not shared)
@@ -342,8 +346,19 @@ class OutboxPublisher:
         in order on that one thread; a crash before one lands means a re-publication."""
         self._cursor = upto
         marking = asyncio.get_running_loop().run_in_executor(self._writer, self._mark, upto)
-        marking.add_done_callback(_log_mark_failure)
+        marking.add_done_callback(self._marked)
         self._marking = marking
+
+    def _marked(self, marking: asyncio.Future[Any]) -> None:
+        """A cursor write ended: a failing run of them is logged once, with its cause (the
+        events not marked are published again), and its end once."""
+        if marking.cancelled():
+            return
+        error = marking.exception()
+        if error is None:
+            self._cursor_writes.succeeded()
+        else:
+            self._cursor_writes.failed(error, traceback=not isinstance(error, StoreError))
 
     # ------------------------------------------------------------------ messages
 
@@ -483,11 +498,6 @@ class _BatchAcks:
         self.left -= 1
         if self.left <= 0 and not self.done.done():
             self.done.set_result(None)
-
-
-def _log_mark_failure(marking: asyncio.Future[Any]) -> None:
-    if not marking.cancelled() and marking.exception() is not None:
-        log.error("outbox cursor not stored (will publish again)", exc_info=marking.exception())
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:

@@ -372,8 +372,13 @@ class SqliteStore(StateReads):
         return 0 if row is None else int(row[0])
 
     def set_outbox_cursor(self, consumer: str, last_id: int) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO outbox_cursor VALUES (?, ?)", (consumer, last_id))
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT OR REPLACE INTO outbox_cursor VALUES (?, ?)", (consumer, last_id)
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"storing the outbox cursor of {consumer} failed: {exc}") from exc
 
     # ------------------------------------------------------------------ committed state
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,48 @@ async def test_publisher_delivers_holds_settlements_and_expiries_in_order(
     assert retained["instruction_id"] == later.instruction_id
     assert retained["prev_seq"] == got[-1]["seq"]
     for opened in (store, marks, first.reader, second.reader):
+        opened.close()
+
+
+async def test_cursor_writes_failing_are_logged_once_with_their_cause(
+    broker: Broker, net: Network, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While its cursor cannot be stored (the store refuses writes), the publisher goes on
+    publishing block after block and logs one ERROR line naming the cause, without traceback;
+    once writes work again, one line on recovery, and the stored cursor catches up."""
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, "PBOC", "ICBC")], T0)
+    marks = SqliteStore(db)
+    marks._db.execute("PRAGMA query_only = ON")  # every cursor write refused by SQLite itself
+    caplog.set_level(logging.INFO, logger="bridge")
+    running = publisher(broker, db, marks)
+    running.start()
+    for number in range(3):  # three blocks, each published and its cursor write failing
+        settle(engine, [issue(net, "PBOC", "ICBC", 10 + number)], T0 + 1 + number)
+        running.block_committed()
+        last = store.outbox_last_id()
+        await wait_until(lambda: running._cursor == last)  # noqa: B023 - awaited at once
+        marking = running._marking
+        assert marking is not None
+        await asyncio.wait([marking])
+        assert marking.exception() is not None
+    assert store.outbox_cursor(CONSUMER) == 0
+    marks._db.execute("PRAGMA query_only = OFF")
+    settle(engine, [issue(net, "PBOC", "ICBC", 99)], T0 + 10)
+    running.block_committed()
+    await wait_until(lambda: store.outbox_cursor(CONSUMER) == store.outbox_last_id())
+    await running.stop()
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(problems) == 1, [r.getMessage() for r in problems]
+    assert problems[0].levelno == logging.ERROR
+    assert "attempt to write a readonly database" in problems[0].getMessage()
+    assert problems[0].exc_info is None, "an expected store failure is logged without traceback"
+    recovered = [r.getMessage() for r in caplog.records if "recovered" in r.getMessage()]
+    assert len(recovered) == 1
+    assert "after 3 failures" in recovered[0]
+    for opened in (store, marks, running.reader):
         opened.close()
 
 
