@@ -8,11 +8,13 @@ leader": a central bank node then tries another bridge address) and stores attes
 (they are verified against stored blocks and idempotent, so they need no sequencer).
 
 `lead_when_possible` tries for the lock every `POLL_SECONDS`; once leading, it checks every
-`POLL_SECONDS` that its lock session is alive and that no block commit has failed (the outcome
-of a commit cut off mid-way is unknown: the ledger is reloaded from the database rather than
-trusted), and steps down otherwise. Leadership then passes to whichever process takes the lock
-first, this one included, at the next height: the new leader loads the ledger after its epoch
-increment, which waits for any commit of the old leader still in flight.
+`POLL_SECONDS` (also while it loads the ledger) that its lock session is alive, which renews
+the lease the server holds it to (`bridge.store.postgres.LEASE_SECONDS`), and that no block
+commit has failed (the outcome of a commit cut off mid-way is unknown: the ledger is reloaded
+from the database rather than trusted), and steps down otherwise. Leadership then passes to
+whichever process takes the lock first, this one included, at the next height: the new leader
+loads the ledger after its epoch increment, which waits for any commit of the old leader still
+in flight.
 
 `follow_database` moves every process's `ChainFeed` on from the database, so followers' block
 streams and finality advance, and the leader sees attestations stored by followers.
@@ -167,12 +169,21 @@ async def _lead(
     store.epoch, store.failed = epoch, False
     sequencer: Sequencer | None = None
     try:
-        engine = await loop.run_in_executor(
+        opening = loop.run_in_executor(
             None,
             lambda: SettlementEngine.open(
                 store, genesis, verifier=FastVerifier(), check=SignatureCheck.ENDORSEMENTS
             ),
         )
+        # loading a large ledger can outlast the lease: keep proving this process is alive
+        while not opening.done():
+            if not await loop.run_in_executor(None, leadership.held):
+                log.warning("leadership lost while loading the ledger", extra={"epoch": epoch})
+                with contextlib.suppress(Exception):
+                    await opening
+                return
+            await asyncio.wait({opening}, timeout=POLL_SECONDS)
+        engine = await opening
         head = await loop.run_in_executor(None, store.head)
         sequencer = LeaderSequencer(
             engine,

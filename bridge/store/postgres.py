@@ -13,7 +13,8 @@ Several bridge processes may share one database; only the leader writes blocks. 
 session advisory lock (`Leadership`); taking it increments the `leader.epoch` row, and every
 block commit first checks, in its own transaction, that the epoch is still the one this store
 was given (`fence`). A deposed leader's commit therefore fails whole, even if it has not yet
-noticed it lost the lock.
+noticed it lost the lock. The lock is a lease (`LEASE_SECONDS`): the server ends a lock session
+that falls silent, and a commit transaction left idle, so a paused leader holds nobody up.
 
 The schema comes from numbered migrations (`MIGRATIONS`), applied in order under an advisory
 lock and recorded in `schema_migrations`.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterator, Sequence
@@ -52,6 +54,7 @@ from bridge.store.receipts import stored_ledger
 from bridge.store.state_reads import StateReads
 from bridge.store.tail import TAIL_BLOCKS_VERIFIED, check_tail
 
+log = logging.getLogger("bridge.store")
 MIGRATION_LOCK = 0x6362_6463_6D69_6772  # advisory lock keys: "cbdcmigr"
 LEADER_LOCK = 0x6362_6463_6C65_6164  # "cbdclead"
 POOL_WAIT_SECONDS = 3.0  # callers wait this long for a connection while the server is away
@@ -72,6 +75,13 @@ SERVER_KEEPALIVES = (
     "-c tcp_keepalives_idle=2 -c tcp_keepalives_interval=1 -c tcp_keepalives_count=3"
     " -c tcp_user_timeout=5000"
 )
+# Leadership is a lease: a leader proves it is alive on its lock session every few tenths of a
+# second (`Leadership.held`). A session silent for LEASE_SECONDS (the process paused, its
+# machine gone while the kernel of a proxy or NAT still answers keepalives) is closed by the
+# server, which frees the lock; a block commit left open that long (the same pause, mid-way)
+# is ended too, which frees the fencing row the next leader's epoch increment waits for.
+LEASE_SECONDS = 5
+LEASE_TIMEOUT = f"{LEASE_SECONDS * 1000}ms"
 
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (
@@ -290,9 +300,14 @@ class PostgresStore(StateReads):
         """Inside a write transaction: go on only while this store's epoch is the current one.
 
         The row lock taken here is held until the commit, so a new leader's epoch increment
-        waits for this transaction and every later commit of ours sees the new epoch."""
+        waits for this transaction and every later commit of ours sees the new epoch. The
+        transaction may not stand idle longer than the lease (`LEASE_SECONDS`): a leader paused
+        mid-commit cannot hold the next one up."""
         if self.epoch is None:
             return
+        conn.execute(
+            "SELECT set_config('idle_in_transaction_session_timeout', %s, true)", (LEASE_TIMEOUT,)
+        )
         updated = conn.execute(
             "UPDATE leader SET epoch = epoch WHERE id = 1 AND epoch = %s", (self.epoch,)
         ).rowcount
@@ -583,6 +598,7 @@ class Leadership:
             if self._conn is None or self._conn.closed:
                 migrate(self.url)
                 self._conn = connect(self.url, options=SERVER_KEEPALIVES)
+                self._lease(self._conn)
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
             if row is None or not row[0]:
                 return None
@@ -597,6 +613,15 @@ class Leadership:
         assert bumped is not None
         self.epoch = int(bumped[0])
         return self.epoch
+
+    @staticmethod
+    def _lease(conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        """End this session when it has been silent for the lease (PostgreSQL 14 or later;
+        older servers fall back to the keepalives alone)."""
+        try:
+            conn.execute("SELECT set_config('idle_session_timeout', %s, false)", (LEASE_TIMEOUT,))
+        except psycopg.errors.UndefinedObject:
+            log.warning("the server has no idle_session_timeout: a paused leader keeps the lock")
 
     def held(self) -> bool:
         """Whether the lock's session is still alive (a round trip to the server)."""

@@ -3,16 +3,24 @@ refusal of a forked or gapped chain, and versioned migrations."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
 
 from bridge.crypto import FastVerifier
 from bridge.errors import Reason, Refused, StoreError
-from bridge.log.blocks import seal
+from bridge.log.blocks import SealedBlock, seal
+from bridge.node.leadership import POLL_SECONDS, SequencerOptions, lead_when_possible
+from bridge.node.sequencer import Sequencer
 from bridge.settlement import SettlementEngine
 from bridge.store.postgres import (
+    LEASE_SECONDS,
     MIGRATIONS,
     Leadership,
     NotLeader,
@@ -20,9 +28,11 @@ from bridge.store.postgres import (
     migrate,
     public_url,
 )
+from tests.conftest import wait_for
 from tests.factories import BANKS, T0, Network, admit_bank, issue, network, pay
 
 FUNDS = 1_000_000
+SILENT_FOR = 30.0  # generous bound on taking over from a silent leader (correctness, not speed)
 
 
 @pytest.fixture
@@ -102,6 +112,138 @@ def test_a_deposed_leader_cannot_commit(
     settled = new.settle([pay(net, "ICBC", "CCB", 10)], T0 + 1)
     assert settled.block is not None
     assert settled.block.header.height == before[0] + 1
+
+
+def test_a_silent_leader_loses_the_lock_to_the_next_process(
+    postgres_url: str, opened: list[PostgresStore | Leadership]
+) -> None:
+    """A leader whose lock session falls silent (the process paused, its machine gone without
+    closing the socket) loses the lock; the next process leads with a higher epoch."""
+    migrate(postgres_url)
+    silent, next_one = Leadership(postgres_url), Leadership(postgres_url)
+    opened += [silent, next_one]
+    epoch = silent.try_acquire()
+    assert epoch is not None
+    assert next_one.try_acquire() is None
+    taken = wait_for(next_one.try_acquire, timeout=SILENT_FOR, what="the next process to lead")
+    assert taken == epoch + 1
+    assert not silent.held()
+
+
+def test_a_leader_paused_inside_a_block_commit_does_not_block_the_next_one(
+    postgres_url: str,
+    net: Network,
+    opened: list[PostgresStore | Leadership],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A leader that stops mid-commit (its transaction open, the fencing row locked) does not
+    hold the next leader up: that one takes over, the paused commit fails whole when it goes
+    on, and the new leader continues at the next height."""
+    old, _ = leader_engine(postgres_url, net, opened)
+    funded(old, net)
+    height = old.height
+    store = old.store
+    assert isinstance(store, PostgresStore)
+    inside, go_on = threading.Event(), threading.Event()
+    write_changes = store._write_changes
+
+    def paused(cursor: psycopg.Cursor[tuple[Any, ...]], batch: Any) -> None:
+        inside.set()
+        go_on.wait(SILENT_FOR * 2)
+        write_changes(cursor, batch)
+
+    monkeypatch.setattr(store, "_write_changes", paused)
+    prepared = old.prepare([pay(net, "ICBC", "CCB", 10)], T0 + 1)
+    assert prepared.block is not None
+    failures: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            store.commit_block(prepared.block, prepared.batch, [prepared.events])  # type: ignore[arg-type]
+        except BaseException as exc:  # the failure is what the test expects
+            failures.append(exc)
+
+    committing = threading.Thread(target=commit, daemon=True)
+    committing.start()
+    assert inside.wait(10)
+
+    next_one = Leadership(postgres_url)
+    opened.append(next_one)
+    taken: list[int] = []
+
+    def take_over() -> None:
+        deadline = threading.Event()
+        while not deadline.wait(0.1):
+            epoch = next_one.try_acquire()
+            if epoch is not None:
+                taken.append(epoch)
+                return
+
+    taking = threading.Thread(target=take_over, daemon=True)
+    taking.start()
+    taking.join(SILENT_FOR)
+    go_on.set()
+    committing.join(SILENT_FOR)
+    assert taken, "the next process never led: the paused commit held the fencing row"
+    assert not committing.is_alive()
+    assert len(failures) == 1
+    assert isinstance(failures[0], StoreError)
+    assert store.failed
+
+    new_store = PostgresStore(postgres_url)
+    opened.append(new_store)
+    new_store.epoch = taken[0]
+    new = SettlementEngine.open(new_store, net.genesis, verifier=FastVerifier())
+    assert new.height == height
+    settled = new.settle([pay(net, "ICBC", "CCB", 10)], T0 + 1)
+    assert settled.block is not None
+    assert settled.block.header.height == height + 1
+
+
+async def test_a_leader_loading_a_ledger_for_longer_than_the_lease_keeps_the_lock(
+    postgres_url: str, net: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new leader whose ledger takes longer than the lease to load still holds the lock
+    afterwards: it sequences with the epoch it took instead of stepping down to load again."""
+    opening = SettlementEngine.open
+
+    def slow_open(*args: Any, **kwargs: Any) -> SettlementEngine:
+        time.sleep(LEASE_SECONDS + 2)
+        return opening(*args, **kwargs)
+
+    monkeypatch.setattr(SettlementEngine, "open", slow_open)
+    store = PostgresStore(postgres_url)
+    installed: list[Sequencer | None] = []
+
+    def on_block(block: SealedBlock) -> None:
+        pass
+
+    leading = asyncio.create_task(
+        lead_when_possible(
+            url=postgres_url,
+            store=store,
+            genesis=net.genesis,
+            options=SequencerOptions(max_batch=64, block_interval=0.01),
+            install=installed.append,
+            on_block=on_block,
+        )
+    )
+    try:
+        for _ in range(int(SILENT_FOR / 0.1)):
+            if installed:
+                break
+            await asyncio.sleep(0.1)
+        assert installed, "never led"
+        await asyncio.sleep(POLL_SECONDS * 6)  # several liveness checks of the lock session
+        assert len(installed) == 1, installed  # no step down (None) and no second load
+        assert installed[0] is not None
+        with psycopg.connect(postgres_url) as conn:
+            assert conn.execute("SELECT epoch FROM leader").fetchone() == (1,)
+    finally:
+        leading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await leading
+        store.close()
 
 
 def test_a_stale_epoch_commit_raises_not_leader(
