@@ -1,6 +1,7 @@
 """Refused versus not decided, through a live network: status details, SDK, CLI exit codes.
 
-One network (bridge and four central bank nodes) runs for the module. The status of every failed
+One network (bridge and four central bank nodes) runs for the module, once with the bridge on a
+SQLite file and once on PostgreSQL. The status of every failed
 call says which of the two kinds it is in its `google.rpc.ErrorInfo` metadata (`retryable`,
 `outcome`); the SDK raises `Refusal` or `NotDecided`; the CLI exits 1 or 3. The last tests stall
 a peer central bank node and stop the bridge, then restore them.
@@ -31,14 +32,33 @@ from bridge.errors import Reason
 from participants.central_bank.channels import bridge_channel
 from participants.launcher import free_ports
 from participants.sdk import BankClient, NotDecided, Refusal, RetryPolicy
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, refusal_of, wait_for
+from tests.conftest import (
+    RPC_TIMEOUT,
+    VALID_FOR_MS,
+    network_on_each_store,
+    new_id,
+    now_ms,
+    refusal_of,
+    wait_for,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from participants.launcher import Network
     from tests.conftest import LiveNetwork
 
 CLI = Path(sys.executable).parent / "cbdc-bridge"
 FUNDS = 10_000_000
 COMMIT_WAIT = 60.0  # the bridge gives up on a locked file after 10 s (busy_timeout)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The network with its one bridge process on each store."""
+    yield from network_on_each_store(request, tmp_path_factory)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -1,10 +1,10 @@
 """The bridge goes away for a while and comes back: central bank nodes reconnect on their own.
 
 The bridge process is stopped for several seconds while banks keep calling PBOC's node (which
-answers UNAVAILABLE meanwhile), then restarted on the same file and port. PBOC's node must
-serve payments again soon after (a generous bound: this checks that it reconnects, not how
-fast), and its log must show the outage once ("bridge unreachable") and the return once
-("bridge reachable again after N s"), not a line per retry.
+answers UNAVAILABLE meanwhile), then restarted on the same store (a SQLite file, or a PostgreSQL
+database) and port. PBOC's node must serve payments again soon after (a generous bound: this
+checks that it reconnects, not how fast), and its log must show the outage once ("bridge
+unreachable") and the return once ("bridge reachable again after N s"), not a line per retry.
 """
 
 from __future__ import annotations
@@ -14,17 +14,28 @@ import time
 from typing import TYPE_CHECKING
 
 import grpc
+import pytest
 
 from bridge._proto.bridge.v1 import types_pb2 as types
-from tests.conftest import wait_for
+from tests.conftest import network_on_each_store, wait_for
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
+    from participants.launcher import Network
     from tests.conftest import LiveNetwork
 
 OUTAGE_SECONDS = 6.0
 BACK_WITHIN_SECONDS = 10.0  # generous: correctness of reconnection, not its speed
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The network with its one bridge process on each store."""
+    yield from network_on_each_store(request, tmp_path_factory)
 
 
 def log_lines(path: Path, message_start: str) -> list[dict[str, object]]:
