@@ -6,7 +6,8 @@ bank may see meanwhile: retryable, never a final refusal). The leading bridge pr
 with SIGKILL mid-load; later the PostgreSQL server itself is restarted mid-load. Afterwards every
 acknowledged payment is in the log exactly once at the seq it was acknowledged with, the log is
 one hash chain without gaps or forks (the new leader went on at the next height), every central
-bank attests the new blocks, and per currency the supply equals the sum of the balances.
+bank attests the new blocks, per currency the supply equals the sum of the balances, and the
+whole database verifies offline (`log verify`: signatures, state commitments, stored state).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay
 from bridge.errors import Reason
+from bridge.log.source import open_source
+from bridge.log.verify import verify_log
 from participants.central_bank.channels import bridge_channel
 from participants.launcher import Network
 from tests.conftest import (
@@ -213,6 +216,14 @@ def assert_acknowledged_once(live: LiveNetwork, load: Load) -> None:
     )
 
 
+def assert_log_verifies(live: LiveNetwork) -> None:
+    """The database, read as `log verify postgresql://...` reads it, agrees with its signed log."""
+    with open_source(live.config.bridge_store) as source:
+        report = verify_log(source, trusted_genesis=live.config.genesis())
+    assert report.ok, report.failures
+    assert report.entries == live.entry_count()
+
+
 def test_standby_processes_refuse_instructions_retryably_and_serve_reads(
     live: LiveNetwork,
 ) -> None:
@@ -270,6 +281,7 @@ def test_killing_the_leader_under_load_loses_and_doubles_nothing(
     assert_one_chain(live.bridge, live.config.genesis().hash())
     live.wait_all_final(timeout=60)
     live.assert_conserved()
+    assert_log_verifies(live)
 
 
 def test_restarting_postgresql_under_load_loses_and_doubles_nothing(
@@ -294,3 +306,4 @@ def test_restarting_postgresql_under_load_loses_and_doubles_nothing(
     assert_one_chain(live.bridge, live.config.genesis().hash())
     live.wait_all_final(timeout=60)
     live.assert_conserved()
+    assert_log_verifies(live)
