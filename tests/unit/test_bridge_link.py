@@ -291,3 +291,94 @@ async def test_a_leg_its_bank_did_not_sign_is_refused_before_it_is_queued() -> N
     assert result.reason is Reason.MISSING_SIGNATURE
     assert stub.calls == []
     await link.close()
+
+
+class OneAnswerCall:
+    """A Submit call that gives every instruction of each message the same answer."""
+
+    def __init__(self, requests: AsyncIterator[pb.SubmitRequest], answer: Refused | None) -> None:
+        self.requests = requests
+        self.answer = answer
+        self.seen: list[str] = []
+
+    def __aiter__(self) -> OneAnswerCall:
+        return self
+
+    async def __anext__(self) -> pb.SubmitResponse:
+        message = await anext(self.requests)
+        answers = []
+        for request in message.batch or (message,):
+            body = wire.envelope_from_proto(request.instruction).body
+            self.seen.append(body.instruction_id)
+            result: Receipt | Refused = self.answer or Receipt(
+                "ICBC", body.instruction_id, b"\0" * 32, Outcome.SETTLED, 7
+            )
+            answers.append(wire.submit_response_to_proto(request.correlation_id, result))
+        return pb.SubmitResponse(batch=answers)
+
+    def cancel(self) -> None:
+        pass
+
+
+class OneAnswerStub:
+    """One bridge process: a standby (not the leader), a leader that settles, or one that
+    refuses for good."""
+
+    def __init__(self, answer: Refused | None) -> None:
+        self.answer = answer
+        self.calls: list[OneAnswerCall] = []
+
+    def Submit(self, requests: AsyncIterator[pb.SubmitRequest]) -> Any:  # noqa: N802  # the stub's name
+        call = OneAnswerCall(requests, self.answer)
+        self.calls.append(call)
+        return call
+
+    def seen(self) -> list[str]:
+        return [i for call in self.calls for i in call.seen]
+
+
+STANDING_BY = Refused(Reason.UNAVAILABLE, "not the leader: this bridge process stands by")
+
+
+async def test_a_node_given_several_bridges_resubmits_to_the_next_until_one_leads() -> None:
+    """An instruction a standby answers UNAVAILABLE goes, under the same id, to the next bridge
+    address; the leader's receipt reaches the caller, and the link stays on the leader."""
+    net = network()
+    standby, leader = OneAnswerStub(STANDING_BY), OneAnswerStub(None)
+    link = BridgeLink(standby, leader)  # type: ignore[arg-type]
+    first = await link.submit(pay(net, "ICBC", "CCB", 10, instruction_id="fo-1"), timeout=5.0)
+    assert isinstance(first, Receipt), first
+    assert first.instruction_id == "fo-1"
+    assert standby.seen() == ["fo-1"]
+    assert leader.seen() == ["fo-1"]
+    second = await link.submit(pay(net, "ICBC", "CCB", 11, instruction_id="fo-2"), timeout=5.0)
+    assert isinstance(second, Receipt)
+    assert standby.seen() == ["fo-1"]  # not asked again
+    assert leader.seen() == ["fo-1", "fo-2"]
+    await link.close()
+
+
+async def test_a_final_refusal_is_not_resubmitted_to_another_bridge() -> None:
+    """A refusal (final) is the answer: the link does not try it at the other addresses."""
+    net = network()
+    refusing = OneAnswerStub(Refused(Reason.INSUFFICIENT_FUNDS, "no funds"))
+    other = OneAnswerStub(None)
+    link = BridgeLink(refusing, other)  # type: ignore[arg-type]
+    result = await link.submit(pay(net, "ICBC", "CCB", 10, instruction_id="fo-3"), timeout=5.0)
+    assert isinstance(result, Refused)
+    assert result.reason is Reason.INSUFFICIENT_FUNDS
+    assert other.seen() == []
+    await link.close()
+
+
+async def test_when_no_bridge_leads_the_caller_hears_not_decided() -> None:
+    """Every address standing by: after trying them all the caller gets the retryable answer."""
+    net = network()
+    stubs = [OneAnswerStub(STANDING_BY), OneAnswerStub(STANDING_BY)]
+    link = BridgeLink(*stubs, reachability=None)  # type: ignore[arg-type]
+    result = await link.submit(pay(net, "ICBC", "CCB", 10, instruction_id="fo-4"), timeout=1.0)
+    assert isinstance(result, Refused)
+    assert result.reason is Reason.UNAVAILABLE
+    assert result.reason.retryable
+    assert all(stub.seen() and set(stub.seen()) == {"fo-4"} for stub in stubs)
+    await link.close()
