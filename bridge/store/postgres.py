@@ -652,13 +652,14 @@ _COPIED = (
     ("state", "tbl, key, value", "tbl, key"),
     ("outbox", "height, payload", "id"),
     ("outbox_cursor", "consumer, last_id", "consumer"),
+    ("refusals", "time, sender, instruction_id, kind, reason, corridor", "id"),
 )
 
 
 def copy_from_sqlite(path: str, url: str) -> int:
     """Copy a SQLite store into an empty PostgreSQL database (moving a bridge onto a server),
-    in one transaction; the number of entries copied. The database's constraints check the
-    copy as it goes (hash links, heights, balances)."""
+    in one transaction, with its recorded refusals; the number of entries copied. The
+    database's constraints check the copy as it goes (hash links, heights, balances)."""
     import sqlite3
 
     migrate(url)
@@ -667,7 +668,10 @@ def copy_from_sqlite(path: str, url: str) -> int:
         with connect(url) as conn, conn.transaction(), conn.cursor() as cursor:
             if cursor.execute("SELECT 1 FROM meta").fetchone() is not None:
                 raise StoreError(f"{public_url(url)} already holds a ledger")
+            present = {name for (name,) in source.execute("SELECT name FROM sqlite_master")}
             for table, names, key in _COPIED:
+                if table not in present:  # a store older than the table
+                    continue
                 rows = source.execute(f"SELECT {names} FROM {table} ORDER BY {key}")
                 with cursor.copy(f"COPY {table} ({names}) FROM STDIN".encode()) as copy:
                     for row in rows:

@@ -113,6 +113,15 @@ def test_postgresql_source_reads_one_snapshot(url: str) -> None:
         assert sum(1 for _ in source.entries()) == before.entries
 
 
+def test_copy_keeps_the_refusals_the_sqlite_store_recorded(url: str, sample: SampleLog) -> None:
+    """Moving a store onto a server keeps its recorded refusals (export and report read them)."""
+    with open_source(sample.path) as original:
+        expected = [row[2:] for row in original.refusals()]
+    assert expected, "the sample recorded no refusals"
+    with open_source(url) as copied:
+        assert [row[2:] for row in copied.refusals()] == expected
+
+
 def test_copy_refuses_a_database_that_holds_a_ledger(url: str, sample: SampleLog) -> None:
     """Copying a store into a database that already holds a ledger is refused."""
     with pytest.raises(StoreError, match="already holds a ledger"):
