@@ -293,6 +293,29 @@ def test_migrations_apply_once_and_are_recorded(postgres_url: str) -> None:
     assert epoch == 0
 
 
+def test_a_database_at_an_older_version_gets_only_the_later_migrations(postgres_url: str) -> None:
+    """A database a previous release set up (version 1, holding a ledger row) is brought to the
+    current version by the later migrations alone; its rows are kept."""
+    first_version, first_sql = MIGRATIONS[0]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        conn.execute(first_sql.encode())
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (first_version,))
+        conn.execute("INSERT INTO meta VALUES ('genesis', '{}')")
+    store = PostgresStore(postgres_url)
+    store.close()
+    with psycopg.connect(postgres_url) as conn:
+        versions = [v for (v,) in conn.execute("SELECT version FROM schema_migrations ORDER BY 1")]
+        refusals = conn.execute("SELECT COUNT(*) FROM refusals").fetchone()
+        kept = conn.execute("SELECT value FROM meta WHERE key = 'genesis'").fetchone()
+    assert versions == [v for v, _ in MIGRATIONS]
+    assert refusals == (0,)
+    assert kept == ("{}",)
+
+
 def test_the_store_description_hides_the_password() -> None:
     """Messages name the database without its password."""
     url = "postgresql://bridge:s3cret@db.example:5433/ledger"
