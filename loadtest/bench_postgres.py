@@ -2,18 +2,21 @@
 
 One run, one machine, one throw-away PostgreSQL server (fsync on):
 
-1. **pgbench**: a custom script of PvP-shaped SQL (both legs: four balance updates, one entry
-   row of a typical entry's size, one transaction each) with as many clients as the bridge run
-   has streams: `pgbench_tps`;
-2. **bridge**: a network whose bridge processes (`--bridges`, default 2: one leads, one stands
+1. **bridge**: a network whose bridge processes (`--bridges`, default 2: one leads, one stands
    by) share a database on that server; pre-signed dual-signed PvPs are streamed through every
-   central bank node (as `bench stream` does): `bridge_pvp_per_s`; `ratio` is the quotient;
-3. **failover**: `--kills` times, the leading bridge process is SIGKILLed while a bank pays
+   central bank node (as `bench stream` does): `bridge_pvp_per_s`;
+2. **failover**: `--kills` times, the leading bridge process is SIGKILLed while a bank pays
    through its central bank node; the seconds from the kill to the first payment settled
    after it (another process leads, the central bank link found it) give `failover_s_p50`
-   and `failover_s_max`. The killed process is restarted (as a standby) each time.
-
-Afterwards the settled count is compared with the database and the log is verified.
+   and `failover_s_max`. The killed process is restarted (as a standby) each time. Then the
+   whole log, written across the kills, is verified and the settled count is compared with
+   the database;
+3. **pgbench**: a custom script of PvP-shaped SQL, one transaction per PvP as the bridge would
+   write it alone: four balance updates (both legs) and one row into a table shaped like the
+   bridge's `entries` (same columns, primary key, unique (sender, instruction id) index and
+   foreign key to a block), of the average size of the entries the bridge run wrote; as many
+   clients as the bridge run had streams: `pgbench_tps`. `ratio` is
+   `bridge_pvp_per_s / pgbench_tps`.
 """
 
 from __future__ import annotations
@@ -48,17 +51,25 @@ from participants.launcher import Network, NodeProcess, prepare_network
 
 __all__ = ["PostgresBenchSettings", "describe", "run"]
 
-ENTRY_BYTES = 900  # about one dual-signed PvP entry's canonical bytes
-PGBENCH_SCRIPT = f"""\\set a random(1, :accounts)
+ENTRY_BYTES = 900  # one dual-signed PvP entry's canonical bytes, if the bridge run wrote none
+
+
+def pgbench_script(entry_bytes: int) -> str:
+    """One PvP as SQL: both legs' balance updates, then its entry row."""
+    return f"""\\set a random(1, :accounts)
 \\set b random(1, :accounts)
 BEGIN;
 UPDATE bench_accounts SET available = available - 700000 WHERE id = :a AND currency = 'CNY';
 UPDATE bench_accounts SET available = available + 700000 WHERE id = :b AND currency = 'CNY';
 UPDATE bench_accounts SET available = available - 756000 WHERE id = :b AND currency = 'HKD';
 UPDATE bench_accounts SET available = available + 756000 WHERE id = :a AND currency = 'HKD';
-INSERT INTO bench_entries (data) VALUES (convert_to(repeat('x', {ENTRY_BYTES}), 'UTF8'));
+INSERT INTO bench_entries (height, sender, instruction_id, kind, outcome, time, body_hash, data)
+VALUES (1, 'BANK' || :a, gen_random_uuid()::text, 'dual_pvp', 'SETTLED', :b,
+        decode(repeat('ab', 32), 'hex'), convert_to(repeat('x', {entry_bytes}), 'UTF8'));
 END;
 """
+
+
 PGBENCH_ACCOUNTS = 1_000  # spread wide: clients rarely wait on each other's rows
 
 
@@ -78,11 +89,19 @@ def run(settings: PostgresBenchSettings) -> dict[str, Any]:
         raise RuntimeError("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin")
     server = start_server(bin_dir)
     try:
-        streams = 4  # one SubmitStream per central bank node
-        pgbench = run_pgbench(server, bin_dir, clients=streams, seconds=settings.pgbench_seconds)
         with _network(server, settings.bridges) as network:
             bridge = _bridge_run(network, settings)
             failovers = [_failover_once(network) for _ in range(settings.kills)]
+            verified, bridge["log"] = _verify(network)  # the whole log, across the kills
+            bridge["ok"] = bridge["ok"] and verified
+        streams = bridge["streams"]  # one SubmitStream per central bank node
+        pgbench = run_pgbench(
+            server,
+            bin_dir,
+            clients=streams,
+            seconds=settings.pgbench_seconds,
+            entry_bytes=bridge["entry_bytes"] or ENTRY_BYTES,
+        )
     finally:
         server.remove()
     rate = bridge["bridge_pvp_per_s"]
@@ -117,7 +136,12 @@ def run(settings: PostgresBenchSettings) -> dict[str, Any]:
 
 
 def run_pgbench(
-    server: PostgresServer, bin_dir: Path, *, clients: int, seconds: float
+    server: PostgresServer,
+    bin_dir: Path,
+    *,
+    clients: int,
+    seconds: float,
+    entry_bytes: int = ENTRY_BYTES,
 ) -> dict[str, Any]:
     """The PvP-shaped script under pgbench against a fresh database: transactions per second."""
     url = server.create_database()
@@ -127,9 +151,15 @@ def run_pgbench(
             " CHECK (available >= 0), held bigint NOT NULL DEFAULT 0,"
             " PRIMARY KEY (id, currency))"
         )
+        # the bridge's entries table: the same columns, keys and index
+        conn.execute("CREATE TABLE bench_blocks (height bigint PRIMARY KEY)")
+        conn.execute("INSERT INTO bench_blocks VALUES (1)")
         conn.execute(
             "CREATE TABLE bench_entries (seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,"
-            " data bytea NOT NULL)"
+            " height bigint NOT NULL REFERENCES bench_blocks (height),"
+            " sender text NOT NULL, instruction_id text NOT NULL, kind text NOT NULL,"
+            " outcome text NOT NULL, time bigint NOT NULL, body_hash bytea NOT NULL,"
+            " data bytea NOT NULL, UNIQUE (sender, instruction_id))"
         )
         conn.execute(
             "INSERT INTO bench_accounts (id, currency, available)"
@@ -140,7 +170,7 @@ def run_pgbench(
     directory = Path(tempfile.mkdtemp(prefix="pgbench-"))
     try:
         script = directory / "pvp.sql"
-        script.write_text(PGBENCH_SCRIPT)
+        script.write_text(pgbench_script(entry_bytes))
         command = [
             str(bin_dir / "pgbench"),
             "-n",  # no vacuum of the standard tables: there are none
@@ -166,6 +196,7 @@ def run_pgbench(
         "tps": round(float(match.group(1)), 1) if match else 0.0,
         "clients": clients,
         "seconds": seconds,
+        "entry_bytes": entry_bytes,
         "failed_transactions": int(failed.group(1)) if failed else 0,
     }
 
@@ -192,27 +223,30 @@ def _bridge_run(network: Network, settings: PostgresBenchSettings) -> dict[str, 
     by_node = presign(network.directory, run_id, settings.pvps, settings.signers)
     tally, seconds = asyncio.run(stream_pvps(by_node, settings.window))
     rate = tally.settled / seconds if seconds > 0 else 0.0
-    stored = _settled_in_database(network.config.bridge_store, run_id)
-    verified, summary = _verify(network)
+    stored, entry_bytes = _settled_in_database(network.config.bridge_store, run_id)
     return {
         "bridge_pvp_per_s": round(rate, 1),
         "pvps_settled": tally.settled,
         "settled_in_database": stored,
+        "entry_bytes": entry_bytes,
         "refused": tally.refused,
         "failed": tally.failed,
         "seconds": round(seconds, 2),
-        "log": summary,
-        "ok": verified and stored == tally.settled and tally.failed == 0,
+        "streams": len(by_node),
+        "log": "not verified yet",
+        "ok": stored == tally.settled and tally.failed == 0,
     }
 
 
-def _settled_in_database(url: str, run_id: str) -> int:
+def _settled_in_database(url: str, run_id: str) -> tuple[int, int]:
+    """The run's settled entries in the database, and their average size in bytes."""
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "SELECT COUNT(*) FROM entries WHERE outcome = 'SETTLED' AND instruction_id LIKE %s",
+            "SELECT COUNT(*), COALESCE(ROUND(AVG(octet_length(data))), 0) FROM entries"
+            " WHERE outcome = 'SETTLED' AND instruction_id LIKE %s",
             (f"{run_id}.%",),
         ).fetchone()
-    return 0 if row is None else int(row[0])
+    return (0, 0) if row is None else (int(row[0]), int(row[1]))
 
 
 def _verify(network: Network) -> tuple[bool, str]:

@@ -12,7 +12,8 @@ from tests.pg import require_binaries
 
 
 def test_bench_postgres_small(tmp_path: Path) -> None:
-    """A short run settles every PvP, finds them all in the database and survives a kill."""
+    """A short run settles every PvP, finds them all in the database, survives a kill with the
+    log verifying across it, and gives pgbench entries of the bridge's size."""
     require_binaries()
     script = Path(sys.executable).with_name("cbdc-bridge")
     command = [
@@ -26,6 +27,8 @@ def test_bench_postgres_small(tmp_path: Path) -> None:
     assert figures["pgbench_tps"] > 0
     assert figures["pgbench"]["failed_transactions"] == 0
     assert figures["bridge"]["pvps_settled"] == figures["bridge"]["settled_in_database"] == 200
-    assert figures["bridge"]["log"].startswith("verified")
+    assert figures["bridge"]["log"].startswith("verified")  # across the kill
+    assert figures["pgbench"]["entry_bytes"] == figures["bridge"]["entry_bytes"] > 0
+    assert figures["pgbench"]["clients"] == figures["bridge"]["streams"]
     assert len(figures["failover_s"]) == 1
     assert figures["ratio"] == round(figures["bridge_pvp_per_s"] / figures["pgbench_tps"], 3)
