@@ -3,7 +3,8 @@
 Banks call their own central bank's node with instructions they signed and queries they signed;
 operators call the admin service with the central bank's bearer token. Every RPC is called at
 least once with its answer checked against the bridge's committed state, and refused where a
-refusal makes sense.
+refusal makes sense. The module runs twice: with the bridge on a SQLite file, and with two bridge
+processes on a PostgreSQL database (the first leads, the second stands by).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bridge.signing import endorse
 from tests.conftest import (
     RPC_TIMEOUT,
     VALID_FOR_MS,
+    network_on_each_store,
     new_id,
     now_ms,
     reason_of,
@@ -45,6 +47,9 @@ from tests.conftest import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from participants.launcher import Network
     from tests.conftest import LiveNetwork
 
 FUNDS = {
@@ -54,6 +59,15 @@ FUNDS = {
     "BOCHK": 4_000_000,
     "KBANK": 9_000_000,
 }
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The network on each store: one bridge on SQLite, or two bridge processes sharing a
+    PostgreSQL database."""
+    yield from network_on_each_store(request, tmp_path_factory, bridges=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
