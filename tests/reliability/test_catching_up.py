@@ -18,14 +18,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+import pytest
 
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge.errors import Reason
 from participants.launcher import READY_TIMEOUT
-from tests.conftest import RPC_TIMEOUT, new_id, reason_of, refusal_of, wait_for
+from tests.conftest import (
+    RPC_TIMEOUT,
+    network_on_each_store,
+    new_id,
+    reason_of,
+    refusal_of,
+    wait_for,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from participants.launcher import Network
     from tests.conftest import LiveNetwork
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The network with its one bridge process on each store."""
+    yield from network_on_each_store(request, tmp_path_factory)
+
 
 PAYMENTS = 300
 RECENT = 60  # the history asked for: ICBC's last RECENT payments

@@ -21,10 +21,30 @@ from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.crypto import FastVerifier
 from bridge.domain import AcceptPvp, ExpirePvp, Outcome, ProposePvp
 from bridge.log.blocks import attestation_valid
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, refusal_of, wait_for
+from tests.conftest import (
+    RPC_TIMEOUT,
+    VALID_FOR_MS,
+    network_on_each_store,
+    new_id,
+    now_ms,
+    refusal_of,
+    wait_for,
+)
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from participants.launcher import Network
     from tests.conftest import LiveNetwork
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Network]:
+    """The network with its one bridge process on each store."""
+    yield from network_on_each_store(request, tmp_path_factory)
+
 
 SETTLE_WITHIN_MS = 3_000
 
