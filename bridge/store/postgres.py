@@ -602,17 +602,39 @@ class Leadership:
             row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_LOCK,)).fetchone()
             if row is None or not row[0]:
                 return None
-            bumped = self._conn.execute(
-                "UPDATE leader SET epoch = epoch + 1, holder = %s, since = now() WHERE id = 1"
-                " RETURNING epoch",
-                (self.holder,),
-            ).fetchone()
+            self.epoch = self._next_epoch(self._conn)
         except (psycopg.Error, StoreError):
             self.release()
             return None
-        assert bumped is not None
-        self.epoch = int(bumped[0])
         return self.epoch
+
+    def _next_epoch(self, conn: psycopg.Connection[tuple[Any, ...]]) -> int:
+        """Increment the epoch, holding the lock. The increment waits for a commit of the
+        previous leader still in flight, for as long as the lease: a commit holding the fencing
+        row longer is stuck (its process paused mid-statement, where no idle timeout reaches
+        it) and belongs to a deposed leader, so its session is ended and its commit fails."""
+        for _ in range(3):
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT set_config('lock_timeout', %s, true)", (LEASE_TIMEOUT,))
+                    bumped = conn.execute(
+                        "UPDATE leader SET epoch = epoch + 1, holder = %s, since = now()"
+                        " WHERE id = 1 RETURNING epoch",
+                        (self.holder,),
+                    ).fetchone()
+                assert bumped is not None
+                return int(bumped[0])
+            except psycopg.errors.LockNotAvailable:
+                ended = conn.execute(
+                    "SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE granted"
+                    " AND relation = 'leader'::regclass AND mode = 'RowExclusiveLock'"
+                    " AND pid <> pg_backend_pid()"
+                ).fetchall()
+                log.warning(
+                    "ended the stuck commit of a deposed leader",
+                    extra={"backends": [pid for pid, _ in ended]},
+                )
+        raise StoreError("the fencing row stays locked: another session holds it")
 
     @staticmethod
     def _lease(conn: psycopg.Connection[tuple[Any, ...]]) -> None:

@@ -132,29 +132,43 @@ def test_a_silent_leader_loses_the_lock_to_the_next_process(
     assert not silent.held()
 
 
+@pytest.mark.parametrize("where", ["between statements", "inside the COPY of its entries"])
 def test_a_leader_paused_inside_a_block_commit_does_not_block_the_next_one(
+    where: str,
     postgres_url: str,
     net: Network,
     opened: list[PostgresStore | Leadership],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A leader that stops mid-commit (its transaction open, the fencing row locked) does not
-    hold the next leader up: that one takes over, the paused commit fails whole when it goes
-    on, and the new leader continues at the next height."""
+    """A leader that stops mid-commit (its transaction open, the fencing row locked; idle
+    between two statements, or with the server waiting for the rest of a COPY) does not hold
+    the next leader up: that one takes over, the paused commit fails whole when it goes on,
+    and the new leader continues at the next height."""
     old, _ = leader_engine(postgres_url, net, opened)
     funded(old, net)
     height = old.height
     store = old.store
     assert isinstance(store, PostgresStore)
     inside, go_on = threading.Event(), threading.Event()
-    write_changes = store._write_changes
+    if where == "between statements":
+        write_changes = store._write_changes
 
-    def paused(cursor: psycopg.Cursor[tuple[Any, ...]], batch: Any) -> None:
-        inside.set()
-        go_on.wait(SILENT_FOR * 2)
-        write_changes(cursor, batch)
+        def paused(cursor: psycopg.Cursor[tuple[Any, ...]], batch: Any) -> None:
+            inside.set()
+            go_on.wait(SILENT_FOR * 2)
+            write_changes(cursor, batch)
 
-    monkeypatch.setattr(store, "_write_changes", paused)
+        monkeypatch.setattr(store, "_write_changes", paused)
+    else:
+        write_row = psycopg.Copy.write_row
+
+        def paused_row(copy: psycopg.Copy, row: Any) -> None:
+            if not inside.is_set():
+                inside.set()
+                go_on.wait(SILENT_FOR * 2)
+            write_row(copy, row)
+
+        monkeypatch.setattr(psycopg.Copy, "write_row", paused_row)
     prepared = old.prepare([pay(net, "ICBC", "CCB", 10)], T0 + 1)
     assert prepared.block is not None
     failures: list[BaseException] = []
