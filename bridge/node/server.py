@@ -49,6 +49,11 @@ SERVER_OPTIONS = (
     ("grpc.so_reuseport", 0),
     ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
     ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
+    # central bank nodes ping every 2 s to notice a silent peer (their KEEPALIVE_OPTIONS): accept
+    # that, also on idle connections, instead of answering with GOAWAY "too many pings"
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 1000),
+    ("grpc.http2.max_ping_strikes", 0),
 )
 
 

@@ -35,12 +35,29 @@ RECONNECT_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
 
+# Notice a peer that stops answering without closing its connections (a paused process, a
+# machine gone) within about 5 s: a ping every 2 s, even on an idle stream, unanswered for 3 s
+# closes the connection, so the calls on it end "not decided" and the link moves to another
+# bridge address instead of waiting on a stream nothing will ever answer (the servers accept
+# pings that often: `bridge.node.server.SERVER_OPTIONS`).
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 2000),
+    ("grpc.keepalive_timeout_ms", 3000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.http2.ping_timeout_ms", 3000),  # gRPC's own wait for a ping's answer (default 60 s)
+]
+
 
 def node_channel(
     config: NetworkConfig, address: str, me: str, *, audience: str, key: Signer
 ) -> grpc.aio.Channel:
     """An aio channel from central bank `me`'s node to `audience` ("bridge" or a peer's id)."""
-    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT), *RECONNECT_OPTIONS]
+    options = [
+        ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+        *RECONNECT_OPTIONS,
+        *KEEPALIVE_OPTIONS,
+    ]
     if config.tls is None:
         signer = CallerSigner(chain_id=config.chain_id, caller=me, audience=audience, signer=key)
         return grpc.aio.insecure_channel(

@@ -12,6 +12,7 @@ whole database verifies offline (`log verify`: signatures, state commitments, st
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +31,7 @@ from bridge.errors import Reason
 from bridge.log.source import open_source
 from bridge.log.verify import verify_log
 from participants.central_bank.channels import bridge_channel
-from participants.launcher import Network
+from participants.launcher import Network, NodeProcess
 from tests.conftest import (
     RPC_TIMEOUT,
     VALID_FOR_MS,
@@ -177,6 +178,18 @@ def bridge_stub(live: LiveNetwork, address: str) -> bridge_grpc.BridgeLedgerStub
     return bridge_grpc.BridgeLedgerStub(live._channels[key])
 
 
+def leader_process(network: Network, url: str) -> NodeProcess:
+    """The bridge process that leads now (the database names it: host/pid)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT holder FROM leader").fetchone()
+    assert row is not None
+    pid = int(str(row[0]).rsplit("/", 1)[1])
+    for node in (network.bridge, *network.standby_bridges):
+        if node.process is not None and node.process.pid == pid:
+            return node
+    raise AssertionError(f"no bridge process of this network has pid {pid}")
+
+
 def leader_epoch(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT epoch FROM leader").fetchone()
@@ -302,6 +315,44 @@ def test_restarting_postgresql_under_load_loses_and_doubles_nothing(
         )
     live.reset_channels()
     assert leader_epoch(store) > epoch, "leadership was not taken again after the restart"
+    assert_acknowledged_once(live, load)
+    assert_one_chain(live.bridge, live.config.genesis().hash())
+    live.wait_all_final(timeout=60)
+    live.assert_conserved()
+    assert_log_verifies(live)
+
+
+def test_pausing_the_leader_under_load_loses_and_doubles_nothing(
+    live: LiveNetwork, network: Network
+) -> None:
+    """SIGSTOP of the leading bridge mid-load (it stops answering but its connections stay
+    open): another process leads, the central bank nodes move to it, banks only ever see
+    retryable errors; resumed, the old leader commits nothing more. Acknowledged payments are
+    logged once and the chain has no gap or fork."""
+    store = live.config.bridge_store
+    epoch = leader_epoch(store)
+    paused = leader_process(network, store)
+    with Load(live) as load:
+        wait_for(lambda: load.count() >= 20, timeout=60, what="payments before the pause")
+        paused.signal(signal.SIGSTOP)
+        try:
+            paused_at = load.count()
+            wait_for(
+                lambda: load.count() >= paused_at + ACKED_AFTER_FAULT or load.failures,
+                timeout=90,
+                what="payments while the leader is paused",
+            )
+        finally:
+            paused.signal(signal.SIGCONT)
+        resumed_at = load.count()
+        wait_for(
+            lambda: load.count() >= resumed_at + ACKED_AFTER_FAULT or load.failures,
+            timeout=90,
+            what="payments after the old leader resumed",
+        )
+    live.reset_channels()
+    assert leader_epoch(store) > epoch, "no other process took the lead"
+    assert leader_process(network, store) is not paused
     assert_acknowledged_once(live, load)
     assert_one_chain(live.bridge, live.config.genesis().hash())
     live.wait_all_final(timeout=60)
