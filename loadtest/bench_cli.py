@@ -114,6 +114,13 @@ def e2e(
 def postgres(
     pvps: int = typer.Option(10_000, "--pvps", min=1, help="Dual-signed PvPs to stream."),
     window: int = typer.Option(256, "--window", min=1, help="PvPs in flight per stream."),
+    batch: int = typer.Option(
+        64,
+        "--batch",
+        min=1,
+        max=1024,
+        help="PvPs per SubmitStream message, answered together (1: one message per PvP).",
+    ),
     pgbench_seconds: float = typer.Option(
         10.0, "--pgbench-seconds", min=1, help="Length of the pgbench run."
     ),
@@ -125,7 +132,12 @@ def postgres(
     from loadtest import bench_postgres
 
     settings = bench_postgres.PostgresBenchSettings(
-        pvps=pvps, window=window, pgbench_seconds=pgbench_seconds, bridges=bridges, kills=kills
+        pvps=pvps,
+        window=window,
+        batch=batch,
+        pgbench_seconds=pgbench_seconds,
+        bridges=bridges,
+        kills=kills,
     )
     figures = bench_postgres.run(settings)
     typer.echo(json.dumps(figures) if as_json else bench_postgres.describe(figures))

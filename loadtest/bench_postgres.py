@@ -4,19 +4,20 @@ One run, one machine, one throw-away PostgreSQL server (fsync on):
 
 1. **bridge**: a network whose bridge processes (`--bridges`, default 2: one leads, one stands
    by) share a database on that server; pre-signed dual-signed PvPs are streamed through every
-   central bank node (as `bench stream` does): `bridge_pvp_per_s`;
+   central bank node (as `bench stream` does), in two halves with pgbench (3) run between
+   them: `bridge_pvp_per_s`;
 2. **failover**: `--kills` times, the leading bridge process is SIGKILLed while a bank pays
    through its central bank node; the seconds from the kill to the first payment settled
    after it (another process leads, the central bank link found it) give `failover_s_p50`
    and `failover_s_max`. The killed process is restarted (as a standby) each time. Then the
    whole log, written across the kills, is verified and the settled count is compared with
    the database;
-3. **pgbench**: a custom script of PvP-shaped SQL, one transaction per PvP as the bridge would
-   write it alone: four balance updates (both legs) and one row into a table shaped like the
-   bridge's `entries` (same columns, primary key, unique (sender, instruction id) index and
-   foreign key to a block), of the average size of the entries the bridge run wrote; as many
-   clients as the bridge run had streams: `pgbench_tps`. `ratio` is
-   `bridge_pvp_per_s / pgbench_tps`.
+3. **pgbench**, between the bridge's two halves: a custom script of PvP-shaped SQL, one
+   transaction per PvP as the bridge would write it alone: four balance updates (both legs)
+   and one row into a table shaped like the bridge's `entries` (same columns, primary key,
+   unique (sender, instruction id) index and foreign key to a block), of the average size of
+   the entries the bridge's first half wrote; as many clients as the bridge run had streams:
+   `pgbench_tps`. `ratio` is `bridge_pvp_per_s / pgbench_tps`.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ PGBENCH_ACCOUNTS = 1_000  # spread wide: clients rarely wait on each other's row
 class PostgresBenchSettings:
     pvps: int = 10_000
     window: int = 256
+    batch: int = 64  # PvPs per SubmitStream message, as in bench stream (1: one per message)
     pgbench_seconds: float = 10.0
     bridges: int = 2
     kills: int = 5
@@ -90,18 +92,11 @@ def run(settings: PostgresBenchSettings) -> dict[str, Any]:
     server = start_server(bin_dir)
     try:
         with _network(server, settings.bridges) as network:
-            bridge = _bridge_run(network, settings)
+            bridge, pgbench = _interleaved(network, server, bin_dir, settings)
             failovers = [_failover_once(network) for _ in range(settings.kills)]
             verified, bridge["log"] = _verify(network)  # the whole log, across the kills
             bridge["ok"] = bridge["ok"] and verified
         streams = bridge["streams"]  # one SubmitStream per central bank node
-        pgbench = run_pgbench(
-            server,
-            bin_dir,
-            clients=streams,
-            seconds=settings.pgbench_seconds,
-            entry_bytes=bridge["entry_bytes"] or ENTRY_BYTES,
-        )
     finally:
         server.remove()
     rate = bridge["bridge_pvp_per_s"]
@@ -123,6 +118,7 @@ def run(settings: PostgresBenchSettings) -> dict[str, Any]:
             "clients": streams,
             "pvps": settings.pvps,
             "window": settings.window,
+            "batch": settings.batch,
             "bridges": settings.bridges,
             "kills": settings.kills,
             "cpus": os.cpu_count(),
@@ -218,24 +214,44 @@ def _network(server: PostgresServer, bridges: int) -> Iterator[Network]:
             yield network
 
 
-def _bridge_run(network: Network, settings: PostgresBenchSettings) -> dict[str, Any]:
+def _interleaved(
+    network: Network, server: PostgresServer, bin_dir: Path, settings: PostgresBenchSettings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The bridge's PvPs in two halves with pgbench between them (bridge, pgbench, bridge), so
+    a machine that gets busier or quieter during the run weighs on both sides alike. pgbench's
+    entries are the size of those the first half wrote."""
     run_id = new_run_id()
     by_node = presign(network.directory, run_id, settings.pvps, settings.signers)
-    tally, seconds = asyncio.run(stream_pvps(by_node, settings.window))
-    rate = tally.settled / seconds if seconds > 0 else 0.0
-    stored, entry_bytes = _settled_in_database(network.config.bridge_store, run_id)
-    return {
+    first = {node: items[: len(items) // 2] for node, items in by_node.items()}
+    second = {node: items[len(items) // 2 :] for node, items in by_node.items()}
+    tally, seconds = asyncio.run(stream_pvps(first, settings.window, settings.batch))
+    _, entry_bytes = _settled_in_database(network.config.bridge_store, run_id)
+    pgbench = run_pgbench(
+        server,
+        bin_dir,
+        clients=len(by_node),  # as many as the bridge's streams
+        seconds=settings.pgbench_seconds,
+        entry_bytes=entry_bytes or ENTRY_BYTES,
+    )
+    rest, more_seconds = asyncio.run(stream_pvps(second, settings.window, settings.batch))
+    settled = tally.settled + rest.settled
+    seconds += more_seconds
+    stored, _ = _settled_in_database(network.config.bridge_store, run_id)
+    rate = settled / seconds if seconds > 0 else 0.0
+    failed = tally.failed + rest.failed
+    bridge = {
         "bridge_pvp_per_s": round(rate, 1),
-        "pvps_settled": tally.settled,
+        "pvps_settled": settled,
         "settled_in_database": stored,
         "entry_bytes": entry_bytes,
-        "refused": tally.refused,
-        "failed": tally.failed,
+        "refused": tally.refused + rest.refused,
+        "failed": failed,
         "seconds": round(seconds, 2),
         "streams": len(by_node),
         "log": "not verified yet",
-        "ok": stored == tally.settled and tally.failed == 0,
+        "ok": stored == settled and failed == 0,
     }
+    return bridge, pgbench
 
 
 def _settled_in_database(url: str, run_id: str) -> tuple[int, int]:
