@@ -67,6 +67,8 @@ IN_FLIGHT = 512  # QoS 1 messages awaiting PUBACK at once (kept by the publisher
 PUBLISH_CHUNK = IN_FLIGHT // 2  # messages handed to the MQTT client at once; two in flight
 BACKLOG_LOG_INTERVAL = 5.0
 POLL_INTERVAL = 1.0  # the longest an event waits if no block wakes the publisher
+FINAL_INTERVAL = 0.05  # at most one `blocks/final` message per this many seconds
+MARK_INTERVAL = 0.1  # at most one cursor write per this many seconds
 OUTBOX = stage("outbox", thread_cpu=True)  # outbox rows read and made into messages (reader thread)
 PUBLISH = stage("publish", thread_cpu=True)  # a batch of messages handed to the MQTT client
 ACKS = stage("acks", thread_cpu=True)  # reading the broker's acknowledgements (event loop)
@@ -101,7 +103,13 @@ class Backoff:
 
 
 class OutboxPublisher:
-    """One task: outbox rows in id order → QoS 1 messages → cursor, forever."""
+    """One task: outbox rows in id order → QoS 1 messages → cursor, forever.
+
+    Reading and acknowledgement are pipelined: a batch of rows is handed to the MQTT client
+    and the next is read at once, while the broker acknowledges the earlier ones (at most
+    IN_FLIGHT messages unacknowledged); the acknowledged position moves in row order, and the
+    stored cursor follows it at most every MARK_INTERVAL. The final height is published by a
+    task of its own, at most every FINAL_INTERVAL."""
 
     def __init__(
         self,
@@ -119,18 +127,21 @@ class OutboxPublisher:
         self._writer = writer
         self.stats = PublisherStats()
         self._wake = asyncio.Event()
-        # whether the outbox may hold rows not read yet: a block was committed, the poll
-        # interval passed, or (re)connected; a wake by finality alone publishes the final
-        # height without reading the outbox
-        self._outbox_due = True
         self._homes: dict[str, str] = {}
-        self._prev: dict[str, int] = {}  # topic -> seq of its last message
-        self._cursor = 0
+        self._prev: dict[str, int] = {}  # topic -> seq of its last message handed to the client
+        self._acked_prev: dict[str, int] = {}  # the same, of its last acknowledged message
+        self._cursor = 0  # the last outbox row handed to the client
+        self._acked = 0  # the last row whose messages (and all before) the broker acknowledged
+        self._stored = 0  # the last row stored as the cursor (or being stored)
+        self._sent: collections.deque[_Sent] = collections.deque()  # in row order
+        self._in_flight = 0  # messages of `_sent` (handed over, not all acknowledged)
         self._final_sent = -1
         self._task: asyncio.Task[None] | None = None
         self._marking: asyncio.Future[Any] | None = None
         # a cursor not stored means a re-publication after a restart, not a lost event
         self._cursor_writes = FailureEpisode(log, "outbox cursor writes (events published again)")
+        self._mark_timer: asyncio.TimerHandle | None = None
+        self._last_mark = -math.inf
         self._last_backlog_log = 0.0
         self._hold_marker = os.environ.get(HOLD_ENV)  # the test hook, read once
         # every read of the store runs on this one thread (the connection is not shared)
@@ -147,6 +158,12 @@ class OutboxPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._mark_timer is not None:
+            self._mark_timer.cancel()
+            self._mark_timer = None
+        if self._hold_marker is None:
+            with contextlib.suppress(RuntimeError):  # the writer already shut down
+                self._mark_now()  # what was acknowledged since the last mark
         if self._marking is not None:
             with contextlib.suppress(Exception):
                 await self._marking  # the last cursor update lands before the store closes
@@ -156,7 +173,6 @@ class OutboxPublisher:
         """Wake the publisher: a block (and its outbox row) was committed."""
         if not self.stats.connected:
             self.stats.backlog_blocks += 1  # one outbox row per block (each batch recounts)
-        self._outbox_due = True
         self._wake.set()
 
     # ------------------------------------------------------------------ the loop
@@ -171,6 +187,8 @@ class OutboxPublisher:
                 if not resumed:
                     self._cursor = await self._read(self.reader.outbox_cursor, CONSUMER)
                     await self._read(self._rebuild_topic_heads, self._cursor)
+                    self._acked = self._stored = self._cursor
+                    self._acked_prev = dict(self._prev)
                     resumed = True
                 async with aiomqtt.Client(
                     settings.host,
@@ -185,6 +203,7 @@ class OutboxPublisher:
                 ) as client:
                     client.pending_calls_threshold = IN_FLIGHT + 1  # a full window is normal
                     _time_reads(client)
+                    _coalesce_writes(client)
                     self.stats.connected = True
                     backoff.reset()
                     backlog = await self._backlog()
@@ -217,107 +236,139 @@ class OutboxPublisher:
                 await asyncio.sleep(pause)
 
     async def _serve(self, client: aiomqtt.Client) -> None:
-        """Publish until the connection breaks (raises MqttError)."""
+        """Publish until the connection breaks (raises MqttError) or the store fails."""
+        # what a broken connection left unacknowledged is read and published again, each
+        # topic's chain going on from its last acknowledged message
+        self._sent.clear()
+        self._in_flight = 0
+        self._cursor = self._acked
+        self._prev = dict(self._acked_prev)
+        self._final_sent = -1  # the final height once more on every connection
         # the message iterator ends with MqttError when the connection drops: a broken
         # connection is noticed at once, not after a publish times out
-        watchdog = asyncio.create_task(_until_disconnected(client))
-        finality = None if self.feed is None else asyncio.create_task(self._watch_finality())
-        self._outbox_due = True  # what a broken connection left unacknowledged is read again
+        tasks = {
+            asyncio.create_task(_until_disconnected(client)),
+            asyncio.create_task(self._drain_forever(client)),
+        }
+        if self.feed is not None:
+            tasks.add(asyncio.create_task(self._publish_finality(client)))
         try:
-            while True:
-                # cleared before draining: a block committed meanwhile wakes the next round
-                self._wake.clear()
-                read, self._outbox_due = self._outbox_due, False
-                work = asyncio.create_task(self._drain(client, read))
-                done, _ = await asyncio.wait({work, watchdog}, return_when=asyncio.FIRST_COMPLETED)
-                if watchdog in done:
-                    work.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await work
-                    watchdog.result()
-                    raise aiomqtt.MqttError("connection lost")
-                work.result()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), POLL_INTERVAL)
-                except TimeoutError:
-                    self._outbox_due = True
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the store's error, or the connection's
+            raise aiomqtt.MqttError("connection lost")
         finally:
-            for task in (watchdog, finality):
-                if task is not None:
-                    task.cancel()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _watch_finality(self) -> None:
-        assert self.feed is not None
-        seen = self.feed.final_height
+    async def _drain_forever(self, client: aiomqtt.Client) -> None:
         while True:
-            seen = await self.feed.wait_final_at_least(seen + 1)
-            self._wake.set()
+            # cleared before draining: a block committed meanwhile wakes the next round
+            self._wake.clear()
+            await self._drain(client)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_INTERVAL):
+                        await self._wake.wait()
 
-    async def _drain(self, client: aiomqtt.Client, read: bool = True) -> None:
-        """Publish every unpublished outbox row (`read`: the outbox may hold some), in order,
-        then the final height."""
-        while read:
+    async def _publish_finality(self, client: aiomqtt.Client) -> None:
+        """The final height, retained, whenever it moves but at most every FINAL_INTERVAL: a
+        subscriber needs only the highest (a height is final once it is at most that), so the
+        heights in between are left out. Not waited for: a message lost with the connection is
+        sent again on the next one (`_final_sent` is reset)."""
+        assert self.feed is not None
+        feed = self.feed
+        internals = _paho_of(client)
+        while True:
+            final = feed.final_height
+            if final == self._final_sent:
+                await feed.wait_final_at_least(final + 1)
+                continue
+            payload = final_message(final, feed.height)
+            if internals is None:
+                await client.publish(FINAL_TOPIC, payload, qos=1, retain=True)
+            else:
+                info = internals[1].publish(FINAL_TOPIC, payload, qos=1, retain=True)
+                if info.rc != paho.MQTT_ERR_SUCCESS:
+                    raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+            self._final_sent = final
+            await asyncio.sleep(FINAL_INTERVAL)
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Hand every outbox row not handed over yet to the client, in order."""
+        while True:
             rows, messages, heads, last = await self._read(self._read_batch, self._cursor)
+            # a short read reached the outbox's end (a block committed since woke the next
+            # round): no read that finds nothing, one fewer query per block
             if not rows:
                 self.stats.backlog_blocks = max(0, last - self._cursor)
-                break
-            await self._publish_all(client, messages)
-            await self._hold_if_asked(rows[0], rows[-1], messages)
-            self._prev = heads  # only now: a batch published again keeps its prev_seq
-            self._mark_published(rows[-1])
-            self.stats.published_messages += len(messages)
-            self.stats.published_blocks += len(rows)
+                return
+            await self._send(client, rows, messages, heads)
             self.stats.backlog_blocks = max(0, last - rows[-1])
+            await self._hold_if_asked(rows[0], rows[-1], messages)
             await self._log_backlog()
             if len(rows) < ROWS_PER_READ:
-                # the outbox's end (a block committed since woke the next round): no read
-                # that finds nothing, one fewer hop to the reader thread per block
-                break
-        await self._publish_final(client)
+                return
 
     def _read_batch(
-        self, cursor: int
+        self, cursor: int, limit: int = ROWS_PER_READ
     ) -> tuple[list[int], list[tuple[str, bytes]], dict[str, int], int]:
-        """Outbox row ids after `cursor`, their messages, each topic's last seq once they
-        are published, and the newest row's id (the backlog's end) (on the reader thread)."""
+        """Up to `limit` outbox row ids after `cursor`, their messages, each topic's last seq
+        once they are published, and the newest row's id (the backlog's end)."""
         with OUTBOX.timed():
-            rows = self.reader.outbox_after(cursor, ROWS_PER_READ)
+            rows = self.reader.outbox_after(cursor, limit)
             heads = dict(self._prev)
             messages = [m for _, payload in rows for m in self._messages(payload, heads)]
             ids = [i for i, _ in rows]
             # a short read reached the outbox's end: no query for it
-            last = ids[-1] if 0 < len(ids) < ROWS_PER_READ else self.reader.outbox_last_id()
+            last = ids[-1] if 0 < len(ids) < limit else self.reader.outbox_last_id()
         return ids, messages, heads, last
 
     async def _read(self, function: Callable[..., T], *args: Any) -> T:
         """Run a read of the store on the publisher's own reader thread."""
         return await asyncio.get_running_loop().run_in_executor(self._reads, function, *args)
 
-    async def _publish_all(self, client: aiomqtt.Client, messages: list[tuple[str, bytes]]) -> None:
-        """Publish `messages` (QoS 1, retained: a new subscriber learns each topic's latest
-        seq at once, and so its gap) and return once the broker acknowledged every one.
+    async def _send(
+        self,
+        client: aiomqtt.Client,
+        rows: list[int],
+        messages: list[tuple[str, bytes]],
+        heads: dict[str, int],
+    ) -> None:
+        """Hand the messages of `rows` to the MQTT client (QoS 1, retained: a new subscriber
+        learns each topic's latest seq at once, and so its gap) and return once they are
+        handed over, not acknowledged: `_acknowledged` moves the acknowledged position.
 
-        Messages go to paho (which sends them at once) in chunks of half the window, each
-        with one waiter counting its acknowledgements; a chunk is handed over once the one
-        before the previous is acknowledged, so at most IN_FLIGHT wait for a PUBACK and the
-        pipe never runs dry. (`aiomqtt.Client.publish` costs a task, an event and a scan of
-        every pending call per message: with a full window that scan made publishing
-        quadratic.) No timeout: the watchdog notices a broken connection."""
+        Messages go to paho (which sends them at once) in chunks of at most half the window,
+        each with one waiter counting its acknowledgements; a chunk is handed over once at
+        most IN_FLIGHT messages would then wait for a PUBACK. (`aiomqtt.Client.publish` costs
+        a task, an event and a scan of every pending call per message: with a full window that
+        scan made publishing quadratic.) No timeout: the watchdog notices a broken
+        connection."""
+        self._cursor = rows[-1]
+        self._prev = heads
         internals = _paho_of(client)
-        if internals is None:  # another aiomqtt: its public API
+        if internals is None or not messages:  # another aiomqtt: its public API
             for start in range(0, len(messages), IN_FLIGHT):
                 chunk = messages[start : start + IN_FLIGHT]
                 await asyncio.gather(
                     *(client.publish(t, p, qos=1, retain=True, timeout=math.inf) for t, p in chunk)
                 )
+            self._sent.append(_Sent(_BatchAcks(0), len(messages), rows[-1], heads, len(rows)))
+            self._acknowledged()
             return
         pending, mqtt = internals
-        window: collections.deque[_BatchAcks] = collections.deque()
         for start in range(0, len(messages), PUBLISH_CHUNK):
-            if len(window) == 2:
-                await window.popleft().done
             chunk = messages[start : start + PUBLISH_CHUNK]
-            acks = _BatchAcks(len(chunk))
+            while self._in_flight + len(chunk) > IN_FLIGHT:
+                await self._sent[0].acks.done  # `_acknowledged` makes room
+            acks = _BatchAcks(len(chunk), self._acknowledged)
+            if start + PUBLISH_CHUNK >= len(messages):  # the batch's last chunk
+                self._sent.append(_Sent(acks, len(chunk), rows[-1], heads, len(rows)))
+            else:
+                self._sent.append(_Sent(acks, len(chunk)))
+            self._in_flight += len(chunk)
             with PUBLISH.timed(len(chunk)):
                 for topic, payload in chunk:
                     info = mqtt.publish(topic, payload, qos=1, retain=True)
@@ -327,25 +378,48 @@ class OutboxPublisher:
                         acks.set()
                     else:
                         pending[info.mid] = acks  # aiomqtt calls `.set()` on its PUBACK
-            window.append(acks)
-        for acks in window:
-            await acks.done
 
-    async def _publish_final(self, client: aiomqtt.Client) -> None:
-        if self.feed is None or self.feed.final_height == self._final_sent:
+    def _acknowledged(self) -> None:
+        """Move the acknowledged position over every chunk acknowledged in full, in order."""
+        sent = self._sent
+        while sent and sent[0].acks.done.done():
+            chunk = sent.popleft()
+            self._in_flight -= chunk.messages
+            self.stats.published_messages += chunk.messages
+            if chunk.upto is not None and chunk.heads is not None:
+                self._acked = chunk.upto
+                self._acked_prev = chunk.heads
+                self.stats.published_blocks += chunk.rows
+                self._mark_soon()
+
+    def _mark_soon(self) -> None:
+        """Store the acknowledged position as the cursor, at most every MARK_INTERVAL (a
+        write on the ledger's writer thread per block would delay the next block); a crash
+        before it lands means those messages are published again. Nothing is marked while
+        the test hook holds."""
+        if self._hold_marker or self._mark_timer is not None:
             return
-        final = self.feed.final_height
-        await client.publish(
-            FINAL_TOPIC, final_message(final, self.feed.height), qos=1, retain=True
-        )
-        self._final_sent = final
+        loop = asyncio.get_running_loop()
+        wait = self._last_mark + MARK_INTERVAL - loop.time()
+        if wait <= 0 and (self._marking is None or self._marking.done()):
+            self._mark_now()
+        else:
+            self._mark_timer = loop.call_later(max(wait, MARK_INTERVAL / 10), self._mark_due)
 
-    def _mark_published(self, upto: int) -> None:
-        """Move the stored cursor to `upto` (acknowledged) without waiting: the writer thread
-        may be busy with a block's fsync, and the next batch need not wait for it. Marks run
-        in order on that one thread; a crash before one lands means a re-publication."""
-        self._cursor = upto
-        marking = asyncio.get_running_loop().run_in_executor(self._writer, self._mark, upto)
+    def _mark_due(self) -> None:
+        self._mark_timer = None
+        self._mark_soon()
+
+    def _mark_now(self) -> None:
+        """Move the stored cursor to the acknowledged position without waiting: the writer
+        thread may be busy with a block's fsync. Marks run in order on that one thread."""
+        upto = self._acked
+        if upto <= self._stored:
+            return
+        loop = asyncio.get_running_loop()
+        marking = loop.run_in_executor(self._writer, self._mark, upto)
+        self._stored = upto
+        self._last_mark = loop.time()
         marking.add_done_callback(self._marked)
         self._marking = marking
 
@@ -426,6 +500,8 @@ class OutboxPublisher:
         marker = self._hold_marker
         if not marker:
             return
+        while self._acked < last:  # the broker acknowledged the batch
+            await self._sent[0].acks.done
         seqs = sorted({json.loads(p)["seq"] for _, p in messages})
         # Written whole, then renamed: a test polling for the file never reads half of it.
         partial = Path(marker + ".partial")
@@ -484,20 +560,80 @@ def _time_reads(client: aiomqtt.Client) -> None:
     mqtt.loop_read = timed_read  # type: ignore[method-assign]
 
 
+def _coalesce_writes(client: aiomqtt.Client) -> None:
+    """Send the packets paho has queued with one `send` instead of one per packet.
+
+    paho writes each queued packet with its own system call when the socket is writable; the
+    publisher queues a batch of messages at once, so they go as one buffer. Only packets that
+    need nothing after their last byte is written are joined (not a DISCONNECT, nor a QoS 0
+    PUBLISH, whose `on_publish` fires on writing): a QoS 1 PUBLISH is done with once written
+    (paho keeps it apart for its PUBACK and a resend). A partial write keeps the rest queued,
+    as paho does for one packet."""
+    mqtt = getattr(client, "_client", None)
+    queue = getattr(mqtt, "_out_packet", None)
+    if not isinstance(mqtt, paho.Client) or not isinstance(queue, collections.deque):
+        return
+    write = mqtt._packet_write
+
+    def joined() -> Any:
+        packets = mqtt._out_packet
+        if len(packets) > 1 and all(_joinable(p) for p in packets):
+            data = b"".join(memoryview(p["packet"])[p["pos"] :] for p in packets)
+            last = packets[-1]
+            packets.clear()
+            packets.append(
+                {
+                    "command": last["command"],
+                    "mid": last["mid"],
+                    "qos": 1,
+                    "pos": 0,
+                    "to_process": len(data),
+                    "packet": data,
+                    "info": None,
+                }
+            )
+        return write()
+
+    mqtt._packet_write = joined  # type: ignore[method-assign]
+
+
+def _joinable(packet: Any) -> bool:
+    command = packet["command"] & 0xF0
+    return command != paho.DISCONNECT and not (command == paho.PUBLISH and packet["qos"] == 0)
+
+
 class _BatchAcks:
     """Stands for the `asyncio.Event` aiomqtt sets when a message is acknowledged: counts the
-    acknowledgements of one batch and resolves `done` at the last (on the event loop)."""
+    acknowledgements of one chunk, resolves `done` at the last and calls `on_done` (on the
+    event loop)."""
 
-    __slots__ = ("done", "left")
+    __slots__ = ("done", "left", "on_done")
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, on_done: Callable[[], None] | None = None) -> None:
         self.left = count
+        self.on_done = on_done
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if count <= 0:
+            self.done.set_result(None)
 
     def set(self) -> None:
         self.left -= 1
         if self.left <= 0 and not self.done.done():
             self.done.set_result(None)
+            if self.on_done is not None:
+                self.on_done()
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A chunk of messages handed to the MQTT client; the last chunk of an outbox batch
+    carries the batch's last row, its row count and each topic's last seq after it."""
+
+    acks: _BatchAcks
+    messages: int
+    upto: int | None = None
+    heads: dict[str, int] | None = None
+    rows: int = 0
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:

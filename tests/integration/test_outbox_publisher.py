@@ -21,9 +21,17 @@ import pytest
 from bridge.crypto import FastVerifier
 from bridge.domain import ProposePvp, Receipt
 from bridge.errors import StoreError
+from bridge.log.blocks import Attestation
 from bridge.node import publisher as publisher_module
+from bridge.node.feed import ChainFeed
 from bridge.node.publisher import CONSUMER, OutboxPublisher
-from bridge.notify import BRIDGE_USER, MqttSettings, settlement_topic, write_broker_files
+from bridge.notify import (
+    BRIDGE_USER,
+    FINAL_TOPIC,
+    MqttSettings,
+    settlement_topic,
+    write_broker_files,
+)
 from bridge.settlement import SettlementEngine
 from bridge.store.sqlite import SqliteStore
 from participants.broker import Broker
@@ -267,4 +275,82 @@ async def test_publisher_outlives_a_store_that_cannot_be_read(
     assert [m["kind"] for m in got] == ["issue", "pay"]
     assert (got[1]["seq"], got[1]["instruction_id"]) == (paid.seq, paid.instruction_id)
     for opened in (store, marks, reader):
+        opened.close()
+
+
+async def test_cursor_writes_are_coalesced_and_the_last_lands_at_stop(
+    broker: Broker, net: Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks published one by one move the stored cursor once per MARK_INTERVAL, not once per
+    block (each is a write on the ledger's writer thread), and stopping stores the last
+    acknowledged row."""
+    monkeypatch.setattr(publisher_module, "MARK_INTERVAL", 3600.0)
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    settle(engine, [issue(net, cb, bank, 10**6) for bank, cb in BANKS], T0)
+    marks = SqliteStore(db)
+    marked: list[int] = []
+
+    def mark(upto: int) -> None:
+        marked.append(upto)
+        marks.set_outbox_cursor(CONSUMER, upto)
+
+    watcher = OutboxPublisher(settings(broker, BRIDGE_USER), reader=SqliteStore(db), mark=mark)
+    watcher.start()
+    await wait_until(lambda: watcher.stats.published_blocks == store.outbox_last_id())
+    for amount in range(1, 6):
+        settle(engine, [pay(net, "ICBC", "CCB", amount)], T0 + amount)
+        watcher.block_committed()
+        await wait_until(lambda: watcher.stats.published_blocks == store.outbox_last_id())
+    assert marked == [marked[0]]  # the first acknowledgement only, within the interval
+    await watcher.stop()
+    assert marked[-1] == store.outbox_last_id() == store.outbox_cursor(CONSUMER)
+    assert len(marked) == 2
+    for opened in (store, marks, watcher.reader):
+        opened.close()
+
+
+async def test_final_height_messages_are_coalesced_and_the_highest_is_kept(
+    broker: Broker, net: Network, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final height moving 20 times, 10 ms apart, within FINAL_INTERVAL makes at most two
+    `blocks/final` messages (not one per height), the last with the highest final height."""
+    monkeypatch.setattr(publisher_module, "FINAL_INTERVAL", 2.0)
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    for amount in range(1, 21):
+        settle(engine, [issue(net, "PBOC", "ICBC", amount)], T0 + amount)
+    head = store.head()
+    assert head is not None
+    assert head.height >= 20
+    feed = ChainFeed(store, 1)
+    watcher = OutboxPublisher(
+        settings(broker, BRIDGE_USER),
+        reader=SqliteStore(db),
+        mark=lambda upto: None,
+        feed=feed,
+    )
+    finals: list[dict[str, Any]] = []
+    s = settings(broker, "ICBC")
+    async with aiomqtt.Client(s.host, s.port, username=s.username, password=s.password) as c:
+        await c.subscribe(FINAL_TOPIC, qos=1)
+        watcher.start()
+        await wait_until(lambda: watcher.stats.connected)
+        for height in range(head.height - 19, head.height + 1):
+            feed.attested(Attestation(height, bytes(32), "PBOC", b""))
+            await asyncio.sleep(0.01)
+        async with asyncio.timeout(30):
+            async for message in c.messages:
+                assert isinstance(message.payload, bytes)
+                finals.append(json.loads(message.payload))
+                if finals[-1]["final_height"] == head.height:
+                    break
+    await watcher.stop()
+    assert len(finals) <= 2, finals
+    assert [f["final_height"] for f in finals] == sorted(f["final_height"] for f in finals)
+    for opened in (store, watcher.reader):
         opened.close()
