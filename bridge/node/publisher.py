@@ -7,7 +7,8 @@ moves past a block only after the broker acknowledged every message of it. If th
 unreachable settlement goes on and events wait in the outbox; the task reconnects with jittered
 exponential backoff and publishes the backlog in order. If the node dies between the broker's
 acknowledgement and the cursor update, the same messages (same seq, same instruction id) are
-published again on restart: duplicates, never loss.
+published again on restart: duplicates, never loss. The cursor is stored at most every
+MARK_INTERVAL, so a crash publishes again up to that much more.
 
 Authorization is the broker's: only the bridge's MQTT user may write, and the generated ACL
 lets each bank read only its own topics (a central bank, its banks'). Publishing from the bridge
@@ -69,6 +70,7 @@ BACKLOG_LOG_INTERVAL = 5.0
 POLL_INTERVAL = 1.0  # the longest an event waits if no block wakes the publisher
 FINAL_INTERVAL = 0.05  # at most one `blocks/final` message per this many seconds
 MARK_INTERVAL = 0.1  # at most one cursor write per this many seconds
+READ_BUFFER = 65536  # bytes taken from the broker's socket at once
 OUTBOX = stage("outbox", thread_cpu=True)  # outbox rows read and made into messages (reader thread)
 PUBLISH = stage("publish", thread_cpu=True)  # a batch of messages handed to the MQTT client
 ACKS = stage("acks", thread_cpu=True)  # reading the broker's acknowledgements (event loop)
@@ -105,11 +107,11 @@ class Backoff:
 class OutboxPublisher:
     """One task: outbox rows in id order → QoS 1 messages → cursor, forever.
 
-    Reading and acknowledgement are pipelined: a batch of rows is handed to the MQTT client
-    and the next is read at once, while the broker acknowledges the earlier ones (at most
-    IN_FLIGHT messages unacknowledged); the acknowledged position moves in row order, and the
-    stored cursor follows it at most every MARK_INTERVAL. The final height is published by a
-    task of its own, at most every FINAL_INTERVAL."""
+    A batch of rows is handed to the MQTT client (at most IN_FLIGHT messages unacknowledged)
+    and acknowledged before the next is read, so the blocks committed meanwhile make one
+    batch; the acknowledged position moves in row order, and the stored cursor follows it at
+    most every MARK_INTERVAL. The final height is published by a task of its own, at most
+    every FINAL_INTERVAL, without waiting for its acknowledgement."""
 
     def __init__(
         self,
@@ -202,6 +204,7 @@ class OutboxPublisher:
                     timeout=10,
                 ) as client:
                     client.pending_calls_threshold = IN_FLIGHT + 1  # a full window is normal
+                    _buffer_reads(client)
                     _time_reads(client)
                     _coalesce_writes(client)
                     self.stats.connected = True
@@ -299,16 +302,21 @@ class OutboxPublisher:
         """Hand every outbox row not handed over yet to the client, in order."""
         while True:
             rows, messages, heads, last = await self._read(self._read_batch, self._cursor)
-            # a short read reached the outbox's end (a block committed since woke the next
-            # round): no read that finds nothing, one fewer query per block
             if not rows:
                 self.stats.backlog_blocks = max(0, last - self._cursor)
                 return
             await self._send(client, rows, messages, heads)
+            # the next read waits for this batch's acknowledgements: the blocks committed
+            # meanwhile go as one batch (a read and a write per block cost the bridge more
+            # than a broker round trip costs the latency)
+            while self._acked < rows[-1]:
+                await self._sent[0].acks.done
             self.stats.backlog_blocks = max(0, last - rows[-1])
             await self._hold_if_asked(rows[0], rows[-1], messages)
             await self._log_backlog()
             if len(rows) < ROWS_PER_READ:
+                # the outbox's end (a block committed since woke the next round): no read
+                # that finds nothing, one fewer hop to the reader thread per block
                 return
 
     def _read_batch(
@@ -558,6 +566,41 @@ def _time_reads(client: aiomqtt.Client) -> None:
             return read(max_packets)
 
     mqtt.loop_read = timed_read  # type: ignore[method-assign]
+
+
+def _buffer_reads(client: aiomqtt.Client) -> None:
+    """Read the socket in blocks of READ_BUFFER bytes rather than paho's three `recv` calls per
+    packet (its command byte, its length, its body: a PUBACK is four bytes).
+
+    paho handles at most as many packets per `loop_read` as it has messages in flight; bytes
+    received beyond that are handled at once by reading again (the socket will not wake the
+    loop for bytes already taken from it)."""
+    mqtt = getattr(client, "_client", None)
+    if not isinstance(mqtt, paho.Client):
+        return
+    receive = mqtt._sock_recv
+    buffer = bytearray()
+
+    def buffered(size: int) -> bytes:
+        if not buffer:
+            data = receive(READ_BUFFER)  # BlockingIOError when nothing waits, as paho expects
+            if len(data) <= size:
+                return data
+            buffer.extend(data)
+        taken = bytes(buffer[:size])
+        del buffer[:size]
+        return taken
+
+    read = mqtt.loop_read
+
+    def read_all(max_packets: int = 1) -> Any:
+        rc = read(max_packets)
+        while buffer and rc == paho.MQTT_ERR_SUCCESS:
+            rc = read(max_packets)
+        return rc
+
+    mqtt._sock_recv = buffered  # type: ignore[method-assign,assignment]
+    mqtt.loop_read = read_all  # type: ignore[method-assign]
 
 
 def _coalesce_writes(client: aiomqtt.Client) -> None:
