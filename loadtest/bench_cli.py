@@ -69,6 +69,30 @@ def restart(
     typer.echo(json.dumps(figures) if as_json else bench_restart.describe(figures))
 
 
+@bench_app.command("replay")
+def replay(
+    pvps: int = typer.Option(10_000, "--pvps", min=1, help="Dual-signed PvPs in the log."),
+    block: int = typer.Option(40, "--block", min=1, help="Entries per block."),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds of every measurement."),
+    replica_check: list[str] = typer.Option(
+        ["none", "endorsements"],
+        "--replica-check",
+        help="Replica signature checks to time (repeatable): none, endorsements, all.",
+    ),
+    profile: Path | None = typer.Option(
+        None, "--profile", help="Also write a cProfile of one replay (first check level) here."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
+) -> None:
+    """A central bank replica's CPU per replayed entry vs json.loads + SHA-256 of the same bytes."""
+    from loadtest import bench_replay
+
+    figures = bench_replay.run(
+        pvps=pvps, block=block, rounds=rounds, checks=replica_check, profile=profile
+    )
+    typer.echo(json.dumps(figures) if as_json else bench_replay.describe(figures))
+
+
 @bench_app.command("e2e")
 def e2e(
     users: int = typer.Option(50, "--users", min=1, help="Locust users (echo and PvP runs)."),
