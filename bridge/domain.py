@@ -624,11 +624,16 @@ def endorsement_message(
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A signed instruction as it travels and as it is logged."""
+    """A signed instruction as it travels and as it is logged.
+
+    `shape_checked` is True only when the decoder that built this envelope ran
+    `validate_shape` on this very body (an immutable value, so it stays valid): the ledger
+    then does not check the shape a second time. Envelopes built in code leave it False."""
 
     body: Instruction
     signatures: tuple[Signature, ...]
     body_bytes: bytes = field(default=b"", compare=False)
+    shape_checked: bool = field(default=False, compare=False, repr=False, kw_only=True)
 
     @classmethod
     def of(cls, body: Instruction, signatures: tuple[Signature, ...] = ()) -> Envelope:
@@ -638,7 +643,12 @@ class Envelope:
         return sha256(self.body_bytes).digest()
 
     def with_signature(self, signature: Signature) -> Envelope:
-        return Envelope(self.body, (*self.signatures, signature), self.body_bytes)
+        return Envelope(
+            self.body,
+            (*self.signatures, signature),
+            self.body_bytes,
+            shape_checked=self.shape_checked,
+        )
 
     def party_signature(self, party: ParticipantId) -> Signature | None:
         for sig in self.signatures:
@@ -657,10 +667,15 @@ class Envelope:
 
     @classmethod
     def from_fields(cls, body: Mapping[str, Any], signatures: list[list[Any]]) -> Envelope:
-        instruction = instruction_from_fields(body)
+        instruction = instruction_from_fields(body)  # shape validated
         if not isinstance(signatures, list):
             raise Refused(Reason.MALFORMED, "malformed signature list: expected a list")
-        return cls.of(instruction, tuple(_signature_from_fields(s) for s in signatures))
+        return cls(
+            instruction,
+            tuple(_signature_from_fields(s) for s in signatures),
+            instruction.canonical_bytes(),
+            shape_checked=True,
+        )
 
 
 def _signature_fields(s: Signature) -> list[Any]:

@@ -319,8 +319,9 @@ def envelope_from_proto(msg: pb.SignedInstruction) -> Envelope:
     if not msg.HasField("instruction"):
         raise Refused(Reason.MALFORMED, "signed instruction has no instruction")
     with _DECODE.timed():
-        body = instruction_from_proto(msg.instruction)
-        return Envelope.of(body, tuple(signature_from_proto(s) for s in msg.signatures))
+        body = instruction_from_proto(msg.instruction)  # shape validated
+        signatures = tuple(signature_from_proto(s) for s in msg.signatures)
+        return Envelope(body, signatures, body.canonical_bytes(), shape_checked=True)
 
 
 # ---------------------------------------------------------------------------- receipts and entries

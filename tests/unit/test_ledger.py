@@ -578,6 +578,30 @@ def test_propose_of_bad_shape_is_refused(ledger: Ledger, net: Network) -> None:
     assert_refused(ledger, sign(net, replace(body, rate="0")), T0, Reason.MALFORMED)
 
 
+def test_shape_is_checked_unless_a_decoder_checked_this_body() -> None:
+    """An envelope built in code is shape-checked by `apply` (a bad one refused, nothing
+    changed); envelopes decoded from canonical fields are marked as checked, and the mark
+    follows added signatures but not a new body."""
+    net = network()
+    ledger = make_ledger(net)
+    fund(ledger, net, "ICBC", 1_000)
+    good = pay(net, "ICBC", "CCB", 5)
+    body = good.body
+    assert isinstance(body, Pay)
+    bad = sign(net, replace(body, payee="ICBC"))
+    assert not bad.shape_checked
+    assert_refused(ledger, bad, T0, Reason.SAME_PARTY)
+    decoded = Envelope.from_fields(good.body.to_fields(), good.signatures_fields())
+    assert decoded.shape_checked
+    assert decoded == good
+    assert decoded.with_signature(good.signatures[0]).shape_checked
+    assert not Envelope.of(decoded.body, decoded.signatures).shape_checked
+    with pytest.raises(Refused) as caught:  # a decoder refuses a bad shape itself
+        Envelope.from_fields(bad.body.to_fields(), bad.signatures_fields())
+    assert caught.value.reason is Reason.SAME_PARTY
+    assert ledger.apply(decoded, T0).outcome is Outcome.SETTLED
+
+
 # ---------------------------------------------------------------------------- PvP reject/cancel
 
 
