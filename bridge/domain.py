@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 from hashlib import sha256
+from operator import attrgetter
 from typing import Any, ClassVar
 
 from bridge.bounds import MAX_ID_LENGTH, MAX_REFERENCE_LENGTH, preview
@@ -43,9 +44,14 @@ _JURISDICTION_PATTERN = re.compile(r"^[A-Z]{2}$")
 _RATE_PATTERN = re.compile(r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,18})?$")
 
 
+# what `json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)` builds
+# for every call, built once (the encoder keeps no state between calls)
+_CANONICAL_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def canonical_json(value: Mapping[str, Any]) -> bytes:
     """The one deterministic encoding of a body: sorted keys, compact, ASCII."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return _CANONICAL_ENCODER.encode(value).encode()
 
 
 class ParticipantKind(StrEnum):
@@ -181,9 +187,9 @@ class Instruction:
 
     def to_fields(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.KIND}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value.hex() if isinstance(value, bytes) else value
+        for name, _ in _field_plan(type(self)).fields:
+            value = getattr(self, name)
+            out[name] = value.hex() if isinstance(value, bytes) else value
         return out
 
     def canonical_bytes(self) -> bytes:
@@ -360,31 +366,58 @@ CENTRAL_BANK_KINDS = frozenset(
 )
 
 
+_PLAIN, _HEX, _LIST = 0, 1, 2  # how a field's canonical value becomes the field's value
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldPlan:
+    """An instruction class's fields, as its canonical fields hold them, worked out once
+    (`dataclasses.fields` builds a new tuple on every call)."""
+
+    fields: tuple[tuple[str, int], ...]  # (name, _PLAIN / _HEX / _LIST), declaration order
+    names: frozenset[str]  # the field names and "kind": every key of the canonical fields
+
+
+_FIELD_PLANS: dict[type[Instruction], _FieldPlan] = {}
+
+
+def _field_plan(cls: type[Instruction]) -> _FieldPlan:
+    plan = _FIELD_PLANS.get(cls)
+    if plan is None:
+        how = {"bytes": _HEX, "tuple[str, ...]": _LIST}
+        plan = _FIELD_PLANS[cls] = _FieldPlan(
+            tuple((f.name, how.get(str(f.type), _PLAIN)) for f in fields(cls)),
+            frozenset({"kind", *(f.name for f in fields(cls))}),
+        )
+    return plan
+
+
 def instruction_from_fields(data: Mapping[str, Any]) -> Instruction:
     """Rebuild an instruction from its canonical fields; refuses anything malformed."""
     kind = data.get("kind")
     cls = INSTRUCTION_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise Refused(Reason.MALFORMED, f"unknown instruction kind: {_quoted(kind)}")
+    plan = _field_plan(cls)
     kwargs: dict[str, Any] = {}
-    for f in fields(cls):
-        if f.name not in data:
-            raise Refused(Reason.MALFORMED, f"{cls.KIND}: missing field {f.name!r}")
-        value = data[f.name]
-        if f.type in ("bytes",):
+    for name, how in plan.fields:
+        if name not in data:
+            raise Refused(Reason.MALFORMED, f"{cls.KIND}: missing field {name!r}")
+        value = data[name]
+        if how == _HEX:
             if not isinstance(value, str):
-                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{f.name}: expected hex string")
+                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{name}: expected hex string")
             try:
                 value = bytes.fromhex(value)
             except ValueError as exc:
-                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{f.name}: bad hex") from exc
-        elif f.type == "tuple[str, ...]":
+                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{name}: bad hex") from exc
+        elif how == _LIST:
             if not isinstance(value, list | tuple):
-                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{f.name}: expected a list")
+                raise Refused(Reason.MALFORMED, f"{cls.KIND}.{name}: expected a list")
             value = tuple(value)
-        kwargs[f.name] = value
-    extra = set(data) - {f.name for f in fields(cls)} - {"kind"}
-    if extra:
+        kwargs[name] = value
+    if len(data) != len(plan.fields) + 1:  # every field and "kind" are in: the rest is extra
+        extra = set(data) - plan.names
         raise Refused(Reason.MALFORMED, f"{cls.KIND}: unexpected fields {sorted(extra)}")
     instruction = cls(**kwargs)
     validate_shape(instruction)
@@ -421,56 +454,111 @@ _ID_FIELDS = frozenset(
 _CURRENCY_FIELDS = frozenset({"currency", "pay_currency", "receive_currency"})
 
 
-_CHECKED_FIELDS: dict[type[Instruction], tuple[str, ...]] = {}
+_ID, _CURRENCY, _AMOUNT, _INTEGER, _REFERENCE, _RATE = range(6)  # what a field is checked as
 
 
-def _checked_fields(cls: type[Instruction]) -> tuple[str, ...]:
-    """Names of the fields of `cls` that `validate_shape` checks, in declaration order."""
-    names = _CHECKED_FIELDS.get(cls)
-    if names is None:
-        checked = _INT_FIELDS | _ID_FIELDS | _CURRENCY_FIELDS | {"reference", "rate"}
-        names = _CHECKED_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name in checked)
-    return names
+@dataclass(frozen=True, slots=True)
+class _ShapePlan:
+    """The fields of one instruction class that `validate_shape` checks, in declaration order,
+    each with what it is checked as, and a reader of all their values at once."""
+
+    fields: tuple[tuple[str, int], ...]
+    read: Callable[[Instruction], tuple[Any, ...]]
+
+
+_SHAPE_PLANS: dict[type[Instruction], _ShapePlan] = {}
+
+
+def _shape_plan(cls: type[Instruction]) -> _ShapePlan:
+    plan = _SHAPE_PLANS.get(cls)
+    if plan is None:
+        checked = []
+        for f in fields(cls):
+            name = f.name
+            if name in _AMOUNT_FIELDS:
+                checked.append((name, _AMOUNT))
+            elif name in _INT_FIELDS:
+                checked.append((name, _INTEGER))
+            elif name in _ID_FIELDS:
+                checked.append((name, _ID))
+            elif name in _CURRENCY_FIELDS:
+                checked.append((name, _CURRENCY))
+            elif name == "reference":
+                checked.append((name, _REFERENCE))
+            elif name == "rate":
+                checked.append((name, _RATE))
+        # every kind has at least its header's four checked fields: the reader gives a tuple
+        read = attrgetter(*(name for name, _ in checked))
+        plan = _SHAPE_PLANS[cls] = _ShapePlan(tuple(checked), read)
+    return plan
 
 
 def validate_shape(instruction: Instruction) -> None:
-    """Static checks of one instruction, independent of ledger state."""
-    kind = instruction.KIND
-    for name in _checked_fields(type(instruction)):
-        value = getattr(instruction, name)
-        if name in _INT_FIELDS:
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise Refused(Reason.MALFORMED, f"{kind}.{name}: expected an integer")
-            if name in _AMOUNT_FIELDS:
-                if not 0 < value <= INT64_MAX:  # the message is only built for a refusal
-                    validate_amount(value, f"{kind}.{name}")
-            elif value < 0 and name in _TIME_FIELDS:
-                raise Refused(Reason.INVALID_TIME, f"{kind}.{name}: a time cannot be negative")
-            elif not 0 <= value <= INT64_MAX:
-                raise Refused(Reason.AMOUNT_OVERFLOW, f"{kind}.{name} out of range: got {value}")
-        elif name in _ID_FIELDS:
-            _validate_id(value, f"{kind}.{name}")
-        elif name in _CURRENCY_FIELDS:
-            if not isinstance(value, str) or not _CURRENCY_PATTERN.fullmatch(value):
-                raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid currency {_quoted(value)}")
-        elif name == "reference":
-            if not isinstance(value, str):
-                raise Refused(Reason.MALFORMED, f"{kind}.reference: expected text")
-            if len(value) > MAX_REFERENCE_LENGTH:
-                raise Refused(
-                    Reason.FIELD_TOO_LONG,
-                    f"{kind}.reference: at most {MAX_REFERENCE_LENGTH} characters, "
-                    f"got {len(value):,}",
-                )
-            if not value.isprintable():
-                raise Refused(Reason.MALFORMED, f"{kind}.reference: must be printable")
-        elif name == "rate" and (
-            not isinstance(value, str)
-            or not _RATE_PATTERN.fullmatch(value)
-            or not any(digit in value for digit in "123456789")
-        ):
-            raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {_quoted(value)}")
+    """Static checks of one instruction, independent of ledger state.
+
+    Each field is first given a quick test that only a valid value passes; a value that fails
+    it goes through the full checks of its field (`_check_field`), which name the refusal."""
+    plan = _shape_plan(type(instruction))
+    for (name, check), value in zip(plan.fields, plan.read(instruction), strict=True):
+        if check == _ID:
+            ok = (
+                type(value) is str
+                and len(value) <= MAX_ID_LENGTH
+                and _ID_PATTERN.fullmatch(value) is not None
+            )
+        elif check == _AMOUNT:
+            ok = type(value) is int and 0 < value <= INT64_MAX
+        elif check == _INTEGER:
+            ok = type(value) is int and 0 <= value <= INT64_MAX
+        elif check == _CURRENCY:
+            ok = type(value) is str and _CURRENCY_PATTERN.fullmatch(value) is not None
+        elif check == _REFERENCE:
+            ok = type(value) is str and len(value) <= MAX_REFERENCE_LENGTH and value.isprintable()
+        else:  # _RATE; a well-formed rate has a digit other than 0 iff stripping 0s and
+            # points off its ends leaves something
+            ok = (
+                type(value) is str
+                and _RATE_PATTERN.fullmatch(value) is not None
+                and value.strip("0.") != ""
+            )
+        if not ok:
+            _check_field(instruction.KIND, name, value)
     _validate_specific(instruction)
+
+
+def _check_field(kind: str, name: str, value: Any) -> None:
+    """Refuse one checked field's value, precisely, if it is not valid."""
+    if name in _INT_FIELDS:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise Refused(Reason.MALFORMED, f"{kind}.{name}: expected an integer")
+        if name in _AMOUNT_FIELDS:
+            if not 0 < value <= INT64_MAX:  # the message is only built for a refusal
+                validate_amount(value, f"{kind}.{name}")
+        elif value < 0 and name in _TIME_FIELDS:
+            raise Refused(Reason.INVALID_TIME, f"{kind}.{name}: a time cannot be negative")
+        elif not 0 <= value <= INT64_MAX:
+            raise Refused(Reason.AMOUNT_OVERFLOW, f"{kind}.{name} out of range: got {value}")
+    elif name in _ID_FIELDS:
+        _validate_id(value, f"{kind}.{name}")
+    elif name in _CURRENCY_FIELDS:
+        if not isinstance(value, str) or not _CURRENCY_PATTERN.fullmatch(value):
+            raise Refused(Reason.MALFORMED, f"{kind}.{name}: invalid currency {_quoted(value)}")
+    elif name == "reference":
+        if not isinstance(value, str):
+            raise Refused(Reason.MALFORMED, f"{kind}.reference: expected text")
+        if len(value) > MAX_REFERENCE_LENGTH:
+            raise Refused(
+                Reason.FIELD_TOO_LONG,
+                f"{kind}.reference: at most {MAX_REFERENCE_LENGTH} characters, got {len(value):,}",
+            )
+        if not value.isprintable():
+            raise Refused(Reason.MALFORMED, f"{kind}.reference: must be printable")
+    elif name == "rate" and (
+        not isinstance(value, str)
+        or not _RATE_PATTERN.fullmatch(value)
+        or not any(digit in value for digit in "123456789")
+    ):
+        raise Refused(Reason.MALFORMED, f"{kind}.rate: positive decimal, got {_quoted(value)}")
 
 
 def _validate_id(value: object, what: str) -> None:
@@ -702,18 +790,19 @@ def _signature_from_fields(fields_: Any) -> Signature:
         if not endorses:
             raise ValueError("only an endorsement carries a place in a batch")
         index, size, path = fields_[3:]
-        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (index, size)):
+        # integers, not booleans (bool is an int subclass, and nothing subclasses bool)
+        if type(index) is bool or type(size) is bool:
             raise ValueError("index and size are integers")
-        if not isinstance(path, list) or not all(isinstance(h, str) for h in path):
+        if not (isinstance(index, int) and isinstance(size, int)):
+            raise ValueError("index and size are integers")
+        if not isinstance(path, list):
             raise ValueError("a path is a list of hex hashes")
-        return Signature(
-            signer,
-            bytes.fromhex(value),
-            endorses,
-            index,
-            size,
-            tuple(bytes.fromhex(h) for h in path),
-        )
+        signature = bytes.fromhex(value)
+        try:
+            hashes = tuple(map(bytes.fromhex, path))
+        except TypeError:  # fromhex takes text only
+            raise ValueError("a path is a list of hex hashes") from None
+        return Signature(signer, signature, endorses, index, size, hashes)
     except (TypeError, ValueError) as exc:
         raise Refused(Reason.MALFORMED, f"malformed signature list: {exc}") from exc
 
