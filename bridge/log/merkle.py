@@ -87,24 +87,28 @@ def inclusion_paths(leaves: Sequence[bytes]) -> list[list[bytes]]:
 
 
 def root_from_path(leaf: bytes, index: int, size: int, path: Sequence[bytes]) -> bytes | None:
-    """Recompute the root from a leaf hash and its audit path; None if the path is malformed."""
+    """Recompute the root from a leaf hash and its audit path; None if the path is malformed
+    (longer or shorter than the leaf's depth in a tree of `size`).
+
+    RFC 9162 §2.1.3.2, in one loop: `last` is the index of the tree's last node on the current
+    level; a node that is a right child, or the last node of its level, takes its sibling on
+    the left (a last node without a sibling is carried up unchanged until it has one)."""
     if not 0 <= index < size:
         return None
-    return _root_from_path(leaf, index, size, list(path))
-
-
-def _root_from_path(node: bytes, index: int, size: int, path: list[bytes]) -> bytes | None:
-    if size == 1:
-        return node if not path else None
-    if not path:
-        return None
-    k = _split(size)
-    sibling = path.pop()
-    if index < k:
-        inner = _root_from_path(node, index, k, path)
-        return None if inner is None else node_hash(inner, sibling)
-    inner = _root_from_path(node, index - k, size - k, path)
-    return None if inner is None else node_hash(sibling, inner)
+    node, last = leaf, size - 1
+    for sibling in path:
+        if last == 0:
+            return None  # the path goes on above the root
+        if index & 1 or index == last:
+            node = sha256(b"\x01" + sibling + node).digest()
+            while not index & 1 and index:  # carried up until it is a right child
+                index >>= 1
+                last >>= 1
+        else:
+            node = sha256(b"\x01" + node + sibling).digest()
+        index >>= 1
+        last >>= 1
+    return node if last == 0 else None
 
 
 def verify_inclusion(

@@ -160,3 +160,40 @@ def test_single_leaf_tree_has_empty_path() -> None:
     """In a tree of one, the leaf hash is the root and the path is empty."""
     assert inclusion_path([leaf_hash(b"only")], 0) == []
     assert verify_inclusion(b"only", 0, 1, [], merkle_root([b"only"]))
+
+
+def reference_root_from_path(node: bytes, index: int, size: int, path: list[bytes]) -> bytes | None:
+    """The root from a leaf hash and its audit path by RFC 6962's recursive split (the path
+    is consumed from its top end); None when the path is too short or too long."""
+    if size == 1:
+        return node if not path else None
+    if not path:
+        return None
+    k = 1
+    while k * 2 < size:
+        k *= 2
+    path = list(path)
+    sibling = path.pop()
+    if index < k:
+        inner = reference_root_from_path(node, index, k, path)
+        return None if inner is None else node_hash(inner, sibling)
+    inner = reference_root_from_path(node, index - k, size - k, path)
+    return None if inner is None else node_hash(sibling, inner)
+
+
+@pytest.mark.parametrize("size", range(1, 70))
+def test_root_from_path_agrees_with_the_recursive_split_on_good_and_bad_paths(size: int) -> None:
+    """For every leaf of every tree up to 69 leaves, the root from its path (and from the
+    path cut short, lengthened, or another leaf's path) is what the recursive split gives."""
+    leaves = hashed(items_of(size))
+    root = reference_root(items_of(size))
+    for index in range(size):
+        path = reference_path(items_of(size), index)
+        assert root_from_path(leaves[index], index, size, path) == root
+        candidates = [path[:-1], [*path, root], [root, *path], path[1:]]
+        candidates += [reference_path(items_of(size), (index + 1) % size)]
+        for other in candidates:
+            expected = reference_root_from_path(leaves[index], index, size, other)
+            assert root_from_path(leaves[index], index, size, other) == expected
+            if len(other) != len(path):
+                assert expected is None
