@@ -376,6 +376,7 @@ class _FieldPlan:
 
     fields: tuple[tuple[str, int], ...]  # (name, _PLAIN / _HEX / _LIST), declaration order
     names: frozenset[str]  # the field names and "kind": every key of the canonical fields
+    hex: bool  # some field is bytes (hex in the canonical fields)
 
 
 _FIELD_PLANS: dict[type[Instruction], _FieldPlan] = {}
@@ -385,9 +386,11 @@ def _field_plan(cls: type[Instruction]) -> _FieldPlan:
     plan = _FIELD_PLANS.get(cls)
     if plan is None:
         how = {"bytes": _HEX, "tuple[str, ...]": _LIST}
+        planned = tuple((f.name, how.get(str(f.type), _PLAIN)) for f in fields(cls))
         plan = _FIELD_PLANS[cls] = _FieldPlan(
-            tuple((f.name, how.get(str(f.type), _PLAIN)) for f in fields(cls)),
-            frozenset({"kind", *(f.name for f in fields(cls))}),
+            planned,
+            frozenset({"kind", *(name for name, _ in planned)}),
+            any(kind == _HEX for _, kind in planned),
         )
     return plan
 
@@ -758,10 +761,16 @@ class Envelope:
         instruction = instruction_from_fields(body)  # shape validated
         if not isinstance(signatures, list):
             raise Refused(Reason.MALFORMED, "malformed signature list: expected a list")
+        if type(body) is dict and not _field_plan(type(instruction)).hex:
+            # the instruction holds the very values of `body` (tuples rebuilt from its lists):
+            # `body` encodes exactly as the instruction's fields do, without rebuilding them
+            body_bytes = canonical_json(body)
+        else:  # bytes fields: their hex is only canonical as the instruction writes it
+            body_bytes = instruction.canonical_bytes()
         return cls(
             instruction,
             tuple(_signature_from_fields(s) for s in signatures),
-            instruction.canonical_bytes(),
+            body_bytes,
             shape_checked=True,
         )
 
@@ -849,6 +858,9 @@ def _signature_json(s: Signature) -> str:
     return f'["{s.signer}","{s.endorses}","{s.value.hex()}",{s.index},{s.size},[{path}]]'
 
 
+_OUTCOME_BYTES = {outcome: outcome.value.encode() for outcome in Outcome}
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One accepted instruction and its outcome, at its place in the log."""
@@ -865,7 +877,7 @@ class Entry:
                 b'{"body":',
                 self.envelope.body_bytes,
                 b',"outcome":"',
-                self.outcome.value.encode(),
+                _OUTCOME_BYTES[self.outcome],
                 b'","seq":',
                 str(self.seq).encode(),
                 b',"sigs":',

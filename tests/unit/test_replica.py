@@ -214,3 +214,27 @@ async def test_an_entry_with_the_path_of_another_batch_is_not_attested() -> None
         replica.apply_block(block.header, list(block.entry_bytes))
     assert caught.value.reason is Reason.BAD_SIGNATURE
     assert replica.height == 1
+
+
+async def test_a_changed_body_under_an_already_verified_root_is_not_attested() -> None:
+    """Two legs of a batch replayed (the root's signature verified and its verdict kept),
+    then a third leg of the same batch whose body was changed after endorsing (canonical
+    bytes, the block's Merkle root rebuilt over them): its path leads to another root, the
+    replica refuses the block (BAD_SIGNATURE) and attests nothing new."""
+    net = network()
+    chain = Chain(net)
+    chain.ledger.check = SignatureCheck.NONE  # a sequencer that checks nothing
+    fund(chain.ledger, net, "ICBC", 1_000)
+    replica = replica_of(net)
+    attest(replica, chain.block([], applied=T0, sealed=T0))
+    envelopes = payments_under_one_root(net, 4, "changed")
+    attest(replica, chain.block(envelopes[:2], applied=T0, sealed=T0))
+    body = envelopes[2].body
+    assert isinstance(body, Pay)
+    changed = replace(body, amount=body.amount + 1)
+    forged = Envelope(changed, envelopes[2].signatures, changed.canonical_bytes())
+    block = chain.block([forged], applied=T0, sealed=T0)
+    with pytest.raises(Refused) as caught:
+        replica.apply_block(block.header, list(block.entry_bytes))
+    assert caught.value.reason is Reason.BAD_SIGNATURE
+    assert replica.height == 2
