@@ -13,29 +13,16 @@ def settlement_event(entry: Entry, ledger: Ledger, height: int) -> dict[str, Any
     """One entry as a notification: who, what moved, and the outcome; `seq` de-duplicates."""
     body = entry.envelope.body
     legs: list[list[Any]] = []
-    parties = [body.sender]
     if isinstance(body, DualPvp):
         legs = _pvp_legs(body)
-        parties.append(body.counterparty)
     elif isinstance(body, Pay):
         legs = [[body.sender, body.payee, body.currency, body.amount]]
-        parties.append(body.payee)
-    elif isinstance(body, ProposePvp):
-        parties.append(body.counterparty)
     elif isinstance(body, AcceptPvp):
         legs = _pvp_legs(ledger.pvps[(body.proposer, body.pvp_id)].proposal)
     elif isinstance(body, Issue):
         legs = [[body.sender, body.to, body.currency, body.amount]]
-        parties.append(body.to)
     elif isinstance(body, Redeem):
         legs = [[body.sender, "", body.currency, body.amount]]
-    pvp_id = getattr(body, "pvp_id", "")
-    if pvp_id:
-        state = ledger.pvps.get((getattr(body, "proposer", body.sender), pvp_id))
-        if state is not None:
-            for party in (state.proposal.sender, state.proposal.counterparty):
-                if party not in parties:
-                    parties.append(party)
     return {
         "seq": entry.seq,
         "height": height,
@@ -44,11 +31,33 @@ def settlement_event(entry: Entry, ledger: Ledger, height: int) -> dict[str, Any
         "outcome": entry.outcome.value,
         "sender": body.sender,
         "instruction_id": body.instruction_id,
-        "pvp_id": pvp_id,
-        "parties": parties,
+        "pvp_id": getattr(body, "pvp_id", ""),
+        "parties": entry_parties(entry, ledger),
         "legs": legs,
         "reference": getattr(body, "reference", ""),
     }
+
+
+def entry_parties(entry: Entry, ledger: Ledger) -> list[str]:
+    """Who an entry concerns (its event's `parties`): the sender, the other party of a
+    payment, PvP or issuance, and both banks of the PvP it acts on (read from `ledger`, which
+    must still hold that PvP)."""
+    body = entry.envelope.body
+    parties = [body.sender]
+    if isinstance(body, DualPvp | ProposePvp):
+        parties.append(body.counterparty)
+    elif isinstance(body, Pay):
+        parties.append(body.payee)
+    elif isinstance(body, Issue):
+        parties.append(body.to)
+    pvp_id = getattr(body, "pvp_id", "")
+    if pvp_id:
+        state = ledger.pvps.get((getattr(body, "proposer", body.sender), pvp_id))
+        if state is not None:
+            for party in (state.proposal.sender, state.proposal.counterparty):
+                if party not in parties:
+                    parties.append(party)
+    return parties
 
 
 def _pvp_legs(pvp: DualPvp | ProposePvp) -> list[list[Any]]:

@@ -43,7 +43,7 @@ from bridge.core.ledger import Ledger, PvpState, SignatureCheck
 from bridge.crypto import Signer, Verifier
 from bridge.domain import Entry, Genesis, ParticipantId
 from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
-from bridge.events import settlement_event
+from bridge.events import entry_parties
 from bridge.log.blocks import Attestation, BlockHeader, attest
 from bridge.log.merkle import merkle_root
 from bridge.metrics import BLOCK_ENTRIES, stage
@@ -376,7 +376,7 @@ class Replica:
         for entry, data in parsed:
             if keep:
                 delta.entries.append((entry.seq, header.height, data))
-            for party in settlement_event(entry, ledger, header.height)["parties"]:
+            for party in entry_parties(entry, ledger):
                 self._index[party].append(IndexedEntry(entry.seq, header.height, data))
                 if keep:
                     delta.parties.append((party, entry.seq))
