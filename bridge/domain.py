@@ -681,7 +681,11 @@ def party_message(body_bytes: bytes) -> bytes:
 def endorsed_leg(body_bytes: bytes, party_signature: bytes) -> bytes:
     """One leg a central bank endorses, as a Merkle leaf's data: the length of the bank's
     signature (2 bytes, big-endian), the signature, then SHA-256 of the canonical body."""
-    return len(party_signature).to_bytes(2, "big") + party_signature + sha256(body_bytes).digest()
+    return _endorsed_leg(sha256(body_bytes).digest(), party_signature)
+
+
+def _endorsed_leg(body_hash: bytes, party_signature: bytes) -> bytes:
+    return len(party_signature).to_bytes(2, "big") + party_signature + body_hash
 
 
 def endorsement_leaf(body_bytes: bytes, party_signature: bytes) -> bytes:
@@ -701,11 +705,25 @@ def endorsement_message(
     """The root message `endorsement` must be a signature of, recomputed from the leg and the
     endorsement's place in its batch; None when the place is impossible (index outside the
     batch, a path of the wrong length): such an endorsement does not verify."""
+    return _endorsement_message(sha256(body_bytes).digest(), party_signature, endorsement)
+
+
+def envelope_endorsement_message(
+    envelope: Envelope, party_signature: bytes, endorsement: Signature
+) -> bytes | None:
+    """`endorsement_message` of the envelope's body, from its body hash (worked out once per
+    envelope, however many legs and checks use it)."""
+    return _endorsement_message(envelope.body_hash(), party_signature, endorsement)
+
+
+def _endorsement_message(
+    body_hash: bytes, party_signature: bytes, endorsement: Signature
+) -> bytes | None:
     size = endorsement.size
     if not 1 <= size <= MAX_ENDORSEMENT_BATCH:
         return None
     root = root_from_path(
-        endorsement_leaf(body_bytes, party_signature),
+        leaf_hash(_endorsed_leg(body_hash, party_signature)),
         endorsement.index,
         size,
         endorsement.path,
@@ -725,13 +743,19 @@ class Envelope:
     signatures: tuple[Signature, ...]
     body_bytes: bytes = field(default=b"", compare=False)
     shape_checked: bool = field(default=False, compare=False, repr=False, kw_only=True)
+    _body_hash: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     @classmethod
     def of(cls, body: Instruction, signatures: tuple[Signature, ...] = ()) -> Envelope:
         return cls(body, signatures, body.canonical_bytes())
 
     def body_hash(self) -> bytes:
-        return sha256(self.body_bytes).digest()
+        """SHA-256 of the body bytes, worked out on the first call and kept."""
+        digest = self._body_hash
+        if not digest:
+            digest = sha256(self.body_bytes).digest()
+            object.__setattr__(self, "_body_hash", digest)  # a cache of immutable bytes
+        return digest
 
     def with_signature(self, signature: Signature) -> Envelope:
         return Envelope(

@@ -64,7 +64,7 @@ from bridge.domain import (
     RejectPvp,
     SetParticipantStatus,
     SetPolicy,
-    endorsement_message,
+    envelope_endorsement_message,
     format_time,
     party_message,
     validate_shape,
@@ -489,7 +489,7 @@ class Ledger:
         home = self.participants.get(participant.home_central_bank)
         if home is None:
             return None
-        message = endorsement_message(envelope.body_bytes, signature.value, endorsement)
+        message = envelope_endorsement_message(envelope, signature.value, endorsement)
         if message is None:
             return None
         return (home.public_key, message, endorsement.value)
@@ -553,7 +553,7 @@ class Ledger:
         if self.check is SignatureCheck.ALL:
             self._verify(participant, party_message(envelope.body_bytes), signature.value, "party")
         home = self.participants[participant.home_central_bank]
-        message = endorsement_message(envelope.body_bytes, signature.value, endorsement)
+        message = envelope_endorsement_message(envelope, signature.value, endorsement)
         if message is None:
             raise Refused(
                 Reason.BAD_SIGNATURE,

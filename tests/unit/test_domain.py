@@ -39,6 +39,7 @@ from bridge.domain import (
     Signature,
     canonical_json,
     endorsement_message,
+    envelope_endorsement_message,
     instruction_from_fields,
     party_message,
     validate_shape,
@@ -553,3 +554,26 @@ def test_malformed_stored_signatures_are_refused_as_malformed(signatures: list[A
     with pytest.raises(Refused) as refused:
         Envelope.from_fields(body, signatures)
     assert refused.value.reason is Reason.MALFORMED
+
+
+def test_an_envelopes_body_hash_is_kept_and_always_that_of_its_body_bytes() -> None:
+    """The body hash is SHA-256 of the body bytes on every call (worked out once), and an
+    endorsement message from it is the one from the body bytes; another envelope of other
+    bytes has its own."""
+    net = network()
+    envelope = sign(net, Pay("pay-h", "ICBC", UNTIL, "BOCHK", "CNY", 5, "INV-1"))
+    digest = sha256(envelope.body_bytes).digest()
+    assert envelope.body_hash() == digest
+    assert envelope.body_hash() == digest
+    own, endorsement = envelope.party_signature("ICBC"), envelope.endorsement("ICBC")
+    assert own is not None
+    assert endorsement is not None
+    assert envelope_endorsement_message(envelope, own.value, endorsement) == endorsement_message(
+        envelope.body_bytes, own.value, endorsement
+    )
+    other = Envelope(envelope.body, envelope.signatures, envelope.body_bytes + b" ")
+    assert other == envelope  # bytes are not compared ...
+    assert other.body_hash() == sha256(envelope.body_bytes + b" ").digest()  # ... nor shared
+    assert envelope_endorsement_message(other, own.value, endorsement) != (
+        envelope_endorsement_message(envelope, own.value, endorsement)
+    )
