@@ -811,7 +811,10 @@ def _signature_from_fields(fields_: Any) -> Signature:
     try:
         if not isinstance(fields_, list) or len(fields_) not in (3, 6):
             raise ValueError("a signature is 3 fields, an endorsement 6")
-        signer, endorses, value = fields_[:3]
+        if len(fields_) == 3:
+            signer, endorses, value = fields_
+        else:
+            signer, endorses, value, index, size, path = fields_
         if not isinstance(signer, str) or not isinstance(endorses, str):
             raise Refused(Reason.MALFORMED, "signers must be strings")
         if not isinstance(value, str):
@@ -822,7 +825,6 @@ def _signature_from_fields(fields_: Any) -> Signature:
             return Signature(signer, bytes.fromhex(value))
         if not endorses:
             raise ValueError("only an endorsement carries a place in a batch")
-        index, size, path = fields_[3:]
         # integers, not booleans (bool is an int subclass, and nothing subclasses bool)
         if type(index) is bool or type(size) is bool:
             raise ValueError("index and size are integers")
