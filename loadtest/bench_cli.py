@@ -82,13 +82,21 @@ def replay(
     profile: Path | None = typer.Option(
         None, "--profile", help="Also write a cProfile of one replay (first check level) here."
     ),
+    checkpoint: bool = typer.Option(
+        False, "--checkpoint", help="Replay with a checkpoint file, as a node does by default."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
 ) -> None:
     """A central bank replica's CPU per replayed entry vs json.loads + SHA-256 of the same bytes."""
     from loadtest import bench_replay
 
     figures = bench_replay.run(
-        pvps=pvps, block=block, rounds=rounds, checks=replica_check, profile=profile
+        pvps=pvps,
+        block=block,
+        rounds=rounds,
+        checks=replica_check,
+        profile=profile,
+        checkpoint=checkpoint,
     )
     typer.echo(json.dumps(figures) if as_json else bench_replay.describe(figures))
 

@@ -10,7 +10,9 @@ drift in CPU speed during the run weighs on all alike):
 - `replay_us_per_entry[check]`: a fresh `Replica` (what a central bank node runs, at replica
   check `check`) replaying every block through `Replica.apply_block`: hash link, Merkle root,
   decoding each entry from its canonical bytes, the ledger core's replay, the index of
-  parties; thread CPU time per entry of the PvP blocks;
+  parties; thread CPU time per entry of the PvP blocks. With `--checkpoint` the replica keeps
+  a checkpoint file as a node does by default (its receipts and closed PvPs looked up there,
+  the changes gathered for each write; the writes themselves run on a worker thread);
 - `baseline_us_per_entry`: `json.loads` and SHA-256 of the same entry bytes, the floor any
   replay of a JSON log pays.
 
@@ -29,6 +31,7 @@ import json
 import platform
 import random
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +48,7 @@ from bridge.log.blocks import BlockHeader, seal
 from bridge.rates import counter_amount
 from bridge.signing import endorse_legs, sign_as_party
 from loadtest.bench_core import START, VALID_FOR, BenchNetwork, build_network, setup_envelopes
+from participants.central_bank.checkpoint import ReplicaCheckpoint
 from participants.central_bank.replica import Replica
 
 DEFAULT_PVPS = 10_000
@@ -146,35 +150,46 @@ def build_log(pvps: int = DEFAULT_PVPS, block: int = DEFAULT_BLOCK, seed: int = 
 # ---------------------------------------------------------------------------- measurements
 
 
-def _replica(genesis: Genesis, check: SignatureCheck) -> Replica:
+def _replica(genesis: Genesis, check: SignatureCheck, checkpoint: Path | None) -> Replica:
     return Replica(
         genesis,
         central_bank=genesis.central_banks[0].id,
         signer=PrivateKey.generate(),
         verifier=None if check is SignatureCheck.NONE else FastVerifier(),
         check=check,
+        checkpoint=None if checkpoint is None else ReplicaCheckpoint(checkpoint),
     )
 
 
-async def _replay(log: ReplayLog, check: SignatureCheck) -> float:
+async def _replay(log: ReplayLog, check: SignatureCheck, checkpoint: Path | None) -> float:
     """Thread CPU seconds a fresh replica spends replaying the PvP blocks (the setup block
-    is replayed first, untimed)."""
-    replica = _replica(log.genesis, check)
+    is replayed first, untimed). With a checkpoint, it is written when a node would write
+    it, on a worker thread as a node does (its CPU is not this thread's)."""
+    replica = _replica(log.genesis, check, checkpoint)
     (setup_header, setup_entries), *rest = log.blocks
     replica.apply_block(setup_header, setup_entries)
     gc.collect()
-    started = time.thread_time()
+    spent = 0.0
     for header, entries in rest:
+        started = time.thread_time()
         replica.apply_block(header, entries)
-    spent = time.thread_time() - started
+        spent += time.thread_time() - started
+        if replica.checkpoint_due():
+            await replica.save_checkpoint()
     await asyncio.sleep(0)  # let the replica's notifications run
+    if replica.checkpoint is not None:
+        await replica.save_checkpoint()
+        replica.checkpoint.close()
     if replica.height != len(log.blocks) or replica.ledger.conservation_errors():
         raise RuntimeError("the replica does not end where the log does")
     return spent
 
 
-def replay_seconds(log: ReplayLog, check: SignatureCheck) -> float:
-    return asyncio.run(_replay(log, check))
+def replay_seconds(log: ReplayLog, check: SignatureCheck, checkpoint: bool = False) -> float:
+    if not checkpoint:
+        return asyncio.run(_replay(log, check, None))
+    with tempfile.TemporaryDirectory(prefix="bench-replay-") as directory:
+        return asyncio.run(_replay(log, check, Path(directory) / "replica.sqlite"))
 
 
 def baseline_seconds(log: ReplayLog) -> float:
@@ -195,6 +210,7 @@ def run(
     rounds: int = DEFAULT_ROUNDS,
     checks: Sequence[str] = CHECKS,
     profile: Path | None = None,
+    checkpoint: bool = False,
 ) -> dict[str, Any]:
     if pvps < 1 or block < 1 or rounds < 1 or not checks:
         raise ValueError("pvps, block and rounds must be positive, with a check level at least")
@@ -202,7 +218,7 @@ def run(
     log = build_log(pvps, block)
     entries = sum(len(e) for _, e in log.blocks[1:])
     runs: list[tuple[str, Callable[[], float]]] = [("baseline", partial(baseline_seconds, log))]
-    runs += [(level.value, partial(replay_seconds, log, level)) for level in levels]
+    runs += [(level.value, partial(replay_seconds, log, level, checkpoint)) for level in levels]
     spent: dict[str, list[float]] = {name: [] for name, _ in runs}
     for round_ in range(rounds):
         for turn in range(len(runs)):
@@ -210,7 +226,7 @@ def run(
             spent[name].append(measure() / entries * 1e6)
     if profile is not None:
         profiler = cProfile.Profile()
-        profiler.runcall(replay_seconds, log, levels[0])
+        profiler.runcall(replay_seconds, log, levels[0], checkpoint)
         profiler.dump_stats(str(profile))
     baseline = statistics.median(spent["baseline"])
     replay = {level.value: statistics.median(spent[level.value]) for level in levels}
@@ -221,6 +237,7 @@ def run(
         "block_entries": block,
         "blocks": len(log.blocks) - 1,
         "rounds": rounds,
+        "checkpoint": checkpoint,
         "entry_bytes": sum(len(d) for _, e in log.blocks[1:] for d in e) // entries,
         "replay_us_per_entry": {name: round(us, 2) for name, us in replay.items()},
         "replay_us_per_entry_min": {

@@ -48,3 +48,17 @@ def test_replay_log_holds_batch_endorsed_dual_pvps_in_linked_blocks() -> None:
     assert all(isinstance(e.envelope.body, DualPvp) for e in entries)
     sizes = {s.size for e in entries for s in e.envelope.signatures if s.endorses}
     assert max(sizes) > 1  # legs share a batch root
+
+
+def test_replay_bench_with_a_checkpoint_replays_as_a_node_does() -> None:
+    """`bench replay --checkpoint` replays the same log keeping a checkpoint file (the
+    replica's look-ups go to it) and prints its figures marked so."""
+    exit_code, output = invoke(
+        "replay", "--pvps", "20", "--block", "5", "--rounds", "1", "--checkpoint",
+        "--replica-check", "endorsements", "--json",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    figures = json.loads(output)
+    assert figures["checkpoint"] is True
+    assert set(figures["replay_us_per_entry"]) == {"endorsements"}
+    assert figures["replay_us_per_entry"]["endorsements"] > 0
