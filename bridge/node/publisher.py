@@ -142,6 +142,7 @@ class OutboxPublisher:
         self._marking: asyncio.Future[Any] | None = None
         # a cursor not stored means a re-publication after a restart, not a lost event
         self._cursor_writes = FailureEpisode(log, "outbox cursor writes (events published again)")
+        self._outbox_reads = FailureEpisode(log, "outbox reads (events wait in the outbox)")
         self._mark_timer: asyncio.TimerHandle | None = None
         self._last_mark = -math.inf
         self._last_backlog_log = 0.0
@@ -191,6 +192,7 @@ class OutboxPublisher:
                     await self._read(self._rebuild_topic_heads, self._cursor)
                     self._acked = self._stored = self._cursor
                     self._acked_prev = dict(self._prev)
+                    self._outbox_reads.succeeded()
                     resumed = True
                 async with aiomqtt.Client(
                     settings.host,
@@ -228,15 +230,11 @@ class OutboxPublisher:
                 await asyncio.sleep(pause)
             except Exception as error:
                 # the store could not be read (a database restart, a disk error...): the task
-                # must outlive it, or events would wait in the outbox until the node restarts
+                # must outlive it, or events would wait in the outbox until the node restarts;
+                # one line per episode, a traceback only for what is not a store failure
                 self.stats.connected = False
-                pause = backoff.next()
-                log.error(
-                    "outbox unreadable; events wait in the outbox",
-                    exc_info=error,
-                    extra={"retry_in_s": round(pause, 2)},
-                )
-                await asyncio.sleep(pause)
+                self._outbox_reads.failed(error, traceback=not isinstance(error, StoreError))
+                await asyncio.sleep(backoff.next())
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         """Publish until the connection breaks (raises MqttError) or the store fails."""
@@ -302,6 +300,7 @@ class OutboxPublisher:
         """Hand every outbox row not handed over yet to the client, in order."""
         while True:
             rows, messages, heads, last = await self._read(self._read_batch, self._cursor)
+            self._outbox_reads.succeeded()
             if not rows:
                 self.stats.backlog_blocks = max(0, last - self._cursor)
                 return

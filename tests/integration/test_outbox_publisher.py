@@ -228,12 +228,12 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> No
 
 
 class FailingOnce(SqliteStore):
-    """A store whose first cursor read and first outbox read fail, as a database does while it
-    restarts."""
+    """A store whose first cursor read(s) and first outbox read(s) fail, as a database does
+    while it restarts."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cursor_failures: int = 1, outbox_failures: int = 1) -> None:
         super().__init__(path)
-        self.failures = {"outbox_cursor": 1, "outbox_after": 1}
+        self.failures = {"outbox_cursor": cursor_failures, "outbox_after": outbox_failures}
 
     def _fail_once(self, name: str) -> None:
         if self.failures[name]:
@@ -280,6 +280,40 @@ async def test_publisher_outlives_a_store_that_cannot_be_read(
     assert reader.failures == {"outbox_cursor": 0, "outbox_after": 0}
     assert [m["kind"] for m in got] == ["issue", "pay"]
     assert (got[1]["seq"], got[1]["instruction_id"]) == (paid.seq, paid.instruction_id)
+    for opened in (store, marks, reader):
+        opened.close()
+
+
+async def test_an_outbox_that_cannot_be_read_is_logged_once_per_episode(
+    broker: Broker, net: Network, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Three failed reads of the outbox in a row give one ERROR line with the store's cause and
+    no traceback, then one line when reading works again, not an ERROR with a traceback for
+    every retry."""
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS], T0)
+    marks = SqliteStore(db)
+    reader = FailingOnce(db, cursor_failures=3, outbox_failures=0)
+    failing = OutboxPublisher(
+        settings(broker, BRIDGE_USER),
+        reader=reader,
+        mark=lambda upto: marks.set_outbox_cursor(CONSUMER, upto),
+    )
+    with caplog.at_level(logging.INFO, logger=publisher_module.log.name):
+        failing.start()
+        await wait_until(lambda: store.outbox_cursor(CONSUMER) == store.outbox_last_id())
+        await failing.stop()
+    reads = [r for r in caplog.records if r.getMessage().startswith("outbox reads")]
+    assert reader.failures["outbox_cursor"] == 0
+    errors = [r for r in reads if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in reads]
+    assert "the database is restarting" in errors[0].getMessage()
+    assert errors[0].exc_info is None
+    recovered = [r.getMessage() for r in reads if r.levelno == logging.INFO]
+    assert len(recovered) == 1, recovered
+    assert "recovered after 3 failures" in recovered[0]
     for opened in (store, marks, reader):
         opened.close()
 
