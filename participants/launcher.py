@@ -17,7 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -60,6 +62,24 @@ def exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     must not be cut short."""
     signal.signal(signal.SIGTERM, lambda *_: None)
     raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def sigterm_held() -> Iterator[None]:
+    """Hold SIGTERM off while processes are being stopped: an exit raised half-way through a
+    cleanup would leave the processes after it running. A SIGTERM that arrived meanwhile is
+    delivered again once the cleanup is done (to the handler that was in place)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are handled in the main thread only
+        return
+    arrived: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if arrived:
+            signal.raise_signal(signal.SIGTERM)
 
 
 @dataclass
@@ -213,17 +233,18 @@ class Network:
         self.bridge.wait_listening(time.monotonic() + READY_TIMEOUT)
 
     def stop(self) -> None:
-        for node in self.central_banks.values():
-            node.signal(signal.SIGTERM)
-        for node in self.central_banks.values():
-            node.stop()
-        for node in self.standby_bridges:
-            node.signal(signal.SIGTERM)
-        for node in self.standby_bridges:
-            node.stop()
-        self.bridge.stop()
-        if self.broker is not None:
-            self.broker.stop()
+        with sigterm_held():
+            for node in self.central_banks.values():
+                node.signal(signal.SIGTERM)
+            for node in self.central_banks.values():
+                node.stop()
+            for node in self.standby_bridges:
+                node.signal(signal.SIGTERM)
+            for node in self.standby_bridges:
+                node.stop()
+            self.bridge.stop()
+            if self.broker is not None:
+                self.broker.stop()
 
     def __enter__(self) -> Network:
         return self.start()

@@ -49,7 +49,7 @@ from participants.chaos.schedule import (
     plan,
     schedule_digest,
 )
-from participants.launcher import exit_on_sigterm, free_ports, wait_serving
+from participants.launcher import exit_on_sigterm, free_ports, sigterm_held, wait_serving
 from participants.network_config import generate_network
 from participants.sdk import CentralBankAdminClient
 
@@ -259,18 +259,19 @@ class Campaign:
     def teardown(self) -> None:
         """Stop whatever `setup` and the faults started (the last made first: load clients,
         then central bank nodes, then the bridge), even when `setup` did not finish."""
-        for process in reversed(self.spawned):
-            process.stop()
-        checker: Checker | None = getattr(self, "checker", None)
-        if checker is not None:
-            checker.close()
-        for proxy in self.proxies:
-            proxy.close()
-        if self.disk is not None:
-            self.disk.free()
-            self.disk.unmount()
-        if self.broker is not None:
-            self.broker.stop()
+        with sigterm_held():
+            for process in reversed(self.spawned):
+                process.stop()
+            checker: Checker | None = getattr(self, "checker", None)
+            if checker is not None:
+                checker.close()
+            for proxy in self.proxies:
+                proxy.close()
+            if self.disk is not None:
+                self.disk.free()
+                self.disk.unmount()
+            if self.broker is not None:
+                self.broker.stop()
 
     # ------------------------------------------------------------------ probes and checks
 
@@ -360,7 +361,8 @@ class Campaign:
         if seconds is not None:
             self.figures.recoveries.append(seconds)
         entry = {**asdict(fault), "recovery_s": seconds, **extra}
-        entry = {k: v for k, v in entry.items() if v not in ("", 0, 0.0)}
+        # empty fields left out; a False flag (finality stopped...) is kept: `False == 0`
+        entry = {k: v for k, v in entry.items() if v is False or v not in ("", 0, 0.0)}
         self.figures.faults.append(entry)
         if fault.kind == "kill":
             self.figures.kills.append(entry)

@@ -11,15 +11,23 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from participants.broker import Broker
-from participants.chaos.campaign import CALL_TIMEOUT, Campaign, Figures, Part, summary
+from participants.chaos.campaign import (
+    CALL_TIMEOUT,
+    Campaign,
+    Figures,
+    Part,
+    fault_failures,
+    summary,
+)
 from participants.chaos.checks import CheckReport
 from participants.chaos.faults import rss_bytes
-from participants.chaos.schedule import QUICK, plan
+from participants.chaos.schedule import QUICK, Fault, plan
 
 CBS = ["PBOC", "HKMA", "BOT", "CBUAE"]
 OUTAGE = {
@@ -129,3 +137,25 @@ def test_memory_is_measured_for_every_process_of_the_network(tmp_path: Path) -> 
         campaign.teardown()
         broker.kill()
         broker.wait()
+
+
+def test_a_false_flag_of_a_fault_reaches_the_verdict() -> None:
+    """`Campaign.fault_done` keeps `finality_continued=False` and
+    `pvp_expired_during_outage=False` in the fault's record (False equals 0, which the record
+    leaves out as empty), so the verdict sees them and fails the run."""
+    figures = Figures()
+    campaign = SimpleNamespace(figures=figures, recover=lambda healed_at: 1.0)
+    outage = Fault("outage", "HKMA", 1.0, hold=7.0)
+    Campaign.fault_done(
+        campaign,  # type: ignore[arg-type]
+        outage,
+        0.0,
+        finality_continued=False,
+        pvp_expired_during_outage=False,
+    )
+    recorded = figures.faults[-1]
+    assert recorded["finality_continued"] is False
+    assert recorded["pvp_expired_during_outage"] is False
+    failures = fault_failures(figures.faults, 1.0)
+    assert any("finality stopped" in f for f in failures), failures
+    assert any("did not expire" in f for f in failures), failures
