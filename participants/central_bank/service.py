@@ -635,15 +635,22 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     ) -> AsyncIterator[pb.BankSubmitResponse]:
         """Each instruction handled as its unary RPC would be; one response per request (for a
         batch, one result per instruction, in order)."""
-        responses: asyncio.Queue[pb.BankSubmitResponse | None] = asyncio.Queue()
+        # answers wait here until gRPC takes them: an instruction's room in the window is
+        # freed only then, so a client that sends without reading is held to STREAM_WINDOW
+        # instructions of work and of answers, not to that many in flight plus any number
+        # of answers queued
+        responses: asyncio.Queue[tuple[pb.BankSubmitResponse, int] | None] = asyncio.Queue()
         window = InstructionWindow(STREAM_WINDOW)
         handlers: set[asyncio.Task[None]] = set()
 
         async def handle(request: pb.BankSubmitRequest, refused: dict[int, Refused]) -> None:
+            count = max(1, len(request.instructions))
             try:
-                responses.put_nowait(await self._answer(request, refused))
-            finally:
-                window.release(max(1, len(request.instructions)))
+                response = await self._answer(request, refused)
+            except BaseException:
+                window.release(count)
+                raise
+            responses.put_nowait((response, count))
 
         async def read_requests() -> None:
             async for item in request_iterator:
@@ -664,8 +671,10 @@ class CentralBankService(pb_grpc.CentralBankServicer):
 
         reader = asyncio.create_task(read_requests())
         try:
-            while (response := await responses.get()) is not None:
+            while (answer := await responses.get()) is not None:
+                response, count = answer
                 yield response
+                window.release(count)  # taken by gRPC: its room is free again
             await reader
         finally:
             reader.cancel()
@@ -679,13 +688,10 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         or of each instruction of its batch in order (`refused`: those refused at the edge)."""
         correlation_id = request.correlation_id
         if not request.instructions:
-            try:
-                status = await self._submitted(request.instruction)
-            except Refused as refusal:
-                return pb.BankSubmitResponse(
-                    correlation_id=correlation_id, refusal=wire.refusal_to_proto(refusal)
-                )
-            return pb.BankSubmitResponse(correlation_id=correlation_id, status=status)
+            result = await self._result(request.instruction, None)
+            if result.HasField("status"):
+                return pb.BankSubmitResponse(correlation_id=correlation_id, status=result.status)
+            return pb.BankSubmitResponse(correlation_id=correlation_id, refusal=result.refusal)
         if request.HasField("instruction"):
             whole = Refused(
                 Reason.MALFORMED, "a request carries one instruction or a batch, not both"
@@ -714,6 +720,16 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             return pb.BankSubmitResult(status=await self._submitted(request))
         except Refused as refusal:
             return pb.BankSubmitResult(refusal=wire.refusal_to_proto(refusal))
+        except Exception:
+            # a fault of this node, not of the instruction: it may have been sent on already,
+            # so the bank resubmits the same instruction; the batch's other answers stand
+            log.exception("a SubmitStream instruction failed unexpectedly")
+            unknown = Refused(
+                Reason.OUTCOME_UNKNOWN,
+                "the central bank node failed while handling this instruction; resubmit it "
+                "with the same id",
+            )
+            return pb.BankSubmitResult(refusal=wire.refusal_to_proto(unknown))
 
     async def _submitted(self, request: types.SignedInstruction) -> types.InstructionStatus:
         kind = request.instruction.WhichOneof("body")
