@@ -916,9 +916,16 @@ class Entry:
 
     @classmethod
     def from_canonical_bytes(cls, data: bytes) -> Entry:
-        raw = json.loads(data)
-        envelope = Envelope.from_fields(raw["body"], raw["sigs"])
-        entry = cls(int(raw["seq"]), int(raw["time"]), envelope, Outcome(raw["outcome"]))
+        try:
+            raw = json.loads(data)
+            envelope = Envelope.from_fields(raw["body"], raw["sigs"])
+            seq, time = raw["seq"], raw["time"]
+            if type(seq) is not int or type(time) is not int:  # not 1.0, 1E400 (inf) or true
+                raise Refused(Reason.MALFORMED, "an entry's seq and time are integers")
+            entry = cls(seq, time, envelope, Outcome(raw["outcome"]))
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+            # whatever the bytes are, the answer is a refusal, never an exception of the parser
+            raise Refused(Reason.MALFORMED, f"not an entry: {exc!r:.200}") from exc
         if entry.canonical_bytes() != data:
             raise Refused(Reason.MALFORMED, f"entry {entry.seq}: not in canonical encoding")
         return entry

@@ -577,3 +577,31 @@ def test_an_envelopes_body_hash_is_kept_and_always_that_of_its_body_bytes() -> N
     assert envelope_endorsement_message(other, own.value, endorsement) != (
         envelope_endorsement_message(envelope, own.value, endorsement)
     )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        (b'"time":', b'"time":1E400,"x":'),  # infinity: int() of it overflows
+        (b'"seq":', b'"seq":1.0,"x":'),
+        (b'"seq":', b'"seq":true,"x":'),
+    ],
+    ids=["infinite-time", "float-seq", "boolean-seq"],
+)
+def test_an_entry_whose_numbers_are_not_integers_is_refused(change: tuple[bytes, bytes]) -> None:
+    """An entry whose seq or time is a float, infinity or a boolean is refused as MALFORMED,
+    not raised as the parser's own exception (which ended a replica's replay or `log verify`)."""
+    entry = Entry(1, T0, Envelope.of(samples()[6]), Outcome.SETTLED)
+    data = entry.canonical_bytes().replace(*change, 1)
+    assert data != entry.canonical_bytes()
+    with pytest.raises(Refused) as refused:
+        Entry.from_canonical_bytes(data)
+    assert refused.value.reason is Reason.MALFORMED
+
+
+@pytest.mark.parametrize("data", [b"[]", b"{}", b"not json", b'{"body": 1, "sigs": []}'])
+def test_bytes_that_are_not_an_entry_are_refused(data: bytes) -> None:
+    """Bytes that are not an entry object at all are refused as MALFORMED."""
+    with pytest.raises(Refused) as refused:
+        Entry.from_canonical_bytes(data)
+    assert refused.value.reason is Reason.MALFORMED
