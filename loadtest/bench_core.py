@@ -155,8 +155,8 @@ def dual_pvp_envelope(network: BenchNetwork, body: DualPvp) -> Envelope:
     return envelope
 
 
-def build_pvps(network: BenchNetwork, count: int, seed: int = 7) -> tuple[Envelope, ...]:
-    """`count` dual-signed PvPs between banks of different currencies, pseudo-random pairs."""
+def dual_pvp_bodies(network: BenchNetwork, count: int, seed: int = 7) -> list[DualPvp]:
+    """`count` dual PvP bodies between banks of different currencies, pseudo-random pairs."""
     rng = random.Random(seed)
     pairs = [(a, b) for a in network.banks for b in network.banks if a.currency != b.currency]
     until = START + VALID_FOR
@@ -166,21 +166,27 @@ def build_pvps(network: BenchNetwork, count: int, seed: int = 7) -> tuple[Envelo
         pay_amount = rng.randrange(1_000, 10_000_000)
         rate = str(Decimal(rng.randrange(50_000, 20_000_000)).scaleb(-6))  # quoted to 6 places
         receive_amount = counter_amount(pay_amount, 2, rate, 2)  # >= 50: agrees with the rate
-        body = DualPvp(
-            f"pvp-{number:08d}",
-            a.id,
-            until,
-            b.id,
-            a.currency,
-            pay_amount,
-            b.currency,
-            receive_amount,
-            rate,
-            f"corridor invoice {number:08d}",
-            signed_at=START,
+        out.append(
+            DualPvp(
+                f"pvp-{number:08d}",
+                a.id,
+                until,
+                b.id,
+                a.currency,
+                pay_amount,
+                b.currency,
+                receive_amount,
+                rate,
+                f"corridor invoice {number:08d}",
+                signed_at=START,
+            )
         )
-        out.append(dual_pvp_envelope(network, body))
-    return tuple(out)
+    return out
+
+
+def build_pvps(network: BenchNetwork, count: int, seed: int = 7) -> tuple[Envelope, ...]:
+    """`count` dual-signed PvPs between banks of different currencies, pseudo-random pairs."""
+    return tuple(dual_pvp_envelope(network, body) for body in dual_pvp_bodies(network, count, seed))
 
 
 def build_workload(count: int, batch: int = DEFAULT_BATCH) -> Workload:

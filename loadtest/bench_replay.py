@@ -29,13 +29,11 @@ import cProfile
 import gc
 import json
 import platform
-import random
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from functools import partial
 from hashlib import sha256
 from pathlib import Path
@@ -45,9 +43,14 @@ from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier, PrivateKey
 from bridge.domain import DualPvp, Envelope, Genesis, Outcome, ParticipantId, Signature
 from bridge.log.blocks import BlockHeader, seal
-from bridge.rates import counter_amount
 from bridge.signing import endorse_legs, sign_as_party
-from loadtest.bench_core import START, VALID_FOR, BenchNetwork, build_network, setup_envelopes
+from loadtest.bench_core import (
+    START,
+    BenchNetwork,
+    build_network,
+    dual_pvp_bodies,
+    setup_envelopes,
+)
 from participants.central_bank.checkpoint import ReplicaCheckpoint
 from participants.central_bank.replica import Replica
 
@@ -66,32 +69,6 @@ class ReplayLog:
     genesis: Genesis
     blocks: tuple[Block, ...]
     pvps: int
-
-
-def _bodies(network: BenchNetwork, count: int, rng: random.Random) -> list[DualPvp]:
-    pairs = [(a, b) for a in network.banks for b in network.banks if a.currency != b.currency]
-    until = START + VALID_FOR
-    out = []
-    for number in range(count):
-        a, b = pairs[rng.randrange(len(pairs))]
-        pay_amount = rng.randrange(1_000, 10_000_000)
-        rate = str(Decimal(rng.randrange(50_000, 20_000_000)).scaleb(-6))  # quoted to 6 places
-        out.append(
-            DualPvp(
-                f"pvp-{number:08d}",
-                a.id,
-                until,
-                b.id,
-                a.currency,
-                pay_amount,
-                b.currency,
-                counter_amount(pay_amount, 2, rate, 2),
-                rate,
-                f"corridor invoice {number:08d}",
-                signed_at=START,
-            )
-        )
-    return out
 
 
 def _endorsed(network: BenchNetwork, bodies: Sequence[DualPvp]) -> list[Envelope]:
@@ -128,8 +105,7 @@ def build_log(pvps: int = DEFAULT_PVPS, block: int = DEFAULT_BLOCK, seed: int = 
     (signature checks off: the signatures are real, checking them is the replica's part)."""
     network = build_network()
     ledger = Ledger(network.genesis, verifier=None, check=SignatureCheck.NONE)
-    rng = random.Random(seed)
-    bodies = _bodies(network, pvps, rng)
+    bodies = dual_pvp_bodies(network, pvps, seed)
     batches: list[Sequence[Envelope]] = [setup_envelopes(network)]
     for start in range(0, pvps, block):
         batches.append(_endorsed(network, bodies[start : start + block]))
