@@ -165,8 +165,12 @@ class OutboxPublisher:
             self._mark_timer.cancel()
             self._mark_timer = None
         if self._hold_marker is None:
-            with contextlib.suppress(RuntimeError):  # the writer already shut down
+            try:
                 self._mark_now()  # what was acknowledged since the last mark
+            except RuntimeError:
+                # the ledger's writer thread has already shut down (a leader stepping down
+                # stops its sequencer first): the last mark goes on the publisher's own thread
+                self._mark_now(self._reads)
         if self._marking is not None:
             with contextlib.suppress(Exception):
                 await self._marking  # the last cursor update lands before the store closes
@@ -417,14 +421,16 @@ class OutboxPublisher:
         self._mark_timer = None
         self._mark_soon()
 
-    def _mark_now(self) -> None:
+    def _mark_now(self, executor: Executor | None = None) -> None:
         """Move the stored cursor to the acknowledged position without waiting: the writer
-        thread may be busy with a block's fsync. Marks run in order on that one thread."""
+        thread may be busy with a block's fsync. Marks run in order on that one thread
+        (`executor`: another, once that one is gone)."""
         upto = self._acked
         if upto <= self._stored:
             return
         loop = asyncio.get_running_loop()
-        marking = loop.run_in_executor(self._writer, self._mark, upto)
+        on = executor if executor is not None else self._writer
+        marking = loop.run_in_executor(on, self._mark, upto)
         self._stored = upto
         self._last_mark = loop.time()
         marking.add_done_callback(self._marked)
