@@ -19,13 +19,14 @@ retry of an old instruction is found by its look-up.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import chain
-from typing import Protocol
+from typing import Literal, Protocol
 
 from bridge.core.ledger import Ledger, PvpState, ReceiptKey, SignatureCheck
 from bridge.crypto import Verifier
-from bridge.domain import Genesis, Receipt
+from bridge.domain import Genesis, Outcome, Receipt
 
 RECENT_RECEIPTS = 4_096  # receipts kept per cache generation (two generations at most)
 KEYS_PER_QUERY = (1, 16, 128, 400)  # SQLite look-ups: the statement sizes (two parameters a key)
@@ -175,3 +176,24 @@ def chunks(keys: Sequence[ReceiptKey], sizes: Sequence[int]) -> Iterator[Sequenc
         part = keys[start : start + largest]
         size = next(s for s in sizes if s >= len(part))
         yield [*part, *[part[-1]] * (size - len(part))]
+
+
+def sqlite_receipts_for(
+    db: sqlite3.Connection, table: Literal["entries", "receipts"], keys: Sequence[ReceiptKey]
+) -> list[Receipt]:
+    """The receipts among those (sender, instruction id) keys found in `table` of a SQLite
+    file (the bridge's entries, or a replica checkpoint's receipts), by their unique index, in
+    statements of a few fixed sizes (`chunks`)."""
+    found: dict[tuple[str, str], Receipt] = {}  # a padded key comes back more than once
+    for part in chunks(keys, KEYS_PER_QUERY):
+        cursor = db.execute(
+            "WITH k(s, i) AS (VALUES " + ", ".join(["(?, ?)"] * len(part)) + ") "
+            "SELECT r.sender, r.instruction_id, r.body_hash, r.outcome, r.seq "
+            f"FROM k JOIN {table} r ON r.sender = k.s AND r.instruction_id = k.i",
+            [value for key in part for value in key],
+        )
+        for sender, instruction_id, body_hash, outcome, seq in cursor:
+            found[(sender, instruction_id)] = Receipt(
+                sender, instruction_id, bytes(body_hash), Outcome(outcome), seq
+            )
+    return list(found.values())

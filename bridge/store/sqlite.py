@@ -33,7 +33,7 @@ from bridge.store.codec import (
     encode_value,
     entry_row_values,
 )
-from bridge.store.receipts import KEYS_PER_QUERY, chunks, stored_ledger
+from bridge.store.receipts import sqlite_receipts_for, stored_ledger
 from bridge.store.state_reads import StateReads
 from bridge.store.tail import TAIL_BLOCKS_VERIFIED, check_tail
 
@@ -132,20 +132,10 @@ class SqliteStore(StateReads):
     def receipts_for(self, keys: Sequence[ReceiptKey]) -> list[Receipt]:
         """The receipts of those (sender, instruction id) keys that settled, from the entries
         table's unique index (the idempotency index: nothing of it is held in memory)."""
-        found: dict[tuple[str, str], Receipt] = {}  # a padded key comes back more than once
         try:
-            for part in chunks(keys, KEYS_PER_QUERY):
-                cursor = self._db.execute(
-                    "WITH k(s, i) AS (VALUES " + ", ".join(["(?, ?)"] * len(part)) + ") "
-                    "SELECT e.sender, e.instruction_id, e.body_hash, e.outcome, e.seq "
-                    "FROM k JOIN entries e ON e.sender = k.s AND e.instruction_id = k.i",
-                    [value for key in part for value in key],
-                )
-                for s, i, b, o, q in cursor:
-                    found[(s, i)] = Receipt(s, i, bytes(b), Outcome(o), q)
+            return sqlite_receipts_for(self._db, "entries", keys)
         except sqlite3.Error as exc:
             raise StoreError(f"looking up {len(keys)} receipts failed: {exc}") from exc
-        return list(found.values())
 
     def verify_tail(self, genesis: Genesis, blocks: int = TAIL_BLOCKS_VERIFIED) -> None:
         """Check hash links, Merkle roots and entry ranges of the last `blocks` blocks."""

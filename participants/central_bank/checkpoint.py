@@ -34,7 +34,7 @@ from bridge.store.codec import (
     encode_key,
     encode_value,
 )
-from bridge.store.receipts import KEYS_PER_QUERY, StoredReceipts, chunks
+from bridge.store.receipts import StoredReceipts, sqlite_receipts_for
 
 SCHEMA_VERSION = "2"  # 2: closed PvPs in rows of their own ("closed_pvps")
 CLOSED_PVPS = "closed_pvps"  # the state rows of closed PvPs, never loaded
@@ -182,17 +182,7 @@ class ReplicaCheckpoint:
         connection: it sees only whole writes)."""
         if self._reader is None:
             self._reader = self._connect()
-        found: dict[tuple[str, str], Receipt] = {}  # a padded key comes back more than once
-        for part in chunks(keys, KEYS_PER_QUERY):
-            cursor = self._reader.execute(
-                "WITH k(s, i) AS (VALUES " + ", ".join(["(?, ?)"] * len(part)) + ") "
-                "SELECT r.sender, r.instruction_id, r.body_hash, r.outcome, r.seq "
-                "FROM k JOIN receipts r ON r.sender = k.s AND r.instruction_id = k.i",
-                [value for key in part for value in key],
-            )
-            for s, i, b, o, q in cursor:
-                found[(s, i)] = Receipt(s, i, bytes(b), Outcome(o), q)
-        return list(found.values())
+        return sqlite_receipts_for(self._reader, "receipts", keys)
 
     def closed_pvp(self, key: tuple[str, str]) -> PvpState | None:
         """A written PvP's state. A PvP closed since the last write still reads HELD here: the
