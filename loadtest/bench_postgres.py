@@ -44,7 +44,7 @@ from bridge._proto.bridge.v1 import central_bank_pb2_grpc as cb_grpc
 from bridge.crypto import PrivateKey
 from bridge.domain import Envelope, Pay
 from bridge.signing import sign_as_party
-from loadtest.bench_stream import presign, stream_pvps
+from loadtest.bench_stream import DEFAULT_BATCH, presign, stream_pvps
 from loadtest.funding import fund_banks
 from loadtest.pgserver import PostgresServer, binaries, start_server
 from loadtest.settings import new_run_id
@@ -78,7 +78,7 @@ PGBENCH_ACCOUNTS = 1_000  # spread wide: clients rarely wait on each other's row
 class PostgresBenchSettings:
     pvps: int = 10_000
     window: int = 256
-    batch: int = 64  # PvPs per SubmitStream message, as in bench stream (1: one per message)
+    batch: int = DEFAULT_BATCH  # PvPs per SubmitStream message (1: one per message)
     pgbench_seconds: float = 10.0
     bridges: int = 2
     kills: int = 5

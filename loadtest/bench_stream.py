@@ -69,13 +69,14 @@ SETTLED = types.OUTCOME_SETTLED
 BANK_SIGNATURES_PER_PVP = 2  # a dual-signed PvP: both banks sign it
 VALID_FOR_MS = 30 * 60_000
 PREFILL_MS_PER_PVP = 10  # each pre-signed PvP stays valid this much longer per prefilled PvP
+DEFAULT_BATCH = 64  # PvPs per SubmitStream message (measured: docs/performance.md)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamSettings:
     pvps: int = 20_000
     window: int = 512
-    batch: int = 64  # PvPs per SubmitStream message (1: one message per PvP)
+    batch: int = DEFAULT_BATCH  # PvPs per SubmitStream message (1: one message per PvP)
     echo_seconds: float = 10.0
     replica_check: str = "none"
     central_banks: int = 4

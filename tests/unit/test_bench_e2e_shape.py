@@ -192,3 +192,17 @@ def test_weights_and_run_ids() -> None:
     settings = LoadSettings.from_environment({"BRIDGE_NETWORK": "n", "LOADTEST_USER_RATE": "2"})
     assert settings.user_rate == 2.0
     assert str(settings.network) == "n"
+
+
+def test_the_batch_option_agrees_with_the_stream_default_and_the_node_bound() -> None:
+    """`--batch` of bench stream and bench postgres defaults to bench_stream.DEFAULT_BATCH and
+    stops at the node's bound on a SubmitStream batch."""
+    from bridge.bounds import FIELD_BOUNDS
+    from loadtest.bench_cli import submit_batch_option
+    from loadtest.bench_postgres import PostgresBenchSettings
+    from loadtest.bench_stream import DEFAULT_BATCH, StreamSettings
+
+    option = submit_batch_option()
+    assert option.default == DEFAULT_BATCH == StreamSettings().batch
+    assert PostgresBenchSettings().batch == DEFAULT_BATCH
+    assert option.max == FIELD_BOUNDS["instructions"].max_length
