@@ -36,9 +36,10 @@ from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as cb_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.crypto import PrivateKey
-from bridge.domain import Envelope, Instruction, Pay
+from bridge.domain import DualPvp, Envelope, Instruction, Pay
 from bridge.errors import Reason
 from bridge.node.caller_auth import CallerSigner
+from bridge.rates import implied_rate
 from bridge.signing import endorse, sign_as_party
 from bridge.status import refusal_from_rpc_error
 from participants.auth import sign_query
@@ -77,6 +78,24 @@ def now_ms() -> int:
 def new_id(prefix: str = "tx") -> str:
     """A fresh instruction id, unique across test runs and processes."""
     return f"{prefix}-{_RUN}-{next(_ids)}"
+
+
+def cross_border_dual_pvp() -> DualPvp:
+    """A fresh dual-signed PvP between ICBC (CNY) and HSBCHK (HKD) at a rate agreeing with its
+    amounts, signed now and valid for VALID_FOR_MS (to be signed by both banks)."""
+    return DualPvp(
+        new_id("dual"),
+        "ICBC",
+        now_ms() + VALID_FOR_MS,
+        "HSBCHK",
+        "CNY",
+        30_000,
+        "HKD",
+        32_550,
+        implied_rate(30_000, 2, 32_550, 2),
+        "LC-CQ-2025-118",
+        signed_at=now_ms(),
+    )
 
 
 def wait_for(predicate: Callable[[], R], *, timeout: float, what: str, every: float = 0.05) -> R:

@@ -22,11 +22,18 @@ import pytest
 
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
-from bridge.domain import DualPvp, Pay
+from bridge.domain import Pay
 from bridge.errors import Reason
-from bridge.rates import implied_rate
 from participants.central_bank.refusals import read_refusals
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, reason_of, refusal_of
+from tests.conftest import (
+    RPC_TIMEOUT,
+    VALID_FOR_MS,
+    cross_border_dual_pvp,
+    new_id,
+    now_ms,
+    reason_of,
+    refusal_of,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import LiveNetwork
@@ -48,22 +55,6 @@ def pay(sender: str = "ICBC", payee: str = "BOCQ", amount: int = 1_000) -> Pay:
         "CNY",
         amount,
         "INV-7",
-        signed_at=now_ms(),
-    )
-
-
-def dual() -> DualPvp:
-    return DualPvp(
-        new_id("dual"),
-        "ICBC",
-        now_ms() + VALID_FOR_MS,
-        "HSBCHK",
-        "CNY",
-        30_000,
-        "HKD",
-        32_550,
-        implied_rate(30_000, 2, 32_550, 2),
-        "LC-CQ-2025-118",
         signed_at=now_ms(),
     )
 
@@ -127,7 +118,8 @@ def test_refusals_decided_at_a_node_are_recorded_there_once_each(live: LiveNetwo
     (answer,) = list(pboc.SubmitStream(iter([request]), timeout=RPC_TIMEOUT))
     assert answer.refusal.reason == "BAD_SIGNATURE"
     expected[streamed.instruction_id] = ("PBOC", "ICBC", "BAD_SIGNATURE")
-    peer_refused = dual()  # HSBCHK's signature forged: HKMA's node refuses to endorse its leg
+    # HSBCHK's signature forged: HKMA's node refuses to endorse its leg
+    peer_refused = cross_border_dual_pvp()
     message = live.dual_signed(peer_refused)
     forged_leg = live.signed(peer_refused, signer="BOCHK").signatures[0]
     for signature in message.signatures:

@@ -19,10 +19,9 @@ import pytest
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.bounds import FIELD_BOUNDS
-from bridge.domain import DualPvp, Pay
+from bridge.domain import Pay
 from bridge.errors import Reason
-from bridge.rates import implied_rate
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms
+from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, cross_border_dual_pvp, new_id, now_ms
 
 if TYPE_CHECKING:
     from tests.conftest import LiveNetwork
@@ -54,22 +53,6 @@ def pay(
     )
 
 
-def dual() -> DualPvp:
-    return DualPvp(
-        new_id("dual"),
-        "ICBC",
-        now_ms() + VALID_FOR_MS,
-        "HSBCHK",
-        "CNY",
-        30_000,
-        "HKD",
-        32_550,
-        implied_rate(30_000, 2, 32_550, 2),
-        "LC-CQ-2025-118",
-        signed_at=now_ms(),
-    )
-
-
 def submit(
     live: LiveNetwork, requests: Iterable[cb_pb.BankSubmitRequest]
 ) -> list[cb_pb.BankSubmitResponse]:
@@ -97,7 +80,7 @@ def test_batch_answers_each_instruction_in_order_and_bad_ones_fail_alone(
 ) -> None:
     """One message of good and bad instructions: one result each, in order; only good ones act."""
     before = live.snapshot()
-    first, cross, last = pay(amount=1_100), dual(), pay(amount=1_300)
+    first, cross, last = pay(amount=1_100), cross_border_dual_pvp(), pay(amount=1_300)
     forged = pay(amount=1_700)
     foreign = pay(sender="HSBCHK", payee="BOCHK", amount=1_900)
     conflict = pay(amount=2_300, instruction_id=first.instruction_id)  # same id, other body
@@ -167,7 +150,9 @@ def test_batches_and_single_requests_share_one_stream(live: LiveNetwork) -> None
 
 def test_retried_batch_answers_duplicates_with_the_original_seqs(live: LiveNetwork) -> None:
     """The same batch sent again: every result is a duplicate with its first seq; no new entry."""
-    items = [live.signed(pay(amount=4_000 + n)) for n in range(3)] + [live.dual_signed(dual())]
+    items = [live.signed(pay(amount=4_000 + n)) for n in range(3)] + [
+        live.dual_signed(cross_border_dual_pvp())
+    ]
     (first,) = submit(live, [batch(1, items)])
     assert all(r.status.receipt.outcome == types.OUTCOME_SETTLED for r in first.results)
     before = live.snapshot()
