@@ -12,10 +12,13 @@ One run, one machine:
    leg, gets the counterparty central bank's endorsement from that node) -> the bridge
    (verifies both endorsements, settles, commits the block) and back. `stream_pvp_per_s` =
    PvPs settled / time from the first send to the last answer;
-3. **echo**: the same client shape (as many bidi streams, same window, same payload size)
-   against a trivial bidirectional-stream echo: `stream_echo_msg_per_s`.
+3. **echo**: the same client shape (as many bidi streams, the same `window` payloads in
+   flight in messages of `batch` payloads, each payload a signed PvP's size) against a trivial
+   bidirectional-stream echo: `stream_echo_msg_per_s` messages and `stream_echo_pvp_per_s`
+   payloads echoed per second.
 
-`ratio = stream_pvp_per_s / stream_echo_msg_per_s`. Afterwards the ledger must hold exactly
+`ratio = stream_pvp_per_s / stream_echo_pvp_per_s`: the settled rate against what gRPC alone
+carries in the same shape. Afterwards the ledger must hold exactly
 the PvPs the client saw settle, and the log must verify.
 
 With `prefill` N > 0 the same client first measures `pvps` PvPs on the fresh log
@@ -254,7 +257,7 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         echo_figures = asyncio.run(
             measure_stream_echo(
                 echo.address, duration=settings.echo_seconds, streams=streams,
-                window=settings.window,
+                window=settings.window, batch=settings.batch,
             )
         )  # fmt: skip
         pids = node_pids(network)
@@ -277,13 +280,14 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         check = crosscheck(network.directory, run_id, settled_in_all)
     pvp_rate = tally.settled / seconds if seconds > 0 else 0.0
     floor = crypto_floor(pvp_rate, BANK_SIGNATURES_PER_PVP)
-    echo_rate = echo_figures.per_second
+    echo_rate = echo_figures.payloads_per_second
     ratio = pvp_rate / echo_rate if echo_rate else 0.0
     prefill_figures = _prefill_figures(settings.prefill, empty, filled, pvp_rate)
     clean = all(t.failed == 0 and t.refused == 0 and t.not_decided == 0 for t in [*earlier, tally])
     return {
         "stream_pvp_per_s": round(pvp_rate, 1),
-        "stream_echo_msg_per_s": round(echo_rate, 1),
+        "stream_echo_msg_per_s": round(echo_figures.per_second, 1),
+        "stream_echo_pvp_per_s": round(echo_rate, 1),
         "ratio": round(ratio, 3),
         "pvps_sent": settings.pvps,
         "pvps_settled": tally.settled,
@@ -366,7 +370,8 @@ def describe(figures: dict[str, Any]) -> str:
             f"streamed dual-signed PvPs: {figures['stream_pvp_per_s']:.0f} /s "
             f"({figures['pvps_settled']} settled in {figures['seconds']} s; goal >= 5000: "
             f"{'met' if goals['stream_pvp_per_s_ge_5000'] else 'missed'})",
-            f"bidi echo:                 {figures['stream_echo_msg_per_s']:.0f} msg/s",
+            f"bidi echo:                 {figures['stream_echo_pvp_per_s']:.0f} PvP-sized "
+            f"payloads/s ({figures['stream_echo_msg_per_s']:.0f} msg/s)",
             f"ratio:                     {figures['ratio']:.3f} "
             f"(goal >= 0.5: {'met' if goals['ratio_ge_0_5'] else 'missed'})",
             f"crypto floor:              {figures['crypto_floor_pvp_per_s']:.0f} PvP/s "

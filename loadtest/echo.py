@@ -34,6 +34,7 @@ __all__ = [
     "ECHO_STREAM_METHOD",
     "PAYLOAD",
     "StreamEchoFigures",
+    "batch_payload",
     "echo_handler",
     "measure_stream_echo",
     "serve",
@@ -85,40 +86,59 @@ async def serve(port: int, stop: asyncio.Event, *, announce: bool = True) -> Non
 class StreamEchoFigures:
     messages: int
     seconds: float
+    batch: int = 1  # payloads (each a signed PvP's size) per message
 
     @property
     def per_second(self) -> float:
+        """Messages echoed per second."""
         return self.messages / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def payloads_per_second(self) -> float:
+        """Payloads echoed per second: the transport's floor for as many PvPs in this shape."""
+        return self.per_second * self.batch
 
-async def _stream_echo_one(address: str, duration: float, window: int) -> StreamEchoFigures:
-    """One bidi stream kept `window` messages deep for `duration` seconds."""
+
+def batch_payload(batch: int) -> bytes:
+    """One echo message carrying `batch` payloads: the bytes of a `batch`-PvP message."""
+    return PAYLOAD * max(1, batch)
+
+
+async def _stream_echo_one(
+    address: str, duration: float, window: int, batch: int
+) -> StreamEchoFigures:
+    """One bidi stream kept `window` payloads deep (in messages of `batch` payloads) for
+    `duration` seconds, as the bench client keeps `window` PvPs in flight in batches."""
+    payload = batch_payload(batch)
     async with grpc.aio.insecure_channel(address) as channel:
         method = channel.stream_stream(ECHO_STREAM_METHOD)
-        credit = asyncio.Semaphore(window)
+        credit = asyncio.Semaphore(max(1, window // max(1, batch)))
         deadline = time.perf_counter() + duration
 
         async def requests() -> AsyncIterator[bytes]:
             while time.perf_counter() < deadline:
                 await credit.acquire()
-                yield PAYLOAD
+                yield payload
 
         start = time.perf_counter()
         received = 0
         async for _ in method(requests()):
             received += 1
             credit.release()
-        return StreamEchoFigures(received, time.perf_counter() - start)
+        return StreamEchoFigures(received, time.perf_counter() - start, max(1, batch))
 
 
 async def measure_stream_echo(
-    address: str, *, duration: float, streams: int = 1, window: int = 256
+    address: str, *, duration: float, streams: int = 1, window: int = 256, batch: int = 1
 ) -> StreamEchoFigures:
-    """Messages per second the bidi echo sustains with `streams` concurrent streams."""
+    """What the bidi echo sustains with `streams` concurrent streams, each `window` payloads
+    deep in messages of `batch` payloads (the bench client's shape)."""
     results = await asyncio.gather(
-        *(_stream_echo_one(address, duration, window) for _ in range(streams))
+        *(_stream_echo_one(address, duration, window, batch) for _ in range(streams))
     )
-    return StreamEchoFigures(sum(r.messages for r in results), max(r.seconds for r in results))
+    return StreamEchoFigures(
+        sum(r.messages for r in results), max(r.seconds for r in results), max(1, batch)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

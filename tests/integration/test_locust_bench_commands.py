@@ -61,8 +61,16 @@ def test_bench_stream_prints_the_figures_as_one_json_object(prefill: int) -> Non
         )
     else:
         assert "prefill_ratio" not in figures
-    for key in ("stream_pvp_per_s", "stream_echo_msg_per_s", "ratio"):
+    for key in ("stream_pvp_per_s", "stream_echo_msg_per_s", "stream_echo_pvp_per_s", "ratio"):
         assert isinstance(figures[key], float), key
+    # the echo runs in the client's shape: `batch` PvP-sized payloads per message
+    batch = figures["settings"]["batch"]
+    assert figures["stream_echo_pvp_per_s"] == pytest.approx(
+        figures["stream_echo_msg_per_s"] * batch, rel=0.01
+    )
+    assert figures["ratio"] == pytest.approx(
+        figures["stream_pvp_per_s"] / figures["stream_echo_pvp_per_s"], rel=0.02, abs=0.002
+    )
     assert figures["pvps_settled"] == 300
     assert figures["ok"] is True, figures["crosscheck"]
     assert_budget_by_node_and_stage(figures)
