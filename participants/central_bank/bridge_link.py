@@ -14,7 +14,9 @@ Whatever callers queued while the previous message was on its way goes out as on
 legs the node endorses (`submit(..., endorse=parties)`) are endorsed there, for the whole
 message, with one signature over the Merkle root of its legs (`bridge.signing.endorse_legs`).
 Each instruction keeps its own correlation id and answer: one refused by the bridge does not
-affect the others of its message.
+affect the others of its message. A caller may hand over a group of instructions at once
+(`submit_many`: a bank's batch): they are queued together and the caller waits once for the
+group's answers (`Answers`), each instruction's set as its response comes in.
 
 With several bridge processes (one leads, the others stand by), the link holds a stub for each
 and stays on one until it answers "not decided" (it stands by, broke, or stopped leading): it
@@ -30,7 +32,8 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 import grpc
 
@@ -43,6 +46,7 @@ from bridge.errors import Reason, Refused
 from bridge.node.shedding import call_deadline
 from bridge.settlement import Result
 from bridge.signing import endorse_legs
+from participants.central_bank.answers import Answers
 from participants.central_bank.reachability import Reachability
 
 log = logging.getLogger("participants.bridge_link")
@@ -59,6 +63,8 @@ class Endorser:
         self.key = key
 
 
+# an instruction to forward and the parties whose legs the node endorses as it sends it
+Submission = tuple[Envelope, tuple[ParticipantId, ...]]
 # one queued instruction: correlation id, envelope, parties whose legs the node endorses as it
 # sends them, and the event-loop time by which its caller needs the answer
 _Queued = tuple[int, Envelope, tuple[ParticipantId, ...], float]
@@ -75,8 +81,10 @@ class _Stream:
     ) -> None:
         self.reachability = reachability
         self.endorser = endorser
-        self.outbox: asyncio.Queue[_Queued | None] = asyncio.Queue()
-        self.waiting: dict[int, asyncio.Future[Result]] = {}
+        # callers' groups of instructions, in the order they were queued (None: the end)
+        self.outbox: asyncio.Queue[list[_Queued] | None] = asyncio.Queue()
+        # correlation id -> the answers of the caller's group, and the instruction's index there
+        self.waiting: dict[int, tuple[Answers[Result], int]] = {}
         self.sent: set[int] = set()  # handed to the call: the bridge may have acted on them
         self.open = True
         self.opened = time.monotonic()
@@ -86,17 +94,27 @@ class _Stream:
     async def _requests(self) -> AsyncIterator[pb.SubmitRequest]:
         """The queued requests whose callers still wait, each with the time left to it (so
         the bridge drops what it cannot sequence before the caller gives up): whatever was
-        queued meanwhile in one message, its legs endorsed with one signature."""
+        queued meanwhile in one message (at most `MAX_BATCH`: the rest goes next), its legs
+        endorsed with one signature."""
         loop = asyncio.get_running_loop()
+        carried: list[_Queued] = []  # queued beyond the last message's `MAX_BATCH`
         ended = False
-        while not ended and (first := await self.outbox.get()) is not None:
-            queued = [first]
-            while len(queued) < MAX_BATCH and not self.outbox.empty():
-                item = self.outbox.get_nowait()
-                if item is None:
-                    ended = True
+        while carried or not ended:
+            if carried:
+                queued, carried = carried, []
+            else:
+                group = await self.outbox.get()
+                if group is None:
                     break
-                queued.append(item)
+                queued = list(group)
+            while len(queued) < MAX_BATCH and not ended and not self.outbox.empty():
+                group = self.outbox.get_nowait()
+                if group is None:
+                    ended = True
+                else:
+                    queued.extend(group)
+            if len(queued) > MAX_BATCH:
+                queued, carried = queued[:MAX_BATCH], queued[MAX_BATCH:]
             now = loop.time()
             ready = [item for item in queued if self._still_wanted(item, now)]
             requests = self._endorsed(ready, now)
@@ -109,16 +127,18 @@ class _Stream:
     def _still_wanted(self, item: _Queued, now: float) -> bool:
         """Whether the caller of `item` still waits for it (if not, it is not sent)."""
         correlation_id, _, _, deadline = item
-        future = self.waiting.get(correlation_id)
-        if future is None or future.done():
+        waiting = self.waiting.get(correlation_id)
+        if waiting is None or not waiting[0].waits(waiting[1]):
             return False  # its caller has gone (cancelled, or timed out and told so)
         if deadline <= now:
-            self.waiting.pop(correlation_id, None)
-            future.set_result(
+            del self.waiting[correlation_id]
+            answers, index = waiting
+            answers.answer(
+                index,
                 Refused(
                     Reason.UNAVAILABLE,
                     "not sent: the caller's deadline had passed; resubmit the same instruction id",
-                )
+                ),
             )
             return False
         return True
@@ -149,10 +169,11 @@ class _Stream:
             async for message in self.call:
                 self.reachability.succeeded(self.opened)
                 for response in message.batch or (message,):
-                    future = self.waiting.pop(response.correlation_id, None)
+                    waiting = self.waiting.pop(response.correlation_id, None)
                     self.sent.discard(response.correlation_id)
-                    if future is not None and not future.done():
-                        future.set_result(wire.submit_result_from_proto(response))
+                    if waiting is not None:
+                        answers, index = waiting
+                        answers.answer(index, wire.submit_result_from_proto(response))
         except grpc.aio.AioRpcError as error:
             if not self.reachability.failed(error):  # an outage is logged once, there
                 log.warning(
@@ -164,11 +185,10 @@ class _Stream:
             # end the request stream too, or its consumer task is left pending until garbage
             # collection, which logs it as destroyed while pending
             self.outbox.put_nowait(None)
-            for correlation_id, future in self.waiting.items():
-                if not future.done():
-                    future.set_result(
-                        self.undecided(correlation_id, "the link to the bridge broke")
-                    )
+            for correlation_id, (answers, index) in self.waiting.items():
+                answers.answer(
+                    index, self.undecided(correlation_id, "the link to the bridge broke")
+                )
             self.waiting.clear()
             self.sent.clear()
 
@@ -217,27 +237,42 @@ class BridgeLink:
     ) -> Result:
         """Forward `envelope`, with the legs of `endorse` endorsed by this node as it goes
         (each party must have signed); the bridge's receipt or refusal."""
-        missing = [party for party in endorse if envelope.party_signature(party) is None]
-        if missing:
-            return Refused(
-                Reason.MISSING_SIGNATURE, f"the instruction is not signed by {missing[0]}"
-            )
-        generation = self._generation
-        result = await self._submit_once(envelope, endorse, timeout)
-        if len(self.stubs) == 1:
-            return result
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + min(timeout, FAILOVER_SECONDS)
-        tried = 1
-        while _undecided(result) and loop.time() < deadline:
-            if generation == self._generation:  # nobody moved on meanwhile: move on
-                await self._next_bridge()
-            if tried % len(self.stubs) == 0:
-                await asyncio.sleep(FAILOVER_PAUSE)
-            tried += 1
-            generation = self._generation
-            result = await self._submit_once(envelope, endorse, max(0.1, deadline - loop.time()))
+        (result,) = await self.submit_many([(envelope, endorse)], timeout)
         return result
+
+    async def submit_many(
+        self, submissions: Sequence[Submission], timeout: float = 30.0
+    ) -> list[Result]:
+        """Forward each `(envelope, endorse)` as `submit` does, queued together and awaited as
+        one group; the bridge's receipt or refusal of each, in order."""
+        results: list[Result | None] = [None] * len(submissions)
+        todo = []
+        for index, (envelope, endorse) in enumerate(submissions):
+            missing = [party for party in endorse if envelope.party_signature(party) is None]
+            if missing:
+                results[index] = Refused(
+                    Reason.MISSING_SIGNATURE, f"the instruction is not signed by {missing[0]}"
+                )
+            else:
+                todo.append(index)
+        generation = self._generation
+        await self._submit_once(submissions, todo, results, timeout)
+        if len(self.stubs) > 1:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + min(timeout, FAILOVER_SECONDS)
+            tried = 1
+            while (todo := [i for i in todo if _undecided(results[i])]) and (
+                loop.time() < deadline
+            ):
+                if generation == self._generation:  # nobody moved on meanwhile: move on
+                    await self._next_bridge()
+                if tried % len(self.stubs) == 0:
+                    await asyncio.sleep(FAILOVER_PAUSE)
+                tried += 1
+                generation = self._generation
+                left = max(0.1, deadline - loop.time())
+                await self._submit_once(submissions, todo, results, left)
+        return cast(list[Result], results)  # every one set: refused above or answered
 
     async def _next_bridge(self) -> None:
         self._current = (self._current + 1) % len(self.stubs)
@@ -248,28 +283,46 @@ class BridgeLink:
             await stream.close()
 
     async def _submit_once(
-        self, envelope: Envelope, endorse: tuple[ParticipantId, ...], timeout: float
-    ) -> Result:
+        self,
+        submissions: Sequence[Submission],
+        indexes: list[int],
+        results: list[Result | None],
+        timeout: float,
+    ) -> None:
+        """Queue the submissions at `indexes` as one group on the current stream and set
+        their `results` from this bridge's answers (or its failure to answer)."""
+        if not indexes:
+            return
         stream = self._stream
         if stream is None or not stream.open:
             stream = self._stream = _Stream(
                 self.stubs[self._current], self.reachability, self.endorser
             )
-        correlation_id = next(self._ids)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        stream.waiting[correlation_id] = future
         # the bridge need not settle it after the caller of the RPC being served has gone
         deadline = min(loop.time() + timeout, call_deadline() or math.inf)
-        stream.outbox.put_nowait((correlation_id, envelope, endorse, deadline))
+        answers: Answers[Result] = Answers(len(indexes))
+        queued: list[_Queued] = []
+        for slot, index in enumerate(indexes):
+            correlation_id = next(self._ids)
+            stream.waiting[correlation_id] = (answers, slot)
+            envelope, endorse = submissions[index]
+            queued.append((correlation_id, envelope, endorse, deadline))
+        stream.outbox.put_nowait(queued)
         try:
-            return await asyncio.wait_for(future, timeout)
+            await asyncio.wait_for(answers.done, timeout)
         except TimeoutError:
-            stream.waiting.pop(correlation_id, None)
-            return stream.undecided(correlation_id, f"no answer from the bridge within {timeout} s")
+            pass  # each one not answered hears so below
         finally:  # answered, timed out or cancelled: a request still queued is not sent
-            stream.waiting.pop(correlation_id, None)
-            stream.sent.discard(correlation_id)
+            for slot, (correlation_id, *_) in enumerate(queued):
+                result = answers.results[slot]
+                if result is None:
+                    result = stream.undecided(
+                        correlation_id, f"no answer from the bridge within {timeout} s"
+                    )
+                results[indexes[slot]] = result
+                stream.waiting.pop(correlation_id, None)
+                stream.sent.discard(correlation_id)
 
     async def close(self) -> None:
         if self._stream is not None:
@@ -277,7 +330,7 @@ class BridgeLink:
             self._stream = None
 
 
-def _undecided(result: Result) -> bool:
+def _undecided(result: Result | None) -> bool:
     """Not taken by this bridge process (standing by, broken, or it stopped leading): another
     may take it. Resubmitting the same instruction id is safe either way."""
     return isinstance(result, Refused) and result.reason in (

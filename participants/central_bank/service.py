@@ -16,9 +16,9 @@ import hmac
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from typing import Any
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
 import grpc
 
@@ -45,17 +45,19 @@ from bridge.domain import (
     RejectPvp,
     SetParticipantStatus,
     SetPolicy,
+    Signature,
     endorsement_message,
     party_message,
 )
 from bridge.errors import Reason, Refused
 from bridge.node.caller_auth import CallerAuthenticator
 from bridge.node.request_guard import PartlyRefused
+from bridge.settlement import Result
 from bridge.signing import endorse, endorse_legs, signed
 from bridge.status import abort, refusal_from_rpc_error
 from participants.auth import check_query
-from participants.central_bank.bridge_link import BridgeLink
-from participants.central_bank.peer_endorser import PeerEndorser
+from participants.central_bank.bridge_link import BridgeLink, Submission
+from participants.central_bank.peer_endorser import Endorsed, PeerEndorser
 from participants.central_bank.refusals import (
     NodeRefusals,
     RecordedRefusal,
@@ -75,10 +77,13 @@ STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call (a batch: i
 SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
 
 
-# what SubmitStream takes besides pvp_dual: the kinds of the single-signature RPCs
+# what SubmitStream takes: pvp_dual and the kinds of the single-signature RPCs
 STREAM_KINDS: dict[str, type[Instruction]] = {
-    kind.KIND: kind for kind in (Pay, ProposePvp, AcceptPvp, RejectPvp, CancelPvp, Redeem)
+    kind.KIND: kind for kind in (DualPvp, Pay, ProposePvp, AcceptPvp, RejectPvp, CancelPvp, Redeem)
 }
+# what became of one bank's instruction: its status, or the exception that stopped it (Refused:
+# a refusal, any other: a fault of this node)
+Handled = types.InstructionStatus | Exception
 
 
 def now_ms() -> int:
@@ -278,10 +283,17 @@ class CentralBankCore:
     ) -> types.InstructionStatus:
         """Forward `envelope` to the bridge, this node endorsing the legs of `endorse` in the
         batch it goes in (one signature per batch); the receipt, or raises Refused."""
-        result = await self.link.submit(envelope, endorse=endorse)
+        (result,) = await self.settle_many([(envelope, endorse)])
         if isinstance(result, Refused):
             raise result
-        return types.InstructionStatus(receipt=wire.receipt_to_proto(result))
+        return result
+
+    async def settle_many(
+        self, submissions: Sequence[Submission]
+    ) -> list[types.InstructionStatus | Refused]:
+        """`settle` for each `(envelope, endorse)`, handed to the bridge link as one group:
+        the receipt or refusal of each, in order."""
+        return [status_of(result) for result in await self.link.submit_many(submissions)]
 
     async def sign_and_settle(
         self, body: Instruction, *, stamped: bool = False
@@ -330,6 +342,49 @@ class CentralBankCore:
         finally:
             call.cancel()
         return None
+
+
+def status_of(result: Result) -> types.InstructionStatus | Refused:
+    """The bridge's answer to a forwarded instruction as the bank hears it."""
+    if isinstance(result, Refused):
+        return result
+    return types.InstructionStatus(receipt=wire.receipt_to_proto(result))
+
+
+def stream_kind(request: types.SignedInstruction) -> type[Instruction]:
+    """The kind of a SubmitStream instruction, as its body says; raises Refused (MALFORMED)
+    for a kind SubmitStream does not take."""
+    kind = request.instruction.WhichOneof("body")
+    taken = STREAM_KINDS.get(kind or "")
+    if taken is None:
+        raise Refused(Reason.MALFORMED, f"SubmitStream does not take {kind!r} instructions")
+    return taken
+
+
+def stream_result(handled: Handled) -> pb.BankSubmitResult:
+    """One instruction's result in a SubmitStream answer. A fault of this node, not of the
+    instruction, is OUTCOME_UNKNOWN: it may have been sent on already, so the bank resubmits
+    the same instruction; the batch's other answers stand."""
+    if isinstance(handled, types.InstructionStatus):
+        return pb.BankSubmitResult(status=handled)
+    if not isinstance(handled, Refused):
+        log.error("a SubmitStream instruction failed unexpectedly", exc_info=handled)
+        handled = Refused(
+            Reason.OUTCOME_UNKNOWN,
+            "the central bank node failed while handling this instruction; resubmit it "
+            "with the same id",
+        )
+    return pb.BankSubmitResult(refusal=wire.refusal_to_proto(handled))
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A bank's instruction that passed this node's checks, and how it goes on to the bridge."""
+
+    request: types.SignedInstruction
+    envelope: Envelope
+    endorse: tuple[str, ...] = ()  # the legs this node endorses in the batch it forwards
+    peer: str | None = None  # the counterparty's central bank, whose node endorses first
 
 
 def page_limit(limit: int) -> int:
@@ -405,15 +460,130 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     ) -> types.InstructionStatus:
         """Check, endorse and settle one bank's own instruction; raises Refused (recording
         the refusals decided here; the bridge records its own)."""
+        (handled,) = await self._handled([(request, kind)])
+        if isinstance(handled, Exception):
+            raise handled
+        return handled
+
+    async def _handled(
+        self, items: Sequence[tuple[types.SignedInstruction, type[Instruction] | None]]
+    ) -> list[Handled]:
+        """Check, endorse and settle a bank's instructions of the kinds given (None: as its
+        body says, of those SubmitStream takes) as one batch, each failing on its own: checked
+        in turn (recording the refusals decided here), the legs a peer node endorses sent to
+        each peer as one group, and the instructions forwarded to the bridge link as groups.
+        What became of each, in order."""
+        handled: list[Handled | None] = [None] * len(items)
+        checked: dict[int, Checked] = {}
+        direct: list[int] = []
+        via: dict[str, list[int]] = {}
+        for index, (request, kind) in enumerate(items):
+            try:
+                item = checked[index] = await self._checked(request, kind)
+            except Exception as error:
+                handled[index] = error
+                continue
+            if item.peer is None:
+                direct.append(index)
+            else:
+                via.setdefault(item.peer, []).append(index)
+        groups = [
+            self._endorsed_by(peer, [checked[i] for i in at], at, handled)
+            for peer, at in via.items()
+        ]
+        if direct:
+            submissions = [(checked[i].envelope, checked[i].endorse) for i in direct]
+            groups.append(self._forwarded(direct, submissions, handled))
+        failures: list[BaseException | None] = []
+        try:
+            if len(groups) == 1:
+                await groups[0]
+            elif groups:
+                failures = await asyncio.gather(*groups, return_exceptions=True)
+        except Exception as error:
+            failures = [error]
+        fault = next((f for f in failures if isinstance(f, Exception)), None)
+        for index, result in enumerate(handled):
+            if result is None:  # its group failed unexpectedly: it may have been sent on
+                handled[index] = fault or RuntimeError("the instruction was not handled")
+        return cast(list[Handled], handled)  # every one set: refused, failed or forwarded
+
+    async def _checked(
+        self, request: types.SignedInstruction, kind: type[Instruction] | None
+    ) -> Checked:
+        """One bank's instruction checked as its RPC checks it (`kind` None: as SubmitStream
+        takes it, by its body); raises Refused, recording it."""
         core = self.core
         envelope: Envelope | None = None
         try:
+            kind = kind or stream_kind(request)
             envelope = wire.envelope_from_proto(request)
-            await self._check_single(envelope, kind)
+            if kind is not DualPvp:
+                await self._check_single(envelope, kind)
+                return Checked(request, envelope, (envelope.body.sender,))
+            body, home = await self._check_dual(envelope)
+            if home == core.id:  # both legs ours: endorsed in the batch forwarded to the bridge
+                return Checked(request, envelope, (body.sender, body.counterparty))
+            return Checked(request, envelope, peer=home)
         except Refused as refusal:
             core.refused(request, envelope, refusal)
             raise
-        return await core.settle(envelope, endorse=(envelope.body.sender,))
+
+    async def _forwarded(
+        self, indexes: list[int], submissions: list[Submission], handled: list[Handled | None]
+    ) -> None:
+        """Forward `submissions` (the instructions at `indexes`) to the bridge as one group;
+        set what became of each."""
+        if not indexes:
+            return
+        try:
+            results: Sequence[Handled] = await self.core.settle_many(submissions)
+        except Exception as error:
+            results = [error] * len(indexes)
+        for index, result in zip(indexes, results, strict=True):
+            handled[index] = result
+
+    async def _endorsed_by(
+        self, home: str, items: list[Checked], indexes: list[int], handled: list[Handled | None]
+    ) -> None:
+        """Have `home`'s node endorse its banks' legs of the dual PvPs `items` (at `indexes`),
+        as one group, then forward those it endorsed to the bridge as one group."""
+        core = self.core
+        endorser = core.endorser(home)
+        if endorser is None:  # not decided: UNAVAILABLE is retryable, so it is not recorded
+            for index in indexes:
+                handled[index] = Refused(Reason.UNAVAILABLE, f"no route to {home}'s node")
+            return
+        # our legs are endorsed in the batch sent to the peer node, which checks them; a
+        # refusal from there is the peer's, recorded by the peer
+        try:
+            legs = [(item.envelope, item.envelope.body.sender) for item in items]
+            endorsed: Sequence[Endorsed | Exception] = await endorser.endorse_many(legs)
+        except Exception as error:
+            endorsed = [error] * len(items)
+        ready: list[int] = []
+        submissions: list[Submission] = []
+        for index, item, result in zip(indexes, items, endorsed, strict=True):
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                submissions.append((self._with_endorsements(item, home, *result), ()))
+                ready.append(index)
+            except Exception as error:
+                handled[index] = error
+        await self._forwarded(ready, submissions, handled)
+
+    def _with_endorsements(
+        self, item: Checked, home: str, ours: Signature, theirs: Signature
+    ) -> Envelope:
+        """The dual PvP with both central banks' endorsements; raises Refused (recorded) if
+        the peer endorsed another leg than its bank's."""
+        counterparty = item.envelope.body.parties()[1]  # a pvp_dual: (sender, counterparty)
+        if theirs.signer != home or theirs.endorses != counterparty:
+            wrong = Refused(Reason.BAD_SIGNATURE, f"{home} returned an endorsement of another leg")
+            self.core.refused(item.request, item.envelope, wrong)
+            raise wrong
+        return item.envelope.with_signature(ours).with_signature(theirs)
 
     async def _check_single(self, envelope: Envelope, kind: type[Instruction]) -> None:
         """One bank's own instruction of `kind`, signed by it alone; raises Refused."""
@@ -472,27 +642,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     async def _dual(self, request: types.SignedInstruction) -> types.InstructionStatus:
         """Check, endorse (both legs) and settle a dual-signed PvP; raises Refused (recording
         the refusals decided here; the peer node and the bridge record their own)."""
-        core = self.core
-        envelope: Envelope | None = None
-        try:
-            envelope = wire.envelope_from_proto(request)
-            body, home = await self._check_dual(envelope)
-        except Refused as refusal:
-            core.refused(request, envelope, refusal)
-            raise
-        if home == core.id:  # both legs ours: endorsed in the batch forwarded to the bridge
-            return await core.settle(envelope, endorse=(body.sender, body.counterparty))
-        endorser = core.endorser(home)
-        if endorser is None:  # not decided: UNAVAILABLE is retryable, so it is not recorded
-            raise Refused(Reason.UNAVAILABLE, f"no route to {home}'s node")
-        # our leg is endorsed in the batch sent to the peer node, which checks it; a refusal
-        # from there is the peer's, recorded by the peer
-        ours, theirs = await endorser.endorsements(envelope, body.sender)
-        if theirs.signer != home or theirs.endorses != body.counterparty:
-            wrong = Refused(Reason.BAD_SIGNATURE, f"{home} returned an endorsement of another leg")
-            core.refused(request, envelope, wrong)
-            raise wrong
-        return await core.settle(envelope.with_signature(ours).with_signature(theirs))
+        return await self._single(request, DualPvp)
 
     async def _check_dual(self, envelope: Envelope) -> tuple[DualPvp, str]:
         """A dual PvP sent by one of our banks, with the signatures this node checks, and the
@@ -688,7 +838,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         or of each instruction of its batch in order (`refused`: those refused at the edge)."""
         correlation_id = request.correlation_id
         if not request.instructions:
-            result = await self._result(request.instruction, None)
+            (result,) = await self._results([request.instruction], {})
             if result.HasField("status"):
                 return pb.BankSubmitResponse(correlation_id=correlation_id, status=result.status)
             return pb.BankSubmitResponse(correlation_id=correlation_id, refusal=result.refusal)
@@ -699,48 +849,33 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             return pb.BankSubmitResponse(
                 correlation_id=correlation_id, refusal=wire.refusal_to_proto(whole)
             )
-        results = await asyncio.gather(
-            *(
-                self._result(instruction, refused.get(index))
-                for index, instruction in enumerate(request.instructions)
-            )
-        )
+        results = await self._results(request.instructions, refused)
         return pb.BankSubmitResponse(correlation_id=correlation_id, results=results)
 
-    async def _result(
-        self, request: types.SignedInstruction, refused: Refused | None
-    ) -> pb.BankSubmitResult:
-        """One instruction of a SubmitStream batch, handled as if it came alone (`refused`:
-        its refusal at the edge, recorded here as the edge records a lone one)."""
-        try:
-            if refused is not None:
-                alone = pb.BankSubmitRequest(instruction=request)  # as the edge records one
-                self.core.refused_at_edge(SUBMIT_STREAM, alone, refused)
-                raise refused
-            return pb.BankSubmitResult(status=await self._submitted(request))
-        except Refused as refusal:
-            return pb.BankSubmitResult(refusal=wire.refusal_to_proto(refusal))
-        except Exception:
-            # a fault of this node, not of the instruction: it may have been sent on already,
-            # so the bank resubmits the same instruction; the batch's other answers stand
-            log.exception("a SubmitStream instruction failed unexpectedly")
-            unknown = Refused(
-                Reason.OUTCOME_UNKNOWN,
-                "the central bank node failed while handling this instruction; resubmit it "
-                "with the same id",
-            )
-            return pb.BankSubmitResult(refusal=wire.refusal_to_proto(unknown))
-
-    async def _submitted(self, request: types.SignedInstruction) -> types.InstructionStatus:
-        kind = request.instruction.WhichOneof("body")
-        if kind == DualPvp.KIND:
-            return await self._dual(request)
-        single = STREAM_KINDS.get(kind or "")
-        if single is None:
-            refusal = Refused(Reason.MALFORMED, f"SubmitStream does not take {kind!r} instructions")
-            self.core.refused(request, None, refusal)
-            raise refusal
-        return await self._single(request, single)
+    async def _results(
+        self, instructions: Sequence[types.SignedInstruction], refused: dict[int, Refused]
+    ) -> list[pb.BankSubmitResult]:
+        """The result of each instruction of a SubmitStream request, in order, the batch
+        handled as one (`refused`: those refused at the edge, recorded here as the edge
+        records a lone one)."""
+        handled: list[Handled | None] = [None] * len(instructions)
+        taken: list[int] = []
+        for index, instruction in enumerate(instructions):
+            edge = refused.get(index)
+            if edge is None:
+                taken.append(index)
+                continue
+            try:
+                alone = pb.BankSubmitRequest(instruction=instruction)  # as the edge records one
+                self.core.refused_at_edge(SUBMIT_STREAM, alone, edge)
+                handled[index] = edge
+            except Exception as error:
+                handled[index] = error
+        if taken:
+            items = [(instructions[index], None) for index in taken]
+            for index, result in zip(taken, await self._handled(items), strict=True):
+                handled[index] = result
+        return [stream_result(cast(Handled, result)) for result in handled]
 
     async def RequestIssuance(
         self, request: pb.IssuanceRequest, context: Context

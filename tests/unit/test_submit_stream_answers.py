@@ -1,6 +1,7 @@
 """`CentralBank.SubmitStream`'s own bookkeeping, with the node's handling of each instruction
 replaced: how much a client that does not read can make the node take on, and what one
-instruction failing unexpectedly does to the answer of its batch."""
+instruction (or the forwarding of a batch's group) failing unexpectedly does to the answer of
+its batch."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import pytest
 
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import types_pb2 as types
-from bridge.errors import Reason
-from participants.central_bank.service import STREAM_WINDOW, CentralBankService
+from bridge.errors import Reason, Refused
+from participants.central_bank.service import STREAM_WINDOW, CentralBankService, Checked
 
 BATCH = 1024
 
@@ -52,27 +53,74 @@ async def test_a_client_that_does_not_read_is_held_to_the_window(
     await answers.aclose()
 
 
-async def test_an_instruction_failing_unexpectedly_is_not_decided_and_the_rest_stand(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """One instruction of a batch whose handling raises an unexpected error is answered
-    OUTCOME_UNKNOWN (resubmit it); the others keep their own answers, in order."""
+class ForwardingCore:
+    """Stands in for the bridge link: answers each forwarded instruction with a status naming
+    how many signatures it carries, or fails a whole group whose first carries `fail_at`."""
 
-    async def submitted(self: Any, request: types.SignedInstruction) -> types.InstructionStatus:
-        if len(request.signatures) == 2:
+    def __init__(self, fail_at: int = 0) -> None:
+        self.fail_at = fail_at
+        self.groups: list[list[int]] = []
+
+    async def settle_many(self, submissions: Any) -> list[types.InstructionStatus]:
+        counts = [len(envelope.signatures) for envelope, _ in submissions]
+        self.groups.append(counts)
+        if counts[0] == self.fail_at:
+            raise RuntimeError("a fault of the node's link")
+        return [types.InstructionStatus(block_height=n) for n in counts]
+
+
+def checked_as_is(fail_at: int) -> Any:
+    """`_checked` passing every instruction on unchanged, failing unexpectedly for those with
+    `fail_at` signatures and refusing those with none."""
+
+    async def checked(self: Any, request: types.SignedInstruction, kind: Any) -> Checked:
+        if len(request.signatures) == fail_at:
             raise RuntimeError("a fault of the node")
-        return types.InstructionStatus(block_height=len(request.signatures))
+        if not request.signatures:
+            raise Refused(Reason.MISSING_SIGNATURE, "not signed")
+        return Checked(request, request, ("ICBC",))  # type: ignore[arg-type]
 
-    monkeypatch.setattr(CentralBankService, "_submitted", submitted)
-    batch = [types.SignedInstruction(signatures=[types.Signature()] * n) for n in (1, 2, 3)]
+    return checked
+
+
+async def answers_to(node: CentralBankService, counts: list[int]) -> list[pb.BankSubmitResult]:
+    batch = [types.SignedInstruction(signatures=[types.Signature()] * n) for n in counts]
 
     async def requests() -> AsyncIterator[pb.BankSubmitRequest]:
         yield pb.BankSubmitRequest(correlation_id=7, instructions=batch)
 
-    node = CentralBankService.__new__(CentralBankService)
     answers = [a async for a in node.SubmitStream(requests(), None)]  # type: ignore[arg-type]
     assert [a.correlation_id for a in answers] == [7]
-    results = answers[0].results
-    assert [r.WhichOneof("result") for r in results] == ["status", "refusal", "status"]
-    assert [results[0].status.block_height, results[2].status.block_height] == [1, 3]
+    return list(answers[0].results)
+
+
+async def test_an_instruction_failing_unexpectedly_is_not_decided_and_the_rest_stand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One instruction of a batch whose checks raise an unexpected error is answered
+    OUTCOME_UNKNOWN (resubmit it); the others keep their own answers, in order, and are
+    forwarded as one group."""
+    monkeypatch.setattr(CentralBankService, "_checked", checked_as_is(fail_at=2))
+    core = ForwardingCore()
+    node = CentralBankService(core)  # type: ignore[arg-type]
+    results = await answers_to(node, [1, 2, 0, 3])
+    assert [r.WhichOneof("result") for r in results] == ["status", "refusal", "refusal", "status"]
+    assert [results[0].status.block_height, results[3].status.block_height] == [1, 3]
     assert results[1].refusal.reason == Reason.OUTCOME_UNKNOWN.value
+    assert results[2].refusal.reason == Reason.MISSING_SIGNATURE.value
+    assert core.groups == [[1, 3]]
+
+
+async def test_a_group_failing_unexpectedly_in_forwarding_is_not_decided_refusals_stand(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When handing a batch's group to the bridge link fails unexpectedly, each instruction of
+    the group is OUTCOME_UNKNOWN (it may have gone on); those refused before keep their refusal."""
+    monkeypatch.setattr(CentralBankService, "_checked", checked_as_is(fail_at=-1))
+    node = CentralBankService(ForwardingCore(fail_at=4))  # type: ignore[arg-type]
+    results = await answers_to(node, [4, 0, 5])
+    assert [r.refusal.reason for r in results] == [
+        Reason.OUTCOME_UNKNOWN.value,
+        Reason.MISSING_SIGNATURE.value,
+        Reason.OUTCOME_UNKNOWN.value,
+    ]
