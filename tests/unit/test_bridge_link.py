@@ -20,7 +20,7 @@ from bridge.crypto import FastVerifier
 from bridge.domain import Envelope, Outcome, Pay, Receipt, endorsement_message
 from bridge.errors import Reason, Refused
 from bridge.signing import sign_as_party
-from participants.central_bank.bridge_link import BridgeLink, Endorser
+from participants.central_bank.bridge_link import MAX_BATCH, BridgeLink, Endorser
 from tests.factories import Network, network, pay
 
 
@@ -381,4 +381,58 @@ async def test_when_no_bridge_leads_the_caller_hears_not_decided() -> None:
     assert result.reason is Reason.UNAVAILABLE
     assert result.reason.retryable
     assert all(stub.seen() and set(stub.seen()) == {"fo-4"} for stub in stubs)
+    await link.close()
+
+
+class CountingStub:
+    """Answers as `AnsweringCall` does and keeps how many instructions each message held."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def Submit(self, requests: AsyncIterator[pb.SubmitRequest]) -> Any:  # noqa: N802  # the stub's name
+        sizes = self.sizes
+
+        async def counted() -> AsyncIterator[pb.SubmitRequest]:
+            async for message in requests:
+                sizes.append(len(message.batch) or 1)
+                yield message
+
+        return AnsweringCall(counted())
+
+
+async def test_a_group_is_forwarded_together_and_each_gets_its_own_answer_in_order() -> None:
+    """`submit_many`: one message for the group, one answer per instruction in order (a leg
+    its bank did not sign refused alone, before anything is queued)."""
+    net = network()
+    stub = CountingStub()
+    link = BridgeLink(stub, endorser=Endorser("PBOC", net.keys["PBOC"]))  # type: ignore[arg-type]
+    unsigned = Envelope.of(
+        Pay("batch-8", "ICBC", 2**40, "CCB", "CNY", 8, "", signed_at=2**40 - 60_000)
+    )
+    group = [(bank_signed(net, amount), ("ICBC",)) for amount in (2, 3, 4)]
+    results = await link.submit_many([*group[:2], (unsigned, ("ICBC",)), group[2]], timeout=5.0)
+    assert [type(r).__name__ for r in results] == ["Receipt", "Refused", "Refused", "Receipt"]
+    assert isinstance(results[1], Refused)
+    assert results[1].reason is Reason.INSUFFICIENT_FUNDS
+    assert isinstance(results[2], Refused)
+    assert results[2].reason is Reason.MISSING_SIGNATURE
+    assert [r.instruction_id for r in results if isinstance(r, Receipt)] == ["batch-2", "batch-4"]
+    assert stub.sizes == [3]
+    await link.close()
+
+
+async def test_a_group_larger_than_a_message_goes_in_several_and_all_are_answered() -> None:
+    """A group of MAX_BATCH + 3 instructions leaves as two messages (MAX_BATCH, then 3), each
+    instruction answered once, in order."""
+    net = network()
+    stub = CountingStub()
+    link = BridgeLink(stub, endorser=Endorser("PBOC", net.keys["PBOC"]))  # type: ignore[arg-type]
+    amounts = [2 * n for n in range(1, MAX_BATCH + 4)]
+    group = [(bank_signed(net, amount), ("ICBC",)) for amount in amounts]
+    results = await link.submit_many(group, timeout=30.0)
+    assert [r.instruction_id for r in results if isinstance(r, Receipt)] == [
+        f"batch-{amount}" for amount in amounts
+    ]
+    assert stub.sizes == [MAX_BATCH, 3]
     await link.close()
