@@ -108,3 +108,26 @@ async def test_a_peer_down_leaves_every_leg_of_the_group_not_decided() -> None:
     )
     assert [r.reason for r in results] == [Reason.UNAVAILABLE, Reason.UNAVAILABLE]
     assert all(r.reason.retryable for r in results)
+
+
+class FaultyStub(PeerStub):
+    """Fails its first call with an error of this node's own (not a gRPC error)."""
+
+    async def EndorseDualPvps(  # noqa: N802  # the stub's name
+        self, request: pb.EndorseDualPvpsRequest, timeout: float
+    ) -> pb.EndorseDualPvpsResponse:
+        if not self.calls:
+            self.calls.append([])
+            raise RuntimeError("a fault of the node")
+        return await super().EndorseDualPvps(request, timeout)
+
+
+async def test_an_unexpected_fault_answers_the_group_not_decided_and_the_next_goes_on() -> None:
+    """A call that fails unexpectedly leaves each leg of its group UNAVAILABLE (nothing was
+    submitted) instead of waiting forever; the next group is endorsed."""
+    net = network()
+    peer = endorser(FaultyStub(net))
+    failed: list[Any] = await peer.endorse_many([(bank_signed(net, 7), "ICBC")])
+    assert [r.reason for r in failed] == [Reason.UNAVAILABLE]
+    (result,) = await asyncio.wait_for(peer.endorse_many([(bank_signed(net, 8), "ICBC")]), 5)
+    assert not isinstance(result, Refused)
