@@ -72,5 +72,19 @@ def vars_of(leg: Leg) -> tuple[str, str, str, int]:
     return (leg.payer, leg.payee, leg.currency, leg.amount)
 
 
+# one event of a committed block as the MQTT publisher takes it in memory: its seq, its
+# parties and its own JSON object (the outbox payload's element, byte for byte)
+Notice = tuple[int, list[str], bytes]
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_events(events: list[dict[str, Any]]) -> bytes:
     return json.dumps(events, separators=(",", ":")).encode()
+
+
+def encode_notices(events: list[dict[str, Any]]) -> tuple[bytes, list[Notice]]:
+    """A block's outbox payload (`encode_events`, the same bytes) and each event as a
+    `Notice`: every event is encoded once, for the store and the publisher both."""
+    encode = _COMPACT.encode
+    notices = [(event["seq"], event["parties"], encode(event).encode()) for event in events]
+    return b"[" + b",".join([n[2] for n in notices]) + b"]", notices

@@ -65,6 +65,15 @@ def event_body(event: Mapping[str, Any]) -> bytes:
     return json.dumps({"v": PAYLOAD_VERSION, **event}, separators=(",", ":")).encode()[:-1]
 
 
+def notice_body(encoded: bytes) -> bytes:
+    """`event_body` of an event from its compact JSON object (`bridge.events.Notice`): the
+    same bytes, without decoding it."""
+    return _VERSION_PREFIX + encoded[1:-1]
+
+
+_VERSION_PREFIX = b'{"v":%d,' % PAYLOAD_VERSION
+
+
 def with_prev_seq(body: bytes, prev_seq: int) -> bytes:
     return body + b',"prev_seq":%d}' % prev_seq
 

@@ -18,7 +18,7 @@ from bridge.core.ledger import Batch, Ledger, SignatureCheck
 from bridge.crypto import Verifier
 from bridge.domain import Envelope, Genesis, Millis, Receipt
 from bridge.errors import Reason, Refused, StoreError
-from bridge.events import encode_events, settlement_event
+from bridge.events import Notice, encode_notices, settlement_event
 from bridge.log.blocks import Attestation, SealedBlock, seal
 from bridge.metrics import BLOCK_ENTRIES, stage
 from bridge.store.base import Store
@@ -44,6 +44,16 @@ class Prepared:
     batch: Batch
     events: bytes
     refusals: tuple[RefusalRecord, ...] = ()
+    notices: list[Notice] | None = None  # `events` one by one, for the publisher
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A committed block's outbox row as the publisher takes it in memory: the row's id in
+    the store and the events it holds."""
+
+    row_id: int
+    notices: list[Notice]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,7 @@ class Settled:
 
     results: list[Result]
     block: SealedBlock | None
+    outbox: OutboxRow | None = None  # the block's outbox row, once committed
 
 
 def refusal_record(
@@ -85,6 +96,7 @@ class SettlementEngine:
         head = store.head()
         self.height = 0 if head is None else head.height
         self.head_hash = ledger.genesis.hash() if head is None else head.hash()
+        self.outbox_row = 0  # the id of the outbox row of the block committed last
 
     @classmethod
     def open(
@@ -141,11 +153,11 @@ class SettlementEngine:
             return Prepared(results, None, batch, b"", tuple(refusals))
         with SEAL.timed(len(batch.entries)):
             block = seal(self.height + 1, self.head_hash, batch.entries, now)
-            events = encode_events(
+            events, notices = encode_notices(
                 [settlement_event(e, ledger, block.header.height) for e in batch.entries]
             )
         BLOCK_ENTRIES.observe(len(batch.entries))
-        return Prepared(results, block, batch, events, tuple(refusals))
+        return Prepared(results, block, batch, events, tuple(refusals), notices)
 
     def commit(
         self, prepared: Prepared, attestations: Sequence[Attestation] = ()
@@ -158,7 +170,7 @@ class SettlementEngine:
         if prepared.block is not None:
             try:
                 with COMMIT.timed(len(prepared.batch.entries)):
-                    self.store.commit_block(
+                    self.outbox_row = self.store.commit_block(
                         prepared.block, prepared.batch, [prepared.events], attestations
                     )
             except StoreError as exc:
@@ -176,10 +188,13 @@ class SettlementEngine:
             return Settled(undecided(ledger, prepared.results, failure), None)
         with CONFIRM.timed(len(prepared.results)):
             ledger.confirm()
+        outbox = None
         if prepared.block is not None:
             self.height = prepared.block.header.height
             self.head_hash = prepared.block.header.hash()
-        return Settled(prepared.results, prepared.block)
+            if prepared.notices is not None and self.outbox_row:
+                outbox = OutboxRow(self.outbox_row, prepared.notices)
+        return Settled(prepared.results, prepared.block, outbox)
 
 
 def undecided(ledger: Ledger, results: Sequence[Result], failure: Exception) -> list[Result]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -51,6 +52,7 @@ from bridge.notify import (
     MqttSettings,
     event_body,
     final_message,
+    notice_body,
     settlement_topic,
     with_prev_seq,
 )
@@ -58,12 +60,14 @@ from bridge.store.base import Store
 
 if TYPE_CHECKING:
     from bridge.node.sequencer import Sequencer
+    from bridge.settlement import OutboxRow
 
 log = logging.getLogger("bridge.publisher")
 T = TypeVar("T")
 CONSUMER = "mqtt"
 HOLD_ENV = "CBDC_BRIDGE_PUBLISHER_HOLD"
-ROWS_PER_READ = 200  # outbox rows (blocks) read at once
+ROWS_PER_READ = 200  # outbox rows (blocks) read at once (or taken from memory)
+HANDED_EVENTS = 20_000  # events of blocks handed over in memory kept while they wait
 IN_FLIGHT = 512  # QoS 1 messages awaiting PUBACK at once (kept by the publisher, not paho)
 PUBLISH_CHUNK = IN_FLIGHT // 2  # messages handed to the MQTT client at once; two in flight
 BACKLOG_LOG_INTERVAL = 5.0
@@ -71,7 +75,8 @@ POLL_INTERVAL = 1.0  # the longest an event waits if no block wakes the publishe
 FINAL_INTERVAL = 0.05  # at most one `blocks/final` message per this many seconds
 MARK_INTERVAL = 0.1  # at most one cursor write per this many seconds
 READ_BUFFER = 65536  # bytes taken from the broker's socket at once
-OUTBOX = stage("outbox", thread_cpu=True)  # outbox rows read and made into messages (reader thread)
+# outbox rows read and made into messages (reader thread), or taken from memory (event loop)
+OUTBOX = stage("outbox", thread_cpu=True)
 PUBLISH = stage("publish", thread_cpu=True)  # a batch of messages handed to the MQTT client
 ACKS = stage("acks", thread_cpu=True)  # reading the broker's acknowledgements (event loop)
 
@@ -130,6 +135,14 @@ class OutboxPublisher:
         self.stats = PublisherStats()
         self._wake = asyncio.Event()
         self._homes: dict[str, str] = {}
+        self._topics: dict[str, str] = {}  # party -> its topic, once its home is known
+        # committed blocks' rows handed over in memory (`block_committed`), in row order; they
+        # are published from here while `_caught_up`: no row of the store lies between the
+        # cursor and them. `_gaps` counts the rows not kept here (read from the store instead).
+        self._handed: collections.deque[OutboxRow] = collections.deque()
+        self._handed_events = 0
+        self._caught_up = False
+        self._gaps = 0
         self._prev: dict[str, int] = {}  # topic -> seq of its last message handed to the client
         self._acked_prev: dict[str, int] = {}  # the same, of its last acknowledged message
         self._cursor = 0  # the last outbox row handed to the client
@@ -176,10 +189,21 @@ class OutboxPublisher:
                 await self._marking  # the last cursor update lands before the store closes
         self._reads.shutdown(wait=True)
 
-    def block_committed(self) -> None:
-        """Wake the publisher: a block (and its outbox row) was committed."""
+    def block_committed(self, row: OutboxRow | None = None) -> None:
+        """Wake the publisher: a block (and its outbox row) was committed. With `row` (every
+        block committed after this publisher was made, in order), its events are published
+        from memory, not read back; without it, or past HANDED_EVENTS waiting, rows are read
+        from the store from the cursor until its end is reached again."""
         if not self.stats.connected:
             self.stats.backlog_blocks += 1  # one outbox row per block (each batch recounts)
+        if row is not None and self._handed_events + len(row.notices) <= HANDED_EVENTS:
+            self._handed.append(row)
+            self._handed_events += len(row.notices)
+        else:
+            self._handed.clear()
+            self._handed_events = 0
+            self._caught_up = False
+            self._gaps += 1
         self._wake.set()
 
     # ------------------------------------------------------------------ the loop
@@ -248,6 +272,7 @@ class OutboxPublisher:
         self._in_flight = 0
         self._cursor = self._acked
         self._prev = dict(self._acked_prev)
+        self._caught_up = False  # the rows between the acknowledged position and memory
         self._final_sent = -1  # the final height once more on every connection
         # the message iterator ends with MqttError when the connection drops: a broken
         # connection is noticed at once, not after a publish times out
@@ -301,26 +326,84 @@ class OutboxPublisher:
             await asyncio.sleep(FINAL_INTERVAL)
 
     async def _drain(self, client: aiomqtt.Client) -> None:
-        """Hand every outbox row not handed over yet to the client, in order."""
+        """Hand every outbox row not handed over yet to the client, in order: from memory
+        while caught up with the store, read from the store otherwise (at start, after a
+        reconnection, a gap in what was handed over, a party whose home is not known yet)."""
         while True:
+            if self._caught_up:
+                taken = self._take_handed()
+                if taken is not None:
+                    if not taken[0]:
+                        self.stats.backlog_blocks = 0
+                        return
+                    await self._publish_batch(client, *taken, len(self._handed))
+                    continue
+            gaps = self._gaps
             rows, messages, heads, last = await self._read(self._read_batch, self._cursor)
             self._outbox_reads.succeeded()
+            if len(rows) < ROWS_PER_READ and gaps == self._gaps:
+                # the store's end, read after every row not handed over in memory was
+                # committed: the rows handed over from here on follow without a gap
+                self._caught_up = True
             if not rows:
                 self.stats.backlog_blocks = max(0, last - self._cursor)
                 return
-            await self._send(client, rows, messages, heads)
-            # the next read waits for this batch's acknowledgements: the blocks committed
-            # meanwhile go as one batch (a read and a write per block cost the bridge more
-            # than a broker round trip costs the latency)
-            while self._acked < rows[-1]:
-                await self._sent[0].acks.done
-            self.stats.backlog_blocks = max(0, last - rows[-1])
-            await self._hold_if_asked(rows[0], rows[-1], messages)
-            await self._log_backlog()
+            await self._publish_batch(client, rows, messages, heads, max(0, last - rows[-1]))
             if len(rows) < ROWS_PER_READ:
                 # the outbox's end (a block committed since woke the next round): no read
                 # that finds nothing, one fewer hop to the reader thread per block
                 return
+
+    async def _publish_batch(
+        self,
+        client: aiomqtt.Client,
+        rows: list[int],
+        messages: list[tuple[str, bytes]],
+        heads: dict[str, int],
+        backlog: int,
+    ) -> None:
+        await self._send(client, rows, messages, heads)
+        # the next batch waits for this one's acknowledgements: the blocks committed meanwhile
+        # go as one batch (a read and a write per block cost the bridge more than a broker
+        # round trip costs the latency)
+        while self._acked < rows[-1]:
+            await self._sent[0].acks.done
+        self.stats.backlog_blocks = backlog
+        await self._hold_if_asked(rows[0], rows[-1], messages)
+        await self._log_backlog()
+
+    def _take_handed(self) -> tuple[list[int], list[tuple[str, bytes]], dict[str, int]] | None:
+        """Up to ROWS_PER_READ rows handed over in memory after the cursor, their messages
+        and each topic's last seq once they are published (as `_read_batch` reads them from
+        the store); None when a party's topic is not known yet (the store path learns it)."""
+        handed = self._handed
+        cursor = self._cursor
+        while handed and handed[0].row_id <= cursor:  # read from the store meanwhile
+            self._handed_events -= len(handed.popleft().notices)
+        if not handed:
+            return [], [], self._prev
+        with OUTBOX.timed():
+            heads = dict(self._prev)
+            topics = self._topics
+            rows: list[int] = []
+            messages: list[tuple[str, bytes]] = []
+            append = messages.append
+            for row in itertools.islice(handed, ROWS_PER_READ):
+                for seq, parties, encoded in row.notices:
+                    body = notice_body(encoded)
+                    for party in parties:
+                        if party == BRIDGE_SENDER:
+                            continue  # as in `_messages`
+                        topic = topics.get(party)
+                        if topic is None:
+                            self._caught_up = False
+                            return None
+                        append((topic, with_prev_seq(body, heads.get(topic, 0))))
+                        heads[topic] = seq
+                rows.append(row.row_id)
+            for _ in rows:
+                self._handed_events -= len(handed.popleft().notices)
+        return rows, messages, heads
 
     def _read_batch(
         self, cursor: int, limit: int = ROWS_PER_READ
@@ -470,6 +553,7 @@ class OutboxPublisher:
             home = party if participant is None else participant.home_central_bank
             if participant is not None:
                 self._homes[party] = home
+                self._topics[party] = settlement_topic(home, party)
         return home
 
     def _rebuild_topic_heads(self, upto: int) -> None:
@@ -699,6 +783,7 @@ class PublishWhileLeading:
         self.reader = reader
         self.feed = feed
         self.publisher: OutboxPublisher | None = None
+        self._sequencer: Sequencer | None = None
         self._stopping: set[asyncio.Task[None]] = set()
 
     def install(self, sequencer: Sequencer | None) -> None:
@@ -710,6 +795,9 @@ class PublishWhileLeading:
             self._stopping.add(stopping)
             stopping.add_done_callback(self._stopping.discard)
             self.publisher = None
+        if self._sequencer is not None:
+            self._sequencer.on_outbox = None
+        self._sequencer = sequencer
         if sequencer is not None:
             store = sequencer.engine.store
             self.publisher = OutboxPublisher(
@@ -719,11 +807,10 @@ class PublishWhileLeading:
                 feed=self.feed,
                 writer=sequencer.writer,
             )
+            # every block this sequencer commits from now on, in memory; those it committed
+            # before are read from the store (the publisher starts there)
+            sequencer.on_outbox = self.publisher.block_committed
             self.publisher.start()
-
-    def block_committed(self) -> None:
-        if self.publisher is not None:
-            self.publisher.block_committed()
 
     async def stop(self) -> None:
         if self.publisher is not None:

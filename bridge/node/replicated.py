@@ -73,8 +73,7 @@ async def run_replicated_bridge_node(
 
     def on_block(block: SealedBlock) -> None:
         feed.block_sealed(block.header.height)
-        service.block_sealed(block)
-        publishing.block_committed()
+        service.block_sealed(block)  # the publisher is handed the block by the sequencer
 
     interceptors: list[grpc.aio.ServerInterceptor] = [
         InFlightLimit(settings.max_in_flight),

@@ -21,7 +21,7 @@ from bridge.errors import Reason, Refused, StoreError
 from bridge.log.blocks import Attestation, SealedBlock
 from bridge.metrics import stage
 from bridge.node.episodes import FailureEpisode
-from bridge.settlement import Result, SettlementEngine
+from bridge.settlement import OutboxRow, Result, SettlementEngine
 
 Clock = Callable[[], Millis]
 log = logging.getLogger("bridge.sequencer")
@@ -84,6 +84,8 @@ class Sequencer:
         self.clock = clock
         self.max_batch = max_batch
         self.on_block = on_block
+        # handed each committed block's outbox row after `on_block` (the MQTT publisher)
+        self.on_outbox: Callable[[OutboxRow], None] | None = None
         self.expiry_interval = expiry_interval
         # least time between the starts of two batches: every block costs the bridge a commit
         # and a fan-out and each central bank node a replay, so waiting a few ms for more
@@ -240,4 +242,6 @@ class Sequencer:
                     next(results)
             if settled.block is not None:
                 self.on_block(settled.block)
+            if settled.outbox is not None and self.on_outbox is not None:
+                self.on_outbox(settled.outbox)
         return failure

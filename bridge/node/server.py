@@ -142,8 +142,6 @@ async def run_bridge_node(
     def on_block(block: SealedBlock) -> None:
         feed.block_sealed(block.header.height)
         service.block_sealed(block)
-        if publisher is not None:
-            publisher.block_committed()
 
     sequencer = Sequencer(
         engine,
@@ -165,6 +163,7 @@ async def run_bridge_node(
             feed=feed,
             writer=sequencer.writer,
         )
+        sequencer.on_outbox = publisher.block_committed  # each block's events, in memory
     # the in-flight bound outermost: it counts every BridgeLedger call, authenticated or not
     interceptors: list[grpc.aio.ServerInterceptor] = [
         InFlightLimit(settings.max_in_flight),

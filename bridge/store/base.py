@@ -57,7 +57,11 @@ class Store(Protocol):
         batch: Batch,
         events: Sequence[bytes],
         attestations: Sequence[Attestation] = (),
-    ) -> None: ...
+    ) -> int:
+        """Write a block with its entries, changed state, outbox rows (one per `events`
+        payload) and attestations in one transaction; the id of its last outbox row (0 when
+        none), which a publisher handed the block's events in memory takes as its cursor."""
+        ...
 
     def record_refusals(
         self, refusals: Sequence[tuple[int, str, str, str, str, str]], keep: int = ...

@@ -320,11 +320,13 @@ class PostgresStore(StateReads):
         batch: Batch,
         events: Sequence[bytes],
         attestations: Sequence[Attestation] = (),
-    ) -> None:
+    ) -> int:
         """Write one block, its entries, the changed state, its events and any attestations
-        (of earlier blocks) atomically, after checking the fencing token."""
+        (of earlier blocks) atomically, after checking the fencing token. Returns the id of
+        the block's last outbox row (0 when it has no events; ids may skip values)."""
         header = block.header
         entry_rows = entry_row_values(block, batch)
+        row_id = 0
         try:
             with self._conn() as conn, conn.transaction(), conn.cursor() as cursor:
                 self._fence(conn)
@@ -348,11 +350,12 @@ class PostgresStore(StateReads):
                     for entry_row in entry_rows:
                         copy.write_row(entry_row)
                 self._write_changes(cursor, batch)
-                if events:
-                    cursor.executemany(
-                        "INSERT INTO outbox (height, payload) VALUES (%s, %s)",
-                        [(header.height, payload) for payload in events],
+                for payload in events:
+                    cursor.execute(
+                        "INSERT INTO outbox (height, payload) VALUES (%s, %s) RETURNING id",
+                        (header.height, payload),
                     )
+                    (row_id,) = cursor.fetchone() or (0,)
                 if attestations:
                     cursor.executemany(
                         _INSERT_ATTESTATION, [_attestation_row(a) for a in attestations]
@@ -363,6 +366,7 @@ class PostgresStore(StateReads):
         except psycopg.Error as exc:
             self.failed = True
             raise StoreError(f"commit of block {header.height} failed: {exc}") from exc
+        return int(row_id)
 
     @staticmethod
     def _write_changes(cursor: psycopg.Cursor[tuple[Any, ...]], batch: Batch) -> None:

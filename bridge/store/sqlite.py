@@ -153,11 +153,13 @@ class SqliteStore(StateReads):
         batch: Batch,
         events: Sequence[bytes],
         attestations: Sequence[Attestation] = (),
-    ) -> None:
+    ) -> int:
         """Write one block, its entries, the changed state and its events atomically, with
-        any attestations (of earlier blocks) that arrived meanwhile: one commit for both."""
+        any attestations (of earlier blocks) that arrived meanwhile: one commit for both.
+        Returns the id of the block's last outbox row (0 when it has no events)."""
         header = block.header
         entry_rows = entry_row_values(block, batch)
+        row_id = 0
         try:
             with self._transaction() as db:
                 db.execute(
@@ -174,10 +176,13 @@ class SqliteStore(StateReads):
                 )
                 db.executemany("INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", entry_rows)
                 self._write_changes(db, batch)
-                if events:
-                    db.executemany(
-                        "INSERT INTO outbox (height, payload) VALUES (?, ?)",
-                        [(header.height, payload) for payload in events],
+                for payload in events:
+                    row_id = (
+                        db.execute(
+                            "INSERT INTO outbox (height, payload) VALUES (?, ?)",
+                            (header.height, payload),
+                        ).lastrowid
+                        or 0
                     )
                 if attestations:
                     db.executemany(
@@ -189,6 +194,7 @@ class SqliteStore(StateReads):
                     )
         except sqlite3.Error as exc:
             raise StoreError(f"commit of block {header.height} failed: {exc}") from exc
+        return row_id
 
     @staticmethod
     def _write_changes(db: sqlite3.Connection, batch: Batch) -> None:

@@ -347,10 +347,10 @@ class FailingStore(SqliteStore):
         batch: Batch,
         events: Sequence[bytes],
         attestations: Sequence[Attestation] = (),
-    ) -> None:
+    ) -> int:
         if self.failing:
             raise StoreError("database or disk is full")
-        super().commit_block(block, batch, events, attestations)
+        return super().commit_block(block, batch, events, attestations)
 
 
 @pytest.fixture
