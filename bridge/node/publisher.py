@@ -375,7 +375,8 @@ class OutboxPublisher:
     def _take_handed(self) -> tuple[list[int], list[tuple[str, bytes]], dict[str, int]] | None:
         """Up to ROWS_PER_READ rows handed over in memory after the cursor, their messages
         and each topic's last seq once they are published (as `_read_batch` reads them from
-        the store); None when a party's topic is not known yet (the store path learns it)."""
+        the store); the rows before the first with a party whose topic is not known yet, or
+        None when that is the first (the store path learns the topic)."""
         handed = self._handed
         cursor = self._cursor
         while handed and handed[0].row_id <= cursor:  # read from the store meanwhile
@@ -384,26 +385,45 @@ class OutboxPublisher:
             return [], [], self._prev
         with OUTBOX.timed():
             heads = dict(self._prev)
-            topics = self._topics
             rows: list[int] = []
             messages: list[tuple[str, bytes]] = []
-            append = messages.append
             for row in itertools.islice(handed, ROWS_PER_READ):
-                for seq, parties, encoded in row.notices:
-                    body = notice_body(encoded)
-                    for party in parties:
-                        if party == BRIDGE_SENDER:
-                            continue  # as in `_messages`
-                        topic = topics.get(party)
-                        if topic is None:
-                            self._caught_up = False
-                            return None
-                        append((topic, with_prev_seq(body, heads.get(topic, 0))))
-                        heads[topic] = seq
+                made = self._row_messages(row, heads)
+                if made is None:
+                    break
+                messages += made
                 rows.append(row.row_id)
             for _ in rows:
                 self._handed_events -= len(handed.popleft().notices)
+        if not rows:
+            self._caught_up = False
+            return None
         return rows, messages, heads
+
+    def _row_messages(
+        self, row: OutboxRow, heads: dict[str, int]
+    ) -> list[tuple[str, bytes]] | None:
+        """The messages of one row handed over in memory (as `_messages` makes them of a
+        stored row), `heads` advanced past them; None, `heads` untouched, if a party's topic
+        is not known yet."""
+        topics = self._topics
+        moved: dict[str, int] = {}  # each topic's last seq within the row
+        out = []
+        for seq, parties, encoded in row.notices:
+            body = notice_body(encoded)
+            for party in parties:
+                if party == BRIDGE_SENDER:
+                    continue  # as in `_messages`
+                topic = topics.get(party)
+                if topic is None:
+                    return None
+                prev = moved.get(topic)
+                out.append(
+                    (topic, with_prev_seq(body, heads.get(topic, 0) if prev is None else prev))
+                )
+                moved[topic] = seq
+        heads.update(moved)
+        return out
 
     def _read_batch(
         self, cursor: int, limit: int = ROWS_PER_READ

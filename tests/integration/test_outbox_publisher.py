@@ -9,6 +9,7 @@ last row; a new publisher on the same store resumes after it, keeping the chain.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -19,7 +20,7 @@ import aiomqtt
 import pytest
 
 from bridge.crypto import FastVerifier
-from bridge.domain import ProposePvp, Receipt
+from bridge.domain import BRIDGE_SENDER, ProposePvp, Receipt
 from bridge.errors import StoreError
 from bridge.log.blocks import Attestation
 from bridge.node import publisher as publisher_module
@@ -48,7 +49,7 @@ from tests.factories import (
     pay,
     propose_pvp,
 )
-from tests.mqtt_support import require_mosquitto
+from tests.mqtt_support import Collector, require_mosquitto
 
 HOUR = 3_600_000
 PASSWORDS = {BRIDGE_USER: "bridge-pw", "ICBC": "icbc-pw", "PBOC": "pboc-pw"}
@@ -394,3 +395,187 @@ async def test_final_height_messages_are_coalesced_and_the_highest_is_kept(
     assert [f["final_height"] for f in finals] == sorted(f["final_height"] for f in finals)
     for opened in (store, watcher.reader):
         opened.close()
+
+
+class CountingStore(SqliteStore):
+    """A real store that records the id of every outbox row it is asked to read."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.read_rows: list[int] = []
+
+    def outbox_after(self, last_id: int, limit: int = 500) -> list[tuple[int, bytes]]:
+        rows = super().outbox_after(last_id, limit)
+        self.read_rows += [row_id for row_id, _ in rows]
+        return rows
+
+
+def handed(engine: SettlementEngine, running: OutboxPublisher, batch: list[Any], now: int) -> int:
+    """Settle `batch` as the sequencer does, handing the block's events to `running` in
+    memory; the block's outbox row id."""
+    settled = engine.settle(batch, now)
+    assert all(isinstance(r, Receipt) for r in settled.results), settled.results
+    assert settled.outbox is not None
+    running.block_committed(settled.outbox)
+    return settled.outbox.row_id
+
+
+def message_count(store: SqliteStore) -> int:
+    """The MQTT messages the whole outbox makes: one per event and bank party."""
+    return sum(
+        len([party for party in event["parties"] if party != BRIDGE_SENDER])
+        for _, payload in store.outbox_after(0, 10_000)
+        for event in json.loads(payload)
+    )
+
+
+async def record_live(
+    broker: Broker, got: list[tuple[str, bytes]], subscribed: asyncio.Event, count: int = 0
+) -> None:
+    """Append to `got` (topic, payload) of every settlement message then published to any
+    bank, in arrival order, as the bridge's user sees them (retained ones left out), until
+    `count` (0: until cancelled)."""
+    s = settings(broker, BRIDGE_USER)
+    async with aiomqtt.Client(s.host, s.port, username=s.username, password=s.password) as c:
+        await c.subscribe("cbdc-bridge/v1/+/+/settlements", qos=1)
+        subscribed.set()
+        async with asyncio.timeout(60):
+            async for message in c.messages:
+                if not message.retain:
+                    assert isinstance(message.payload, bytes)
+                    got.append((message.topic.value, message.payload))
+                if len(got) == count:
+                    return
+
+
+async def recorded(
+    broker: Broker, got: list[tuple[str, bytes]], count: int = 0
+) -> asyncio.Task[None]:
+    """`record_live` running, subscribed."""
+    subscribed = asyncio.Event()
+    task = asyncio.create_task(record_live(broker, got, subscribed, count))
+    await subscribed.wait()
+    return task
+
+
+async def test_blocks_handed_in_memory_publish_what_the_outbox_would(
+    broker: Broker, net: Network, tmp_path: Path
+) -> None:
+    """Blocks handed to the publisher in memory as they commit make the same messages, byte
+    for byte and in the same order, as a publisher reading the whole outbox from the store;
+    once caught up, a handed block's row is not read back (a block with a party whose topic is
+    not known yet is read from the store, from the cursor)."""
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, cb, bank) for bank, cb in BANKS if bank != "ENBD"], T0)
+    settle(engine, [issue(net, cb, bank, 10**6) for bank, cb in BANKS if bank != "ENBD"], T0)
+    marks = SqliteStore(db)
+    reader = CountingStore(db)
+    first = OutboxPublisher(
+        settings(broker, BRIDGE_USER),
+        reader=reader,
+        mark=lambda upto: marks.set_outbox_cursor(CONSUMER, upto),
+    )
+    sent: list[tuple[str, bytes]] = []
+    recording = await recorded(broker, sent)
+    first.start()
+    await wait_until(lambda: store.outbox_cursor(CONSUMER) == store.outbox_last_id())
+    proposal = propose_pvp(net, "ICBC", "BOCHK", 1_000, 1_080)
+    assert isinstance(proposal.body, ProposePvp)
+    expiring = propose_pvp(net, "CCB", "KBANK", 500, 540, settle_by=T0 + HOUR // 2)
+    in_memory = [
+        handed(engine, first, [proposal, expiring, pay(net, "ICBC", "CCB", 5)], T0 + 1),
+        handed(engine, first, [accept_pvp(net, proposal.body)], T0 + 2),
+    ]
+    # CBUAE's first entry, then ENBD's (an admission concerns its central bank only)
+    admitted = handed(engine, first, [admit_bank(net, "CBUAE", "ENBD")], T0 + 3)
+    learnt = handed(engine, first, [issue(net, "CBUAE", "ENBD", 77)], T0 + 4)
+    await wait_until(lambda: store.outbox_cursor(CONSUMER) == learnt)
+    in_memory += [
+        handed(engine, first, [issue(net, "CBUAE", "ENBD", 1), pay(net, "CCB", "ICBC", 3)], T0 + 5),
+        handed(engine, first, [], T0 + HOUR),  # the second proposal expires
+    ]
+    await wait_until(lambda: store.outbox_cursor(CONSUMER) == store.outbox_last_id())
+    total = message_count(store)
+    await wait_until(lambda: len(sent) == total)
+    await first.stop()
+    recording.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await recording
+    assert {admitted, learnt} <= set(reader.read_rows)  # the new topics learnt from the store
+    assert not set(in_memory) & set(reader.read_rows)
+
+    marks.set_outbox_cursor(CONSUMER, 0)  # the whole outbox once more, read from the store
+    from_store: list[tuple[str, bytes]] = []
+    again = await recorded(broker, from_store, total)
+    second = publisher(broker, db, marks)
+    second.start()
+    await again
+    await second.stop()
+    assert from_store == sent
+    assert settlement_topic("CBUAE", "ENBD") in {topic for topic, _ in sent}
+    for opened in (store, marks, reader, second.reader):
+        opened.close()
+
+
+async def test_blocks_handed_while_the_broker_is_down_are_read_from_the_store(
+    broker: Broker, net: Network, tmp_path: Path
+) -> None:
+    """Blocks handed over in memory while the broker is down are published once it is back,
+    read from the store from the acknowledged position, in order and chained by `prev_seq`;
+    the blocks after that go from memory again."""
+    broker.stop()
+    broker.persistence = tmp_path / "sessions"  # the subscriber's session outlives the restart
+    broker.persistence.mkdir()
+    broker.start()
+    db = tmp_path / "ledger.sqlite"
+    store = SqliteStore(db)
+    engine = SettlementEngine.open(store, net.genesis, verifier=FastVerifier())
+    settle(engine, [admit_bank(net, "PBOC", bank) for bank in ("ICBC", "CCB")], T0)
+    settle(engine, [issue(net, "PBOC", bank, 10**6) for bank in ("ICBC", "CCB")], T0)
+    marks = SqliteStore(db)
+    reader = CountingStore(db)
+    running = OutboxPublisher(
+        settings(broker, BRIDGE_USER),
+        reader=reader,
+        mark=lambda upto: marks.set_outbox_cursor(CONSUMER, upto),
+    )
+    topic = settlement_topic("PBOC", "ICBC")
+    collector = Collector(settings(broker, "ICBC"), topic, identifier="handed-while-down")
+    assert await asyncio.to_thread(collector.subscribed.wait, 30)
+    running.start()
+
+    def published(row: int) -> Callable[[], bool]:
+        return lambda: store.outbox_cursor(CONSUMER) == row and running._caught_up
+
+    try:
+        await wait_until(published(store.outbox_last_id()))
+        before = handed(engine, running, [pay(net, "ICBC", "CCB", 1)], T0 + 1)
+        await wait_until(published(before))
+        broker.stop()
+        await wait_until(lambda: not running.stats.connected)
+        during = [
+            handed(engine, running, [pay(net, "ICBC", "CCB", 2)], T0 + 2),
+            handed(engine, running, [pay(net, "CCB", "ICBC", 3)], T0 + 3),
+        ]
+        broker.start()
+        await wait_until(published(during[-1]), timeout=60)
+        after = handed(engine, running, [pay(net, "ICBC", "CCB", 4)], T0 + 4)
+        await wait_until(published(after))
+        await running.stop()
+        assert set(during) <= set(reader.read_rows)
+        assert not {before, after} & set(reader.read_rows)
+        expected = [
+            event["seq"]
+            for _, payload in store.outbox_after(0, 1000)
+            for event in json.loads(payload)
+            if "ICBC" in event["parties"]
+        ]
+        await wait_until(lambda: list(dict.fromkeys(collector.seqs())) == expected, timeout=60)
+        firsts = {m["seq"]: m for m in reversed(collector.snapshot())}
+        assert [firsts[seq]["prev_seq"] for seq in expected] == [0, *expected[:-1]]
+    finally:
+        collector.stop()
+        for opened in (store, marks, reader):
+            opened.close()

@@ -4,7 +4,9 @@ The broker keeps its sessions on disk here (Mosquitto persistence), so a persist
 gets what was published while it was reconnecting; what the test proves is the bridge's side:
 settlement goes on without the broker, the outbox keeps every event, and they are published,
 in order, once it returns; and a bridge killed between the broker's acknowledgement and the
-outbox cursor's update publishes the same events (same seq, same instruction id) again.
+outbox cursor's update publishes the same events (same seq, same instruction id) again; one
+killed after a block's commit, before its events reached the publisher, publishes them after
+its restart.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import os
 import threading
 import urllib.request
 from collections.abc import Iterator
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import pytest
 
+from bridge.node.fault_hooks import CRASH_FILE
 from bridge.node.publisher import HOLD_ENV
 from bridge.notify import MqttSettings, settlement_topic
 from participants.launcher import Network, prepare_network
@@ -241,3 +245,35 @@ def test_publisher_killed_between_ack_and_mark_publishes_again(
     assert_same_ids(bocq_collector, {paid.seq: paid.instruction_id})
     later = pay_resubmitting(network, 43, "after")
     wait_for(lambda: delivered(bocq_collector, [later.seq]), timeout=60, what="a later event")
+
+
+def test_bridge_killed_between_commit_and_publication_publishes_after_restart(
+    network: Network, live: LiveNetwork, bocq_collector: Collector, tmp_path: Path
+) -> None:
+    """SIGKILL of the bridge right after a block's commit, before its events were handed to
+    the publisher: the restarted bridge reads them from the outbox and publishes them."""
+    crash_file = tmp_path / "crash"
+    live.issue("ICBC", 10**9)
+    network.bridge.stop()
+    os.environ[CRASH_FILE] = str(crash_file)
+    try:
+        network.restart_bridge()
+    finally:
+        del os.environ[CRASH_FILE]
+    crash_file.write_text("after-commit 1", encoding="ascii")
+    paying = ThreadPool(1)
+    try:
+        answer = paying.apply_async(pay_resubmitting, (network, 44, "crashed"))
+        bridge = network.bridge.process
+        assert bridge is not None
+        wait_for(lambda: bridge.poll() is not None, timeout=60, what="the bridge to kill itself")
+        assert not crash_file.exists()  # the crash point was reached
+        network.bridge.kill()  # its pipes closed, as after any crash
+        network.restart_bridge()
+        paid = answer.get(timeout=READY_TIMEOUT + 60)
+    finally:
+        paying.close()
+    wait_for(
+        lambda: delivered(bocq_collector, [paid.seq]), timeout=60, what="the crashed block's event"
+    )
+    assert_same_ids(bocq_collector, {paid.seq: paid.instruction_id})
