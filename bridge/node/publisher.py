@@ -149,6 +149,10 @@ class OutboxPublisher:
         self._acked = 0  # the last row whose messages (and all before) the broker acknowledged
         self._stored = 0  # the last row stored as the cursor (or being stored)
         self._sent: collections.deque[_Sent] = collections.deque()  # in row order
+        # the messages packed by the publisher itself awaiting their PUBACK: mid -> the
+        # counter of their chunk (this connection's; None when paho packs them)
+        self._awaiting: dict[int, _BatchAcks] | None = None
+        self._topic_fields: dict[str, bytes] = {}  # topic -> its PUBLISH header field
         self._in_flight = 0  # messages of `_sent` (handed over, not all acknowledged)
         self._final_sent = -1
         self._task: asyncio.Task[None] | None = None
@@ -235,6 +239,7 @@ class OutboxPublisher:
                 ) as client:
                     client.pending_calls_threshold = IN_FLIGHT + 1  # a full window is normal
                     _buffer_reads(client)
+                    self._awaiting = _own_acknowledgements(client)
                     _time_reads(client)
                     _coalesce_writes(client)
                     self.stats.connected = True
@@ -473,6 +478,7 @@ class OutboxPublisher:
             self._acknowledged()
             return
         pending, mqtt = internals
+        awaiting = self._awaiting
         for start in range(0, len(messages), PUBLISH_CHUNK):
             chunk = messages[start : start + PUBLISH_CHUNK]
             while self._in_flight + len(chunk) > IN_FLIGHT:
@@ -483,6 +489,10 @@ class OutboxPublisher:
             else:
                 self._sent.append(_Sent(acks, len(chunk)))
             self._in_flight += len(chunk)
+            if awaiting is not None:
+                with PUBLISH.timed(len(chunk)):
+                    _queue_publishes(mqtt, chunk, acks, awaiting, self._topic_fields)
+                continue
             with PUBLISH.timed(len(chunk)):
                 for topic, payload in chunk:
                     info = mqtt.publish(topic, payload, qos=1, retain=True)
@@ -752,6 +762,108 @@ def _coalesce_writes(client: aiomqtt.Client) -> None:
 def _joinable(packet: Any) -> bool:
     command = packet["command"] & 0xF0
     return command != paho.DISCONNECT and not (command == paho.PUBLISH and packet["qos"] == 0)
+
+
+def _own_acknowledgements(client: aiomqtt.Client) -> dict[int, _BatchAcks] | None:
+    """Handle the PUBACK of each message the publisher packed itself (`_queue_publishes`) at
+    once, and leave every other packet to paho: the table of those messages (mid -> the
+    counter of their chunk), or None when this paho does not fit (the publisher then calls
+    its `publish`).
+
+    paho decodes each PUBACK into a reason code and a properties object, takes two locks,
+    calls aiomqtt's callback (which finds its waiter) and marks its own copy of the message
+    published: about three quarters of the `acks` stage. An MQTT 3.1.1 PUBACK is its message
+    id and nothing else; a PUBACK of a message paho sent (the final height) goes to paho."""
+    mqtt = getattr(client, "_client", None)
+    if (
+        not isinstance(mqtt, paho.Client)
+        or getattr(mqtt, "_protocol", None) not in (paho.MQTTv31, paho.MQTTv311)
+        or not isinstance(getattr(mqtt, "_in_packet", None), dict)
+        or not isinstance(getattr(mqtt, "_out_packet", None), collections.deque)
+        or not callable(getattr(mqtt, "_mid_generate", None))
+        or not callable(getattr(mqtt, "_call_socket_register_write", None))
+    ):
+        return None
+    awaiting: dict[int, _BatchAcks] = {}
+    handle = mqtt._packet_handle
+    success = paho.MQTT_ERR_SUCCESS
+
+    def handled() -> Any:
+        packet = mqtt._in_packet
+        if packet["command"] == paho.PUBACK and len(packet["packet"]) == 2:
+            acks = awaiting.pop(int.from_bytes(packet["packet"], "big"), None)
+            if acks is not None:
+                acks.set()
+                return success
+        return handle()
+
+    mqtt._packet_handle = handled  # type: ignore[method-assign]
+    return awaiting
+
+
+def _queue_publishes(
+    mqtt: paho.Client,
+    chunk: list[tuple[str, bytes]],
+    acks: _BatchAcks,
+    awaiting: dict[int, _BatchAcks],
+    topic_fields: dict[str, bytes],
+) -> None:
+    """Pack each message as a QoS 1, retained MQTT 3.1.1 PUBLISH (the bytes paho packs) and
+    queue the chunk on paho's socket at once; `awaiting` gets each one's id.
+
+    paho's `publish` also builds a message object and an info object per message, keeps a
+    copy for a resend on reconnection (this client is not reused: the publisher publishes
+    again from its acknowledged position on a new connection) and wakes its own loop's
+    socket pair with a `send` per message (unused under aiomqtt)."""
+    if mqtt._sock is None:
+        raise aiomqtt.MqttCodeError(paho.MQTT_ERR_NO_CONN, "Could not publish message")
+    queue = mqtt._out_packet
+    next_mid = mqtt._mid_generate
+    for topic, payload in chunk:
+        field = topic_fields.get(topic)
+        if field is None:
+            field = topic_fields[topic] = _topic_field(topic)
+        mid = next_mid()
+        body_length = len(field) + 2 + len(payload)
+        packet = b"".join(
+            (_PUBLISH_QOS1_RETAIN, _remaining_length(body_length), field, mid.to_bytes(2), payload)
+        )
+        queue.append(
+            {
+                "command": _PUBLISH_QOS1_RETAIN[0],
+                "mid": mid,
+                "qos": 1,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": None,
+            }
+        )
+        awaiting[mid] = acks
+    mqtt._call_socket_register_write()
+
+
+_PUBLISH_QOS1_RETAIN = bytes((paho.PUBLISH | 1 << 1 | 1,))  # QoS 1, retain, not DUP
+
+
+def _topic_field(topic: str) -> bytes:
+    """A PUBLISH packet's topic: its UTF-8 length, then the bytes (checked as paho does)."""
+    name = topic.encode()
+    if not name or b"+" in name or b"#" in name or len(name) > 65535:
+        raise ValueError(f"not a topic to publish to: {topic!r}")
+    return len(name).to_bytes(2) + name
+
+
+def _remaining_length(length: int) -> bytes:
+    """MQTT's variable-length encoding of a packet's remaining length."""
+    if length < 128:
+        return bytes((length,))
+    out = bytearray()
+    while True:
+        length, digit = divmod(length, 128)
+        out.append(digit | (0x80 if length else 0))
+        if not length:
+            return bytes(out)
 
 
 class _BatchAcks:

@@ -73,10 +73,14 @@ def net() -> Network:
     return network()
 
 
-@pytest.fixture(params=["paho", "public-api"])
+@pytest.fixture(params=["own-packets", "paho", "public-api"])
 def publish_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The publisher's two ways of publishing: batches handed to aiomqtt 2's paho client, and
-    aiomqtt's public `publish` (taken when those internals are not there)."""
+    """The publisher's three ways of publishing: PUBLISH packets it packs itself queued on
+    aiomqtt 2's paho client (their PUBACKs taken before paho decodes them), batches handed to
+    that client's `publish`, and aiomqtt's public `publish` (each taken when the internals
+    the one before needs are not there)."""
+    if request.param != "own-packets":
+        monkeypatch.setattr(publisher_module, "_own_acknowledgements", lambda client: None)
     if request.param == "public-api":
         monkeypatch.setattr(publisher_module, "_paho_of", lambda client: None)
     return str(request.param)
