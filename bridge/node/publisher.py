@@ -1,9 +1,13 @@
 """Drain the store's outbox to an MQTT broker, in order, at least once.
 
 The bridge node is the one publisher: it owns the outbox (every block writes its events there in
-the block's own transaction) and is its only writer, so a single task reads it in order. Each
-event goes, QoS 1, to the topic of every bank party to it (`bridge.notify`); the outbox cursor
-moves past a block only after the broker acknowledged every message of it. If the broker is
+the block's own transaction) and is its only writer, so a single task publishes it in order.
+The sequencer hands each committed block's events and outbox row id to the publisher in memory
+(`block_committed`); the outbox is read, from the cursor to its end, only when what was handed
+over may not follow on from what was published: at start, after a reconnection, after a block
+not handed over (too many waiting), or for a party whose topic is not known yet. Each event
+goes, QoS 1, to the topic of every bank party to it (`bridge.notify`); the outbox cursor moves
+past a block only after the broker acknowledged every message of it. If the broker is
 unreachable settlement goes on and events wait in the outbox; the task reconnects with jittered
 exponential backoff and publishes the backlog in order. If the node dies between the broker's
 acknowledgement and the cursor update, the same messages (same seq, same instruction id) are
@@ -110,7 +114,8 @@ class Backoff:
 
 
 class OutboxPublisher:
-    """One task: outbox rows in id order → QoS 1 messages → cursor, forever.
+    """One task: outbox rows in id order (handed over in memory, or read back from the store)
+    → QoS 1 messages → cursor, forever.
 
     A batch of rows is handed to the MQTT client (at most IN_FLIGHT messages unacknowledged)
     and acknowledged before the next is read, so the blocks committed meanwhile make one

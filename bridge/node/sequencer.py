@@ -84,8 +84,9 @@ class Sequencer:
         self.clock = clock
         self.max_batch = max_batch
         self.on_block = on_block
-        # handed each committed block's outbox row after `on_block` (the MQTT publisher)
-        self.on_outbox: Callable[[OutboxRow], None] | None = None
+        # handed each committed block's outbox row after `on_block` (the MQTT publisher; None
+        # when the store did not say which row it wrote: read it from the store)
+        self.on_outbox: Callable[[OutboxRow | None], None] | None = None
         self.expiry_interval = expiry_interval
         # least time between the starts of two batches: every block costs the bridge a commit
         # and a fan-out and each central bank node a replay, so waiting a few ms for more
@@ -242,6 +243,6 @@ class Sequencer:
                     next(results)
             if settled.block is not None:
                 self.on_block(settled.block)
-            if settled.outbox is not None and self.on_outbox is not None:
-                self.on_outbox(settled.outbox)
+                if self.on_outbox is not None:
+                    self.on_outbox(settled.outbox)
         return failure
