@@ -8,6 +8,7 @@ full file system, and freeing it (raising the bound again) lets writes through.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,7 @@ from bridge.domain import Receipt
 from bridge.errors import Refused, StoreError
 from bridge.log.blocks import attest
 from bridge.node.sequencer import MonotonicClock, Sequencer
-from bridge.settlement import SettlementEngine
+from bridge.settlement import OutboxRow, SettlementEngine
 from bridge.store.sqlite import SqliteStore
 from tests.factories import T0, Network, admit_bank, issue, network, pay
 
@@ -154,3 +155,43 @@ async def test_work_whose_caller_has_gone_is_dropped_not_settled(
         again = await sequencer.submit(envelope)  # resubmitted: settles now, once
         assert isinstance(again, Receipt)
         assert not again.duplicate
+
+
+async def test_each_committed_block_is_handed_over_with_its_outbox_row(
+    sequencer: Sequencer, net: Network
+) -> None:
+    """`on_outbox` gets every committed block's outbox row id and events, in commit order, the
+    events being the stored row's payload one by one; a block whose commit failed is not
+    handed over."""
+    handed: list[OutboxRow | None] = []
+    sequencer.on_outbox = handed.append
+    store = sequencer.engine.store
+    paid = list(
+        await asyncio.gather(*(sequencer.submit(pay(net, "ICBC", "CCB", n)) for n in (1, 2)))
+    )
+    fill_disk(store)
+    while True:
+        before = len(handed)
+        result = await sequencer.submit(pay(net, "ICBC", "CCB", 3))
+        if not isinstance(result, Receipt):
+            break
+        paid.append(result)  # the room left in the capped file's pages
+        assert len(paid) < 500, "the capped file never filled up"
+    assert isinstance(result, Refused)
+    assert len(handed) == before  # the block whose commit failed was not handed over
+    free_disk(store)
+    later = await sequencer.submit(pay(net, "ICBC", "CCB", 4))
+    assert all(isinstance(r, Receipt) for r in [*paid, later])
+    assert len(handed) == before + 1
+    rows = [row for row in handed if row is not None]
+    assert len(rows) == len(handed) >= 2
+    stored = dict(store.outbox_after(rows[0].row_id - 1, 100))
+    assert [row.row_id for row in rows] == sorted(stored)
+    for row in rows:
+        assert stored[row.row_id] == b"[" + b",".join(n[2] for n in row.notices) + b"]"
+        for seq, parties, encoded in row.notices:
+            assert json.loads(encoded)["seq"] == seq
+            assert json.loads(encoded)["parties"] == parties
+    seqs = [seq for row in rows for seq, _, _ in row.notices]
+    assert seqs == sorted(seqs)
+    assert {r.seq for r in [*paid, later] if isinstance(r, Receipt)} <= set(seqs)
