@@ -220,6 +220,8 @@ class Sequencer:
             # The store failed (or a bug): undo the batch, answer OUTCOME_UNKNOWN, keep serving.
             self.store_writes.failed(error, traceback=not isinstance(error, StoreError))
             engine.ledger.rollback()
+            if self.on_outbox is not None:
+                self.on_outbox(None)  # a block may have been committed all the same
             unknown = Refused(
                 Reason.OUTCOME_UNKNOWN,
                 "the bridge could not settle this batch; resubmit the same instruction id",

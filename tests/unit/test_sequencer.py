@@ -195,3 +195,28 @@ async def test_each_committed_block_is_handed_over_with_its_outbox_row(
     seqs = [seq for row in rows for seq, _, _ in row.notices]
     assert seqs == sorted(seqs)
     assert {r.seq for r in [*paid, later] if isinstance(r, Receipt)} <= set(seqs)
+
+
+async def test_a_batch_failing_after_its_commit_sends_the_publisher_to_the_store(
+    sequencer: Sequencer, net: Network, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch that fails after its block may have been committed (here, confirming it in
+    memory raises) hands `on_outbox` None: the publisher then reads the outbox from its cursor
+    instead of missing that block's row."""
+    handed: list[OutboxRow | None] = []
+    sequencer.on_outbox = handed.append
+    engine = sequencer.engine
+    finish = engine.finish
+
+    def failing_finish(*args: object) -> object:
+        monkeypatch.setattr(engine, "finish", finish)  # once
+        raise RuntimeError("confirming the batch failed")
+
+    monkeypatch.setattr(engine, "finish", failing_finish)
+    payment = pay(net, "ICBC", "CCB", 1)
+    failed_id = payment.body.instruction_id
+    failed = await sequencer.submit(payment)
+    assert isinstance(failed, Refused)
+    assert handed == [None]
+    rows = engine.store.outbox_after(0, 100)
+    assert json.loads(rows[-1][1])[-1]["instruction_id"] == failed_id  # committed all the same
