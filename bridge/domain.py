@@ -377,6 +377,7 @@ class _FieldPlan:
     fields: tuple[tuple[str, int], ...]  # (name, _PLAIN / _HEX / _LIST), declaration order
     names: frozenset[str]  # the field names and "kind": every key of the canonical fields
     hex: bool  # some field is bytes (hex in the canonical fields)
+    plain: bool  # every field is _PLAIN: canonical values are the field values themselves
 
 
 _FIELD_PLANS: dict[type[Instruction], _FieldPlan] = {}
@@ -391,6 +392,7 @@ def _field_plan(cls: type[Instruction]) -> _FieldPlan:
             planned,
             frozenset({"kind", *(name for name, _ in planned)}),
             any(kind == _HEX for _, kind in planned),
+            all(kind == _PLAIN for _, kind in planned),
         )
     return plan
 
@@ -402,6 +404,23 @@ def instruction_from_fields(data: Mapping[str, Any]) -> Instruction:
     if cls is None:
         raise Refused(Reason.MALFORMED, f"unknown instruction kind: {_quoted(kind)}")
     plan = _field_plan(cls)
+    if plan.plain and type(data) is dict and data.keys() == plan.names:
+        # every field there and nothing else, each value taken as it is: what the loop of
+        # `_instruction_fields` gives, without its per-field steps
+        kwargs = data.copy()
+        del kwargs["kind"]
+    else:
+        kwargs = _instruction_fields(cls, plan, data)
+    instruction = cls(**kwargs)
+    validate_shape(instruction)
+    return instruction
+
+
+def _instruction_fields(
+    cls: type[Instruction], plan: _FieldPlan, data: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The constructor arguments of `cls` from its canonical fields, field by field; refuses
+    a missing, extra or malformed field."""
     kwargs: dict[str, Any] = {}
     for name, how in plan.fields:
         if name not in data:
@@ -422,9 +441,7 @@ def instruction_from_fields(data: Mapping[str, Any]) -> Instruction:
     if len(data) != len(plan.fields) + 1:  # every field and "kind" are in: the rest is extra
         extra = set(data) - plan.names
         raise Refused(Reason.MALFORMED, f"{cls.KIND}: unexpected fields {sorted(extra)}")
-    instruction = cls(**kwargs)
-    validate_shape(instruction)
-    return instruction
+    return kwargs
 
 
 _INT_FIELDS = frozenset(
@@ -791,12 +808,7 @@ class Envelope:
             body_bytes = canonical_json(body)
         else:  # bytes fields: their hex is only canonical as the instruction writes it
             body_bytes = instruction.canonical_bytes()
-        return cls(
-            instruction,
-            tuple(_signature_from_fields(s) for s in signatures),
-            body_bytes,
-            shape_checked=True,
-        )
+        return cls(instruction, _signatures_from_fields(signatures), body_bytes, shape_checked=True)
 
 
 def _signature_fields(s: Signature) -> list[Any]:
@@ -805,6 +817,44 @@ def _signature_fields(s: Signature) -> list[Any]:
     if not s.endorses:
         return [s.signer, s.endorses, s.value.hex()]
     return [s.signer, s.endorses, s.value.hex(), s.index, s.size, [h.hex() for h in s.path]]
+
+
+def _signatures_from_fields(signatures: list[Any]) -> tuple[Signature, ...]:
+    """`tuple(map(_signature_from_fields, signatures))`, with a quick way for the well-typed
+    fields of the log: a signature whose fields have exactly the types it needs, whose hex
+    decodes, is built at once; anything else (or anything that fails) goes through
+    `_signature_from_fields`, which builds the same or names the refusal."""
+    out: list[Signature] = []
+    fromhex = bytes.fromhex
+    for fields_ in signatures:
+        if type(fields_) is list:
+            try:
+                if len(fields_) == 3:
+                    signer, endorses, value = fields_
+                    if type(signer) is str and endorses == "" and type(endorses) is str:
+                        out.append(Signature(signer, fromhex(value)))
+                        continue
+                elif len(fields_) == 6:
+                    signer, endorses, value, index, size, path = fields_
+                    if (
+                        type(signer) is str
+                        and type(endorses) is str
+                        and endorses
+                        and type(index) is int
+                        and type(size) is int
+                        and type(path) is list
+                    ):
+                        value = fromhex(value)
+                        out.append(
+                            Signature(
+                                signer, value, endorses, index, size, tuple(map(fromhex, path))
+                            )
+                        )
+                        continue
+            except (TypeError, ValueError):
+                pass  # the full decoding below refuses it, and says why
+        out.append(_signature_from_fields(fields_))
+    return tuple(out)
 
 
 def _signature_from_fields(fields_: Any) -> Signature:

@@ -316,13 +316,22 @@ class Ledger:
 
     def pending_batch(self) -> Batch:
         """Entries appended and rows changed since the last `confirm` (nothing is cleared)."""
+        return Batch(tuple(self._entries), self.pending_changes(), self.next_seq)
+
+    def pending_changes(self) -> dict[str, dict[Any, Any]]:
+        """The rows changed since the last `confirm`, as `pending_batch` gives them (table ->
+        key -> new value, None: deleted; the pending receipts under "receipts")."""
         changes: dict[str, dict[Any, Any]] = {}
+        tables = self._tables
         for table, key in self._undo:
-            changes.setdefault(table, {})[key] = self._tables[table].get(key)
+            rows = changes.get(table)
+            if rows is None:
+                rows = changes[table] = {}
+            rows[key] = tables[table].get(key)
         receipts = self.receipts.pending()
         if receipts:
             changes["receipts"] = dict(receipts)
-        return Batch(tuple(self._entries), changes, self.next_seq)
+        return changes
 
     def confirm(self) -> None:
         """The store committed the pending batch: forget how to undo it."""

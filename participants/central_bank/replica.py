@@ -107,7 +107,9 @@ class Replica:
         self._refused: set[bytes] = set()  # hashes of blocks refused for going back in time
         # the latest attestation made here and the block it signs (the signed head)
         self.signed_head: tuple[BlockHeader, Attestation] | None = None
-        self._changed = asyncio.Condition()
+        # the tasks waiting for the next replayed block (or verified checkpoint): woken by
+        # resolving their futures, with nothing to do while nobody waits
+        self._waiters: list[asyncio.Future[None]] = []
         # the bridge's sealed height when last heard of (None: not heard of since the start)
         self.bridge_height: int | None = None
         self.replayed_blocks = 0  # blocks replayed since the start (not those restored)
@@ -204,7 +206,7 @@ class Replica:
     def checkpoint_verified(self) -> None:
         """The bridge's block at the checkpoint's height has the checkpoint's head hash."""
         self.unverified_checkpoint = False
-        asyncio.get_running_loop().create_task(self._notify())
+        self._wake()
 
     def checkpoint_due(self) -> bool:
         """Whether enough blocks or time went by since the last checkpoint write."""
@@ -371,24 +373,30 @@ class Replica:
         except (sqlite3.Error, OSError) as error:  # the checkpoint's look-ups: replay it again
             ledger.rollback()
             raise StoreError(f"{where}: checkpoint look-up failed: {error!r}") from error
-        keep = self.checkpoint is not None
-        delta = self._delta
-        for entry, data in parsed:
-            if keep:
-                delta.entries.append((entry.seq, header.height, data))
-            for party in entry_parties(entry, ledger):
-                self._index[party].append(IndexedEntry(entry.seq, header.height, data))
-                if keep:
-                    delta.parties.append((party, entry.seq))
-        if keep:
-            delta.merge(ledger.pending_batch().changes)
+        height = header.height
+        index = self._index
+        if self.checkpoint is None:
+            for entry, data in parsed:
+                indexed = IndexedEntry(entry.seq, height, data)  # one value for every party
+                for party in entry_parties(entry, ledger):
+                    index[party].append(indexed)
+        else:
+            delta = self._delta
+            for entry, data in parsed:
+                seq = entry.seq
+                delta.entries.append((seq, height, data))
+                indexed = IndexedEntry(seq, height, data)
+                for party in entry_parties(entry, ledger):
+                    index[party].append(indexed)
+                    delta.parties.append((party, seq))
+            delta.merge(ledger.pending_changes())
         ledger.confirm()
         self.replayed_blocks += 1
-        self.height = header.height
+        self.height = height
         self.head_hash = header.hash()
         self.head_time = header.time
         self.head = header
-        asyncio.get_running_loop().create_task(self._notify())
+        self._wake()
 
     def _backwards(self, header: BlockHeader, what: str) -> NoReturn:
         """Refuse a block whose times go backwards; say so loudly, once per block."""
@@ -407,16 +415,27 @@ class Replica:
             )
         raise LogIntegrityError(f"block {header.height}", message)
 
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+    def _wake(self) -> None:
+        """Wake every task waiting in `wait_beyond` (they check again what they wait for)."""
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def wait_beyond(self, height: int) -> None:
-        async with self._changed:
-            # a restored head is attested only once the bridge's block confirms it
-            await self._changed.wait_for(
-                lambda: self.height > height and not self.unverified_checkpoint
-            )
+        """Wait until a block above `height` is replayed (and, after a restart, the restored
+        checkpoint is confirmed by the bridge's block: a restored head is attested only then)."""
+        while self.height <= height or self.unverified_checkpoint:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                raise
 
     async def reach(self, seq: int, timeout: float) -> None:
         """Wait until the entry at `seq` is replayed, at most `timeout` seconds; raises Refused
