@@ -87,7 +87,9 @@ def restart(
 @bench_app.command("replay")
 def replay(
     pvps: int = typer.Option(10_000, "--pvps", min=1, help="Dual-signed PvPs in the log."),
-    block: int = typer.Option(40, "--block", min=1, help="Entries per block."),
+    block: int = typer.Option(
+        40, "--block", "--entries-per-block", min=1, help="Entries per block (4: the e2e shape)."
+    ),
     rounds: int = typer.Option(5, "--rounds", min=1, help="Rounds of every measurement."),
     replica_check: list[str] = typer.Option(
         ["none", "endorsements"],

@@ -30,7 +30,8 @@ from bridge.domain import Genesis, Outcome, Receipt
 
 RECENT_RECEIPTS = 4_096  # receipts kept per cache generation (two generations at most)
 # SQLite look-ups: the statement sizes (two parameters a key); 4 for the bridge's small blocks
-# (2-4 instructions under unary load), which a 16-key statement took half as long again
+# (2-4 instructions under unary load), which a 16-key statement took half as long again, and
+# for a replica's look-up of each block's keys at low rates
 KEYS_PER_QUERY = (1, 4, 16, 128, 400)
 
 # the receipts the store holds among these keys (in any order; missing keys are left out)

@@ -62,3 +62,14 @@ def test_replay_bench_with_a_checkpoint_replays_as_a_node_does() -> None:
     assert figures["checkpoint"] is True
     assert set(figures["replay_us_per_entry"]) == {"endorsements"}
     assert figures["replay_us_per_entry"]["endorsements"] > 0
+
+
+def test_replay_bench_takes_the_block_size_as_entries_per_block() -> None:
+    """`--entries-per-block 4` seals the log in blocks of 4 entries (the bench e2e shape)."""
+    exit_code, output = invoke(
+        "replay", "--pvps", "10", "--entries-per-block", "4", "--rounds", "1",
+        "--replica-check", "none", "--json",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    figures = json.loads(output)
+    assert (figures["block_entries"], figures["blocks"], figures["entries"]) == (4, 3, 10)

@@ -1082,6 +1082,17 @@ def test_take_batch_hands_over_entries_and_changed_rows(ledger: Ledger, net: Net
     assert ledger.take_batch().entries == ()
 
 
+def test_pending_changes_are_the_pending_batch_changes(ledger: Ledger, net: Network) -> None:
+    """pending_changes gives the rows and receipts pending_batch gives, and clears nothing."""
+    ledger.take_batch()
+    ledger.apply(pay(net, "ICBC", "CCB", 1_000), T0)
+    ledger.apply(freeze(net, "PBOC", "CCB", "CNY"), T0)
+    changes = ledger.pending_changes()
+    assert changes == ledger.pending_batch().changes
+    assert set(changes) == {"balances", "usage", "frozen", "receipts"}
+    assert ledger.pending_entries() == 2
+
+
 def test_batch_reports_deleted_rows_as_none(ledger: Ledger, net: Network) -> None:
     """A row removed in the batch (unfreeze) is reported with value None."""
     ledger.apply(freeze(net, "PBOC", "ICBC", "CNY"), T0)

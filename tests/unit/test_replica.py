@@ -8,6 +8,7 @@ sealed after a block that had passed it, must not be attested.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 
@@ -238,3 +239,43 @@ async def test_a_changed_body_under_an_already_verified_root_is_not_attested() -
         replica.apply_block(block.header, list(block.entry_bytes))
     assert caught.value.reason is Reason.BAD_SIGNATURE
     assert replica.height == 2
+
+
+async def test_waiters_wake_on_the_next_block_and_a_cancelled_one_is_dropped() -> None:
+    """Tasks waiting beyond the head wake when the next block is replayed (not before); a
+    waiter cancelled meanwhile is forgotten, not kept until the next block."""
+    net = network()
+    chain = Chain(net)
+    replica = replica_of(net)
+    fund(chain.ledger, net, "ICBC", 1_000)
+    attest(replica, chain.block([], applied=T0, sealed=T0))
+    waiting = [asyncio.create_task(replica.wait_beyond(1)) for _ in range(2)]
+    gone = asyncio.create_task(replica.wait_beyond(1))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert len(replica._waiters) == 2
+    await asyncio.sleep(0.01)
+    assert not any(task.done() for task in waiting)
+    attest(replica, chain.block([pay(net, "ICBC", "CCB", 1)], applied=T0, sealed=T0))
+    await asyncio.wait_for(asyncio.gather(*waiting), timeout=5)
+    assert replica._waiters == []
+    await asyncio.wait_for(replica.wait_beyond(1), timeout=5)  # already beyond: no wait
+
+
+async def test_an_entry_is_indexed_once_for_each_of_its_parties() -> None:
+    """A payment is in the history of its payer and its payee (one value shared by both)."""
+    net = network()
+    chain = Chain(net)
+    replica = replica_of(net)
+    fund(chain.ledger, net, "ICBC", 1_000)
+    attest(replica, chain.block([], applied=T0, sealed=T0))
+    block = chain.block([pay(net, "ICBC", "CCB", 5)], applied=T0, sealed=T0)
+    attest(replica, block)
+    seq = block.header.first_seq
+    (payer,) = list(replica.entries_of("ICBC", seq, 10))
+    (payee,) = list(replica.entries_of("CCB", seq, 10))
+    assert payer == payee
+    assert (payer.seq, payer.height, payer.data) == (seq, 2, block.entry_bytes[0])
+    assert list(replica.entries_of("BOCHK", seq, 10)) == []
