@@ -138,6 +138,13 @@ def central_bank_node(
         "endorsements", help="Signature checks when replaying blocks: none, endorsements or all."
     ),
     max_in_flight: int = MAX_IN_FLIGHT_OPTION,
+    max_stream_instructions: int = typer.Option(
+        16384,  # participants.central_bank.service.DEFAULT_MAX_STREAM_INSTRUCTIONS
+        min=1,
+        help="Most instructions in flight over all SubmitStream calls together (each call also "
+        "keeps its own window); a request past it is answered at once, each of its instructions "
+        "RESOURCE_EXHAUSTED (reason OVERLOADED, retryable).",
+    ),
     attest_interval_ms: float = typer.Option(
         50.0,
         min=0,
@@ -165,6 +172,7 @@ def central_bank_node(
         admin_port=None if admin_port < 0 else admin_port,
         replica_check=check,
         max_in_flight=max_in_flight,
+        max_stream_instructions=max_stream_instructions,
         attest_interval=attest_interval_ms / 1000,
     )
     serve_metrics("central-bank", central_bank, metrics_port)

@@ -35,9 +35,11 @@ from participants.central_bank.refusals import NodeRefusals
 from participants.central_bank.replica import Replica
 from participants.central_bank.service import (
     BRIDGE_DEADLINE,
+    DEFAULT_MAX_STREAM_INSTRUCTIONS,
     CentralBankAdminService,
     CentralBankCore,
     CentralBankService,
+    NodeStreamLoad,
     now_ms,
 )
 from participants.network_config import NetworkConfig
@@ -57,6 +59,8 @@ class CentralBankNodeSettings:
     admin_port: int | None = None  # default: the admin port in network.json
     replica_check: SignatureCheck = SignatureCheck.ENDORSEMENTS
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # unary calls at once; the excess is shed
+    # instructions in flight over all SubmitStream calls together; the excess is shed
+    max_stream_instructions: int = DEFAULT_MAX_STREAM_INSTRUCTIONS
     attest_interval: float = ATTEST_INTERVAL_SECONDS  # least seconds between two attestations
     checkpoint: bool = True  # keep the replica's checkpoint (restarts replay only the tail)
 
@@ -140,7 +144,12 @@ async def run_central_bank_node(
     ]
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     central_bank_pb2_grpc.add_CentralBankServicer_to_server(
-        CentralBankService(core, peers=peers_auth), server
+        CentralBankService(
+            core,
+            peers=peers_auth,
+            stream_load=NodeStreamLoad(settings.max_stream_instructions),
+        ),
+        server,
     )
     health_servicer = add_health_and_reflection(server, [BANK_SERVICE])
     port = bind(

@@ -74,6 +74,9 @@ BRIDGE_DEADLINE = 10.0
 REPLICA_WAIT = 2.0  # seconds a query waits for the replica to replay an entry just recorded
 BAD_SIGNATURES_REMEMBERED = 1024  # until the refusal they caused is recorded
 STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call (a batch: its items)
+# instructions in flight over all the node's SubmitStream calls together (answers not yet taken
+# by gRPC included): a bank opening many streams meets this bound, each stream its window
+DEFAULT_MAX_STREAM_INSTRUCTIONS = 4 * STREAM_WINDOW
 SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
 
 
@@ -94,6 +97,43 @@ def signing_time(requested: int) -> int:
     """When the node signs an instruction it builds: the time the request names, so a retry
     with the same values writes the same body; without one, the node's clock now."""
     return requested if requested > 0 else now_ms()
+
+
+class NodeStreamLoad:
+    """The instructions all of a node's SubmitStream calls have in flight together; what would
+    pass `bound` is shed at once (OVERLOADED: retryable, nothing was done) rather than queued,
+    as the node sheds unary calls past its in-flight bound."""
+
+    def __init__(self, bound: int = DEFAULT_MAX_STREAM_INSTRUCTIONS) -> None:
+        self.bound = bound
+        self.in_flight = 0
+
+    def try_take(self, count: int) -> bool:
+        if self.in_flight + count > self.bound:
+            return False
+        self.in_flight += count
+        return True
+
+    def release(self, count: int) -> None:
+        self.in_flight -= count
+
+
+def shed_response(request: pb.BankSubmitRequest, bound: int) -> pb.BankSubmitResponse:
+    """The answer to a SubmitStream request shed because the node's streams are at `bound`:
+    OVERLOADED for its instruction, or for each of its batch (nothing was done: resubmit)."""
+    shed = wire.refusal_to_proto(
+        Refused(
+            Reason.OVERLOADED,
+            f"the node has {bound:,} streamed instructions in flight, its bound; nothing was "
+            "done: resubmit the same instruction id",
+        )
+    )
+    if not request.instructions:
+        return pb.BankSubmitResponse(correlation_id=request.correlation_id, refusal=shed)
+    return pb.BankSubmitResponse(
+        correlation_id=request.correlation_id,
+        results=[pb.BankSubmitResult(refusal=shed) for _ in request.instructions],
+    )
 
 
 class InstructionWindow:
@@ -437,9 +477,16 @@ class CentralBankService(pb_grpc.CentralBankServicer):
     peer is trusted, every endorsement request is refused).
     """
 
-    def __init__(self, core: CentralBankCore, *, peers: CallerAuthenticator | None = None) -> None:
+    def __init__(
+        self,
+        core: CentralBankCore,
+        *,
+        peers: CallerAuthenticator | None = None,
+        stream_load: NodeStreamLoad | None = None,
+    ) -> None:
         self.core = core
         self.peers = peers
+        self.stream_load = stream_load or NodeStreamLoad()
 
     def _peer(self, context: Context, method: str) -> str:
         """The authenticated peer central bank calling `method`; raises Refused."""
@@ -789,8 +836,10 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         # freed only then, so a client that sends without reading is held to STREAM_WINDOW
         # instructions of work and of answers, not to that many in flight plus any number
         # of answers queued
-        responses: asyncio.Queue[tuple[pb.BankSubmitResponse, int] | None] = asyncio.Queue()
+        # (count, whether it holds room in the node's load): the room both free once taken
+        responses: asyncio.Queue[tuple[pb.BankSubmitResponse, int, bool] | None] = asyncio.Queue()
         window = InstructionWindow(STREAM_WINDOW)
+        load = self.stream_load
         handlers: set[asyncio.Task[None]] = set()
 
         async def handle(request: pb.BankSubmitRequest, refused: dict[int, Refused]) -> None:
@@ -799,8 +848,9 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 response = await self._answer(request, refused)
             except BaseException:
                 window.release(count)
+                load.release(count)
                 raise
-            responses.put_nowait((response, count))
+            responses.put_nowait((response, count, True))
 
         async def read_requests() -> None:
             async for item in request_iterator:
@@ -811,7 +861,11 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 else:
                     request = item
                 # at most STREAM_WINDOW instructions in flight: a batch counts as its items
-                await window.take(max(1, len(request.instructions)))
+                count = max(1, len(request.instructions))
+                await window.take(count)
+                if not load.try_take(count):  # the node's streams together are full: shed
+                    responses.put_nowait((shed_response(request, load.bound), count, False))
+                    continue
                 task = asyncio.create_task(handle(request, refused))
                 handlers.add(task)
                 task.add_done_callback(handlers.discard)
@@ -822,14 +876,23 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         reader = asyncio.create_task(read_requests())
         try:
             while (answer := await responses.get()) is not None:
-                response, count = answer
-                yield response
-                window.release(count)  # taken by gRPC: its room is free again
+                response, count, loaded = answer
+                try:
+                    yield response
+                finally:  # taken by gRPC (or the call ended): its room is free again
+                    window.release(count)
+                    if loaded:
+                        load.release(count)
             await reader
         finally:
             reader.cancel()
             for task in handlers:
                 task.cancel()
+            # answers never taken by gRPC (the call ended first) give back their room
+            while not responses.empty():
+                left = responses.get_nowait()
+                if left is not None and left[2]:
+                    load.release(left[1])
 
     async def _answer(
         self, request: pb.BankSubmitRequest, refused: dict[int, Refused]

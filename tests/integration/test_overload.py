@@ -10,6 +10,8 @@ the log; resubmitted under the same id it settles exactly once, and the node sta
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import bridge_ledger_pb2_grpc as bridge_grpc
+from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as cb_grpc
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.domain import Pay
@@ -40,6 +43,7 @@ from tests.conftest import (
 
 FLOOD = 3_000
 MAX_IN_FLIGHT = 24
+STREAM_BOUND = 64  # PBOC's instructions in flight over all its SubmitStream calls
 CHANNELS = 4
 FLOOD_DEADLINE = 240.0  # generous: the test is about answers, not speed
 PAYERS = ("ICBC", "BOCQ")
@@ -48,9 +52,15 @@ Outcome = tuple[grpc.StatusCode, grpc.aio.AioRpcError | None, types.InstructionS
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    """The test network with PBOC's node bounded to MAX_IN_FLIGHT unary calls."""
+    """The test network with PBOC's node bounded to MAX_IN_FLIGHT unary calls and
+    STREAM_BOUND streamed instructions."""
     network = prepare_network(tmp_path_factory.mktemp("overload"))
-    network.central_banks["PBOC"].args += ["--max-in-flight", str(MAX_IN_FLIGHT)]
+    network.central_banks["PBOC"].args += [
+        "--max-in-flight",
+        str(MAX_IN_FLIGHT),
+        "--max-stream-instructions",
+        str(STREAM_BOUND),
+    ]
     network.start()
     try:
         expected = {bank.id for cb in network.config.central_banks for bank in cb.banks}
@@ -192,4 +202,70 @@ def test_a_flood_is_answered_shed_calls_are_retryable_and_settle_once(live: Live
             health_pb2.HealthCheckRequest(service=""), timeout=RPC_TIMEOUT
         )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+    live.assert_conserved()
+
+
+async def two_streams(
+    address: str, first: list[types.SignedInstruction], second: list[types.SignedInstruction]
+) -> tuple[cb_pb.BankSubmitResponse, cb_pb.BankSubmitResponse]:
+    """`first` as one batch on a SubmitStream call, then, once the node has had time to take
+    it on, `second` on another call; the answer of each."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = cb_grpc.CentralBankStub(channel)
+        one = stub.SubmitStream(timeout=FLOOD_DEADLINE)
+        two = stub.SubmitStream(timeout=FLOOD_DEADLINE)
+        await one.write(cb_pb.BankSubmitRequest(correlation_id=1, instructions=first))
+        await asyncio.sleep(1.0)
+        await two.write(cb_pb.BankSubmitRequest(correlation_id=2, instructions=second))
+        answer_two = await two.read()
+        os.kill(BRIDGE_PID[0], signal.SIGCONT)  # the held batch may go on now
+        answer_one = await one.read()
+        await one.done_writing()
+        await two.done_writing()
+        return answer_one, answer_two
+
+
+BRIDGE_PID: list[int] = []
+
+
+def test_streams_past_the_nodes_bound_are_shed_at_once_and_settle_once_resubmitted(
+    network: Network, live: LiveNetwork
+) -> None:
+    """Two SubmitStream calls on one node share its bound: with a full batch held (the bridge
+    frozen), the other call's batch is answered at once, each instruction OVERLOADED (retryable,
+    nothing done); resubmitted, every instruction of both settles exactly once."""
+    for payer in PAYERS:
+        live.issue(payer, 10_000)
+    held, extra = payments(live, STREAM_BOUND), payments(live, 8)
+    assert network.bridge.process is not None
+    BRIDGE_PID[:] = [network.bridge.process.pid]
+    os.kill(BRIDGE_PID[0], signal.SIGSTOP)  # what reaches the bridge waits
+    try:
+        answer_one, answer_two = asyncio.run(two_streams(live.address("PBOC"), held, extra))
+    finally:
+        os.kill(BRIDGE_PID[0], signal.SIGCONT)
+    # the node took whichever batch it read first; the other did not fit beside it
+    answers = {1: answer_one, 2: answer_two}
+    shed_calls = [
+        number
+        for number, answer in answers.items()
+        if {r.refusal.reason for r in answer.results} == {Reason.OVERLOADED.value}
+    ]
+    assert len(shed_calls) == 1, answers
+    shed = answers[shed_calls[0]]
+    assert {r.refusal.code for r in shed.results} == {"RESOURCE_EXHAUSTED"}
+    assert "resubmit the same instruction id" in shed.results[0].refusal.message
+    taken = answers[3 - shed_calls[0]]
+    for result in taken.results:  # settled, or not decided while the bridge was frozen
+        assert result.HasField("status") or Reason(result.refusal.reason).retryable, result
+
+    requests = held + extra
+    ids = {r.instruction.instruction_id for r in requests}
+    shed_ids = {r.instruction.instruction_id for r in (held if shed_calls[0] == 1 else extra)}
+    assert not shed_ids & set(log_counts(live.config.bridge_db, ids)), "a shed one settled"
+    again = asyncio.run(resubmit(live.address("PBOC"), requests))
+    assert all(r.receipt.outcome == types.OUTCOME_SETTLED for r in again)
+    counts = log_counts(live.config.bridge_db, ids)
+    assert set(counts) == ids, "a resubmitted instruction did not settle"
+    assert set(counts.values()) == {1}, "an instruction settled twice"
     live.assert_conserved()

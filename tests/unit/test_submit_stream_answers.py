@@ -14,7 +14,12 @@ import pytest
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.errors import Reason, Refused
-from participants.central_bank.service import STREAM_WINDOW, CentralBankService, Checked
+from participants.central_bank.service import (
+    STREAM_WINDOW,
+    CentralBankService,
+    Checked,
+    NodeStreamLoad,
+)
 
 BATCH = 1024
 
@@ -44,7 +49,7 @@ async def test_a_client_that_does_not_read_is_held_to_the_window(
             )
             await asyncio.sleep(0)
 
-    node = CentralBankService.__new__(CentralBankService)
+    node = CentralBankService(None)  # type: ignore[arg-type]
     answers = node.SubmitStream(requests(), None)  # type: ignore[arg-type]
     first = await asyncio.wait_for(answers.__anext__(), 30)
     assert first.correlation_id == 1
@@ -124,3 +129,102 @@ async def test_a_group_failing_unexpectedly_in_forwarding_is_not_decided_refusal
         Reason.MISSING_SIGNATURE.value,
         Reason.OUTCOME_UNKNOWN.value,
     ]
+
+
+async def test_many_streams_together_are_held_to_the_nodes_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two streams of one node share its bound: while the first holds it, a batch on the
+    second is answered at once, each instruction OVERLOADED (retryable, nothing done); once
+    the first's answers are taken the second is served again, and nothing stays counted."""
+    release = asyncio.Event()
+    handled: list[int] = []
+
+    async def answer(self: Any, request: pb.BankSubmitRequest, refused: Any) -> Any:
+        if request.correlation_id < 100:  # the first stream's: held until released
+            await release.wait()
+        handled.append(request.correlation_id)
+        return pb.BankSubmitResponse(
+            correlation_id=request.correlation_id,
+            results=[pb.BankSubmitResult() for _ in request.instructions],
+        )
+
+    monkeypatch.setattr(CentralBankService, "_answer", answer)
+    load = NodeStreamLoad(bound=2 * BATCH)
+    node = CentralBankService(None, stream_load=load)  # type: ignore[arg-type]
+    batch = [types.SignedInstruction()] * BATCH
+    second_queue: asyncio.Queue[pb.BankSubmitRequest | None] = asyncio.Queue()
+
+    async def first_requests() -> AsyncIterator[pb.BankSubmitRequest]:
+        for number in (1, 2):
+            yield pb.BankSubmitRequest(correlation_id=number, instructions=batch)
+
+    async def second_requests() -> AsyncIterator[pb.BankSubmitRequest]:
+        while (request := await second_queue.get()) is not None:
+            yield request
+
+    first = node.SubmitStream(first_requests(), None)  # type: ignore[arg-type]
+    first_answers = asyncio.ensure_future(first.__anext__())
+    for _ in range(50):  # the first stream's two batches taken on
+        await asyncio.sleep(0)
+    assert load.in_flight == 2 * BATCH
+    second = node.SubmitStream(second_requests(), None)  # type: ignore[arg-type]
+    second_queue.put_nowait(pb.BankSubmitRequest(correlation_id=101, instructions=batch))
+    shed = await asyncio.wait_for(second.__anext__(), 30)
+    assert shed.correlation_id == 101
+    assert len(shed.results) == BATCH
+    assert {r.refusal.reason for r in shed.results} == {Reason.OVERLOADED.value}
+    assert {r.refusal.code for r in shed.results} == {"RESOURCE_EXHAUSTED"}
+    assert "resubmit" in shed.results[0].refusal.message
+    assert 101 not in handled  # shed, not worked on
+    release.set()
+    assert (await asyncio.wait_for(first_answers, 30)).correlation_id == 1
+    assert (await asyncio.wait_for(first.__anext__(), 30)).correlation_id == 2
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(first.__anext__(), 30)
+    second_queue.put_nowait(pb.BankSubmitRequest(correlation_id=102, instructions=batch))
+    served = await asyncio.wait_for(second.__anext__(), 30)
+    assert served.correlation_id == 102
+    assert not any(r.HasField("refusal") for r in served.results)
+    second_queue.put_nowait(None)
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(second.__anext__(), 30)
+    assert load.in_flight == 0
+
+
+async def test_a_stream_ended_with_answers_untaken_gives_back_its_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call that ends while its answers wait for gRPC (or its work is still running) gives
+    the node's bound back all it held."""
+    gate = asyncio.Event()
+
+    async def answer(self: Any, request: pb.BankSubmitRequest, refused: Any) -> Any:
+        if request.correlation_id > 1:
+            await gate.wait()  # still being worked on when the call ends
+        return pb.BankSubmitResponse(
+            correlation_id=request.correlation_id,
+            results=[pb.BankSubmitResult() for _ in request.instructions],
+        )
+
+    monkeypatch.setattr(CentralBankService, "_answer", answer)
+    load = NodeStreamLoad(bound=10 * BATCH)
+    node = CentralBankService(None, stream_load=load)  # type: ignore[arg-type]
+
+    async def requests() -> AsyncIterator[pb.BankSubmitRequest]:
+        for number in (1, 2, 3):
+            yield pb.BankSubmitRequest(
+                correlation_id=number, instructions=[types.SignedInstruction()] * BATCH
+            )
+        await asyncio.Event().wait()  # the client keeps the call open
+
+    answers = node.SubmitStream(requests(), None)  # type: ignore[arg-type]
+    assert (await asyncio.wait_for(answers.__anext__(), 30)).correlation_id == 1
+    for _ in range(50):
+        await asyncio.sleep(0)
+    # the first answer's room is freed when the call comes back for the next one
+    assert load.in_flight == 3 * BATCH
+    await answers.aclose()  # the call ends (cancelled, or the client went away)
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert load.in_flight == 0
