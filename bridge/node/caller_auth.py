@@ -50,11 +50,11 @@ __all__ = [
     "CallerAuthInterceptor",
     "CallerAuthenticator",
     "CallerSigner",
+    "SignedChannel",
     "SyncSignedCallInterceptor",
     "caller_message",
     "central_bank_of_certificate",
     "central_bank_role",
-    "signed_call_interceptors",
 ]
 
 CALLER_HEADER = "x-bridge-caller"
@@ -144,43 +144,73 @@ class CallerSigner:
         return (*(metadata or ()), *self.headers(name))
 
 
-class _SignedCall:
-    def __init__(self, signer: CallerSigner) -> None:
+class _SignedMultiCallable:
+    """One method of a `SignedChannel`: the call, with the signed headers added."""
+
+    __slots__ = ("_call", "_method", "_signer")
+
+    def __init__(self, call: Any, method: str, signer: CallerSigner) -> None:
+        self._call = call
+        self._method = method
+        self._signer = signer
+
+    def __call__(self, request: Any = None, *, metadata: Any = None, **options: Any) -> Any:
+        return self._call(
+            request, metadata=self._signer.metadata(self._method, metadata), **options
+        )
+
+
+class SignedChannel(grpc.aio.Channel):  # type: ignore[misc]  # grpc is untyped
+    """An aio channel whose every call carries the node's signed-call headers.
+
+    The headers go in as call metadata, added by the method objects the stubs hold, not by a
+    client interceptor: grpc.aio runs each intercepted call as a task of its own (and its
+    interceptor in another) and reads every message of an intercepted stream through one more
+    async generator, which cost a node more than its signed headers on every Submit and block
+    stream message and every unary call it makes (docs/performance.md).
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, signer: CallerSigner) -> None:
+        self._channel = channel
         self.signer = signer
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*self.signer.metadata(details.method, details.metadata))
-        signed: grpc.aio.ClientCallDetails = details._replace(metadata=metadata)
-        return signed
+    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _SignedMultiCallable(
+            self._channel.unary_unary(method, *args, **kwargs), method, self.signer
+        )
 
+    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _SignedMultiCallable(
+            self._channel.unary_stream(method, *args, **kwargs), method, self.signer
+        )
 
-class _SignedUnaryUnary(_SignedCall, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _SignedMultiCallable(
+            self._channel.stream_unary(method, *args, **kwargs), method, self.signer
+        )
 
+    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return _SignedMultiCallable(
+            self._channel.stream_stream(method, *args, **kwargs), method, self.signer
+        )
 
-class _SignedUnaryStream(_SignedCall, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+    async def close(self, grace: float | None = None) -> None:
+        await self._channel.close(grace)
 
+    async def __aenter__(self) -> SignedChannel:
+        return self
 
-class _SignedStreamUnary(_SignedCall, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+    async def __aexit__(self, *exc: object) -> None:
+        await self._channel.close(None)
 
+    def get_state(self, try_to_connect: bool = False) -> Any:
+        return self._channel.get_state(try_to_connect)
 
-class _SignedStreamStream(_SignedCall, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+    async def wait_for_state_change(self, last_observed_state: Any) -> None:
+        await self._channel.wait_for_state_change(last_observed_state)
 
-
-def signed_call_interceptors(signer: CallerSigner) -> list[Any]:
-    """grpc.aio client interceptors (one per call shape: an aio channel files an interceptor
-    under the first shape it implements) that add the node's signed-call headers."""
-    return [
-        kind(signer)
-        for kind in (_SignedUnaryUnary, _SignedUnaryStream, _SignedStreamUnary, _SignedStreamStream)
-    ]
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
 
 
 class _CallDetails(NamedTuple):

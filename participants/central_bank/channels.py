@@ -15,8 +15,8 @@ from bridge.crypto import Signer
 from bridge.node.caller_auth import (
     BRIDGE_AUDIENCE,
     CallerSigner,
+    SignedChannel,
     SyncSignedCallInterceptor,
-    signed_call_interceptors,
 )
 from bridge.tls import CHANNEL_OPTIONS_TLS, channel_credentials
 from participants.network_config import NetworkConfig
@@ -60,9 +60,7 @@ def node_channel(
     ]
     if config.tls is None:
         signer = CallerSigner(chain_id=config.chain_id, caller=me, audience=audience, signer=key)
-        return grpc.aio.insecure_channel(
-            address, options=options, interceptors=signed_call_interceptors(signer)
-        )
+        return SignedChannel(grpc.aio.insecure_channel(address, options=options), signer)
     pki = config.directory / config.tls.directory
     return grpc.aio.secure_channel(
         address, channel_credentials(pki, me), options=[*options, *CHANNEL_OPTIONS_TLS]
