@@ -165,15 +165,30 @@ class BridgeLedgerService(pb_grpc.BridgeLedgerServicer):
         self, request: types.Attestation, context: Context
     ) -> pb.SubmitAttestationResponse:
         try:
-            with ATTESTATION.timed():
-                attestation = self._checked_attestation(request)
+            return await self._attested(request)
         except Refused as refusal:
             await abort(context, refusal)
+
+    async def AttestStream(
+        self, requests: AsyncIterator[types.Attestation], context: Context
+    ) -> AsyncIterator[pb.AttestStreamResponse]:
+        """Each attestation recorded as SubmitAttestation records it, answered in order: one
+        message each way instead of a unary call per attestation."""
+        async for request in requests:
+            try:
+                yield pb.AttestStreamResponse(accepted=await self._attested(request))
+            except Refused as refusal:
+                yield pb.AttestStreamResponse(refusal=wire.refusal_to_proto(refusal))
+
+    async def _attested(self, request: types.Attestation) -> pb.SubmitAttestationResponse:
+        """Check and record one attestation; the finality reached, or raises Refused."""
+        with ATTESTATION.timed():
+            attestation = self._checked_attestation(request)
         try:
             # durable with the next block's commit (one fsync for both), or on its own
             await self.sequencer.store_attestation(attestation)
         except Exception as error:
-            await abort(context, Refused(Reason.UNAVAILABLE, f"attestation not stored: {error}"))
+            raise Refused(Reason.UNAVAILABLE, f"attestation not stored: {error}") from error
         with ATTESTATION.timed(0):
             self.feed.attested(attestation)
         return pb.SubmitAttestationResponse(

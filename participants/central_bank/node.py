@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -323,35 +324,62 @@ async def attest_heights(core: CentralBankCore, interval: float) -> None:
 
     One attestation of height h covers the chain up to h (each header commits to the one
     before), and h is final once a quorum attested h or a later height: so under load one
-    signature and one call cover many blocks, and an attestation the bridge did not take (it
-    was down, slow or shedding) needs no resending of its own: the same or a newer head is sent
-    again.
+    signature and one message cover many blocks, and an attestation the bridge did not take
+    (it was down, slow or shedding) needs no resending of its own: the same or a newer head is
+    sent again. The attestations go over one `AttestStream` call, opened again whenever it
+    breaks: one message each way per attestation, where a unary call each cost both ends
+    several times as much (docs/performance.md).
     """
     replica = core.replica
     bridge = core.link.reachability
     attested = 0  # the highest height the bridge took from this node
-    while True:
-        await replica.wait_beyond(attested)
-        attestation = replica.attest_head()
-        if attestation is None:  # pragma: no cover - wait_beyond(0) means a block was replayed
-            continue
-        started = time.monotonic()
-        try:
-            await core.bridge.SubmitAttestation(
-                wire.attestation_to_proto(attestation), timeout=BRIDGE_DEADLINE
-            )
+    call: Any = None
+    try:
+        while True:
+            await replica.wait_beyond(attested)
+            attestation = replica.attest_head()
+            if attestation is None:  # pragma: no cover - wait_beyond(0): a block was replayed
+                continue
+            started = time.monotonic()
+            try:
+                if call is None:
+                    call = core.bridge.AttestStream()
+                await call.write(wire.attestation_to_proto(attestation))
+                answer = await asyncio.wait_for(call.read(), BRIDGE_DEADLINE)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, TimeoutError) as error:
+                call.cancel()
+                call = None
+                if isinstance(error, grpc.aio.AioRpcError):
+                    stream_failed(bridge, error, attestation.height)
+                await asyncio.sleep(max(interval, ATTEST_RETRY_SECONDS))
+                continue
+            if answer is grpc.aio.EOF:  # the bridge ended the stream: open another
+                call = None
+                await asyncio.sleep(max(interval, ATTEST_RETRY_SECONDS))
+                continue
             bridge.succeeded(started)
+            if answer.HasField("refusal"):
+                # shedding is logged once by the bridge itself
+                if answer.refusal.code != grpc.StatusCode.RESOURCE_EXHAUSTED.name:
+                    log.warning(
+                        "attestation not accepted",
+                        extra={"height": attestation.height, "code": answer.refusal.code},
+                    )
+                await asyncio.sleep(max(interval, ATTEST_RETRY_SECONDS))
+                continue
             attested = attestation.height
             await asyncio.sleep(interval)
-        except grpc.aio.AioRpcError as error:
-            # an outage is logged once (bridge unreachable), shedding once by the bridge itself
-            shed = error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            if not bridge.failed(error) and not shed:
-                log.warning(
-                    "attestation not accepted",
-                    extra={"height": attestation.height, "code": error.code().name},
-                )
-            await asyncio.sleep(max(interval, ATTEST_RETRY_SECONDS))
+    finally:
+        if call is not None:
+            call.cancel()
+
+
+def stream_failed(bridge: Reachability, error: grpc.aio.AioRpcError, height: int) -> None:
+    """Log a broken attestation stream: an outage once (bridge unreachable), shedding never
+    (the bridge logs it), anything else as an attestation not accepted."""
+    shed = error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    if not bridge.failed(error) and not shed:
+        log.warning("attestation not accepted", extra={"height": height, "code": error.code().name})
 
 
 async def admit_configured_banks(core: CentralBankCore) -> None:

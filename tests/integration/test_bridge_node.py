@@ -438,6 +438,51 @@ def test_submit_attestation_refuses_what_does_not_verify(
     assert after == before
 
 
+def test_attest_stream_answers_each_attestation_in_order(
+    live: LiveNetwork, sealed_header: types.BlockHeader
+) -> None:
+    """On one AttestStream a bad attestation is answered with its refusal (the status code and
+    reason SubmitAttestation gives) and changes nothing, and the stream goes on to accept the
+    next, valid one with the finality reached."""
+    header = wire.header_from_proto(sealed_header)
+    forged = attest(header, "HKMA", live.key("BOT"))
+    valid = attest(header, "HKMA", live.key("HKMA"))
+    before = {a.central_bank: bytes(a.signature) for a in live.finality(1).attestations}
+    answers = list(
+        live.bridge.AttestStream(
+            iter([wire.attestation_to_proto(forged), wire.attestation_to_proto(valid)]),
+            timeout=RPC_TIMEOUT,
+        )
+    )
+    assert [a.WhichOneof("result") for a in answers] == ["refusal", "accepted"]
+    assert answers[0].refusal.code == grpc.StatusCode.UNAUTHENTICATED.name
+    assert answers[0].refusal.reason == Reason.BAD_SIGNATURE.value
+    assert answers[1].accepted.final
+    assert answers[1].accepted.final_height >= 1
+    after = {a.central_bank: bytes(a.signature) for a in live.finality(1).attestations}
+    assert after.get("BOT") == before.get("BOT")
+    assert after["HKMA"] in (before.get("HKMA"), bytes(valid.signature))
+
+
+def test_attest_stream_ends_invalid_argument_on_undecodable_bytes(live: LiveNetwork) -> None:
+    """Raw bytes that are no Attestation, from an authenticated central bank node through a
+    generic channel, end the AttestStream with INVALID_ARGUMENT / MALFORMED."""
+    method = "/bridge.v1.BridgeLedger/AttestStream"
+    channel = grpc.insecure_channel(live.config.bridge_address)
+    try:
+        call = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+        answers = call(
+            iter([b"\x0a\xff"]),
+            metadata=live.signed_call("PBOC", "bridge", method),
+            timeout=RPC_TIMEOUT,
+        )
+        error = refusal_of(lambda: list(answers))
+    finally:
+        channel.close()
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(error) is Reason.MALFORMED
+
+
 # ---------------------------------------------------------------------------- state
 
 

@@ -96,6 +96,7 @@ def raw_requests(live: LiveNetwork) -> dict[str, bytes]:
         "SubmitOne": settles,
         "Submit": submit.SerializeToString(),
         "SubmitAttestation": attestation.SerializeToString(),
+        "AttestStream": attestation.SerializeToString(),
         "GetBalances": bridge_pb.GetBalancesRequest(participant="ICBC").SerializeToString(),
         "GetParticipant": bridge_pb.GetParticipantRequest(participant="ICBC").SerializeToString(),
         "GetBlocks": bridge_pb.GetBlocksRequest(from_height=1).SerializeToString(),
@@ -152,7 +153,7 @@ def test_every_bridge_method_refuses_an_anonymous_generic_client(
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED, (method.name, error.details())
         assert reason_of(error) is Reason.CALLER_NOT_AUTHENTICATED, method.name
         called.add(method.name)
-    assert len(called) == 14
+    assert len(called) == 15
     assert live.snapshot() == before
 
 

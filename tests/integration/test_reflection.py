@@ -37,6 +37,7 @@ BRIDGE_METHODS = {
     "GetBlocks",
     "StreamBlocks",
     "SubmitAttestation",
+    "AttestStream",
     "GetBalances",
     "GetParticipant",
     "ListParticipants",

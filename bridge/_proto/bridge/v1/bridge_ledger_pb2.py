@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from bridge._proto.bridge.v1 import types_pb2 as bridge_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62ridge/v1/bridge_ledger.proto\x12\tbridge.v1\x1a\x15\x62ridge/v1/types.proto\"\x97\x01\n\rSubmitRequest\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12\x31\n\x0binstruction\x18\x02 \x01(\x0b\x32\x1c.bridge.v1.SignedInstruction\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\'\n\x05\x62\x61tch\x18\x04 \x03(\x0b\x32\x18.bridge.v1.SubmitRequest\"\xaa\x01\n\x0eSubmitResponse\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12%\n\x07receipt\x18\x02 \x01(\x0b\x32\x12.bridge.v1.ReceiptH\x00\x12%\n\x07refusal\x18\x03 \x01(\x0b\x32\x12.bridge.v1.RefusalH\x00\x12(\n\x05\x62\x61tch\x18\x04 \x03(\x0b\x32\x19.bridge.v1.SubmitResponseB\x08\n\x06result\":\n\x10GetBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x03\x12\x11\n\tto_height\x18\x02 \x01(\x03\"5\n\x11GetBlocksResponse\x12 \n\x06\x62locks\x18\x01 \x03(\x0b\x32\x10.bridge.v1.Block\"*\n\x13StreamBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x03\"@\n\x19SubmitAttestationResponse\x12\r\n\x05\x66inal\x18\x01 \x01(\x08\x12\x14\n\x0c\x66inal_height\x18\x02 \x01(\x03\")\n\x12GetBalancesRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\",\n\x15GetParticipantRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\"\x91\x01\n\x16GetParticipantResponse\x12+\n\x0bparticipant\x18\x01 \x01(\x0b\x32\x16.bridge.v1.Participant\x12!\n\x06policy\x18\x02 \x01(\x0b\x32\x11.bridge.v1.Policy\x12\'\n\ncurrencies\x18\x03 \x03(\x0b\x32\x13.bridge.v1.Currency\"4\n\x17ListParticipantsRequest\x12\x19\n\x11home_central_bank\x18\x01 \x01(\t\"1\n\rGetPvpRequest\x12\x10\n\x08proposer\x18\x01 \x01(\t\x12\x0e\n\x06pvp_id\x18\x02 \x01(\t\";\n\x11GetReceiptRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x16\n\x0einstruction_id\x18\x02 \x01(\t\"\x13\n\x11GetGenesisRequest\"$\n\x12GetFinalityRequest\x12\x0e\n\x06height\x18\x01 \x01(\x03\"\x7f\n\x13GetFinalityResponse\x12\x14\n\x0c\x66inal_height\x18\x01 \x01(\x03\x12\x15\n\rsealed_height\x18\x02 \x01(\x03\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12,\n\x0c\x61ttestations\x18\x04 \x03(\x0b\x32\x16.bridge.v1.Attestation\"\'\n\x13WatchEntriesRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x03\x32\x8d\x08\n\x0c\x42ridgeLedger\x12\x41\n\x06Submit\x12\x18.bridge.v1.SubmitRequest\x1a\x19.bridge.v1.SubmitResponse(\x01\x30\x01\x12=\n\tSubmitOne\x12\x1c.bridge.v1.SignedInstruction\x1a\x12.bridge.v1.Receipt\x12\x46\n\tGetBlocks\x12\x1b.bridge.v1.GetBlocksRequest\x1a\x1c.bridge.v1.GetBlocksResponse\x12\x42\n\x0cStreamBlocks\x12\x1e.bridge.v1.StreamBlocksRequest\x1a\x10.bridge.v1.Block0\x01\x12Q\n\x11SubmitAttestation\x12\x16.bridge.v1.Attestation\x1a$.bridge.v1.SubmitAttestationResponse\x12\x44\n\x0bGetBalances\x12\x1d.bridge.v1.GetBalancesRequest\x1a\x16.bridge.v1.AccountList\x12U\n\x0eGetParticipant\x12 .bridge.v1.GetParticipantRequest\x1a!.bridge.v1.GetParticipantResponse\x12R\n\x10ListParticipants\x12\".bridge.v1.ListParticipantsRequest\x1a\x1a.bridge.v1.ParticipantList\x12\x38\n\x06GetPvp\x12\x18.bridge.v1.GetPvpRequest\x1a\x14.bridge.v1.PvpStatus\x12H\n\nGetReceipt\x12\x1c.bridge.v1.GetReceiptRequest\x1a\x1c.bridge.v1.InstructionStatus\x12P\n\x11GetCurrencySupply\x12 .bridge.v1.CurrencySupplyRequest\x1a\x19.bridge.v1.CurrencySupply\x12>\n\nGetGenesis\x12\x1c.bridge.v1.GetGenesisRequest\x1a\x12.bridge.v1.Genesis\x12L\n\x0bGetFinality\x12\x1d.bridge.v1.GetFinalityRequest\x1a\x1e.bridge.v1.GetFinalityResponse\x12G\n\x0cWatchEntries\x12\x1e.bridge.v1.WatchEntriesRequest\x1a\x15.bridge.v1.EntryEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62ridge/v1/bridge_ledger.proto\x12\tbridge.v1\x1a\x15\x62ridge/v1/types.proto\"\x97\x01\n\rSubmitRequest\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12\x31\n\x0binstruction\x18\x02 \x01(\x0b\x32\x1c.bridge.v1.SignedInstruction\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\'\n\x05\x62\x61tch\x18\x04 \x03(\x0b\x32\x18.bridge.v1.SubmitRequest\"\xaa\x01\n\x0eSubmitResponse\x12\x16\n\x0e\x63orrelation_id\x18\x01 \x01(\x04\x12%\n\x07receipt\x18\x02 \x01(\x0b\x32\x12.bridge.v1.ReceiptH\x00\x12%\n\x07refusal\x18\x03 \x01(\x0b\x32\x12.bridge.v1.RefusalH\x00\x12(\n\x05\x62\x61tch\x18\x04 \x03(\x0b\x32\x19.bridge.v1.SubmitResponseB\x08\n\x06result\":\n\x10GetBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x03\x12\x11\n\tto_height\x18\x02 \x01(\x03\"5\n\x11GetBlocksResponse\x12 \n\x06\x62locks\x18\x01 \x03(\x0b\x32\x10.bridge.v1.Block\"*\n\x13StreamBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x03\"@\n\x19SubmitAttestationResponse\x12\r\n\x05\x66inal\x18\x01 \x01(\x08\x12\x14\n\x0c\x66inal_height\x18\x02 \x01(\x03\"\x81\x01\n\x14\x41ttestStreamResponse\x12\x38\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32$.bridge.v1.SubmitAttestationResponseH\x00\x12%\n\x07refusal\x18\x02 \x01(\x0b\x32\x12.bridge.v1.RefusalH\x00\x42\x08\n\x06result\")\n\x12GetBalancesRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\",\n\x15GetParticipantRequest\x12\x13\n\x0bparticipant\x18\x01 \x01(\t\"\x91\x01\n\x16GetParticipantResponse\x12+\n\x0bparticipant\x18\x01 \x01(\x0b\x32\x16.bridge.v1.Participant\x12!\n\x06policy\x18\x02 \x01(\x0b\x32\x11.bridge.v1.Policy\x12\'\n\ncurrencies\x18\x03 \x03(\x0b\x32\x13.bridge.v1.Currency\"4\n\x17ListParticipantsRequest\x12\x19\n\x11home_central_bank\x18\x01 \x01(\t\"1\n\rGetPvpRequest\x12\x10\n\x08proposer\x18\x01 \x01(\t\x12\x0e\n\x06pvp_id\x18\x02 \x01(\t\";\n\x11GetReceiptRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x16\n\x0einstruction_id\x18\x02 \x01(\t\"\x13\n\x11GetGenesisRequest\"$\n\x12GetFinalityRequest\x12\x0e\n\x06height\x18\x01 \x01(\x03\"\x7f\n\x13GetFinalityResponse\x12\x14\n\x0c\x66inal_height\x18\x01 \x01(\x03\x12\x15\n\rsealed_height\x18\x02 \x01(\x03\x12\r\n\x05\x66inal\x18\x03 \x01(\x08\x12,\n\x0c\x61ttestations\x18\x04 \x03(\x0b\x32\x16.bridge.v1.Attestation\"\'\n\x13WatchEntriesRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x03\x32\xda\x08\n\x0c\x42ridgeLedger\x12\x41\n\x06Submit\x12\x18.bridge.v1.SubmitRequest\x1a\x19.bridge.v1.SubmitResponse(\x01\x30\x01\x12=\n\tSubmitOne\x12\x1c.bridge.v1.SignedInstruction\x1a\x12.bridge.v1.Receipt\x12\x46\n\tGetBlocks\x12\x1b.bridge.v1.GetBlocksRequest\x1a\x1c.bridge.v1.GetBlocksResponse\x12\x42\n\x0cStreamBlocks\x12\x1e.bridge.v1.StreamBlocksRequest\x1a\x10.bridge.v1.Block0\x01\x12Q\n\x11SubmitAttestation\x12\x16.bridge.v1.Attestation\x1a$.bridge.v1.SubmitAttestationResponse\x12K\n\x0c\x41ttestStream\x12\x16.bridge.v1.Attestation\x1a\x1f.bridge.v1.AttestStreamResponse(\x01\x30\x01\x12\x44\n\x0bGetBalances\x12\x1d.bridge.v1.GetBalancesRequest\x1a\x16.bridge.v1.AccountList\x12U\n\x0eGetParticipant\x12 .bridge.v1.GetParticipantRequest\x1a!.bridge.v1.GetParticipantResponse\x12R\n\x10ListParticipants\x12\".bridge.v1.ListParticipantsRequest\x1a\x1a.bridge.v1.ParticipantList\x12\x38\n\x06GetPvp\x12\x18.bridge.v1.GetPvpRequest\x1a\x14.bridge.v1.PvpStatus\x12H\n\nGetReceipt\x12\x1c.bridge.v1.GetReceiptRequest\x1a\x1c.bridge.v1.InstructionStatus\x12P\n\x11GetCurrencySupply\x12 .bridge.v1.CurrencySupplyRequest\x1a\x19.bridge.v1.CurrencySupply\x12>\n\nGetGenesis\x12\x1c.bridge.v1.GetGenesisRequest\x1a\x12.bridge.v1.Genesis\x12L\n\x0bGetFinality\x12\x1d.bridge.v1.GetFinalityRequest\x1a\x1e.bridge.v1.GetFinalityResponse\x12G\n\x0cWatchEntries\x12\x1e.bridge.v1.WatchEntriesRequest\x1a\x15.bridge.v1.EntryEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,26 +44,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMBLOCKSREQUEST']._serialized_end=551
   _globals['_SUBMITATTESTATIONRESPONSE']._serialized_start=553
   _globals['_SUBMITATTESTATIONRESPONSE']._serialized_end=617
-  _globals['_GETBALANCESREQUEST']._serialized_start=619
-  _globals['_GETBALANCESREQUEST']._serialized_end=660
-  _globals['_GETPARTICIPANTREQUEST']._serialized_start=662
-  _globals['_GETPARTICIPANTREQUEST']._serialized_end=706
-  _globals['_GETPARTICIPANTRESPONSE']._serialized_start=709
-  _globals['_GETPARTICIPANTRESPONSE']._serialized_end=854
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=856
-  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=908
-  _globals['_GETPVPREQUEST']._serialized_start=910
-  _globals['_GETPVPREQUEST']._serialized_end=959
-  _globals['_GETRECEIPTREQUEST']._serialized_start=961
-  _globals['_GETRECEIPTREQUEST']._serialized_end=1020
-  _globals['_GETGENESISREQUEST']._serialized_start=1022
-  _globals['_GETGENESISREQUEST']._serialized_end=1041
-  _globals['_GETFINALITYREQUEST']._serialized_start=1043
-  _globals['_GETFINALITYREQUEST']._serialized_end=1079
-  _globals['_GETFINALITYRESPONSE']._serialized_start=1081
-  _globals['_GETFINALITYRESPONSE']._serialized_end=1208
-  _globals['_WATCHENTRIESREQUEST']._serialized_start=1210
-  _globals['_WATCHENTRIESREQUEST']._serialized_end=1249
-  _globals['_BRIDGELEDGER']._serialized_start=1252
-  _globals['_BRIDGELEDGER']._serialized_end=2289
+  _globals['_ATTESTSTREAMRESPONSE']._serialized_start=620
+  _globals['_ATTESTSTREAMRESPONSE']._serialized_end=749
+  _globals['_GETBALANCESREQUEST']._serialized_start=751
+  _globals['_GETBALANCESREQUEST']._serialized_end=792
+  _globals['_GETPARTICIPANTREQUEST']._serialized_start=794
+  _globals['_GETPARTICIPANTREQUEST']._serialized_end=838
+  _globals['_GETPARTICIPANTRESPONSE']._serialized_start=841
+  _globals['_GETPARTICIPANTRESPONSE']._serialized_end=986
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_start=988
+  _globals['_LISTPARTICIPANTSREQUEST']._serialized_end=1040
+  _globals['_GETPVPREQUEST']._serialized_start=1042
+  _globals['_GETPVPREQUEST']._serialized_end=1091
+  _globals['_GETRECEIPTREQUEST']._serialized_start=1093
+  _globals['_GETRECEIPTREQUEST']._serialized_end=1152
+  _globals['_GETGENESISREQUEST']._serialized_start=1154
+  _globals['_GETGENESISREQUEST']._serialized_end=1173
+  _globals['_GETFINALITYREQUEST']._serialized_start=1175
+  _globals['_GETFINALITYREQUEST']._serialized_end=1211
+  _globals['_GETFINALITYRESPONSE']._serialized_start=1213
+  _globals['_GETFINALITYRESPONSE']._serialized_end=1340
+  _globals['_WATCHENTRIESREQUEST']._serialized_start=1342
+  _globals['_WATCHENTRIESREQUEST']._serialized_end=1381
+  _globals['_BRIDGELEDGER']._serialized_start=1384
+  _globals['_BRIDGELEDGER']._serialized_end=2498
 # @@protoc_insertion_point(module_scope)

@@ -223,6 +223,38 @@ class SubmitAttestationResponse(_message.Message):
 Global___SubmitAttestationResponse: _TypeAlias = SubmitAttestationResponse  # noqa: Y015
 
 @_typing.final
+class AttestStreamResponse(_message.Message):
+    """The answer to one attestation on AttestStream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def accepted(self) -> Global___SubmitAttestationResponse:
+        """Recorded: the finality reached."""
+
+    @_builtins.property
+    def refusal(self) -> _types_pb2.Refusal:
+        """Refused, with the status code SubmitAttestation would have returned."""
+
+    def __init__(
+        self,
+        *,
+        accepted: Global___SubmitAttestationResponse | None = ...,
+        refusal: _types_pb2.Refusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "refusal", b"refusal", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["accepted", "refusal"]  # noqa: Y015
+    _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_result) -> _WhichOneofReturnType_result | None: ...
+
+Global___AttestStreamResponse: _TypeAlias = AttestStreamResponse  # noqa: Y015
+
+@_typing.final
 class GetBalancesRequest(_message.Message):
     """Asks for one participant's accounts."""
 

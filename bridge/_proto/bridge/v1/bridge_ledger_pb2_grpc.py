@@ -62,6 +62,11 @@ class BridgeLedgerStub:
                 request_serializer=bridge_dot_v1_dot_types__pb2.Attestation.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_bridge__ledger__pb2.SubmitAttestationResponse.FromString,
                 _registered_method=True)
+        self.AttestStream = channel.stream_stream(
+                '/bridge.v1.BridgeLedger/AttestStream',
+                request_serializer=bridge_dot_v1_dot_types__pb2.Attestation.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_bridge__ledger__pb2.AttestStreamResponse.FromString,
+                _registered_method=True)
         self.GetBalances = channel.unary_unary(
                 '/bridge.v1.BridgeLedger/GetBalances',
                 request_serializer=bridge_dot_v1_dot_bridge__ledger__pb2.GetBalancesRequest.SerializeToString,
@@ -147,6 +152,16 @@ class BridgeLedgerServicer:
     def SubmitAttestation(self, request, context):
         """Records a central bank's attestation of a block, after checking its signature and the
         block hash; answers the finality reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttestStream(self, request_iterator, context):
+        """The same for a central bank node that attests as it goes: its attestations over one
+        stream, each checked and recorded as SubmitAttestation does, each answered in order with
+        the finality reached or its refusal (a refused attestation changes nothing; the stream
+        keeps serving).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -243,6 +258,11 @@ def add_BridgeLedgerServicer_to_server(servicer, server):
                     servicer.SubmitAttestation,
                     request_deserializer=bridge_dot_v1_dot_types__pb2.Attestation.FromString,
                     response_serializer=bridge_dot_v1_dot_bridge__ledger__pb2.SubmitAttestationResponse.SerializeToString,
+            ),
+            'AttestStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.AttestStream,
+                    request_deserializer=bridge_dot_v1_dot_types__pb2.Attestation.FromString,
+                    response_serializer=bridge_dot_v1_dot_bridge__ledger__pb2.AttestStreamResponse.SerializeToString,
             ),
             'GetBalances': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBalances,
@@ -427,6 +447,33 @@ class BridgeLedger:
             '/bridge.v1.BridgeLedger/SubmitAttestation',
             bridge_dot_v1_dot_types__pb2.Attestation.SerializeToString,
             bridge_dot_v1_dot_bridge__ledger__pb2.SubmitAttestationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttestStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bridge.v1.BridgeLedger/AttestStream',
+            bridge_dot_v1_dot_types__pb2.Attestation.SerializeToString,
+            bridge_dot_v1_dot_bridge__ledger__pb2.AttestStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

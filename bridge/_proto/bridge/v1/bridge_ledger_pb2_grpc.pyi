@@ -61,6 +61,12 @@ class BridgeLedgerStub:
     """Records a central bank's attestation of a block, after checking its signature and the
     block hash; answers the finality reached.
     """
+    AttestStream: _grpc.StreamStreamMultiCallable[_types_pb2.Attestation, _bridge_ledger_pb2.AttestStreamResponse]
+    """The same for a central bank node that attests as it goes: its attestations over one
+    stream, each checked and recorded as SubmitAttestation does, each answered in order with
+    the finality reached or its refusal (a refused attestation changes nothing; the stream
+    keeps serving).
+    """
     GetBalances: _grpc.UnaryUnaryMultiCallable[_bridge_ledger_pb2.GetBalancesRequest, _types_pb2.AccountList]
     """One participant's accounts."""
     GetParticipant: _grpc.UnaryUnaryMultiCallable[_bridge_ledger_pb2.GetParticipantRequest, _bridge_ledger_pb2.GetParticipantResponse]
@@ -103,6 +109,12 @@ class BridgeLedgerAsyncStub(BridgeLedgerStub):
     SubmitAttestation: _aio.UnaryUnaryMultiCallable[_types_pb2.Attestation, _bridge_ledger_pb2.SubmitAttestationResponse]  # type: ignore[assignment]
     """Records a central bank's attestation of a block, after checking its signature and the
     block hash; answers the finality reached.
+    """
+    AttestStream: _aio.StreamStreamMultiCallable[_types_pb2.Attestation, _bridge_ledger_pb2.AttestStreamResponse]  # type: ignore[assignment]
+    """The same for a central bank node that attests as it goes: its attestations over one
+    stream, each checked and recorded as SubmitAttestation does, each answered in order with
+    the finality reached or its refusal (a refused attestation changes nothing; the stream
+    keeps serving).
     """
     GetBalances: _aio.UnaryUnaryMultiCallable[_bridge_ledger_pb2.GetBalancesRequest, _types_pb2.AccountList]  # type: ignore[assignment]
     """One participant's accounts."""
@@ -173,6 +185,18 @@ class BridgeLedgerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bridge_ledger_pb2.SubmitAttestationResponse, _abc.Awaitable[_bridge_ledger_pb2.SubmitAttestationResponse]]:
         """Records a central bank's attestation of a block, after checking its signature and the
         block hash; answers the finality reached.
+        """
+
+    @_abc_1.abstractmethod
+    def AttestStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_types_pb2.Attestation],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_bridge_ledger_pb2.AttestStreamResponse], _abc.AsyncIterator[_bridge_ledger_pb2.AttestStreamResponse]]:
+        """The same for a central bank node that attests as it goes: its attestations over one
+        stream, each checked and recorded as SubmitAttestation does, each answered in order with
+        the finality reached or its refusal (a refused attestation changes nothing; the stream
+        keeps serving).
         """
 
     @_abc_1.abstractmethod
