@@ -382,14 +382,7 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        return self.admit(
-            handler_call_details.method, handler, handler_call_details.invocation_metadata
-        )
-
-    def admit(self, method: str, handler: Any, metadata: Metadata | None) -> Any:
-        """`handler` for a call to `method` with `metadata`: as it is when the call is
-        admitted or not guarded, a refusing handler when its signed headers do not hold (TLS
-        off), a checking handler, built once per method, that reads the certificate (TLS on)."""
+        method: str = handler_call_details.method
         if handler is None or not method.startswith(self.prefixes):
             return handler
         if self.authenticator.tls:
@@ -403,6 +396,7 @@ class CallerAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return checking
         try:
             with AUTH.timed():
+                metadata = handler_call_details.invocation_metadata
                 self.authenticator.of_metadata(metadata or (), method)
         except Refused as refusal:
             return _refusing(handler, refusal)

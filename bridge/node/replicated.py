@@ -28,6 +28,7 @@ from bridge.node.leadership import (
 )
 from bridge.node.publisher import PublishWhileLeading
 from bridge.node.publisher import export_gauges as export_publisher_gauges
+from bridge.node.request_guard import RequestGuard
 from bridge.node.sequencer import Sequencer
 from bridge.node.server import (
     SERVER_OPTIONS,
@@ -35,9 +36,10 @@ from bridge.node.server import (
     BridgeNodeSettings,
     add_health_and_reflection,
     bind,
-    bridge_edge,
+    central_banks_only,
 )
 from bridge.node.service import BridgeLedgerService
+from bridge.node.shedding import InFlightLimit
 from bridge.store.postgres import PostgresStore
 
 log = logging.getLogger("bridge.node")
@@ -73,7 +75,12 @@ async def run_replicated_bridge_node(
         feed.block_sealed(block.header.height)
         service.block_sealed(block)  # the publisher is handed the block by the sequencer
 
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[bridge_edge(settings)])
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        InFlightLimit(settings.max_in_flight),
+        central_banks_only(settings),
+        RequestGuard(),
+    ]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     bridge_ledger_pb2_grpc.add_BridgeLedgerServicer_to_server(service, server)
     health_servicer = add_health_and_reflection(server, [SERVICE_NAME])
     port = bind(server, settings.host, settings.port, settings.pki, "bridge")

@@ -351,20 +351,15 @@ class RequestGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
         with INTERCEPT.timed():
-            return self.guard(handler_call_details.method, handler)
-
-    def guard(
-        self, method: str, handler: grpc.RpcMethodHandler | None
-    ) -> grpc.RpcMethodHandler | None:
-        """`handler` with its requests guarded, built once per method and handler behind it."""
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _guarded(handler, method, self.on_refused)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+            if handler is None or handler.request_deserializer is None:
+                return handler
+            method: str = handler_call_details.method
+            cached = self._wrapped.get(method)
+            if cached is not None and cached[0] is handler:
+                return cached[1]
+            wrapped = _guarded(handler, method, self.on_refused)
+            self._wrapped[method] = (handler, wrapped)
+            return wrapped
 
 
 def _guarded(

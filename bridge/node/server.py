@@ -20,7 +20,6 @@ from bridge.log.blocks import SealedBlock
 from bridge.metrics import gauge
 from bridge.node import fault_hooks
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator, CallerAuthInterceptor
-from bridge.node.edge import Edge
 from bridge.node.feed import ChainFeed
 from bridge.node.publisher import CONSUMER as PUBLISHER
 from bridge.node.publisher import OutboxPublisher
@@ -109,12 +108,6 @@ def central_banks_only(settings: BridgeNodeSettings) -> CallerAuthInterceptor:
     return CallerAuthInterceptor(authenticator, [SERVICE_NAME])
 
 
-def bridge_edge(settings: BridgeNodeSettings) -> Edge:
-    """The bridge's edge: the in-flight bound first (it counts every BridgeLedger call,
-    authenticated or not), then central bank nodes only, then the request guard."""
-    return Edge(InFlightLimit(settings.max_in_flight), RequestGuard(), central_banks_only(settings))
-
-
 def export_bridge_gauges(sequencer: Sequencer, feed: ChainFeed) -> None:
     """Queue depth and heights, read at each scrape of the metrics endpoint."""
     gauge("queue_depth", "Instructions waiting for the sequencer.", lambda: sequencer.depth)
@@ -171,7 +164,13 @@ async def run_bridge_node(
             writer=sequencer.writer,
         )
         sequencer.on_outbox = publisher.block_committed  # each block's events, in memory
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[bridge_edge(settings)])
+    # the in-flight bound outermost: it counts every BridgeLedger call, authenticated or not
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        InFlightLimit(settings.max_in_flight),
+        central_banks_only(settings),
+        RequestGuard(),
+    ]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     service = BridgeLedgerService(
         genesis=settings.genesis,
         sequencer=sequencer,

@@ -95,36 +95,23 @@ class InFlightLimit(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc i
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
-        shed = self.shedding(method)
-        if shed is not None:
-            return shed
-        handler = await continuation(handler_call_details)
-        with INTERCEPT.timed():
-            return self.bound(method, handler)
-
-    def shedding(self, method: str) -> grpc.RpcMethodHandler | None:
-        """The handler that sheds a call to `method` at once (without decoding its request or
-        running the checks behind this bound), or None when the call may go on."""
         if self.in_flight >= self.limit and method in self._bounded_methods:
             return self._shedder
-        return None
-
-    def bound(self, method: str, handler: grpc.RpcMethodHandler | None) -> Any:
-        """`handler` counted against the bound (unary calls but health checks; others as
-        they are), built once per method and handler behind it."""
-        if handler is None or handler.unary_unary is None or method.startswith(NEVER_SHED):
-            return handler
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        self._bounded_methods.add(method)
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._bounded(handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+        handler = await continuation(handler_call_details)
+        with INTERCEPT.timed():
+            if handler is None or handler.unary_unary is None or method.startswith(NEVER_SHED):
+                return handler
+            cached = self._wrapped.get(method)
+            if cached is not None and cached[0] is handler:
+                return cached[1]
+            self._bounded_methods.add(method)
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._bounded(handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            self._wrapped[method] = (handler, wrapped)
+            return wrapped
 
     def _bounded(self, behavior: Behavior) -> Behavior:
         async def bounded(request: Any, context: Any) -> Any:

@@ -25,7 +25,6 @@ from bridge.domain import AdmitBank
 from bridge.errors import BridgeError, Refused, StoreError
 from bridge.metrics import gauge
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
-from bridge.node.edge import Edge
 from bridge.node.request_guard import RequestGuard
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
 from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
@@ -140,11 +139,11 @@ async def run_central_bank_node(
         tls=pki is not None,
         verifier=core.verifier,
     )
-    # the peers' EndorseDualPvp(s) calls are authenticated by the service itself
-    edge = Edge(
-        InFlightLimit(settings.max_in_flight), RequestGuard(on_refused=core.refused_at_edge)
-    )
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[edge])
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        InFlightLimit(settings.max_in_flight),
+        RequestGuard(on_refused=core.refused_at_edge),
+    ]
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     central_bank_pb2_grpc.add_CentralBankServicer_to_server(
         CentralBankService(
             core,

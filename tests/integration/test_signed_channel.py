@@ -1,9 +1,10 @@
-"""A node's edge as one interceptor (`Edge`), and signed calls without client interceptors
-(`SignedChannel`), on a real gRPC server on loopback.
+"""Signed calls without client interceptors (`SignedChannel`), and the order of a node's edge,
+on a real gRPC server on loopback.
 
-The server runs the bridge's edge (in-flight bound, central bank nodes only, request guard) in
-front of a BridgeLedger servicer that records what reaches it; requests go in as raw bytes
-through a generic channel, or through a `SignedChannel` as a central bank node sends them.
+The server runs the bridge's edge (the interceptors `InFlightLimit`, `CallerAuthInterceptor`,
+`RequestGuard`, in that order) in front of a BridgeLedger servicer that records what reaches
+it; requests go in as raw bytes through a generic channel, or through a `SignedChannel` as a
+central bank node sends them.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from bridge.node.caller_auth import (
     CallerSigner,
     SignedChannel,
 )
-from bridge.node.edge import Edge
 from bridge.node.request_guard import RequestGuard
 from bridge.node.shedding import InFlightLimit
 from bridge.status import refusal_from_rpc_error
@@ -112,8 +112,8 @@ async def served() -> AsyncIterator[Served]:
         verifier=FastVerifier(),
     )
     limit = InFlightLimit(1, retry_after=0.25)
-    edge = Edge(limit, RequestGuard(), CallerAuthInterceptor(authenticator, [SERVICE]))
-    server = grpc.aio.server(interceptors=[edge])
+    callers = CallerAuthInterceptor(authenticator, [SERVICE])
+    server = grpc.aio.server(interceptors=[limit, callers, RequestGuard()])
     recorder = Recorder()  # type: ignore[abstract]  # the other methods: UNIMPLEMENTED
     pb_grpc.add_BridgeLedgerServicer_to_server(recorder, server)
     health_servicer = health.aio.HealthServicer()
