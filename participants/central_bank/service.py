@@ -12,6 +12,7 @@ who may do what deterministically; the node refuses early what it can see is not
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import time
@@ -74,8 +75,8 @@ BRIDGE_DEADLINE = 10.0
 REPLICA_WAIT = 2.0  # seconds a query waits for the replica to replay an entry just recorded
 BAD_SIGNATURES_REMEMBERED = 1024  # until the refusal they caused is recorded
 STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call (a batch: its items)
-# instructions in flight over all the node's SubmitStream calls together (answers not yet taken
-# by gRPC included): a bank opening many streams meets this bound, each stream its window
+# instructions worked on over all the node's SubmitStream calls together: a bank opening many
+# streams meets this bound, each stream its window (which also holds its unread answers)
 DEFAULT_MAX_STREAM_INSTRUCTIONS = 4 * STREAM_WINDOW
 SUBMIT_STREAM = "/bridge.v1.CentralBank/SubmitStream"
 
@@ -100,16 +101,20 @@ def signing_time(requested: int) -> int:
 
 
 class NodeStreamLoad:
-    """The instructions all of a node's SubmitStream calls have in flight together; what would
+    """The instructions all of a node's SubmitStream calls are working on together; what would
     pass `bound` is shed at once (OVERLOADED: retryable, nothing was done) rather than queued,
-    as the node sheds unary calls past its in-flight bound."""
+    as the node sheds unary calls past its in-flight bound. An instruction holds its room until
+    its work is done, not until its answer is read: a client that stops reading holds only its
+    own streams' windows, never the room of every other bank."""
 
     def __init__(self, bound: int = DEFAULT_MAX_STREAM_INSTRUCTIONS) -> None:
         self.bound = bound
         self.in_flight = 0
 
     def try_take(self, count: int) -> bool:
-        if self.in_flight + count > self.bound:
+        """Take room for `count` instructions if it fits (a batch larger than the bound fits
+        when nothing else is in flight, or it would never fit)."""
+        if self.in_flight and self.in_flight + count > self.bound:
             return False
         self.in_flight += count
         return True
@@ -117,23 +122,9 @@ class NodeStreamLoad:
     def release(self, count: int) -> None:
         self.in_flight -= count
 
-
-def shed_response(request: pb.BankSubmitRequest, bound: int) -> pb.BankSubmitResponse:
-    """The answer to a SubmitStream request shed because the node's streams are at `bound`:
-    OVERLOADED for its instruction, or for each of its batch (nothing was done: resubmit)."""
-    shed = wire.refusal_to_proto(
-        Refused(
-            Reason.OVERLOADED,
-            f"the node has {bound:,} streamed instructions in flight, its bound; nothing was "
-            "done: resubmit the same instruction id",
-        )
-    )
-    if not request.instructions:
-        return pb.BankSubmitResponse(correlation_id=request.correlation_id, refusal=shed)
-    return pb.BankSubmitResponse(
-        correlation_id=request.correlation_id,
-        results=[pb.BankSubmitResult(refusal=shed) for _ in request.instructions],
-    )
+    def give_back(self, count: int, _: asyncio.Task[None]) -> None:
+        """`release`, as a done callback of the task that did the work."""
+        self.release(count)
 
 
 class InstructionWindow:
@@ -836,8 +827,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         # freed only then, so a client that sends without reading is held to STREAM_WINDOW
         # instructions of work and of answers, not to that many in flight plus any number
         # of answers queued
-        # (count, whether it holds room in the node's load): the room both free once taken
-        responses: asyncio.Queue[tuple[pb.BankSubmitResponse, int, bool] | None] = asyncio.Queue()
+        responses: asyncio.Queue[tuple[pb.BankSubmitResponse, int] | None] = asyncio.Queue()
         window = InstructionWindow(STREAM_WINDOW)
         load = self.stream_load
         handlers: set[asyncio.Task[None]] = set()
@@ -848,9 +838,8 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 response = await self._answer(request, refused)
             except BaseException:
                 window.release(count)
-                load.release(count)
                 raise
-            responses.put_nowait((response, count, True))
+            responses.put_nowait((response, count))
 
         async def read_requests() -> None:
             async for item in request_iterator:
@@ -864,11 +853,14 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 count = max(1, len(request.instructions))
                 await window.take(count)
                 if not load.try_take(count):  # the node's streams together are full: shed
-                    responses.put_nowait((shed_response(request, load.bound), count, False))
+                    responses.put_nowait((self._shed(request, refused, load.bound), count))
                     continue
                 task = asyncio.create_task(handle(request, refused))
                 handlers.add(task)
                 task.add_done_callback(handlers.discard)
+                # the node's room is back once the work is done, however it ends (a task
+                # cancelled before it ever ran included)
+                task.add_done_callback(functools.partial(load.give_back, count))
             while handlers:
                 await asyncio.wait(set(handlers))
             responses.put_nowait(None)
@@ -876,23 +868,14 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         reader = asyncio.create_task(read_requests())
         try:
             while (answer := await responses.get()) is not None:
-                response, count, loaded = answer
-                try:
-                    yield response
-                finally:  # taken by gRPC (or the call ended): its room is free again
-                    window.release(count)
-                    if loaded:
-                        load.release(count)
+                response, count = answer
+                yield response
+                window.release(count)  # taken by gRPC: its room is free again
             await reader
         finally:
             reader.cancel()
             for task in handlers:
                 task.cancel()
-            # answers never taken by gRPC (the call ended first) give back their room
-            while not responses.empty():
-                left = responses.get_nowait()
-                if left is not None and left[2]:
-                    load.release(left[1])
 
     async def _answer(
         self, request: pb.BankSubmitRequest, refused: dict[int, Refused]
@@ -927,18 +910,47 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             edge = refused.get(index)
             if edge is None:
                 taken.append(index)
-                continue
-            try:
-                alone = pb.BankSubmitRequest(instruction=instruction)  # as the edge records one
-                self.core.refused_at_edge(SUBMIT_STREAM, alone, edge)
-                handled[index] = edge
-            except Exception as error:
-                handled[index] = error
+            else:
+                handled[index] = self._refused_at_edge(instruction, edge)
         if taken:
             items = [(instructions[index], None) for index in taken]
             for index, result in zip(taken, await self._handled(items), strict=True):
                 handled[index] = result
         return [stream_result(cast(Handled, result)) for result in handled]
+
+    def _refused_at_edge(self, instruction: types.SignedInstruction, edge: Refused) -> Handled:
+        """An instruction of a batch refused at the edge, recorded as the edge records a lone
+        one; the refusal (or what made recording it fail)."""
+        try:
+            alone = pb.BankSubmitRequest(instruction=instruction)
+            self.core.refused_at_edge(SUBMIT_STREAM, alone, edge)
+        except Exception as error:
+            return error
+        return edge
+
+    def _shed(
+        self, request: pb.BankSubmitRequest, refused: dict[int, Refused], bound: int
+    ) -> pb.BankSubmitResponse:
+        """The answer to a SubmitStream request shed because the node's streams are working on
+        `bound` instructions: OVERLOADED for its instruction or each of its batch (nothing was
+        done: resubmit), except those refused at the edge, which keep their final refusal."""
+        overloaded = Refused(
+            Reason.OVERLOADED,
+            f"the node is working on {bound:,} streamed instructions, its bound; nothing was "
+            "done: resubmit the same instruction id",
+        )
+        if not request.instructions:
+            return pb.BankSubmitResponse(
+                correlation_id=request.correlation_id,
+                refusal=wire.refusal_to_proto(overloaded),
+            )
+        results = [
+            stream_result(
+                overloaded if index not in refused else self._refused_at_edge(item, refused[index])
+            )
+            for index, item in enumerate(request.instructions)
+        ]
+        return pb.BankSubmitResponse(correlation_id=request.correlation_id, results=results)
 
     async def RequestIssuance(
         self, request: pb.IssuanceRequest, context: Context

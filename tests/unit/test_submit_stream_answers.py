@@ -14,6 +14,7 @@ import pytest
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.errors import Reason, Refused
+from bridge.node.request_guard import PartlyRefused
 from participants.central_bank.service import (
     STREAM_WINDOW,
     CentralBankService,
@@ -131,17 +132,12 @@ async def test_a_group_failing_unexpectedly_in_forwarding_is_not_decided_refusal
     ]
 
 
-async def test_many_streams_together_are_held_to_the_nodes_bound(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Two streams of one node share its bound: while the first holds it, a batch on the
-    second is answered at once, each instruction OVERLOADED (retryable, nothing done); once
-    the first's answers are taken the second is served again, and nothing stays counted."""
-    release = asyncio.Event()
+def hold_first_stream(monkeypatch: pytest.MonkeyPatch, release: asyncio.Event) -> list[int]:
+    """`_answer` holding requests of correlation id < 100 until `release`; the ids answered."""
     handled: list[int] = []
 
     async def answer(self: Any, request: pb.BankSubmitRequest, refused: Any) -> Any:
-        if request.correlation_id < 100:  # the first stream's: held until released
+        if request.correlation_id < 100:
             await release.wait()
         handled.append(request.correlation_id)
         return pb.BankSubmitResponse(
@@ -150,32 +146,60 @@ async def test_many_streams_together_are_held_to_the_nodes_bound(
         )
 
     monkeypatch.setattr(CentralBankService, "_answer", answer)
+    return handled
+
+
+async def settle_loop() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+async def test_many_streams_together_are_held_to_the_nodes_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two streams of one node share its bound: while the first's work holds it, a batch on
+    the second is answered at once, each instruction OVERLOADED (retryable, nothing done) but
+    those refused at the edge, which keep their final refusal; once the first's work is done
+    the second is served again, and nothing stays counted."""
+    release = asyncio.Event()
+    handled = hold_first_stream(monkeypatch, release)
+    recorded: list[str] = []
+
+    class EdgeCore:
+        def refused_at_edge(self, method: str, message: Any, refusal: Refused) -> None:
+            recorded.append(refusal.reason.value)
+
     load = NodeStreamLoad(bound=2 * BATCH)
-    node = CentralBankService(None, stream_load=load)  # type: ignore[arg-type]
+    node = CentralBankService(EdgeCore(), stream_load=load)  # type: ignore[arg-type]
     batch = [types.SignedInstruction()] * BATCH
-    second_queue: asyncio.Queue[pb.BankSubmitRequest | None] = asyncio.Queue()
+    second_queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def first_requests() -> AsyncIterator[pb.BankSubmitRequest]:
         for number in (1, 2):
             yield pb.BankSubmitRequest(correlation_id=number, instructions=batch)
 
-    async def second_requests() -> AsyncIterator[pb.BankSubmitRequest]:
+    async def second_requests() -> AsyncIterator[Any]:
         while (request := await second_queue.get()) is not None:
             yield request
 
     first = node.SubmitStream(first_requests(), None)  # type: ignore[arg-type]
     first_answers = asyncio.ensure_future(first.__anext__())
-    for _ in range(50):  # the first stream's two batches taken on
-        await asyncio.sleep(0)
+    await settle_loop()  # the first stream's two batches taken on
     assert load.in_flight == 2 * BATCH
     second = node.SubmitStream(second_requests(), None)  # type: ignore[arg-type]
-    second_queue.put_nowait(pb.BankSubmitRequest(correlation_id=101, instructions=batch))
+    too_long = Refused(Reason.FIELD_TOO_LONG, "a field is too long")
+    second_queue.put_nowait(
+        PartlyRefused(
+            pb.BankSubmitRequest(correlation_id=101, instructions=batch[:4]), {2: too_long}
+        )
+    )
     shed = await asyncio.wait_for(second.__anext__(), 30)
     assert shed.correlation_id == 101
-    assert len(shed.results) == BATCH
-    assert {r.refusal.reason for r in shed.results} == {Reason.OVERLOADED.value}
-    assert {r.refusal.code for r in shed.results} == {"RESOURCE_EXHAUSTED"}
+    reasons = [r.refusal.reason for r in shed.results]
+    assert reasons == ["OVERLOADED", "OVERLOADED", "FIELD_TOO_LONG", "OVERLOADED"]
+    assert shed.results[0].refusal.code == "RESOURCE_EXHAUSTED"
     assert "resubmit" in shed.results[0].refusal.message
+    assert recorded == ["FIELD_TOO_LONG"]  # the edge's refusal is recorded; the shed are not
     assert 101 not in handled  # shed, not worked on
     release.set()
     assert (await asyncio.wait_for(first_answers, 30)).correlation_id == 1
@@ -192,22 +216,39 @@ async def test_many_streams_together_are_held_to_the_nodes_bound(
     assert load.in_flight == 0
 
 
-async def test_a_stream_ended_with_answers_untaken_gives_back_its_room(
+async def test_a_client_that_stops_reading_does_not_hold_the_nodes_bound(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A call that ends while its answers wait for gRPC (or its work is still running) gives
-    the node's bound back all it held."""
-    gate = asyncio.Event()
+    """Answers waiting for a client that reads nothing hold that stream's window only: once
+    their work is done the node's room is free for other streams."""
+    release = asyncio.Event()
+    release.set()
+    hold_first_stream(monkeypatch, release)
+    load = NodeStreamLoad(bound=2 * BATCH)
+    node = CentralBankService(None, stream_load=load)  # type: ignore[arg-type]
 
-    async def answer(self: Any, request: pb.BankSubmitRequest, refused: Any) -> Any:
-        if request.correlation_id > 1:
-            await gate.wait()  # still being worked on when the call ends
-        return pb.BankSubmitResponse(
-            correlation_id=request.correlation_id,
-            results=[pb.BankSubmitResult() for _ in request.instructions],
-        )
+    async def requests() -> AsyncIterator[pb.BankSubmitRequest]:
+        for number in (1, 2):
+            yield pb.BankSubmitRequest(
+                correlation_id=number, instructions=[types.SignedInstruction()] * BATCH
+            )
+        await asyncio.Event().wait()
 
-    monkeypatch.setattr(CentralBankService, "_answer", answer)
+    answers = node.SubmitStream(requests(), None)  # type: ignore[arg-type]
+    assert (await asyncio.wait_for(answers.__anext__(), 30)).correlation_id == 1
+    await settle_loop()  # the second answer is ready but not read
+    assert load.in_flight == 0
+    assert load.try_take(2 * BATCH)
+    await answers.aclose()
+
+
+async def test_a_stream_ended_with_work_running_or_not_started_gives_back_its_room(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call that ends while its batches are being worked on, or before their work even
+    started, gives the node's bound back all it held."""
+    release = asyncio.Event()  # never set: the work never finishes by itself
+    hold_first_stream(monkeypatch, release)
     load = NodeStreamLoad(bound=10 * BATCH)
     node = CentralBankService(None, stream_load=load)  # type: ignore[arg-type]
 
@@ -219,12 +260,20 @@ async def test_a_stream_ended_with_answers_untaken_gives_back_its_room(
         await asyncio.Event().wait()  # the client keeps the call open
 
     answers = node.SubmitStream(requests(), None)  # type: ignore[arg-type]
-    assert (await asyncio.wait_for(answers.__anext__(), 30)).correlation_id == 1
-    for _ in range(50):
-        await asyncio.sleep(0)
-    # the first answer's room is freed when the call comes back for the next one
-    assert load.in_flight == 3 * BATCH
-    await answers.aclose()  # the call ends (cancelled, or the client went away)
-    for _ in range(50):
-        await asyncio.sleep(0)
+    pending = asyncio.ensure_future(answers.__anext__())
+    await asyncio.sleep(0)  # the reader runs; some handlers may not have started yet
+    pending.cancel()  # the call ends (cancelled, or the client went away)
+    with pytest.raises(asyncio.CancelledError):
+        await pending
+    await settle_loop()
     assert load.in_flight == 0
+
+
+def test_a_batch_larger_than_the_bound_is_taken_when_nothing_else_is() -> None:
+    """A bound below the largest batch does not shed that batch forever: alone, it is taken."""
+    load = NodeStreamLoad(bound=100)
+    assert load.try_take(BATCH)
+    assert not load.try_take(1)
+    load.release(BATCH)
+    assert load.try_take(60)
+    assert not load.try_take(BATCH)
