@@ -54,6 +54,7 @@ class OutboxRow:
 
     row_id: int
     notices: list[Notice]
+    height: int = 0  # the block's height: consecutive blocks' rows are handed in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +194,7 @@ class SettlementEngine:
             self.height = prepared.block.header.height
             self.head_hash = prepared.block.header.hash()
             if prepared.notices is not None and self.outbox_row:
-                outbox = OutboxRow(self.outbox_row, prepared.notices)
+                outbox = OutboxRow(self.outbox_row, prepared.notices, self.height)
         return Settled(prepared.results, prepared.block, outbox)
 
 

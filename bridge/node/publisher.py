@@ -146,6 +146,7 @@ class OutboxPublisher:
         # cursor and them. `_gaps` counts the rows not kept here (read from the store instead).
         self._handed: collections.deque[OutboxRow] = collections.deque()
         self._handed_events = 0
+        self._handed_height: int | None = None  # the height of the block handed over last
         self._caught_up = False
         self._gaps = 0
         self._prev: dict[str, int] = {}  # topic -> seq of its last message handed to the client
@@ -205,7 +206,12 @@ class OutboxPublisher:
         from the store from the cursor until its end is reached again."""
         if not self.stats.connected:
             self.stats.backlog_blocks += 1  # one outbox row per block (each batch recounts)
-        if row is not None and self._handed_events + len(row.notices) <= HANDED_EVENTS:
+        # a block not handed over (its height skipped) is read from the store: never passed
+        follows = row is not None and (
+            self._handed_height is None or row.height == self._handed_height + 1
+        )
+        self._handed_height = None if row is None else row.height
+        if row is not None and follows and self._handed_events + len(row.notices) <= HANDED_EVENTS:
             self._handed.append(row)
             self._handed_events += len(row.notices)
         else:
@@ -548,7 +554,10 @@ class OutboxPublisher:
             return
         loop = asyncio.get_running_loop()
         on = executor if executor is not None else self._writer
-        marking = loop.run_in_executor(on, self._mark, upto)
+        try:
+            marking = loop.run_in_executor(on, self._mark, upto)
+        except RuntimeError:  # that thread is gone (a leader stepping down): the reader's
+            marking = loop.run_in_executor(self._reads, self._mark, upto)
         self._stored = upto
         self._last_mark = loop.time()
         marking.add_done_callback(self._marked)
@@ -787,6 +796,8 @@ def _own_acknowledgements(client: aiomqtt.Client) -> dict[int, _BatchAcks] | Non
         or not isinstance(getattr(mqtt, "_out_packet", None), collections.deque)
         or not callable(getattr(mqtt, "_mid_generate", None))
         or not callable(getattr(mqtt, "_call_socket_register_write", None))
+        or not callable(getattr(mqtt, "_packet_handle", None))
+        or not hasattr(mqtt, "_sock")
     ):
         return None
     awaiting: dict[int, _BatchAcks] = {}
@@ -859,8 +870,14 @@ def _topic_field(topic: str) -> bytes:
     return len(name).to_bytes(2) + name
 
 
+MAX_REMAINING_LENGTH = 268_435_455  # MQTT 3.1.1: four bytes of seven bits
+
+
 def _remaining_length(length: int) -> bytes:
-    """MQTT's variable-length encoding of a packet's remaining length."""
+    """MQTT's variable-length encoding of a packet's remaining length (ValueError past what
+    it can encode, as paho raises for a payload too large)."""
+    if length > MAX_REMAINING_LENGTH:
+        raise ValueError(f"an MQTT packet holds at most {MAX_REMAINING_LENGTH} bytes")
     if length < 128:
         return bytes((length,))
     out = bytearray()

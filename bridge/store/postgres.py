@@ -438,8 +438,10 @@ class PostgresStore(StateReads):
     def set_outbox_cursor(self, consumer: str, last_id: int) -> None:
         with self._conn() as conn:
             conn.execute(
-                "INSERT INTO outbox_cursor VALUES (%s, %s)"
-                " ON CONFLICT (consumer) DO UPDATE SET last_id = EXCLUDED.last_id",
+                # never backwards: a deposed leader's late last write lands after the new
+                # leader's (duplicates at the next start, had it moved the cursor back)
+                "INSERT INTO outbox_cursor VALUES (%s, %s) ON CONFLICT (consumer)"
+                " DO UPDATE SET last_id = GREATEST(outbox_cursor.last_id, EXCLUDED.last_id)",
                 (consumer, last_id),
             )
 

@@ -507,6 +507,17 @@ def test_outbox_cursor_persists(store_spec: str, stores: list[Store]) -> None:
     assert (again.outbox_cursor("mqtt"), again.outbox_cursor("grpc")) == (9, 0)
 
 
+def test_the_shared_outbox_cursor_never_moves_back(store_spec: str, stores: list[Store]) -> None:
+    """On PostgreSQL, where bridge processes take over from each other, a late write of a
+    lower position (a deposed leader's last mark) leaves the cursor where the new leader put
+    it; the single-process SQLite store writes what it is given."""
+    store = open_store(store_spec)
+    stores.append(store)
+    store.set_outbox_cursor("mqtt", 9)
+    store.set_outbox_cursor("mqtt", 7)
+    assert store.outbox_cursor("mqtt") == (9 if is_postgres(store_spec) else 7)
+
+
 def test_add_attestation_is_idempotent(
     open_engine: Callable[[], SettlementEngine], net: Network
 ) -> None:
