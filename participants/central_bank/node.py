@@ -333,6 +333,7 @@ async def attest_heights(core: CentralBankCore, interval: float) -> None:
     bridge = core.link.reachability
     attested = 0  # the highest height the bridge took from this node
     call: Any = None
+    unavailable = False  # the bridge answers that it cannot store attestations (logged once)
     try:
         while True:
             await replica.wait_beyond(attested)
@@ -358,14 +359,29 @@ async def attest_heights(core: CentralBankCore, interval: float) -> None:
                 continue
             bridge.succeeded(started)
             if answer.HasField("refusal"):
-                # shedding is logged once by the bridge itself
-                if answer.refusal.code != grpc.StatusCode.RESOURCE_EXHAUSTED.name:
+                code = answer.refusal.code
+                if code == grpc.StatusCode.UNAVAILABLE.name:
+                    # not stored (the store failing, this bridge process stepping down): try
+                    # on a new call, which may reach the process leading now; logged once
+                    call.cancel()
+                    call = None
+                    if not unavailable:
+                        log.warning(
+                            "attestations not stored by the bridge; retrying",
+                            extra={"height": attestation.height, "why": answer.refusal.message},
+                        )
+                    unavailable = True
+                elif code != grpc.StatusCode.RESOURCE_EXHAUSTED.name:
+                    # shedding is logged once by the bridge itself
                     log.warning(
                         "attestation not accepted",
-                        extra={"height": attestation.height, "code": answer.refusal.code},
+                        extra={"height": attestation.height, "code": code},
                     )
                 await asyncio.sleep(max(interval, ATTEST_RETRY_SECONDS))
                 continue
+            if unavailable:
+                log.info("attestations stored again", extra={"height": attestation.height})
+                unavailable = False
             attested = attestation.height
             await asyncio.sleep(interval)
     finally:

@@ -597,8 +597,16 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         try:
             legs = [(item.envelope, item.envelope.body.sender) for item in items]
             endorsed: Sequence[Endorsed | Exception] = await endorser.endorse_many(legs)
-        except Exception as error:
-            endorsed = [error] * len(items)
+        except Exception:
+            # a fault of this node before anything went to the bridge: not decided, and
+            # known not to have settled
+            log.exception("endorsements by %s's node failed unexpectedly", home)
+            unsent = Refused(
+                Reason.UNAVAILABLE,
+                f"{home}'s endorsement could not be had (a fault of this node); nothing was "
+                "sent to the bridge: resubmit the same instruction id",
+            )
+            endorsed = [unsent] * len(items)
         ready: list[int] = []
         submissions: list[Submission] = []
         for index, item, result in zip(indexes, items, endorsed, strict=True):

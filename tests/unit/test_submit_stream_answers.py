@@ -277,3 +277,28 @@ def test_a_batch_larger_than_the_bound_is_taken_when_nothing_else_is() -> None:
     load.release(BATCH)
     assert load.try_take(60)
     assert not load.try_take(BATCH)
+
+
+async def test_a_peer_endorsement_failing_unexpectedly_is_unavailable_and_nothing_is_sent() -> None:
+    """When asking the peer node for its endorsements fails with a fault of this node, the
+    legs are UNAVAILABLE (nothing went to the bridge: resubmit), not OUTCOME_UNKNOWN, and
+    nothing is forwarded."""
+
+    class BrokenEndorser:
+        async def endorse_many(self, legs: Any) -> Any:
+            raise RuntimeError("a fault of the node's endorser")
+
+    class Core(ForwardingCore):
+        def endorser(self, home: str) -> BrokenEndorser:
+            return BrokenEndorser()
+
+    core = Core()
+    node = CentralBankService(core)  # type: ignore[arg-type]
+    request = types.SignedInstruction()
+    envelope: Any = type("E", (), {"body": type("B", (), {"sender": "ICBC"})()})()
+    items = [Checked(request, envelope, peer="HKMA"), Checked(request, envelope, peer="HKMA")]
+    handled: list[Any] = [None, None]
+    await node._endorsed_by("HKMA", items, [0, 1], handled)
+    assert [h.reason for h in handled] == [Reason.UNAVAILABLE, Reason.UNAVAILABLE]
+    assert "nothing was sent to the bridge" in handled[0].message
+    assert core.groups == []

@@ -161,7 +161,8 @@ class BridgeLedgerServicer:
         """The same for a central bank node that attests as it goes: its attestations over one
         stream, each checked and recorded as SubmitAttestation does, each answered in order with
         the finality reached or its refusal (a refused attestation changes nothing; the stream
-        keeps serving).
+        keeps serving). Bytes that do not decode as an Attestation end the stream with
+        INVALID_ARGUMENT (an answer has no correlation id to name them by).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

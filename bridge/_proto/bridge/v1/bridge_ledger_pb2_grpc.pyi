@@ -65,7 +65,8 @@ class BridgeLedgerStub:
     """The same for a central bank node that attests as it goes: its attestations over one
     stream, each checked and recorded as SubmitAttestation does, each answered in order with
     the finality reached or its refusal (a refused attestation changes nothing; the stream
-    keeps serving).
+    keeps serving). Bytes that do not decode as an Attestation end the stream with
+    INVALID_ARGUMENT (an answer has no correlation id to name them by).
     """
     GetBalances: _grpc.UnaryUnaryMultiCallable[_bridge_ledger_pb2.GetBalancesRequest, _types_pb2.AccountList]
     """One participant's accounts."""
@@ -114,7 +115,8 @@ class BridgeLedgerAsyncStub(BridgeLedgerStub):
     """The same for a central bank node that attests as it goes: its attestations over one
     stream, each checked and recorded as SubmitAttestation does, each answered in order with
     the finality reached or its refusal (a refused attestation changes nothing; the stream
-    keeps serving).
+    keeps serving). Bytes that do not decode as an Attestation end the stream with
+    INVALID_ARGUMENT (an answer has no correlation id to name them by).
     """
     GetBalances: _aio.UnaryUnaryMultiCallable[_bridge_ledger_pb2.GetBalancesRequest, _types_pb2.AccountList]  # type: ignore[assignment]
     """One participant's accounts."""
@@ -196,7 +198,8 @@ class BridgeLedgerServicer(metaclass=_abc_1.ABCMeta):
         """The same for a central bank node that attests as it goes: its attestations over one
         stream, each checked and recorded as SubmitAttestation does, each answered in order with
         the finality reached or its refusal (a refused attestation changes nothing; the stream
-        keeps serving).
+        keeps serving). Bytes that do not decode as an Attestation end the stream with
+        INVALID_ARGUMENT (an answer has no correlation id to name them by).
         """
 
     @_abc_1.abstractmethod
