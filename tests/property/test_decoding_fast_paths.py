@@ -17,13 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.domain import (
-    AcceptPvp,
-    AdmitBank,
-    DualPvp,
     Instruction,
-    Pay,
-    ProposePvp,
-    SetPolicy,
     Signature,
     _field_plan,
     _instruction_fields,
@@ -33,21 +27,8 @@ from bridge.domain import (
     validate_shape,
 )
 from bridge.errors import Refused
+from tests.property.test_shape_fast_path import SAMPLES  # one of each kind
 
-T0 = 1_763_889_940_000
-UNTIL = T0 + 60_000
-KEY = bytes([4]) + bytes(range(64))
-SAMPLES: list[Instruction] = [
-    AdmitBank("adm-1", "PBOC", UNTIL, "ICBC", KEY, signed_at=T0),
-    SetPolicy("pol-1", "PBOC", UNTIL, 1_000_000, 5_000_000, ("HK",), signed_at=T0),
-    Pay("pay-1", "ICBC", UNTIL, "CCB", "CNY", 12_345, "B/L 1", signed_at=T0),
-    ProposePvp(
-        "pvp-1", "ICBC", UNTIL, "BOCHK", "CNY", 1_000, "HKD", 1_085, "1.085", UNTIL, "INV-1",
-        signed_at=T0,
-    ),
-    AcceptPvp("acc-1", "BOCHK", UNTIL, "ICBC", "pvp-1", "ab" * 32, signed_at=T0),
-    DualPvp("dual-1", "KBANK", UNTIL, "ENBD", "THB", 100, "AED", 11, "0.11", "", signed_at=T0),
-]  # fmt: skip
 VALUES = st.one_of(
     st.integers(-3, 3),
     st.integers(10**12, 10**13),

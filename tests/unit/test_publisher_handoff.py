@@ -4,33 +4,12 @@ survives the writer thread's end, and its own packets refuse what MQTT cannot ca
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
-from bridge.node.publisher import (
-    MAX_REMAINING_LENGTH,
-    PublishWhileLeading,
-    _remaining_length,
-)
-from bridge.notify import MqttSettings
+from bridge.node.publisher import MAX_REMAINING_LENGTH, _remaining_length
 from bridge.settlement import OutboxRow
-from participants.launcher import free_ports
-from tests.unit.test_publisher_step_down import Cursors, Outbox
-
-
-async def started_publisher() -> tuple[PublishWhileLeading, Any, Cursors, ThreadPoolExecutor]:
-    cursors = Cursors()
-    writer = ThreadPoolExecutor(max_workers=1)
-    sequencer: Any = SimpleNamespace(writer=writer, engine=SimpleNamespace(store=cursors))
-    (port,) = free_ports(1)  # no broker: the publisher retries its connection meanwhile
-    publishing = PublishWhileLeading(MqttSettings(port=port), Outbox(), feed=None)  # type: ignore[arg-type]
-    publishing.install(sequencer)
-    await asyncio.sleep(0.2)
-    assert publishing.publisher is not None
-    return publishing, publishing.publisher, cursors, writer
+from tests.unit.test_publisher_step_down import started_publisher
 
 
 async def test_a_block_not_handed_over_sends_the_publisher_to_the_store() -> None:

@@ -35,10 +35,8 @@ class Cursors:
         self.written.append(last_id)
 
 
-async def test_the_last_cursor_write_lands_after_the_writer_thread_is_gone() -> None:
-    """As `_lead` does when stepping down: `install(None)` (the publisher's stop is only
-    scheduled), then the sequencer stops and shuts its writer thread down, then the process
-    waits for its publishing to stop: the acknowledged position is stored all the same."""
+async def started_publisher() -> tuple[PublishWhileLeading, Any, Cursors, ThreadPoolExecutor]:
+    """A leading publisher on an empty outbox, its cursor writes recorded, no broker."""
     cursors = Cursors()
     writer = ThreadPoolExecutor(max_workers=1)
     sequencer: Any = SimpleNamespace(writer=writer, engine=SimpleNamespace(store=cursors))
@@ -47,7 +45,15 @@ async def test_the_last_cursor_write_lands_after_the_writer_thread_is_gone() -> 
     publishing.install(sequencer)
     await asyncio.sleep(0.2)
     assert publishing.publisher is not None
-    publishing.publisher._acked = 42  # the broker acknowledged the rows up to 42
+    return publishing, publishing.publisher, cursors, writer
+
+
+async def test_the_last_cursor_write_lands_after_the_writer_thread_is_gone() -> None:
+    """As `_lead` does when stepping down: `install(None)` (the publisher's stop is only
+    scheduled), then the sequencer stops and shuts its writer thread down, then the process
+    waits for its publishing to stop: the acknowledged position is stored all the same."""
+    publishing, publisher, cursors, writer = await started_publisher()
+    publisher._acked = 42  # the broker acknowledged the rows up to 42
     publishing.install(None)  # stepping down
     writer.shutdown(wait=True)  # the sequencer's stop
     await publishing.stop()
