@@ -61,10 +61,7 @@ def serve_metrics(role: str, name: str, port: int) -> None:
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run a node's `main` until SIGINT or SIGTERM (the process tuned for serving first)."""
-    from bridge.process_tuning import tune_garbage_collector
-
-    tune_garbage_collector()
+    """Run a node's `main` until SIGINT or SIGTERM."""
 
     async def runner() -> None:
         stop = asyncio.Event()
