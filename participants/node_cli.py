@@ -138,9 +138,10 @@ def central_bank_node(
     max_stream_instructions: int = typer.Option(
         16384,  # participants.central_bank.service.DEFAULT_MAX_STREAM_INSTRUCTIONS
         min=1,
-        help="Most instructions in flight over all SubmitStream calls together (each call also "
-        "keeps its own window); a request past it is answered at once, each of its instructions "
-        "RESOURCE_EXHAUSTED (reason OVERLOADED, retryable).",
+        help="Most instructions worked on at once over all SubmitStream calls together (each "
+        "call also keeps its own window, unread answers included); a request past it is "
+        "answered at once, each of its instructions RESOURCE_EXHAUSTED (reason OVERLOADED, "
+        "retryable).",
     ),
     attest_interval_ms: float = typer.Option(
         50.0,
