@@ -217,6 +217,17 @@ def test_broker_outage_during_a_load_loses_no_settlement(
     )
 
 
+def restart_bridge_with(network: Network, name: str, value: str) -> None:
+    """Stop the bridge and start it again with the test hook `name` set to `value` (in its
+    environment only)."""
+    network.bridge.stop()
+    os.environ[name] = value
+    try:
+        network.restart_bridge()
+    finally:
+        del os.environ[name]
+
+
 def test_publisher_killed_between_ack_and_mark_publishes_again(
     network: Network, live: LiveNetwork, bocq_collector: Collector, tmp_path: Path
 ) -> None:
@@ -224,12 +235,7 @@ def test_publisher_killed_between_ack_and_mark_publishes_again(
     cursor moved: after restart the same events (same seq and id) are delivered again."""
     marker = tmp_path / "held.json"
     live.issue("ICBC", 10**9)  # before: the payment is the first block after the restart
-    network.bridge.stop()
-    os.environ[HOLD_ENV] = str(marker)
-    try:
-        network.restart_bridge()
-    finally:
-        del os.environ[HOLD_ENV]
+    restart_bridge_with(network, HOLD_ENV, str(marker))
     paid = pay_resubmitting(network, 42, "held")
     wait_for(marker.exists, timeout=60, what="the publisher to hold after an acknowledgement")
     held = json.loads(marker.read_text())
@@ -254,12 +260,7 @@ def test_bridge_killed_between_commit_and_publication_publishes_after_restart(
     the publisher: the restarted bridge reads them from the outbox and publishes them."""
     crash_file = tmp_path / "crash"
     live.issue("ICBC", 10**9)
-    network.bridge.stop()
-    os.environ[CRASH_FILE] = str(crash_file)
-    try:
-        network.restart_bridge()
-    finally:
-        del os.environ[CRASH_FILE]
+    restart_bridge_with(network, CRASH_FILE, str(crash_file))
     crash_file.write_text("after-commit 1", encoding="ascii")
     paying = ThreadPool(1)
     try:
