@@ -107,12 +107,12 @@ def batch_payload(batch: int) -> bytes:
 async def _stream_echo_one(
     address: str, duration: float, window: int, batch: int
 ) -> StreamEchoFigures:
-    """One bidi stream kept `window` payloads deep (in messages of `batch` payloads) for
+    """One bidi stream kept `window` payloads deep (in messages of `batch` >= 1 payloads) for
     `duration` seconds, as the bench client keeps `window` PvPs in flight in batches."""
     payload = batch_payload(batch)
     async with grpc.aio.insecure_channel(address) as channel:
         method = channel.stream_stream(ECHO_STREAM_METHOD)
-        credit = asyncio.Semaphore(max(1, window // max(1, batch)))
+        credit = asyncio.Semaphore(max(1, window // batch))
         deadline = time.perf_counter() + duration
 
         async def requests() -> AsyncIterator[bytes]:
@@ -125,7 +125,7 @@ async def _stream_echo_one(
         async for _ in method(requests()):
             received += 1
             credit.release()
-        return StreamEchoFigures(received, time.perf_counter() - start, max(1, batch))
+        return StreamEchoFigures(received, time.perf_counter() - start, batch)
 
 
 async def measure_stream_echo(
@@ -133,11 +133,12 @@ async def measure_stream_echo(
 ) -> StreamEchoFigures:
     """What the bidi echo sustains with `streams` concurrent streams, each `window` payloads
     deep in messages of `batch` payloads (the bench client's shape)."""
+    batch = max(1, batch)
     results = await asyncio.gather(
         *(_stream_echo_one(address, duration, window, batch) for _ in range(streams))
     )
     return StreamEchoFigures(
-        sum(r.messages for r in results), max(r.seconds for r in results), max(1, batch)
+        sum(r.messages for r in results), max(r.seconds for r in results), batch
     )
 
 

@@ -25,6 +25,7 @@ from bridge.domain import AdmitBank
 from bridge.errors import BridgeError, Refused, StoreError
 from bridge.metrics import gauge
 from bridge.node.caller_auth import BRIDGE_AUDIENCE, CallerAuthenticator
+from bridge.node.episodes import FailureEpisode
 from bridge.node.request_guard import RequestGuard
 from bridge.node.server import SERVER_OPTIONS, add_health_and_reflection, bind
 from bridge.node.shedding import DEFAULT_MAX_IN_FLIGHT, InFlightLimit
@@ -333,7 +334,8 @@ async def attest_heights(core: CentralBankCore, interval: float) -> None:
     bridge = core.link.reachability
     attested = 0  # the highest height the bridge took from this node
     call: Any = None
-    unavailable = False  # the bridge answers that it cannot store attestations (logged once)
+    # the bridge answering that it cannot store attestations: logged once per episode
+    storing = FailureEpisode(log, "attestations stored by the bridge")
     try:
         while True:
             await replica.wait_beyond(attested)
@@ -365,12 +367,7 @@ async def attest_heights(core: CentralBankCore, interval: float) -> None:
                     # on a new call, which may reach the process leading now; logged once
                     call.cancel()
                     call = None
-                    if not unavailable:
-                        log.warning(
-                            "attestations not stored by the bridge; retrying",
-                            extra={"height": attestation.height, "why": answer.refusal.message},
-                        )
-                    unavailable = True
+                    storing.failed(wire.refusal_from_proto(answer.refusal))
                 elif code != grpc.StatusCode.RESOURCE_EXHAUSTED.name:
                     # shedding is logged once by the bridge itself
                     log.warning(
@@ -379,9 +376,7 @@ async def attest_heights(core: CentralBankCore, interval: float) -> None:
                     )
                 await asyncio.sleep(max(interval, ATTEST_RETRY_SECONDS))
                 continue
-            if unavailable:
-                log.info("attestations stored again", extra={"height": attestation.height})
-                unavailable = False
+            storing.succeeded()
             attested = attestation.height
             await asyncio.sleep(interval)
     finally:

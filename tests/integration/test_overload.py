@@ -206,10 +206,14 @@ def test_a_flood_is_answered_shed_calls_are_retryable_and_settle_once(live: Live
 
 
 async def two_streams(
-    address: str, first: list[types.SignedInstruction], second: list[types.SignedInstruction]
+    address: str,
+    first: list[types.SignedInstruction],
+    second: list[types.SignedInstruction],
+    bridge_pid: int,
 ) -> tuple[cb_pb.BankSubmitResponse, cb_pb.BankSubmitResponse]:
     """`first` as one batch on a SubmitStream call, then, once the node has had time to take
-    it on, `second` on another call; the answer of each."""
+    it on, `second` on another call; the answer of each (the frozen bridge `bridge_pid` let
+    go once the second is answered)."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = cb_grpc.CentralBankStub(channel)
         one = stub.SubmitStream(timeout=FLOOD_DEADLINE)
@@ -218,14 +222,11 @@ async def two_streams(
         await asyncio.sleep(1.0)
         await two.write(cb_pb.BankSubmitRequest(correlation_id=2, instructions=second))
         answer_two = await two.read()
-        os.kill(BRIDGE_PID[0], signal.SIGCONT)  # the held batch may go on now
+        os.kill(bridge_pid, signal.SIGCONT)  # the held batch may go on now
         answer_one = await one.read()
         await one.done_writing()
         await two.done_writing()
         return answer_one, answer_two
-
-
-BRIDGE_PID: list[int] = []
 
 
 def test_streams_past_the_nodes_bound_are_shed_at_once_and_settle_once_resubmitted(
@@ -238,12 +239,14 @@ def test_streams_past_the_nodes_bound_are_shed_at_once_and_settle_once_resubmitt
         live.issue(payer, 10_000)
     held, extra = payments(live, STREAM_BOUND), payments(live, 8)
     assert network.bridge.process is not None
-    BRIDGE_PID[:] = [network.bridge.process.pid]
-    os.kill(BRIDGE_PID[0], signal.SIGSTOP)  # what reaches the bridge waits
+    bridge_pid = network.bridge.process.pid
+    os.kill(bridge_pid, signal.SIGSTOP)  # what reaches the bridge waits
     try:
-        answer_one, answer_two = asyncio.run(two_streams(live.address("PBOC"), held, extra))
+        answer_one, answer_two = asyncio.run(
+            two_streams(live.address("PBOC"), held, extra, bridge_pid)
+        )
     finally:
-        os.kill(BRIDGE_PID[0], signal.SIGCONT)
+        os.kill(bridge_pid, signal.SIGCONT)
     # the node took whichever batch it read first; the other did not fit beside it
     answers = {1: answer_one, 2: answer_two}
     shed_calls = [
