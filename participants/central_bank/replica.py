@@ -51,7 +51,7 @@ from bridge.store.receipts import StoredReceipts
 from participants.central_bank.checkpoint import CheckpointError, Delta, ReplicaCheckpoint
 
 REPLAY = stage("replay", thread_cpu=True)  # checking and replaying one block
-ATTEST = stage("attest")  # signing an attestation of the head
+ATTEST = stage("attest", thread_cpu=True)  # signing an attestation of the head
 CHECKPOINT = stage("checkpoint")  # writing the replica's checkpoint
 CHECKPOINT_BLOCKS = 500  # a checkpoint at least every so many blocks replayed ...
 # ... or entries: what waits for the next write is held in memory, so this bounds it when the
