@@ -213,17 +213,23 @@ async def two_streams(
 ) -> tuple[cb_pb.BankSubmitResponse, cb_pb.BankSubmitResponse]:
     """`first` as one batch on a SubmitStream call, then, once the node has had time to take
     it on, `second` on another call; the answer of each (the frozen bridge `bridge_pid` let
-    go once the second is answered)."""
+    go once the second is answered). Raw bytes over a generic channel, as any client sends."""
     async with grpc.aio.insecure_channel(address) as channel:
-        stub = cb_grpc.CentralBankStub(channel)
-        one = stub.SubmitStream(timeout=FLOOD_DEADLINE)
-        two = stub.SubmitStream(timeout=FLOOD_DEADLINE)
-        await one.write(cb_pb.BankSubmitRequest(correlation_id=1, instructions=first))
+        submit = channel.stream_stream(
+            "/bridge.v1.CentralBank/SubmitStream",
+            request_serializer=None,
+            response_deserializer=None,
+        )
+        one = submit(timeout=FLOOD_DEADLINE)
+        two = submit(timeout=FLOOD_DEADLINE)
+        request = cb_pb.BankSubmitRequest(correlation_id=1, instructions=first)
+        await one.write(request.SerializeToString())
         await asyncio.sleep(1.0)
-        await two.write(cb_pb.BankSubmitRequest(correlation_id=2, instructions=second))
-        answer_two = await two.read()
+        request = cb_pb.BankSubmitRequest(correlation_id=2, instructions=second)
+        await two.write(request.SerializeToString())
+        answer_two = cb_pb.BankSubmitResponse.FromString(await two.read())
         os.kill(bridge_pid, signal.SIGCONT)  # the held batch may go on now
-        answer_one = await one.read()
+        answer_one = cb_pb.BankSubmitResponse.FromString(await one.read())
         await one.done_writing()
         await two.done_writing()
         return answer_one, answer_two
