@@ -310,10 +310,11 @@ class BridgeLink:
             queued.append((correlation_id, envelope, endorse, deadline))
         stream.outbox.put_nowait(queued)
         try:
-            await asyncio.wait_for(answers.done, timeout)
-        except TimeoutError:
-            pass  # each one not answered hears so below
+            # not wait_for: it cancels `done` and then waits a loop pass more, in which an
+            # answer read meanwhile would be dropped and its request taken for one never sent
+            await asyncio.wait((answers.done,), timeout=timeout)
         finally:  # answered, timed out or cancelled: a request still queued is not sent
+            answers.done.cancel()  # no answer is taken from here on (a no-op once done)
             for slot, (correlation_id, *_) in enumerate(queued):
                 result = answers.results[slot]
                 if result is None:

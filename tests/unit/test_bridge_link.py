@@ -436,3 +436,54 @@ async def test_a_group_larger_than_a_message_goes_in_several_and_all_are_answere
     ]
     assert stub.sizes == [MAX_BATCH, 3]
     await link.close()
+
+
+class LateAnsweringCall:
+    """A Submit call that takes one message and answers it only once its caller has stopped
+    waiting for the answer (the answer and the caller's timeout meet in one loop pass)."""
+
+    def __init__(self, requests: AsyncIterator[pb.SubmitRequest], link: BridgeLink) -> None:
+        self.requests = requests
+        self.link = link
+        self.answered = False
+
+    def __aiter__(self) -> LateAnsweringCall:
+        return self
+
+    async def __anext__(self) -> pb.SubmitResponse:
+        if self.answered:
+            await asyncio.Event().wait()  # answered once; the link closes the call
+        message = await anext(self.requests)
+        stream = self.link._stream
+        assert stream is not None
+        answers, _ = stream.waiting[message.correlation_id]
+        while not answers.done.done():  # the caller gives up (its timeout)
+            await asyncio.sleep(0)
+        self.answered = True
+        receipt = Receipt("ICBC", "late-1", b"\0" * 32, Outcome.SETTLED, 1)
+        return wire.submit_response_to_proto(message.correlation_id, receipt)
+
+    def cancel(self) -> None:
+        pass
+
+
+class LateAnsweringStub:
+    def __init__(self) -> None:
+        self.link: BridgeLink | None = None
+
+    def Submit(self, requests: AsyncIterator[pb.SubmitRequest]) -> Any:  # noqa: N802  # the stub's name
+        assert self.link is not None
+        return LateAnsweringCall(requests, self.link)
+
+
+async def test_an_instruction_sent_but_not_answered_in_time_is_outcome_unknown() -> None:
+    """An instruction handed to the call whose answer comes just after its caller's timeout is
+    OUTCOME_UNKNOWN (it may have settled), never UNAVAILABLE "before it was sent"."""
+    net = network()
+    stub = LateAnsweringStub()
+    link = stub.link = BridgeLink(stub)  # type: ignore[arg-type]
+    result = await link.submit(pay(net, "ICBC", "CCB", 10), timeout=0.05)
+    assert isinstance(result, Refused)
+    assert result.reason is Reason.OUTCOME_UNKNOWN, result.message
+    assert "may or may not have settled" in result.message
+    await link.close()
