@@ -16,8 +16,13 @@ load-generator processes):
 
 `efficiency = pvp_settled_per_s * rpcs_per_pvp / echo_rpc_per_s`: the share of the load
 generator's own ceiling that the bridge sustains; 1.0 would mean the bridge costs no more than
-an echo. Each Locust settlement row has its own percentiles; the reported p50/p95/p99 are the
-largest over the two PvP forms, an upper bound of the merged percentile.
+an echo. The echo server's CPU per call in the same run (`echo_server_cpu_ms_per_rpc`) is
+gRPC's floor for one unary call on this machine at that moment; times `rpcs_per_pvp` it is
+`bank_call_floor_cpu_ms_per_pvp`, what the banks' calls alone would cost the central bank
+nodes if serving one cost no more than an echo (set against `server_cpu_ms_per_pvp`).
+
+Each Locust settlement row has its own percentiles; the reported p50/p95/p99 are the largest
+over the two PvP forms, an upper bound of the merged percentile.
 
 After each bridge run the cross-check compares Locust's settlement count with the ledger and
 verifies the whole log offline.
@@ -90,10 +95,11 @@ def run(settings: E2eSettings) -> dict[str, Any]:
             ) as network,
             echo_server() as echo,
         ):
-            echo_run = run_locust(
-                scenario_path("echo"), label="echo", reports=reports, settings=locust,
-                host=echo.address, check=False,
-            )  # fmt: skip
+            with CpuMeter({"echo": echo.pid}) as echo_cpu:
+                echo_run = run_locust(
+                    scenario_path("echo"), label="echo", reports=reports, settings=locust,
+                    host=echo.address, check=False,
+                )  # fmt: skip
             pids = node_pids(network)
             with (
                 StageMeter(metrics_ports(network)) as stages,
@@ -115,7 +121,7 @@ def run(settings: E2eSettings) -> dict[str, Any]:
                     "LOADTEST_USER_RATE": f"{max(half_rate, 0.1) / paced.users:.6f}",
                 },
             )  # fmt: skip
-    return _figures(settings, echo_run, max_run, half_run, cpu, stages)
+    return _figures(settings, echo_run, max_run, half_run, cpu, stages, echo_cpu)
 
 
 def _figures(
@@ -125,8 +131,11 @@ def _figures(
     half_run: RunResult,
     cpu: CpuMeter,
     stages: StageMeter,
+    echo_cpu: CpuMeter | None = None,
 ) -> dict[str, Any]:
     echo_rate = echo_run.rpc_per_s
+    # what the echo server spent per call: gRPC's floor for one unary call in this run
+    echo_cpu_ms = 1000 * echo_cpu.total / echo_run.rpcs if echo_cpu and echo_run.rpcs else None
     pvps = max_run.count("settlement", PVP_NAMES)
     pvp_rate = max_run.rate("settlement", PVP_NAMES)
     rpcs_per_pvp = max_run.rpcs / pvps if pvps else 0.0
@@ -143,6 +152,10 @@ def _figures(
         "half_rate_pvp_per_s": round(half_run.rate("settlement", PVP_NAMES), 1),
         "server_cpu_ms_per_pvp": round(1000 * cpu.total / pvps, 3) if pvps else None,
         "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
+        "echo_server_cpu_ms_per_rpc": None if echo_cpu_ms is None else round(echo_cpu_ms, 3),
+        "bank_call_floor_cpu_ms_per_pvp": (
+            None if echo_cpu_ms is None else round(echo_cpu_ms * rpcs_per_pvp, 3)
+        ),
         "cpu_ms_per_pvp_by_stage": stages.budget(cpu, pvps),
         "entries_per_block": stages.entries_per_block(),
         "goals_met": {
@@ -182,6 +195,9 @@ def describe(figures: dict[str, Any]) -> str:
             f"settlement at half rate:       p50 {figures['settlement_p50_ms']:.0f} ms, "
             f"p95 {figures['settlement_p95_ms']:.0f} ms, p99 {figures['settlement_p99_ms']:.0f} ms "
             f"(goal p99 <= 50 ms: {'met' if goals['p99_le_50ms_at_half_rate'] else 'missed'})",
+            f"echo server CPU per call:      {figures['echo_server_cpu_ms_per_rpc']} ms "
+            f"(the banks' calls alone, at that floor: "
+            f"{figures['bank_call_floor_cpu_ms_per_pvp']} ms per PvP)",
             f"server CPU per PvP:            {figures['server_cpu_ms_per_pvp']} ms "
             f"(goal <= 1.0: {'met' if goals['server_cpu_le_1_ms'] else 'missed'}), by node "
             "and stage (ms):",

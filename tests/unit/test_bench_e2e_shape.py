@@ -79,7 +79,8 @@ def test_run_result_counts_rpcs_settlements_and_refusals_apart() -> None:
 
 
 def test_e2e_figures_have_every_key_and_the_efficiency_formula() -> None:
-    """efficiency = pvp_settled_per_s x rpcs_per_pvp / echo_rpc_per_s; p99 is the worst form's."""
+    """efficiency = pvp_settled_per_s x rpcs_per_pvp / echo_rpc_per_s; p99 is the worst form's;
+    the echo server's CPU per call and the banks' calls' floor per PvP follow from it."""
     echo = _result("echo", _stats([("grpc", "Echo/Echo", 3000, 1000.0, 0)]))
     max_run = _result(
         "max",
@@ -98,7 +99,11 @@ def test_e2e_figures_have_every_key_and_the_efficiency_formula() -> None:
         _stats([("settlement", "pvp", 50, 25.0, 40.0), ("settlement", "pvp_dual", 50, 25.0, 30.0)]),
     )
     settings = bench_e2e.E2eSettings(locust=LocustSettings(users=4, seconds=2))
-    figures = bench_e2e._figures(settings, echo, max_run, half, CpuMeter({}), StageMeter({}))
+    echo_cpu = CpuMeter({})
+    echo_cpu.seconds = {"echo": 0.6}
+    figures = bench_e2e._figures(
+        settings, echo, max_run, half, CpuMeter({}), StageMeter({}), echo_cpu
+    )
     for key in (
         "echo_rpc_per_s", "pvp_settled_per_s", "rpcs_per_pvp", "efficiency",
         "settlement_p50_ms", "settlement_p95_ms", "settlement_p99_ms",
@@ -108,6 +113,8 @@ def test_e2e_figures_have_every_key_and_the_efficiency_formula() -> None:
     assert figures["rpcs_per_pvp"] == 1.5
     assert figures["efficiency"] == pytest.approx(100.0 * 1.5 / 1000.0)
     assert figures["settlement_p99_ms"] == 40.0
+    assert figures["echo_server_cpu_ms_per_rpc"] == pytest.approx(0.2)  # 0.6 s / 3,000 calls
+    assert figures["bank_call_floor_cpu_ms_per_pvp"] == pytest.approx(0.3)  # x 1.5 calls
     assert figures["goals_met"]["p99_le_50ms_at_half_rate"] is True
 
 
