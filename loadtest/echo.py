@@ -29,6 +29,8 @@ from typing import Any
 
 import grpc
 
+from bridge import event_loop
+
 __all__ = [
     "ECHO_METHOD",
     "ECHO_STREAM_METHOD",
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         await serve(options.port, stop)
 
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
+        event_loop.run(run())  # the nodes' loop: the baseline runs on what they run on
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from bridge import event_loop
 from bridge.core.ledger import SignatureCheck
 from bridge.structured_logging import configure_logging
 
@@ -32,12 +33,13 @@ MAX_IN_FLIGHT_OPTION = typer.Option(
 
 
 def announce(role: str, name: str) -> Callable[[int], None]:
-    """Print one JSON line when listening: launchers read it to know the node is up."""
+    """Print one JSON line when listening: launchers read it to know the node is up (and an
+    operator which event loop it runs on)."""
 
     def on_listening(port: int) -> None:
-        print(
-            json.dumps({"event": "listening", "role": role, "name": name, "port": port}), flush=True
-        )
+        loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+        line = {"event": "listening", "role": role, "name": name, "port": port, "loop": loop}
+        print(json.dumps(line), flush=True)
 
     return on_listening
 
@@ -70,7 +72,10 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
             loop.add_signal_handler(sig, stop.set)
         await main(stop)
 
-    asyncio.run(runner())
+    try:
+        event_loop.run(runner())
+    except ValueError as error:  # an unknown CBDC_BRIDGE_EVENT_LOOP
+        raise SystemExit(f"error: {error}") from None
 
 
 @node_app.command("bridge")
