@@ -117,7 +117,8 @@ FIELD_BOUNDS: dict[str, Bound] = {
     "block_hash": _BYTES_HASH,
     # repeated messages
     "signatures": Bound(4),  # a dual-signed PvP: two banks' signatures, two endorsements
-    # EndorseDualPvps batches (the nodes send at most 256); a bank's SubmitStream batches
+    # EndorseDualPvps and EndorseStream batches (the nodes send at most 256); a bank's
+    # SubmitStream batches
     "instructions": Bound(1024),
     "batch": Bound(1024),  # Submit messages: a central bank node forwards at most 512
     # an endorsement's audit path: at most 32 hashes (batches of up to 2^32 legs)

@@ -207,6 +207,7 @@ async def run_central_bank_node(
                 replica.checkpoint.close()
             refusals.close()
         await link.close()
+        await core.close_endorsers()
         for channel in {bridge_channel, *link_channels}:
             await channel.close()
         for channel in peer_channels.values():

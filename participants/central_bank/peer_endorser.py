@@ -10,23 +10,36 @@ endorses its own banks' legs of the call's PvPs there, with one signature over t
 root (the peer checks that endorsement, once per call, before it endorses its side, also with
 one signature for the call). A bank's batch is handed over as one group (`endorse_many`): its
 legs are queued together and their caller waits once for all of their answers.
+
+The batches go over one `EndorseStream` call per peer, kept open: a message each way per batch,
+where a unary call cost both nodes several times as much (docs/performance.md). Each request
+carries a correlation id, which its answer repeats; each waits at most `timeout` for it (a
+request timed out answers its own legs only). A stream that breaks answers the requests still
+outstanding on it and is opened again for the next batch; its failures are logged once per
+episode. A peer that does not implement the stream (UNIMPLEMENTED) is asked with the unary
+`EndorseDualPvps` call instead, and offered the stream again after `STREAM_RETRY_SECONDS`.
+Whatever fails on the way, an endorsement changes nothing and nothing was submitted: the legs
+are UNAVAILABLE (not decided: resubmit the same instruction id), never a final refusal.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 import grpc
 
 from bridge import wire
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
+from bridge._proto.bridge.v1 import types_pb2 as types
 from bridge.crypto import Signer
 from bridge.domain import Envelope, ParticipantId, Signature
 from bridge.errors import Reason, Refused
+from bridge.node.episodes import FailureEpisode
 from bridge.signing import endorse_legs
 from bridge.status import refusal_from_rpc_error
 from participants.central_bank.answers import Answers
@@ -40,6 +53,58 @@ Endorsed = tuple[Signature, Signature] | Refused
 # a PvP, the party whose leg this node endorses, and the answers of its caller's group with
 # its index there
 _Waiting = tuple[Envelope, ParticipantId, Answers[Endorsed], int]
+# seconds before a peer that did not implement EndorseStream is offered it again (it may have
+# been upgraded meanwhile)
+STREAM_RETRY_SECONDS = 300.0
+
+
+class StreamEnded(Exception):
+    """Raised when the endorsement stream ended without an error status from the peer."""
+
+
+class StreamClosed(StreamEnded):
+    """Raised when this node closed or cancelled the endorsement stream itself."""
+
+
+class _Stream:
+    """One open EndorseStream call: the requests outstanding on it by correlation id, and the
+    task that reads its answers. Once it has ended, `ended` holds why and every request that
+    was outstanding has that failure as its answer."""
+
+    def __init__(self, call: Any, on_end: Any) -> None:
+        self.call = call
+        self.pending: dict[int, asyncio.Future[pb.EndorseStreamResponse]] = {}
+        self.ended: BaseException | None = None
+        self._on_end = on_end
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            while (response := await self.call.read()) is not grpc.aio.EOF:
+                future = self.pending.pop(response.correlation_id, None)
+                if future is not None and not future.done():
+                    future.set_result(response)
+            self.end(StreamEnded("the peer node ended the endorsement stream"))
+        except grpc.aio.AioRpcError as error:
+            self.end(error)
+        except asyncio.CancelledError:  # the call cancelled here (closed, or a write timed out)
+            self.end(StreamClosed("the endorsement stream was cancelled"))
+            raise
+        except Exception as error:  # a fault of this node: the stream is given up
+            log.exception("reading the endorsement stream failed unexpectedly")
+            self.end(error)
+
+    def end(self, error: BaseException) -> None:
+        """The stream is over: every request outstanding on it fails with `error`."""
+        if self.ended is not None:
+            return
+        self.ended = error
+        self.call.cancel()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(error)
+        self.pending.clear()
+        self._on_end(error)
 
 
 class PeerEndorser:
@@ -54,6 +119,7 @@ class PeerEndorser:
         timeout: float,
         max_batch: int = 256,
         in_flight: int = 2,
+        peer: str = "the peer",
     ) -> None:
         self.stub = stub
         self.central_bank = central_bank
@@ -63,6 +129,18 @@ class PeerEndorser:
         self.in_flight = in_flight
         self._waiting: list[_Waiting] = []
         self._senders = 0
+        self._stream: _Stream | None = None
+        self._correlation_ids = itertools.count(1)
+        self._writing = asyncio.Lock()  # one write at a time on the stream
+        self._unary_until = 0.0  # event-loop time until which the unary call is used
+        self.failures = FailureEpisode(log, f"endorsements by {peer}'s node")
+
+    async def close(self) -> None:
+        """End the open stream, if any (its outstanding requests answer UNAVAILABLE)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.end(StreamClosed("the endorsement stream was closed"))
+            await asyncio.gather(stream.reader, return_exceptions=True)
 
     async def endorsements(
         self, envelope: Envelope, party: ParticipantId
@@ -113,24 +191,99 @@ class PeerEndorser:
         ours = endorse_legs(
             [(envelope, party) for envelope, party, _, _ in batch], self.central_bank, self.key
         )
-        request = pb.EndorseDualPvpsRequest(
-            instructions=[
-                wire.envelope_to_proto(envelope.with_signature(endorsement))
-                for (envelope, _, _, _), endorsement in zip(batch, ours, strict=True)
-            ]
-        )
-        try:
-            response = await self.stub.EndorseDualPvps(request, timeout=self.timeout)
-        except grpc.aio.AioRpcError as error:
-            refusal = _peer_failure(error)
+        instructions = [
+            wire.envelope_to_proto(envelope.with_signature(endorsement))
+            for (envelope, _, _, _), endorsement in zip(batch, ours, strict=True)
+        ]
+        answered = await self._asked(instructions)
+        if isinstance(answered, Refused):
             for _, _, answers, index in batch:
-                answers.answer(index, refusal)
+                answers.answer(index, answered)
             return
-        results: list[pb.EndorsementResult | None] = list(response.results)
+        results: list[pb.EndorsementResult | None] = list(answered)
         if len(results) != len(batch):
             results = [None] * len(batch)  # a peer that answers out of shape endorses nothing
         for (_, _, answers, index), endorsement, result in zip(batch, ours, results, strict=True):
             answers.answer(index, _endorsed(endorsement, result))
+
+    async def _asked(
+        self, instructions: list[types.SignedInstruction]
+    ) -> Sequence[pb.EndorsementResult] | Refused:
+        """The peer's result for each instruction, or why there are none (for every leg)."""
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._unary_until:
+            try:
+                return await self._streamed(instructions)
+            except grpc.aio.AioRpcError as error:
+                if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    return _peer_failure(error)
+                log.info("the peer node has no endorsement stream; using EndorseDualPvps")
+                self._unary_until = loop.time() + STREAM_RETRY_SECONDS
+        request = pb.EndorseDualPvpsRequest(instructions=instructions)
+        try:
+            response = await self.stub.EndorseDualPvps(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as error:
+            self.failures.failed(error)
+            return _peer_failure(error)
+        self.failures.succeeded()
+        return list(response.results)
+
+    async def _streamed(
+        self, instructions: list[types.SignedInstruction]
+    ) -> Sequence[pb.EndorsementResult] | Refused:
+        """The peer's results over the open stream (opened if none is); raises AioRpcError
+        if the stream failed with one (UNIMPLEMENTED included)."""
+        stream = self._stream
+        if stream is None or stream.ended is not None:
+            stream = self._stream = _Stream(self.stub.EndorseStream(), self._stream_ended)
+        correlation_id = next(self._correlation_ids)
+        answer: asyncio.Future[pb.EndorseStreamResponse]
+        answer = stream.pending[correlation_id] = asyncio.get_running_loop().create_future()
+        request = pb.EndorseStreamRequest(correlation_id=correlation_id, instructions=instructions)
+        try:
+            # the write too: a peer that stops reading holds it (gRPC cancels the whole call
+            # when a write is cancelled, which ends the stream for the others too)
+            async with asyncio.timeout(self.timeout):
+                try:
+                    async with self._writing:
+                        await stream.call.write(request)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
+                    # the call is over: it ends here with its status, if not already
+                    ended: BaseException = error
+                    if not isinstance(error, grpc.aio.AioRpcError):
+                        ended = StreamEnded(f"the endorsement stream is over: {error}")
+                    stream.end(ended)
+                response = await answer
+        except TimeoutError:
+            self.failures.failed(TimeoutError(f"no answer within {self.timeout} s"))
+            return Refused(
+                Reason.UNAVAILABLE,
+                f"the counterparty's central bank node did not endorse within {self.timeout} s; "
+                "nothing was submitted, resubmit the same instruction id",
+            )
+        except StreamEnded as ended:
+            return Refused(
+                Reason.UNAVAILABLE,
+                f"the counterparty's central bank node did not endorse ({ended}); nothing was "
+                "submitted, resubmit the same instruction id",
+            )
+        finally:
+            stream.pending.pop(correlation_id, None)
+        self.failures.succeeded()
+        if response.HasField("refusal"):  # the request refused whole: each leg refused so
+            return wire.refusal_from_proto(response.refusal)
+        return response.results
+
+    def _stream_ended(self, error: BaseException) -> None:
+        """Log a broken stream once per episode; not one closed or cancelled here (a timed
+        out write, logged as such), nor one the peer does not implement (no failure: the
+        unary call is used instead)."""
+        if isinstance(error, grpc.aio.AioRpcError):
+            if error.code() is grpc.StatusCode.UNIMPLEMENTED:
+                return
+            error = StreamEnded(f"{error.code().name}: {error.details() or ''}")
+        if not isinstance(error, StreamClosed):
+            self.failures.failed(error)
 
 
 def _endorsed(ours: Signature, result: pb.EndorsementResult | None) -> Endorsed:

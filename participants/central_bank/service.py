@@ -2,8 +2,8 @@
 
 `CentralBank` is what its commercial banks call: every instruction must carry the bank's own
 valid signature, every query a signed `auth`; the node endorses only its own banks' legs and
-forwards to the bridge. Its `EndorseDualPvp(s)` are for peer central bank nodes alone
-(authenticated as the bridge authenticates them, `bridge.node.caller_auth`).
+forwards to the bridge. Its `EndorseDualPvp(s)` and `EndorseStream` are for peer central bank
+nodes alone (authenticated as the bridge authenticates them, `bridge.node.caller_auth`).
 `CentralBankAdmin` is the central bank's own desk, on a listener of its own (bearer token): it
 signs admissions, policy, issuance and freezes with the central bank's key. The bridge enforces
 who may do what deterministically; the node refuses early what it can see is not allowed.
@@ -195,9 +195,14 @@ class CentralBankCore:
             if peer is None:
                 return None
             endorser = self._endorsers[central_bank] = PeerEndorser(
-                peer, self.id, self.key, timeout=BRIDGE_DEADLINE
+                peer, self.id, self.key, timeout=BRIDGE_DEADLINE, peer=central_bank
             )
         return endorser
+
+    async def close_endorsers(self) -> None:
+        """End the endorsement streams open to peer nodes (before their channels close)."""
+        for endorser in self._endorsers.values():
+            await endorser.close()
 
     def refused(
         self, message: types.SignedInstruction, envelope: Envelope | None, refusal: Refused
@@ -805,24 +810,102 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             caller = self._peer(context, "EndorseDualPvps")
         except Refused as refusal:
             await abort(context, refusal)
+        return pb.EndorseDualPvpsResponse(
+            results=await self._endorsements(request.instructions, caller)
+        )
+
+    async def _endorsements(
+        self,
+        instructions: Sequence[types.SignedInstruction],
+        caller: str,
+        refused: dict[int, Refused] | None = None,
+    ) -> list[pb.EndorsementResult]:
+        """Our banks' legs of a batch of dual PvPs from the peer node `caller`, each checked
+        as EndorseDualPvp checks it and endorsed with one signature over the batch's root:
+        the endorsement or refusal of each, in order (`refused`: those refused at the edge)."""
         core = self.core
         verdicts: dict[tuple[bytes, bytes], bool] = {}
         checked: list[Envelope | Refused] = []
-        for message in request.instructions:
+        for index, message in enumerate(instructions):
+            edge = refused.get(index) if refused else None
+            if edge is not None:
+                checked.append(edge)
+                continue
             try:
                 checked.append(await self._endorsement_for(message, caller, verdicts))
             except Refused as refusal:
                 checked.append(refusal)
-        # our banks' legs of the whole batch, endorsed with one signature over their root
         legs = [(e, e.body.parties()[1]) for e in checked if isinstance(e, Envelope)]
         endorsements = iter(endorse_legs(legs, core.id, core.key))
-        results = [
+        return [
             pb.EndorsementResult(refusal=wire.refusal_to_proto(item))
             if isinstance(item, Refused)
             else pb.EndorsementResult(endorsement=wire.signature_to_proto(next(endorsements)))
             for item in checked
         ]
-        return pb.EndorseDualPvpsResponse(results=results)
+
+    async def EndorseStream(
+        self,
+        request_iterator: AsyncIterator[pb.EndorseStreamRequest | PartlyRefused],
+        context: Context,
+    ) -> AsyncIterator[pb.EndorseStreamResponse]:
+        """EndorseDualPvps over one open stream: the caller authenticated once, before any
+        message is read; each request answered as that call would be, under its correlation
+        id, as soon as it is done (requests are worked on at once, up to STREAM_WINDOW
+        instructions per stream)."""
+        try:
+            caller = self._peer(context, "EndorseStream")
+        except Refused as refusal:
+            await abort(context, refusal)
+        # an answer holds its request's room in the window until gRPC takes it
+        answers: asyncio.Queue[tuple[pb.EndorseStreamResponse, int] | None] = asyncio.Queue()
+        window = InstructionWindow(STREAM_WINDOW)
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def handle(request: pb.EndorseStreamRequest, refused: dict[int, Refused]) -> None:
+            count = max(1, len(request.instructions))
+            try:
+                results = await self._endorsements(request.instructions, caller, refused)
+                response = pb.EndorseStreamResponse(
+                    correlation_id=request.correlation_id, results=results
+                )
+            except Exception as error:  # a fault of this node: nothing endorsed, not decided
+                log.exception("an endorsement request failed unexpectedly")
+                unsent = Refused(Reason.UNAVAILABLE, f"the node failed to endorse: {error}")
+                response = pb.EndorseStreamResponse(
+                    correlation_id=request.correlation_id, refusal=wire.refusal_to_proto(unsent)
+                )
+            answers.put_nowait((response, count))
+
+        async def read_requests() -> None:
+            try:
+                async for item in request_iterator:
+                    request: pb.EndorseStreamRequest
+                    refused: dict[int, Refused] = {}
+                    if isinstance(item, PartlyRefused):  # some instructions out of bounds
+                        request, refused = item.message, item.refused  # type: ignore[assignment]
+                    else:
+                        request = item
+                    await window.take(max(1, len(request.instructions)))
+                    task = asyncio.create_task(handle(request, refused))
+                    handlers.add(task)
+                    task.add_done_callback(handlers.discard)
+                while handlers:
+                    await asyncio.wait(set(handlers))
+            finally:
+                answers.put_nowait(None)  # the answers end, however the requests did
+
+        reader = asyncio.create_task(read_requests())
+        try:
+            while (answer := await answers.get()) is not None:
+                response, count = answer
+                yield response
+                window.release(count)
+            await reader
+        finally:
+            reader.cancel()
+            for task in handlers:
+                task.cancel()
 
     async def SubmitStream(
         self,

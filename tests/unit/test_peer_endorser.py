@@ -1,19 +1,25 @@
-"""Asking a peer central bank's node for endorsements: a group of legs goes in one call.
+"""Asking a peer central bank's node for endorsements: a group of legs goes in one request on
+an open `EndorseStream` call, answers are matched by correlation id, and every failure leaves
+the legs not decided.
 
-The peer is a stand-in for the `EndorseDualPvps` stub: it endorses its bank's leg of each PvP
-with its own key (one signature over the call's legs), refuses the ones a test names, or fails
-in transport.
+The peer is a stand-in servicer on a real gRPC server on loopback: it endorses its bank's leg
+of each PvP with its own key (one signature per request), refuses the ones a test names, and
+can hold, reorder, break or not implement the stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import pytest
 
 from bridge import wire
 from bridge._proto.bridge.v1 import central_bank_pb2 as pb
+from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
 from bridge.domain import Envelope
 from bridge.errors import Reason, Refused
 from bridge.signing import endorse_legs, sign_as_party
@@ -21,36 +27,115 @@ from participants.central_bank.peer_endorser import PeerEndorser
 from tests.factories import Network, dual_pvp, network
 
 
-class PeerStub:
-    """Endorses KBANK's leg of every PvP it is asked about, except those with `refuse` as
-    their amount; `down`: every call fails in transport."""
+class StandInPeer:
+    """BOT's node as far as endorsements go: endorses KBANK's leg of every PvP, except those
+    with `refuse` as their amount; holds back the answer to a request holding `hold`;
+    answers the first `reorder` requests of a stream in reverse order; aborts the first
+    stream UNAVAILABLE at its first request when `break_first`; answers `short` requests with
+    one result too few."""
 
-    def __init__(self, net: Network, refuse: int = 0, *, down: bool = False) -> None:
+    def __init__(self, net: Network) -> None:
         self.net = net
-        self.refuse = refuse
-        self.down = down
-        self.calls: list[list[str]] = []
+        self.refuse = 0
+        self.hold = 0
+        self.reorder = 0
+        self.break_first = False
+        self.short = False
+        self.streams = 0
+        self.unary_calls: list[list[str]] = []
+        self.requests: list[list[str]] = []
 
-    async def EndorseDualPvps(  # noqa: N802  # the stub's name
-        self, request: pb.EndorseDualPvpsRequest, timeout: float
-    ) -> pb.EndorseDualPvpsResponse:
-        envelopes = [wire.envelope_from_proto(m) for m in request.instructions]
-        self.calls.append([e.body.instruction_id for e in envelopes])
-        if self.down:
-            raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE, None, None, "connection refused"
-            )
-        wanted = [e for e in envelopes if e.body.pay_amount != self.refuse]  # type: ignore[attr-defined]
+    def results(self, instructions: Any) -> list[pb.EndorsementResult]:
+        envelopes = [wire.envelope_from_proto(m) for m in instructions]
+        amount = lambda e: e.body.pay_amount  # noqa: E731
+        wanted = [e for e in envelopes if amount(e) != self.refuse]
         ours = iter(endorse_legs([(e, "KBANK") for e in wanted], "BOT", self.net.keys["BOT"]))
         results = []
         for envelope in envelopes:
-            if envelope.body.pay_amount == self.refuse:  # type: ignore[attr-defined]
+            if amount(envelope) == self.refuse:
                 refusal = Refused(Reason.INSUFFICIENT_FUNDS, "no funds")
                 results.append(pb.EndorsementResult(refusal=wire.refusal_to_proto(refusal)))
             else:
                 signature = wire.signature_to_proto(next(ours))
                 results.append(pb.EndorsementResult(endorsement=signature))
-        return pb.EndorseDualPvpsResponse(results=results)
+        return results[:-1] if self.short else results
+
+    async def EndorseDualPvps(  # noqa: N802  # the RPC's name
+        self, request: pb.EndorseDualPvpsRequest, context: Any
+    ) -> pb.EndorseDualPvpsResponse:
+        self.unary_calls.append(ids_of(request.instructions))
+        return pb.EndorseDualPvpsResponse(results=self.results(request.instructions))
+
+    async def EndorseStream(  # noqa: N802  # the RPC's name
+        self, requests: AsyncIterator[pb.EndorseStreamRequest], context: Any
+    ) -> AsyncIterator[pb.EndorseStreamResponse]:
+        self.streams += 1
+        first_stream = self.streams == 1
+        held: list[pb.EndorseStreamRequest] = []
+        async for request in requests:
+            self.requests.append(ids_of(request.instructions))
+            if self.break_first and first_stream:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "the peer went away")
+            amounts = [wire.envelope_from_proto(m).body.pay_amount for m in request.instructions]  # type: ignore[attr-defined]
+            if self.hold in amounts:
+                continue  # never answered
+            held.append(request)
+            if len(self.requests) <= self.reorder and len(held) < self.reorder:
+                continue
+            for answered in reversed(held):
+                yield pb.EndorseStreamResponse(
+                    correlation_id=answered.correlation_id,
+                    results=self.results(answered.instructions),
+                )
+            held.clear()
+
+
+def ids_of(instructions: Any) -> list[str]:
+    return [m.instruction.instruction_id for m in instructions]
+
+
+Serve = Callable[..., Any]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    """Start a loopback server for a stand-in peer (with or without the stream); returns a
+    stub on a channel to it."""
+    servers: list[grpc.aio.Server] = []
+    channels: list[grpc.aio.Channel] = []
+
+    async def start(peer: StandInPeer, *, stream: bool = True) -> pb_grpc.CentralBankStub:
+        handlers = {
+            "EndorseDualPvps": grpc.unary_unary_rpc_method_handler(
+                peer.EndorseDualPvps,
+                request_deserializer=pb.EndorseDualPvpsRequest.FromString,
+                response_serializer=pb.EndorseDualPvpsResponse.SerializeToString,
+            )
+        }
+        if stream:  # without it, a node of a version that does not implement the stream
+            handlers["EndorseStream"] = grpc.stream_stream_rpc_method_handler(
+                peer.EndorseStream,
+                request_deserializer=pb.EndorseStreamRequest.FromString,
+                response_serializer=pb.EndorseStreamResponse.SerializeToString,
+            )
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler("bridge.v1.CentralBank", handlers),)
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channels.append(channel)
+        return pb_grpc.CentralBankStub(channel)
+
+    try:
+        yield start
+    finally:
+        for channel in channels:
+            await channel.close()
+        for server in servers:
+            await server.stop(None)
 
 
 def bank_signed(net: Network, amount: int) -> Envelope:
@@ -62,72 +147,183 @@ def bank_signed(net: Network, amount: int) -> Envelope:
     return envelope
 
 
-def endorser(stub: PeerStub) -> PeerEndorser:
-    return PeerEndorser(stub, "PBOC", stub.net.keys["PBOC"], timeout=5.0)  # type: ignore[arg-type]
+def legs(net: Network, *amounts: int) -> list[tuple[Envelope, str]]:
+    return [(bank_signed(net, amount), "ICBC") for amount in amounts]
 
 
-async def test_a_group_of_legs_goes_in_one_call_and_each_gets_its_own_answer() -> None:
-    """`endorse_many`: one EndorseDualPvps call for the group; both endorsements of each leg,
-    or the peer's refusal of it, in order."""
+def endorser(stub: Any, net: Network, **options: Any) -> PeerEndorser:
+    return PeerEndorser(stub, "PBOC", net.keys["PBOC"], **{"timeout": 5.0, **options})
+
+
+def assert_endorsed(result: Any) -> None:
+    assert not isinstance(result, Refused), result
+    ours, theirs = result
+    assert (ours.signer, ours.endorses) == ("PBOC", "ICBC")
+    assert (theirs.signer, theirs.endorses) == ("BOT", "KBANK")
+
+
+def assert_not_decided(result: Any) -> None:
+    assert isinstance(result, Refused), result
+    assert result.reason is Reason.UNAVAILABLE
+    assert result.reason.retryable
+
+
+async def test_a_group_of_legs_goes_in_one_request_and_each_gets_its_own_answer(
+    serve: Serve,
+) -> None:
+    """`endorse_many`: one request on the stream for the group; both endorsements of each
+    leg, or the peer's refusal of it, in order."""
     net = network()
-    stub = PeerStub(net, refuse=200)
-    legs = [(bank_signed(net, amount), "ICBC") for amount in (100, 200, 300)]
-    results = await endorser(stub).endorse_many(legs)
-    assert stub.calls == [["dual-100", "dual-200", "dual-300"]]
+    peer = StandInPeer(net)
+    peer.refuse = 200
+    results = await endorser(await serve(peer), net).endorse_many(legs(net, 100, 200, 300))
+    assert peer.requests == [["dual-100", "dual-200", "dual-300"]]
+    assert peer.unary_calls == []
     assert isinstance(results[1], Refused)
     assert results[1].reason is Reason.INSUFFICIENT_FUNDS
-    for result in (results[0], results[2]):
-        assert not isinstance(result, Refused)
-        ours, theirs = result
-        assert (ours.signer, ours.endorses) == ("PBOC", "ICBC")
-        assert (theirs.signer, theirs.endorses) == ("BOT", "KBANK")
+    assert_endorsed(results[0])
+    assert_endorsed(results[2])
 
 
-async def test_groups_waiting_together_share_a_call() -> None:
-    """Two groups handed over before the endorser sends share one call (at most `in_flight`
-    calls at a time); each group hears its own answers."""
+async def test_groups_waiting_together_share_a_request_and_the_stream_stays_open(
+    serve: Serve,
+) -> None:
+    """Two groups handed over before the endorser sends share one request; a later group goes
+    on the same stream; each group hears its own answers."""
     net = network()
-    stub = PeerStub(net)
-    peer = PeerEndorser(stub, "PBOC", net.keys["PBOC"], timeout=5.0, in_flight=1)  # type: ignore[arg-type]
+    peer = StandInPeer(net)
+    stub = await serve(peer)
+    endorsing = endorser(stub, net, in_flight=1)
     first, second = await asyncio.gather(
-        peer.endorse_many([(bank_signed(net, amount), "ICBC") for amount in (1, 2)]),
-        peer.endorse_many([(bank_signed(net, 3), "ICBC")]),
+        endorsing.endorse_many(legs(net, 1, 2)), endorsing.endorse_many(legs(net, 3))
     )
-    assert stub.calls == [["dual-1", "dual-2", "dual-3"]]
-    assert len(first) == 2
-    assert len(second) == 1
-    assert not any(isinstance(r, Refused) for r in (*first, *second))
+    third = await endorsing.endorse_many(legs(net, 4))
+    assert peer.requests == [["dual-1", "dual-2", "dual-3"], ["dual-4"]]
+    assert peer.streams == 1
+    for result in (*first, *second, *third):
+        assert_endorsed(result)
+
+
+async def test_answers_out_of_order_are_matched_by_correlation_id(serve: Serve) -> None:
+    """Two requests outstanding answered in reverse order: each leg gets the answer to its
+    own request (the refused one stays refused, the other endorsed)."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.refuse = 11
+    peer.reorder = 2
+    endorsing = endorser(await serve(peer), net, max_batch=1, in_flight=2)
+    (refused,), (endorsed,) = await asyncio.gather(
+        endorsing.endorse_many(legs(net, 11)), endorsing.endorse_many(legs(net, 12))
+    )
+    assert sorted(peer.requests) == [["dual-11"], ["dual-12"]]
+    assert isinstance(refused, Refused)
+    assert refused.reason is Reason.INSUFFICIENT_FUNDS
+    assert_endorsed(endorsed)
+
+
+async def test_a_request_timing_out_answers_only_its_own_legs(serve: Serve) -> None:
+    """A request the peer never answers: its legs are UNAVAILABLE after `timeout`; another
+    request outstanding at the same time is endorsed, on the same stream."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.hold = 21
+    endorsing = endorser(await serve(peer), net, timeout=1.0, max_batch=1, in_flight=2)
+    (held,), (endorsed,) = await asyncio.gather(
+        endorsing.endorse_many(legs(net, 21)), endorsing.endorse_many(legs(net, 22))
+    )
+    assert_not_decided(held)
+    assert_endorsed(endorsed)
+    (later,) = await endorsing.endorse_many(legs(net, 23))
+    assert_endorsed(later)
+    assert peer.streams == 1
+
+
+async def test_a_broken_stream_answers_not_decided_and_the_next_batch_reopens_it(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream breaks with a request outstanding: its legs are UNAVAILABLE (retryable);
+    the next batch opens a new stream and is endorsed; the break is logged once, then the
+    recovery."""
+    caplog.set_level(logging.INFO, logger="participants.peer_endorser")
+    net = network()
+    peer = StandInPeer(net)
+    peer.break_first = True
+    endorsing = endorser(await serve(peer), net)
+    failed = await endorsing.endorse_many(legs(net, 31, 32))
+    assert len(failed) == 2
+    for result in failed:
+        assert_not_decided(result)
+    (endorsed,) = await endorsing.endorse_many(legs(net, 33))
+    assert_endorsed(endorsed)
+    assert peer.streams == 2
+    messages = [r.getMessage() for r in caplog.records if r.name == "participants.peer_endorser"]
+    assert len([m for m in messages if "failing" in m]) == 1, messages
+    assert len([m for m in messages if "recovered" in m]) == 1, messages
+
+
+async def test_a_peer_without_the_stream_is_asked_with_the_unary_call(serve: Serve) -> None:
+    """A peer answering UNIMPLEMENTED for EndorseStream: the same group is endorsed through
+    EndorseDualPvps, and so is the next, without trying the stream again."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.refuse = 42
+    endorsing = endorser(await serve(peer, stream=False), net)
+    endorsed, refused = await endorsing.endorse_many(legs(net, 41, 42))
+    assert_endorsed(endorsed)
+    assert isinstance(refused, Refused)
+    assert refused.reason is Reason.INSUFFICIENT_FUNDS
+    (later,) = await endorsing.endorse_many(legs(net, 43))
+    assert_endorsed(later)
+    assert peer.unary_calls == [["dual-41", "dual-42"], ["dual-43"]]
+
+
+async def test_a_peer_answering_out_of_shape_endorses_nothing(serve: Serve) -> None:
+    """An answer with one result too few: no leg of the request is endorsed (UNAVAILABLE)."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.short = True
+    for result in await endorser(await serve(peer), net).endorse_many(legs(net, 51, 52)):
+        assert_not_decided(result)
 
 
 async def test_a_peer_down_leaves_every_leg_of_the_group_not_decided() -> None:
-    """A call failing in transport: each leg of the group is UNAVAILABLE (retryable)."""
+    """No server at the peer's address: each leg of the group is UNAVAILABLE (retryable)."""
     net = network()
-    stub = PeerStub(net, down=True)
-    results: list[Any] = await endorser(stub).endorse_many(
-        [(bank_signed(net, amount), "ICBC") for amount in (1, 2)]
-    )
-    assert [r.reason for r in results] == [Reason.UNAVAILABLE, Reason.UNAVAILABLE]
-    assert all(r.reason.retryable for r in results)
+    channel = grpc.aio.insecure_channel("127.0.0.1:1")  # nothing listens on port 1
+    try:
+        results = await endorser(pb_grpc.CentralBankStub(channel), net).endorse_many(
+            legs(net, 61, 62)
+        )
+    finally:
+        await channel.close()
+    for result in results:
+        assert_not_decided(result)
 
 
-class FaultyStub(PeerStub):
-    """Fails its first call with an error of this node's own (not a gRPC error)."""
+class FaultyStub:
+    """The stand-in's stub, whose first EndorseStream call fails with an error of this node's
+    own (not a gRPC error)."""
 
-    async def EndorseDualPvps(  # noqa: N802  # the stub's name
-        self, request: pb.EndorseDualPvpsRequest, timeout: float
-    ) -> pb.EndorseDualPvpsResponse:
-        if not self.calls:
-            self.calls.append([])
+    def __init__(self, stub: pb_grpc.CentralBankStub) -> None:
+        self.stub = stub
+        self.EndorseDualPvps = stub.EndorseDualPvps
+        self.opened = 0
+
+    def EndorseStream(self) -> Any:  # noqa: N802  # the stub's name
+        self.opened += 1
+        if self.opened == 1:
             raise RuntimeError("a fault of the node")
-        return await super().EndorseDualPvps(request, timeout)
+        return self.stub.EndorseStream()
 
 
-async def test_an_unexpected_fault_answers_the_group_not_decided_and_the_next_goes_on() -> None:
-    """A call that fails unexpectedly leaves each leg of its group UNAVAILABLE (nothing was
-    submitted) instead of waiting forever; the next group is endorsed."""
+async def test_an_unexpected_fault_answers_the_group_not_decided_and_the_next_goes_on(
+    serve: Serve,
+) -> None:
+    """A request that fails unexpectedly leaves each leg of its group UNAVAILABLE (nothing
+    was submitted) instead of waiting forever; the next group is endorsed."""
     net = network()
-    peer = endorser(FaultyStub(net))
-    failed: list[Any] = await peer.endorse_many([(bank_signed(net, 7), "ICBC")])
-    assert [r.reason for r in failed] == [Reason.UNAVAILABLE]
-    (result,) = await asyncio.wait_for(peer.endorse_many([(bank_signed(net, 8), "ICBC")]), 5)
-    assert not isinstance(result, Refused)
+    endorsing = endorser(FaultyStub(await serve(StandInPeer(net))), net)
+    (failed,) = await endorsing.endorse_many(legs(net, 7))
+    assert_not_decided(failed)
+    (result,) = await asyncio.wait_for(endorsing.endorse_many(legs(net, 8)), 5)
+    assert_endorsed(result)

@@ -197,6 +197,75 @@ class EndorseDualPvpsResponse(_message.Message):
 Global___EndorseDualPvpsResponse: _TypeAlias = EndorseDualPvpsResponse  # noqa: Y015
 
 @_typing.final
+class EndorseStreamRequest(_message.Message):
+    """One batch of dual-signed PvPs for this node to endorse, on the EndorseStream stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """Caller-chosen number that the matching response repeats."""
+    @_builtins.property
+    def instructions(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.SignedInstruction]:
+        """As in EndorseDualPvpsRequest: each carries both banks' signatures and the proposer
+        central bank's endorsement; at most 1,024 (more: the whole message is refused
+        INVALID_ARGUMENT, FIELD_TOO_LONG, and nothing in it is endorsed).
+        """
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        instructions: _abc.Iterable[_types_pb2.SignedInstruction] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "instructions", b"instructions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndorseStreamRequest: _TypeAlias = EndorseStreamRequest  # noqa: Y015
+
+@_typing.final
+class EndorseStreamResponse(_message.Message):
+    """The answer to one EndorseStreamRequest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
+    RESULTS_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
+    correlation_id: _builtins.int
+    """The correlation id of the request answered."""
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___EndorsementResult]:
+        """One per instruction of the request, in request order, exactly as EndorseDualPvpsResponse
+        answers them; empty when `refusal` is set.
+        """
+
+    @_builtins.property
+    def refusal(self) -> _types_pb2.Refusal:
+        """Set when the request is refused as a whole (a message that does not decode, a batch too
+        large): no leg of it is endorsed, and nothing changed.
+        """
+
+    def __init__(
+        self,
+        *,
+        correlation_id: _builtins.int = ...,
+        results: _abc.Iterable[Global___EndorsementResult] | None = ...,
+        refusal: _types_pb2.Refusal | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refusal", b"refusal"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "refusal", b"refusal", "results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndorseStreamResponse: _TypeAlias = EndorseStreamResponse  # noqa: Y015
+
+@_typing.final
 class EndorsementResult(_message.Message):
     """This node's answer for one dual-signed PvP."""
 

@@ -123,6 +123,11 @@ class CentralBankStub:
                 request_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.SerializeToString,
                 response_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.FromString,
                 _registered_method=True)
+        self.EndorseStream = channel.stream_stream(
+                '/bridge.v1.CentralBank/EndorseStream',
+                request_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseStreamRequest.SerializeToString,
+                response_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseStreamResponse.FromString,
+                _registered_method=True)
         self.GetSignedHead = channel.unary_unary(
                 '/bridge.v1.CentralBank/GetSignedHead',
                 request_serializer=bridge_dot_v1_dot_central__bank__pb2.SignedHeadQuery.SerializeToString,
@@ -280,6 +285,25 @@ class CentralBankServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EndorseStream(self, request_iterator, context):
+        """EndorseDualPvps over one stream a peer central bank node keeps open: a message each way
+        per batch instead of a unary call (what central bank nodes use between themselves; a
+        node falls back to EndorseDualPvps when its peer does not implement this). The caller is
+        authenticated once, when the stream opens, exactly as EndorseDualPvps authenticates it
+        (any other caller: the same status and reason, before any message is read). Each
+        request is checked and answered exactly as an EndorseDualPvps call with its
+        instructions; each gets one response with its correlation id, and responses may come
+        out of request order. A message that does not decode, or whose batch is too large, is
+        refused as a whole in its response (`refusal`) when its correlation id can be read, and
+        the stream keeps serving; otherwise the stream ends INVALID_ARGUMENT. One instruction out
+        of the field bounds is refused in its place, the others of its batch answered. The node
+        works on at most 4,096 instructions per stream at once and reads no further request
+        until answers free room.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSignedHead(self, request, context):
         """The latest block this central bank has replayed on its own replica, with its attestation
         (its signature over the block hash). Since every block commits to its predecessor, the
@@ -383,6 +407,11 @@ def add_CentralBankServicer_to_server(servicer, server):
                     servicer.EndorseDualPvps,
                     request_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.FromString,
                     response_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.SerializeToString,
+            ),
+            'EndorseStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.EndorseStream,
+                    request_deserializer=bridge_dot_v1_dot_central__bank__pb2.EndorseStreamRequest.FromString,
+                    response_serializer=bridge_dot_v1_dot_central__bank__pb2.EndorseStreamResponse.SerializeToString,
             ),
             'GetSignedHead': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSignedHead,
@@ -835,6 +864,33 @@ class CentralBank:
             '/bridge.v1.CentralBank/EndorseDualPvps',
             bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsRequest.SerializeToString,
             bridge_dot_v1_dot_central__bank__pb2.EndorseDualPvpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndorseStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/bridge.v1.CentralBank/EndorseStream',
+            bridge_dot_v1_dot_central__bank__pb2.EndorseStreamRequest.SerializeToString,
+            bridge_dot_v1_dot_central__bank__pb2.EndorseStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,6 +115,21 @@ class CentralBankStub:
     load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
     request order, with this node's endorsement of its bank's leg or with the refusal.
     """
+    EndorseStream: _grpc.StreamStreamMultiCallable[_central_bank_pb2.EndorseStreamRequest, _central_bank_pb2.EndorseStreamResponse]
+    """EndorseDualPvps over one stream a peer central bank node keeps open: a message each way
+    per batch instead of a unary call (what central bank nodes use between themselves; a
+    node falls back to EndorseDualPvps when its peer does not implement this). The caller is
+    authenticated once, when the stream opens, exactly as EndorseDualPvps authenticates it
+    (any other caller: the same status and reason, before any message is read). Each
+    request is checked and answered exactly as an EndorseDualPvps call with its
+    instructions; each gets one response with its correlation id, and responses may come
+    out of request order. A message that does not decode, or whose batch is too large, is
+    refused as a whole in its response (`refusal`) when its correlation id can be read, and
+    the stream keeps serving; otherwise the stream ends INVALID_ARGUMENT. One instruction out
+    of the field bounds is refused in its place, the others of its batch answered. The node
+    works on at most 4,096 instructions per stream at once and reads no further request
+    until answers free room.
+    """
     GetSignedHead: _grpc.UnaryUnaryMultiCallable[_central_bank_pb2.SignedHeadQuery, _central_bank_pb2.SignedHead]
     """The latest block this central bank has replayed on its own replica, with its attestation
     (its signature over the block hash). Since every block commits to its predecessor, the
@@ -202,6 +217,21 @@ class CentralBankAsyncStub(CentralBankStub):
     """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
     load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
     request order, with this node's endorsement of its bank's leg or with the refusal.
+    """
+    EndorseStream: _aio.StreamStreamMultiCallable[_central_bank_pb2.EndorseStreamRequest, _central_bank_pb2.EndorseStreamResponse]  # type: ignore[assignment]
+    """EndorseDualPvps over one stream a peer central bank node keeps open: a message each way
+    per batch instead of a unary call (what central bank nodes use between themselves; a
+    node falls back to EndorseDualPvps when its peer does not implement this). The caller is
+    authenticated once, when the stream opens, exactly as EndorseDualPvps authenticates it
+    (any other caller: the same status and reason, before any message is read). Each
+    request is checked and answered exactly as an EndorseDualPvps call with its
+    instructions; each gets one response with its correlation id, and responses may come
+    out of request order. A message that does not decode, or whose batch is too large, is
+    refused as a whole in its response (`refusal`) when its correlation id can be read, and
+    the stream keeps serving; otherwise the stream ends INVALID_ARGUMENT. One instruction out
+    of the field bounds is refused in its place, the others of its batch answered. The node
+    works on at most 4,096 instructions per stream at once and reads no further request
+    until answers free room.
     """
     GetSignedHead: _aio.UnaryUnaryMultiCallable[_central_bank_pb2.SignedHeadQuery, _central_bank_pb2.SignedHead]  # type: ignore[assignment]
     """The latest block this central bank has replayed on its own replica, with its attestation
@@ -383,6 +413,27 @@ class CentralBankServicer(metaclass=_abc_1.ABCMeta):
         """The batched form of EndorseDualPvp, which central bank nodes use between themselves under
         load: each instruction is checked exactly as EndorseDualPvp checks it, and answered, in
         request order, with this node's endorsement of its bank's leg or with the refusal.
+        """
+
+    @_abc_1.abstractmethod
+    def EndorseStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_central_bank_pb2.EndorseStreamRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_central_bank_pb2.EndorseStreamResponse], _abc.AsyncIterator[_central_bank_pb2.EndorseStreamResponse]]:
+        """EndorseDualPvps over one stream a peer central bank node keeps open: a message each way
+        per batch instead of a unary call (what central bank nodes use between themselves; a
+        node falls back to EndorseDualPvps when its peer does not implement this). The caller is
+        authenticated once, when the stream opens, exactly as EndorseDualPvps authenticates it
+        (any other caller: the same status and reason, before any message is read). Each
+        request is checked and answered exactly as an EndorseDualPvps call with its
+        instructions; each gets one response with its correlation id, and responses may come
+        out of request order. A message that does not decode, or whose batch is too large, is
+        refused as a whole in its response (`refusal`) when its correlation id can be read, and
+        the stream keeps serving; otherwise the stream ends INVALID_ARGUMENT. One instruction out
+        of the field bounds is refused in its place, the others of its batch answered. The node
+        works on at most 4,096 instructions per stream at once and reads no further request
+        until answers free room.
         """
 
     @_abc_1.abstractmethod
