@@ -46,6 +46,7 @@ COMMON_SERVICES = [
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
 ]
 BRIDGE_SERVICES = [bridge_pb.DESCRIPTOR.services_by_name["BridgeLedger"]]
+Headers = tuple[tuple[str, str], ...]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -96,12 +97,14 @@ def payloads(method: MethodDescriptor) -> dict[str, bytes]:
     return found
 
 
-def call_raw(channel: grpc.Channel, method: MethodDescriptor, data: bytes) -> grpc.RpcError:
+def call_raw(
+    channel: grpc.Channel, method: MethodDescriptor, data: bytes, metadata: Headers = ()
+) -> grpc.RpcError:
     """Send `data` as the request of `method`; return the error it must end with."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     if method.client_streaming:
         stream = channel.stream_stream(path)
-        replies = stream(iter([data]), timeout=RPC_TIMEOUT)
+        replies = stream(iter([data]), metadata=metadata, timeout=RPC_TIMEOUT)
         return refusal_of(lambda: list(replies))
     if method.server_streaming:
         replies = channel.unary_stream(path)(data, timeout=RPC_TIMEOUT)
@@ -126,6 +129,15 @@ def listeners(
         yield cb, live.channel(live.address(cb)), [CENTRAL_BANK_SERVICE, *COMMON_SERVICES]
         admin = live.channel(live.admin_address(cb))
         yield f"{cb} admin", admin, [ADMIN_SERVICE, *COMMON_SERVICES]
+
+
+def peer_headers(live: LiveNetwork, node: str, method: MethodDescriptor) -> Headers:
+    """A peer node's signed headers for a stream that refuses anyone else before it reads a
+    message (EndorseStream); none for every other method."""
+    if method.full_name != "bridge.v1.CentralBank.EndorseStream":
+        return ()
+    peer = next(cb for cb in live.central_bank_ids if cb != node)
+    return live.signed_call(peer, node, f"/{method.containing_service.full_name}/{method.name}")
 
 
 def log_tail(directory: Path) -> Callable[[], str]:
@@ -157,7 +169,7 @@ def test_undecodable_requests_answer_invalid_argument_on_every_rpc(
         for method in (m for service in services for m in service.methods):
             for what, data in payloads(method).items():
                 calls += 1
-                error = call_raw(channel, method, data)
+                error = call_raw(channel, method, data, peer_headers(live, node, method))
                 details = error.details() or ""
                 if (
                     error.code() is not grpc.StatusCode.INVALID_ARGUMENT
