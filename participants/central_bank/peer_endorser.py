@@ -108,7 +108,8 @@ class _Stream:
 
 
 class PeerEndorser:
-    """Batches endorsement requests to one peer central bank node."""
+    """Batches endorsement requests to one peer central bank node, on one open stream
+    (`stream` False: with the unary call only)."""
 
     def __init__(
         self,
@@ -120,6 +121,7 @@ class PeerEndorser:
         max_batch: int = 256,
         in_flight: int = 2,
         peer: str = "the peer",
+        stream: bool = True,
     ) -> None:
         self.stub = stub
         self.central_bank = central_bank
@@ -127,6 +129,7 @@ class PeerEndorser:
         self.timeout = timeout
         self.max_batch = max_batch
         self.in_flight = in_flight
+        self.stream = stream  # False: the unary call only (tools, measurements)
         self._waiting: list[_Waiting] = []
         self._senders = 0
         self._stream: _Stream | None = None
@@ -211,7 +214,7 @@ class PeerEndorser:
     ) -> Sequence[pb.EndorsementResult] | Refused:
         """The peer's result for each instruction, or why there are none (for every leg)."""
         loop = asyncio.get_running_loop()
-        if loop.time() >= self._unary_until:
+        if self.stream and loop.time() >= self._unary_until:
             try:
                 return await self._streamed(instructions)
             except grpc.aio.AioRpcError as error:

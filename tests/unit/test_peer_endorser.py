@@ -327,3 +327,13 @@ async def test_an_unexpected_fault_answers_the_group_not_decided_and_the_next_go
     assert_not_decided(failed)
     (result,) = await asyncio.wait_for(endorsing.endorse_many(legs(net, 8)), 5)
     assert_endorsed(result)
+
+
+async def test_an_endorser_told_not_to_stream_uses_the_unary_call_only(serve: Serve) -> None:
+    """`stream=False`: the group goes in one EndorseDualPvps call; no stream is opened."""
+    net = network()
+    peer = StandInPeer(net)
+    (result,) = await endorser(await serve(peer), net, stream=False).endorse_many(legs(net, 71))
+    assert_endorsed(result)
+    assert peer.unary_calls == [["dual-71"]]
+    assert peer.streams == 0
