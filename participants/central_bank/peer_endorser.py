@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -66,12 +66,16 @@ class StreamClosed(StreamEnded):
     """Raised when this node closed or cancelled the endorsement stream itself."""
 
 
+class PeerCallFailed(Exception):
+    """A call to the peer node that failed with a status, as logged."""
+
+
 class _Stream:
     """One open EndorseStream call: the requests outstanding on it by correlation id, and the
     task that reads its answers. Once it has ended, `ended` holds why and every request that
     was outstanding has that failure as its answer."""
 
-    def __init__(self, call: Any, on_end: Any) -> None:
+    def __init__(self, call: Any, on_end: Callable[[BaseException], None]) -> None:
         self.call = call
         self.pending: dict[int, asyncio.Future[pb.EndorseStreamResponse]] = {}
         self.ended: BaseException | None = None
@@ -226,7 +230,7 @@ class PeerEndorser:
         try:
             response = await self.stub.EndorseDualPvps(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as error:
-            self.failures.failed(error)
+            self.failures.failed(_cause(error))
             return _peer_failure(error)
         self.failures.succeeded()
         return list(response.results)
@@ -284,7 +288,7 @@ class PeerEndorser:
         if isinstance(error, grpc.aio.AioRpcError):
             if error.code() is grpc.StatusCode.UNIMPLEMENTED:
                 return
-            error = StreamEnded(f"{error.code().name}: {error.details() or ''}")
+            error = _cause(error)
         if not isinstance(error, StreamClosed):
             self.failures.failed(error)
 
@@ -320,6 +324,11 @@ def _peer_failure(error: grpc.aio.AioRpcError) -> Refused:
         f"the counterparty's central bank node did not endorse ({error.code().name}: "
         f"{error.details() or ''}); nothing was submitted, resubmit the same instruction id",
     )
+
+
+def _cause(error: grpc.aio.AioRpcError) -> PeerCallFailed:
+    """A failed call as one line for the log (its code and details, not its whole repr)."""
+    return PeerCallFailed(f"{error.code().name}: {error.details() or ''}")
 
 
 def _has_reason(error: grpc.aio.AioRpcError) -> bool:

@@ -835,6 +835,7 @@ class CentralBankService(pb_grpc.CentralBankServicer):
                 checked.append(await self._endorsement_for(message, caller, verdicts))
             except Refused as refusal:
                 checked.append(refusal)
+        # our banks' legs of the whole batch, endorsed with one signature over their root
         legs = [(e, e.body.parties()[1]) for e in checked if isinstance(e, Envelope)]
         endorsements = iter(endorse_legs(legs, core.id, core.key))
         return [
