@@ -4,9 +4,9 @@
 Starts a two-central-bank network in a temporary directory; this process then acts as PBOC's
 node (a `PeerEndorser` over PBOC's signed channel) and asks HKMA's node for one leg at a time,
 as `bench e2e` does at its rates, in four blocks of N: stream, unary, unary, stream. For each
-block it prints HKMA's process CPU (from /proc) and this process's CPU per endorsement: both
-blocks of a transport include the same checks and signatures, so their difference is the
-transport's.
+block it prints HKMA's process CPU (from /proc) and this process's CPU per endorsement (on the
+event loop the nodes run on, `bridge.event_loop`): both blocks of a transport include the same
+checks and signatures, so their difference is the transport's.
 
     .venv/bin/python scripts/endorse_cost.py [N]
 """
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bridge import event_loop
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as cb_grpc
 from bridge.domain import DualPvp, Envelope
 from bridge.signing import sign_as_party
@@ -103,7 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         network = prepare_network(Path(directory), central_banks=2, mqtt=False).start()
         try:
-            asyncio.run(measure(network, count))
+            event_loop.run(measure(network, count))  # the loop a node runs on
         finally:
             network.stop()
 
