@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -774,6 +775,15 @@ class Envelope:
             object.__setattr__(self, "_body_hash", digest)  # a cache of immutable bytes
         return digest
 
+    def with_signatures(self, signatures: tuple[Signature, ...]) -> Envelope:
+        """The same body (its bytes, shape check and hash) with `signatures` instead."""
+        envelope = Envelope(
+            self.body, signatures, self.body_bytes, shape_checked=self.shape_checked
+        )
+        if self._body_hash:
+            object.__setattr__(envelope, "_body_hash", self._body_hash)
+        return envelope
+
     def with_signature(self, signature: Signature) -> Envelope:
         return Envelope(
             self.body,
@@ -965,7 +975,18 @@ class Entry:
         )
 
     @classmethod
-    def from_canonical_bytes(cls, data: bytes) -> Entry:
+    def from_canonical_bytes(cls, data: bytes, known: KnownBodies | None = None) -> Entry:
+        """Decode an entry from its canonical bytes, or refuse them (Refused, MALFORMED).
+
+        With `known`, an entry whose body bytes are exactly those of an envelope decoded before
+        takes that envelope's body instead of decoding it again (the quick way, `_with_known_body`);
+        the rest is decoded and the whole entry re-encoded and compared with `data` as always.
+        Whatever the quick way does not accept goes the full way below, which gives the same
+        entry or names the refusal: the answer is the same with or without `known`."""
+        if known:
+            entry = cls._with_known_body(data, known)
+            if entry is not None:
+                return entry
         try:
             raw = json.loads(data)
             envelope = Envelope.from_fields(raw["body"], raw["sigs"])
@@ -979,3 +1000,80 @@ class Entry:
         if entry.canonical_bytes() != data:
             raise Refused(Reason.MALFORMED, f"entry {entry.seq}: not in canonical encoding")
         return entry
+
+    @classmethod
+    def _with_known_body(cls, data: bytes, known: KnownBodies) -> Entry | None:
+        """The entry, when its body bytes are a known envelope's and the whole of `data` is
+        exactly its canonical encoding; None otherwise (the full decoding then decides)."""
+        if not data.startswith(_ENTRY_BODY):
+            return None
+        # a JSON string cannot hold an unescaped quote, so the first `,"outcome":"` is the
+        # entry's own key unless the body has one of its own: then the bytes before it are no
+        # whole body and match no known one
+        end = data.find(_ENTRY_OUTCOME, len(_ENTRY_BODY))
+        if end < 0:
+            return None
+        envelope = known.take(data[len(_ENTRY_BODY) : end])
+        if envelope is None:
+            return None
+        try:
+            raw = json.loads(b"{" + data[end + 1 :])
+            seq, time, signatures = raw["seq"], raw["time"], raw["sigs"]
+            if type(seq) is not int or type(time) is not int or type(signatures) is not list:
+                return None
+            entry = cls(
+                seq,
+                time,
+                envelope.with_signatures(_signatures_from_fields(signatures)),
+                Outcome(raw["outcome"]),
+            )
+        except (Refused, ValueError, KeyError, TypeError, AttributeError, IndexError):
+            return None
+        if entry.canonical_bytes() != data:  # the proof: byte for byte, as the full way
+            return None
+        return entry
+
+
+_ENTRY_BODY = b'{"body":'
+_ENTRY_OUTCOME = b',"outcome":"'
+KNOWN_BODIES = 4096  # envelopes a node keeps for its replay (see `KnownBodies`)
+
+
+class KnownBodies:
+    """The envelopes a node decoded at its edge (its banks' instructions, the dual PvPs it
+    endorsed for a peer), by their canonical body bytes, so that replaying their entries takes
+    the decoded body instead of decoding it again (`Entry.from_canonical_bytes`).
+
+    Bounded: an envelope is dropped when an entry takes it, and the oldest is dropped beyond
+    `bound` (instructions refused before the log, or replayed before they were remembered).
+    Only envelopes whose body was decoded and shape-checked from exactly their body bytes are
+    kept; nothing here is trusted: an entry is still proven to be exactly its canonical bytes."""
+
+    __slots__ = ("_bound", "_envelopes", "hits", "misses")
+
+    def __init__(self, bound: int = KNOWN_BODIES) -> None:
+        self._bound = bound
+        self._envelopes: OrderedDict[bytes, Envelope] = OrderedDict()
+        self.hits = 0  # entries that took a known body
+        self.misses = 0  # entries whose body was not known (decoded the full way)
+
+    def __len__(self) -> int:
+        return len(self._envelopes)
+
+    def remember(self, envelope: Envelope) -> None:
+        """Keep a decoded envelope (one its decoder shape-checked; others are ignored)."""
+        if not envelope.shape_checked or not envelope.body_bytes:
+            return
+        envelopes = self._envelopes
+        envelopes[envelope.body_bytes] = envelope
+        if len(envelopes) > self._bound:
+            envelopes.popitem(last=False)
+
+    def take(self, body_bytes: bytes) -> Envelope | None:
+        """The envelope decoded from exactly `body_bytes`, dropped from here; None if none."""
+        envelope = self._envelopes.pop(body_bytes, None)
+        if envelope is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return envelope

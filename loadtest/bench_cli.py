@@ -102,6 +102,13 @@ def replay(
     checkpoint: bool = typer.Option(
         False, "--checkpoint", help="Replay with a checkpoint file, as a node does by default."
     ),
+    known: float = typer.Option(
+        0.0,
+        "--known",
+        min=0.0,
+        max=1.0,
+        help="Share of the PvPs decoded at the node's edge before their block (bench stream: 0.5).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object only."),
 ) -> None:
     """A central bank replica's CPU per replayed entry vs json.loads + SHA-256 of the same bytes."""
@@ -114,6 +121,7 @@ def replay(
         checks=replica_check,
         profile=profile,
         checkpoint=checkpoint,
+        known=known,
     )
     typer.echo(json.dumps(figures) if as_json else bench_replay.describe(figures))
 

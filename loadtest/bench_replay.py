@@ -13,6 +13,10 @@ drift in CPU speed during the run weighs on all alike):
   parties; thread CPU time per entry of the PvP blocks. With `--checkpoint` the replica keeps
   a checkpoint file as a node does by default (its receipts and closed PvPs looked up there,
   the changes gathered for each write; the writes themselves run on a worker thread);
+- with `known` (a share, 0 to 1), that share of the PvPs is decoded before its block as a
+  node decodes them at its edge (the banks' signed instruction, from protobuf) and kept in the
+  replica's known bodies, whose entries' replay takes the decoded body (in `bench stream`
+  each PvP is decoded by 2 of the 4 nodes: 0.5); the edge's decoding is not timed;
 - `baseline_us_per_entry`: `json.loads` and SHA-256 of the same entry bytes, the floor any
   replay of a JSON log pays.
 
@@ -39,9 +43,19 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from bridge import wire
+from bridge._proto.bridge.v1.types_pb2 import SignedInstruction
 from bridge.core.ledger import Ledger, SignatureCheck
 from bridge.crypto import FastVerifier, PrivateKey
-from bridge.domain import DualPvp, Envelope, Genesis, Outcome, ParticipantId, Signature
+from bridge.domain import (
+    DualPvp,
+    Entry,
+    Envelope,
+    Genesis,
+    Outcome,
+    ParticipantId,
+    Signature,
+)
 from bridge.log.blocks import BlockHeader, seal
 from bridge.signing import endorse_legs, sign_as_party
 from loadtest.bench_core import (
@@ -137,7 +151,31 @@ def _replica(genesis: Genesis, check: SignatureCheck, checkpoint: Path | None) -
     )
 
 
-async def _replay(log: ReplayLog, check: SignatureCheck, checkpoint: Path | None) -> float:
+def _edge_messages(log: ReplayLog, known: float) -> list[list[bytes]]:
+    """Per PvP block, the serialized signed instructions (the banks' two signatures, as a
+    node receives them) of the share `known` of its entries."""
+    messages: list[list[bytes]] = []
+    number = 0
+    for _, entries in log.blocks[1:]:
+        block: list[bytes] = []
+        for data in entries:
+            if int((number + 1) * known) > int(number * known):
+                envelope = Entry.from_canonical_bytes(data).envelope
+                parties = envelope.body.parties()
+                signed = Envelope(
+                    envelope.body,
+                    tuple(s for s in envelope.signatures if not s.endorses and s.signer in parties),
+                    envelope.body_bytes,
+                )
+                block.append(wire.envelope_to_proto(signed).SerializeToString())
+            number += 1
+        messages.append(block)
+    return messages
+
+
+async def _replay(
+    log: ReplayLog, check: SignatureCheck, checkpoint: Path | None, known: float = 0.0
+) -> float:
     """Thread CPU seconds a fresh replica spends replaying the PvP blocks (the setup block
     is replayed first, untimed). With a checkpoint, it is written when a node would write
     it, on a worker thread as a node does (its CPU is not this thread's)."""
@@ -146,7 +184,10 @@ async def _replay(log: ReplayLog, check: SignatureCheck, checkpoint: Path | None
     replica.apply_block(setup_header, setup_entries)
     gc.collect()
     spent = 0.0
-    for header, entries in rest:
+    edge = _edge_messages(log, known) if known else [[] for _ in rest]
+    for (header, entries), messages in zip(rest, edge, strict=True):
+        for message in messages:  # as the node's edge decodes them, before the block
+            replica.known.remember(wire.envelope_from_proto(SignedInstruction.FromString(message)))
         started = time.thread_time()
         replica.apply_block(header, entries)
         spent += time.thread_time() - started
@@ -161,11 +202,13 @@ async def _replay(log: ReplayLog, check: SignatureCheck, checkpoint: Path | None
     return spent
 
 
-def replay_seconds(log: ReplayLog, check: SignatureCheck, checkpoint: bool = False) -> float:
+def replay_seconds(
+    log: ReplayLog, check: SignatureCheck, checkpoint: bool = False, known: float = 0.0
+) -> float:
     if not checkpoint:
-        return asyncio.run(_replay(log, check, None))
+        return asyncio.run(_replay(log, check, None, known))
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as directory:
-        return asyncio.run(_replay(log, check, Path(directory) / "replica.sqlite"))
+        return asyncio.run(_replay(log, check, Path(directory) / "replica.sqlite", known))
 
 
 def baseline_seconds(log: ReplayLog) -> float:
@@ -187,14 +230,19 @@ def run(
     checks: Sequence[str] = CHECKS,
     profile: Path | None = None,
     checkpoint: bool = False,
+    known: float = 0.0,
 ) -> dict[str, Any]:
     if pvps < 1 or block < 1 or rounds < 1 or not checks:
         raise ValueError("pvps, block and rounds must be positive, with a check level at least")
+    if not 0.0 <= known <= 1.0:
+        raise ValueError("known is a share of the PvPs, from 0 to 1")
     levels = [SignatureCheck(check) for check in checks]
     log = build_log(pvps, block)
     entries = sum(len(e) for _, e in log.blocks[1:])
     runs: list[tuple[str, Callable[[], float]]] = [("baseline", partial(baseline_seconds, log))]
-    runs += [(level.value, partial(replay_seconds, log, level, checkpoint)) for level in levels]
+    runs += [
+        (level.value, partial(replay_seconds, log, level, checkpoint, known)) for level in levels
+    ]
     spent: dict[str, list[float]] = {name: [] for name, _ in runs}
     for round_ in range(rounds):
         for turn in range(len(runs)):
@@ -202,7 +250,7 @@ def run(
             spent[name].append(measure() / entries * 1e6)
     if profile is not None:
         profiler = cProfile.Profile()
-        profiler.runcall(replay_seconds, log, levels[0], checkpoint)
+        profiler.runcall(replay_seconds, log, levels[0], checkpoint, known)
         profiler.dump_stats(str(profile))
     baseline = statistics.median(spent["baseline"])
     replay = {level.value: statistics.median(spent[level.value]) for level in levels}
@@ -214,6 +262,7 @@ def run(
         "blocks": len(log.blocks) - 1,
         "rounds": rounds,
         "checkpoint": checkpoint,
+        "known": known,
         "entry_bytes": sum(len(d) for _, e in log.blocks[1:] for d in e) // entries,
         "replay_us_per_entry": {name: round(us, 2) for name, us in replay.items()},
         "replay_us_per_entry_min": {

@@ -41,7 +41,7 @@ from typing import NoReturn, cast
 
 from bridge.core.ledger import Ledger, PvpState, SignatureCheck
 from bridge.crypto import Signer, Verifier
-from bridge.domain import Entry, Genesis, ParticipantId
+from bridge.domain import Entry, Genesis, KnownBodies, ParticipantId
 from bridge.errors import LogIntegrityError, Reason, Refused, StoreError
 from bridge.events import entry_parties
 from bridge.log.blocks import Attestation, BlockHeader, attest
@@ -115,6 +115,8 @@ class Replica:
         self.replayed_blocks = 0  # blocks replayed since the start (not those restored)
         self._writing: asyncio.Future[None] | None = None  # the checkpoint write under way
         self._delta_writing: Delta | None = None  # the changes that write carries
+        # the envelopes this node decoded at its edge, whose entries' replay takes their body
+        self.known = KnownBodies()
         self._start_from(self._new_ledger(genesis), None)
 
     def _new_ledger(self, genesis: Genesis) -> Ledger:
@@ -341,7 +343,8 @@ class Replica:
         ledger = self.ledger
         parsed = []
         floor = self.head_time
-        decoded = [Entry.from_canonical_bytes(data) for data in entries]
+        known = self.known
+        decoded = [Entry.from_canonical_bytes(data, known) for data in entries]
         try:
             # the block's instruction ids looked up in the checkpoint at once (none should be
             # found)

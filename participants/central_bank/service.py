@@ -563,11 +563,15 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             envelope = wire.envelope_from_proto(request)
             if kind is not DualPvp:
                 await self._check_single(envelope, kind)
-                return Checked(request, envelope, (envelope.body.sender,))
-            body, home = await self._check_dual(envelope)
-            if home == core.id:  # both legs ours: endorsed in the batch forwarded to the bridge
-                return Checked(request, envelope, (body.sender, body.counterparty))
-            return Checked(request, envelope, peer=home)
+                checked = Checked(request, envelope, (envelope.body.sender,))
+            else:
+                body, home = await self._check_dual(envelope)
+                if home == core.id:  # both legs ours: endorsed in the batch sent to the bridge
+                    checked = Checked(request, envelope, (body.sender, body.counterparty))
+                else:
+                    checked = Checked(request, envelope, peer=home)
+            core.replica.known.remember(envelope)  # its entry's replay takes the decoded body
+            return checked
         except Refused as refusal:
             core.refused(request, envelope, refusal)
             raise
@@ -743,7 +747,9 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         envelope: Envelope | None = None
         try:
             envelope = wire.envelope_from_proto(request)
-            return await self._endorsable(envelope, caller, verdicts)
+            endorsable = await self._endorsable(envelope, caller, verdicts)
+            self.core.replica.known.remember(envelope)  # its entry's replay takes the body
+            return endorsable
         except Refused as refusal:
             self.core.refused(request, envelope, refusal)
             raise
