@@ -983,7 +983,7 @@ class Entry:
         the rest is decoded and the whole entry re-encoded and compared with `data` as always.
         Whatever the quick way does not accept goes the full way below, which gives the same
         entry or names the refusal: the answer is the same with or without `known`."""
-        if known:
+        if known is not None:
             entry = cls._with_known_body(data, known)
             if entry is not None:
                 return entry
@@ -1005,6 +1005,9 @@ class Entry:
     def _with_known_body(cls, data: bytes, known: KnownBodies) -> Entry | None:
         """The entry, when its body bytes are a known envelope's and the whole of `data` is
         exactly its canonical encoding; None otherwise (the full decoding then decides)."""
+        if not known:  # nothing held: not worth looking for the body
+            known.misses += 1
+            return None
         if not data.startswith(_ENTRY_BODY):
             return None
         # a JSON string cannot hold an unescaped quote, so the first `,"outcome":"` is the

@@ -302,6 +302,7 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
         "cpu_ms_per_pvp_by_stage": stages.budget(cpu, tally.settled),
         "entries_per_block": stages.entries_per_block(),
+        "replay_known_share": stages.known_shares(),
         **floor,
         **prefill_figures,
         "goals_met": {

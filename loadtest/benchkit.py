@@ -193,6 +193,8 @@ def _stage_seconds(port: int) -> dict[str, float]:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
                     seconds[sample.labels["stage"]] = sample.value
+        elif family.name == "cbdc_replay_known_bodies":
+            seconds[KNOWN] = family.samples[0].value
         elif family.name == "cbdc_block_entries":
             for sample in family.samples:
                 if sample.name == "cbdc_block_entries_count":
@@ -204,6 +206,7 @@ def _stage_seconds(port: int) -> dict[str, float]:
 
 BLOCKS = "(blocks)"  # not stages: the blocks (and their entries) sealed or replayed meanwhile
 ENTRIES = "(entries)"
+KNOWN = "(known bodies)"  # entries a replica replayed with a body its node decoded at the edge
 
 
 class StageMeter:
@@ -237,13 +240,22 @@ class StageMeter:
             return {}
         out: dict[str, dict[str, float]] = {}
         for name, all_stages in sorted(self.seconds.items()):
-            stages = {s: v for s, v in all_stages.items() if s not in (BLOCKS, ENTRIES)}
+            stages = {s: v for s, v in all_stages.items() if s not in (BLOCKS, ENTRIES, KNOWN)}
             row = {s: round(1000 * v / settled, 4) for s, v in sorted(stages.items()) if v > 0}
             total = cpu.seconds.get(name, 0.0)
             row["other"] = round(1000 * (total - sum(stages.values())) / settled, 4)
             row["total"] = round(1000 * total / settled, 4)
             out[name] = row
         return out
+
+    def known_shares(self) -> dict[str, float]:
+        """Per central bank node, the share of the entries it replayed meanwhile whose body it
+        had decoded at its edge (taken from its known bodies, not decoded again)."""
+        return {
+            name: round(seen[KNOWN] / seen[ENTRIES], 3)
+            for name, seen in sorted(self.seconds.items())
+            if seen.get(ENTRIES) and KNOWN in seen
+        }
 
     def entries_per_block(self, node: str = "bridge") -> float:
         """Mean entries per block the node sealed (or replayed) while measured."""

@@ -442,11 +442,16 @@ class LiveNetwork:
         return error
 
 
-def start_network(directory: Path, *, bridge_store: str = "", bridges: int = 1) -> Network:
+def start_network(
+    directory: Path, *, bridge_store: str = "", bridges: int = 1, metrics: bool = False
+) -> Network:
     """Prepare and start a network in `directory`; wait until every bank is admitted.
 
-    With a postgresql:// `bridge_store`, `bridges` bridge processes share that database."""
-    network = prepare_network(directory, bridge_store=bridge_store, bridges=bridges).start()
+    With a postgresql:// `bridge_store`, `bridges` bridge processes share that database; with
+    `metrics`, every node serves Prometheus metrics (`metrics_port`)."""
+    network = prepare_network(
+        directory, bridge_store=bridge_store, bridges=bridges, metrics=metrics
+    ).start()
     try:
         expected = {bank.id for cb in network.config.central_banks for bank in cb.banks}
         config = network.config

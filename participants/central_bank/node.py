@@ -172,6 +172,13 @@ async def run_central_bank_node(
         me.id,
     )
     gauge("replica_height", "Height of the newest block replayed.", lambda: replica.height)
+    known = replica.known
+    gauge(
+        "replay_known_bodies",
+        "Entries replayed with the body this node decoded at its edge (not decoded again).",
+        lambda: known.hits,
+    )
+    gauge("replay_known_bodies_held", "Decoded bodies held for the replay.", lambda: len(known))
     await server.start()
     await admin_server.start()
     tasks = [

@@ -73,3 +73,17 @@ def test_replay_bench_takes_the_block_size_as_entries_per_block() -> None:
     assert exit_code == 0, output
     figures = json.loads(output)
     assert (figures["block_entries"], figures["blocks"], figures["entries"]) == (4, 3, 10)
+
+
+def test_replay_bench_with_known_bodies_takes_that_share_from_the_edge() -> None:
+    """`bench replay --known 0.5`: half the PvPs are decoded at the edge before their block,
+    and the replica takes exactly those bodies (the others are decoded in full)."""
+    exit_code, output = invoke(
+        "replay", "--pvps", "10", "--block", "4", "--rounds", "1", "--known", "0.5",
+        "--replica-check", "none", "--json",
+    )  # fmt: skip
+    assert exit_code == 0, output
+    assert json.loads(output)["known"] == 0.5
+    log = bench_replay.build_log(pvps=10, block=4)
+    assert [len(block) for block in bench_replay._edge_messages(log, 0.5)] == [2, 2, 1]
+    assert sum(len(block) for block in bench_replay._edge_messages(log, 1.0)) == 10
