@@ -158,6 +158,7 @@ def _figures(
         ),
         "cpu_ms_per_pvp_by_stage": stages.budget(cpu, pvps),
         "entries_per_block": stages.entries_per_block(),
+        "replay_known_share": stages.known_shares(),
         "goals_met": {
             "server_cpu_le_1_ms": bool(pvps) and cpu.total <= 0.001 * pvps,
             "efficiency_ge_0_5": efficiency >= 0.5,
