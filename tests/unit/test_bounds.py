@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf.descriptor import ServiceDescriptor
 
+from bridge import bounds
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
 from bridge._proto.bridge.v1 import central_bank_pb2 as cb_pb
 from bridge._proto.bridge.v1 import types_pb2 as types
@@ -111,6 +112,68 @@ def test_refusal_names_the_nested_field() -> None:
     with pytest.raises(Refused) as caught:
         check_message(message)
     assert caught.value.message.startswith("instruction.pay.reference: at most 140 characters")
+
+
+def _forwarded_batch(reference: str = "B/L COSU6182736450") -> bridge_pb.SubmitRequest:
+    """A central bank node's Submit message: two endorsed dual-signed PvPs."""
+    pvp = types.DualPvp(
+        counterparty="HSBCHK",
+        pay_currency="CNY",
+        pay_amount=700_000,
+        receive_currency="HKD",
+        receive_amount=756_000,
+        rate="1.08",
+        reference=reference,
+    )
+    signatures = [
+        types.Signature(signer="ICBC", value=b"\x01" * 64),
+        types.Signature(signer="HSBCHK", value=b"\x02" * 64),
+        types.Signature(
+            signer="PBOC",
+            value=b"\x03" * 64,
+            endorses="ICBC",
+            batch_size=2,
+            batch_path=[b"\x04" * 32],
+        ),
+    ]
+    items = [
+        bridge_pb.SubmitRequest(
+            correlation_id=index + 1,
+            timeout_ms=5000,
+            instruction=types.SignedInstruction(
+                instruction=types.Instruction(
+                    instruction_id=f"dual-ICBC-{index}",
+                    sender="ICBC",
+                    valid_until=1_764_657_000_000,
+                    signed_at=1_764_656_000_000,
+                    pvp_dual=pvp,
+                ),
+                signatures=signatures,
+            ),
+        )
+        for index in range(2)
+    ]
+    return bridge_pb.SubmitRequest(batch=items)
+
+
+def test_a_forwarded_batch_is_checked_without_the_generic_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request within bounds is checked by its type's compiled check, not by the generic
+    pass over ListFields(); one out of bounds is still refused naming the nested field."""
+
+    def generic(message: object) -> bool:
+        raise AssertionError("the generic pass ran")
+
+    monkeypatch.setattr(bounds, "_within", generic)
+    check_message(_forwarded_batch())  # no AssertionError: the compiled check alone
+    with pytest.raises(Refused) as caught:
+        check_message(_forwarded_batch(reference="a\nb"))
+    assert caught.value.reason is Reason.MALFORMED
+    assert caught.value.message == (
+        "batch[0].instruction.instruction.pvp_dual.reference: printable characters only, "
+        "got 'a\\nb'"
+    )
 
 
 def test_correlation_id_is_read_from_a_message_that_does_not_decode() -> None:
