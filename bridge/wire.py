@@ -223,16 +223,21 @@ _CODECS = _body_codecs()
 
 def instruction_to_proto(body: Instruction) -> pb.Instruction:
     """Encode an instruction; refuses one no wire message can carry (e.g. amounts past int64)."""
+    msg = pb.Instruction()
+    _fill_instruction(msg, body)
+    return msg
+
+
+def _fill_instruction(msg: pb.Instruction, body: Instruction) -> None:
+    """Set an empty `msg`'s fields to `body`'s, in place (no message built and then copied)."""
     codec = _CODECS.get(body.KIND)
     if codec is None or type(body) is not codec.cls:
         raise Refused(Reason.MALFORMED, f"unknown instruction kind: {body.KIND!r}")
     try:
-        msg = pb.Instruction(
-            instruction_id=body.instruction_id,
-            sender=body.sender,
-            valid_until=body.valid_until,
-            signed_at=body.signed_at,
-        )
+        msg.instruction_id = body.instruction_id
+        msg.sender = body.sender
+        msg.valid_until = body.valid_until
+        msg.signed_at = body.signed_at
         wire_body = getattr(msg, body.KIND)
         wire_body.SetInParent()
         for name in codec.names:
@@ -246,7 +251,6 @@ def instruction_to_proto(body: Instruction) -> pb.Instruction:
     except (TypeError, ValueError) as exc:
         validate_shape(body)  # the domain's precise reason, e.g. AMOUNT_OVERFLOW
         raise Refused(Reason.MALFORMED, f"{body.KIND}: cannot be encoded: {exc}") from exc
-    return msg
 
 
 def instruction_from_proto(msg: pb.Instruction) -> Instruction:
@@ -307,11 +311,25 @@ def signature_from_proto(msg: pb.Signature) -> Signature:
 
 
 def envelope_to_proto(envelope: Envelope) -> pb.SignedInstruction:
+    """Encode a signed instruction, built in place: a message given to a constructor or
+    appended to a list is copied, which took about half the encoding's machine instructions."""
     with _ENCODE.timed():
-        return pb.SignedInstruction(
-            instruction=instruction_to_proto(envelope.body),
-            signatures=[signature_to_proto(s) for s in envelope.signatures],
-        )
+        msg = pb.SignedInstruction()
+        _fill_instruction(msg.instruction, envelope.body)
+        add = msg.signatures.add
+        for s in envelope.signatures:
+            if not s.endorses:
+                add(signer=s.signer, value=s.value)
+            else:
+                add(
+                    signer=s.signer,
+                    value=s.value,
+                    endorses=s.endorses,
+                    batch_index=s.index,
+                    batch_size=s.size,
+                    batch_path=s.path,
+                )
+        return msg
 
 
 def envelope_from_proto(msg: pb.SignedInstruction) -> Envelope:
