@@ -79,7 +79,8 @@ def now_ms() -> int:
 @dataclass(frozen=True, slots=True)
 class Submitted:
     """What one instruction came to: its outcome, or why not (`refusal`; a failed call is
-    also reported to Locust as a failure by the interceptor, unless the refusal is expected)."""
+    also reported to Locust as a failure by the recording channel, unless the refusal is
+    expected)."""
 
     outcome: int = 0  # types.Outcome value when answered
     duplicate: bool = False

@@ -1,9 +1,12 @@
-"""Locust users that speak gRPC: one `events.request` per RPC, fired by a client interceptor.
+"""Locust users that speak gRPC: one `events.request` per unary RPC, fired by the channel.
 
 This follows Locust's own gRPC example (examples/grpc/grpc_user.py): grpcio is switched to
 gevent first (`grpc.experimental.gevent.init_gevent()`), users call ordinary synchronous stubs,
-and an interceptor on the channel times each call and reports it. The runner never sees a
-protocol library; every gRPC figure in a Locust report comes from `RequestRecorder`.
+and the channel times each unary call and reports it. Unlike the example, the channel is not
+wrapped in a client interceptor (`grpc.intercept_channel`), which builds a multicallable, call
+details and an outcome object for every call: `RecordingChannel` keeps one recorded
+multicallable per method and times the raw call itself. The runner never sees a protocol
+library; every gRPC figure in a Locust report comes from `RequestRecorder`.
 
 What gets reported per RPC:
 
@@ -39,6 +42,8 @@ from bridge.status import refusal_from_rpc_error  # noqa: E402
 __all__ = [
     "CHANNEL_OPTIONS",
     "GrpcUser",
+    "RecordedUnaryUnary",
+    "RecordingChannel",
     "RequestRecorder",
     "listen",
     "method_label",
@@ -69,56 +74,176 @@ def _length(response: Any) -> int:
     return size
 
 
-class RequestRecorder(grpc.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    """Times every unary call and fires exactly one Locust request event for it."""
+class RequestRecorder:
+    """Fires exactly one Locust request event for each unary call it is told about."""
 
     def __init__(self, fire: Callable[..., Any], expected_refusals: frozenset[str]) -> None:
         self._fire = fire
         self._expected = expected_refusals
-        self._labels: dict[str, str] = {}
 
-    def _label(self, method: str | bytes) -> str:
-        key = method.decode() if isinstance(method, bytes) else method
-        label = self._labels.get(key)
-        if label is None:
-            label = self._labels[key] = method_label(key)
-        return label
-
-    def intercept_unary_unary(
-        self, continuation: Callable[[Any, Any], Any], client_call_details: Any, request: Any
-    ) -> Any:
-        start = time.perf_counter()
-        call = continuation(client_call_details, request)
-        try:
-            response = call.result()
-        except grpc.RpcError as error:
-            elapsed = (time.perf_counter() - start) * 1000.0
-            reason = refusal_from_rpc_error(error).reason.value if self._expected else ""
-            if reason in self._expected:
-                self._fire(
-                    request_type=REFUSED_TYPE,
-                    name=reason,
-                    response_time=elapsed,
-                    response_length=0,
-                    exception=None,
-                )
-            else:
-                self._fire(
-                    request_type=REQUEST_TYPE,
-                    name=self._label(client_call_details.method),
-                    response_time=elapsed,
-                    response_length=0,
-                    exception=error,
-                )
-            return call
+    def answered(self, label: str, start: float, response: Any) -> None:
+        """A call that `label` names, begun at `start` (perf_counter), got `response`."""
         self._fire(
             request_type=REQUEST_TYPE,
-            name=self._label(client_call_details.method),
+            name=label,
             response_time=(time.perf_counter() - start) * 1000.0,
             response_length=_length(response),
             exception=None,
         )
-        return call
+
+    def failed(self, label: str, start: float, error: grpc.RpcError) -> None:
+        """A call ended with `error`: an expected refusal, or a failure."""
+        elapsed = (time.perf_counter() - start) * 1000.0
+        reason = refusal_from_rpc_error(error).reason.value if self._expected else ""
+        if reason in self._expected:
+            self._fire(
+                request_type=REFUSED_TYPE,
+                name=reason,
+                response_time=elapsed,
+                response_length=0,
+                exception=None,
+            )
+        else:
+            self._fire(
+                request_type=REQUEST_TYPE,
+                name=label,
+                response_time=elapsed,
+                response_length=0,
+                exception=error,
+            )
+
+
+class RecordedUnaryUnary(grpc.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    """A unary method of a raw channel whose every call is timed and reported.
+
+    Built once per method and channel (`RecordingChannel.unary_unary` caches it), so a call
+    costs the raw call plus two clock reads and one event: no interceptor, no per-call
+    multicallable, call details or outcome objects (what `grpc.intercept_channel` builds)."""
+
+    __slots__ = ("_call", "_label", "_recorder")
+
+    def __init__(self, call: grpc.UnaryUnaryMultiCallable, label: str, recorder: RequestRecorder):
+        self._call = call
+        self._label = label
+        self._recorder = recorder
+
+    def __call__(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        start = time.perf_counter()
+        try:
+            response = self._call(
+                request, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        except grpc.RpcError as error:
+            self._recorder.failed(self._label, start, error)
+            raise
+        self._recorder.answered(self._label, start, response)
+        return response
+
+    def with_call(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> tuple[Any, grpc.Call]:
+        start = time.perf_counter()
+        try:
+            response, call = self._call.with_call(
+                request, timeout, metadata, credentials, wait_for_ready, compression
+            )
+        except grpc.RpcError as error:
+            self._recorder.failed(self._label, start, error)
+            raise
+        self._recorder.answered(self._label, start, response)
+        return response, call
+
+    def future(
+        self,
+        request: Any,
+        timeout: float | None = None,
+        metadata: Any = None,
+        credentials: Any = None,
+        wait_for_ready: bool | None = None,
+        compression: Any = None,
+    ) -> Any:
+        start = time.perf_counter()
+        future = self._call.future(
+            request, timeout, metadata, credentials, wait_for_ready, compression
+        )
+
+        def done(finished: Any) -> None:
+            if finished.cancelled():
+                return  # cancelled by the caller: no answer to report
+            error = finished.exception()
+            if error is None:
+                self._recorder.answered(self._label, start, finished.result())
+            elif isinstance(error, grpc.RpcError):
+                self._recorder.failed(self._label, start, error)
+
+        future.add_done_callback(done)
+        return future
+
+
+class RecordingChannel(grpc.Channel):  # type: ignore[misc]
+    """A raw channel whose unary calls are recorded (`RecordedUnaryUnary`); streams pass through
+    unrecorded, as they did through the interceptor this replaces."""
+
+    def __init__(self, channel: grpc.Channel, recorder: RequestRecorder) -> None:
+        self._channel = channel
+        self._recorder = recorder
+        self._methods: dict[tuple[Any, ...], RecordedUnaryUnary] = {}
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool | None = False,
+    ) -> RecordedUnaryUnary:
+        key = (method, request_serializer, response_deserializer, _registered_method)
+        recorded = self._methods.get(key)
+        if recorded is None:
+            raw = self._channel.unary_unary(
+                method, request_serializer, response_deserializer, _registered_method
+            )
+            recorded = self._methods[key] = RecordedUnaryUnary(
+                raw, method_label(method), self._recorder
+            )
+        return recorded
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.unary_stream(*args, **kwargs)
+
+    def stream_unary(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_unary(*args, **kwargs)
+
+    def stream_stream(self, *args: Any, **kwargs: Any) -> Any:
+        return self._channel.stream_stream(*args, **kwargs)
+
+    def subscribe(self, callback: Callable[..., Any], try_to_connect: bool = False) -> None:
+        self._channel.subscribe(callback, try_to_connect=try_to_connect)
+
+    def unsubscribe(self, callback: Callable[..., Any]) -> None:
+        self._channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RecordingChannel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 _channels: dict[tuple[str, frozenset[str]], grpc.Channel] = {}
@@ -133,7 +258,7 @@ def shared_channel(
     if channel is None:
         recorder = RequestRecorder(environment.events.request.fire, expected_refusals)
         raw = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        channel = _channels[key] = grpc.intercept_channel(raw, recorder)
+        channel = _channels[key] = RecordingChannel(raw, recorder)
     return channel
 
 

@@ -4,7 +4,7 @@
     locust -f loadtest/scenarios/echo.py --headless -u 50 -r 50 -t 15s --host 127.0.0.1:50099
 
 Every task is one unary echo of a signed-instruction-sized payload, recorded by the same
-interceptor as the bridge's RPCs; the RPC rate reached is the load generator's own ceiling
+channel as the bridge's RPCs; the RPC rate reached is the load generator's own ceiling
 for the chosen users and processes (`bench e2e` reports it as `echo_rpc_per_s`).
 """
 
