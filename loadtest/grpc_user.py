@@ -23,7 +23,11 @@ multiplex their calls over one HTTP/2 connection per node, as a bank's gateway w
 
 from __future__ import annotations
 
-import grpc.experimental.gevent as grpc_gevent
+from bridge.node.grpc_runtime import use_poller_thread_io
+
+use_poller_thread_io()  # the nodes' socket I/O threading, set before grpc is imported
+
+import grpc.experimental.gevent as grpc_gevent  # noqa: E402
 
 grpc_gevent.init_gevent()
 
