@@ -33,7 +33,7 @@ from typing import Any  # noqa: E402
 
 import grpc  # noqa: E402
 
-from bridge import event_loop
+from bridge import event_loop  # noqa: E402
 
 __all__ = [
     "ECHO_METHOD",
