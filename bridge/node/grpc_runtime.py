@@ -13,8 +13,10 @@ keepalive and every behaviour of the calls are the same (only the thread that to
 socket changes).
 
 The C core reads `GRPC_EXPERIMENTS` once, when grpcio is first imported, so the setting must
-be in the environment before that: `use_poller_thread_io()` is called at the top of each
-node command, before anything imports grpc. An operator's own `GRPC_EXPERIMENTS` wins.
+be in the environment before that: `use_poller_thread_io()` is called before anything imports
+grpc, at the top of `cbdc-bridge` (`participants.cli`), of each node command
+(`python -m participants.node_cli`, as the launcher starts nodes), of the echo server and of
+Locust's gRPC user. An operator's own `GRPC_EXPERIMENTS` wins.
 """
 
 from __future__ import annotations

@@ -82,3 +82,17 @@ def test_the_setting_leaves_an_operators_experiments_alone() -> None:
     done = _probe({**os.environ, "GRPC_EXPERIMENTS": "tcp_rcv_lowat"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["False", "False", "tcp_rcv_lowat", "ping"]
+
+
+def test_the_cbdc_bridge_command_sets_the_nodes_grpc_experiments_before_grpc_loads() -> None:
+    """`cbdc-bridge` (participants.cli) sets the experiments before grpc is imported, so
+    `cbdc-bridge node ...` runs gRPC as `python -m participants.node_cli` does."""
+    code = (
+        "import os, sys; import participants.cli; "
+        "print(os.environ.get('GRPC_EXPERIMENTS')); print('grpc' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == [GRPC_EXPERIMENTS, "True"]
