@@ -341,12 +341,13 @@ def _check_value(bound: Bound, path: str, name: str, value: str | bytes) -> None
 # exactly what they were; a property test holds the two to the same verdict.
 
 _FITS: dict[type[Message], Callable[[Any], bool]] = {}  # by message class, for check_message
-_COMPILED: dict[str, Callable[[Any], bool]] = {}  # by full message type name
+# by descriptor, not by full name: two descriptor pools may each hold a type of the same name
+_COMPILED: dict[Descriptor, Callable[[Any], bool]] = {}
 
 
 def compiled_check(root: Descriptor) -> Callable[[Any], bool]:
     """Whether a message of type `root` is within bounds, as `_within` says: compiled once."""
-    known = _COMPILED.get(root.full_name)
+    known = _COMPILED.get(root)
     if known is not None:
         return known
     functions: dict[str, str] = {}  # full name -> function name, every type `root` reaches
@@ -364,7 +365,7 @@ def compiled_check(root: Descriptor) -> Callable[[Any], bool]:
     tails: list[str] = []  # the oneof dispatch tables, once every function exists
     for descriptor in reached:
         function = functions[descriptor.full_name]
-        known = _COMPILED.get(descriptor.full_name)
+        known = _COMPILED.get(descriptor)
         source = (
             None
             if known is not None
@@ -377,8 +378,8 @@ def compiled_check(root: Descriptor) -> Callable[[Any], bool]:
     code = compile("\n".join([*sources, *tails]), f"<bounds of {root.full_name}>", "exec")
     exec(code, namespace)  # source written above from the descriptors and the tables
     for descriptor in reached:
-        _COMPILED.setdefault(descriptor.full_name, namespace[functions[descriptor.full_name]])
-    return _COMPILED[root.full_name]
+        _COMPILED.setdefault(descriptor, namespace[functions[descriptor.full_name]])
+    return _COMPILED[root]
 
 
 def _source(
@@ -439,8 +440,10 @@ def _source(
     for oneof_name, members in oneofs.items():
         table = f"{function}_{oneof_name}"
         tails.append(f"{table} = {{{', '.join(f'{k!r}: {v}' for k, v in members.items())}}}")
+        # a member with nothing to check (a flag, an enum) is not in the table
         lines.append(f"    w = m.WhichOneof({oneof_name!r})")
-        lines.append(f"    if w is not None and not {table}[w](getattr(m, w)): return False")
+        lines.append(f"    f = {table}.get(w)")
+        lines.append("    if f is not None and not f(getattr(m, w)): return False")
     lines.append("    return True")
     return "\n".join(lines)
 

@@ -994,8 +994,9 @@ class Entry:
             if type(seq) is not int or type(time) is not int:  # not 1.0, 1E400 (inf) or true
                 raise Refused(Reason.MALFORMED, "an entry's seq and time are integers")
             entry = cls(seq, time, envelope, Outcome(raw["outcome"]))
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-            # whatever the bytes are, the answer is a refusal, never an exception of the parser
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as exc:
+            # whatever the bytes are (JSON nested too deep included), the answer is a refusal,
+            # never an exception of the parser
             raise Refused(Reason.MALFORMED, f"not an entry: {exc!r:.200}") from exc
         if entry.canonical_bytes() != data:
             raise Refused(Reason.MALFORMED, f"entry {entry.seq}: not in canonical encoding")
@@ -1019,6 +1020,17 @@ class Entry:
         envelope = known.take(data[len(_ENTRY_BODY) : end])
         if envelope is None:
             return None
+        entry = cls._proven(data, end, envelope)
+        if entry is None:
+            known.misses += 1  # decoded the full way after all
+        else:
+            known.hits += 1
+        return entry
+
+    @classmethod
+    def _proven(cls, data: bytes, end: int, envelope: Envelope) -> Entry | None:
+        """The entry of `data` with `envelope`'s body and the rest decoded from `data[end:]`,
+        if the whole of `data` is exactly its canonical encoding; None otherwise."""
         try:
             raw = json.loads(b"{" + data[end + 1 :])
             seq, time, signatures = raw["seq"], raw["time"], raw["sigs"]
@@ -1030,7 +1042,15 @@ class Entry:
                 envelope.with_signatures(_signatures_from_fields(signatures)),
                 Outcome(raw["outcome"]),
             )
-        except (Refused, ValueError, KeyError, TypeError, AttributeError, IndexError):
+        except (
+            Refused,
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            IndexError,
+            RecursionError,
+        ):
             return None
         if entry.canonical_bytes() != data:  # the proof: byte for byte, as the full way
             return None
@@ -1057,7 +1077,7 @@ class KnownBodies:
     def __init__(self, bound: int = KNOWN_BODIES) -> None:
         self._bound = bound
         self._envelopes: OrderedDict[bytes, Envelope] = OrderedDict()
-        self.hits = 0  # entries that took a known body
+        self.hits = 0  # entries that took a known body (and were proven with it)
         self.misses = 0  # entries whose body was not known (decoded the full way)
 
     def __len__(self) -> int:
@@ -1069,14 +1089,14 @@ class KnownBodies:
             return
         envelopes = self._envelopes
         envelopes[envelope.body_bytes] = envelope
+        envelopes.move_to_end(envelope.body_bytes)  # seen again (a retry): the newest now
         if len(envelopes) > self._bound:
             envelopes.popitem(last=False)
 
     def take(self, body_bytes: bytes) -> Envelope | None:
-        """The envelope decoded from exactly `body_bytes`, dropped from here; None if none."""
+        """The envelope decoded from exactly `body_bytes`, dropped from here; None if none
+        (counted as a miss; a hit is counted by the decoding once the entry is proven)."""
         envelope = self._envelopes.pop(body_bytes, None)
         if envelope is None:
             self.misses += 1
-        else:
-            self.hits += 1
         return envelope

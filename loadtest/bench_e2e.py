@@ -19,7 +19,9 @@ generator's own ceiling that the bridge sustains; 1.0 would mean the bridge cost
 an echo. The echo server's CPU per call in the same run (`echo_server_cpu_ms_per_rpc`) is
 gRPC's floor for one unary call on this machine at that moment; times `rpcs_per_pvp` it is
 `bank_call_floor_cpu_ms_per_pvp`, what the banks' calls alone would cost the central bank
-nodes if serving one cost no more than an echo (set against `server_cpu_ms_per_pvp`).
+nodes if serving one cost no more than an echo: a lower bound of one part of
+`server_cpu_ms_per_pvp`, which also holds the bridge, the node-to-bridge and node-to-node
+messages and the replicas (and an echo of tiny messages is cheaper than any real call).
 
 Each Locust settlement row has its own percentiles; the reported p50/p95/p99 are the largest
 over the two PvP forms, an upper bound of the merged percentile.
@@ -197,7 +199,7 @@ def describe(figures: dict[str, Any]) -> str:
             f"p95 {figures['settlement_p95_ms']:.0f} ms, p99 {figures['settlement_p99_ms']:.0f} ms "
             f"(goal p99 <= 50 ms: {'met' if goals['p99_le_50ms_at_half_rate'] else 'missed'})",
             f"echo server CPU per call:      {figures['echo_server_cpu_ms_per_rpc']} ms "
-            f"(the banks' calls alone, at that floor: "
+            f"(a lower bound of the banks' calls to their nodes alone: "
             f"{figures['bank_call_floor_cpu_ms_per_pvp']} ms per PvP)",
             f"server CPU per PvP:            {figures['server_cpu_ms_per_pvp']} ms "
             f"(goal <= 1.0: {'met' if goals['server_cpu_le_1_ms'] else 'missed'}), by node "

@@ -74,9 +74,10 @@ def run_until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> Non
         await main(stop)
 
     try:
-        event_loop.run(runner())
-    except ValueError as error:  # an unknown CBDC_BRIDGE_EVENT_LOOP
+        event_loop.loop_name()  # an unknown CBDC_BRIDGE_EVENT_LOOP stops the node here
+    except ValueError as error:
         raise SystemExit(f"error: {error}") from None
+    event_loop.run(runner())
 
 
 @node_app.command("bridge")

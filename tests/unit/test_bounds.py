@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
 from bridge import bounds
 from bridge._proto.bridge.v1 import bridge_ledger_pb2 as bridge_pb
@@ -186,3 +188,57 @@ def test_correlation_id_is_read_from_a_message_that_does_not_decode() -> None:
     assert correlation_id_of(b"\xff\xff\xff") is None
     assert correlation_id_of(b"\x08" + b"\xff" * 10 + b"\x01") is None  # over-long varint
     assert correlation_id_of(b"\x12\x0a\x01") is None  # truncated, no id
+
+
+def _request_type(
+    package: str, *, oneof_flag: bool = False, reference: bool = False
+) -> type[Message]:
+    """A request type of its own descriptor pool: a bounded `sender` in a nested message, with
+    a flag beside it in a oneof, and a top-level `reference` if asked."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name=f"{package}.proto", package=package, syntax="proto3"
+    )
+    inner = file.message_type.add(name="Inner")
+    inner.field.add(name="sender", number=1, type=_STRING, label=_OPTIONAL)
+    request = file.message_type.add(name="Req")
+    request.oneof_decl.add(name="choice")
+    nested = request.field.add(
+        name="inner", number=2, type=_MESSAGE, label=_OPTIONAL, type_name=f".{package}.Inner"
+    )
+    nested.oneof_index = 0
+    if oneof_flag:
+        flag = request.field.add(name="flag", number=1, type=_BOOL, label=_OPTIONAL)
+        flag.oneof_index = 0
+    if reference:
+        request.field.add(name="reference", number=3, type=_STRING, label=_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    message_class: type[Message] = message_factory.GetMessageClass(
+        pool.FindMessageTypeByName(f"{package}.Req")
+    )
+    return message_class
+
+
+_STRING, _BOOL, _MESSAGE = 9, 8, 11  # FieldDescriptorProto.Type
+_OPTIONAL = 1  # FieldDescriptorProto.Label
+
+
+def test_a_oneof_member_with_nothing_to_check_passes_the_compiled_check() -> None:
+    """A flag set in a oneof beside a message member passes (the compiled check once raised
+    KeyError for a member it had no check for), and the message member is still checked."""
+    request_type = _request_type("bounds_oneof", oneof_flag=True)
+    check_message(request_type(flag=True))
+    with pytest.raises(Refused) as refused:
+        check_message(request_type(inner={"sender": "x" * 500}))
+    assert refused.value.reason is Reason.FIELD_TOO_LONG
+
+
+def test_types_of_the_same_name_in_two_descriptor_pools_get_their_own_checks() -> None:
+    """A type compiled first does not stand for another pool's type of the same full name:
+    the second type's own bounded field is still checked."""
+    plain = _request_type("bounds_pools")
+    with_reference = _request_type("bounds_pools", reference=True)
+    check_message(plain(inner={"sender": "ICBC"}))
+    with pytest.raises(Refused) as refused:
+        check_message(with_reference(reference="x" * 500))
+    assert refused.value.reason is Reason.FIELD_TOO_LONG

@@ -44,3 +44,21 @@ def test_an_unknown_loop_is_refused_and_the_coroutine_never_runs(
     with pytest.raises(ValueError, match=r"CBDC_BRIDGE_EVENT_LOOP='trio'.*uvloop, asyncio"):
         event_loop.run(main())
     assert ran == []
+
+
+def test_a_node_failing_with_a_value_error_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Only an unknown loop name becomes a one-line exit; a ValueError of the node itself
+    (a corrupt network file, a bad key) propagates as it is, traceback and all."""
+    from participants.node_cli import run_until_signalled
+
+    async def failing(stop: asyncio.Event) -> None:
+        raise ValueError("network.json: Expecting value")
+
+    monkeypatch.delenv(event_loop.EVENT_LOOP_ENV, raising=False)
+    with pytest.raises(ValueError, match=r"network\.json"):
+        run_until_signalled(failing)
+    monkeypatch.setenv(event_loop.EVENT_LOOP_ENV, "trio")
+    with pytest.raises(SystemExit, match="CBDC_BRIDGE_EVENT_LOOP='trio'"):
+        run_until_signalled(failing)

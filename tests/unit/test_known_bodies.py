@@ -15,7 +15,7 @@ from bridge import wire
 from bridge._proto.bridge.v1.types_pb2 import SignedInstruction
 from bridge.core.ledger import SignatureCheck
 from bridge.domain import Entry, Envelope, KnownBodies, Pay
-from bridge.errors import Refused
+from bridge.errors import Reason, Refused
 from loadtest import bench_replay
 from participants.central_bank.replica import Replica
 
@@ -137,3 +137,42 @@ def test_any_byte_changed_in_an_entry_with_a_known_body_is_read_as_the_full_deco
     known.remember(envelope)
     assert decoding(data, known) == decoding(data)
     assert known.hits == 1
+
+
+def test_a_known_body_whose_entry_is_not_proven_counts_as_a_miss_not_a_hit() -> None:
+    """An entry whose body is known but whose other bytes are not canonical is decoded the
+    full way and refused; the gauges count it as a miss, never as a body reused."""
+    log = bench_replay.build_log(pvps=1, block=1)
+    data = log.blocks[1][1][0]
+    broken = data.replace(b'"seq":', b'"seq": ', 1)  # not canonical: a space
+    known = KnownBodies()
+    known.remember(edge_envelopes(log)[0][0])
+    assert decoding(broken, known)[:2] == ("refused", Reason.MALFORMED)
+    assert (known.hits, known.misses) == (0, 1)
+
+
+def test_a_body_remembered_again_is_the_newest() -> None:
+    """An instruction decoded again (a retry) moves to the newest place: the bound drops the
+    oldest others first."""
+    known = KnownBodies(bound=3)
+    first, second, third, fourth = (pay(n) for n in range(4))
+    for envelope in (first, second, third, first, fourth):
+        known.remember(envelope)
+    assert known.take(second.body_bytes) is None
+    assert known.take(first.body_bytes) is first
+
+
+def test_json_nested_too_deep_is_refused_malformed_with_or_without_known_bodies() -> None:
+    """An entry whose signatures nest 100,000 deep is a MALFORMED refusal either way, not a
+    RecursionError out of the parser."""
+    log = bench_replay.build_log(pvps=1, block=1)
+    envelope = edge_envelopes(log)[0][0]
+    data = (
+        b'{"body":' + envelope.body_bytes + b',"outcome":"SETTLED","seq":1,"sigs":'
+        + b"[" * 100_000 + b"]" * 100_000 + b',"time":1}'
+    )  # fmt: skip
+    known = KnownBodies()
+    known.remember(envelope)
+    for with_known in (None, known):
+        verdict = decoding(data, with_known)
+        assert verdict[:2] == ("refused", Reason.MALFORMED)
