@@ -287,18 +287,26 @@ def _stream_request(
     return _answering_stream(behaviour, reply)
 
 
+ANSWERS_AHEAD = 64  # answers of one request stream waiting for the transport, at most
+
+
 def _answering_stream(behaviour: Any, reply: Callable[[int, Refused], Message]) -> Any:
-    """A request stream whose bad messages are refused one by one, in the reply stream."""
+    """A request stream whose bad messages are refused one by one, in the reply stream.
+
+    Answers wait in a bounded queue (`ANSWERS_AHEAD`) for the transport to take them: a caller
+    that stops reading stops the handler from reading further requests (flow control reaches
+    the caller), rather than having the node work through everything it sends and hold every
+    answer in memory."""
 
     async def stream(requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        out: asyncio.Queue[Any] = asyncio.Queue()
+        out: asyncio.Queue[Any] = asyncio.Queue(maxsize=ANSWERS_AHEAD)
         fatal: list[Refused] = []
 
         async def taken() -> AsyncIterator[Any]:
             async for request in requests:
                 if type(request) is Sifted:  # a batch's bad items: each its own refusal
                     for item_id, refusal in request.refused:
-                        out.put_nowait(reply(item_id, refusal))
+                        await out.put(reply(item_id, refusal))
                     yield request.message
                     continue
                 if type(request) is not Undecodable:
@@ -308,14 +316,14 @@ def _answering_stream(behaviour: Any, reply: Callable[[int, Refused], Message]) 
                 if correlation_id is None:  # nothing to answer it by: end the stream
                     fatal.append(request.refusal)
                     return
-                out.put_nowait(reply(correlation_id, request.refusal))
+                await out.put(reply(correlation_id, request.refusal))
 
         async def pump() -> None:
             try:
                 async for response in behaviour(taken(), context):
-                    out.put_nowait(response)
+                    await out.put(response)
             finally:
-                out.put_nowait(_END)
+                await out.put(_END)  # cancelled (the reply stream is over): nobody waits for it
 
         task = asyncio.create_task(pump())
         try:
