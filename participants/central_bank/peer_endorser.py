@@ -13,13 +13,17 @@ legs are queued together and their caller waits once for all of their answers.
 
 The batches go over one `EndorseStream` call per peer, kept open: a message each way per batch,
 where a unary call cost both nodes several times as much (docs/performance.md). Each request
-carries a correlation id, which its answer repeats; each waits at most `timeout` for it (a
-request timed out answers its own legs only). A stream that breaks answers the requests still
-outstanding on it and is opened again for the next batch; its failures are logged once per
-episode. A peer that does not implement the stream (UNIMPLEMENTED) is asked with the unary
-`EndorseDualPvps` call instead, and offered the stream again after `STREAM_RETRY_SECONDS`.
-Whatever fails on the way, an endorsement changes nothing and nothing was submitted: the legs
-are UNAVAILABLE (not decided: resubmit the same instruction id), never a final refusal.
+carries a correlation id, which its answer repeats; each waits at most `timeout` for it. A
+request that times out ends the stream (a peer that keeps it open but stops answering is not
+asked on it again): every request outstanding on it answers UNAVAILABLE, and the next batch
+opens a new one. A stream that breaks answers the requests still outstanding on it and is
+opened again for the next batch; its failures are logged once per episode. A new stream carries
+one request until its first answer: a peer that does not implement the stream (UNIMPLEMENTED)
+is asked with the unary `EndorseDualPvps` call instead, every request waiting for that stream
+included, and offered the stream again after `STREAM_RETRY_SECONDS`. Whatever fails on the
+way, an endorsement changes nothing and nothing was submitted: the legs are UNAVAILABLE (not
+decided: resubmit the same instruction id), never a final refusal; only a peer's refusal of
+this node as its caller (UNAUTHENTICATED, PERMISSION_DENIED) is passed on as given.
 """
 
 from __future__ import annotations
@@ -79,12 +83,19 @@ class _Stream:
         self.call = call
         self.pending: dict[int, asyncio.Future[pb.EndorseStreamResponse]] = {}
         self.ended: BaseException | None = None
+        # set at its first answer or at its end: until then it carries one request only
+        self.confirmed = asyncio.Event()
         self._on_end = on_end
         self.reader = asyncio.get_running_loop().create_task(self._read())
 
     async def _read(self) -> None:
         try:
             while (response := await self.call.read()) is not grpc.aio.EOF:
+                if response is None:  # gRPC logged an answer that does not decode
+                    self.end(StreamEnded("the peer node sent an answer that does not decode"))
+                    return
+                self.confirmed.set()
+                # an id never asked, or answered already, is dropped
                 future = self.pending.pop(response.correlation_id, None)
                 if future is not None and not future.done():
                     future.set_result(response)
@@ -103,6 +114,7 @@ class _Stream:
         if self.ended is not None:
             return
         self.ended = error
+        self.confirmed.set()
         self.call.cancel()
         for future in self.pending.values():
             if not future.done():
@@ -140,10 +152,13 @@ class PeerEndorser:
         self._correlation_ids = itertools.count(1)
         self._writing = asyncio.Lock()  # one write at a time on the stream
         self._unary_until = 0.0  # event-loop time until which the unary call is used
+        self._closed = False  # closed for good: no stream is opened any more
         self.failures = FailureEpisode(log, f"endorsements by {peer}'s node")
 
     async def close(self) -> None:
-        """End the open stream, if any (its outstanding requests answer UNAVAILABLE)."""
+        """End the open stream, if any (its outstanding requests answer UNAVAILABLE); for
+        good: later requests answer UNAVAILABLE too."""
+        self._closed = True
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.end(StreamClosed("the endorsement stream was closed"))
@@ -179,15 +194,18 @@ class PeerEndorser:
                 del self._waiting[: self.max_batch]
                 try:
                     await self._call(batch)
-                except Exception:  # a fault of this node: those legs are not endorsed
-                    log.exception("an endorsement batch failed unexpectedly")
+                except BaseException as error:  # those legs are not endorsed, whatever it was
+                    if isinstance(error, Exception):  # a fault of this node
+                        log.exception("an endorsement batch failed unexpectedly")
                     failed = Refused(
                         Reason.UNAVAILABLE,
                         "the node failed while asking for the counterparty's endorsement; "
                         "nothing was submitted, resubmit the same instruction id",
                     )
                     for _, _, answers, index in batch:
-                        answers.answer(index, failed)
+                        answers.answer(index, failed)  # those still unanswered
+                    if not isinstance(error, Exception):  # this task cancelled, or exiting
+                        raise
         finally:
             self._senders -= 1
 
@@ -217,13 +235,15 @@ class PeerEndorser:
         self, instructions: list[types.SignedInstruction]
     ) -> Sequence[pb.EndorsementResult] | Refused:
         """The peer's result for each instruction, or why there are none (for every leg)."""
+        if self._closed:
+            return _stopping()
         loop = asyncio.get_running_loop()
         if self.stream and loop.time() >= self._unary_until:
             try:
                 return await self._streamed(instructions)
             except grpc.aio.AioRpcError as error:
                 if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
-                    return _peer_failure(error)
+                    return _stream_failure(error)
                 log.info("the peer node has no endorsement stream; using EndorseDualPvps")
                 self._unary_until = loop.time() + STREAM_RETRY_SECONDS
         request = pb.EndorseDualPvpsRequest(instructions=instructions)
@@ -240,29 +260,50 @@ class PeerEndorser:
     ) -> Sequence[pb.EndorsementResult] | Refused:
         """The peer's results over the open stream (opened if none is); raises AioRpcError
         if the stream failed with one (UNIMPLEMENTED included)."""
-        stream = self._stream
-        if stream is None or stream.ended is not None:
-            stream = self._stream = _Stream(self.stub.EndorseStream(), self._stream_ended)
         correlation_id = next(self._correlation_ids)
-        answer: asyncio.Future[pb.EndorseStreamResponse]
-        answer = stream.pending[correlation_id] = asyncio.get_running_loop().create_future()
         request = pb.EndorseStreamRequest(correlation_id=correlation_id, instructions=instructions)
+        stream: _Stream | None = None
+        answer: asyncio.Future[pb.EndorseStreamResponse] | None = None
         try:
-            # the write too: a peer that stops reading holds it (gRPC cancels the whole call
-            # when a write is cancelled, which ends the stream for the others too)
             async with asyncio.timeout(self.timeout):
+                while True:
+                    if self._closed:
+                        return _stopping()
+                    stream = self._stream
+                    if stream is None or stream.ended is not None:
+                        stream = self._stream = _Stream(
+                            self.stub.EndorseStream(), self._stream_ended
+                        )
+                        break  # this request is the new stream's first
+                    if stream.confirmed.is_set():
+                        break
+                    await stream.confirmed.wait()  # its first answer, or its end
+                    if isinstance(stream.ended, grpc.aio.AioRpcError):
+                        raise stream.ended  # UNIMPLEMENTED: asked with the unary call
+                    if stream.ended is not None:
+                        raise StreamEnded(str(stream.ended))
+                answer = stream.pending[correlation_id] = asyncio.get_running_loop().create_future()
+                # the write too: a peer that stops reading holds it (gRPC cancels the whole
+                # call when a write is cancelled, which ends the stream for the others too)
                 try:
                     async with self._writing:
                         await stream.call.write(request)
-                except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as error:
-                    # the call is over: it ends here with its status, if not already
-                    ended: BaseException = error
-                    if not isinstance(error, grpc.aio.AioRpcError):
-                        ended = StreamEnded(f"the endorsement stream is over: {error}")
-                    stream.end(ended)
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise  # this task cancelled (its timeout included)
+                    # the call was cancelled (closed, or ended after a fault): gRPC raises
+                    # that in the writing task, which nobody cancelled
+                    stream.end(StreamClosed("the endorsement stream was cancelled"))
+                except grpc.aio.AioRpcError as error:
+                    stream.end(error)  # the call is over with this status
+                except asyncio.InvalidStateError:
+                    pass  # the call is over: its reader ends the stream with its status
                 response = await answer
         except TimeoutError:
             self.failures.failed(TimeoutError(f"no answer within {self.timeout} s"))
+            if stream is not None:  # open but not answering: not asked on it again
+                stream.end(StreamClosed(f"a request got no answer within {self.timeout} s"))
             return Refused(
                 Reason.UNAVAILABLE,
                 f"the counterparty's central bank node did not endorse within {self.timeout} s; "
@@ -275,7 +316,13 @@ class PeerEndorser:
                 "submitted, resubmit the same instruction id",
             )
         finally:
-            stream.pending.pop(correlation_id, None)
+            if stream is not None:
+                stream.pending.pop(correlation_id, None)
+            if answer is not None:  # a failure set by `end` that nobody awaits is retrieved
+                if not answer.done():
+                    answer.cancel()
+                elif not answer.cancelled():
+                    answer.exception()
         self.failures.succeeded()
         if response.HasField("refusal"):  # the request refused whole: each leg refused so
             return wire.refusal_from_proto(response.refusal)
@@ -323,6 +370,29 @@ def _peer_failure(error: grpc.aio.AioRpcError) -> Refused:
         Reason.UNAVAILABLE,
         f"the counterparty's central bank node did not endorse ({error.code().name}: "
         f"{error.details() or ''}); nothing was submitted, resubmit the same instruction id",
+    )
+
+
+def _stream_failure(error: grpc.aio.AioRpcError) -> Refused:
+    """What a bank hears when the endorsement stream failed with a status: the fate of the
+    call, not of each request on it (the peer may never have read them), so UNAVAILABLE (not
+    decided), except a peer's refusal of this node as its caller, passed on as given."""
+    if _has_reason(error) and error.code() in _CALLER_REFUSED:
+        return refusal_from_rpc_error(error)
+    return Refused(
+        Reason.UNAVAILABLE,
+        f"the counterparty's central bank node did not endorse ({error.code().name}: "
+        f"{error.details() or ''}); nothing was submitted, resubmit the same instruction id",
+    )
+
+
+_CALLER_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
+
+def _stopping() -> Refused:
+    return Refused(
+        Reason.UNAVAILABLE,
+        "the node is stopping; nothing was submitted, resubmit the same instruction id",
     )
 
 

@@ -201,7 +201,7 @@ class CentralBankCore:
 
     async def close_endorsers(self) -> None:
         """End the endorsement streams open to peer nodes (before their channels close)."""
-        for endorser in self._endorsers.values():
+        for endorser in list(self._endorsers.values()):  # one may be added meanwhile
             await endorser.close()
 
     def refused(

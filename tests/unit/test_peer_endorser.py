@@ -23,6 +23,7 @@ from bridge._proto.bridge.v1 import central_bank_pb2_grpc as pb_grpc
 from bridge.domain import Envelope
 from bridge.errors import Reason, Refused
 from bridge.signing import endorse_legs, sign_as_party
+from bridge.status import abort
 from participants.central_bank.peer_endorser import PeerEndorser
 from tests.factories import Network, dual_pvp, network
 
@@ -30,9 +31,11 @@ from tests.factories import Network, dual_pvp, network
 class StandInPeer:
     """BOT's node as far as endorsements go: endorses KBANK's leg of every PvP, except those
     with `refuse` as their amount; holds back the answer to a request holding `hold`;
-    answers the first `reorder` requests of a stream in reverse order; aborts the first
+    answers the next `reorder` requests in reverse order, once all are in; aborts the first
     stream UNAVAILABLE at its first request when `break_first`; answers `short` requests with
-    one result too few."""
+    one result too few; never answers on its first stream when `wedge_first`; answers each
+    request first with an id never asked, then twice (the second time refused) when
+    `duplicate`; ends each stream at its first request with `abort_with` when set."""
 
     def __init__(self, net: Network) -> None:
         self.net = net
@@ -41,6 +44,9 @@ class StandInPeer:
         self.reorder = 0
         self.break_first = False
         self.short = False
+        self.wedge_first = False
+        self.duplicate = False
+        self.abort_with: Refused | None = None
         self.streams = 0
         self.unary_calls: list[list[str]] = []
         self.requests: list[list[str]] = []
@@ -76,12 +82,29 @@ class StandInPeer:
             self.requests.append(ids_of(request.instructions))
             if self.break_first and first_stream:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "the peer went away")
+            if self.abort_with is not None:
+                await abort(context, self.abort_with)
+            if self.wedge_first and first_stream:
+                continue  # read, never answered
+            if self.duplicate:
+                refusal = wire.refusal_to_proto(Refused(Reason.INSUFFICIENT_FUNDS, "no funds"))
+                results = [pb.EndorsementResult(refusal=refusal)] * len(request.instructions)
+                yield pb.EndorseStreamResponse(correlation_id=10**9, results=results)
+                yield pb.EndorseStreamResponse(
+                    correlation_id=request.correlation_id,
+                    results=self.results(request.instructions),
+                )
+                yield pb.EndorseStreamResponse(
+                    correlation_id=request.correlation_id, results=results
+                )
+                continue
             amounts = [wire.envelope_from_proto(m).body.pay_amount for m in request.instructions]  # type: ignore[attr-defined]
             if self.hold in amounts:
                 continue  # never answered
             held.append(request)
-            if len(self.requests) <= self.reorder and len(held) < self.reorder:
+            if len(held) < self.reorder:
                 continue
+            self.reorder = 0
             for answered in reversed(held):
                 yield pb.EndorseStreamResponse(
                     correlation_id=answered.correlation_id,
@@ -210,24 +233,30 @@ async def test_answers_out_of_order_are_matched_by_correlation_id(serve: Serve) 
     net = network()
     peer = StandInPeer(net)
     peer.refuse = 11
-    peer.reorder = 2
     endorsing = endorser(await serve(peer), net, max_batch=1, in_flight=2)
+    (first,) = await endorsing.endorse_many(legs(net, 10))  # a new stream's first answer
+    assert_endorsed(first)
+    peer.reorder = 2
     (refused,), (endorsed,) = await asyncio.gather(
         endorsing.endorse_many(legs(net, 11)), endorsing.endorse_many(legs(net, 12))
     )
-    assert sorted(peer.requests) == [["dual-11"], ["dual-12"]]
+    assert sorted(peer.requests) == [["dual-10"], ["dual-11"], ["dual-12"]]
     assert isinstance(refused, Refused)
     assert refused.reason is Reason.INSUFFICIENT_FUNDS
     assert_endorsed(endorsed)
 
 
-async def test_a_request_timing_out_answers_only_its_own_legs(serve: Serve) -> None:
-    """A request the peer never answers: its legs are UNAVAILABLE after `timeout`; another
-    request outstanding at the same time is endorsed, on the same stream."""
+async def test_a_request_timing_out_ends_its_stream_and_the_next_batch_opens_another(
+    serve: Serve,
+) -> None:
+    """A request the peer never answers: its legs are UNAVAILABLE after `timeout`, a request
+    answered meanwhile is endorsed, and the next batch goes on a new stream."""
     net = network()
     peer = StandInPeer(net)
     peer.hold = 21
     endorsing = endorser(await serve(peer), net, timeout=1.0, max_batch=1, in_flight=2)
+    (first,) = await endorsing.endorse_many(legs(net, 20))  # a new stream's first answer
+    assert_endorsed(first)
     (held,), (endorsed,) = await asyncio.gather(
         endorsing.endorse_many(legs(net, 21)), endorsing.endorse_many(legs(net, 22))
     )
@@ -235,7 +264,7 @@ async def test_a_request_timing_out_answers_only_its_own_legs(serve: Serve) -> N
     assert_endorsed(endorsed)
     (later,) = await endorsing.endorse_many(legs(net, 23))
     assert_endorsed(later)
-    assert peer.streams == 1
+    assert peer.streams == 2
 
 
 async def test_a_broken_stream_answers_not_decided_and_the_next_batch_reopens_it(
@@ -337,3 +366,178 @@ async def test_an_endorser_told_not_to_stream_uses_the_unary_call_only(serve: Se
     assert_endorsed(result)
     assert peer.unary_calls == [["dual-71"]]
     assert peer.streams == 0
+
+
+async def test_a_stream_that_stops_answering_is_replaced_after_a_timeout(serve: Serve) -> None:
+    """A stream kept open whose requests are never answered: the request times out
+    UNAVAILABLE, and the next batch goes on a new stream and is endorsed."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.wedge_first = True
+    endorsing = endorser(await serve(peer), net, timeout=1.0)
+    (timed_out,) = await endorsing.endorse_many(legs(net, 81))
+    assert_not_decided(timed_out)
+    (endorsed,) = await asyncio.wait_for(endorsing.endorse_many(legs(net, 82)), 30)
+    assert_endorsed(endorsed)
+    assert peer.streams == 2
+
+
+async def test_a_stream_ended_with_a_reason_not_about_the_caller_answers_not_decided(
+    serve: Serve,
+) -> None:
+    """A stream the peer ends with a reason (MALFORMED) is the call's fate, not the legs':
+    UNAVAILABLE; a refusal of this node as the caller (CALLER_NOT_ALLOWED) stands as given."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.abort_with = Refused(Reason.MALFORMED, "an unreadable correlation id")
+    (malformed,) = await endorser(await serve(peer), net).endorse_many(legs(net, 91))
+    assert_not_decided(malformed)
+    peer.abort_with = Refused(Reason.CALLER_NOT_ALLOWED, "not a peer of this node")
+    (refused,) = await endorser(await serve(peer), net).endorse_many(legs(net, 92))
+    assert isinstance(refused, Refused)
+    assert refused.reason is Reason.CALLER_NOT_ALLOWED
+
+
+async def test_answers_with_an_unknown_or_a_repeated_correlation_id_are_ignored(
+    serve: Serve,
+) -> None:
+    """An answer with an id never asked, and a second answer to a request: both dropped; each
+    leg keeps the first answer to its own request."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.duplicate = True
+    endorsing = endorser(await serve(peer), net, max_batch=1, in_flight=2)
+    groups = await asyncio.gather(*(endorsing.endorse_many(legs(net, n)) for n in (93, 94, 95)))
+    for (result,) in groups:
+        assert_endorsed(result)
+    assert peer.streams == 1
+
+
+async def test_unimplemented_with_two_requests_in_flight_falls_back_to_the_unary_call(
+    serve: Serve,
+) -> None:
+    """A peer without the stream and two requests in flight on a new endorser: both are
+    endorsed through EndorseDualPvps, none answered UNAVAILABLE."""
+    net = network()
+    for attempt in range(10):
+        peer = StandInPeer(net)
+        endorsing = endorser(await serve(peer, stream=False), net, max_batch=1, in_flight=2)
+        groups = await asyncio.gather(
+            endorsing.endorse_many(legs(net, 100 + attempt)),
+            endorsing.endorse_many(legs(net, 200 + attempt)),
+        )
+        for (result,) in groups:
+            assert_endorsed(result)
+        assert sorted(peer.unary_calls) == [[f"dual-{100 + attempt}"], [f"dual-{200 + attempt}"]]
+
+
+class Holding:
+    """A peer whose stream answers its first request (with no results) and then reads no
+    more, so that later writes are held by flow control; after `release` it sends an answer
+    that does not decode when `garble`. Raw bytes both ways."""
+
+    def __init__(self, *, garble: bool = False) -> None:
+        self.garble = garble
+        self.release = asyncio.Event()
+        self.streams = 0
+
+    async def EndorseStream(  # noqa: N802  # the RPC's name
+        self, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        self.streams += 1
+        first = pb.EndorseStreamRequest.FromString(await anext(requests))
+        yield pb.EndorseStreamResponse(correlation_id=first.correlation_id).SerializeToString()
+        await self.release.wait()
+        if self.garble:
+            yield b"\xff\xff\xff"
+        await asyncio.Event().wait()  # never reads again
+
+
+@pytest.fixture
+async def serve_holding() -> AsyncIterator[Callable[[Holding], Any]]:
+    """Start a loopback server for a `Holding` peer; returns a stub on a channel to it."""
+    servers: list[grpc.aio.Server] = []
+    channels: list[grpc.aio.Channel] = []
+
+    async def start(peer: Holding) -> pb_grpc.CentralBankStub:
+        handler = grpc.stream_stream_rpc_method_handler(peer.EndorseStream)
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "bridge.v1.CentralBank", {"EndorseStream": handler}
+                ),
+            )
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        servers.append(server)
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        channels.append(channel)
+        return pb_grpc.CentralBankStub(channel)
+
+    try:
+        yield start
+    finally:
+        for channel in channels:
+            await channel.close()
+        for server in servers:
+            await server.stop(None)
+
+
+async def callers_with_a_held_write(
+    endorsing: PeerEndorser, net: Network
+) -> list[asyncio.Task[list[Any]]]:
+    """Enough large groups that, once the first is answered, a write to the peer is held."""
+    (first,) = await endorsing.endorse_many(legs(net, 1))  # the stream's first answer
+    assert_not_decided(first)  # answered without results
+    many = [(bank_signed(net, 100), "ICBC")] * 1000
+    callers = [asyncio.create_task(endorsing.endorse_many(many)) for _ in range(16)]
+    async with asyncio.timeout(30):
+        while not endorsing._writing.locked():  # a write is held
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+    assert endorsing._writing.locked()
+    return callers
+
+
+async def test_close_during_a_held_write_answers_every_caller_and_is_final(
+    serve_holding: Callable[[Holding], Any],
+) -> None:
+    """`close()` while a write is held by a peer that stopped reading: every caller is
+    answered UNAVAILABLE, and a later request too, without opening a stream."""
+    net = network()
+    peer = Holding()
+    endorsing = endorser(await serve_holding(peer), net, timeout=60.0, max_batch=1000, in_flight=16)
+    callers = await callers_with_a_held_write(endorsing, net)
+    await endorsing.close()
+    done, waiting = await asyncio.wait(callers, timeout=20)
+    assert not waiting, f"{len(waiting)} callers still wait after close()"
+    for task in done:
+        for result in task.result():
+            assert_not_decided(result)
+    (later,) = await asyncio.wait_for(endorsing.endorse_many(legs(net, 2)), 5)
+    assert_not_decided(later)
+    assert "stopping" in later.message
+    assert peer.streams == 1
+
+
+async def test_an_answer_that_does_not_decode_during_a_held_write_answers_every_caller(
+    serve_holding: Callable[[Holding], Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer that does not decode while a write is held: the stream ends and every caller
+    is answered UNAVAILABLE within the timeout, with no traceback per request."""
+    net = network()
+    peer = Holding(garble=True)
+    endorsing = endorser(await serve_holding(peer), net, timeout=8.0, max_batch=1000, in_flight=16)
+    callers = await callers_with_a_held_write(endorsing, net)
+    peer.release.set()
+    done, waiting = await asyncio.wait(callers, timeout=20)
+    assert not waiting, f"{len(waiting)} callers still wait past the 8 s timeout"
+    for task in done:
+        for result in task.result():
+            assert_not_decided(result)
+    tracebacks = [
+        r for r in caplog.records if r.name == "participants.peer_endorser" and r.exc_info
+    ]
+    assert not tracebacks
