@@ -244,8 +244,9 @@ class PeerEndorser:
             except grpc.aio.AioRpcError as error:
                 if error.code() is not grpc.StatusCode.UNIMPLEMENTED:
                     return _stream_failure(error)
-                log.info("the peer node has no endorsement stream; using EndorseDualPvps")
-                self._unary_until = loop.time() + STREAM_RETRY_SECONDS
+                if loop.time() >= self._unary_until:  # once, not once per request waiting
+                    log.info("the peer node has no endorsement stream; using EndorseDualPvps")
+                    self._unary_until = loop.time() + STREAM_RETRY_SECONDS
         request = pb.EndorseDualPvpsRequest(instructions=instructions)
         try:
             response = await self.stub.EndorseDualPvps(request, timeout=self.timeout)
@@ -329,8 +330,8 @@ class PeerEndorser:
         return response.results
 
     def _stream_ended(self, error: BaseException) -> None:
-        """Log a broken stream once per episode; not one closed or cancelled here (a timed
-        out write, logged as such), nor one the peer does not implement (no failure: the
+        """Log a broken stream once per episode; not one closed or cancelled here (a request
+        timed out, logged as such), nor one the peer does not implement (no failure: the
         unary call is used instead)."""
         if isinstance(error, grpc.aio.AioRpcError):
             if error.code() is grpc.StatusCode.UNIMPLEMENTED:
