@@ -17,23 +17,19 @@ Run one as a process: `python -m loadtest.echo --port 0` prints
 
 from __future__ import annotations
 
-from bridge.node.grpc_runtime import use_poller_thread_io
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
-use_poller_thread_io()  # run as a process: gRPC's socket I/O as the nodes run it
+import grpc
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-from collections.abc import AsyncIterator  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import grpc  # noqa: E402
-
-from bridge import event_loop  # noqa: E402
+from bridge import event_loop
 
 __all__ = [
     "ECHO_METHOD",

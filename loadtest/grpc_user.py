@@ -23,11 +23,7 @@ multiplex their calls over one HTTP/2 connection per node, as a bank's gateway w
 
 from __future__ import annotations
 
-from bridge.node.grpc_runtime import use_poller_thread_io
-
-use_poller_thread_io()  # the nodes' socket I/O threading, set before grpc is imported
-
-import grpc.experimental.gevent as grpc_gevent  # noqa: E402
+import grpc.experimental.gevent as grpc_gevent
 
 grpc_gevent.init_gevent()
 

@@ -5,24 +5,18 @@ Each command group lives in its own module and is mounted here.
 
 from __future__ import annotations
 
-from bridge.node.grpc_runtime import use_poller_thread_io
+import signal
 
-# before anything imports grpc: `cbdc-bridge node ...` runs gRPC as `python -m
-# participants.node_cli` does, and every other command as the nodes it talks to
-use_poller_thread_io()
+import typer
 
-import signal  # noqa: E402
-
-import typer  # noqa: E402
-
-from loadtest.bench_cli import bench_app  # noqa: E402
-from participants.bank_cli import bank_app  # noqa: E402
-from participants.chaos_cli import chaos  # noqa: E402
-from participants.launcher import exit_on_sigterm  # noqa: E402
-from participants.log_cli import log_app  # noqa: E402
-from participants.network_cli import demo, up  # noqa: E402
-from participants.node_cli import node_app  # noqa: E402
-from participants.pki import pki_command  # noqa: E402
+from loadtest.bench_cli import bench_app
+from participants.bank_cli import bank_app
+from participants.chaos_cli import chaos
+from participants.launcher import exit_on_sigterm
+from participants.log_cli import log_app
+from participants.network_cli import demo, up
+from participants.node_cli import node_app
+from participants.pki import pki_command
 
 app = typer.Typer(
     name="cbdc-bridge",

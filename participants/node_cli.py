@@ -13,7 +13,6 @@ import typer
 
 from bridge import event_loop
 from bridge.core.ledger import SignatureCheck
-from bridge.node.grpc_runtime import use_poller_thread_io
 from bridge.structured_logging import configure_logging
 
 node_app = typer.Typer(
@@ -107,7 +106,6 @@ def bridge_node(
 ) -> None:
     """Run the bridge ledger node: sequencer, store (SQLite or PostgreSQL), block stream, MQTT
     publisher (while leading)."""
-    use_poller_thread_io()  # before anything imports grpc
     from bridge.node.server import BridgeNodeSettings, run_bridge_node
     from bridge.notify import BRIDGE_USER
     from participants.network_config import NetworkConfig
@@ -160,7 +158,6 @@ def central_bank_node(
     metrics_port: int = METRICS_PORT_OPTION,
 ) -> None:
     """Run a central bank node: serve its banks, endorse their legs, attest blocks."""
-    use_poller_thread_io()  # before anything imports grpc
     from participants.central_bank.node import CentralBankNodeSettings, run_central_bank_node
 
     configure_logging(central_bank)
