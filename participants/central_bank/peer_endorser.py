@@ -197,10 +197,8 @@ class PeerEndorser:
                 except BaseException as error:  # those legs are not endorsed, whatever it was
                     if isinstance(error, Exception):  # a fault of this node
                         log.exception("an endorsement batch failed unexpectedly")
-                    failed = Refused(
-                        Reason.UNAVAILABLE,
-                        "the node failed while asking for the counterparty's endorsement; "
-                        "nothing was submitted, resubmit the same instruction id",
+                    failed = _not_decided(
+                        "the node failed while asking for the counterparty's endorsement"
                     )
                     for _, _, answers, index in batch:
                         answers.answer(index, failed)  # those still unanswered
@@ -305,17 +303,11 @@ class PeerEndorser:
             self.failures.failed(TimeoutError(f"no answer within {self.timeout} s"))
             if stream is not None:  # open but not answering: not asked on it again
                 stream.end(StreamClosed(f"a request got no answer within {self.timeout} s"))
-            return Refused(
-                Reason.UNAVAILABLE,
-                f"the counterparty's central bank node did not endorse within {self.timeout} s; "
-                "nothing was submitted, resubmit the same instruction id",
+            return _not_decided(
+                f"the counterparty's central bank node did not endorse within {self.timeout} s"
             )
         except StreamEnded as ended:
-            return Refused(
-                Reason.UNAVAILABLE,
-                f"the counterparty's central bank node did not endorse ({ended}); nothing was "
-                "submitted, resubmit the same instruction id",
-            )
+            return _not_decided(f"the counterparty's central bank node did not endorse ({ended})")
         finally:
             if stream is not None:
                 stream.pending.pop(correlation_id, None)
@@ -351,11 +343,7 @@ def _endorsed(ours: Signature, result: pb.EndorsementResult | None) -> Endorsed:
             return refusal
     if result is not None and which == "refusal":
         return wire.refusal_from_proto(result.refusal)
-    return Refused(
-        Reason.UNAVAILABLE,
-        "the peer node answered without a result; nothing was submitted, "
-        "resubmit the same instruction id",
-    )
+    return _not_decided("the peer node answered without a result")
 
 
 def _peer_failure(error: grpc.aio.AioRpcError) -> Refused:
@@ -367,11 +355,7 @@ def _peer_failure(error: grpc.aio.AioRpcError) -> Refused:
     never a final refusal such as INSTRUCTION_EXPIRED."""
     if _has_reason(error):
         return refusal_from_rpc_error(error)
-    return Refused(
-        Reason.UNAVAILABLE,
-        f"the counterparty's central bank node did not endorse ({error.code().name}: "
-        f"{error.details() or ''}); nothing was submitted, resubmit the same instruction id",
-    )
+    return _not_endorsed(error)
 
 
 def _stream_failure(error: grpc.aio.AioRpcError) -> Refused:
@@ -380,20 +364,29 @@ def _stream_failure(error: grpc.aio.AioRpcError) -> Refused:
     decided), except a peer's refusal of this node as its caller, passed on as given."""
     if _has_reason(error) and error.code() in _CALLER_REFUSED:
         return refusal_from_rpc_error(error)
-    return Refused(
-        Reason.UNAVAILABLE,
-        f"the counterparty's central bank node did not endorse ({error.code().name}: "
-        f"{error.details() or ''}); nothing was submitted, resubmit the same instruction id",
-    )
+    return _not_endorsed(error)
 
 
 _CALLER_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 
 def _stopping() -> Refused:
+    return _not_decided("the node is stopping")
+
+
+def _not_endorsed(error: grpc.aio.AioRpcError) -> Refused:
+    """The peer's call failed in transport, as the bank hears it (not decided)."""
+    return _not_decided(
+        f"the counterparty's central bank node did not endorse ({error.code().name}: "
+        f"{error.details() or ''})"
+    )
+
+
+def _not_decided(what: str) -> Refused:
+    """UNAVAILABLE: `what` went wrong before anything reached the bridge, so the bank may
+    resubmit the same instruction id (an endorsement itself changes nothing)."""
     return Refused(
-        Reason.UNAVAILABLE,
-        "the node is stopping; nothing was submitted, resubmit the same instruction id",
+        Reason.UNAVAILABLE, f"{what}; nothing was submitted, resubmit the same instruction id"
     )
 
 
