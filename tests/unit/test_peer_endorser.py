@@ -121,26 +121,13 @@ Serve = Callable[..., Any]
 
 
 @pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    """Start a loopback server for a stand-in peer (with or without the stream); returns a
-    stub on a channel to it."""
+async def loopback() -> AsyncIterator[Callable[[dict[str, Any]], Any]]:
+    """Serve some `bridge.v1.CentralBank` method handlers on a loopback server; returns a stub
+    on a channel to it. Every server and channel is closed at the end."""
     servers: list[grpc.aio.Server] = []
     channels: list[grpc.aio.Channel] = []
 
-    async def start(peer: StandInPeer, *, stream: bool = True) -> pb_grpc.CentralBankStub:
-        handlers = {
-            "EndorseDualPvps": grpc.unary_unary_rpc_method_handler(
-                peer.EndorseDualPvps,
-                request_deserializer=pb.EndorseDualPvpsRequest.FromString,
-                response_serializer=pb.EndorseDualPvpsResponse.SerializeToString,
-            )
-        }
-        if stream:  # without it, a node of a version that does not implement the stream
-            handlers["EndorseStream"] = grpc.stream_stream_rpc_method_handler(
-                peer.EndorseStream,
-                request_deserializer=pb.EndorseStreamRequest.FromString,
-                response_serializer=pb.EndorseStreamResponse.SerializeToString,
-            )
+    async def start(handlers: dict[str, Any]) -> pb_grpc.CentralBankStub:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("bridge.v1.CentralBank", handlers),)
@@ -159,6 +146,31 @@ async def serve() -> AsyncIterator[Serve]:
             await channel.close()
         for server in servers:
             await server.stop(None)
+
+
+@pytest.fixture
+def serve(loopback: Callable[[dict[str, Any]], Any]) -> Serve:
+    """Start a loopback server for a stand-in peer (with or without the stream); returns a
+    stub on a channel to it."""
+
+    async def start(peer: StandInPeer, *, stream: bool = True) -> pb_grpc.CentralBankStub:
+        handlers = {
+            "EndorseDualPvps": grpc.unary_unary_rpc_method_handler(
+                peer.EndorseDualPvps,
+                request_deserializer=pb.EndorseDualPvpsRequest.FromString,
+                response_serializer=pb.EndorseDualPvpsResponse.SerializeToString,
+            )
+        }
+        if stream:  # without it, a node of a version that does not implement the stream
+            handlers["EndorseStream"] = grpc.stream_stream_rpc_method_handler(
+                peer.EndorseStream,
+                request_deserializer=pb.EndorseStreamRequest.FromString,
+                response_serializer=pb.EndorseStreamResponse.SerializeToString,
+            )
+        stub: pb_grpc.CentralBankStub = await loopback(handlers)
+        return stub
+
+    return start
 
 
 def bank_signed(net: Network, amount: int) -> Envelope:
@@ -454,35 +466,16 @@ class Holding:
 
 
 @pytest.fixture
-async def serve_holding() -> AsyncIterator[Callable[[Holding], Any]]:
+def serve_holding(loopback: Callable[[dict[str, Any]], Any]) -> Callable[[Holding], Any]:
     """Start a loopback server for a `Holding` peer; returns a stub on a channel to it."""
-    servers: list[grpc.aio.Server] = []
-    channels: list[grpc.aio.Channel] = []
 
     async def start(peer: Holding) -> pb_grpc.CentralBankStub:
-        handler = grpc.stream_stream_rpc_method_handler(peer.EndorseStream)
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "bridge.v1.CentralBank", {"EndorseStream": handler}
-                ),
-            )
+        stub: pb_grpc.CentralBankStub = await loopback(
+            {"EndorseStream": grpc.stream_stream_rpc_method_handler(peer.EndorseStream)}
         )
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        servers.append(server)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        channels.append(channel)
-        return pb_grpc.CentralBankStub(channel)
+        return stub
 
-    try:
-        yield start
-    finally:
-        for channel in channels:
-            await channel.close()
-        for server in servers:
-            await server.stop(None)
+    return start
 
 
 async def callers_with_a_held_write(
