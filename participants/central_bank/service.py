@@ -12,12 +12,13 @@ who may do what deterministically; the node refuses early what it can see is not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
@@ -74,7 +75,9 @@ Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 BRIDGE_DEADLINE = 10.0
 REPLICA_WAIT = 2.0  # seconds a query waits for the replica to replay an entry just recorded
 BAD_SIGNATURES_REMEMBERED = 1024  # until the refusal they caused is recorded
-STREAM_WINDOW = 4096  # instructions in flight per SubmitStream call (a batch: its items)
+STREAM_WINDOW = (
+    4096  # instructions in flight per SubmitStream or EndorseStream call (a batch: its items)
+)
 # instructions worked on over all the node's SubmitStream calls together: a bank opening many
 # streams meets this bound, each stream its window (which also holds its unread answers)
 DEFAULT_MAX_STREAM_INSTRUCTIONS = 4 * STREAM_WINDOW
@@ -145,6 +148,77 @@ class InstructionWindow:
     def release(self, count: int) -> None:
         self.free += count
         self._room.set()
+
+
+# the answer to one stream request, given the items of it refused at the edge; and the answer
+# to one shed past the node's bound (the bound given)
+Answer = Callable[[Any, dict[int, Refused]], Awaitable[Any]]
+Shed = Callable[[Any, dict[int, Refused], int], Any]
+
+
+async def answered_in_window(
+    requests: AsyncIterator[Any],
+    answer: Answer,
+    *,
+    load: NodeStreamLoad | None = None,
+    shed: Shed | None = None,
+) -> AsyncGenerator[Any, None]:
+    """The answers to a request stream's messages, each worked on at once and yielded as soon
+    as it is done (a message may carry items the request guard refused at the edge:
+    `PartlyRefused`). At most STREAM_WINDOW instructions per stream are worked on or wait, as
+    answers, for gRPC to take them: an instruction's room is freed only then, so a client that
+    sends without reading is held to STREAM_WINDOW instructions of work and of answers. With
+    `load`, the node's streams together: a message past its bound is answered at once with
+    `shed(request, refused, bound)`, and a message's room there is back once its work is done,
+    however it ends (a task cancelled before it ever ran included)."""
+    if (load is None) != (shed is None):
+        raise ValueError("a node-wide bound needs the answer to what it sheds, and only it")
+    responses: asyncio.Queue[tuple[Any, int] | None] = asyncio.Queue()
+    window = InstructionWindow(STREAM_WINDOW)
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def handle(request: Any, refused: dict[int, Refused], count: int) -> None:
+        try:
+            response = await answer(request, refused)
+        except BaseException:
+            window.release(count)
+            raise
+        responses.put_nowait((response, count))
+
+    async def read_requests() -> None:
+        try:
+            async for item in requests:
+                request: Any = item
+                refused: dict[int, Refused] = {}
+                if isinstance(item, PartlyRefused):  # some items out of bounds (the edge)
+                    request, refused = item.message, item.refused
+                # at most STREAM_WINDOW instructions in flight: a batch counts as its items
+                count = max(1, len(request.instructions))
+                await window.take(count)
+                if load is not None and shed is not None and not load.try_take(count):
+                    responses.put_nowait((shed(request, refused, load.bound), count))
+                    continue
+                task = asyncio.create_task(handle(request, refused, count))
+                handlers.add(task)
+                task.add_done_callback(handlers.discard)
+                if load is not None:
+                    task.add_done_callback(functools.partial(load.give_back, count))
+            while handlers:
+                await asyncio.wait(set(handlers))
+        finally:
+            responses.put_nowait(None)  # the answers end, however the requests did
+
+    reader = asyncio.create_task(read_requests())
+    try:
+        while (answered := await responses.get()) is not None:
+            response, count = answered
+            yield response
+            window.release(count)  # taken by gRPC: its room is free again
+        await reader
+    finally:
+        reader.cancel()
+        for task in handlers:
+            task.cancel()
 
 
 def read_failure(error: grpc.RpcError) -> Refused:
@@ -864,55 +938,23 @@ class CentralBankService(pb_grpc.CentralBankServicer):
             caller = self._peer(context, "EndorseStream")
         except Refused as refusal:
             await abort(context, refusal)
-        # an answer holds its request's room in the window until gRPC takes it
-        answers: asyncio.Queue[tuple[pb.EndorseStreamResponse, int] | None] = asyncio.Queue()
-        window = InstructionWindow(STREAM_WINDOW)
-        handlers: set[asyncio.Task[None]] = set()
 
-        async def handle(request: pb.EndorseStreamRequest, refused: dict[int, Refused]) -> None:
-            count = max(1, len(request.instructions))
+        async def endorsed(
+            request: pb.EndorseStreamRequest, refused: dict[int, Refused]
+        ) -> pb.EndorseStreamResponse:
             try:
                 results = await self._endorsements(request.instructions, caller, refused)
-                response = pb.EndorseStreamResponse(
-                    correlation_id=request.correlation_id, results=results
-                )
             except Exception as error:  # a fault of this node: nothing endorsed, not decided
                 log.exception("an endorsement request failed unexpectedly")
                 unsent = Refused(Reason.UNAVAILABLE, f"the node failed to endorse: {error}")
-                response = pb.EndorseStreamResponse(
+                return pb.EndorseStreamResponse(
                     correlation_id=request.correlation_id, refusal=wire.refusal_to_proto(unsent)
                 )
-            answers.put_nowait((response, count))
+            return pb.EndorseStreamResponse(correlation_id=request.correlation_id, results=results)
 
-        async def read_requests() -> None:
-            try:
-                async for item in request_iterator:
-                    request: pb.EndorseStreamRequest
-                    refused: dict[int, Refused] = {}
-                    if isinstance(item, PartlyRefused):  # some instructions out of bounds
-                        request, refused = item.message, item.refused  # type: ignore[assignment]
-                    else:
-                        request = item
-                    await window.take(max(1, len(request.instructions)))
-                    task = asyncio.create_task(handle(request, refused))
-                    handlers.add(task)
-                    task.add_done_callback(handlers.discard)
-                while handlers:
-                    await asyncio.wait(set(handlers))
-            finally:
-                answers.put_nowait(None)  # the answers end, however the requests did
-
-        reader = asyncio.create_task(read_requests())
-        try:
-            while (answer := await answers.get()) is not None:
-                response, count = answer
+        async with contextlib.aclosing(answered_in_window(request_iterator, endorsed)) as answers:
+            async for response in answers:
                 yield response
-                window.release(count)
-            await reader
-        finally:
-            reader.cancel()
-            for task in handlers:
-                task.cancel()
 
     async def SubmitStream(
         self,
@@ -920,60 +962,14 @@ class CentralBankService(pb_grpc.CentralBankServicer):
         context: Context,
     ) -> AsyncIterator[pb.BankSubmitResponse]:
         """Each instruction handled as its unary RPC would be; one response per request (for a
-        batch, one result per instruction, in order)."""
-        # answers wait here until gRPC takes them: an instruction's room in the window is
-        # freed only then, so a client that sends without reading is held to STREAM_WINDOW
-        # instructions of work and of answers, not to that many in flight plus any number
-        # of answers queued
-        responses: asyncio.Queue[tuple[pb.BankSubmitResponse, int] | None] = asyncio.Queue()
-        window = InstructionWindow(STREAM_WINDOW)
-        load = self.stream_load
-        handlers: set[asyncio.Task[None]] = set()
-
-        async def handle(request: pb.BankSubmitRequest, refused: dict[int, Refused]) -> None:
-            count = max(1, len(request.instructions))
-            try:
-                response = await self._answer(request, refused)
-            except BaseException:
-                window.release(count)
-                raise
-            responses.put_nowait((response, count))
-
-        async def read_requests() -> None:
-            async for item in request_iterator:
-                request: pb.BankSubmitRequest
-                refused: dict[int, Refused] = {}
-                if isinstance(item, PartlyRefused):  # some items out of bounds (the edge)
-                    request, refused = item.message, item.refused  # type: ignore[assignment]
-                else:
-                    request = item
-                # at most STREAM_WINDOW instructions in flight: a batch counts as its items
-                count = max(1, len(request.instructions))
-                await window.take(count)
-                if not load.try_take(count):  # the node's streams together are full: shed
-                    responses.put_nowait((self._shed(request, refused, load.bound), count))
-                    continue
-                task = asyncio.create_task(handle(request, refused))
-                handlers.add(task)
-                task.add_done_callback(handlers.discard)
-                # the node's room is back once the work is done, however it ends (a task
-                # cancelled before it ever ran included)
-                task.add_done_callback(functools.partial(load.give_back, count))
-            while handlers:
-                await asyncio.wait(set(handlers))
-            responses.put_nowait(None)
-
-        reader = asyncio.create_task(read_requests())
-        try:
-            while (answer := await responses.get()) is not None:
-                response, count = answer
+        batch, one result per instruction, in order), within the stream's window and the node's
+        bound on streamed instructions (`answered_in_window`)."""
+        answering = answered_in_window(
+            request_iterator, self._answer, load=self.stream_load, shed=self._shed
+        )
+        async with contextlib.aclosing(answering) as answers:  # its work ends with the call
+            async for response in answers:
                 yield response
-                window.release(count)  # taken by gRPC: its room is free again
-            await reader
-        finally:
-            reader.cancel()
-            for task in handlers:
-                task.cancel()
 
     async def _answer(
         self, request: pb.BankSubmitRequest, refused: dict[int, Refused]
