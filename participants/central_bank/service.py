@@ -75,9 +75,8 @@ Context = Any  # grpc.aio.ServicerContext (grpcio ships no type information)
 BRIDGE_DEADLINE = 10.0
 REPLICA_WAIT = 2.0  # seconds a query waits for the replica to replay an entry just recorded
 BAD_SIGNATURES_REMEMBERED = 1024  # until the refusal they caused is recorded
-STREAM_WINDOW = (
-    4096  # instructions in flight per SubmitStream or EndorseStream call (a batch: its items)
-)
+# instructions in flight per SubmitStream or EndorseStream call (a batch: its items)
+STREAM_WINDOW = 4096
 # instructions worked on over all the node's SubmitStream calls together: a bank opening many
 # streams meets this bound, each stream its window (which also holds its unread answers)
 DEFAULT_MAX_STREAM_INSTRUCTIONS = 4 * STREAM_WINDOW
