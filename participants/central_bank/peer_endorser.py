@@ -60,6 +60,7 @@ _Waiting = tuple[Envelope, ParticipantId, Answers[Endorsed], int]
 # seconds before a peer that did not implement EndorseStream is offered it again (it may have
 # been upgraded meanwhile)
 STREAM_RETRY_SECONDS = 300.0
+ABANDONED_HELD = 1024  # ids of requests whose callers left, held per stream for a late answer
 
 
 class StreamEnded(Exception):
@@ -82,6 +83,10 @@ class _Stream:
     def __init__(self, call: Any, on_end: Callable[[BaseException], None]) -> None:
         self.call = call
         self.pending: dict[int, asyncio.Future[pb.EndorseStreamResponse]] = {}
+        # ids whose callers left before their answer (cancelled): a late answer is expected;
+        # the oldest are forgotten beyond ABANDONED_HELD
+        self.abandoned: dict[int, None] = {}
+        self.stray_answers = 0  # answers under an id never asked on it, or answered already
         self.ended: BaseException | None = None
         # set at its first answer or at its end: until then it carries one request only
         self.confirmed = asyncio.Event()
@@ -95,9 +100,10 @@ class _Stream:
                     self.end(StreamEnded("the peer node sent an answer that does not decode"))
                     return
                 self.confirmed.set()
-                # an id never asked, or answered already, is dropped
                 future = self.pending.pop(response.correlation_id, None)
-                if future is not None and not future.done():
+                if future is None:
+                    self._stray(response.correlation_id)
+                elif not future.done():
                     future.set_result(response)
             self.end(StreamEnded("the peer node ended the endorsement stream"))
         except grpc.aio.AioRpcError as error:
@@ -108,6 +114,27 @@ class _Stream:
         except Exception as error:  # a fault of this node: the stream is given up
             log.exception("reading the endorsement stream failed unexpectedly")
             self.end(error)
+
+    def abandon(self, correlation_id: int) -> None:
+        """The caller of `correlation_id` left before its answer: drop it when it comes."""
+        if self.pending.pop(correlation_id, None) is not None and self.ended is None:
+            self.abandoned[correlation_id] = None
+            if len(self.abandoned) > ABANDONED_HELD:
+                del self.abandoned[next(iter(self.abandoned))]
+
+    def _stray(self, correlation_id: int) -> None:
+        """An answer no request waits for: dropped; logged unless its caller just left (the
+        peer answered an id never asked on this stream, or one it had answered already)."""
+        if correlation_id in self.abandoned:
+            del self.abandoned[correlation_id]
+        else:
+            self.stray_answers += 1
+            if self.stray_answers == 1:  # once per stream: a faulty peer does not flood the log
+                log.warning(
+                    "the peer node answered an endorsement request never asked on this stream, "
+                    "or answered it twice; dropped",
+                    extra={"correlation_id": correlation_id},
+                )
 
     def end(self, error: BaseException) -> None:
         """The stream is over: every request outstanding on it fails with `error`."""
@@ -310,7 +337,7 @@ class PeerEndorser:
             return _not_decided(f"the counterparty's central bank node did not endorse ({ended})")
         finally:
             if stream is not None:
-                stream.pending.pop(correlation_id, None)
+                stream.abandon(correlation_id)  # a no-op once answered
             if answer is not None:  # a failure set by `end` that nobody awaits is retrieved
                 if not answer.done():
                     answer.cancel()

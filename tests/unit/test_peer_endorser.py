@@ -35,7 +35,8 @@ class StandInPeer:
     stream UNAVAILABLE at its first request when `break_first`; answers `short` requests with
     one result too few; never answers on its first stream when `wedge_first`; answers each
     request first with an id never asked, then twice (the second time refused) when
-    `duplicate`; ends each stream at its first request with `abort_with` when set."""
+    `duplicate`; waits `delay` seconds before each answer; ends each stream at its first
+    request with `abort_with` when set."""
 
     def __init__(self, net: Network) -> None:
         self.net = net
@@ -46,6 +47,7 @@ class StandInPeer:
         self.short = False
         self.wedge_first = False
         self.duplicate = False
+        self.delay = 0.0  # seconds before each answer on the stream
         self.abort_with: Refused | None = None
         self.streams = 0
         self.unary_calls: list[list[str]] = []
@@ -99,6 +101,8 @@ class StandInPeer:
                 )
                 continue
             amounts = [wire.envelope_from_proto(m).body.pay_amount for m in request.instructions]  # type: ignore[attr-defined]
+            if self.delay:
+                await asyncio.sleep(self.delay)
             if self.hold in amounts:
                 continue  # never answered
             held.append(request)
@@ -411,18 +415,48 @@ async def test_a_stream_ended_with_a_reason_not_about_the_caller_answers_not_dec
 
 
 async def test_answers_with_an_unknown_or_a_repeated_correlation_id_are_ignored(
-    serve: Serve,
+    serve: Serve, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An answer with an id never asked, and a second answer to a request: both dropped; each
-    leg keeps the first answer to its own request."""
+    """An answer with an id never asked, and a second answer to a request: both dropped, and
+    logged once for the stream (a faulty peer does not flood the log); each leg keeps the
+    first answer to its own request."""
     net = network()
     peer = StandInPeer(net)
     peer.duplicate = True
     endorsing = endorser(await serve(peer), net, max_batch=1, in_flight=2)
-    groups = await asyncio.gather(*(endorsing.endorse_many(legs(net, n)) for n in (93, 94, 95)))
+    with caplog.at_level(logging.WARNING, logger="participants.peer_endorser"):
+        groups = await asyncio.gather(*(endorsing.endorse_many(legs(net, n)) for n in (93, 94, 95)))
     for (result,) in groups:
         assert_endorsed(result)
     assert peer.streams == 1
+    strays = [r for r in caplog.records if "never asked on this stream" in r.getMessage()]
+    assert len(strays) == 1
+    assert getattr(strays[0], "correlation_id", None) == 10**9  # the first stray answer
+
+
+async def test_the_late_answer_to_a_request_whose_caller_left_is_not_taken_for_a_stray(
+    serve: Serve, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request whose sender is cancelled while it waits (the node shutting down) leaves its
+    id behind; its answer, when it comes, is dropped without a warning."""
+    net = network()
+    peer = StandInPeer(net)
+    peer.delay = 0.3
+    endorsing = endorser(await serve(peer), net, max_batch=1, in_flight=1)
+    with caplog.at_level(logging.WARNING, logger="participants.peer_endorser"):
+        first = asyncio.create_task(endorsing.endorse_many(legs(net, 96)))
+        while not peer.requests:  # the request is on the stream
+            await asyncio.sleep(0.01)
+        senders = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_send"]
+        assert len(senders) == 1
+        senders[0].cancel()
+        (cancelled,) = await first
+        assert_not_decided(cancelled)
+        peer.delay = 0.0
+        (later,) = await endorsing.endorse_many(legs(net, 97))  # after the late answer
+    assert_endorsed(later)
+    assert peer.streams == 1
+    assert not [r for r in caplog.records if "never asked on this stream" in r.getMessage()]
 
 
 async def test_unimplemented_with_two_requests_in_flight_falls_back_to_the_unary_call(
