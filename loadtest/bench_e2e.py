@@ -42,7 +42,9 @@ from loadtest.benchkit import (
     Profiler,
     StageMeter,
     bench_network,
+    core_per_node,
     describe_budget,
+    describe_core_per_node,
     echo_server,
     metrics_ports,
     node_pids,
@@ -159,6 +161,7 @@ def _figures(
             None if echo_cpu_ms is None else round(echo_cpu_ms * rpcs_per_pvp, 3)
         ),
         "cpu_ms_per_pvp_by_stage": stages.budget(cpu, pvps),
+        **core_per_node(cpu, pvps),
         "entries_per_block": stages.entries_per_block(),
         "replay_known_share": stages.known_shares(),
         "goals_met": {
@@ -205,6 +208,7 @@ def describe(figures: dict[str, Any]) -> str:
             f"(goal <= 1.0: {'met' if goals['server_cpu_le_1_ms'] else 'missed'}), by node "
             "and stage (ms):",
             *describe_budget(figures["cpu_ms_per_pvp_by_stage"]),
+            f"with a core per node:          {describe_core_per_node(figures)}",
             f"entries per block:             {figures['entries_per_block']}",
             f"cross-checks and failures:     {'OK' if figures['ok'] else 'PROBLEM'}",
         ]

@@ -18,6 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from cryptography.hazmat.primitives import hashes
@@ -262,6 +263,33 @@ class StageMeter:
         seen = self.seconds.get(node, {})
         blocks = seen.get(BLOCKS, 0.0)
         return round(seen.get(ENTRIES, 0.0) / blocks, 2) if blocks else 0.0
+
+
+def core_per_node(cpu: CpuMeter, settled: int) -> dict[str, Any]:
+    """The rate each node would sustain on a core of its own, from its CPU in this run (PvPs
+    settled per CPU second it spent: `node_core_pvp_per_s`), and the network's with a core for
+    every node: its busiest node's rate (`core_per_node_pvp_per_s`, `core_per_node_bound_by`).
+    A projection: it leaves out what the nodes' sharing of the run's cores cost them, and a
+    node's threads outside the GIL (the bridge's commit) that could use a second core."""
+    rates = {n: settled / s for n, s in sorted(cpu.seconds.items()) if s > 0 and settled}
+    if not rates:
+        return {"node_core_pvp_per_s": {}, "core_per_node_pvp_per_s": 0.0,
+                "core_per_node_bound_by": ""}  # fmt: skip
+    busiest = min(rates, key=rates.__getitem__)
+    return {
+        "node_core_pvp_per_s": {n: round(r, 1) for n, r in rates.items()},
+        "core_per_node_pvp_per_s": round(rates[busiest], 1),
+        "core_per_node_bound_by": busiest,
+    }
+
+
+def describe_core_per_node(figures: dict[str, Any]) -> str:
+    """The network's projected rate with a core per node, and each node's, as text."""
+    each = ", ".join(f"{n} {r:.0f}" for n, r in figures["node_core_pvp_per_s"].items())
+    return (
+        f"{figures['core_per_node_pvp_per_s']:.0f} PvP/s "
+        f"(bound by {figures['core_per_node_bound_by'] or '-'}; each node: {each})"
+    )
 
 
 def describe_budget(budget: dict[str, dict[str, float]]) -> list[str]:

@@ -91,6 +91,13 @@ def assert_budget_by_node_and_stage(figures: dict[str, Any]) -> None:
         named = sum(v for s, v in row.items() if s not in ("other", "total"))
         assert abs(named + row["other"] - row["total"]) < 0.01, row
     assert figures["entries_per_block"] >= 1
+    # the projection with a core per node follows from the same CPU figures
+    rates = figures["node_core_pvp_per_s"]
+    assert set(rates) == set(budget), rates
+    for name, rate in rates.items():
+        assert rate == pytest.approx(1000 / budget[name]["total"], rel=0.01), name
+    assert figures["core_per_node_pvp_per_s"] == min(rates.values())
+    assert rates[figures["core_per_node_bound_by"]] == figures["core_per_node_pvp_per_s"]
 
 
 def test_bench_flood_answers_every_call_and_settles_none_twice() -> None:

@@ -12,7 +12,7 @@ from bridge._proto.bridge.v1 import central_bank_pb2 as pb
 from bridge._proto.bridge.v1 import types_pb2 as types
 from loadtest import bench_e2e
 from loadtest.bench_stream import StreamTally, frames
-from loadtest.benchkit import CpuMeter, StageMeter
+from loadtest.benchkit import CpuMeter, StageMeter, core_per_node
 from loadtest.crosscheck import ledger_settled
 from loadtest.runner import PERCENTILES, LocustSettings, RunResult, StatsRow, read_stats
 from loadtest.settings import LoadSettings, new_run_id, parse_weights
@@ -101,9 +101,9 @@ def test_e2e_figures_have_every_key_and_the_efficiency_formula() -> None:
     settings = bench_e2e.E2eSettings(locust=LocustSettings(users=4, seconds=2))
     echo_cpu = CpuMeter({})
     echo_cpu.seconds = {"echo": 0.6}
-    figures = bench_e2e._figures(
-        settings, echo, max_run, half, CpuMeter({}), StageMeter({}), echo_cpu
-    )
+    nodes_cpu = CpuMeter({})
+    nodes_cpu.seconds = {"bridge": 0.5, "PBOC": 0.25}
+    figures = bench_e2e._figures(settings, echo, max_run, half, nodes_cpu, StageMeter({}), echo_cpu)
     for key in (
         "echo_rpc_per_s", "pvp_settled_per_s", "rpcs_per_pvp", "efficiency",
         "settlement_p50_ms", "settlement_p95_ms", "settlement_p99_ms",
@@ -116,6 +116,26 @@ def test_e2e_figures_have_every_key_and_the_efficiency_formula() -> None:
     assert figures["echo_server_cpu_ms_per_rpc"] == pytest.approx(0.2)  # 0.6 s / 3,000 calls
     assert figures["bank_call_floor_cpu_ms_per_pvp"] == pytest.approx(0.3)  # x 1.5 calls
     assert figures["goals_met"]["p99_le_50ms_at_half_rate"] is True
+    # 200 PvPs settled: the bridge's 0.5 s of CPU is 400 PvP/s on a core of its own
+    assert figures["node_core_pvp_per_s"] == {"PBOC": 800.0, "bridge": 400.0}
+    assert figures["core_per_node_pvp_per_s"] == 400.0
+    assert figures["core_per_node_bound_by"] == "bridge"
+    assert "with a core per node:          400 PvP/s (bound by bridge;" in bench_e2e.describe(
+        figures
+    )
+
+
+def test_a_core_per_node_is_bound_by_the_node_with_the_most_cpu_per_pvp() -> None:
+    """Each node's rate is the PvPs settled per CPU second it spent; a node that spent none is
+    left out (it did no work to project), and nothing settled projects nothing."""
+    cpu = CpuMeter({})
+    cpu.seconds = {"bridge": 2.0, "PBOC": 1.0, "HKMA": 0.5, "idle": 0.0}
+    assert core_per_node(cpu, 1000) == {
+        "node_core_pvp_per_s": {"HKMA": 2000.0, "PBOC": 1000.0, "bridge": 500.0},
+        "core_per_node_pvp_per_s": 500.0,
+        "core_per_node_bound_by": "bridge",
+    }
+    assert core_per_node(cpu, 0)["core_per_node_pvp_per_s"] == 0.0
 
 
 def test_stream_tally_counts_settled_refused_and_other_answers() -> None:
