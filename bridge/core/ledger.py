@@ -64,6 +64,7 @@ from bridge.domain import (
     RejectPvp,
     SetParticipantStatus,
     SetPolicy,
+    Signature,
     envelope_endorsement_message,
     format_time,
     party_message,
@@ -247,6 +248,9 @@ class Ledger:
         self._batch_seq = 1
         self._expiries: list[tuple[Millis, ParticipantId, str]] = []
         self._verdicts: dict[tuple[bytes, bytes, bytes], bool] = {}
+        # endorsement root messages `preverify` worked out, for `apply` to take instead of
+        # walking the leg's Merkle path again: by (body hash, party signature, endorsement)
+        self._root_messages: dict[tuple[bytes, bytes, Signature], bytes | None] = {}
         self._view = StateView(
             self.participants,
             self.currencies,
@@ -458,6 +462,7 @@ class Ledger:
         if verifier is None or self.check is SignatureCheck.NONE:
             return
         verdicts = self._verdicts
+        self._root_messages.clear()  # those of the last batch that `apply` did not take
         for envelope in envelopes:
             body = envelope.body
             if body.KIND in CENTRAL_BANK_KINDS or self._known_retry(body):
@@ -499,9 +504,20 @@ class Ledger:
         if home is None:
             return None
         message = envelope_endorsement_message(envelope, signature.value, endorsement)
+        self._root_messages[(envelope.body_hash(), signature.value, endorsement)] = message
         if message is None:
             return None
         return (home.public_key, message, endorsement.value)
+
+    def _root_message(
+        self, envelope: Envelope, signature: Signature, endorsement: Signature
+    ) -> bytes | None:
+        """`envelope_endorsement_message`, taken from `preverify` when it worked it out."""
+        if self._root_messages:  # none at all when nothing was pre-verified (a replica)
+            key = (envelope.body_hash(), signature.value, endorsement)
+            with contextlib.suppress(KeyError, TypeError):  # TypeError: unhashable, not kept
+                return self._root_messages.pop(key)
+        return envelope_endorsement_message(envelope, signature.value, endorsement)
 
     def _check_signatures(self, envelope: Envelope) -> None:
         body = envelope.body
@@ -562,7 +578,7 @@ class Ledger:
         if self.check is SignatureCheck.ALL:
             self._verify(participant, party_message(envelope.body_bytes), signature.value, "party")
         home = self.participants[participant.home_central_bank]
-        message = envelope_endorsement_message(envelope, signature.value, endorsement)
+        message = self._root_message(envelope, signature, endorsement)
         if message is None:
             raise Refused(
                 Reason.BAD_SIGNATURE,

@@ -13,6 +13,10 @@ command (in the ledger's documented check order). Every command is really signed
   logged receipt as a duplicate and changes nothing;
 - replaying the log from genesis reproduces the state (with full signature checks at the end
   of each run, after a canonical-bytes round trip of every entry).
+
+Every other command is pre-verified first (`Ledger.preverify`, as the bridge's sequencer does
+for each batch), so what `apply` takes from it (root verdicts, endorsement root messages) must
+give exactly the refusal or outcome the model predicts, as working it out anew does.
 """
 
 from __future__ import annotations
@@ -306,6 +310,7 @@ class LedgerMachine(RuleBasedStateMachine):
     ledger: Ledger
     model: Model
     now: int
+    executed: int
     committed: list[Entry]
     pending: list[Entry]
     saved: tuple[Snapshot, Model]
@@ -319,6 +324,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.model = Model.empty()
         self.now = T0
+        self.executed = 0
         self.committed, self.pending = [], []
         for bank, cb in BANKS:
             self.execute(admit_bank(NET, cb, bank), Outcome.APPLIED)
@@ -358,6 +364,9 @@ class LedgerMachine(RuleBasedStateMachine):
         """Apply `envelope` now; check the outcome or refusal the model predicts."""
         before = snapshot(self.ledger)
         refusal: Refused | None = None
+        self.executed += 1
+        if self.executed % 2:
+            self.ledger.preverify([envelope])  # changes no state (checked below on refusal)
         try:
             receipt = self.ledger.apply(envelope, self.now)
         except Refused as caught:
