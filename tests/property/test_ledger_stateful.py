@@ -15,8 +15,11 @@ command (in the ledger's documented check order). Every command is really signed
   of each run, after a canonical-bytes round trip of every entry).
 
 Every other command is pre-verified first (`Ledger.preverify`, as the bridge's sequencer does
-for each batch), so what `apply` takes from it (root verdicts, endorsement root messages) must
-give exactly the refusal or outcome the model predicts, as working it out anew does.
+for each batch), in a batch with twins of it that share its body: the untampered original of a
+tampered command, and copies with each party's own signature or endorsement corrupted. What
+`apply` takes from the pre-verification (root verdicts, endorsement root messages) must give
+exactly the refusal or outcome the model predicts, as working it out anew does: a verdict or
+root message kept under too loose a key would hand one twin's to another.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from bridge.domain import (
     Signature,
 )
 from bridge.errors import Reason, Refused
-from bridge.signing import signed
+from bridge.signing import endorse_legs, signed
 from tests.factories import (
     BANKS,
     CENTRAL_BANKS,
@@ -304,6 +307,23 @@ def tamper(envelope: Envelope, how: str, party: str) -> tuple[Envelope, Reason |
     return without_signature(envelope, NET.home[party], party), Reason.MISSING_SIGNATURE
 
 
+def twins(envelope: Envelope, original: Envelope | None) -> list[Envelope]:
+    """Envelopes with the body of `envelope`, pre-verified after it: `original` (untampered)
+    when it differs, then copies with each party's own signature, or its central bank's
+    endorsement, corrupted, and one with the party's leg endorsed validly at another place
+    in another batch (as a central bank node that forwards the same instruction again does)."""
+    out = [] if original is None or original is envelope else [original]
+    for party in envelope.body.parties():
+        out.append(corrupt_party_signature(envelope, party))
+        out.append(corrupt_endorsement(envelope, party))
+        home = NET.home.get(party)
+        if home and envelope.endorsement(party) and envelope.party_signature(party):
+            bare = without_signature(envelope, home, party)
+            second = endorse_legs([(bare, party)] * 2, home, NET.keys[home])[1]
+            out.append(bare.with_signature(second))  # leg 1 of a batch of 2
+    return out
+
+
 class LedgerMachine(RuleBasedStateMachine):
     """Drives one ledger and one model with the same commands."""
 
@@ -360,13 +380,17 @@ class LedgerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------------ applying
 
-    def execute(self, envelope: Envelope, expected: Expected) -> bool:
-        """Apply `envelope` now; check the outcome or refusal the model predicts."""
+    def execute(
+        self, envelope: Envelope, expected: Expected, original: Envelope | None = None
+    ) -> bool:
+        """Apply `envelope` now (every other time pre-verified first, in a batch with its
+        `original` and its tampered twins); check the outcome or refusal the model predicts."""
         before = snapshot(self.ledger)
         refusal: Refused | None = None
         self.executed += 1
         if self.executed % 2:
-            self.ledger.preverify([envelope])  # changes no state (checked below on refusal)
+            # changes no state (checked below on a refusal, and by the invariants)
+            self.ledger.preverify([envelope, *twins(envelope, original)])
         try:
             receipt = self.ledger.apply(envelope, self.now)
         except Refused as caught:
@@ -396,14 +420,15 @@ class LedgerMachine(RuleBasedStateMachine):
         outcome: Outcome,
     ) -> bool:
         """Sign, damage as asked, predict in the ledger's order, apply."""
-        envelope, signature_refusal = tamper(sign(NET, body), how, party)
+        original = sign(NET, body)
+        envelope, signature_refusal = tamper(original, how, party)
         expected = first_of(
             shape,
             Reason.INSTRUCTION_EXPIRED if expired else None,
             signature_refusal,
             handler,
         )
-        return self.execute(envelope, expected or outcome)
+        return self.execute(envelope, expected or outcome, original)
 
     def pick_pvp(self, choice: tuple[bool, int]) -> PvpModel:
         pending_only, index = choice
