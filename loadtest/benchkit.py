@@ -269,12 +269,16 @@ def core_per_node(cpu: CpuMeter, settled: int) -> dict[str, Any]:
     """The rate each node would sustain on a core of its own, from its CPU in this run (PvPs
     settled per CPU second it spent: `node_core_pvp_per_s`), and the network's with a core for
     every node: its busiest node's rate (`core_per_node_pvp_per_s`, `core_per_node_bound_by`).
-    A projection: it leaves out what the nodes' sharing of the run's cores cost them, and a
-    node's threads outside the GIL (the bridge's commit) that could use a second core."""
+    A projection from CPU measured while the nodes shared the run's cores (which cost each of
+    them some cache misses and switches), that counts a node's threads outside the GIL (the
+    bridge's commit) as if they ran on the same core."""
     rates = {n: settled / s for n, s in sorted(cpu.seconds.items()) if s > 0 and settled}
     if not rates:
-        return {"node_core_pvp_per_s": {}, "core_per_node_pvp_per_s": 0.0,
-                "core_per_node_bound_by": ""}  # fmt: skip
+        return {
+            "node_core_pvp_per_s": {},
+            "core_per_node_pvp_per_s": 0.0,
+            "core_per_node_bound_by": "",
+        }
     busiest = min(rates, key=rates.__getitem__)
     return {
         "node_core_pvp_per_s": {n: round(r, 1) for n, r in rates.items()},
