@@ -322,8 +322,14 @@ def _answering_stream(behaviour: Any, reply: Callable[[int, Refused], Message]) 
             try:
                 async for response in behaviour(taken(), context):
                     await out.put(response)
-            finally:
-                await out.put(_END)  # cancelled (the reply stream is over): nobody waits for it
+            except asyncio.CancelledError:
+                # the reply stream is over (the caller went): nobody reads `out` any more, and
+                # waiting to put the end on a full queue would leave this task pending for good
+                raise
+            except BaseException:
+                await out.put(_END)  # the reply stream ends, then raises this (`await task`)
+                raise
+            await out.put(_END)
 
         task = asyncio.create_task(pump())
         try:

@@ -33,8 +33,19 @@ PADDING = [
 REFUSED = pb.EndorsementResult(refusal=types.Refusal(reason="MALFORMED", message="m" * 200))
 
 
-async def handled_while_the_caller_reads_nothing(seconds: float) -> int:
-    """How many requests the handler took while a caller wrote SENT and read none."""
+def answer_pumps() -> list[asyncio.Task[Any]]:
+    """The guard's tasks that feed a request stream's answers to its queue, still running."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "").startswith("_answering_stream.")
+        and not t.done()
+    ]
+
+
+async def handled_while_the_caller_reads_nothing(seconds: float) -> tuple[int, int]:
+    """How many requests the handler took while a caller wrote SENT and read none, and how
+    many of the guard's answer pumps were left running once the caller had cancelled."""
     handled = 0
 
     async def endorse_stream(
@@ -74,17 +85,27 @@ async def handled_while_the_caller_reads_nothing(seconds: float) -> int:
     writer = asyncio.create_task(flood())
     try:
         await asyncio.sleep(seconds)
+        assert len(answer_pumps()) == 1  # the stream's, its queue of answers full
+        writer.cancel()
+        call.cancel()
+        for _ in range(50):  # the server sees the cancellation and ends the handler
+            await asyncio.sleep(0.1)
+            if not answer_pumps():
+                break
+        left = len(answer_pumps())
     finally:
         writer.cancel()
         call.cancel()
         await channel.close()
         await server.stop(None)
-    return handled
+    return handled, left
 
 
 async def test_a_caller_that_never_reads_stops_the_handler_reading_requests() -> None:
     """Of 3,000 requests written and never answered-for, the handler takes only as many as
     the answers waiting for the transport, plus what gRPC's windows buffer."""
-    handled = await handled_while_the_caller_reads_nothing(seconds=6.0)
+    handled, left = await handled_while_the_caller_reads_nothing(seconds=6.0)
     assert 0 < handled < SENT // 3, handled
     assert handled >= ANSWERS_AHEAD  # it was not blocked before the queue filled
+    # once the caller cancels, nothing of the stream is left waiting on its full queue
+    assert left == 0
