@@ -785,12 +785,8 @@ class Envelope:
         return envelope
 
     def with_signature(self, signature: Signature) -> Envelope:
-        return Envelope(
-            self.body,
-            (*self.signatures, signature),
-            self.body_bytes,
-            shape_checked=self.shape_checked,
-        )
+        """The same body with `signature` added after the others."""
+        return self.with_signatures((*self.signatures, signature))
 
     def party_signature(self, party: ParticipantId) -> Signature | None:
         for sig in self.signatures:
