@@ -80,20 +80,23 @@ def new_id(prefix: str = "tx") -> str:
     return f"{prefix}-{_RUN}-{next(_ids)}"
 
 
-def cross_border_dual_pvp() -> DualPvp:
-    """A fresh dual-signed PvP between ICBC (CNY) and HSBCHK (HKD) at a rate agreeing with its
-    amounts, signed now and valid for VALID_FOR_MS (to be signed by both banks)."""
+def cross_border_dual_pvp(
+    cny: int = 30_000, hkd: int = 32_550, reference: str = "LC-CQ-2025-118"
+) -> DualPvp:
+    """A fresh dual-signed PvP between ICBC (`cny` CNY minor units) and HSBCHK (`hkd` HKD) at
+    the rate agreeing with those amounts, signed now and valid for VALID_FOR_MS (to be signed
+    by both banks)."""
     return DualPvp(
         new_id("dual"),
         "ICBC",
         now_ms() + VALID_FOR_MS,
         "HSBCHK",
         "CNY",
-        30_000,
+        cny,
         "HKD",
-        32_550,
-        implied_rate(30_000, 2, 32_550, 2),
-        "LC-CQ-2025-118",
+        hkd,
+        implied_rate(cny, 2, hkd, 2),
+        reference,
         signed_at=now_ms(),
     )
 

@@ -30,7 +30,15 @@ from bridge.domain import DualPvp, Envelope, Pay, ProposePvp, Signature
 from bridge.errors import Reason
 from bridge.node.caller_auth import CallerSigner
 from bridge.signing import endorse
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, reason_of, refusal_of
+from tests.conftest import (
+    RPC_TIMEOUT,
+    VALID_FOR_MS,
+    cross_border_dual_pvp,
+    new_id,
+    now_ms,
+    reason_of,
+    refusal_of,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import LiveNetwork
@@ -69,19 +77,7 @@ def pay(amount: int = 1_000) -> Pay:
 
 
 def dual() -> DualPvp:
-    return DualPvp(
-        new_id("dual"),
-        "ICBC",
-        now_ms() + VALID_FOR_MS,
-        "HSBCHK",
-        "CNY",
-        10_000,
-        "HKD",
-        10_850,
-        "1.085",
-        "caller authentication",
-        signed_at=now_ms(),
-    )
+    return cross_border_dual_pvp(10_000, 10_850, "caller authentication")
 
 
 # ---------------------------------------------------------------------------- the bridge

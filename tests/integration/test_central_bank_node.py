@@ -38,6 +38,7 @@ from bridge.signing import endorse
 from tests.conftest import (
     RPC_TIMEOUT,
     VALID_FOR_MS,
+    cross_border_dual_pvp,
     network_on_each_store,
     new_id,
     now_ms,
@@ -310,19 +311,7 @@ def test_get_pvp_answers_parties_only(live: LiveNetwork) -> None:
 
 
 def dual(amount_cny: int = 30_000, amount_hkd: int = 32_550) -> DualPvp:
-    return DualPvp(
-        new_id("dual"),
-        "ICBC",
-        valid_until(),
-        "HSBCHK",
-        "CNY",
-        amount_cny,
-        "HKD",
-        amount_hkd,
-        implied_rate(amount_cny, 2, amount_hkd, 2),
-        "trade settlement, dual-signed",
-        signed_at=now_ms(),
-    )
+    return cross_border_dual_pvp(amount_cny, amount_hkd, "trade settlement, dual-signed")
 
 
 def test_dual_pvp_across_two_jurisdictions_settles_whole(live: LiveNetwork) -> None:

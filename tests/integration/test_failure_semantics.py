@@ -35,6 +35,7 @@ from participants.sdk import BankClient, NotDecided, Refusal, RetryPolicy
 from tests.conftest import (
     RPC_TIMEOUT,
     VALID_FOR_MS,
+    cross_border_dual_pvp,
     network_on_each_store,
     new_id,
     now_ms,
@@ -103,19 +104,7 @@ def settles_through_pboc(live: LiveNetwork) -> bool:
 
 
 def dual(amount_cny: int = 20_000, amount_hkd: int = 21_700) -> DualPvp:
-    return DualPvp(
-        new_id("dual"),
-        "ICBC",
-        now_ms() + VALID_FOR_MS,
-        "HSBCHK",
-        "CNY",
-        amount_cny,
-        "HKD",
-        amount_hkd,
-        "1.085",
-        "dual-signed, counterparty node stalled",
-        signed_at=now_ms(),
-    )
+    return cross_border_dual_pvp(amount_cny, amount_hkd, "dual-signed, counterparty node stalled")
 
 
 def test_a_refusal_says_retryable_false_in_its_error_info(live: LiveNetwork) -> None:

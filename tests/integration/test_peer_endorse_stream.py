@@ -27,7 +27,12 @@ from bridge.errors import Reason, Refused
 from bridge.signing import endorse
 from participants.central_bank.channels import node_channel
 from participants.central_bank.peer_endorser import PeerEndorser
-from tests.conftest import RPC_TIMEOUT, VALID_FOR_MS, new_id, now_ms, reason_of, wait_for
+from tests.conftest import (
+    RPC_TIMEOUT,
+    cross_border_dual_pvp,
+    reason_of,
+    wait_for,
+)
 
 if TYPE_CHECKING:
     from participants.launcher import Network
@@ -47,19 +52,7 @@ def funded(live: LiveNetwork) -> None:
 
 def dual(amount: int = 10_000) -> DualPvp:
     """ICBC (PBOC) pays CNY, HSBCHK (HKMA) pays HKD: each leg needs its own central bank."""
-    return DualPvp(
-        new_id("dual"),
-        "ICBC",
-        now_ms() + VALID_FOR_MS,
-        "HSBCHK",
-        "CNY",
-        amount,
-        "HKD",
-        amount * 2,
-        "2",
-        "endorse stream",
-        signed_at=now_ms(),
-    )
+    return cross_border_dual_pvp(amount, amount * 2, "endorse stream")
 
 
 def for_hkma(live: LiveNetwork, body: DualPvp | None = None) -> types.SignedInstruction:
