@@ -162,10 +162,8 @@ def _edge_messages(log: ReplayLog, known: float) -> list[list[bytes]]:
             if int((number + 1) * known) > int(number * known):
                 envelope = Entry.from_canonical_bytes(data).envelope
                 parties = envelope.body.parties()
-                signed = Envelope(
-                    envelope.body,
-                    tuple(s for s in envelope.signatures if not s.endorses and s.signer in parties),
-                    envelope.body_bytes,
+                signed = envelope.with_signatures(
+                    tuple(s for s in envelope.signatures if not s.endorses and s.signer in parties)
                 )
                 block.append(wire.envelope_to_proto(signed).SerializeToString())
             number += 1

@@ -4,7 +4,7 @@
 Starts a two-central-bank network in a temporary directory; this process then acts as PBOC's
 node (a `PeerEndorser` over PBOC's signed channel) and asks HKMA's node for one leg at a time,
 as `bench e2e` does at its rates, in four blocks of N: stream, unary, unary, stream. For each
-block it prints HKMA's process CPU (from /proc) and this process's CPU per endorsement (on the
+block it prints HKMA's process CPU (`CpuMeter`) and this process's CPU per endorsement (on the
 event loop the nodes run on, `bridge.event_loop`): both blocks of a transport include the same
 checks and signatures, so their difference is the transport's.
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -25,19 +24,13 @@ from bridge import event_loop
 from bridge._proto.bridge.v1 import central_bank_pb2_grpc as cb_grpc
 from bridge.domain import DualPvp, Envelope
 from bridge.signing import sign_as_party
+from loadtest.benchkit import CpuMeter
 from participants.central_bank.channels import node_channel
 from participants.central_bank.peer_endorser import PeerEndorser
 from participants.launcher import Network, prepare_network
 from participants.network_config import NetworkConfig
 
-TICK = os.sysconf("SC_CLK_TCK")
 Leg = tuple[Envelope, str]
-
-
-def cpu_of(pid: int) -> float:
-    """User + system CPU seconds of process `pid`."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def legs(config: NetworkConfig, count: int, tag: str) -> list[Leg]:
@@ -65,16 +58,17 @@ async def block(endorser: PeerEndorser, pid: int, batch: list[Leg]) -> dict[str,
         if time.monotonic() > deadline:  # the banks not admitted yet, or the stream not open
             raise SystemExit("HKMA's node does not endorse")
         await asyncio.sleep(0.5)
-    server, client, wall = cpu_of(pid), time.process_time(), time.monotonic()
-    for leg in batch[1:]:
-        (result,) = await endorser.endorse_many([leg])
-        if not isinstance(result, tuple):
-            raise SystemExit(f"not endorsed: {result}")
+    client, wall = time.process_time(), time.monotonic()
+    with CpuMeter({"server": pid}) as server:
+        for leg in batch[1:]:
+            (result,) = await endorser.endorse_many([leg])
+            if not isinstance(result, tuple):
+                raise SystemExit(f"not endorsed: {result}")
     count = len(batch) - 1
     return {
         "transport": "stream" if endorser.stream else "unary",
         "endorsements": count,
-        "server_us": round((cpu_of(pid) - server) / count * 1e6),
+        "server_us": round(server.seconds["server"] / count * 1e6),
         "client_us": round((time.process_time() - client) / count * 1e6),
         "wall_us": round((time.monotonic() - wall) / count * 1e6),
     }
@@ -101,12 +95,11 @@ async def measure(network: Network, count: int) -> None:
 
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
-    with tempfile.TemporaryDirectory() as directory:
-        network = prepare_network(Path(directory), central_banks=2, mqtt=False).start()
-        try:
-            event_loop.run(measure(network, count))  # the loop a node runs on
-        finally:
-            network.stop()
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        prepare_network(Path(directory), central_banks=2, mqtt=False) as network,
+    ):
+        event_loop.run(measure(network, count))  # the loop a node runs on
 
 
 if __name__ == "__main__":
