@@ -42,7 +42,6 @@ from loadtest.benchkit import (
     Profiler,
     StageMeter,
     bench_network,
-    core_per_node,
     describe_budget,
     describe_core_per_node,
     echo_server,
@@ -160,10 +159,7 @@ def _figures(
         "bank_call_floor_cpu_ms_per_pvp": (
             None if echo_cpu_ms is None else round(echo_cpu_ms * rpcs_per_pvp, 3)
         ),
-        "cpu_ms_per_pvp_by_stage": stages.budget(cpu, pvps),
-        **core_per_node(cpu, pvps),
-        "entries_per_block": stages.entries_per_block(),
-        "replay_known_share": stages.known_shares(),
+        **stages.figures(cpu, pvps),
         "goals_met": {
             "server_cpu_le_1_ms": bool(pvps) and cpu.total <= 0.001 * pvps,
             "efficiency_ge_0_5": efficiency >= 0.5,

@@ -54,7 +54,6 @@ from loadtest.benchkit import (
     Profiler,
     StageMeter,
     bench_network,
-    core_per_node,
     crypto_floor,
     describe_budget,
     describe_core_per_node,
@@ -302,10 +301,7 @@ def run(settings: StreamSettings) -> dict[str, Any]:
         if tally.settled
         else None,
         "server_cpu_s": {name: round(s, 2) for name, s in sorted(cpu.seconds.items())},
-        "cpu_ms_per_pvp_by_stage": stages.budget(cpu, tally.settled),
-        **core_per_node(cpu, tally.settled),
-        "entries_per_block": stages.entries_per_block(),
-        "replay_known_share": stages.known_shares(),
+        **stages.figures(cpu, tally.settled),
         **floor,
         **prefill_figures,
         "goals_met": {

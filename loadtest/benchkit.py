@@ -264,6 +264,17 @@ class StageMeter:
         blocks = seen.get(BLOCKS, 0.0)
         return round(seen.get(ENTRIES, 0.0) / blocks, 2) if blocks else 0.0
 
+    def figures(self, cpu: CpuMeter, settled: int) -> dict[str, Any]:
+        """What `bench stream` and `bench e2e` print of the nodes' work while measured: the
+        budget by node and stage, the projection with a core per node, the entries per block
+        and the replicas' share of bodies known from their edge."""
+        return {
+            "cpu_ms_per_pvp_by_stage": self.budget(cpu, settled),
+            **core_per_node(cpu, settled),
+            "entries_per_block": self.entries_per_block(),
+            "replay_known_share": self.known_shares(),
+        }
+
 
 def core_per_node(cpu: CpuMeter, settled: int) -> dict[str, Any]:
     """The rate each node would sustain on a core of its own, from its CPU in this run (PvPs
